@@ -1,0 +1,1 @@
+"""Subcommands of the ``favorkern`` console script (see :mod:`favorkern.cli`)."""

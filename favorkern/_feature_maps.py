@@ -1,0 +1,228 @@
+"""Dense feature-map evaluation: a BLAS product plus in-place elementwise maps.
+
+Every random-feature map in favorkern has the form
+
+    phi(x)_j = r(x) * s_j * f(w_j . x + b_j - a |x|^2)
+
+with ``f`` in {exp, cos, user function}.  :class:`FeatureMapSpec` holds the
+effective projection (already scaled by gamma, stacked with the pair partners)
+and the constants; :func:`apply_feature_map` evaluates it over row blocks, in
+parallel threads with BLAS pinned to one thread (measured faster than letting
+BLAS thread a single large product and then running numpy's exp on one core).
+Numba is not used here: its ``exp`` is scalar on this stack, numpy's is SIMD.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+# Rows per block: an output block of ~256 KiB stays in L2 between the matmul and the exp.
+_BLOCK_BYTES = 1 << 18
+# Below this many output elements the thread pool costs more than it saves.
+_PARALLEL_MIN_ELEMENTS = 1 << 17
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_controller = None
+
+
+def n_threads() -> int:
+    """Worker threads for feature maps: ``FAVORKERN_NUM_THREADS`` or the CPU count."""
+    env = os.environ.get("FAVORKERN_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != workers:  # noqa: SLF001
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="favorkern")
+        return _pool
+
+
+def blas_single_thread():
+    """Context manager that pins BLAS to one thread (threadpoolctl, created once)."""
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
+def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn) -> None:
+    """Call ``block_fn(start, stop)`` over row blocks, in parallel when it pays.
+
+    ``row_cost`` is the number of output elements per row (sets the block size).
+    """
+    rows_per_block = max(16, _BLOCK_BYTES // max(1, row_cost * itemsize))
+    workers = n_threads()
+    if workers == 1 or n_rows * row_cost < _PARALLEL_MIN_ELEMENTS:
+        for start in range(0, n_rows, rows_per_block):
+            block_fn(start, min(n_rows, start + rows_per_block))
+        return
+    # Interleaved chunks of blocks per worker; each worker reuses its cache-sized blocks.
+    bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
+
+    def work(worker):
+        for start, stop in bounds[worker::workers]:
+            block_fn(start, stop)
+
+    with blas_single_thread():
+        futures = [_executor(workers).submit(work, w) for w in range(workers)]
+        for future in futures:
+            future.result()
+
+
+@dataclass(frozen=True)
+class FeatureMapSpec:
+    """Constants of one feature map ``r(x) s_j f(w_j . x + b_j - a |x|^2)``.
+
+    Attributes
+    ----------
+    weights : ndarray (n_out, d)
+        Effective projection rows ``w_j`` (gamma scaling and pair partners folded in).
+    func : "exp", "cos" or a callable
+        The elementwise map ``f``.
+    sq_coef : float
+        ``a``: for ``func="exp"`` the term ``-a |x|^2`` inside the exponent.
+    row_log_coef : float
+        For ``func="cos"``: ``r(x) = exp(row_log_coef * |x|^2)`` (trigonometric softmax).
+    log_scale : float or ndarray (n_out,)
+        For ``exp``: added inside the exponent (``log s_j``).  Otherwise ``s_j = exp(log_scale)``.
+    offset : ndarray (n_out,) or None
+        Phases ``b_j`` (cos) or None.
+    logit_bound : float
+        An upper bound of the exponent over all x (``inf`` if unbounded); used to skip
+        the overflow check when overflow is impossible.
+    """
+
+    weights: np.ndarray
+    func: object
+    sq_coef: float = 0.0
+    row_log_coef: float = 0.0
+    log_scale: object = 0.0
+    offset: np.ndarray | None = None
+    logit_bound: float = np.inf
+
+
+def _row_sq_norms(X) -> np.ndarray:
+    if sp.issparse(X):
+        return np.asarray(X.multiply(X).sum(axis=1)).ravel().astype(X.dtype, copy=False)
+    return np.einsum("ij,ij->i", X, X)
+
+
+class FeatureOverflowWarning(RuntimeWarning):
+    """Warned when a feature map's values exceed the largest float of the dtype.
+
+    The affected features are ``inf``: the kernel values of those inputs are not
+    representable by that map in that dtype.
+    """
+
+
+def _warn_overflow(message):
+    import warnings
+
+    warnings.warn(message, FeatureOverflowWarning, stacklevel=4)
+
+
+def _overflow_message(dtype, what):
+    limit = float(np.log(np.finfo(dtype).max))
+    return (
+        f"the random features overflow {np.dtype(dtype).name}: {what} exceeds log(max) = "
+        f"{limit:.1f}. The kernel values of these inputs are not representable by this "
+        "feature map, so some features are inf; scale X down, lower gamma, use "
+        "kernel='rbf', positive features, or float64 input."
+    )
+
+
+def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
+    """Evaluate the feature map on the rows ``Xb`` into ``out_b`` (in place)."""
+    dtype = out_b.dtype
+    log_max = float(np.log(np.finfo(dtype).max))
+    if sp.issparse(Xb):
+        out_b[...] = Xb @ weights_t
+    else:
+        np.matmul(Xb, weights_t, out=out_b)
+    func = spec.func
+    if func == "exp":
+        shift = _row_sq_norms(Xb)
+        shift *= dtype.type(spec.sq_coef)
+        log_scale = spec.log_scale
+        if np.ndim(log_scale) == 0:
+            shift -= dtype.type(log_scale)
+            out_b -= shift[:, np.newaxis]
+        else:
+            out_b -= shift[:, np.newaxis]
+            out_b += log_scale
+        if spec.logit_bound + float(np.max(log_scale)) >= log_max:
+            peak = float(out_b.max()) if out_b.size else -np.inf
+            if peak >= log_max:
+                _warn_overflow(_overflow_message(dtype, f"an exponent ({peak:.3g})"))
+        with np.errstate(over="ignore"):
+            np.exp(out_b, out=out_b)
+        return
+    if func == "cos":
+        if spec.offset is not None:
+            out_b += spec.offset
+        np.cos(out_b, out=out_b)
+        log_scale = spec.log_scale
+        if spec.row_log_coef != 0.0:
+            log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
+            peak = float(log_row.max()) + float(np.max(log_scale)) if log_row.size else -np.inf
+            if peak >= log_max:
+                _warn_overflow(
+                    _overflow_message(dtype, f"gamma * |x|^2 / 2 + log scale ({peak:.3g})")
+                )
+            with np.errstate(over="ignore", invalid="ignore"):
+                # Scale in the exponent, so that exp(log_row + log_scale) is inf only when
+                # the feature itself overflows; cos(.) * inf can give nan when cos is 0,
+                # kept as inf * sign.
+                row_scale = np.exp(log_row + float(np.max(log_scale))).astype(dtype)
+                out_b *= row_scale[:, np.newaxis]
+            if np.ndim(log_scale) != 0:
+                out_b *= np.exp(log_scale - float(np.max(log_scale))).astype(dtype)
+            return
+        out_b *= np.exp(log_scale).astype(dtype)
+        return
+    values = np.asarray(func(out_b))
+    if values.shape != out_b.shape:
+        raise ValueError(
+            f"function must be elementwise and keep the shape {out_b.shape}, "
+            f"got output of shape {values.shape}"
+        )
+    out_b[...] = values
+    if not np.isfinite(out_b).all():
+        _warn_overflow(
+            "function returned NaN or infinity on these inputs; scale X down or lower gamma"
+        )
+    out_b *= np.exp(spec.log_scale).astype(dtype)
+
+
+def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
+    """Evaluate ``spec`` on all rows of ``X`` (dense C array or CSR), same float dtype."""
+    dtype = X.dtype
+    n_out = spec.weights.shape[0]
+    out = np.empty((X.shape[0], n_out), dtype=dtype)
+    weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
+    if sp.issparse(X):
+        # Sparse products do not gain from the row-block pool; one pass is simplest.
+        apply_block(X, out, spec, weights_t)
+        return out
+
+    def block(start, stop):
+        apply_block(X[start:stop], out[start:stop], spec, weights_t)
+
+    run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
+    return out

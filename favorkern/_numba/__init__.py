@@ -1,0 +1,12 @@
+"""Numba JIT kernels: pure functions of C-contiguous float32/float64 arrays.
+
+No validation and no scikit-learn here; public modules validate first.  This
+package imports numba, so only import it lazily (never from ``favorkern/__init__``).
+All kernels take their options from :data:`JIT_OPTIONS`, one place for the flags.
+"""
+
+from __future__ import annotations
+
+# fastmath without nnan/ninf: NaN and inf must propagate, never be assumed away.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+JIT_OPTIONS = {"nogil": True, "cache": True, "fastmath": FASTMATH}

@@ -1,0 +1,433 @@
+"""Random-feature transformers with the scikit-learn estimator API."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._feature_maps import FeatureMapSpec, apply_feature_map
+from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection
+
+__all__ = [
+    "PositiveRandomFeatures",
+    "HyperbolicRandomFeatures",
+    "TrigonometricRandomFeatures",
+    "GeneralizedRandomFeatures",
+]
+
+KERNELS = ("softmax", "rbf")
+
+
+class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Shared fit/transform logic; subclasses define the map in ``_spec``.
+
+    ``_n_paired`` is 2 for maps that use two outputs per projection (hyperbolic,
+    trigonometric), 1 otherwise.
+    """
+
+    _n_paired = 1
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "kernel": [StrOptions(set(KERNELS))],
+        "gamma": [Interval(Real, 0.0, None, closed="neither")],
+        "projection": [StrOptions(set(PROJECTION_KINDS))],
+        "norms": [StrOptions(set(NORM_KINDS))],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        gamma=1.0,
+        projection="orthogonal",
+        norms="chi",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.gamma = gamma
+        self.projection = projection
+        self.norms = norms
+        self.random_state = random_state
+
+    # -- layout --------------------------------------------------------------
+    def _n_projections(self) -> int:
+        """Projections drawn: ``n // 2`` pairs plus one unpaired map when ``n`` is odd."""
+        if self._n_paired == 1:
+            return self.n_components
+        return self.n_components // 2 + self.n_components % 2
+
+    def _input_scale(self) -> float:
+        """``c`` with x' = c x: softmax exp(g x.y) = SM(x', y') for c = sqrt(g); rbf: sqrt(2 g)."""
+        factor = 2.0 if getattr(self, "kernel", "softmax") == "rbf" else 1.0
+        return float(np.sqrt(factor * self.gamma))
+
+    def _draw_extra(self, random_state):
+        """Hook for subclass-specific random draws made after the projection."""
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the random projection for inputs with ``X.shape[1]`` features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data; only its number of features (and names) is used.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted transformer.
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        if not np.isfinite(self.gamma):
+            raise ValueError(f"gamma must be finite, got {self.gamma}")
+        random_state = check_random_state(self.random_state)
+        self.projection_ = draw_projection(
+            self._n_projections(),
+            X.shape[1],
+            kind=self.projection,
+            norms=self.norms,
+            random_state=random_state,
+        )
+        self._draw_extra(random_state)
+        self._n_features_out = self.n_components
+        return self
+
+    def transform(self, X):
+        """Map ``X`` to random features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Input; float32 stays float32, other numeric input becomes float64.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+            ``X_new @ Y_new.T`` estimates the kernel matrix.
+        """
+        check_is_fitted(self)
+        X = validate_data(
+            self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False, order="C"
+        )
+        return apply_feature_map(X, self._spec())
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+_PARAMS_DOC = """
+    n_components : int, default=256
+        Output width (number of features).{paired}
+    kernel : {{"softmax", "rbf"}}, default="softmax"
+        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``.
+        ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    projection : {{"orthogonal", "gaussian"}}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
+        Orthogonal rows never increase the mean squared error of the exp-type
+        estimators (Performer, Theorem 2) and usually reduce it.
+    norms : {{"chi", "fixed"}}, default="chi"
+        Row lengths of the projection.  ``"chi"`` gives an unbiased estimator;
+        ``"fixed"`` (length ``sqrt(d)``) estimates the regularized kernel SMREG,
+        which is biased for ``kernel``.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection; the same seed gives bit-identical features.
+"""
+
+_PAIRED_NOTE = """
+        Each projection gives two outputs, so ``n_components // 2`` projections
+        are paired; when ``n_components`` is odd one more projection gives a single
+        output, {single}, and every projection gets weight
+        ``1 / ceil(n_components / 2)`` so that the estimate stays unbiased."""
+
+_ATTRIBUTES_DOC = """
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_projections, n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+"""
+
+
+class PositiveRandomFeatures(_BaseRandomFeatures):
+    __doc__ = (
+        """Positive random features (FAVOR+) for the softmax and Gaussian kernels.
+
+    ``phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m)`` with ``x' = sqrt(gamma) x``
+    (softmax) estimates ``exp(gamma x.y)`` without bias and with non-negative
+    values (Performer, Lemma 1); for ``kernel="rbf"``, ``x' = sqrt(2 gamma) x``
+    and the exponent is ``W x' - |x'|^2``.
+
+    Parameters
+    ----------"""
+        + _PARAMS_DOC.format(paired="")
+        + _ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    HyperbolicRandomFeatures : Two outputs per projection, lower variance.
+    TrigonometricRandomFeatures : Random Fourier features (sin/cos).
+    sklearn.kernel_approximation.RBFSampler : Random Fourier features with random phases.
+
+    Notes
+    -----
+    Per-pair mean squared error (iid projections, softmax kernel):
+    ``MSE = exp(|z|^2) SM(x, y)^2 (1 - exp(-|z|^2)) / m`` with ``z = x' + y'``
+    (Performer, Lemma 2): it vanishes where the kernel is small, unlike
+    trigonometric features.  The exponent is evaluated before ``exp`` and checked
+    for overflow only when it can exceed the dtype's range.
+
+    References
+    ----------
+    K. Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures, softmax_kernel
+    >>> X = np.random.default_rng(0).normal(scale=0.3, size=(5, 8))
+    >>> prf = PositiveRandomFeatures(n_components=4096, random_state=0).fit(X)
+    >>> Z = prf.transform(X)
+    >>> Z.shape
+    (5, 4096)
+    >>> bool(np.abs(Z @ Z.T - softmax_kernel(X)).max() < 0.1)
+    True
+    """
+    )
+
+    def _spec(self):
+        scale = self._input_scale()
+        W = self.projection_ * scale
+        sq_coef = scale**2 * (1.0 if self.kernel == "rbf" else 0.5)
+        m = W.shape[0]
+        # max over x of |w||x'| - c|x'|^2 is |w|^2 / (4c) in x' units.
+        c = 1.0 if self.kernel == "rbf" else 0.5
+        bound = float(np.max(np.einsum("ij,ij->i", self.projection_, self.projection_))) / (4 * c)
+        return FeatureMapSpec(W, "exp", sq_coef=sq_coef, log_scale=-0.5 * np.log(m), logit_bound=bound)
+
+
+class HyperbolicRandomFeatures(_BaseRandomFeatures):
+    __doc__ = (
+        """Hyperbolic positive random features: ``exp(+u)`` and ``exp(-u)`` per projection.
+
+    ``phi(x) = exp(-|x'|^2/2) [exp(W x'), exp(-W x')] / sqrt(2 p)`` estimates the
+    softmax kernel ``exp(gamma x.y)`` (or, with ``kernel="rbf"``, the Gaussian
+    kernel) without bias; its per-pair MSE is ``(1 - exp(-|z|^2)) / 2`` times that of
+    :class:`PositiveRandomFeatures` with the same number ``p`` of projections
+    (Performer, Lemma 2).  Outputs are ordered ``[exp(+u_1..u_p), exp(-u_1..u_p)]``.
+
+    Parameters
+    ----------"""
+        + _PARAMS_DOC.format(paired=_PAIRED_NOTE.format(single="``exp(+u)``"))
+        + _ATTRIBUTES_DOC
+        + """
+    See Also
+    --------
+    PositiveRandomFeatures : One output per projection.
+
+    References
+    ----------
+    K. Choromanski et al., "Rethinking Attention with Performers", ICLR 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import HyperbolicRandomFeatures
+    >>> X = np.random.default_rng(0).normal(scale=0.3, size=(5, 8))
+    >>> Z = HyperbolicRandomFeatures(n_components=7, random_state=0).fit_transform(X)
+    >>> Z.shape, bool((Z > 0).all())
+    ((5, 7), True)
+    """
+    )
+
+    _n_paired = 2
+
+    def _spec(self):
+        scale = self._input_scale()
+        W = self.projection_ * scale
+        n_pairs = self.n_components // 2
+        n_proj = W.shape[0]
+        weights = np.concatenate([W[:n_pairs], -W[:n_pairs], W[n_pairs:]], axis=0)
+        c = 1.0 if self.kernel == "rbf" else 0.5
+        log_scale = np.full(self.n_components, -0.5 * np.log(2 * n_proj))
+        log_scale[2 * n_pairs :] = -0.5 * np.log(n_proj)
+        if self.n_components % 2 == 0:
+            log_scale = float(log_scale[0])
+        bound = float(np.max(np.einsum("ij,ij->i", self.projection_, self.projection_))) / (4 * c)
+        return FeatureMapSpec(
+            weights, "exp", sq_coef=scale**2 * c, log_scale=log_scale, logit_bound=bound
+        )
+
+
+class TrigonometricRandomFeatures(_BaseRandomFeatures):
+    __doc__ = (
+        """Trigonometric (sin/cos) random features; orthogonal random Fourier features for rbf.
+
+    ``phi(x) = h(x) [cos(W x'), sin(W x')] / sqrt(p)``: for ``kernel="rbf"``,
+    ``x' = sqrt(2 gamma) x`` and ``h = 1`` (random Fourier features, Rahimi & Recht
+    2007; orthogonal: Yu et al. 2016); for ``kernel="softmax"``, ``x' = sqrt(gamma) x``
+    and ``h(x) = exp(|x'|^2 / 2)``, which overflows for large norms: a
+    ``ValueError`` is raised then rather than returning infinities.
+
+    Parameters
+    ----------"""
+        + _PARAMS_DOC.format(
+            paired=_PAIRED_NOTE.format(
+                single="``sqrt(2) cos(w.x' + b)`` with a uniform random phase ``b``"
+            )
+        )
+        + _ATTRIBUTES_DOC
+        + """    random_offset_ : ndarray of shape (n_components % 2,)
+        The random phase of the unpaired output (empty when ``n_components`` is even).
+
+    See Also
+    --------
+    sklearn.kernel_approximation.RBFSampler : cos features with random phases only.
+
+    Notes
+    -----
+    Trigonometric features can be negative, so in attention their normalizer can
+    vanish; their MSE does not vanish where the kernel is small (Performer, Lemma 2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.metrics.pairwise import rbf_kernel
+    >>> from favorkern import TrigonometricRandomFeatures
+    >>> X = np.random.default_rng(0).normal(size=(5, 8))
+    >>> trf = TrigonometricRandomFeatures(4096, kernel="rbf", gamma=0.1, random_state=0)
+    >>> Z = trf.fit_transform(X)
+    >>> bool(np.abs(Z @ Z.T - rbf_kernel(X, gamma=0.1)).max() < 0.05)
+    True
+    """
+    )
+
+    _n_paired = 2
+
+    def _draw_extra(self, random_state):
+        self.random_offset_ = random_state.uniform(0.0, 2.0 * np.pi, size=self.n_components % 2)
+
+    def _spec(self):
+        scale = self._input_scale()
+        W = self.projection_ * scale
+        n_pairs = self.n_components // 2
+        n_proj = W.shape[0]
+        weights = np.concatenate([W[:n_pairs], W[:n_pairs], W[n_pairs:]], axis=0)
+        # sin(u) = cos(u - pi/2): one cos pass over all outputs.
+        offset = np.concatenate(
+            [np.zeros(n_pairs), np.full(n_pairs, -0.5 * np.pi), self.random_offset_]
+        )
+        log_scale = np.full(self.n_components, -0.5 * np.log(n_proj))
+        log_scale[2 * n_pairs :] = 0.5 * np.log(2.0 / n_proj)
+        if self.n_components % 2 == 0:
+            log_scale = float(log_scale[0])
+        row_log_coef = 0.0 if self.kernel == "rbf" else 0.5 * scale**2
+        return FeatureMapSpec(weights, "cos", row_log_coef=row_log_coef, log_scale=log_scale, offset=offset)
+
+
+def _relu(u):
+    return np.maximum(u, 0, out=u)
+
+
+def _abs(u):
+    return np.abs(u, out=u)
+
+
+def _exp(u):
+    return np.exp(u, out=u)
+
+
+def _identity(u):
+    return u
+
+
+_FUNCTIONS = {"relu": _relu, "abs": _abs, "exp": _exp, "identity": _identity}
+
+
+class GeneralizedRandomFeatures(_BaseRandomFeatures):
+    """Generalized random features ``phi(x) = f(W x') / sqrt(m)``, ``x' = sqrt(gamma) x``.
+
+    The feature maps of the Performer's generalized attention (section 2.2):
+    ``phi(x).phi(y)`` estimates ``k(x, y) = E_w[f(w.x') f(w.y')]`` with
+    ``w ~ N(0, I)``.  For ``f = relu`` that is the arc-cosine kernel of order 1,
+    ``|x'||y'| (sin t + (pi - t) cos t) / (2 pi)`` (Cho & Saul, 2009); for
+    ``identity`` the linear kernel ``x'.y'``; for ``abs``,
+    ``(2/pi)|x'||y'| (sqrt(1 - c^2) + c arcsin c)`` with ``c = cos t``; for
+    ``exp``, ``exp(|x' + y'|^2 / 2)``.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Output width = number of projections.
+    function : {"relu", "abs", "exp", "identity"} or callable, default="relu"
+        The elementwise map ``f``.  A callable receives the ``(n_samples,
+        n_components)`` array of projections (it may modify it in place) and must
+        return an array of the same shape.
+    gamma : float, default=1.0
+        Input scale, > 0.
+    projection : {"orthogonal", "gaussian"}, default="orthogonal"
+        See :func:`favorkern.draw_projection`.
+    norms : {"chi", "fixed"}, default="chi"
+        See :func:`favorkern.draw_projection`.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection.
+"""
+    __doc__ += _ATTRIBUTES_DOC + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import GeneralizedRandomFeatures
+    >>> X = np.random.default_rng(0).normal(size=(4, 8))
+    >>> Z = GeneralizedRandomFeatures(4096, function="identity", random_state=0).fit_transform(X)
+    >>> bool(np.abs(Z @ Z.T - X @ X.T).max() < 1.0)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        key: value for key, value in _BaseRandomFeatures._parameter_constraints.items() if key != "kernel"
+    }
+    _parameter_constraints["function"] = [StrOptions(set(_FUNCTIONS)), callable]
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        function="relu",
+        gamma=1.0,
+        projection="orthogonal",
+        norms="chi",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.function = function
+        self.gamma = gamma
+        self.projection = projection
+        self.norms = norms
+        self.random_state = random_state
+
+    def _input_scale(self) -> float:
+        return float(np.sqrt(self.gamma))
+
+    def _spec(self):
+        W = self.projection_ * self._input_scale()
+        func = _FUNCTIONS[self.function] if isinstance(self.function, str) else self.function
+        return FeatureMapSpec(W, func, log_scale=-0.5 * np.log(W.shape[0]))

@@ -1,0 +1,88 @@
+"""Exact kernels and kernel matrices from fitted random features."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from ._validation import check_float_array, check_positive_real
+
+__all__ = ["softmax_kernel", "approximate_kernel"]
+
+
+def _pair(X, Y):
+    X = check_float_array(X, "X", ndim=2)
+    if Y is None:
+        return X, X
+    Y = check_float_array(Y, "Y", ndim=2)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(
+            f"X and Y must have the same number of features, got {X.shape[1]} and {Y.shape[1]}"
+        )
+    dtype = np.result_type(X.dtype, Y.dtype)
+    return X.astype(dtype, copy=False), Y.astype(dtype, copy=False)
+
+
+def softmax_kernel(X, Y=None, *, gamma=1.0):
+    """Exact softmax kernel ``K[i, j] = exp(gamma * X[i] . Y[j])``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, n_features)
+    Y : array-like of shape (n_samples_Y, n_features), default=None
+        ``None`` means ``Y = X``.
+    gamma : float, default=1.0
+        Scale, > 0.
+
+    Returns
+    -------
+    kernel : ndarray of shape (n_samples_X, n_samples_Y)
+        float32 if both inputs are float32, else float64.  Entries whose value
+        exceeds the dtype's range are ``inf`` (the kernel itself overflows there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import softmax_kernel
+    >>> softmax_kernel(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 1.0]]))
+    array([[7.3890561, 1.       ]])
+    """
+    gamma = check_positive_real(gamma, "gamma")
+    X, Y = _pair(X, Y)
+    with np.errstate(over="ignore"):
+        return np.exp(gamma * (X @ Y.T))
+
+
+def approximate_kernel(X, Y=None, *, features):
+    """Kernel matrix ``phi(X) phi(Y)^T`` from a fitted random-feature transformer.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, n_features)
+    Y : array-like of shape (n_samples_Y, n_features), default=None
+        ``None`` means ``Y = X`` (and ``phi(X)`` is computed once).
+    features : fitted transformer
+        Any fitted favorkern transformer (or one with a ``transform`` method, such
+        as :class:`sklearn.kernel_approximation.RBFSampler`).
+
+    Returns
+    -------
+    kernel : ndarray of shape (n_samples_X, n_samples_Y)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures, approximate_kernel, softmax_kernel
+    >>> X = np.random.default_rng(1).normal(scale=0.3, size=(4, 6))
+    >>> prf = PositiveRandomFeatures(8192, random_state=0).fit(X)
+    >>> bool(np.allclose(approximate_kernel(X, features=prf), softmax_kernel(X), atol=0.1))
+    True
+    """
+    if not hasattr(features, "transform"):
+        raise TypeError(
+            f"features must be a fitted transformer with a transform method, got {type(features).__name__}"
+        )
+    check_is_fitted(features)
+    phi_x = features.transform(X)
+    phi_y = phi_x if Y is None else features.transform(Y)
+    return phi_x @ phi_y.T
