@@ -147,32 +147,42 @@ def _overflow_message(dtype, what):
     )
 
 
-def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
-    """Evaluate the feature map on the rows ``Xb`` into ``out_b`` (in place)."""
+def projection_logits(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
+    """``out_b = Xb @ W.T - a |x|^2 + log s`` in place: the exponent of an exp-type map."""
     dtype = out_b.dtype
-    log_max = float(np.log(np.finfo(dtype).max))
     if sp.issparse(Xb):
         out_b[...] = Xb @ weights_t
     else:
         np.matmul(Xb, weights_t, out=out_b)
+    shift = _row_sq_norms(Xb)
+    shift *= dtype.type(spec.sq_coef)
+    log_scale = spec.log_scale
+    if np.ndim(log_scale) == 0:
+        shift -= dtype.type(log_scale)
+        out_b -= shift[:, np.newaxis]
+    else:
+        out_b -= shift[:, np.newaxis]
+        out_b += log_scale
+
+
+def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
+    """Evaluate the feature map on the rows ``Xb`` into ``out_b`` (in place)."""
+    dtype = out_b.dtype
+    log_max = float(np.log(np.finfo(dtype).max))
     func = spec.func
     if func == "exp":
-        shift = _row_sq_norms(Xb)
-        shift *= dtype.type(spec.sq_coef)
-        log_scale = spec.log_scale
-        if np.ndim(log_scale) == 0:
-            shift -= dtype.type(log_scale)
-            out_b -= shift[:, np.newaxis]
-        else:
-            out_b -= shift[:, np.newaxis]
-            out_b += log_scale
-        if spec.logit_bound + float(np.max(log_scale)) >= log_max:
+        projection_logits(Xb, out_b, spec, weights_t)
+        if spec.logit_bound + float(np.max(spec.log_scale)) >= log_max:
             peak = float(out_b.max()) if out_b.size else -np.inf
             if peak >= log_max:
                 _warn_overflow(_overflow_message(dtype, f"an exponent ({peak:.3g})"))
         with np.errstate(over="ignore"):
             np.exp(out_b, out=out_b)
         return
+    if sp.issparse(Xb):
+        out_b[...] = Xb @ weights_t
+    else:
+        np.matmul(Xb, weights_t, out=out_b)
     if func == "cos":
         if spec.offset is not None:
             out_b += spec.offset
@@ -226,3 +236,76 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
 
     run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
     return out
+
+
+# -- the maps --------------------------------------------------------------------
+# ``projection`` is the raw (n_projections, d) matrix; ``input_scale`` c maps x -> c x
+# (sqrt(gamma) for the softmax kernel, sqrt(2 gamma) for rbf);
+# ``sq_factor`` is the coefficient of |x'|^2 in the exponent: 1/2 softmax, 1 rbf.
+
+
+def _max_sq_norm(projection):
+    return float(np.max(np.einsum("ij,ij->i", projection, projection))) if projection.size else 0.0
+
+
+def positive_spec(projection, input_scale, sq_factor=0.5) -> FeatureMapSpec:
+    """``exp(w.x' - sq_factor |x'|^2) / sqrt(m)`` (Performer's positive features)."""
+    m = projection.shape[0]
+    return FeatureMapSpec(
+        projection * input_scale,
+        "exp",
+        sq_coef=sq_factor * input_scale**2,
+        log_scale=-0.5 * np.log(m),
+        # max over x' of |w||x'| - c|x'|^2 is |w|^2 / (4c)
+        logit_bound=_max_sq_norm(projection) / (4 * sq_factor),
+    )
+
+
+def hyperbolic_spec(projection, input_scale, n_outputs, sq_factor=0.5) -> FeatureMapSpec:
+    """``[exp(+u), exp(-u)] / sqrt(2p)`` per pair; an odd last output is ``exp(u)/sqrt(p)``."""
+    W = projection * input_scale
+    n_pairs = n_outputs // 2
+    n_proj = W.shape[0]
+    weights = np.concatenate([W[:n_pairs], -W[:n_pairs], W[n_pairs:]], axis=0)
+    log_scale = np.full(n_outputs, -0.5 * np.log(2 * n_proj))
+    log_scale[2 * n_pairs :] = -0.5 * np.log(n_proj)
+    if n_outputs % 2 == 0:
+        log_scale = float(log_scale[0])
+    return FeatureMapSpec(
+        weights,
+        "exp",
+        sq_coef=sq_factor * input_scale**2,
+        log_scale=log_scale,
+        logit_bound=_max_sq_norm(projection) / (4 * sq_factor),
+    )
+
+
+def trigonometric_spec(projection, input_scale, n_outputs, offset, softmax) -> FeatureMapSpec:
+    """``h(x) [cos(u), sin(u)] / sqrt(p)``; an odd last output is ``sqrt(2/p) cos(u + b)``.
+
+    ``h(x) = exp(|x'|^2 / 2)`` for the softmax kernel, 1 for rbf.
+    """
+    W = projection * input_scale
+    n_pairs = n_outputs // 2
+    n_proj = W.shape[0]
+    weights = np.concatenate([W[:n_pairs], W[:n_pairs], W[n_pairs:]], axis=0)
+    # sin(u) = cos(u - pi/2): one cos pass over all outputs.
+    phases = np.concatenate([np.zeros(n_pairs), np.full(n_pairs, -0.5 * np.pi), offset])
+    log_scale = np.full(n_outputs, -0.5 * np.log(n_proj))
+    log_scale[2 * n_pairs :] = 0.5 * np.log(2.0 / n_proj)
+    if n_outputs % 2 == 0:
+        log_scale = float(log_scale[0])
+    return FeatureMapSpec(
+        weights,
+        "cos",
+        row_log_coef=0.5 * input_scale**2 if softmax else 0.0,
+        log_scale=log_scale,
+        offset=phases,
+    )
+
+
+def generalized_spec(projection, input_scale, func) -> FeatureMapSpec:
+    """``f(w.x') / sqrt(m)`` for an elementwise ``f``."""
+    return FeatureMapSpec(
+        projection * input_scale, func, log_scale=-0.5 * np.log(projection.shape[0])
+    )

@@ -5,12 +5,23 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._feature_maps import FeatureMapSpec, apply_feature_map
+from ._feature_maps import (
+    apply_feature_map,
+    generalized_spec,
+    hyperbolic_spec,
+    positive_spec,
+    trigonometric_spec,
+)
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection
 
 __all__ = [
@@ -69,6 +80,10 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """``c`` with x' = c x: softmax exp(g x.y) = SM(x', y') for c = sqrt(g); rbf: sqrt(2 g)."""
         factor = 2.0 if getattr(self, "kernel", "softmax") == "rbf" else 1.0
         return float(np.sqrt(factor * self.gamma))
+
+    def _sq_factor(self) -> float:
+        """Coefficient of |x'|^2 in the exponent: 1/2 (softmax), 1 (rbf)."""
+        return 1.0 if self.kernel == "rbf" else 0.5
 
     def _draw_extra(self, random_state):
         """Hook for subclass-specific random draws made after the projection."""
@@ -215,14 +230,7 @@ class PositiveRandomFeatures(_BaseRandomFeatures):
     )
 
     def _spec(self):
-        scale = self._input_scale()
-        W = self.projection_ * scale
-        sq_coef = scale**2 * (1.0 if self.kernel == "rbf" else 0.5)
-        m = W.shape[0]
-        # max over x of |w||x'| - c|x'|^2 is |w|^2 / (4c) in x' units.
-        c = 1.0 if self.kernel == "rbf" else 0.5
-        bound = float(np.max(np.einsum("ij,ij->i", self.projection_, self.projection_))) / (4 * c)
-        return FeatureMapSpec(W, "exp", sq_coef=sq_coef, log_scale=-0.5 * np.log(m), logit_bound=bound)
+        return positive_spec(self.projection_, self._input_scale(), self._sq_factor())
 
 
 class HyperbolicRandomFeatures(_BaseRandomFeatures):
@@ -262,19 +270,8 @@ class HyperbolicRandomFeatures(_BaseRandomFeatures):
     _n_paired = 2
 
     def _spec(self):
-        scale = self._input_scale()
-        W = self.projection_ * scale
-        n_pairs = self.n_components // 2
-        n_proj = W.shape[0]
-        weights = np.concatenate([W[:n_pairs], -W[:n_pairs], W[n_pairs:]], axis=0)
-        c = 1.0 if self.kernel == "rbf" else 0.5
-        log_scale = np.full(self.n_components, -0.5 * np.log(2 * n_proj))
-        log_scale[2 * n_pairs :] = -0.5 * np.log(n_proj)
-        if self.n_components % 2 == 0:
-            log_scale = float(log_scale[0])
-        bound = float(np.max(np.einsum("ij,ij->i", self.projection_, self.projection_))) / (4 * c)
-        return FeatureMapSpec(
-            weights, "exp", sq_coef=scale**2 * c, log_scale=log_scale, logit_bound=bound
+        return hyperbolic_spec(
+            self.projection_, self._input_scale(), self.n_components, self._sq_factor()
         )
 
 
@@ -327,21 +324,13 @@ class TrigonometricRandomFeatures(_BaseRandomFeatures):
         self.random_offset_ = random_state.uniform(0.0, 2.0 * np.pi, size=self.n_components % 2)
 
     def _spec(self):
-        scale = self._input_scale()
-        W = self.projection_ * scale
-        n_pairs = self.n_components // 2
-        n_proj = W.shape[0]
-        weights = np.concatenate([W[:n_pairs], W[:n_pairs], W[n_pairs:]], axis=0)
-        # sin(u) = cos(u - pi/2): one cos pass over all outputs.
-        offset = np.concatenate(
-            [np.zeros(n_pairs), np.full(n_pairs, -0.5 * np.pi), self.random_offset_]
+        return trigonometric_spec(
+            self.projection_,
+            self._input_scale(),
+            self.n_components,
+            self.random_offset_,
+            softmax=self.kernel == "softmax",
         )
-        log_scale = np.full(self.n_components, -0.5 * np.log(n_proj))
-        log_scale[2 * n_pairs :] = 0.5 * np.log(2.0 / n_proj)
-        if self.n_components % 2 == 0:
-            log_scale = float(log_scale[0])
-        row_log_coef = 0.0 if self.kernel == "rbf" else 0.5 * scale**2
-        return FeatureMapSpec(weights, "cos", row_log_coef=row_log_coef, log_scale=log_scale, offset=offset)
 
 
 def _relu(u):
@@ -390,8 +379,11 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
         See :func:`favorkern.draw_projection`.
     random_state : int, RandomState instance or None, default=None
         Seed of the projection.
-"""
-    __doc__ += _ATTRIBUTES_DOC + """
+    """
+
+    __doc__ += (
+        _ATTRIBUTES_DOC
+        + """
     Examples
     --------
     >>> import numpy as np
@@ -401,9 +393,12 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
     >>> bool(np.abs(Z @ Z.T - X @ X.T).max() < 1.0)
     True
     """
+    )
 
     _parameter_constraints: dict = {
-        key: value for key, value in _BaseRandomFeatures._parameter_constraints.items() if key != "kernel"
+        key: value
+        for key, value in _BaseRandomFeatures._parameter_constraints.items()
+        if key != "kernel"
     }
     _parameter_constraints["function"] = [StrOptions(set(_FUNCTIONS)), callable]
 
@@ -428,6 +423,5 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
         return float(np.sqrt(self.gamma))
 
     def _spec(self):
-        W = self.projection_ * self._input_scale()
         func = _FUNCTIONS[self.function] if isinstance(self.function, str) else self.function
-        return FeatureMapSpec(W, func, log_scale=-0.5 * np.log(W.shape[0]))
+        return generalized_spec(self.projection_, self._input_scale(), func)

@@ -80,7 +80,8 @@ def approximate_kernel(X, Y=None, *, features):
     """
     if not hasattr(features, "transform"):
         raise TypeError(
-            f"features must be a fitted transformer with a transform method, got {type(features).__name__}"
+            "features must be a fitted transformer with a transform method, "
+            f"got {type(features).__name__}"
         )
     check_is_fitted(features)
     phi_x = features.transform(X)
