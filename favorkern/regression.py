@@ -1,0 +1,702 @@
+"""Random-feature ridge regression next to RBFSampler, Nystroem and exact KernelRidge.
+
+The engine of ``favorkern regress``: load a data set (:func:`load_dataset`), choose
+``gamma`` and ``alpha`` once by cross-validating exact kernel ridge regression on a
+subsample (:func:`select_gamma_alpha`), then fit every method at every width with
+that same ``gamma`` and ``alpha`` and record fit and predict time, test ``R^2`` and
+the kernel-approximation error (:func:`compare_regression`).
+
+Every random-feature model is ``StandardScaler -> features -> Ridge(alpha,
+fit_intercept=False)`` on the centred target, which is exactly kernel ridge
+regression with the approximate kernel ``phi(x).phi(y)``: as the width grows its
+predictions converge to those of exact :class:`~sklearn.kernel_ridge.KernelRidge`
+with the same ``alpha`` (also fitted on the centred target).
+
+pandas and matplotlib are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.kernel_approximation import Nystroem, RBFSampler
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.model_selection import KFold, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._validation import check_int, check_option, check_positive_real
+from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+from .kernels import softmax_kernel
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "load_dataset",
+    "exact_kernel",
+    "select_gamma_alpha",
+    "make_regressor",
+    "compare_regression",
+    "summarize_regression",
+    "plot_regression",
+]
+
+#: Built-in data sets (no download): name -> one-line description.
+DATASETS = {
+    "diabetes": "sklearn.datasets.load_diabetes (442 x 10)",
+    "friedman1": "sklearn.datasets.make_friedman1 (10 features, noise 1; 100000 rows by default)",
+}
+
+#: Methods compared by :func:`compare_regression`, in table order.
+METHODS = (
+    "Trigonometric (orthogonal)",
+    "Positive (orthogonal)",
+    "Hyperbolic (orthogonal)",
+    "RBFSampler",
+    "Nystroem",
+    "KernelRidge (exact)",
+)
+EXACT = "KernelRidge (exact)"
+
+KERNELS = ("rbf", "softmax")
+_FRIEDMAN1_ROWS = 100_000
+# Gamma grids are multiples of 1/d (standardized data: |x - y|^2 ~ 2d).  The softmax
+# grid stops at 1/(2d): the relative variance of its estimators grows like
+# exp(gamma |x + y|^2) ~ exp(2 gamma d), so larger gamma cannot be approximated.
+_GAMMA_EXPONENTS = {"rbf": np.arange(-6, 3), "softmax": np.arange(-7, 0)}
+_ALPHAS = np.logspace(-4, 2, 13)
+
+
+# -- data ---------------------------------------------------------------------------
+def load_dataset(data="diabetes", *, target=None, n_samples=None, random_state=0):
+    """Load a regression data set by name, or from a CSV file with a named target.
+
+    Parameters
+    ----------
+    data : str or path-like, default="diabetes"
+        ``"diabetes"`` (:func:`sklearn.datasets.load_diabetes`), ``"friedman1"``
+        (:func:`sklearn.datasets.make_friedman1`, 10 features, noise 1.0, 100000
+        rows unless ``n_samples`` says otherwise) or the path of a CSV file with a
+        header row.
+    target : str, default=None
+        Name of the target column; required for a CSV file, not allowed otherwise.
+        Every other column is a feature and must be numeric.
+    n_samples : int, default=None
+        For ``"friedman1"`` the number of rows generated; for other data, keep a
+        random subset of at most this many rows.  ``None``: all rows.
+    random_state : int, RandomState instance or None, default=0
+        Seed of ``friedman1`` and of the row subset.
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features), float64
+    y : ndarray of shape (n_samples,), float64
+    name : str
+        A short description for table headers.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``data`` looks like a path and the file does not exist.
+    ValueError
+        For an unknown name, a missing or absent target column, non-numeric feature
+        columns, missing values, or fewer than 10 rows.
+
+    Examples
+    --------
+    >>> from favorkern.regression import load_dataset
+    >>> X, y, name = load_dataset("friedman1", n_samples=500)
+    >>> X.shape, y.shape, name
+    ((500, 10), (500,), 'friedman1 (n=500, d=10)')
+    """
+    rng = check_random_state(random_state)
+    if n_samples is not None:
+        n_samples = check_int(n_samples, "n_samples", min_value=10)
+    key = os.fspath(data)
+    if key in DATASETS:
+        if target is not None:
+            raise ValueError(
+                f"--target/target applies to CSV files only; {key!r} has its own target"
+            )
+        if key == "diabetes":
+            from sklearn.datasets import load_diabetes
+
+            X, y = load_diabetes(return_X_y=True)
+        else:
+            from sklearn.datasets import make_friedman1
+
+            X, y = make_friedman1(
+                n_samples=n_samples or _FRIEDMAN1_ROWS, n_features=10, noise=1.0, random_state=rng
+            )
+        label = key
+    else:
+        X, y = _read_csv(key, target)
+        label = os.path.basename(key)
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if n_samples is not None and n_samples < len(y):
+        keep = np.sort(rng.choice(len(y), size=n_samples, replace=False))
+        X, y = X[keep], y[keep]
+    if len(y) < 10:
+        raise ValueError(f"{label} has {len(y)} rows; regression needs at least 10")
+    return X, y, f"{label} (n={X.shape[0]}, d={X.shape[1]})"
+
+
+def _read_csv(path, target):
+    import pandas as pd
+
+    if not path.lower().endswith(".csv") and not os.path.exists(path):
+        raise ValueError(
+            f"unknown data set {path!r}: use one of {sorted(DATASETS)} or the path of a .csv file"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    frame = pd.read_csv(path)
+    columns = ", ".join(repr(str(c)) for c in frame.columns)
+    if target is None:
+        raise ValueError(
+            f"a CSV file needs --target COLUMN (target=...); its columns are {columns}"
+        )
+    if target not in frame.columns:
+        raise ValueError(f"target column {target!r} not found in {path}; its columns are {columns}")
+    y = frame.pop(target)
+    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
+        raise ValueError(f"target column {target!r} is not numeric (dtype {y.dtype})")
+    if frame.shape[1] == 0:
+        raise ValueError(f"{path} has no feature columns besides the target {target!r}")
+    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise ValueError(
+            f"non-numeric feature columns in {path}: {', '.join(map(repr, non_numeric))}; "
+            "encode them as numbers or drop them"
+        )
+    missing = [str(c) for c in frame.columns if frame[c].isna().any()]
+    if y.isna().any():
+        missing.append(str(target))
+    if missing:
+        raise ValueError(f"missing values in {path}, columns: {', '.join(map(repr, missing))}")
+    if not np.isfinite(frame.to_numpy(dtype=np.float64)).all() or not np.isfinite(y).all():
+        raise ValueError(f"{path} contains infinite values")
+    return frame.to_numpy(dtype=np.float64), y.to_numpy(dtype=np.float64)
+
+
+# -- kernels and models -----------------------------------------------------------
+def exact_kernel(X, Y=None, *, kernel="rbf", gamma=1.0):
+    """Exact kernel matrix: ``exp(-gamma |x - y|^2)`` (rbf) or ``exp(gamma x.y)`` (softmax).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, n_features)
+    Y : array-like of shape (n_samples_Y, n_features), default=None
+        ``None`` means ``Y = X``.
+    kernel : {"rbf", "softmax"}, default="rbf"
+    gamma : float, default=1.0
+
+    Returns
+    -------
+    K : ndarray of shape (n_samples_X, n_samples_Y)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.regression import exact_kernel
+    >>> exact_kernel(np.array([[0.0, 1.0]]), np.array([[0.0, 0.0]]), gamma=0.5)
+    array([[0.60653066]])
+    """
+    check_option(kernel, "kernel", KERNELS)
+    if kernel == "rbf":
+        return rbf_kernel(X, Y, gamma=gamma)
+    return softmax_kernel(X, Y, gamma=gamma)
+
+
+class _SoftmaxFromGaussian(TransformerMixin, BaseEstimator):
+    """Softmax-kernel features from Gaussian-kernel ones: ``psi(x) = exp(gamma|x|^2/2) phi(x)``.
+
+    ``exp(gamma x.y) = exp(gamma|x|^2/2) exp(-gamma/2 |x - y|^2) exp(gamma|y|^2/2)``, so
+    a map ``phi`` for the Gaussian kernel with scale ``gamma / 2`` (RBFSampler,
+    Nystroem) becomes one for the softmax kernel with scale ``gamma``.  For Nystroem
+    this is exactly Nystroem with the softmax kernel on the same landmarks (the
+    diagonal factors cancel in ``K_xb K_bb^-1 K_by``).
+    """
+
+    def __init__(self, features=None, gamma=1.0):
+        self.features = features
+        self.gamma = gamma
+
+    def fit(self, X, y=None):
+        self.features_ = clone(self.features).set_params(gamma=self.gamma / 2).fit(X)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = np.asarray(X, dtype=np.float64)
+        scale = np.exp(0.5 * self.gamma * np.einsum("ij,ij->i", X, X))
+        return self.features_.transform(X) * scale[:, np.newaxis]
+
+
+class _ExactKernelRidge(RegressorMixin, BaseEstimator):
+    """:class:`~sklearn.kernel_ridge.KernelRidge` on a precomputed rbf or softmax kernel."""
+
+    def __init__(self, kernel="rbf", gamma=1.0, alpha=1.0):
+        self.kernel = kernel
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def fit(self, X, y):
+        self.X_fit_ = np.asarray(X, dtype=np.float64)
+        gram = exact_kernel(self.X_fit_, kernel=self.kernel, gamma=self.gamma)
+        self.model_ = KernelRidge(alpha=self.alpha, kernel="precomputed").fit(gram, y)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        gram = exact_kernel(X, self.X_fit_, kernel=self.kernel, gamma=self.gamma)
+        return self.model_.predict(gram)
+
+
+def _features(method, n_features, kernel, gamma, random_state):
+    """The feature map of ``method`` at width ``n_features`` (``None`` for the exact model)."""
+    favorkern_maps = {
+        "Trigonometric (orthogonal)": TrigonometricRandomFeatures,
+        "Positive (orthogonal)": PositiveRandomFeatures,
+        "Hyperbolic (orthogonal)": HyperbolicRandomFeatures,
+    }
+    if method in favorkern_maps:
+        return favorkern_maps[method](
+            n_features,
+            kernel=kernel,
+            gamma=gamma,
+            projection="orthogonal",
+            random_state=random_state,
+        )
+    if method == "RBFSampler":
+        base = RBFSampler(gamma=gamma, n_components=n_features, random_state=random_state)
+    elif method == "Nystroem":
+        base = Nystroem(
+            kernel="rbf", gamma=gamma, n_components=n_features, random_state=random_state
+        )
+    else:
+        return None
+    return base if kernel == "rbf" else _SoftmaxFromGaussian(base, gamma=gamma)
+
+
+def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0, random_state=0):
+    """The model that :func:`compare_regression` fits for ``method``.
+
+    ``StandardScaler -> features -> Ridge(alpha, fit_intercept=False)`` (or exact
+    kernel ridge regression for ``"KernelRidge (exact)"``), fitted on the centred
+    target: a :class:`~sklearn.compose.TransformedTargetRegressor` subtracts the
+    training mean of ``y`` and adds it back to the predictions.  Without an
+    intercept in the ridge step, the random-feature model is kernel ridge
+    regression with the approximate kernel, so its predictions converge to the
+    exact model's as ``n_features`` grows.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`.  ``"RBFSampler"`` and ``"Nystroem"`` with
+        ``kernel="softmax"`` use the identity ``exp(gamma x.y) = exp(gamma|x|^2/2)
+        exp(-gamma|x-y|^2/2) exp(gamma|y|^2/2)`` on top of their Gaussian maps.
+    n_features : int, default=256
+        Output width of the feature map (Nystroem: number of landmarks, at most the
+        number of training rows).
+    kernel : {"rbf", "softmax"}, default="rbf"
+    gamma : float, default=1.0
+    alpha : float, default=1.0
+        Ridge penalty, the same for every method.
+    random_state : int, default=0
+        Seed of the feature map.
+
+    Returns
+    -------
+    model : sklearn.compose.TransformedTargetRegressor
+        Unfitted.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from favorkern.regression import make_regressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> model = make_regressor("Trigonometric (orthogonal)", n_features=512, gamma=0.02)
+    >>> exact = make_regressor("KernelRidge (exact)", gamma=0.02)
+    >>> p, q = model.fit(X, y).predict(X), exact.fit(X, y).predict(X)
+    >>> bool(abs(p - q).max() < 0.05 * abs(q - y.mean()).max())
+    True
+    """
+    check_option(method, "method", METHODS)
+    check_option(kernel, "kernel", KERNELS)
+    gamma = check_positive_real(gamma, "gamma")
+    alpha = check_positive_real(alpha, "alpha")
+    n_features = check_int(n_features, "n_features")
+    features = _features(method, n_features, kernel, gamma, random_state)
+    if features is None:
+        regressor = make_pipeline(
+            StandardScaler(), _ExactKernelRidge(kernel=kernel, gamma=gamma, alpha=alpha)
+        )
+    else:
+        regressor = make_pipeline(StandardScaler(), features, Ridge(alpha, fit_intercept=False))
+    return TransformedTargetRegressor(regressor, transformer=StandardScaler(with_std=False))
+
+
+# -- hyperparameters --------------------------------------------------------------
+def select_gamma_alpha(
+    X,
+    y,
+    *,
+    kernel="rbf",
+    gammas=None,
+    alphas=None,
+    max_samples=1000,
+    cv=5,
+    random_state=0,
+):
+    """Choose ``gamma`` and ``alpha`` by K-fold cross-validation of exact kernel ridge.
+
+    On a random subsample of at most ``max_samples`` rows (standardized with its
+    own mean and scale), for every ``gamma`` and every fold the training kernel is
+    diagonalized once, ``K = V diag(w) V^T``, so that every ``alpha`` costs only a
+    matrix-vector product: ``coef = V diag(1 / (w + alpha)) V^T (y - mean)``.  The
+    pair with the lowest mean squared validation error wins.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Raw features (standardized here, as in the models).
+    y : array-like of shape (n_samples,)
+    kernel : {"rbf", "softmax"}, default="rbf"
+    gammas : array-like of float, default=None
+        Candidates.  ``None``: ``2^k / d`` for ``k = -6..2`` (rbf) or ``k = -7..-1``
+        (softmax, whose random features cannot follow a larger gamma: their
+        relative variance grows like ``exp(2 gamma d)``).
+    alphas : array-like of float, default=None
+        Candidates; ``None``: 13 values log-spaced from ``1e-4`` to ``100``.
+    max_samples : int, default=1000
+        Size of the subsample.
+    cv : int, default=5
+        Number of folds.
+    random_state : int, RandomState instance or None, default=0
+        Seed of the subsample and of the folds.
+
+    Returns
+    -------
+    gamma : float
+    alpha : float
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from favorkern.regression import select_gamma_alpha
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> gamma, alpha = select_gamma_alpha(X, y, max_samples=300, random_state=0)
+    >>> 0 < gamma < 1 and 0 < alpha <= 100
+    True
+    """
+    check_option(kernel, "kernel", KERNELS)
+    max_samples = check_int(max_samples, "max_samples", min_value=10)
+    cv = check_int(cv, "cv", min_value=2)
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    rng = check_random_state(random_state)
+    if len(y) > max_samples:
+        rows = rng.choice(len(y), size=max_samples, replace=False)
+        X, y = X[rows], y[rows]
+    X = StandardScaler().fit_transform(X)
+    if gammas is None:
+        gammas = 2.0 ** _GAMMA_EXPONENTS[kernel] / X.shape[1]
+    gammas = [check_positive_real(float(g), "gamma") for g in np.ravel(gammas)]
+    alphas = _ALPHAS if alphas is None else np.ravel(alphas)
+    alphas = np.array([check_positive_real(float(a), "alpha") for a in alphas])
+    folds = list(KFold(cv, shuffle=True, random_state=rng).split(X))
+    errors = np.zeros((len(gammas), len(alphas)))
+    for i, gamma in enumerate(gammas):
+        gram = exact_kernel(X, kernel=kernel, gamma=gamma)
+        if not np.isfinite(gram).all():
+            errors[i] = np.inf
+            continue
+        for train, test in folds:
+            mean = y[train].mean()
+            w, V = np.linalg.eigh(gram[np.ix_(train, train)])
+            w = np.maximum(w, 0.0)
+            projected = V.T @ (y[train] - mean)
+            cross = gram[np.ix_(test, train)] @ V
+            # one column of predictions per alpha
+            predictions = mean + cross @ (projected[:, None] / (w[:, None] + alphas[None, :]))
+            errors[i] += ((predictions - y[test, None]) ** 2).mean(axis=0)
+    i, j = np.unravel_index(np.argmin(errors), errors.shape)
+    return float(gammas[i]), float(alphas[j])
+
+
+# -- the comparison ---------------------------------------------------------------
+def _approximation_error(model, X_eval, kernel, gamma):
+    """Relative Frobenius error of ``phi(X) phi(X)^T`` against the exact kernel."""
+    pipeline = model.regressor_
+    scaled = pipeline[0].transform(X_eval)
+    exact = exact_kernel(scaled, kernel=kernel, gamma=gamma)
+    if len(pipeline) == 2:  # the exact model
+        return 0.0
+    phi = pipeline[1].transform(scaled)
+    return float(np.linalg.norm(phi @ phi.T - exact) / np.linalg.norm(exact))
+
+
+def compare_regression(
+    X,
+    y,
+    *,
+    kernel="rbf",
+    n_features=(16, 64, 256, 1024, 2048),
+    methods=METHODS,
+    gamma=None,
+    alpha=None,
+    test_size=0.25,
+    max_exact=5000,
+    max_error_samples=2000,
+    cv_samples=1000,
+    n_repeats=1,
+    random_state=0,
+    progress=None,
+):
+    """Fit every method at every width on one train/test split and measure it.
+
+    ``gamma`` and ``alpha`` (when not given) are chosen once by
+    :func:`select_gamma_alpha` on a subsample of the training rows and shared by
+    all methods.  Each random-feature method is fitted ``n_repeats`` times with
+    seeds ``random_state + r``; the exact model once, and only when the training
+    set has at most ``max_exact`` rows (its cost is O(n^3) time, O(n^2) memory).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+    kernel : {"rbf", "softmax"}, default="rbf"
+    n_features : sequence of int, default=(16, 64, 256, 1024, 2048)
+        Output widths.
+    methods : sequence of str, default=METHODS
+        A subset of :data:`METHODS`.
+    gamma, alpha : float, default=None
+        ``None``: chosen by cross-validation (see above).
+    test_size : float, default=0.25
+        Fraction of rows held out for ``R^2`` and the kernel error.
+    max_exact : int, default=5000
+        Largest training set on which exact kernel ridge regression is run.
+    max_error_samples : int, default=2000
+        The kernel-approximation error is measured on at most this many test rows.
+    cv_samples : int, default=1000
+        Subsample size for :func:`select_gamma_alpha`.
+    n_repeats : int, default=1
+        Seeds per random-feature method and width.
+    random_state : int, default=0
+        Seed of the split, the subsamples and (offset by the repeat) the features.
+    progress : callable, default=None
+        Wraps the iterable of fits, e.g. ``favorkern._commands._progress.progress``;
+        called as ``progress(iterable, total=..., desc=...)``.
+
+    Returns
+    -------
+    results : pandas.DataFrame
+        One row per fit: ``method``, ``kernel``, ``n_features`` (``NaN`` for the exact
+        model), ``repeat``, ``fit_time``, ``predict_time`` (seconds; predict on the
+        whole test set), ``test_r2`` and ``kernel_error`` (relative Frobenius error
+        against the exact kernel on the held-out rows).  ``results.attrs`` holds
+        ``gamma``, ``alpha``, ``n_train``, ``n_test``, ``n_error_rows``, ``n_dims``,
+        ``exact_skipped`` and ``kernel``.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from favorkern.regression import compare_regression
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> results = compare_regression(X, y, n_features=[32], cv_samples=200)
+    >>> sorted(results["method"].unique())[:2]
+    ['Hyperbolic (orthogonal)', 'KernelRidge (exact)']
+    >>> bool((results["kernel_error"] < 1).all())
+    True
+    """
+    import pandas as pd
+
+    check_option(kernel, "kernel", KERNELS)
+    for method in methods:
+        check_option(method, "method", METHODS)
+    widths = [check_int(m, "n_features") for m in np.ravel(n_features)]
+    if not widths:
+        raise ValueError("n_features must list at least one width")
+    n_repeats = check_int(n_repeats, "n_repeats")
+    max_exact = check_int(max_exact, "max_exact", min_value=0)
+    max_error_samples = check_int(max_error_samples, "max_error_samples", min_value=2)
+    if not isinstance(test_size, Real) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    if not isinstance(random_state, Integral):
+        raise TypeError(f"random_state must be an int, got {random_state!r}")
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    rng = np.random.RandomState(random_state)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, random_state=rng)
+    error_rows = rng.choice(len(y_test), size=min(len(y_test), max_error_samples), replace=False)
+    X_eval = X_test[np.sort(error_rows)]
+
+    if gamma is None or alpha is None:
+        chosen_gamma, chosen_alpha = select_gamma_alpha(
+            X_train, y_train, kernel=kernel, max_samples=cv_samples, random_state=rng
+        )
+        gamma = chosen_gamma if gamma is None else gamma
+        alpha = chosen_alpha if alpha is None else alpha
+    gamma = check_positive_real(gamma, "gamma")
+    alpha = check_positive_real(alpha, "alpha")
+
+    run_exact = EXACT in methods and len(y_train) <= max_exact
+    tasks = [(EXACT, None, 0)] if run_exact else []
+    tasks += [
+        (method, width, repeat)
+        for width in widths
+        for repeat in range(n_repeats)
+        for method in methods
+        if method != EXACT
+    ]
+    if progress is not None:
+        tasks = progress(tasks, total=len(tasks), desc=f"regress ({kernel})")
+
+    rows = []
+    for method, width, repeat in tasks:
+        if width is None:  # the exact model has no width
+            width_used = 1
+        elif method == "Nystroem":  # at most one landmark per training row
+            width_used = min(width, len(y_train))
+        else:
+            width_used = width
+        model = make_regressor(
+            method,
+            n_features=width_used,
+            kernel=kernel,
+            gamma=gamma,
+            alpha=alpha,
+            random_state=random_state + repeat,
+        )
+        start = time.perf_counter()
+        model.fit(X_train, y_train)
+        fit_time = time.perf_counter() - start
+        start = time.perf_counter()
+        predictions = model.predict(X_test)
+        predict_time = time.perf_counter() - start
+        rows.append(
+            {
+                "method": method,
+                "kernel": kernel,
+                "n_features": np.nan if width is None else width,
+                "repeat": repeat,
+                "fit_time": fit_time,
+                "predict_time": predict_time,
+                "test_r2": r2_score(y_test, predictions),
+                "kernel_error": _approximation_error(model, X_eval, kernel, gamma),
+            }
+        )
+    results = pd.DataFrame(rows)
+    results.attrs.update(
+        gamma=gamma,
+        alpha=alpha,
+        kernel=kernel,
+        n_train=len(y_train),
+        n_test=len(y_test),
+        n_error_rows=len(X_eval),
+        n_dims=X.shape[1],
+        exact_skipped=EXACT in methods and not run_exact,
+    )
+    return results
+
+
+def summarize_regression(results):
+    """Mean over repeats: one row per method and width, in :data:`METHODS` order.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        The output of :func:`compare_regression`.
+
+    Returns
+    -------
+    summary : pandas.DataFrame
+        Columns ``method``, ``n_features``, ``fit_time``, ``predict_time``,
+        ``test_r2``, ``kernel_error`` (means) and ``n_repeats``; the exact model
+        first, then by width.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from favorkern.regression import summarize_regression
+    >>> results = pd.DataFrame({"method": ["RBFSampler"] * 2, "n_features": [8, 8],
+    ...     "repeat": [0, 1], "fit_time": [1.0, 3.0], "predict_time": [0.1, 0.1],
+    ...     "test_r2": [0.4, 0.6], "kernel_error": [0.2, 0.4]})
+    >>> summarize_regression(results)[["test_r2", "n_repeats"]].round(3).to_numpy().tolist()
+    [[0.5, 2.0]]
+    """
+    columns = ["fit_time", "predict_time", "test_r2", "kernel_error"]
+    frame = results.assign(n_features=results["n_features"].fillna(0))
+    summary = frame.groupby(["n_features", "method"], sort=False)[columns].mean()
+    summary["n_repeats"] = frame.groupby(["n_features", "method"], sort=False).size()
+    summary = summary.reset_index()
+    order = {name: i for i, name in enumerate(METHODS)}
+    summary["_order"] = summary["method"].map(order)
+    summary = summary.sort_values(["n_features", "_order"], kind="stable").drop(columns="_order")
+    summary["n_features"] = summary["n_features"].replace(0, np.nan)
+    summary = summary[["method", "n_features", *columns, "n_repeats"]]
+    summary.attrs.update(results.attrs)
+    return summary.reset_index(drop=True)
+
+
+def plot_regression(results, *, title=None):
+    """Kernel-approximation error and test ``R^2`` against width, one line per method.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        The output of :func:`compare_regression` (or :func:`summarize_regression`).
+    title : str, default=None
+        Figure title.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        Two panels; exact kernel ridge regression is a dashed horizontal line in the
+        ``R^2`` panel.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.datasets import load_diabetes
+    >>> from favorkern.regression import compare_regression, plot_regression
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> figure = plot_regression(compare_regression(X, y, n_features=[8, 32], cv_samples=200))
+    >>> len(figure.axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    summary = summarize_regression(results) if "repeat" in results else results
+    figure, (ax_error, ax_r2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for method in METHODS:
+        rows = summary[summary["method"] == method]
+        if rows.empty:
+            continue
+        if method == EXACT:
+            ax_r2.axhline(rows["test_r2"].iloc[0], color="k", ls="--", label=method)
+            continue
+        ax_error.plot(rows["n_features"], rows["kernel_error"], marker="o", label=method)
+        ax_r2.plot(rows["n_features"], rows["test_r2"], marker="o", label=method)
+    ax_error.set(xscale="log", yscale="log", xlabel="width (n_features)")
+    ax_error.set_ylabel("relative Frobenius error of the kernel")
+    ax_r2.set(xscale="log", xlabel="width (n_features)", ylabel="test $R^2$")
+    for ax in (ax_error, ax_r2):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_r2.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
