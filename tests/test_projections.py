@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from favorkern import draw_projection
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    d=st.integers(1, 12),
+    kind=st.sampled_from(["gaussian", "orthogonal"]),
+    norms=st.sampled_from(["chi", "fixed"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_shape_dtype_and_determinism(m, d, kind, norms, seed):
+    W = draw_projection(m, d, kind=kind, norms=norms, random_state=seed)
+    assert W.shape == (m, d)
+    assert W.dtype == np.float64
+    assert W.flags.c_contiguous
+    assert np.isfinite(W).all()
+    np.testing.assert_array_equal(
+        W, draw_projection(m, d, kind=kind, norms=norms, random_state=seed)
+    )
+    if norms == "fixed":
+        np.testing.assert_allclose(np.linalg.norm(W, axis=1), np.sqrt(d), rtol=1e-12)
+
+
+@pytest.mark.parametrize("m, d", [(16, 16), (37, 8), (5, 8), (8, 1)])
+def test_orthogonal_blocks(m, d):
+    W = draw_projection(m, d, kind="orthogonal", random_state=0)
+    for start in range(0, m, d):
+        block = W[start : start + d]
+        gram = block @ block.T
+        off_diagonal = gram - np.diag(np.diag(gram))
+        assert np.abs(off_diagonal).max() < 1e-10 * max(1.0, np.abs(gram).max())
+
+
+def test_orthogonal_rows_are_marginally_gaussian():
+    # Rows of sign-corrected ORF blocks are N(0, I): check mean, covariance and norms.
+    d = 6
+    W = draw_projection(6000, d, kind="orthogonal", random_state=1)
+    assert np.abs(W.mean(axis=0)).max() < 4.5 / np.sqrt(6000)
+    np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.08)
+    p_value = stats.kstest(np.sum(W**2, axis=1), stats.chi2(d).cdf).pvalue
+    assert p_value > 1e-3
+
+
+def test_sign_fix_makes_haar_diagonal_unbiased():
+    # Raw LAPACK QR has Q[0, 0] <= 0 always (THEORY 7.4); Haar has a symmetric diagonal.
+    d = 8
+    first_rows = np.array(
+        [draw_projection(d, d, norms="fixed", random_state=s)[0] / np.sqrt(d) for s in range(3000)]
+    )
+    mean_diag = first_rows[:, 0].mean()
+    se = first_rows[:, 0].std() / np.sqrt(len(first_rows))
+    assert abs(mean_diag) < 4.5 * se
+    assert (first_rows[:, 0] > 0).mean() == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"n_features": 0, "n_dims": 3}, ValueError, "n_features"),
+        ({"n_features": 2.5, "n_dims": 3}, TypeError, "n_features"),
+        ({"n_features": 4, "n_dims": 0}, ValueError, "n_dims"),
+        ({"n_features": 4, "n_dims": 3, "kind": "hadamard"}, ValueError, "kind"),
+        ({"n_features": 4, "n_dims": 3, "norms": "unit"}, ValueError, "norms"),
+        ({"n_features": True, "n_dims": 3}, TypeError, "n_features"),
+    ],
+)
+def test_bad_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        draw_projection(**kwargs)
