@@ -1,0 +1,196 @@
+"""Random-feature ridge regression against RBFSampler, Nystroem and exact KernelRidge.
+
+Splits the data into train and test sets, chooses gamma and alpha once by
+cross-validating exact kernel ridge regression on a subsample of the training
+rows, then fits every method at every width with that gamma and alpha and reports
+fit and predict time, test R^2 and the kernel-approximation error (relative
+Frobenius error against the exact kernel on at most 2000 held-out rows).  Writes
+the table to stdout, DIR/regress.md and DIR/regress.csv, and the plot to
+DIR/regress.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ._progress import progress
+
+DEFAULT_WIDTHS = (16, 64, 256, 1024, 2048)
+
+
+def _widths(text):
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 16,64,256, got {text!r}"
+        ) from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be integers >= 1, got {text!r}")
+    return widths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default="diabetes",
+        metavar="NAME|PATH.csv",
+        help="'diabetes' (ships with scikit-learn), 'friedman1' (synthetic, 100000 rows) "
+        "or a CSV file with a header row",
+    )
+    parser.add_argument(
+        "--target", default=None, metavar="COLUMN", help="target column of a CSV file"
+    )
+    parser.add_argument("--kernel", choices=("rbf", "softmax"), default="rbf")
+    parser.add_argument(
+        "--n-features",
+        type=_widths,
+        default=list(DEFAULT_WIDTHS),
+        metavar="M1,M2,...",
+        help="output widths, comma-separated",
+    )
+    parser.add_argument("--out", default="regress-out", metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rows generated for friedman1 (default 100000); for other data, a random "
+        "subset of at most N rows",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="seeds per random-feature method and width"
+    )
+    parser.add_argument("--gamma", type=float, default=None, help="skip the CV of gamma")
+    parser.add_argument("--alpha", type=float, default=None, help="skip the CV of alpha")
+    parser.add_argument(
+        "--cv-samples", type=int, default=1000, help="subsample size for the CV of gamma, alpha"
+    )
+    parser.add_argument(
+        "--max-exact",
+        type=int,
+        default=5000,
+        help="largest training set on which exact KernelRidge is run",
+    )
+    parser.add_argument("--test-size", type=float, default=0.25, help="held-out fraction")
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, subsamples, features")
+    parser.add_argument("--no-plot", action="store_true", help="do not write regress.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def format_table(summary) -> str:
+    """The summary as a Markdown table (no tabulate dependency)."""
+    header = ["method", "width", "fit (s)", "predict (s)", "test R^2", "kernel error"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary.itertuples(index=False):
+        width = "exact" if row.n_features != row.n_features else str(int(row.n_features))
+        cells = [
+            row.method,
+            width,
+            f"{row.fit_time:.4f}",
+            f"{row.predict_time:.4f}",
+            f"{row.test_r2:.4f}",
+            f"{row.kernel_error:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_targets(summary) -> str:
+    """Lines checking the issue's targets against the measured summary."""
+    from favorkern.regression import EXACT
+
+    lines = []
+    d = summary.attrs["n_dims"]
+    trig = summary[summary["method"] == "Trigonometric (orthogonal)"].set_index("n_features")
+    rff = summary[summary["method"] == "RBFSampler"].set_index("n_features")
+    for m in sorted(set(trig.index) & set(rff.index)):
+        ratio = trig.loc[m, "kernel_error"] / rff.loc[m, "kernel_error"]
+        tag = f" (= {int(m) // d}d)" if m % d == 0 else ""
+        verdict = "meets" if ratio <= 0.8 else "misses"
+        lines.append(
+            f"- width {int(m)}{tag}: Trigonometric (orthogonal) kernel error / RBFSampler's = "
+            f"{ratio:.3f} ({verdict} <= 0.8)"
+        )
+    exact = summary[summary["method"] == EXACT]
+    if exact.empty:
+        lines.append("- exact KernelRidge not run (training set larger than --max-exact)")
+        return "\n".join(lines)
+    exact_r2 = exact["test_r2"].iloc[0]
+    for method in summary["method"].unique():
+        if method == EXACT:
+            continue
+        rows = summary[summary["method"] == method].sort_values("n_features")
+        close = ((rows["test_r2"] - exact_r2).abs() <= 0.01).to_numpy()
+        widths = rows["n_features"].astype(int).to_numpy()
+        first = f"width {widths[close.argmax()]}" if close.any() else "no width tried"
+        # smallest width from which every larger width tried also stays within 0.01
+        stays = [w for i, w in enumerate(widths) if close[i:].all()]
+        settled = f"width {stays[0]}" if stays else "no width tried"
+        lines.append(
+            f"- {method}: test R^2 within 0.01 of exact ({exact_r2:.4f}) first at {first}, "
+            f"at every larger width from {settled}"
+        )
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from favorkern.regression import (
+        compare_regression,
+        load_dataset,
+        plot_regression,
+        summarize_regression,
+    )
+
+    X, y, name = load_dataset(
+        args.data, target=args.target, n_samples=args.n_samples, random_state=args.seed
+    )
+    bar = None if args.no_progress else progress
+    results = compare_regression(
+        X,
+        y,
+        kernel=args.kernel,
+        n_features=args.n_features,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        test_size=args.test_size,
+        max_exact=args.max_exact,
+        cv_samples=args.cv_samples,
+        n_repeats=args.repeats,
+        random_state=args.seed,
+        progress=bar,
+    )
+    summary = summarize_regression(results)
+    info = results.attrs
+    notes = [
+        f"{name}, kernel {args.kernel}: gamma = {info['gamma']:.6g}, alpha = {info['alpha']:.6g} "
+        f"(cross-validated exact KernelRidge on <= {args.cv_samples} training rows unless given)",
+        f"train {info['n_train']} rows, test {info['n_test']} rows; kernel error on "
+        f"{info['n_error_rows']} test rows; {args.repeats} seed(s) per random-feature row; "
+        "Nystroem uses at most one landmark per training row",
+    ]
+    if info["exact_skipped"]:
+        notes.append(f"exact KernelRidge skipped: {info['n_train']} training rows > --max-exact")
+    text = "\n\n".join(
+        ["\n".join(notes), format_table(summary), "Targets:\n" + format_targets(summary)]
+    )
+    print(text)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "regress.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"# favorkern regress: {name}, kernel {args.kernel}\n\n{text}\n")
+    summary.to_csv(os.path.join(args.out, "regress.csv"), index=False)
+    written = ["regress.md", "regress.csv"]
+    if not args.no_plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure = plot_regression(summary, title=f"{name}, {args.kernel} kernel")
+        figure.savefig(os.path.join(args.out, "regress.png"), dpi=120)
+        plt.close(figure)
+        written.append("regress.png")
+    print(f"\nwrote {', '.join(os.path.join(args.out, f) for f in written)}")
+    return 0
