@@ -1,0 +1,662 @@
+"""Variance and convergence diagnostics of the random-feature estimators.
+
+Closed-form mean squared errors (Performer, Lemma 2; the exact orthogonal-block
+formula and the regularized kernel of THEORY.md sections 3.3 and 4) next to
+Monte-Carlo estimates that run the library's own feature maps.
+
+Conventions used throughout this module
+---------------------------------------
+* ``n_features`` is the number ``m`` of random **projections** (THEORY.md's ``m``),
+  not the output width: positive features give ``m`` outputs, hyperbolic and
+  trigonometric features ``2 m`` (their transformers' ``n_components = 2 m``).
+* The target is the softmax kernel ``SM(x, y) = exp(gamma x.y)``; ``gamma`` enters
+  as ``x -> sqrt(gamma) x``, so every formula below is written for ``gamma = 1``
+  with ``x' = sqrt(gamma) x``.
+* ``z = x' + y'``, ``delta = x' - y'``, ``Lambda = exp(-(|x'|^2 + |y'|^2) / 2)``.
+
+Only numpy and scipy are imported here; pandas is imported inside the functions
+that return data frames, the attention functions inside :func:`attention_error`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from ._validation import check_float_array, check_int, check_option, check_positive_real
+
+__all__ = [
+    "FEATURES",
+    "MonteCarloMSE",
+    "theoretical_mse",
+    "empirical_mse",
+    "default_pairs",
+    "variance_study",
+    "convergence",
+    "attention_error",
+]
+
+FEATURES = ("positive", "hyperbolic", "trigonometric")
+_PROJECTIONS = ("gaussian", "orthogonal")
+_NORMS = ("chi", "fixed")
+
+# Poisson windows: mean +- (12 sqrt(mean) + 40) holds all but ~e^-70 of the mass.
+_WINDOW_SIGMAS = 12.0
+_WINDOW_PAD = 40
+# Beyond this Poisson mean the window would be large and the orthogonal correction is
+# negligible against the iid term (it is bounded by one unit of it); the mean is clipped.
+_MAX_POISSON_MEAN = 1.0e6
+# Elements per temporary array in the windowed sums and in the Monte Carlo.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# -- input handling ----------------------------------------------------------------
+
+
+def _check_pairs(x, y):
+    """Validate ``x``, ``y`` as float64 ``(n, d)`` arrays; return them and a scalar flag."""
+    x = check_float_array(x, "x", dtype=np.float64)
+    y = check_float_array(y, "y", dtype=np.float64)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"x must be a 1-D or 2-D array, got shape {x.shape}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"y must be a 1-D or 2-D array, got shape {y.shape}")
+    scalar = x.ndim == 1 and y.ndim == 1
+    x2, y2 = np.atleast_2d(x), np.atleast_2d(y)
+    if x2.shape[1] != y2.shape[1]:
+        raise ValueError(
+            f"x and y must have the same number of dimensions, got {x2.shape[1]} and {y2.shape[1]}"
+        )
+    try:
+        x2, y2 = np.broadcast_arrays(x2, y2)
+    except ValueError:
+        raise ValueError(
+            f"x and y must hold the same number of pairs (or one of them 1), "
+            f"got shapes {x.shape} and {y.shape}"
+        ) from None
+    return np.ascontiguousarray(x2), np.ascontiguousarray(y2), scalar
+
+
+def _check_gamma(gamma):
+    return check_positive_real(gamma, "gamma")
+
+
+def _same_block_pairs(m: int, d: int, projection: str) -> int:
+    """``P = k d (d - 1) + r (r - 1)`` ordered same-block pairs for ``m = k d + r``; 0 iid."""
+    if projection == "gaussian":
+        return 0
+    k, r = divmod(m, d)
+    return k * d * (d - 1) + r * (r - 1)
+
+
+def _output(values, scalar):
+    return float(values[0]) if scalar else values
+
+
+# -- series -------------------------------------------------------------------------
+
+
+def _log_one_minus_r(n_max: int, d: int) -> np.ndarray:
+    """``log(1 - r_n)``, ``r_n = (d)_n / ((d/2)_n 2^n) = prod_{k<n} (d + k) / (d + 2k)``."""
+    k = np.arange(n_max, dtype=np.float64)
+    log_r = np.concatenate([[0.0], np.cumsum(np.log1p(-k / (d + 2.0 * k)))])
+    with np.errstate(divide="ignore"):
+        return np.log(-np.expm1(log_r))
+
+
+def _log_abs_t(n_max: int, d: int):
+    """``t_n = (-d/2)_n / (d/2)_n``: returns ``(log|t_n|, sign t_n)`` for ``n <= n_max``."""
+    k = np.arange(n_max, dtype=np.float64)
+    factors = (k - d / 2.0) / (k + d / 2.0)
+    with np.errstate(divide="ignore"):
+        log_abs = np.concatenate([[0.0], np.cumsum(np.log(np.abs(factors)))])
+    sign = np.concatenate([[1.0], np.cumprod(np.sign(factors))])
+    return log_abs, sign
+
+
+def _poisson_expectation(lam, log_abs_g, sign_g=None):
+    """``E[g(N)]``, ``N ~ Poisson(lam)``, summed over a window around ``lam``.
+
+    ``|g| <= 1`` is assumed, so the omitted tails contribute at most ~e^-70.
+    ``log_abs_g`` (and ``sign_g``) are tabulated for ``n = 0 .. len - 1``.
+    """
+    lam = np.minimum(np.asarray(lam, dtype=np.float64), _MAX_POISSON_MEAN)
+    half = np.ceil(_WINDOW_SIGMAS * np.sqrt(lam)) + _WINDOW_PAD
+    start = np.maximum(0.0, np.floor(lam - half)).astype(np.int64)
+    width = int(2 * half.max()) + 1 if lam.size else 1
+    out = np.empty(lam.shape, dtype=np.float64)
+    step = max(1, _CHUNK_ELEMENTS // width)
+    offsets = np.arange(width)
+    for lo in range(0, lam.size, step):
+        hi = min(lam.size, lo + step)
+        n = start[lo:hi, None] + offsets[None, :]
+        lam_c = lam[lo:hi, None]
+        log_pmf = special.xlogy(n, lam_c) - lam_c - special.gammaln(n + 1.0)
+        terms = np.exp(log_pmf + log_abs_g[n])
+        if sign_g is not None:
+            terms *= sign_g[n]
+        out[lo:hi] = terms.sum(axis=1)
+    return out
+
+
+def _table_length(lam) -> int:
+    lam = np.minimum(np.asarray(lam, dtype=np.float64), _MAX_POISSON_MEAN)
+    top = lam.max() if lam.size else 0.0
+    return int(top + 2 * (_WINDOW_SIGMAS * np.sqrt(top) + _WINDOW_PAD)) + 4
+
+
+def _orthogonal_deficit(s, d):
+    """``q(s) = 1 - e^{-s} M(d, d/2, s/2) = E[1 - r_N]``, ``N ~ Poisson(s)``.
+
+    The positive/hyperbolic same-block covariance is ``Cov = -SM^2 q(s)``
+    (THEORY.md 3.3: ``Lambda^2 [M(d, d/2, |z|^2/2) - e^{|z|^2}]``).  All terms are
+    positive, so the sum has no cancellation; ``0 <= q < 1``.
+    """
+    return _poisson_expectation(s, _log_one_minus_r(_table_length(s), d))
+
+
+def _trig_gap(delta, d):
+    """``M(d, d/2, -delta/2) - e^{-delta}`` (the trigonometric same-block covariance factor).
+
+    Small ``delta``: ``-sum_{n>=2} (-delta)^n / n! (1 - r_n)`` (fast, no cancellation).
+    Otherwise Kummer's transformation, ``M(d, d/2, -v) = e^{-v} M(-d/2, d/2, v)
+    = E[t_N]`` with ``N ~ Poisson(v)`` and ``|t_n| <= 1``: absolute error ~1e-16.
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    out = np.empty_like(delta)
+    small = delta < 0.5
+    if small.any():
+        n = np.arange(2, 40)
+        coef = -np.exp(-special.gammaln(n + 1.0) + _log_one_minus_r(40, d)[2:40])
+        out[small] = (coef * (-delta[small, None]) ** n).sum(axis=1)
+    large = ~small
+    if large.any():
+        v = delta[large] / 2.0
+        log_abs, sign = _log_abs_t(_table_length(v), d)
+        out[large] = _poisson_expectation(v, log_abs, sign) - np.exp(-delta[large])
+    return out
+
+
+def _log_hyp0f1(b, u):
+    """``log 0F1(; b; u)`` for ``u >= 0``, finite far beyond float64's range of the value."""
+    u = np.asarray(u, dtype=np.float64)
+    out = np.zeros_like(u)
+    direct = u <= 500.0
+    out[direct] = np.log(special.hyp0f1(b, u[direct]))
+    big = ~direct
+    if big.any():
+        # 0F1(; b; u) = Gamma(b) u^{(1-b)/2} I_{b-1}(2 sqrt(u)); ive = I e^{-x}.
+        root = 2.0 * np.sqrt(u[big])
+        out[big] = (
+            special.gammaln(b)
+            + 0.5 * (1.0 - b) * np.log(u[big])
+            + np.log(special.ive(b - 1.0, root))
+            + root
+        )
+    return out
+
+
+def _log_expm1(t):
+    """``log(e^t - 1)`` for ``t >= 0`` (``-inf`` at 0), finite for any finite ``t``."""
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(
+            t <= 30.0,
+            np.log(np.expm1(np.minimum(t, 30.0))),
+            t + np.log1p(-np.exp(-np.maximum(t, 30.0))),
+        )
+
+
+def _log_of_nonneg(value):
+    """log of a quantity that is >= 0 mathematically; rounding below 0 gives -inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.maximum(value, 0.0))
+
+
+# -- closed forms -------------------------------------------------------------------
+
+
+def _geometry(x, y, gamma):
+    a = gamma * np.einsum("ij,ij->i", x, x)
+    b = gamma * np.einsum("ij,ij->i", y, y)
+    ip = gamma * np.einsum("ij,ij->i", x, y)
+    s = np.maximum(a + b + 2 * ip, 0.0)  # |z|^2
+    delta = np.maximum(a + b - 2 * ip, 0.0)  # |x' - y'|^2
+    # Direct forms are more accurate than a + b +- 2 ip when x' ~ -y' or x' ~ y'.
+    s_direct = gamma * np.einsum("ij,ij->i", x + y, x + y)
+    delta_direct = gamma * np.einsum("ij,ij->i", x - y, x - y)
+    return a, b, ip, np.where(np.isfinite(s_direct), s_direct, s), np.where(
+        np.isfinite(delta_direct), delta_direct, delta
+    )
+
+
+def _chi_log_mse(features, a, b, ip, s, delta, m, P, d):
+    """log MSE for chi norms (unbiased estimators): iid term plus P same-block pairs."""
+    if features == "trigonometric":
+        var1 = 0.5 * np.expm1(-delta) ** 2
+        cov = _trig_gap(delta, d) if P else 0.0
+        return (a + b) + _log_of_nonneg(var1 / m + (P / m**2) * cov)
+    q = _orthogonal_deficit(s, d) if P else np.zeros_like(s)
+    if features == "positive":
+        # Var1 / SM^2 = e^s - 1; Cov / SM^2 = -q.
+        log_var = _log_expm1(s)
+    else:
+        # Var1 / SM^2 = (e^s - 1)(1 - e^-s) / 2.
+        log_var = _log_expm1(s) + np.log(-np.expm1(-np.maximum(s, 1e-300))) - np.log(2.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        correction = np.log1p(np.maximum(-(P / m) * q * np.exp(-log_var), -1.0))
+    out = 2 * ip + log_var - np.log(m) + correction
+    return np.where(s > 0, out, -np.inf)
+
+
+def _chi_mse(features, a, b, ip, s, delta, m, P, d):
+    """Direct (non-log) MSE for chi norms; overflows to inf where the value does."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if features == "trigonometric":
+            var1 = 0.5 * np.expm1(-delta) ** 2
+            cov = _trig_gap(delta, d) if P else 0.0
+            return np.exp(a + b) * np.maximum(var1 / m + (P / m**2) * cov, 0.0)
+        q = _orthogonal_deficit(s, d) if P else 0.0
+        sm2 = np.exp(2 * ip)
+        if features == "positive":
+            rel = np.expm1(s) / m - (P / m**2) * q
+        else:
+            rel = 0.5 * np.expm1(s) * -np.expm1(-s) / m - (P / m**2) * q
+        return np.where(s > 0, sm2 * np.maximum(rel, 0.0), 0.0)
+
+
+def _fixed_terms(features, a, b, ip, s, delta, m, P, d):
+    """Pieces of the ``norms="fixed"`` (SMREG) MSE in log form.
+
+    Returns ``(log_prefactor, inner, log_bias2)`` with
+    ``MSE = exp(log_prefactor) * inner + exp(log_bias2)``.
+    """
+    half = d / 2.0
+    if features == "trigonometric":
+        # G(u) = 0F1(; d/2; -u) = E cos(w . delta), |w| = sqrt(d); bounded by 1.
+        g1 = special.hyp0f1(half, -d * delta)
+        g2 = special.hyp0f1(half, -d * delta / 2.0)
+        g4 = special.hyp0f1(half, -d * delta / 4.0)
+        var1 = (1.0 + g1) / 2.0 - g4**2
+        cov = g2 - g4**2
+        inner = var1 / m + (P / m**2) * cov + (g4 - np.exp(-delta / 2.0)) ** 2
+        return a + b, inner, np.full_like(a, -np.inf)
+    # F(u) = 0F1(; d/2; u) = E exp(w . z), |w| = sqrt(d).
+    lf1 = _log_hyp0f1(half, d * s)
+    lf2 = _log_hyp0f1(half, d * s / 2.0)
+    lf4 = _log_hyp0f1(half, d * s / 4.0)
+    ratio4 = np.exp(2 * lf4 - lf1)  # SMREG^2 / E X^2-scale, <= 1
+    ratio2 = np.exp(lf2 - lf1)
+    if features == "positive":
+        second = 1.0
+    else:
+        second = 0.5 * (1.0 + np.exp(-lf1))  # E cosh^2 = (F(ds) + 1) / 2
+    inner = (second - ratio4) / m + (P / m**2) * (ratio2 - ratio4)
+    # bias: SMREG - SM = Lambda (e^{lf4} - e^{s/2}) = Lambda e^{s/2} expm1(lf4 - s/2)
+    with np.errstate(divide="ignore"):
+        log_bias2 = -(a + b) + s + 2 * np.log(np.abs(np.expm1(lf4 - s / 2.0)))
+    return -(a + b) + lf1, inner, log_bias2
+
+
+def theoretical_mse(
+    x,
+    y,
+    *,
+    features,
+    n_features,
+    projection="gaussian",
+    norms="chi",
+    gamma=1.0,
+    log=False,
+):
+    """Closed-form mean squared error of ``phi(x).phi(y)`` as an estimate of ``exp(gamma x.y)``.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (d,) or (n_pairs, d)
+        The pairs (broadcast against each other).
+    features : {"positive", "hyperbolic", "trigonometric"}
+        The feature map (:class:`~favorkern.PositiveRandomFeatures`,
+        :class:`~favorkern.HyperbolicRandomFeatures`,
+        :class:`~favorkern.TrigonometricRandomFeatures` with ``kernel="softmax"``).
+    n_features : int
+        Number ``m`` of random projections.  Hyperbolic and trigonometric maps have
+        ``2 m`` outputs (``n_components = 2 m`` in the transformers).
+    projection : {"gaussian", "orthogonal"}, default="gaussian"
+        iid rows, or orthogonal blocks of ``d`` rows (the last block partial when
+        ``d`` does not divide ``m``), as :func:`favorkern.draw_projection` draws them.
+    norms : {"chi", "fixed"}, default="chi"
+        ``"chi"``: unbiased estimators, the MSE is the variance.  ``"fixed"``: rows
+        of length ``sqrt(d)``, an estimator of the regularized kernel SMREG; the
+        MSE against ``exp(gamma x.y)`` is bias squared plus variance.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    log : bool, default=False
+        Return ``log(MSE)``, computed in log space: finite where the MSE itself
+        overflows float64 (``-inf`` where the MSE is exactly zero).
+
+    Returns
+    -------
+    mse : float or ndarray of shape (n_pairs,)
+        A float when both ``x`` and ``y`` are 1-D.
+
+    Notes
+    -----
+    With ``x' = sqrt(gamma) x``, ``z = x' + y'``, ``delta = x' - y'``,
+    ``SM = exp(x'.y')`` and ``m = k d + r`` projections, every estimator is an
+    average of ``m`` per-projection terms, so (THEORY.md 2 and 3.3)
+
+    ``MSE = Var1 / m + (P / m^2) Cov``,  ``P = k d (d - 1) + r (r - 1)``
+
+    (``P = 0`` for iid rows), with (Performer, Lemma 2, and the exact block formula)
+
+    * positive: ``Var1 = SM^2 (e^{|z|^2} - 1)``;
+    * hyperbolic: ``Var1 = SM^2 (e^{|z|^2} - 1)(1 - e^{-|z|^2}) / 2``;
+    * positive and hyperbolic: ``Cov = Lambda^2 [1F1(d; d/2; |z|^2/2) - e^{|z|^2}]``
+      ``= -SM^2 E[1 - r_N]``, ``N ~ Poisson(|z|^2)``,
+      ``r_n = (d)_n / ((d/2)_n 2^n)`` (a positive series, summed without
+      cancellation over a window around its peak);
+    * trigonometric: ``Var1 = e^{|x'|^2 + |y'|^2} (1 - e^{-|delta|^2})^2 / 2`` and
+      ``Cov = e^{|x'|^2+|y'|^2} [1F1(d; d/2; -|delta|^2/2) - e^{-|delta|^2}]``, the
+      ``1F1`` through Kummer's transformation as ``E[t_N]``, ``N ~ Poisson(|delta|^2/2)``,
+      ``t_n = (-d/2)_n / (d/2)_n``, ``|t_n| <= 1``.
+
+    For ``norms="fixed"`` (THEORY.md 4) the moments are ``0F1(; d/2; .)`` values:
+    ``E exp(w.z) = 0F1(; d/2; d |z|^2/4)`` and so on, and the bias ``SMREG - SM`` is
+    added squared.  Performer Theorem 2 (orthogonal never worse for positive
+    features) holds for these closed forms.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import theoretical_mse
+    >>> x = np.array([0.5, 0.0, 0.0, 0.0])
+    >>> y = np.array([0.0, 0.5, 0.0, 0.0])
+    >>> iid = theoretical_mse(x, y, features="positive", n_features=4)
+    >>> bool(np.isclose(iid, np.expm1(0.5) / 4))   # SM = 1 here
+    True
+    >>> ort = theoretical_mse(x, y, features="positive", n_features=4, projection="orthogonal")
+    >>> bool(ort < iid)
+    True
+    >>> big = 20 * np.ones(4)
+    >>> theoretical_mse(big, big, features="positive", n_features=4)
+    inf
+    >>> round(theoretical_mse(big, big, features="positive", n_features=4, log=True), 1)
+    9598.6
+    """
+    x, y, scalar = _check_pairs(x, y)
+    check_option(features, "features", FEATURES)
+    m = check_int(n_features, "n_features")
+    check_option(projection, "projection", _PROJECTIONS)
+    check_option(norms, "norms", _NORMS)
+    gamma = _check_gamma(gamma)
+    if not isinstance(log, (bool, np.bool_)):
+        raise TypeError(f"log must be a bool, got {type(log).__name__}: {log!r}")
+    d = x.shape[1]
+    P = _same_block_pairs(m, d, projection)
+    a, b, ip, s, delta = _geometry(x, y, gamma)
+    if norms == "chi":
+        if log:
+            values = _chi_log_mse(features, a, b, ip, s, delta, m, P, d)
+        else:
+            values = _chi_mse(features, a, b, ip, s, delta, m, P, d)
+        return _output(values, scalar)
+    log_pre, inner, log_bias2 = _fixed_terms(features, a, b, ip, s, delta, m, P, d)
+    if log:
+        values = np.logaddexp(log_pre + _log_of_nonneg(inner), log_bias2)
+    else:
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            values = np.exp(log_pre) * np.maximum(inner, 0.0) + np.exp(log_bias2)
+    return _output(values, scalar)
+
+
+# -- Monte Carlo ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonteCarloMSE:
+    """Monte-Carlo mean squared error of a random-feature kernel estimate, per pair.
+
+    Attributes
+    ----------
+    mse : float or ndarray (n_pairs,)
+        Mean over trials of ``(phi(x).phi(y) - k(x, y))^2``.
+    se : float or ndarray
+        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (THEORY.md
+        7.5) both ``mse`` and ``se`` are typically *too small*.
+    mom : float or ndarray
+        Median of the means of ``n_groups`` groups of trials.
+    mom_low, mom_high : float or ndarray
+        Distribution-free ~95% interval (order statistics of the group means) for
+        the median of the group-mean distribution.  With light tails that median is
+        the MSE; with heavy tails it lies below it, so a closed form far above
+        ``mom_high`` flags the heavy-tail regime rather than a wrong formula.
+    mom_coverage : float
+        The exact binomial coverage of that interval.
+    mean, mean_se : float or ndarray
+        Mean estimate of the kernel and its standard error (a bias check).
+    kernel : float or ndarray
+        The exact ``exp(gamma x.y)``.
+    n_trials, n_groups : int
+    """
+
+    mse: object
+    se: object
+    mom: object
+    mom_low: object
+    mom_high: object
+    mom_coverage: float
+    mean: object
+    mean_se: object
+    kernel: object
+    n_trials: int
+    n_groups: int
+
+
+def _feature_spec(features, projection, input_scale):
+    from ._feature_maps import hyperbolic_spec, positive_spec, trigonometric_spec
+
+    m = projection.shape[0]
+    if features == "positive":
+        return positive_spec(projection, input_scale)
+    if features == "hyperbolic":
+        return hyperbolic_spec(projection, input_scale, 2 * m)
+    return trigonometric_spec(projection, input_scale, 2 * m, np.empty(0), softmax=True)
+
+
+def _stack_specs(specs):
+    """One spec whose outputs are the outputs of ``specs`` side by side."""
+    from ._feature_maps import FeatureMapSpec
+
+    first = specs[0]
+    scales = [s.log_scale for s in specs]
+    if all(np.ndim(v) == 0 and v == scales[0] for v in scales):
+        log_scale = scales[0]
+    else:
+        log_scale = np.concatenate(
+            [np.broadcast_to(v, s.weights.shape[0]) for v, s in zip(scales, specs, strict=True)]
+        )
+    offset = None if first.offset is None else np.concatenate([s.offset for s in specs])
+    return FeatureMapSpec(
+        np.concatenate([s.weights for s in specs], axis=0),
+        first.func,
+        sq_coef=first.sq_coef,
+        row_log_coef=first.row_log_coef,
+        log_scale=log_scale,
+        offset=offset,
+        logit_bound=max(s.logit_bound for s in specs),
+    )
+
+
+def _draw_trials(n_trials, m, d, projection, norms, rng):
+    """``(n_trials, m, d)`` projections, each distributed as ``draw_projection(m, d, ...)``.
+
+    One call of :func:`favorkern.draw_projection` per chunk: for ``"orthogonal"``
+    it returns independent Haar blocks with independent row norms, and each trial
+    takes ``ceil(m / d)`` consecutive blocks truncated to ``m`` rows -- exactly the
+    distribution of a separate ``draw_projection(m, d)`` call (last block partial).
+    """
+    from .projections import draw_projection
+
+    if projection == "gaussian":
+        W = draw_projection(n_trials * m, d, kind="gaussian", norms=norms, random_state=rng)
+        return W.reshape(n_trials, m, d)
+    rows = -(-m // d) * d
+    W = draw_projection(n_trials * rows, d, kind="orthogonal", norms=norms, random_state=rng)
+    return W.reshape(n_trials, rows, d)[:, :m]
+
+
+def _mom_interval(group_means, confidence=0.95):
+    """Median of means and an order-statistic interval for the median of the group means."""
+    from scipy.stats import binom
+
+    k = group_means.shape[-1]
+    ordered = np.sort(group_means, axis=-1)
+    mom = np.median(group_means, axis=-1)
+    # largest j with P(Binom(k, 1/2) <= j - 1) <= (1 - confidence) / 2
+    cdf = binom.cdf(np.arange(k), k, 0.5)
+    alpha = (1.0 - confidence) / 2.0
+    below = np.nonzero(cdf <= alpha)[0]
+    j = int(below[-1]) + 1 if below.size else 0  # 0-based index of the lower order statistic
+    coverage = 1.0 - 2.0 * (binom.cdf(j - 1, k, 0.5) if j > 0 else 0.0)
+    return mom, ordered[..., j], ordered[..., k - 1 - j], float(coverage)
+
+
+def empirical_mse(
+    x,
+    y,
+    *,
+    features,
+    n_features,
+    projection="gaussian",
+    norms="chi",
+    gamma=1.0,
+    n_trials=1000,
+    n_groups=20,
+    projections=None,
+    random_state=None,
+):
+    """Monte-Carlo MSE of the random-feature estimate of ``exp(gamma x.y)``.
+
+    Each trial draws a projection with :func:`favorkern.draw_projection`, builds
+    the feature map with the same builders the transformers use
+    (``favorkern._feature_maps``) and evaluates it with ``apply_feature_map``;
+    many trials are stacked side by side into one feature map, so a chunk of
+    trials costs one BLAS product and one vectorized ``exp``/``cos``.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (d,) or (n_pairs, d)
+        The pairs (broadcast against each other).
+    features : {"positive", "hyperbolic", "trigonometric"}
+        The feature map (softmax kernel).
+    n_features : int
+        Number ``m`` of random projections per trial (hyperbolic and trigonometric
+        maps have ``2 m`` outputs), as in :func:`theoretical_mse`.
+    projection : {"gaussian", "orthogonal"}, default="gaussian"
+        Projection kind.
+    norms : {"chi", "fixed"}, default="chi"
+        Row norms (see :func:`favorkern.draw_projection`).
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    n_trials : int, default=1000
+        Independent projections.  Memory is ``O(n_pairs * n_trials)`` plus bounded
+        chunks.
+    n_groups : int, default=20
+        Groups for the median of means (at most ``n_trials``).
+    projections : ndarray of shape (n_trials, n_features, d), optional
+        Use these draws instead of drawing (e.g. to reuse one set of draws for
+        several feature maps, or to test another projection scheme).
+        ``projection``, ``norms`` and ``random_state`` are then ignored.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the draws.
+
+    Returns
+    -------
+    result : MonteCarloMSE
+        MSE, standard error, median of means with its interval, mean estimate.
+
+    Notes
+    -----
+    For exp-type features a single projection's squared error has kurtosis of
+    order ``e^{4 |z|^2}`` (THEORY.md 7.5): trust ``mse +- se`` only where
+    ``e^{4 |z|^2} / m`` is moderate; elsewhere prefer :func:`theoretical_mse` and
+    read the median-of-means interval as a robust lower-side summary.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import empirical_mse, theoretical_mse
+    >>> x = np.array([0.3, 0.1, 0.0, 0.2])
+    >>> y = np.array([0.1, -0.2, 0.3, 0.0])
+    >>> mc = empirical_mse(x, y, features="positive", n_features=8, n_trials=4000,
+    ...                    random_state=0)
+    >>> exact = theoretical_mse(x, y, features="positive", n_features=8)
+    >>> bool(abs(mc.mse - exact) < 4.5 * mc.se)
+    True
+    """
+    from sklearn.utils import check_random_state
+
+    from ._feature_maps import apply_feature_map
+
+    x, y, scalar = _check_pairs(x, y)
+    check_option(features, "features", FEATURES)
+    m = check_int(n_features, "n_features")
+    check_option(projection, "projection", _PROJECTIONS)
+    check_option(norms, "norms", _NORMS)
+    gamma = _check_gamma(gamma)
+    n, d = x.shape
+    if projections is not None:
+        projections = check_float_array(projections, "projections", ndim=3, dtype=np.float64)
+        if projections.shape[1:] != (m, d):
+            raise ValueError(
+                f"projections must have shape (n_trials, {m}, {d}) for n_features={m} and "
+                f"d={d}, got {projections.shape}"
+            )
+        n_trials = projections.shape[0]
+    n_trials = check_int(n_trials, "n_trials")
+    n_groups = min(check_int(n_groups, "n_groups"), n_trials)
+    rng = check_random_state(random_state)
+
+    input_scale = float(np.sqrt(gamma))
+    kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
+    points = np.ascontiguousarray(np.concatenate([x, y], axis=0))
+    n_out = m if features == "positive" else 2 * m
+    chunk = max(1, min(n_trials, _CHUNK_ELEMENTS // (2 * n * n_out)))
+    estimates = np.empty((n, n_trials), dtype=np.float64)
+    for lo in range(0, n_trials, chunk):
+        hi = min(n_trials, lo + chunk)
+        if projections is None:
+            draws = _draw_trials(hi - lo, m, d, projection, norms, rng)
+        else:
+            draws = projections[lo:hi]
+        spec = _stack_specs([_feature_spec(features, W, input_scale) for W in draws])
+        phi = apply_feature_map(points, spec).reshape(2 * n, hi - lo, n_out)
+        estimates[:, lo:hi] = np.einsum("ptj,ptj->pt", phi[:n], phi[n:])
+
+    errors = estimates - kernel[:, None]
+    squared = errors**2
+    mse = squared.mean(axis=1)
+    se = squared.std(axis=1, ddof=1) / np.sqrt(n_trials) if n_trials > 1 else np.full(n, np.nan)
+    groups = np.array_split(squared, n_groups, axis=1)
+    group_means = np.stack([g.mean(axis=1) for g in groups], axis=1)
+    mom, low, high, coverage = _mom_interval(group_means)
+    mean = estimates.mean(axis=1)
+    mean_se = (
+        estimates.std(axis=1, ddof=1) / np.sqrt(n_trials) if n_trials > 1 else np.full(n, np.nan)
+    )
+    return MonteCarloMSE(
+        mse=_output(mse, scalar),
+        se=_output(se, scalar),
+        mom=_output(mom, scalar),
+        mom_low=_output(low, scalar),
+        mom_high=_output(high, scalar),
+        mom_coverage=coverage,
+        mean=_output(mean, scalar),
+        mean_se=_output(mean_se, scalar),
+        kernel=_output(kernel, scalar),
+        n_trials=n_trials,
+        n_groups=n_groups,
+    )
