@@ -1,0 +1,77 @@
+"""Recurrent kernel of causal FAVOR attention (Performer, eq. 11, one token at a time).
+
+Pure function of C-contiguous float32/float64 arrays; the features are computed
+outside (BLAS product + numpy's SIMD ``exp``), this kernel runs the recurrence that
+BLAS cannot express.  The caller validates, stabilizes and splits the work.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+
+from . import JIT_OPTIONS
+
+# numba accepts a set, not the frozenset of JIT_OPTIONS (same flags, converted here).
+_OPTIONS = {**JIT_OPTIONS, "fastmath": set(JIT_OPTIONS["fastmath"])}
+
+_SIGNATURES = [
+    nb.void(
+        nb.types.Array(dtype, 2, "C"),  # query_features (B, m)
+        nb.types.Array(dtype, 2, "C"),  # key_features (B, m)
+        nb.types.Array(dtype, 2, "C"),  # values (B, dv)
+        nb.types.Array(nb.float64, 1, "C"),  # decay (B,)
+        nb.types.Array(dtype, 2, "C"),  # state (m, col_stop - col_start)
+        nb.types.Array(dtype, 1, "C"),  # normalizer (m,)
+        nb.types.Array(dtype, 2, "C"),  # out (B, dv)
+        nb.int64,
+        nb.int64,
+    )
+    for dtype in (nb.float32, nb.float64)
+]
+
+
+@nb.njit(_SIGNATURES, **_OPTIONS)
+def causal_recurrence(
+    query_features, key_features, values, decay, state, normalizer, out, col_start, col_stop
+):
+    """Run ``S_t = a_t S_{t-1} + phi(k_t) v_t^T``, ``out_t = phi(q_t) S_t / phi(q_t) z_t``.
+
+    ``state`` holds the columns ``col_start:col_stop`` of ``S`` (m x dv); ``normalizer``
+    is ``z`` (m,), updated the same way (``z_t = a_t z_{t-1} + phi(k_t)``).  Both are
+    carried between calls.  ``decay[t] = a_t`` rescales the state when the key
+    stabilizer grows (``exp(c_{t-1} - c_t)``, 1 otherwise).  Output rows with a zero
+    normalizer ``phi(q_t) z_t`` are set to 0.  One fused pass over ``S`` per token.
+    """
+    n_tokens, n_features = query_features.shape
+    width = col_stop - col_start
+    numerator = state[0, :].copy()
+    for t in range(n_tokens):
+        a = decay[t]
+        if a != 1.0:
+            for f in range(n_features):
+                normalizer[f] *= a
+                for c in range(width):
+                    state[f, c] *= a
+        for c in range(width):
+            numerator[c] = 0.0
+        denominator = 0.0
+        for f in range(n_features):
+            k = key_features[t, f]
+            q = query_features[t, f]
+            normalizer[f] += k
+            denominator += q * normalizer[f]
+            if k != 0.0:
+                for c in range(width):
+                    s = state[f, c] + k * values[t, col_start + c]
+                    state[f, c] = s
+                    numerator[c] += q * s
+            else:
+                for c in range(width):
+                    numerator[c] += q * state[f, c]
+        if denominator == 0.0:
+            for c in range(width):
+                out[t, col_start + c] = 0.0
+        else:
+            inverse = 1.0 / denominator
+            for c in range(width):
+                out[t, col_start + c] = numerator[c] * inverse

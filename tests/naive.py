@@ -1,0 +1,68 @@
+"""Slow, obviously correct numpy oracles for the fast kernels (float64 throughout)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
+    """Exact attention of one head: full L x L score matrix, explicit loops over rows."""
+    Q, K, V = (np.asarray(X, dtype=np.float64) for X in (Q, K, V))
+    scale = 1.0 / np.sqrt(Q.shape[1]) if scale is None else scale
+    out = np.zeros((Q.shape[0], V.shape[1]))
+    for i in range(Q.shape[0]):
+        keep = np.ones(K.shape[0], dtype=bool)
+        if key_padding_mask is not None:
+            keep &= ~np.asarray(key_padding_mask)
+        if causal:
+            keep[i + 1 :] = False
+        if keep.any():
+            logits = scale * K[keep] @ Q[i]
+            weights = np.exp(logits - logits.max())
+            out[i] = weights @ V[keep] / weights.sum()
+    return out
+
+
+def favor_features(X, W, features, scale):
+    """Materialized, unstabilized phi(X) for a projection W (m x d), x' = sqrt(scale) x."""
+    X = np.asarray(X, dtype=np.float64) * np.sqrt(scale)
+    U = X @ np.asarray(W, dtype=np.float64).T
+    m = W.shape[0]
+    sq = 0.5 * np.sum(X * X, axis=1, keepdims=True)
+    if features == "positive":
+        return np.exp(U - sq) / np.sqrt(m)
+    if features == "hyperbolic":
+        return np.hstack([np.exp(U - sq), np.exp(-U - sq)]) / np.sqrt(2 * m)
+    if features == "trigonometric":
+        return np.exp(sq) * np.hstack([np.cos(U), np.sin(U)]) / np.sqrt(m)
+    if features == "relu":
+        return np.maximum(U, 0.0) / np.sqrt(m)
+    raise ValueError(features)
+
+
+def favor_attention(
+    Q, K, V, W, *, features="positive", causal=False, scale=None, key_padding_mask=None
+):
+    """FAVOR attention of one head from materialized features (Performer eq. 4 and 11).
+
+    Causal mode builds the explicit L x m x dv prefix sums.  Rows with a zero
+    normalizer are 0.
+    """
+    Q, K, V = (np.asarray(X, dtype=np.float64) for X in (Q, K, V))
+    scale = 1.0 / np.sqrt(Q.shape[1]) if scale is None else scale
+    phi_q = favor_features(Q, W, features, scale)
+    phi_k = favor_features(K, W, features, scale)
+    if key_padding_mask is not None:
+        phi_k[np.asarray(key_padding_mask)] = 0.0
+    if causal:
+        prefix = np.cumsum(phi_k[:, :, None] * V[:, None, :], axis=0)  # L x m x dv
+        prefix_norm = np.cumsum(phi_k, axis=0)
+        numerator = np.einsum("lf,lfc->lc", phi_q, prefix)
+        denominator = np.einsum("lf,lf->l", phi_q, prefix_norm)
+    else:
+        numerator = phi_q @ (phi_k.T @ V)
+        denominator = phi_q @ phi_k.sum(axis=0)
+    out = np.zeros_like(numerator)
+    nonzero = denominator != 0
+    out[nonzero] = numerator[nonzero] / denominator[nonzero, None]
+    return out
