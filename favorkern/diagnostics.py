@@ -227,8 +227,12 @@ def _geometry(x, y, gamma):
     # Direct forms are more accurate than a + b +- 2 ip when x' ~ -y' or x' ~ y'.
     s_direct = gamma * np.einsum("ij,ij->i", x + y, x + y)
     delta_direct = gamma * np.einsum("ij,ij->i", x - y, x - y)
-    return a, b, ip, np.where(np.isfinite(s_direct), s_direct, s), np.where(
-        np.isfinite(delta_direct), delta_direct, delta
+    return (
+        a,
+        b,
+        ip,
+        np.where(np.isfinite(s_direct), s_direct, s),
+        np.where(np.isfinite(delta_direct), delta_direct, delta),
     )
 
 
@@ -660,3 +664,376 @@ def empirical_mse(
         n_trials=n_trials,
         n_groups=n_groups,
     )
+
+
+# -- studies -------------------------------------------------------------------------
+
+# (name, norm l of both vectors, angle between them): small/moderate |z|^2 so that the
+# Monte Carlo is trustworthy at a few thousand trials (THEORY.md 7.5), and angles from
+# nearby (trigonometric wins) to nearly opposite (positive wins, SM small).
+_DEFAULT_PAIRS = (
+    ("near", 0.5, np.pi / 6),
+    ("right", 0.75, np.pi / 2),
+    ("obtuse", 1.0, 3 * np.pi / 4),
+    ("opposite", 1.0, 0.9 * np.pi),
+)
+
+
+def default_pairs(n_dims=16, *, random_state=0):
+    """The pairs of :func:`variance_study`: equal norms ``l``, angle ``phi``.
+
+    Parameters
+    ----------
+    n_dims : int, default=16
+        Dimension ``d`` (>= 2).
+    random_state : int, RandomState instance or None, default=0
+        Seed of the (random, fixed) plane the pairs lie in.
+
+    Returns
+    -------
+    x, y : ndarray of shape (4, n_dims)
+    names : list of str
+        ``"near"`` (l = 0.5, 30 degrees), ``"right"`` (0.75, 90), ``"obtuse"``
+        (1, 135), ``"opposite"`` (1, 162).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import default_pairs
+    >>> x, y, names = default_pairs(16)
+    >>> names
+    ['near', 'right', 'obtuse', 'opposite']
+    >>> np.round(np.linalg.norm(x, axis=1), 2).tolist()
+    [0.5, 0.75, 1.0, 1.0]
+    """
+    from sklearn.utils import check_random_state
+
+    d = check_int(n_dims, "n_dims", min_value=2)
+    rng = check_random_state(random_state)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+    u, v = basis[:, 0], basis[:, 1]
+    x = np.array([length * u for _, length, _ in _DEFAULT_PAIRS])
+    y = np.array([length * (np.cos(a) * u + np.sin(a) * v) for _, length, a in _DEFAULT_PAIRS])
+    return x, y, [name for name, _, _ in _DEFAULT_PAIRS]
+
+
+def _parse_sizes(values, name):
+    if isinstance(values, (int, np.integer)):
+        values = [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {values!r}") from None
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return [check_int(v, name) for v in values]
+
+
+def _parse_options(values, name, options):
+    if isinstance(values, str):
+        values = [values]
+    values = list(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return [check_option(v, name, options) for v in values]
+
+
+def variance_study(
+    x=None,
+    y=None,
+    *,
+    pair_names=None,
+    n_dims=16,
+    n_features=(16, 32, 64, 128, 256),
+    features=FEATURES,
+    projections=_PROJECTIONS,
+    norms="chi",
+    gamma=1.0,
+    n_trials=2000,
+    random_state=0,
+    progress=None,
+):
+    """Closed-form and Monte-Carlo MSE for every estimator, projection and ``m``.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (n_pairs, d), optional
+        The pairs; default :func:`default_pairs` in ``n_dims`` dimensions.
+    pair_names : sequence of str, optional
+        Labels of the pairs (default ``"pair0"``, ... or the default pairs' names).
+    n_dims : int, default=16
+        Dimension of the default pairs (ignored when ``x`` is given).
+    n_features : int or sequence of int, default=(16, 32, 64, 128, 256)
+        Numbers ``m`` of projections.
+    features : str or sequence of str, default=("positive", "hyperbolic", "trigonometric")
+    projections : str or sequence of str, default=("gaussian", "orthogonal")
+    norms : {"chi", "fixed"}, default="chi"
+    gamma : float, default=1.0
+    n_trials : int, default=2000
+        Monte-Carlo trials per (projection, m); the draws are shared by the feature
+        maps (common random numbers, which sharpens their comparison).
+    random_state : int, RandomState instance or None, default=0
+    progress : callable, optional
+        ``progress(iterable, total=..., desc=...)`` wrapping the loop over
+        (projection, m), e.g. ``tqdm``.
+
+    Returns
+    -------
+    study : pandas.DataFrame
+        One row per (features, projection, n_features, pair) with columns
+        ``features, projection, n_features, pair, norm_x, norm_y, angle, kernel,
+        empirical_mse, se, mom, mom_low, mom_high, theoretical_mse, ratio, z``
+        where ``ratio = empirical_mse / theoretical_mse`` and
+        ``z = (empirical_mse - theoretical_mse) / se``.
+
+    Examples
+    --------
+    >>> from favorkern.diagnostics import variance_study
+    >>> study = variance_study(n_features=[8], features="positive", n_trials=200)
+    >>> study.shape
+    (8, 16)
+    >>> sorted(study["projection"].unique())
+    ['gaussian', 'orthogonal']
+    """
+    import pandas as pd
+    from sklearn.utils import check_random_state
+
+    if x is None and y is None:
+        x, y, default_names = default_pairs(n_dims)
+    elif x is None or y is None:
+        raise ValueError("x and y must both be given, or neither (for the default pairs)")
+    else:
+        default_names = None
+    x, y, _ = _check_pairs(x, y)
+    n, d = x.shape
+    if pair_names is None:
+        pair_names = default_names or [f"pair{i}" for i in range(n)]
+    pair_names = [str(p) for p in pair_names]
+    if len(pair_names) != n:
+        raise ValueError(f"pair_names must have {n} entries (one per pair), got {len(pair_names)}")
+    sizes = _parse_sizes(n_features, "n_features")
+    kinds = _parse_options(features, "features", FEATURES)
+    schemes = _parse_options(projections, "projections", _PROJECTIONS)
+    check_option(norms, "norms", _NORMS)
+    gamma = _check_gamma(gamma)
+    n_trials = check_int(n_trials, "n_trials", min_value=2)
+    rng = check_random_state(random_state)
+
+    norm_x = np.linalg.norm(x, axis=1)
+    norm_y = np.linalg.norm(y, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.clip(np.einsum("ij,ij->i", x, y) / (norm_x * norm_y), -1.0, 1.0)
+    angle = np.arccos(cosine)
+
+    jobs = [(scheme, m) for scheme in schemes for m in sizes]
+    loop = jobs if progress is None else progress(jobs, total=len(jobs), desc="variance")
+    rows = []
+    for scheme, m in loop:
+        draws = _draw_trials(n_trials, m, d, scheme, norms, rng)
+        for kind in kinds:
+            mc = empirical_mse(x, y, features=kind, n_features=m, gamma=gamma, projections=draws)
+            theory = theoretical_mse(
+                x, y, features=kind, n_features=m, projection=scheme, norms=norms, gamma=gamma
+            )
+            for i in range(n):
+                rows.append(
+                    {
+                        "features": kind,
+                        "projection": scheme,
+                        "n_features": m,
+                        "pair": pair_names[i],
+                        "norm_x": norm_x[i],
+                        "norm_y": norm_y[i],
+                        "angle": angle[i],
+                        "kernel": mc.kernel[i],
+                        "empirical_mse": mc.mse[i],
+                        "se": mc.se[i],
+                        "mom": mc.mom[i],
+                        "mom_low": mc.mom_low[i],
+                        "mom_high": mc.mom_high[i],
+                        "theoretical_mse": theory[i],
+                    }
+                )
+    study = pd.DataFrame(rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        study["ratio"] = study["empirical_mse"] / study["theoretical_mse"]
+        study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
+    return study
+
+
+def convergence(
+    X,
+    Y=None,
+    *,
+    features="positive",
+    n_features=(16, 32, 64, 128, 256, 512),
+    projection="orthogonal",
+    gamma=1.0,
+    n_repeats=3,
+    random_state=None,
+):
+    """Uniform convergence of the approximate kernel matrix as ``m`` grows.
+
+    For each ``m`` and repeat, fits the transformer (``n_components = m`` for
+    positive, ``2 m`` for hyperbolic and trigonometric features, so ``m`` is the
+    number of projections as everywhere in this module) and compares
+    ``phi(X) phi(Y)^T`` with ``exp(gamma X Y^T)`` over all entries: the quantity of
+    Performer Theorem 4 (THEORY.md 5), where the ``m`` needed for a given
+    max-error grows like ``exp(2 R^2)`` with the largest norm ``R``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, d)
+    Y : array-like of shape (n_samples_Y, d), optional
+        Default ``X``.
+    features : {"positive", "hyperbolic", "trigonometric"}, default="positive"
+    n_features : int or sequence of int, default=(16, 32, 64, 128, 256, 512)
+    projection : {"orthogonal", "gaussian"}, default="orthogonal"
+    gamma : float, default=1.0
+    n_repeats : int, default=3
+        Independent projections per ``m``.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    errors : pandas.DataFrame
+        Columns ``n_features, repeat, max_rel_error, mean_rel_error, max_abs_error,
+        mean_abs_error`` and ``theoretical_rel_rmse`` (the closed-form root-mean
+        relative error averaged over entries, the same for every repeat).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import convergence
+    >>> X = np.random.default_rng(0).normal(scale=0.2, size=(30, 8))
+    >>> errors = convergence(X, n_features=[16, 256], n_repeats=2, random_state=0)
+    >>> means = errors.groupby("n_features")["mean_rel_error"].mean()
+    >>> bool(means[256] < means[16])
+    True
+    """
+    import pandas as pd
+    from sklearn.utils import check_random_state
+
+    from .features import (
+        HyperbolicRandomFeatures,
+        PositiveRandomFeatures,
+        TrigonometricRandomFeatures,
+    )
+
+    X = check_float_array(X, "X", ndim=2, dtype=np.float64)
+    Y = X if Y is None else check_float_array(Y, "Y", ndim=2, dtype=np.float64)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(
+            f"X and Y must have the same number of columns, got {X.shape[1]} and {Y.shape[1]}"
+        )
+    check_option(features, "features", FEATURES)
+    check_option(projection, "projection", _PROJECTIONS)
+    sizes = _parse_sizes(n_features, "n_features")
+    gamma = _check_gamma(gamma)
+    n_repeats = check_int(n_repeats, "n_repeats")
+    rng = check_random_state(random_state)
+    transformer = {
+        "positive": PositiveRandomFeatures,
+        "hyperbolic": HyperbolicRandomFeatures,
+        "trigonometric": TrigonometricRandomFeatures,
+    }[features]
+    width = 1 if features == "positive" else 2
+
+    exact = np.exp(gamma * (X @ Y.T))
+    xi = np.repeat(X, Y.shape[0], axis=0)
+    yj = np.tile(Y, (X.shape[0], 1))
+    rows = []
+    for m in sizes:
+        theory = theoretical_mse(
+            xi, yj, features=features, n_features=m, projection=projection, gamma=gamma
+        )
+        rel_rmse = float(np.mean(np.sqrt(theory) / exact.ravel()))
+        for repeat in range(n_repeats):
+            mapper = transformer(
+                width * m, gamma=gamma, projection=projection, random_state=rng
+            ).fit(X)
+            approx = mapper.transform(X) @ mapper.transform(Y).T
+            abs_error = np.abs(approx - exact)
+            rel_error = abs_error / exact
+            rows.append(
+                {
+                    "n_features": m,
+                    "repeat": repeat,
+                    "max_rel_error": float(rel_error.max()),
+                    "mean_rel_error": float(rel_error.mean()),
+                    "max_abs_error": float(abs_error.max()),
+                    "mean_abs_error": float(abs_error.mean()),
+                    "theoretical_rel_rmse": rel_rmse,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def attention_error(
+    Q,
+    K,
+    V,
+    *,
+    causal=False,
+    n_features=256,
+    features="positive",
+    projection="orthogonal",
+    scale=None,
+    projection_matrix=None,
+    random_state=None,
+):
+    """Per-row relative error of :func:`favorkern.favor_attention` against exact attention.
+
+    Parameters
+    ----------
+    Q, K : array-like of shape (..., L, d)
+    V : array-like of shape (..., L, dv)
+    causal : bool, default=False
+    n_features : int, default=256
+    features : str, default="positive"
+    projection : str, default="orthogonal"
+    scale : float, optional
+        Logit scale (default ``1 / sqrt(d)``).
+    projection_matrix : ndarray, optional
+    random_state : int, RandomState instance or None, default=None
+        Passed to :func:`favorkern.favor_attention`.
+
+    Returns
+    -------
+    errors : ndarray of shape (..., L)
+        ``|approx_i - exact_i|_2 / |exact_i|_2`` per output row (the absolute
+        error where an exact row is zero).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import attention_error
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = (rng.normal(scale=0.5, size=(64, 16)) for _ in range(3))
+    >>> errors = attention_error(Q, K, V, n_features=256, random_state=0)
+    >>> errors.shape
+    (64,)
+    >>> bool(np.median(errors) < 0.2)
+    True
+    """
+    from .attention import favor_attention, softmax_attention
+
+    exact = np.asarray(softmax_attention(Q, K, V, causal=causal, scale=scale))
+    approx = np.asarray(
+        favor_attention(
+            Q,
+            K,
+            V,
+            causal=causal,
+            n_features=n_features,
+            features=features,
+            projection=projection,
+            scale=scale,
+            projection_matrix=projection_matrix,
+            random_state=random_state,
+        )
+    )
+    diff = np.linalg.norm(approx.astype(np.float64) - exact, axis=-1)
+    norm = np.linalg.norm(exact.astype(np.float64), axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norm > 0, diff / np.where(norm > 0, norm, 1.0), diff)
