@@ -441,22 +441,27 @@ def _causal_key_features(fmap, k, mask, start, stop, buf, carried):
     return const
 
 
-def _causal_chunked(fmap, q, k, v, mask, out, chunk):
-    """Causal attention of one head by chunked matrix products with carried (S, z, c).
+def _causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial=None):
+    """Causal attention of rows ``start:stop`` of one head by chunked matrix products.
 
     ``out_c = (phi(Qc) S + tril(phi(Qc) phi(Kc)^T) Vc) / (phi(Qc) z + tril(...) 1)``,
-    every term rescaled to the running key maximum of its own query row.
+    every term rescaled to the running key maximum of its own query row; then
+    ``S += phi(Kc)^T Vc``.  ``initial`` is the (S, z, c) state of the rows before
+    ``start`` (zero state if None).
     """
     dtype = fmap.dtype
-    n = q.shape[0]
-    state = np.zeros((fmap.n_out, v.shape[1]), dtype=dtype)
-    normalizer = np.zeros(fmap.n_out, dtype=dtype)
-    carried = -np.inf
+    n = q.shape[0] if stop is None else stop
+    if initial is None:
+        state = np.zeros((fmap.n_out, v.shape[1]), dtype=dtype)
+        normalizer = np.zeros(fmap.n_out, dtype=dtype)
+        carried = -np.inf
+    else:
+        state, normalizer, carried = initial
     query_buf = np.empty((chunk, fmap.n_out), dtype=dtype)
     key_buf = np.empty_like(query_buf)
     scores_buf = np.empty((chunk, chunk), dtype=dtype)
     lower = np.tril(np.ones((chunk, chunk), dtype=dtype))
-    for a in range(0, n, chunk):
+    for a in range(start, n, chunk):
         b = min(n, a + chunk)
         size = b - a
         qf, kf = query_buf[:size], key_buf[:size]
@@ -560,33 +565,62 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
         )
 
 
-# Measured rule (benchmarks/bench_attention.py --methods, d = 64, m = 256, 2 threads):
-# the recurrence split over value columns wins for a single head; with at least one head
-# per worker, each worker runs whole heads and the single-threaded chunked products win.
+# Measured rule (benchmarks/bench_attention.py, d = 64, m = 256, float32, 2 threads, see
+# the issue note): the chunked products beat the numba recurrence at every L measured,
+# on one thread per head and as a two-phase scan over one head; "auto" takes "chunked".
 _CAUSAL_CHUNK_ROWS = 128
+
+
+def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
+    """Causal attention of one head split over ``workers`` contiguous ranges.
+
+    Phase 1 computes the key state of each range but the last, in parallel; an
+    exclusive prefix merge gives each range the state of all earlier keys (its
+    constant is their maximum: no future key enters); phase 2 runs the ranges in
+    parallel from those states.
+    """
+    ranges = _split(q.shape[0], workers)
+    parts = _run_parallel(
+        [partial(_key_state, fmap, k, v, mask, a, b, chunk) for a, b in ranges[:-1]],
+        workers,
+    )
+    initials = [None]
+    for w in range(1, len(ranges)):
+        prefix = parts[:w]
+        carried = max(c for _, _, c in prefix)
+        state, normalizer = _merge_states(prefix, fmap.dtype)
+        initials.append((state, normalizer, carried))
+    _run_parallel(
+        [
+            partial(_causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial)
+            for (a, b), initial in zip(ranges, initials, strict=True)
+        ],
+        workers,
+    )
 
 
 def _causal(fmap, heads, out, workers, method):
     if method == "auto":
-        method = "chunked" if len(heads) >= workers else "recurrent"
+        method = "chunked"
     if method == "chunked":
-        _run_parallel(
-            [
-                lambda q=q, k=k, v=v, m=m, idx=idx: _causal_chunked(
-                    fmap, q, k, v, m, out[idx], _CAUSAL_CHUNK_ROWS
-                )
-                for q, k, v, m, idx in heads
-            ],
-            workers,
-        )
+        chunk = _CAUSAL_CHUNK_ROWS
+        if len(heads) >= workers:
+            _run_parallel(
+                [
+                    partial(_causal_chunked, fmap, q, k, v, m, out[idx], chunk)
+                    for q, k, v, m, idx in heads
+                ],
+                workers,
+            )
+        else:
+            for q, k, v, m, idx in heads:
+                _causal_scan(fmap, q, k, v, m, out[idx], chunk, workers)
         return
     chunk = max(64, _RECURRENT_CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
     if len(heads) >= workers:
         _run_parallel(
             [
-                lambda q=q, k=k, v=v, m=m, idx=idx: _causal_recurrent(
-                    fmap, q, k, v, m, out[idx], chunk, 1, 1
-                )
+                partial(_causal_recurrent, fmap, q, k, v, m, out[idx], chunk, 1, 1)
                 for q, k, v, m, idx in heads
             ],
             workers,

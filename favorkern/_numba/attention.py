@@ -8,6 +8,7 @@ BLAS cannot express.  The caller validates, stabilizes and splits the work.
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 from . import JIT_OPTIONS
 
@@ -44,34 +45,34 @@ def causal_recurrence(
     """
     n_tokens, n_features = query_features.shape
     width = col_stop - col_start
-    numerator = state[0, :].copy()
+    numerator = np.zeros(width, dtype=state.dtype)
     for t in range(n_tokens):
         a = decay[t]
         if a != 1.0:
             for f in range(n_features):
                 normalizer[f] *= a
+                row = state[f]
                 for c in range(width):
-                    state[f, c] *= a
-        for c in range(width):
-            numerator[c] = 0.0
+                    row[c] *= a
+        value = values[t, col_start:col_stop]
+        numerator[:] = 0.0
         denominator = 0.0
         for f in range(n_features):
             k = key_features[t, f]
             q = query_features[t, f]
             normalizer[f] += k
             denominator += q * normalizer[f]
-            if k != 0.0:
-                for c in range(width):
-                    s = state[f, c] + k * values[t, col_start + c]
-                    state[f, c] = s
-                    numerator[c] += q * s
-            else:
-                for c in range(width):
-                    numerator[c] += q * state[f, c]
+            row = state[f]
+            # one fused pass over the state row: update, then accumulate the numerator
+            for c in range(width):
+                s = row[c] + k * value[c]
+                row[c] = s
+                numerator[c] += q * s
+        target = out[t, col_start:col_stop]
         if denominator == 0.0:
             for c in range(width):
-                out[t, col_start + c] = 0.0
+                target[c] = 0.0
         else:
             inverse = 1.0 / denominator
             for c in range(width):
-                out[t, col_start + c] = numerator[c] * inverse
+                target[c] = numerator[c] * inverse
