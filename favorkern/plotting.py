@@ -173,7 +173,9 @@ def plot_trig_positive_ratio(*, max_norm=2.0, n_angles=241, n_norms=161, slice_n
     """
     import matplotlib.pyplot as plt
 
-    angles = np.linspace(-np.pi, np.pi, n_angles)
+    # Cell centres: at exactly +-pi the positive MSE is 0 and the ratio infinite.
+    edges = np.linspace(-np.pi, np.pi, n_angles + 1)
+    angles = 0.5 * (edges[1:] + edges[:-1])
     norms = np.linspace(-max_norm, max_norm, n_norms)
     grid_angle, grid_norm = np.meshgrid(angles, norms)
     with np.errstate(divide="ignore"):
@@ -182,7 +184,8 @@ def plot_trig_positive_ratio(*, max_norm=2.0, n_angles=241, n_norms=161, slice_n
     if fig is None:
         fig = plt.figure(figsize=(10, 3.8))
     ax_map = fig.add_subplot(1, 2, 1)
-    limit = float(np.nanmax(np.abs(log_ratio.filled(np.nan)))) if log_ratio.count() else 1.0
+    values = np.abs(log_ratio.compressed())
+    limit = float(np.percentile(values, 99)) if values.size else 1.0
     mesh = ax_map.pcolormesh(
         angles, norms, log_ratio, cmap="RdBu_r", vmin=-limit, vmax=limit, shading="auto"
     )
