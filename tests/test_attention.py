@@ -344,3 +344,22 @@ def test_numba_is_not_imported_by_default_paths():
         "assert 'numba' not in sys.modules, 'numba imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("method", ["chunked", "recurrent"])
+def test_causal_prefix_survives_a_dominant_future_key(small_chunks, method):
+    """A later key at the peak of the feature map (k' = w, logit |w|^2/2 ~ 128) would
+    underflow every earlier float32 feature under a look-ahead key stabilizer."""
+    rng = np.random.default_rng(15)
+    length, d = 40, 256
+    Q, K = rng.normal(scale=0.6, size=(2, length, d)).astype(np.float32)
+    V = rng.normal(size=(length, 3)).astype(np.float32)
+    W = draw_projection(32, d, random_state=15)
+    peak = W[np.argmax(np.einsum("ij,ij->i", W, W))] * d**0.25  # k' = d^(-1/4) k = w
+    base = favor_attention(Q, K, V, causal=True, projection_matrix=W, method=method)
+    for i in (3, 16, 20):
+        K2 = K.copy()
+        K2[i + 1 :] = peak.astype(np.float32)
+        out = favor_attention(Q, K2, V, causal=True, projection_matrix=W, method=method)
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out[: i + 1], base[: i + 1], rtol=1e-6, atol=0)
