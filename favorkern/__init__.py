@@ -16,6 +16,7 @@ _LAZY = {
     "HyperbolicRandomFeatures": "features",
     "TrigonometricRandomFeatures": "features",
     "GeneralizedRandomFeatures": "features",
+    "OptimalPositiveRandomFeatures": "features",
     "softmax_kernel": "kernels",
     "approximate_kernel": "kernels",
     "softmax_attention": "attention",

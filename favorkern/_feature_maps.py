@@ -309,3 +309,44 @@ def generalized_spec(projection, input_scale, func) -> FeatureMapSpec:
     return FeatureMapSpec(
         projection * input_scale, func, log_scale=-0.5 * np.log(projection.shape[0])
     )
+
+
+def optimal_gerf_a(sum_sq, n_dims):
+    """Variance-minimizing GERF parameter ``A*`` for ``phi = |x + y|^2`` (THEORY 6.1).
+
+    ``A* = (d - 2 phi - sqrt((2 phi + d)^2 + 8 d phi)) / (16 d)``, in ``(-inf, 0]``,
+    evaluated as ``-phi / (d - 2 phi + sqrt(...))`` (the same number, since
+    ``(d - 2 phi)^2 - (2 phi + d)^2 - 8 d phi = -16 d phi``), which avoids the
+    cancellation of the direct form when ``phi`` is small relative to ``d``.
+    """
+    phi = np.asarray(sum_sq, dtype=np.float64)
+    d = float(n_dims)
+    root = np.sqrt((2 * phi + d) ** 2 + 8 * d * phi)
+    return -phi / (d - 2 * phi + root)
+
+
+def homogeneity_sum_sq(X, Y=None):
+    """Mean of ``|x_i + y_j|^2`` over all pairs, in O(L d) (the OPRF homogeneity heuristic)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
+    mean_sq = np.mean(np.einsum("ij,ij->i", X, X)) + np.mean(np.einsum("ij,ij->i", Y, Y))
+    return float(mean_sq + 2.0 * X.mean(axis=0) @ Y.mean(axis=0))
+
+
+def optimal_positive_spec(projection, input_scale, a, sq_factor=0.5) -> FeatureMapSpec:
+    """GERF / OPRF: ``(1-4A)^{d/4} exp(A|w|^2 + sqrt(1-4A) w.x' - sq_factor |x'|^2) / sqrt(m)``.
+
+    ``A = 0`` is :func:`positive_spec`.  The ``A |w|^2`` and ``(d/4) log(1 - 4A)`` terms
+    enter the exponent (never the prefactor, which overflows for large ``d``).
+    """
+    m, d = projection.shape
+    b = np.sqrt(1.0 - 4.0 * a)
+    sq_norms = np.einsum("ij,ij->i", projection, projection)
+    log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+    return FeatureMapSpec(
+        projection * (b * input_scale),
+        "exp",
+        sq_coef=sq_factor * input_scale**2,
+        log_scale=log_scale,
+        logit_bound=(b**2) * _max_sq_norm(projection) / (4 * sq_factor),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -18,7 +19,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._feature_maps import (
     apply_feature_map,
     generalized_spec,
+    homogeneity_sum_sq,
     hyperbolic_spec,
+    optimal_gerf_a,
+    optimal_positive_spec,
     positive_spec,
     trigonometric_spec,
 )
@@ -29,6 +33,7 @@ __all__ = [
     "HyperbolicRandomFeatures",
     "TrigonometricRandomFeatures",
     "GeneralizedRandomFeatures",
+    "OptimalPositiveRandomFeatures",
 ]
 
 KERNELS = ("softmax", "rbf")
@@ -88,6 +93,9 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _draw_extra(self, random_state):
         """Hook for subclass-specific random draws made after the projection."""
 
+    def _fit_extra(self, X):
+        """Hook for subclass-specific fitted constants (data-dependent)."""
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Draw the random projection for inputs with ``X.shape[1]`` features.
@@ -116,6 +124,7 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             random_state=random_state,
         )
         self._draw_extra(random_state)
+        self._fit_extra(X)
         self._n_features_out = self.n_components
         return self
 
@@ -153,7 +162,7 @@ _PARAMS_DOC = """
         ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
     gamma : float, default=1.0
         Kernel scale, > 0.
-    projection : {{"orthogonal", "gaussian"}}, default="orthogonal"
+    projection : {{"orthogonal", "gaussian", "simplex", "structured"}}, default="orthogonal"
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
         Orthogonal rows never increase the mean squared error of the exp-type
         estimators (Performer, Theorem 2) and usually reduce it.
@@ -425,3 +434,108 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
     def _spec(self):
         func = _FUNCTIONS[self.function] if isinstance(self.function, str) else self.function
         return generalized_spec(self.projection_, self._input_scale(), func)
+
+
+class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
+    """Optimal positive random features (OPRF / GERF, the estimator behind FAVOR++).
+
+    ``phi(x) = (1 - 4A)^{d/4} exp(A |w|^2 + sqrt(1 - 4A) w.x' - |x'|^2 / 2) / sqrt(m)``
+    with ``x' = sqrt(gamma) x`` is unbiased for ``exp(gamma x.y)`` for every
+    ``A < 1/4`` (Likhosherstov et al., 2022); ``A = 0`` is
+    :class:`PositiveRandomFeatures`.  ``fit`` chooses the ``A*`` that minimizes the
+    variance for a typical pair of training points (the homogeneity heuristic:
+    ``|x + y|^2`` replaced by its mean over all pairs of rows of ``X``).  For
+    ``kernel="rbf"``, ``x' = sqrt(2 gamma) x`` and the exponent carries ``-|x'|^2``.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Output width = number of projections.
+    kernel : {"softmax", "rbf"}, default="softmax"
+        See :class:`PositiveRandomFeatures`.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    A : float or None, default=None
+        The GERF parameter; ``None`` fits ``A*`` on ``X``.  Must be < 1/8 (the
+        variance is infinite from 1/8 on).  A fixed, mistuned ``A`` can raise the
+        variance by orders of magnitude (THEORY.md 6.1).
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        See :func:`favorkern.draw_projection`.
+    norms : {"chi", "fixed"}, default="chi"
+        See :func:`favorkern.draw_projection`.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection.
+
+    Attributes
+    ----------
+    A_ : float
+        The GERF parameter used by ``transform``.
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The random projection (float64), before gamma scaling.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    References
+    ----------
+    V. Likhosherstov et al., "Chefs' Random Tables: Non-Trigonometric Random Features",
+    NeurIPS 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import OptimalPositiveRandomFeatures
+    >>> X = np.random.default_rng(0).normal(scale=0.5, size=(20, 16))
+    >>> oprf = OptimalPositiveRandomFeatures(64, random_state=0).fit(X)
+    >>> round(oprf.A_, 3)
+    -0.191
+    >>> oprf.transform(X).shape
+    (20, 64)
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseRandomFeatures._parameter_constraints,
+        "A": [Interval(Real, None, 0.125, closed="neither"), None],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        gamma=1.0,
+        A=None,
+        projection="orthogonal",
+        norms="chi",
+        random_state=None,
+    ):
+        super().__init__(
+            n_components,
+            kernel=kernel,
+            gamma=gamma,
+            projection=projection,
+            norms=norms,
+            random_state=random_state,
+        )
+        self.A = A
+
+    def _fit_extra(self, X):
+        if self.A is not None:
+            self.A_ = float(self.A)
+            return
+        # The estimator is of SM(x', y') in the scaled inputs x' (for rbf times per-point
+        # factors that A cannot change), so A* is fitted on |x' + y'|^2.
+        if sp.issparse(X):
+            mean = np.asarray(X.mean(axis=0)).ravel()
+            mean_sq = float(X.multiply(X).sum(axis=1).mean())
+            sum_sq = 2.0 * (mean_sq + mean @ mean)
+        else:
+            sum_sq = homogeneity_sum_sq(X)
+        sum_sq *= self._input_scale() ** 2
+        self.A_ = float(optimal_gerf_a(sum_sq, X.shape[1]))
+
+    def _spec(self):
+        return optimal_positive_spec(
+            self.projection_, self._input_scale(), self.A_, self._sq_factor()
+        )

@@ -9,7 +9,7 @@ from ._validation import check_int, check_option
 
 __all__ = ["draw_projection", "PROJECTION_KINDS", "NORM_KINDS"]
 
-PROJECTION_KINDS = ("gaussian", "orthogonal")
+PROJECTION_KINDS = ("gaussian", "orthogonal", "simplex", "structured")
 NORM_KINDS = ("chi", "fixed")
 
 
@@ -27,6 +27,64 @@ def _haar_orthogonal(n_dims: int, rng: np.random.RandomState) -> np.ndarray:
     return q.T
 
 
+def _simplex_directions(n_dims: int) -> np.ndarray:
+    """Unit vectors of a regular simplex centred at 0: rows of ``I - 11^T/d``, normalized.
+
+    Pairwise inner products are ``-1/(d-1)`` (Reid et al., 2023).
+    """
+    centred = np.eye(n_dims) - 1.0 / n_dims
+    return centred / np.linalg.norm(centred, axis=1, keepdims=True)
+
+
+def hadamard_transform(rows: np.ndarray) -> np.ndarray:
+    """Normalized fast Walsh-Hadamard transform of each row (length a power of two).
+
+    Returns a new array ``rows @ H / sqrt(n)`` with ``H`` the Sylvester Hadamard matrix;
+    O(n log n) per row.
+    """
+    out = np.array(rows, dtype=np.float64, copy=True)
+    n_rows, size = out.shape
+    if size & (size - 1):
+        raise ValueError(f"row length must be a power of two, got {size}")
+    half = 1
+    while half < size:
+        view = out.reshape(n_rows, size // (2 * half), 2, half)
+        first = view[:, :, 0, :].copy()
+        view[:, :, 0, :] += view[:, :, 1, :]
+        view[:, :, 1, :] = first - view[:, :, 1, :]
+        half *= 2
+    return out / np.sqrt(size)
+
+
+def padded_dims(n_dims: int) -> int:
+    """The power of two that structured projections pad ``n_dims`` to."""
+    return 1 << max(0, int(n_dims - 1).bit_length())
+
+
+def structured_signs(n_features, n_dims, rng) -> np.ndarray:
+    """Random signs ``(n_blocks, 3, d_pad)`` of the SORF blocks ``H D1 H D2 H D3``."""
+    size = padded_dims(n_dims)
+    n_blocks = -(-n_features // size)
+    return rng.randint(0, 2, size=(n_blocks, 3, size)).astype(np.float64) * 2.0 - 1.0
+
+
+def structured_directions(signs, n_features, n_dims) -> np.ndarray:
+    """Rows ``i`` of ``M_b = H D1 H D2 H D3`` (orthogonal), stacked over blocks, first d columns.
+
+    ``M_b x`` applies ``D3``, ``H``, ``D2``, ``H``, ``D1``, ``H`` in turn, so column ``j`` of
+    ``M_b`` is that sequence applied to the unit vector ``e_j``.
+    """
+    size = signs.shape[2]
+    blocks = []
+    for d1, d2, d3 in signs:
+        columns = np.eye(size)[:n_dims] * d3  # rows are e_j^T D3
+        columns = hadamard_transform(columns) * d2
+        columns = hadamard_transform(columns) * d1
+        columns = hadamard_transform(columns)  # row j = (M e_j)^T
+        blocks.append(columns.T)
+    return np.concatenate(blocks, axis=0)[:n_features]
+
+
 def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", random_state=None):
     """Draw an ``(n_features, n_dims)`` random projection matrix.
 
@@ -39,12 +97,21 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
         Number of rows ``m`` (random projections).
     n_dims : int
         Input dimension ``d``.
-    kind : {"orthogonal", "gaussian"}, default="orthogonal"
+    kind : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         ``"gaussian"``: iid standard normal rows.  ``"orthogonal"``: rows are
         exactly orthogonal within blocks of ``d`` rows (orthogonal random features,
         Yu et al. 2016; Performer section 2.4).  Each block is a Haar rotation from
         the sign-corrected QR of a Gaussian matrix; when ``d`` does not divide ``m``
         the last block is partial.  Blocks are independent.
+        ``"simplex"``: within a block the directions are the ``d`` vertices of a
+        regular simplex (pairwise cosine ``-1/(d-1)``) under a Haar rotation
+        (simplex random features, Reid et al. 2023); for ``d = 1`` this is
+        ``"orthogonal"``.  ``"structured"``: SORF blocks ``H D1 H D2 H D3`` (Yu et al.
+        2016) of size ``d_pad``, the next power of two, restricted to the first ``d``
+        columns, with chi norms of ``d_pad`` degrees of freedom: approximately
+        Gaussian rows (a small bias that vanishes as ``d`` grows), computable in
+        O(d log d) per input.  Meant for large ``d`` (say 32 and more): when ``d`` is
+        not a power of two, a restricted row can be far from Gaussian (even zero).
     norms : {"chi", "fixed"}, default="chi"
         ``"chi"``: row lengths drawn independently from the chi distribution with
         ``d`` degrees of freedom, so each row is marginally Gaussian.  ``"fixed"``:
@@ -61,7 +128,8 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
     Notes
     -----
     Random draws happen in a fixed order: the Gaussian matrices (one per block for
-    ``"orthogonal"``), then the chi norms.
+    ``"orthogonal"`` and ``"simplex"``) or the random signs (``"structured"``), then
+    the chi norms.
 
     Examples
     --------
@@ -85,9 +153,20 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
         if norms == "chi":
             return projection
         directions = projection
+    elif kind == "structured":
+        signs = structured_signs(m, d, rng)
+        directions = structured_directions(signs, m, d)
+        if norms == "chi":
+            # Rows of M are unit vectors in d_pad dimensions; chi_{d_pad} lengths make the
+            # full rows approximately N(0, I_{d_pad}), hence the first d coordinates too.
+            lengths = np.sqrt(rng.chisquare(signs.shape[2], size=m))
+            return np.ascontiguousarray(directions * lengths[:, np.newaxis])
     else:
         n_blocks = -(-m // d)
         blocks = [_haar_orthogonal(d, rng) for _ in range(n_blocks)]
+        if kind == "simplex" and d > 1:
+            simplex = _simplex_directions(d)
+            blocks = [simplex @ rotation for rotation in blocks]
         directions = np.concatenate(blocks, axis=0)[:m]
         if norms == "chi":
             lengths = np.sqrt(rng.chisquare(d, size=m))

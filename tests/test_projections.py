@@ -74,3 +74,41 @@ def test_sign_fix_makes_haar_diagonal_unbiased():
 def test_bad_parameters(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         draw_projection(**kwargs)
+
+
+@pytest.mark.parametrize("m, d", [(16, 16), (20, 8), (3, 5)])
+def test_simplex_blocks_have_simplex_geometry(m, d):
+    W = draw_projection(m, d, kind="simplex", norms="fixed", random_state=0) / np.sqrt(d)
+    for start in range(0, m, d):
+        gram = W[start : start + d] @ W[start : start + d].T
+        off_diagonal = gram[~np.eye(len(gram), dtype=bool)]
+        np.testing.assert_allclose(off_diagonal, -1.0 / (d - 1), atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [1, 3, 8, 13])
+def test_structured_matches_hadamard_products(d):
+    from scipy.linalg import hadamard
+
+    from favorkern.projections import padded_dims, structured_directions, structured_signs
+
+    m = 2 * d + 1
+    signs = structured_signs(m, d, np.random.RandomState(0))
+    size = padded_dims(d)
+    H = hadamard(size) / np.sqrt(size)
+    expected = np.concatenate(
+        [H @ np.diag(a) @ H @ np.diag(b) @ H @ np.diag(c) for a, b, c in signs]
+    )
+    np.testing.assert_allclose(structured_directions(signs, m, d), expected[:m, :d], atol=1e-12)
+    W = draw_projection(m, d, kind="structured", norms="fixed", random_state=0)
+    # With padding (d not a power of two) a row restricted to d columns can vanish.
+    row_norms = np.linalg.norm(W, axis=1)
+    np.testing.assert_allclose(row_norms[row_norms > 0], np.sqrt(d))
+    if d == padded_dims(d):
+        assert (row_norms > 0).all()
+
+
+def test_structured_rows_are_approximately_gaussian():
+    d = 64
+    W = draw_projection(4096, d, kind="structured", random_state=2)
+    np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.12)
+    assert abs(np.mean(np.sum(W**2, axis=1)) - d) < 0.5
