@@ -26,7 +26,7 @@ from ._feature_maps import (
     positive_spec,
     trigonometric_spec,
 )
-from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection
+from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured
 
 __all__ = [
     "PositiveRandomFeatures",
@@ -90,6 +90,16 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """Coefficient of |x'|^2 in the exponent: 1/2 (softmax), 1 (rbf)."""
         return 1.0 if self.kernel == "rbf" else 0.5
 
+    def _sorf_factors(self):
+        """(signs, row_factors) of a structured projection drawn by ``fit``, else None."""
+        sorf = getattr(self, "_sorf", None)
+        if sorf is None:
+            return None
+        signs, factors, projection = sorf
+        if projection is not self.projection_:  # projection_ was replaced by hand
+            return None
+        return signs, factors
+
     def _draw_extra(self, random_state):
         """Hook for subclass-specific random draws made after the projection."""
 
@@ -116,13 +126,21 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if not np.isfinite(self.gamma):
             raise ValueError(f"gamma must be finite, got {self.gamma}")
         random_state = check_random_state(self.random_state)
-        self.projection_ = draw_projection(
-            self._n_projections(),
-            X.shape[1],
-            kind=self.projection,
-            norms=self.norms,
-            random_state=random_state,
-        )
+        self._sorf = None
+        if self.projection == "structured":
+            # Same draws as draw_projection, keeping the factors for the fast transform.
+            self.projection_, signs, factors = draw_structured(
+                self._n_projections(), X.shape[1], self.norms, random_state
+            )
+            self._sorf = (signs, factors, self.projection_)
+        else:
+            self.projection_ = draw_projection(
+                self._n_projections(),
+                X.shape[1],
+                kind=self.projection,
+                norms=self.norms,
+                random_state=random_state,
+            )
         self._draw_extra(random_state)
         self._fit_extra(X)
         self._n_features_out = self.n_components
@@ -239,7 +257,9 @@ class PositiveRandomFeatures(_BaseRandomFeatures):
     )
 
     def _spec(self):
-        return positive_spec(self.projection_, self._input_scale(), self._sq_factor())
+        return positive_spec(
+            self.projection_, self._input_scale(), self._sq_factor(), sorf=self._sorf_factors()
+        )
 
 
 class HyperbolicRandomFeatures(_BaseRandomFeatures):
@@ -433,7 +453,9 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
 
     def _spec(self):
         func = _FUNCTIONS[self.function] if isinstance(self.function, str) else self.function
-        return generalized_spec(self.projection_, self._input_scale(), func)
+        return generalized_spec(
+            self.projection_, self._input_scale(), func, sorf=self._sorf_factors()
+        )
 
 
 class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
@@ -537,5 +559,9 @@ class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
 
     def _spec(self):
         return optimal_positive_spec(
-            self.projection_, self._input_scale(), self.A_, self._sq_factor()
+            self.projection_,
+            self._input_scale(),
+            self.A_,
+            self._sq_factor(),
+            sorf=self._sorf_factors(),
         )

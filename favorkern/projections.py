@@ -85,6 +85,25 @@ def structured_directions(signs, n_features, n_dims) -> np.ndarray:
     return np.concatenate(blocks, axis=0)[:n_features]
 
 
+def draw_structured(n_features, n_dims, norms, rng):
+    """SORF projection with its factors: ``(projection, signs, row_factors)``.
+
+    ``projection = structured_directions(signs) * row_factors[:, None]``; the factors
+    let :mod:`favorkern._numba.hadamard` apply it in O(d log d) per input.
+    """
+    signs = structured_signs(n_features, n_dims, rng)
+    directions = structured_directions(signs, n_features, n_dims)
+    if norms == "chi":
+        # Rows of M are unit vectors in d_pad dimensions; chi_{d_pad} lengths make the
+        # full rows approximately N(0, I_{d_pad}), hence the first d coordinates too.
+        factors = np.sqrt(rng.chisquare(signs.shape[2], size=n_features))
+    else:
+        row_norms = np.linalg.norm(directions, axis=1)
+        row_norms[row_norms == 0] = 1.0
+        factors = np.sqrt(n_dims) / row_norms
+    return np.ascontiguousarray(directions * factors[:, np.newaxis]), signs, factors
+
+
 def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", random_state=None):
     """Draw an ``(n_features, n_dims)`` random projection matrix.
 
@@ -154,13 +173,7 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
             return projection
         directions = projection
     elif kind == "structured":
-        signs = structured_signs(m, d, rng)
-        directions = structured_directions(signs, m, d)
-        if norms == "chi":
-            # Rows of M are unit vectors in d_pad dimensions; chi_{d_pad} lengths make the
-            # full rows approximately N(0, I_{d_pad}), hence the first d coordinates too.
-            lengths = np.sqrt(rng.chisquare(signs.shape[2], size=m))
-            return np.ascontiguousarray(directions * lengths[:, np.newaxis])
+        return draw_structured(m, d, norms, rng)[0]
     else:
         n_blocks = -(-m // d)
         blocks = [_haar_orthogonal(d, rng) for _ in range(n_blocks)]

@@ -472,3 +472,26 @@ def test_set_output_pandas_names():
     assert isinstance(out, pd.DataFrame)
     assert list(out.columns) == [f"hyperbolicrandomfeatures{i}" for i in range(6)]
     assert list(est.feature_names_in_) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "cls", [PositiveRandomFeatures, OptimalPositiveRandomFeatures, GeneralizedRandomFeatures]
+)
+@pytest.mark.parametrize("norms", ["chi", "fixed"])
+def test_structured_fast_transform_matches_dense_product(cls, norms):
+    # d_pad = 1024 >= SORF_MIN_PADDED_DIMS: transform runs the numba Walsh-Hadamard path.
+    X = np.random.default_rng(0).normal(scale=0.02, size=(37, 600))
+    est = cls(700, projection="structured", norms=norms, random_state=0).fit(X)
+    assert est._spec().projector is not None
+    fast = est.transform(X)
+    fast32 = est.transform(X.astype(np.float32))
+    est.projection_ = est.projection_.copy()  # a replaced projection falls back to BLAS
+    assert est._spec().projector is None
+    dense = est.transform(X)
+    np.testing.assert_allclose(fast, dense, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+    np.testing.assert_allclose(fast32, dense, rtol=2e-5, atol=1e-6 * np.abs(dense).max())
+    assert fast32.dtype == np.float32
+    again = pickle.loads(
+        pickle.dumps(cls(700, projection="structured", norms=norms, random_state=0).fit(X))
+    )
+    np.testing.assert_array_equal(again.transform(X), fast)

@@ -8,5 +8,5 @@ All kernels take their options from :data:`JIT_OPTIONS`, one place for the flags
 from __future__ import annotations
 
 # fastmath without nnan/ninf: NaN and inf must propagate, never be assumed away.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
-JIT_OPTIONS = {"nogil": True, "cache": True, "fastmath": FASTMATH}
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+JIT_OPTIONS = {"nogil": True, "cache": True, "fastmath": FASTMATH}  # treat as read-only
