@@ -31,6 +31,19 @@ def _widths(text):
     return widths
 
 
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -42,34 +55,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", default=None, metavar="COLUMN", help="target column of a CSV file"
     )
-    parser.add_argument("--kernel", choices=("rbf", "softmax"), default="rbf")
+    parser.add_argument(
+        "--kernel",
+        choices=("rbf", "softmax"),
+        default="rbf",
+        help="rbf: exp(-gamma |x - y|^2); softmax: exp(gamma x.y)",
+    )
     parser.add_argument(
         "--n-features",
         type=_widths,
-        default=list(DEFAULT_WIDTHS),
+        default=",".join(map(str, DEFAULT_WIDTHS)),
         metavar="M1,M2,...",
         help="output widths, comma-separated",
     )
     parser.add_argument("--out", default="regress-out", metavar="DIR", help="output directory")
     parser.add_argument(
         "--n-samples",
-        type=int,
+        type=_int_at_least(10),
         default=None,
         metavar="N",
-        help="rows generated for friedman1 (default 100000); for other data, a random "
+        help="rows generated for friedman1 (None: 100000); for other data, a random "
         "subset of at most N rows",
     )
     parser.add_argument(
-        "--repeats", type=int, default=1, help="seeds per random-feature method and width"
+        "--repeats",
+        type=_int_at_least(1),
+        default=1,
+        help="seeds per random-feature method and width",
     )
     parser.add_argument("--gamma", type=float, default=None, help="skip the CV of gamma")
     parser.add_argument("--alpha", type=float, default=None, help="skip the CV of alpha")
     parser.add_argument(
-        "--cv-samples", type=int, default=1000, help="subsample size for the CV of gamma, alpha"
+        "--cv-samples",
+        type=_int_at_least(10),
+        default=1000,
+        help="subsample size for the CV of gamma, alpha",
     )
     parser.add_argument(
         "--max-exact",
-        type=int,
+        type=_int_at_least(0),
         default=5000,
         help="largest training set on which exact KernelRidge is run",
     )
