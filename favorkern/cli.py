@@ -17,7 +17,6 @@ SUBCOMMANDS = {
     "attention": "error and time of favor_attention against exact softmax attention",
     "variance": "closed-form and Monte-Carlo MSE of the random-feature estimators",
     "regress": "random-feature ridge regression against RBFSampler, Nystroem, KernelRidge",
-    "bench": "time the feature maps against RBFSampler and the bare matrix product",
     "report": "run the three jobs and write a self-contained HTML report",
 }
 
