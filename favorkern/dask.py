@@ -1,0 +1,615 @@
+"""Random features and FAVOR+ attention on dask arrays (the optional ``dask`` extra).
+
+The same numbers as the in-memory functions, computed block by block by dask's
+scheduler (threads, processes or a ``distributed`` cluster); nothing here schedules
+work itself.
+
+* :func:`transform` (and the :class:`DaskTransformer` wrapper) maps a dask array
+  chunked along rows through a fitted favorkern transformer with
+  ``dask.array.map_blocks``; the output declares its true chunks
+  ``(row chunks, (n_components,))`` (dask-ml's ``ParallelPostFit`` declares the
+  input's width, which is wrong for random features).
+* :func:`favor_attention` takes ``Q, K, V`` chunked along the sequence.  Each key
+  chunk gives its state ``(S_c, z_c, c_c)`` (``S_c = phi(K_c)^T V_c exp(-c_c)``,
+  ``z_c = phi(K_c)^T 1 exp(-c_c)``, ``c_c`` the chunk's key stabilizer).  States
+  combine by ``c = max(c_a, c_b)``, ``S = S_a exp(c_a - c) + S_b exp(c_b - c)`` (the
+  merge of :mod:`favorkern.attention`): bidirectional attention reduces all states
+  in a tree and every query chunk emits ``phi(Q_c) S / phi(Q_c) z``; causal attention
+  takes an exclusive prefix scan of the states (a tree of depth ``2 log2(chunks)``)
+  and every chunk then runs the in-memory chunked causal algorithm from its carried
+  state, all chunks in parallel.
+
+The chunk-level pieces (key state, query emission, the causal chunk from a carried
+state) are the private functions of :mod:`favorkern.attention` and the feature-map
+specs of :mod:`favorkern._feature_maps`, so the math is the same code.
+
+Worker processes should run numba and favorkern's feature-map pool on one thread
+each (dask already runs one task per worker thread): start them with
+:data:`WORKER_ENV`, e.g. ``LocalCluster(..., env=WORKER_ENV)``, or use
+:func:`local_cluster`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from ._feature_maps import apply_feature_map
+from ._validation import check_int, check_option
+from .attention import (
+    _CAUSAL_CHUNK_ROWS,
+    _CHUNK_BYTES,
+    FEATURES,
+    _AttentionFeatures,
+    _causal_chunked,
+    _check_projection,
+    _check_scale,
+    _emit,
+    _key_state,
+)
+from .projections import PROJECTION_KINDS, draw_projection
+
+__all__ = [
+    "transform",
+    "DaskTransformer",
+    "favor_attention",
+    "WORKER_ENV",
+    "local_cluster",
+]
+
+#: Environment for dask worker processes: one numba thread and one favorkern
+#: feature-map thread per process (dask runs one task per worker thread, and the
+#: nanny pins BLAS/OpenMP but not numba or favorkern's own pool).
+WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "FAVORKERN_NUM_THREADS": "1"}
+
+# Fan-in of the bidirectional tree reduction of chunk states.
+_REDUCTION_FAN_IN = 8
+
+
+def local_cluster(n_workers=2, threads_per_worker=1, **kwargs):
+    """A ``distributed.LocalCluster`` of processes started with :data:`WORKER_ENV`.
+
+    Parameters
+    ----------
+    n_workers : int, default=2
+        Number of worker processes.
+    threads_per_worker : int, default=1
+        Threads per worker (tasks run concurrently in a worker).
+    **kwargs
+        Passed to ``distributed.LocalCluster`` (e.g. ``memory_limit``,
+        ``dashboard_address``); ``env`` entries are added to :data:`WORKER_ENV`.
+
+    Returns
+    -------
+    cluster : distributed.LocalCluster
+        Close it (or use it as a context manager) when done.
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> from favorkern.dask import local_cluster
+    >>> with local_cluster(n_workers=1, dashboard_address=None) as cluster:  # doctest: +SKIP
+    ...     with Client(cluster) as client:
+    ...         print(client.run(lambda: __import__("os").environ["NUMBA_NUM_THREADS"]))
+    """
+    from distributed import LocalCluster
+
+    env = {**WORKER_ENV, **kwargs.pop("env", {})}
+    kwargs.setdefault("processes", True)
+    return LocalCluster(
+        n_workers=n_workers, threads_per_worker=threads_per_worker, env=env, **kwargs
+    )
+
+
+# -- input checks -----------------------------------------------------------------
+
+
+def _as_dask(X, name, *, row_chunks="auto"):
+    """``X`` as a dask array of float32 (if float32) or float64, checked for dtype."""
+    if not isinstance(X, da.Array):
+        X = np.asarray(X)
+        chunks = (row_chunks,) * max(0, X.ndim - 1) + (-1,) if X.ndim else ()
+        X = da.from_array(X, chunks=chunks)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {X.dtype}")
+    if any(math.isnan(s) for s in X.shape):
+        raise ValueError(
+            f"{name} has unknown chunk sizes (shape {X.shape}); call {name}.compute_chunk_sizes()"
+        )
+    if 0 in X.shape:
+        raise ValueError(f"{name} is empty (shape {X.shape}); at least one value is required")
+    return X
+
+
+def _check_last_axis(X, name):
+    if X.numblocks[-1] != 1:
+        raise ValueError(
+            f"{name} must not be chunked along its last axis (features), got chunks "
+            f"{X.chunks[-1]}; chunk along rows only, e.g. {name}.rechunk({{-1: -1}})"
+        )
+
+
+def _checked_block(block, name):
+    """A C-contiguous block; non-finite values raise as the in-memory checks do."""
+    block = np.ascontiguousarray(block)
+    if not np.isfinite(block).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return block
+
+
+# -- transform --------------------------------------------------------------------
+
+
+def _transform_block(block, spec):
+    return apply_feature_map(_checked_block(block, "X"), spec)
+
+
+def transform(estimator, X):
+    """Random features of a dask array, block by block, through a fitted transformer.
+
+    Each row block ``X_b`` becomes ``estimator.transform(X_b)`` (the same feature map
+    code, so the same numbers as the in-memory ``transform``); the output declares
+    its real chunks ``(X.chunks[0], (n_components,))`` and dtype.
+
+    Parameters
+    ----------
+    estimator : fitted favorkern transformer
+        ``PositiveRandomFeatures``, ``HyperbolicRandomFeatures``,
+        ``TrigonometricRandomFeatures``, ``GeneralizedRandomFeatures`` or
+        ``OptimalPositiveRandomFeatures``, already fitted (on in-memory data).
+    X : dask array of shape (n_samples, n_features)
+        Chunked along rows only (one chunk along columns).  float32 stays float32,
+        other numeric input becomes float64.  A NumPy array is wrapped with automatic
+        row chunks.  Dense blocks only.
+
+    Returns
+    -------
+    X_new : dask array of shape (n_samples, n_components)
+        Lazy; chunks ``(X.chunks[0], (n_components,))``.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is chunked along columns, has the wrong number of features, or (at
+        compute time) contains NaN or infinity.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures
+    >>> from favorkern.dask import transform
+    >>> X = np.random.default_rng(0).normal(size=(10, 4))
+    >>> features = PositiveRandomFeatures(n_components=6, random_state=0).fit(X)
+    >>> X_new = transform(features, da.from_array(X, chunks=(3, 4)))
+    >>> X_new.chunks
+    ((3, 3, 3, 1), (6,))
+    >>> bool(np.allclose(X_new.compute(), features.transform(X)))
+    True
+    """
+    if not hasattr(estimator, "_spec"):
+        raise TypeError(
+            "estimator must be a favorkern random-feature transformer, got "
+            f"{type(estimator).__name__}"
+        )
+    check_is_fitted(estimator)
+    X = _as_dask(X, "X")
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D array, got shape {X.shape}")
+    _check_last_axis(X, "X")
+    if X.shape[1] != estimator.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
+            f"{estimator.n_features_in_} features as input"
+        )
+    dtype = np.dtype(np.float32 if X.dtype == np.float32 else np.float64)
+    X = X.astype(dtype, copy=False)
+    spec = estimator._spec()
+    n_out = spec.weights.shape[0]
+    # One graph key for the spec: workers fetch the projection once, not once per task.
+    spec_key = dask.delayed(spec, name=f"favorkern-spec-{tokenize(spec)}")
+    return X.map_blocks(
+        _transform_block,
+        spec_key,
+        chunks=(X.chunks[0], (n_out,)),
+        dtype=dtype,
+        meta=np.empty((0, 0), dtype=dtype),
+        name=f"favorkern-transform-{tokenize(X, spec)}",
+    )
+
+
+class DaskTransformer(TransformerMixin, BaseEstimator):
+    """Wrap a favorkern transformer so that ``transform`` accepts dask arrays.
+
+    The role of dask-ml's ``ParallelPostFit`` for random features, with the right
+    output chunks: fit on an in-memory sample (the random features need only the
+    input width, except ``OptimalPositiveRandomFeatures``, which estimates its
+    parameter from the data), then transform dask arrays blockwise with
+    :func:`transform`; NumPy / pandas input goes to the wrapped ``transform``.
+
+    Parameters
+    ----------
+    estimator : favorkern transformer
+        Fitted or not.  If :meth:`fit` is never called, the estimator must already be
+        fitted and is used as it is.
+
+    Attributes
+    ----------
+    estimator_ : favorkern transformer
+        A fitted clone of ``estimator`` (after :meth:`fit`).
+    n_features_in_ : int
+        Number of features seen by the wrapped estimator.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from favorkern import TrigonometricRandomFeatures
+    >>> from favorkern.dask import DaskTransformer
+    >>> X = np.random.default_rng(0).normal(size=(20, 3))
+    >>> model = DaskTransformer(TrigonometricRandomFeatures(8, random_state=0)).fit(X[:5])
+    >>> model.transform(da.from_array(X, chunks=(7, 3))).chunks
+    ((7, 7, 6), (8,))
+    """
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, X, y=None):
+        """Fit a clone of ``estimator`` on in-memory ``X``; returns ``self``.
+
+        A dask collection raises ``TypeError``: fit on a sample that fits in memory.
+        """
+        if dask.is_dask_collection(X):
+            raise TypeError(
+                "X must be in memory for fit (random features need only its width; fit on "
+                "a sample, e.g. X[:1000].compute()), got a dask collection"
+            )
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        return self
+
+    def _fitted(self):
+        if hasattr(self, "estimator_"):
+            return self.estimator_
+        check_is_fitted(self.estimator)
+        return self.estimator
+
+    @property
+    def n_features_in_(self):
+        return self._fitted().n_features_in_
+
+    def transform(self, X):
+        """Random features of ``X``: a dask array for dask input (see :func:`transform`)."""
+        estimator = self._fitted()
+        if isinstance(X, da.Array):
+            return transform(estimator, X)
+        return estimator.transform(X)
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names of the wrapped estimator."""
+        return self._fitted().get_feature_names_out(input_features)
+
+    def __sklearn_is_fitted__(self):
+        try:
+            self._fitted()
+        except Exception:
+            return False
+        return True
+
+
+# -- attention: chunk states ----------------------------------------------------------
+
+
+def _feature_chunk_rows(fmap):
+    return max(16, _CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
+
+
+def _heads_of(block):
+    return list(np.ndindex(*block.shape[:-2]))
+
+
+def _chunk_state(fmap, k_block, v_block):
+    """``(S, z, c)`` of one key chunk for every head of the block, in float64.
+
+    ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...) with
+    ``S = sum_j phi(k_j) v_j^T exp(-c)``: :func:`favorkern.attention._key_state`.
+    """
+    k_block = _checked_block(k_block, "K")
+    v_block = _checked_block(v_block, "V")
+    lead = k_block.shape[:-2]
+    state = np.empty(lead + (fmap.n_out, v_block.shape[-1]))
+    normalizer = np.empty(lead + (fmap.n_out,))
+    const = np.empty(lead)
+    chunk = _feature_chunk_rows(fmap)
+    for idx in _heads_of(k_block):
+        k, v = k_block[idx], v_block[idx]
+        state[idx], normalizer[idx], const[idx] = _key_state(fmap, k, v, None, 0, k.shape[0], chunk)
+    return state, normalizer, const
+
+
+def _merge(*parts):
+    """Sum of chunk states after rescaling each to the largest key constant.
+
+    ``c = max_i c_i``, ``S = sum_i S_i exp(c_i - c)`` (and ``z`` alike), per head;
+    an empty state (``c = -inf``) contributes nothing.
+    """
+    const = parts[0][2]
+    for part in parts[1:]:
+        const = np.maximum(const, part[2])
+    state = np.zeros_like(parts[0][0])
+    normalizer = np.zeros_like(parts[0][1])
+    for s, z, c in parts:
+        with np.errstate(invalid="ignore"):
+            factor = np.where(c > -np.inf, np.exp(c - const), 0.0)
+        state += s * factor[..., np.newaxis, np.newaxis]
+        normalizer += z * factor[..., np.newaxis]
+    return state, normalizer, const
+
+
+def _emit_block(fmap, q_block, total):
+    """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head."""
+    q_block = _checked_block(q_block, "Q")
+    state, normalizer, _ = total
+    out = np.empty(q_block.shape[:-1] + (state.shape[-1],), dtype=fmap.dtype)
+    chunk = _feature_chunk_rows(fmap)
+    for idx in _heads_of(q_block):
+        q = q_block[idx]
+        s = state[idx].astype(fmap.dtype)
+        z = normalizer[idx].astype(fmap.dtype)
+        _emit(fmap, q, s, z, out[idx], 0, q.shape[0], chunk)
+    return out
+
+
+def _causal_block(fmap, q_block, k_block, v_block, prefix):
+    """Causal output of one chunk from the state of all earlier chunks (``None``: none).
+
+    :func:`favorkern.attention._causal_chunked` started from the carried state, whose
+    key constant is the maximum over earlier keys only: the running-maximum
+    stabilizer of the in-memory algorithm, so no output looks at a later chunk.
+    """
+    q_block = _checked_block(q_block, "Q")
+    k_block = _checked_block(k_block, "K")
+    v_block = _checked_block(v_block, "V")
+    out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=fmap.dtype)
+    for idx in _heads_of(q_block):
+        initial = None
+        if prefix is not None and prefix[2][idx] > -np.inf:
+            initial = (
+                prefix[0][idx].astype(fmap.dtype),
+                prefix[1][idx].astype(fmap.dtype),
+                float(prefix[2][idx]),
+            )
+        q, k, v = q_block[idx], k_block[idx], v_block[idx]
+        _causal_chunked(fmap, q, k, v, None, out[idx], _CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
+    return out
+
+
+def _tree_reduce(parts, merge):
+    """Reduce delayed states by ``merge`` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
+    while len(parts) > 1:
+        parts = [
+            merge(*parts[i : i + _REDUCTION_FAN_IN])
+            for i in range(0, len(parts), _REDUCTION_FAN_IN)
+        ]
+    return parts[0]
+
+
+def _inclusive_scan(parts, merge):
+    """Inclusive prefix merges of delayed states, depth ``2 log2(n)``, about ``2n`` merges.
+
+    Pairs are merged, the pairs scanned recursively, then the even positions filled in
+    (the work-efficient scan of Ladner and Fischer).
+    """
+    n = len(parts)
+    if n <= 1:
+        return list(parts)
+    pairs = [merge(parts[i], parts[i + 1]) for i in range(0, n - 1, 2)]
+    pair_prefix = _inclusive_scan(pairs, merge)
+    prefix = [parts[0]]
+    for j in range(1, n):
+        if j % 2 == 1:
+            prefix.append(pair_prefix[j // 2])
+        else:
+            prefix.append(merge(pair_prefix[j // 2 - 1], parts[j]))
+    return prefix
+
+
+# -- attention: public function -----------------------------------------------------------
+
+
+def _prepare(Q, K, V, causal):
+    """Checked dask arrays with one dtype, broadcast and aligned leading chunks."""
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
+    arrays = {}
+    for name, X in (("Q", Q), ("K", K), ("V", V)):
+        X = _as_dask(X, name)
+        if X.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions, got shape {X.shape}")
+        _check_last_axis(X, name)
+        arrays[name] = X
+    Q, K, V = arrays["Q"], arrays["K"], arrays["V"]
+    dtype = np.dtype(np.float32 if all(X.dtype == np.float32 for X in (Q, K, V)) else np.float64)
+    Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+    if K.shape[-1] != Q.shape[-1]:
+        raise ValueError(
+            f"K must have the feature dimension d = {Q.shape[-1]} of Q, got shape {K.shape}"
+        )
+    if V.shape[-2] != K.shape[-2]:
+        raise ValueError(f"V must have as many rows as K ({K.shape[-2]} keys), got shape {V.shape}")
+    if causal and Q.shape[-2] != K.shape[-2]:
+        raise ValueError(
+            "causal=True needs as many queries as keys, got "
+            f"Lq = {Q.shape[-2]} and Lk = {K.shape[-2]}"
+        )
+    try:
+        batch = np.broadcast_shapes(Q.shape[:-2], K.shape[:-2], V.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            "the leading (batch, head) dimensions of Q, K and V do not broadcast: "
+            f"Q {Q.shape[:-2]}, K {K.shape[:-2]}, V {V.shape[:-2]}"
+        ) from None
+    Q, K, V = (da.broadcast_to(X, batch + X.shape[-2:]) for X in (Q, K, V))
+    lead = Q.chunks[:-2]
+    # Leading chunks follow Q; keys and values share K's sequence chunks (causal: Q's).
+    key_rows = Q.chunks[-2] if causal else K.chunks[-2]
+    K = K.rechunk(lead + (key_rows, K.chunks[-1]))
+    V = V.rechunk(lead + (key_rows, V.chunks[-1]))
+    return Q, K, V, dtype
+
+
+def favor_attention(
+    Q,
+    K,
+    V,
+    *,
+    causal=False,
+    n_features=256,
+    features="positive",
+    projection="orthogonal",
+    scale=None,
+    projection_matrix=None,
+    random_state=None,
+):
+    """FAVOR+ attention of dask arrays chunked along the sequence, as a lazy dask array.
+
+    The same estimate as :func:`favorkern.favor_attention` (equal to it up to
+    rounding for the same ``projection_matrix``, for any chunking), computed as a
+    dask graph:
+
+    * bidirectional: each key chunk gives ``(S_c, z_c, c_c)``; a tree reduction
+      merges them with max-rescaling into ``(S, z)``; each query chunk then emits
+      ``phi(Q_c) S / phi(Q_c) z`` in parallel;
+    * causal: an exclusive prefix scan of the chunk states (depth ``2 log2`` of the
+      number of chunks) gives each chunk the state of all earlier keys, whose
+      constant is the maximum over earlier keys only; each chunk then computes its
+      outputs in parallel (the in-memory chunked algorithm from that state).
+
+    Parameters
+    ----------
+    Q : dask array (or array-like) of shape (..., Lq, d)
+        Queries, chunked along ``Lq`` (and optionally the leading dimensions), one
+        chunk along ``d``.  Leading dimensions (batch, heads) broadcast against those
+        of K and V; the output takes Q's leading chunks.
+    K : dask array (or array-like) of shape (..., Lk, d)
+        Keys, one chunk along ``d``.
+    V : dask array (or array-like) of shape (..., Lk, dv)
+        Values, one chunk along ``dv``; rechunked to K's sequence chunks.
+    causal : bool, default=False
+        If True, output ``i`` uses keys ``0..i`` only (``Lq == Lk``; K and V are
+        rechunked to Q's sequence chunks).
+    n_features : int, default=256
+        Number of random projections ``m`` (ignored if ``projection_matrix`` is given).
+    features : {"positive", "hyperbolic", "trigonometric", "relu"}, default="positive"
+        The feature map (see :func:`favorkern.favor_attention`).
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        Kind of the drawn projection (:func:`favorkern.draw_projection`).
+    scale : float or None, default=None
+        Logit scale; ``1 / sqrt(d)`` if None.
+    projection_matrix : array-like of shape (m, d), default=None
+        Use these projections instead of drawing them (drawn once, on the client).
+    random_state : int, RandomState instance or None, default=None
+        Seed of the drawn projection: the same seed gives the projection of the
+        in-memory :func:`favorkern.favor_attention`.
+
+    Returns
+    -------
+    out : dask array of shape (..., Lq, dv)
+        Lazy; chunks ``Q.chunks[:-1] + ((dv,),)``; float32 if Q, K and V are float32,
+        else float64.
+
+    Raises
+    ------
+    ValueError
+        If an input is chunked along its last axis, shapes do not match, or (at
+        compute time) an input contains NaN or infinity.
+
+    See Also
+    --------
+    favorkern.favor_attention : the in-memory function.
+
+    Notes
+    -----
+    Key padding masks and ``method`` are not supported here.  Each task holds one
+    chunk of Q, K, V and its features, ``O(chunk x (d + m))`` per head, and the
+    states are ``m x dv`` per head and chunk.  Stabilizers cancel in the normalized
+    output, so the result equals the in-memory one; the causal key constant of row
+    ``i`` is the running maximum over keys ``0..i``, as in memory.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> import favorkern
+    >>> from favorkern.dask import favor_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(scale=0.5, size=(3, 2, 50, 8))   # 2 heads, L = 50
+    >>> Qd, Kd, Vd = (da.from_array(X, chunks=(2, 16, 8)) for X in (Q, K, V))
+    >>> out = favor_attention(Qd, Kd, Vd, causal=True, n_features=32, random_state=0)
+    >>> out.chunks
+    ((2,), (16, 16, 16, 2), (8,))
+    >>> ref = favorkern.favor_attention(Q, K, V, causal=True, n_features=32, random_state=0)
+    >>> bool(np.allclose(out.compute(), ref))
+    True
+    """
+    Q, K, V, dtype = _prepare(Q, K, V, causal)
+    d = Q.shape[-1]
+    check_option(features, "features", FEATURES)
+    scale = _check_scale(scale, d)
+    if projection_matrix is None:
+        n_features = check_int(n_features, "n_features")
+        check_option(projection, "projection", PROJECTION_KINDS)
+        W = draw_projection(n_features, d, kind=projection, random_state=random_state)
+    else:
+        W = _check_projection(projection_matrix, d)
+    return _favor_graph(Q, K, V, W, features, scale, causal, dtype)
+
+
+def _favor_graph(Q, K, V, W, features, scale, causal, dtype):
+    fmap = _AttentionFeatures(features, W, scale, dtype)
+    # One graph key for the feature map (its projection), fetched once per worker.
+    fmap_key = dask.delayed(fmap, name=f"favorkern-features-{tokenize(W, features, scale, dtype)}")
+    chunk_state = dask.delayed(_chunk_state, pure=True)
+    merge = dask.delayed(_merge, pure=True)
+    q_blocks, k_blocks, v_blocks = (X.to_delayed(optimize_graph=False) for X in (Q, K, V))
+    dv = V.shape[-1]
+    n_lead = Q.ndim - 2
+    out_blocks = np.empty(Q.numblocks[:-1], dtype=object)
+    for lead in np.ndindex(*Q.numblocks[:n_lead]):
+        lead_shape = tuple(Q.chunks[a][i] for a, i in enumerate(lead))
+        keys = [k_blocks[lead + (j, 0)] for j in range(K.numblocks[-2])]
+        values = [v_blocks[lead + (j, 0)] for j in range(V.numblocks[-2])]
+        parts = [chunk_state(fmap_key, k, v) for k, v in zip(keys, values, strict=True)]
+        if causal:
+            prefixes = [None] + _inclusive_scan(parts[:-1], merge)
+            pieces = [
+                dask.delayed(_causal_block, pure=True)(
+                    fmap_key, q_blocks[lead + (i, 0)], keys[i], values[i], prefixes[i]
+                )
+                for i in range(Q.numblocks[-2])
+            ]
+        else:
+            total = _tree_reduce(parts, merge)
+            pieces = [
+                dask.delayed(_emit_block, pure=True)(fmap_key, q_blocks[lead + (i, 0)], total)
+                for i in range(Q.numblocks[-2])
+            ]
+        for i, piece in enumerate(pieces):
+            shape = lead_shape + (Q.chunks[-2][i], dv)
+            out_blocks[lead + (i,)] = da.from_delayed(
+                piece, shape, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype)
+            )
+    return da.block(_nested(out_blocks))
+
+
+def _nested(blocks):
+    """``da.block``'s nested lists from an object array of blocks (last axis: one chunk)."""
+    if blocks.ndim == 1:
+        return [[block] for block in blocks]
+    return [_nested(sub) for sub in blocks]
