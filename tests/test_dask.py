@@ -1,0 +1,340 @@
+"""favorkern.dask against the in-memory functions, on the sync scheduler and a real cluster."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+import dask  # noqa: E402
+
+import favorkern  # noqa: E402
+from favorkern import (  # noqa: E402
+    GeneralizedRandomFeatures,
+    HyperbolicRandomFeatures,
+    OptimalPositiveRandomFeatures,
+    PositiveRandomFeatures,
+    TrigonometricRandomFeatures,
+    draw_projection,
+)
+from favorkern.dask import (  # noqa: E402
+    WORKER_ENV,
+    DaskTransformer,
+    favor_attention,
+    transform,
+)
+
+TOL = {np.float64: 1e-6, np.float32: 1e-4}
+FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")
+TRANSFORMERS = [
+    PositiveRandomFeatures(12, random_state=0),
+    PositiveRandomFeatures(12, kernel="rbf", gamma=0.5, random_state=0),
+    HyperbolicRandomFeatures(13, random_state=0),
+    TrigonometricRandomFeatures(13, kernel="rbf", random_state=0),
+    TrigonometricRandomFeatures(12, random_state=0),
+    GeneralizedRandomFeatures(12, random_state=0),
+    OptimalPositiveRandomFeatures(12, random_state=0),
+]
+# (rows per chunk) along the sequence of length 37: one row, uneven, one chunk, a
+# prime, and explicit uneven chunk sizes.
+CHUNKINGS = [1, 5, 16, 37, (3, 10, 1, 23)]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 single-threaded worker processes, closed after the module."""
+    cluster = distributed.LocalCluster(
+        processes=True,
+        n_workers=2,
+        threads_per_worker=1,
+        env=WORKER_ENV,
+        dashboard_address=None,
+        memory_limit="2GiB",
+    )
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+def _relative_error(got, ref):
+    ref = np.asarray(ref, dtype=np.float64)
+    scale = max(float(np.abs(ref).max()), 1e-300)
+    return float(np.abs(np.asarray(got, dtype=np.float64) - ref).max()) / scale
+
+
+def _compute_blocks(array, scheduler="sync"):
+    """Every block of ``array`` computed, with the declared chunks checked against them."""
+    blocks = array.to_delayed()
+    computed = dask.compute(*blocks.ravel(), scheduler=scheduler)
+    for index, block in zip(np.ndindex(*blocks.shape), computed, strict=True):
+        declared = tuple(array.chunks[axis][i] for axis, i in enumerate(index))
+        assert block.shape == declared, (index, block.shape, declared)
+        assert block.dtype == array.dtype
+    return array.compute(scheduler=scheduler)
+
+
+def _inputs(rng, shape, dtype, d=8, dv=3, sigma=0.6):
+    Q = rng.normal(scale=sigma, size=shape + (d,)).astype(dtype)
+    K = rng.normal(scale=sigma, size=shape + (d,)).astype(dtype)
+    V = rng.normal(size=shape + (dv,)).astype(dtype)
+    return Q, K, V
+
+
+def _chunked(X, rows, lead=None):
+    lead = X.shape[:-2] if lead is None else lead
+    return da.from_array(X, chunks=lead + (rows, X.shape[-1]))
+
+
+# -- transform --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimator", TRANSFORMERS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [1, 7, (2, 9, 1, 11)])
+def test_transform_matches_in_memory(estimator, dtype, rows):
+    X = np.random.default_rng(1).normal(scale=0.5, size=(23, 5)).astype(dtype)
+    fitted = estimator.fit(X)
+    out = transform(fitted, da.from_array(X, chunks=(rows, 5)))
+    assert out.chunks == (da.from_array(X, chunks=(rows, 5)).chunks[0], (estimator.n_components,))
+    assert out.dtype == dtype
+    got = _compute_blocks(out)
+    ref = fitted.transform(X)
+    assert got.dtype == ref.dtype
+    assert _relative_error(got, ref) <= TOL[dtype]
+
+
+def test_transform_converts_integers_and_numpy():
+    X = np.arange(24).reshape(8, 3) % 5
+    features = PositiveRandomFeatures(4, gamma=0.1, random_state=0).fit(X)
+    out = transform(features, da.from_array(X, chunks=(3, 3)))
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out.compute(scheduler="sync"), features.transform(X), rtol=1e-12)
+    out = transform(features, X)  # a NumPy array is wrapped
+    np.testing.assert_allclose(out.compute(scheduler="sync"), features.transform(X), rtol=1e-12)
+
+
+def test_transform_errors():
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    features = PositiveRandomFeatures(6, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=r"X must not be chunked along its last axis"):
+        transform(features, da.from_array(X, chunks=(5, 2)))
+    with pytest.raises(ValueError, match="X has 3 features"):
+        transform(features, da.from_array(X[:, :3], chunks=(5, 3)))
+    with pytest.raises(ValueError, match="2-D"):
+        transform(features, da.ones((2, 3, 4), chunks=(1, 3, 4)))
+    with pytest.raises(TypeError, match="favorkern random-feature transformer"):
+        transform(object(), da.from_array(X))
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        transform(PositiveRandomFeatures(6), da.from_array(X))
+    bad = X.copy()
+    bad[7, 1] = np.nan
+    out = transform(features, da.from_array(bad, chunks=(5, 4)))  # lazy: no error yet
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        out.compute(scheduler="sync")
+
+
+def test_dask_transformer():
+    X = np.random.default_rng(0).normal(scale=0.5, size=(30, 4))
+    model = DaskTransformer(HyperbolicRandomFeatures(9, random_state=3)).fit(X[:10])
+    assert model.n_features_in_ == 4
+    Xd = da.from_array(X, chunks=(11, 4))
+    out = model.transform(Xd)
+    assert isinstance(out, da.Array) and out.chunks == ((11, 11, 8), (9,))
+    np.testing.assert_allclose(out.compute(scheduler="sync"), model.transform(X), rtol=1e-12)
+    assert isinstance(model.transform(X), np.ndarray)
+    assert list(model.get_feature_names_out())[:2] == [
+        "hyperbolicrandomfeatures0",
+        "hyperbolicrandomfeatures1",
+    ]
+    prefit = DaskTransformer(model.estimator_)  # used as it is, without fit
+    np.testing.assert_array_equal(
+        prefit.transform(Xd).compute(scheduler="sync"), out.compute(scheduler="sync")
+    )
+    with pytest.raises(TypeError, match="must be in memory"):
+        DaskTransformer(PositiveRandomFeatures(4)).fit(Xd)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        DaskTransformer(PositiveRandomFeatures(4)).transform(Xd)
+
+
+# -- attention --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("features", FEATURES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("rows", CHUNKINGS, ids=str)
+def test_attention_matches_in_memory(features, dtype, causal, rows):
+    rng = np.random.default_rng(2)
+    Q, K, V = _inputs(rng, (2, 37), dtype)
+    W = draw_projection(16, 8, random_state=0)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, features=features, projection_matrix=W)
+    out = favor_attention(
+        *(_chunked(X, rows) for X in (Q, K, V)),
+        causal=causal,
+        features=features,
+        projection_matrix=W,
+    )
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert out.chunks[-2] == _chunked(Q, rows).chunks[-2]
+    got = _compute_blocks(out)
+    assert _relative_error(got, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_attention_large_norms_and_many_chunks(causal):
+    """Chunk key maxima far apart (norms up to ~6): the max-rescaling must be exact."""
+    rng = np.random.default_rng(3)
+    L, d = 200, 16
+    growth = np.linspace(0.2, 2.5, L)[:, np.newaxis]
+    Q = rng.normal(size=(L, d)) * growth
+    K = rng.normal(size=(L, d)) * growth[::-1] ** 1.5
+    V = rng.normal(size=(L, 4))
+    W = draw_projection(64, d, random_state=1)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, projection_matrix=W)
+    for rows in (1, 7, 64):
+        out = favor_attention(
+            *(da.from_array(X, chunks=(rows, X.shape[1])) for X in (Q, K, V)),
+            causal=causal,
+            projection_matrix=W,
+        )
+        assert _relative_error(out.compute(scheduler="sync"), ref) <= 1e-6
+
+
+def test_attention_seed_leading_dims_and_broadcast():
+    """Chunked batch/head dimensions, broadcast keys, and the seeded projection."""
+    rng = np.random.default_rng(4)
+    Q = rng.normal(scale=0.5, size=(2, 3, 29, 8))
+    K = rng.normal(scale=0.5, size=(1, 3, 29, 8))
+    V = rng.normal(size=(29, 5))
+    for causal in (False, True):
+        ref = favorkern.favor_attention(Q, K, V, causal=causal, n_features=24, random_state=7)
+        out = favor_attention(
+            da.from_array(Q, chunks=(1, 2, 10, 8)),
+            da.from_array(K, chunks=(1, 3, 6, 8)),
+            da.from_array(V, chunks=(13, 5)),
+            causal=causal,
+            n_features=24,
+            random_state=7,
+        )
+        assert out.chunks == ((1, 1), (2, 1), (10, 10, 9), (5,))
+        assert _relative_error(_compute_blocks(out), ref) <= 1e-6
+
+
+def test_bidirectional_different_query_and_key_lengths():
+    rng = np.random.default_rng(5)
+    Q = rng.normal(scale=0.5, size=(11, 6)).astype(np.float32)
+    K = rng.normal(scale=0.5, size=(40, 6)).astype(np.float32)
+    V = rng.normal(size=(40, 2)).astype(np.float32)
+    ref = favorkern.favor_attention(Q, K, V, n_features=16, random_state=0)
+    out = favor_attention(
+        da.from_array(Q, chunks=(4, 6)),
+        da.from_array(K, chunks=(9, 6)),
+        da.from_array(V, chunks=(17, 2)),  # rechunked to K's chunks
+        n_features=16,
+        random_state=0,
+    )
+    assert out.chunks == ((4, 4, 3), (2,))
+    assert _relative_error(_compute_blocks(out), ref) <= 1e-4
+
+
+def test_causal_ignores_later_chunks():
+    """Outputs of earlier chunks are bit-identical whatever the later keys are."""
+    rng = np.random.default_rng(6)
+    Q, K, V = _inputs(rng, (40,), np.float64, d=8)
+    W = draw_projection(16, 8, random_state=0)
+    K2, V2 = K.copy(), V.copy()
+    K2[25:] *= 30.0  # dominant future keys
+    V2[25:] = 1e6
+    outs = [
+        favor_attention(
+            *(da.from_array(X, chunks=(8, X.shape[1])) for X in (Q, k, v)),
+            causal=True,
+            projection_matrix=W,
+        ).compute(scheduler="sync")
+        for k, v in ((K, V), (K2, V2))
+    ]
+    np.testing.assert_array_equal(outs[0][:24], outs[1][:24])
+
+
+def test_attention_errors():
+    Q = da.ones((10, 4), chunks=(5, 4))
+    V = da.ones((10, 3), chunks=(5, 3))
+    with pytest.raises(ValueError, match=r"K must not be chunked along its last axis"):
+        favor_attention(Q, da.ones((10, 4), chunks=(5, 2)), V)
+    with pytest.raises(ValueError, match="causal=True needs as many queries as keys"):
+        favor_attention(Q[:6], Q, V, causal=True)
+    with pytest.raises(ValueError, match="V must have as many rows as K"):
+        favor_attention(Q, Q, V[:7])
+    with pytest.raises(ValueError, match="K must have the feature dimension"):
+        favor_attention(Q, da.ones((10, 5), chunks=(5, 5)), V)
+    with pytest.raises(ValueError, match="Q must have at least 2 dimensions"):
+        favor_attention(da.ones(4), Q, V)
+    with pytest.raises(ValueError, match="features must be one of"):
+        favor_attention(Q, Q, V, features="softmax")
+    with pytest.raises(ValueError, match="do not broadcast"):
+        favor_attention(da.ones((2, 10, 4)), da.ones((3, 10, 4)), V)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        favor_attention(Q, Q, V, causal="yes")
+    with pytest.raises(ValueError, match="projection_matrix must have shape"):
+        favor_attention(Q, Q, V, projection_matrix=np.ones((8, 3)))
+    bad = np.ones((10, 3))
+    bad[9, 0] = np.inf
+    out = favor_attention(Q, Q, da.from_array(bad, chunks=(5, 3)), causal=True)
+    with pytest.raises(ValueError, match="V contains NaN or infinity"):
+        out.compute(scheduler="sync")
+
+
+def test_import_favorkern_does_not_import_dask():
+    code = "import sys, favorkern; favorkern.PositiveRandomFeatures; print('dask' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# -- a real cluster ---------------------------------------------------------------
+
+
+def test_cluster_workers_single_threaded(client):
+    def threads():
+        import os
+
+        import numba
+
+        from favorkern._feature_maps import n_threads
+
+        return (os.environ["NUMBA_NUM_THREADS"], numba.config.NUMBA_NUM_THREADS, n_threads())
+
+    reports = client.run(threads)
+    assert len(reports) == 2
+    assert all(report == ("1", 1, 1) for report in reports.values())
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_cluster_attention(client, causal):
+    rng = np.random.default_rng(7)
+    Q, K, V = _inputs(rng, (2, 300), np.float32, d=16, dv=8)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, n_features=64, random_state=0)
+    out = favor_attention(
+        *(da.from_array(X, chunks=(1, (40, 100, 1, 59, 100), X.shape[-1])) for X in (Q, K, V)),
+        causal=causal,
+        n_features=64,
+        random_state=0,
+    )
+    got = client.compute(out).result()
+    assert got.dtype == np.float32
+    assert _relative_error(got, ref) <= 1e-4
+
+
+def test_cluster_transform(client):
+    X = np.random.default_rng(8).normal(scale=0.4, size=(500, 10))
+    model = DaskTransformer(PositiveRandomFeatures(64, random_state=0)).fit(X[:50])
+    out = model.transform(da.from_array(X, chunks=(77, 10)))
+    assert out.chunks == ((77,) * 6 + (38,), (64,))
+    got = client.compute(out).result()
+    assert _relative_error(got, model.transform(X)) <= 1e-6
