@@ -11,6 +11,7 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from favorkern.cli import main
 from favorkern.regression import (
@@ -28,6 +29,14 @@ from favorkern.regression import (
 # gamma and alpha as cross-validation chooses them on diabetes (rbf: 0.0125-0.025, 0.3-1)
 GAMMA = {"rbf": 0.025, "softmax": 0.01}
 ALPHA = 1.0
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_blas():
+    # Products of a few hundred rows: a second BLAS thread only contends with the
+    # other processes on a shared machine (measured 10x slower under load).
+    with threadpool_limits(1, "blas"):
+        yield
 
 
 @pytest.fixture(scope="module")
