@@ -1,0 +1,147 @@
+"""Benchmark favorkern.dask.favor_attention on a LocalCluster against the in-memory function.
+
+A script, not a test.  d = dv = 64, m = 256, float32, one head, medians of
+``--repeats`` runs after a warm-up.
+
+Table 1, at L = 2^log2-length (default 2^20):
+
+* ``in-memory``: :func:`favorkern.favor_attention` on NumPy arrays in this process
+  (favorkern's own thread pool, 2 threads here);
+* ``dask, chunk = B``: :func:`favorkern.dask.favor_attention` on a
+  ``LocalCluster(processes=True, n_workers=2, threads_per_worker=1)`` (workers started
+  with ``favorkern.dask.WORKER_ENV``), Q, K, V already persisted on the workers, the
+  output persisted there too (``client.persist`` + ``wait``: no transfer to the
+  client); ``graph`` is the client-side time to build the graph (included in
+  ``time``).
+
+Table 2, the overhead per chunk: at a fixed L (default 2^16) the total work is
+constant, so the growth of the time with the number of chunks is the scheduling
+overhead; its least-squares slope is reported per chunk (a chunk costs one
+key-state task, about two merges, one output task and the assembly).
+
+Usage::
+
+    python benchmarks/bench_dask.py                       # L = 2^20, 3 repeats
+    python benchmarks/bench_dask.py --log2-length 18 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+D, M = 64, 256
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up: imports and first-task costs on the workers
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log2-length", type=int, default=20)
+    parser.add_argument("--chunk-log2", type=int, nargs="+", default=[14, 16, 18])
+    parser.add_argument("--overhead-log2-length", type=int, default=16)
+    parser.add_argument("--overhead-chunks", type=int, nargs="+", default=[4, 16, 64, 256])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import dask.array as da
+    from distributed import Client, wait
+
+    import favorkern
+    from favorkern.dask import favor_attention, local_cluster
+
+    length = 1 << args.log2_length
+    rng = np.random.default_rng(0)
+    Q, K, V = (rng.standard_normal((length, D), dtype=np.float32) * 0.5 for _ in range(3))
+    W = favorkern.draw_projection(M, D, random_state=0)
+
+    with (
+        local_cluster(
+            n_workers=2, threads_per_worker=1, dashboard_address=None, memory_limit="4GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+
+        def on_cluster(rows, causal, q=Q, k=K, v=V):
+            """A timing function for chunks of ``rows``; inputs persisted beforehand."""
+            arrays = client.persist([da.from_array(x, chunks=(rows, D)) for x in (q, k, v)])
+            wait(arrays)
+            graph_times = []
+
+            def run():
+                start = time.perf_counter()
+                out = favor_attention(*arrays, causal=causal, projection_matrix=W)
+                graph_times.append(time.perf_counter() - start)
+                out = client.persist(out)
+                wait(out)
+                del out
+
+            return run, graph_times
+
+        print(
+            f"L = 2^{args.log2_length}, d = dv = {D}, m = {M}, float32, median of "
+            f"{args.repeats}; dask: 2 workers x 1 thread, output persisted on the workers"
+        )
+        print(
+            f"{'mode':<14}{'engine':<24}{'chunks':>7}{'time s':>9}{'graph s':>9}"
+            f"{'vs in-mem':>11}{'ns/token':>10}"
+        )
+        for causal in (False, True):
+            mode = "causal" if causal else "bidirectional"
+            memory = median_time(
+                lambda causal=causal: favorkern.favor_attention(
+                    Q, K, V, causal=causal, projection_matrix=W
+                ),
+                args.repeats,
+            )
+            print(
+                f"{mode:<14}{'in-memory (2 threads)':<24}{'-':>7}{memory:9.3f}{'-':>9}"
+                f"{1.0:11.2f}{memory / length * 1e9:10.1f}"
+            )
+            for chunk_log2 in args.chunk_log2:
+                rows = 1 << chunk_log2
+                run, graph_times = on_cluster(rows, causal)
+                elapsed = median_time(run, args.repeats)
+                graph = float(np.median(graph_times))
+                engine = f"dask, chunk = 2^{chunk_log2}"
+                print(
+                    f"{mode:<14}{engine:<24}{-(-length // rows):>7}{elapsed:9.3f}"
+                    f"{graph:9.3f}{elapsed / memory:11.2f}{elapsed / length * 1e9:10.1f}"
+                )
+
+        small = 1 << args.overhead_log2_length
+        print()
+        print(f"Overhead per chunk at L = 2^{args.overhead_log2_length} (constant total work)")
+        print(f"{'mode':<14}{'chunks':>7}{'rows':>8}{'time s':>9}{'graph s':>9}")
+        for causal in (False, True):
+            mode = "causal" if causal else "bidirectional"
+            counts, times = [], []
+            for n_chunks in args.overhead_chunks:
+                rows = max(1, small // n_chunks)
+                run, graph_times = on_cluster(rows, causal, q=Q[:small], k=K[:small], v=V[:small])
+                elapsed = median_time(run, args.repeats)
+                counts.append(-(-small // rows))
+                times.append(elapsed)
+                print(
+                    f"{mode:<14}{counts[-1]:>7}{rows:>8}{elapsed:9.3f}"
+                    f"{float(np.median(graph_times)):9.3f}"
+                )
+            slope, intercept = np.polyfit(counts, times, 1)
+            print(
+                f"{mode:<14}overhead {slope * 1e3:.2f} ms per chunk "
+                f"(fit over {counts[0]}..{counts[-1]} chunks; intercept {intercept:.3f} s)"
+            )
+
+
+if __name__ == "__main__":
+    main()
