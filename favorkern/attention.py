@@ -37,7 +37,6 @@ from ._feature_maps import (
     hyperbolic_spec,
     n_threads,
     positive_spec,
-    projection_logits,
     trigonometric_spec,
 )
 from ._validation import check_float_array, check_int, check_option, check_positive_real
@@ -184,7 +183,7 @@ def _exact_rows(q, k, v, mask, out, start, stop, scale, causal):
     np.exp(scores, out=scores)
     block = out[start:stop]
     np.matmul(scores, v, out=block)
-    _normalize(block, scores.sum(axis=1))
+    _normalize(block, scores @ np.ones(scores.shape[1], dtype=scores.dtype))
 
 
 def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
@@ -234,6 +233,8 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
     n_queries, n_keys = Q.shape[-2], K.shape[-2]
     out = np.empty(batch + (n_queries, V.shape[-1]), dtype=Q.dtype)
     rows = max(1, min(n_queries, _EXACT_CHUNK_ELEMENTS // n_keys))
+    if out.size // max(1, V.shape[-1]) == n_queries:  # one head: a chunk per thread at least
+        rows = min(rows, -(-n_queries // n_threads()))
     tasks = []
     for q, k, v, m, idx in _heads(Q, K, V, mask, batch):
         for start in range(0, n_queries, rows):
@@ -285,35 +286,61 @@ class _AttentionFeatures:
         self.plain = replace(spec, row_log_coef=0.0, log_scale=0.0)
         self.n_out = spec.weights.shape[0]
         self.dtype = np.dtype(dtype)
-        self.weights_t = np.ascontiguousarray(spec.weights.astype(dtype).T)
+        self.weights = np.ascontiguousarray(spec.weights, dtype=dtype)
+        self.weights_t = np.ascontiguousarray(self.weights.T)
+
+    def empty(self, size, rows=False):
+        """A (size, n_out) feature buffer.
+
+        Exp maps use a transposed (feature-major) buffer unless ``rows``: the
+        reductions over features per token then run along contiguous rows, which numpy
+        vectorizes (measured 3.5x faster than a row-wise max); BLAS takes either layout.
+        """
+        if self.kind == "exp" and not rows:
+            return np.empty((self.n_out, size), dtype=self.dtype).T
+        return np.empty((size, self.n_out), dtype=self.dtype)
+
+    def _product(self, X, out):
+        """``out = X @ W.T`` for a row- or feature-major ``out``."""
+        if out.flags.c_contiguous:
+            np.matmul(X, self.weights_t, out=out)
+        else:
+            np.matmul(self.weights, X.T, out=out.T)
 
     def queries(self, X, out):
         if self.kind == "exp":
             # exp(w.x' - a|x'|^2 + log s - max): the last three terms are one per-row
             # constant, so the row maximum of the bare product is the same stabilizer.
-            np.matmul(X, self.weights_t, out=out)
-            out -= out.max(axis=1, keepdims=True)
+            self._product(X, out)
+            out -= out.max(axis=1)[:, np.newaxis]
             np.exp(out, out=out)
         else:
             apply_block(X, out, self.plain, self.weights_t)
 
     def key_logits(self, X, out):
+        """Write the key pre-features into ``out``; return ``(row_log, shift)``.
+
+        Exp maps: ``out = X W^T`` and ``shift = a |x|^2 - log s`` (the logits of
+        :func:`favorkern._feature_maps.projection_logits` are ``out - shift``), so
+        ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
+        ``row_log`` the log of the row factor, ``shift`` None.
+        """
         if self.kind == "exp":
-            projection_logits(X, out, self.spec, self.weights_t)
-            return out.max(axis=1).astype(np.float64)
+            self._product(X, out)
+            shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
+            shift *= self.spec.sq_coef
+            shift -= float(self.spec.log_scale)
+            return out.max(axis=1) - shift, shift
         apply_block(X, out, self.plain, self.weights_t)
         if self.kind == "cos":
             sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
-            return sq * self.spec.row_log_coef + float(self.spec.log_scale)
-        return np.zeros(X.shape[0])
+            return sq * self.spec.row_log_coef + float(self.spec.log_scale), None
+        return np.zeros(X.shape[0]), None
 
-    def key_finish(self, out, row_log, const):
-        """Turn ``key_logits`` output into stabilized features; ``const`` finite."""
+    def key_finish(self, out, row_log, shift, const):
+        """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite."""
         if self.kind == "exp":
-            if np.ndim(const) == 0:
-                out -= self.dtype.type(const)
-            else:
-                out -= const.astype(self.dtype)[:, np.newaxis]
+            out -= (shift + const).astype(self.dtype)[:, np.newaxis]
             with np.errstate(over="ignore"):
                 np.exp(out, out=out)
         elif self.kind == "cos":
@@ -323,7 +350,7 @@ class _AttentionFeatures:
 
 def _masked_row_log(fmap, k, mask, start, stop, buf):
     """Key logits of rows ``start:stop`` into ``buf``; masked keys get ``-inf``."""
-    row_log = fmap.key_logits(k[start:stop], buf)
+    row_log, shift = fmap.key_logits(k[start:stop], buf)
     masked = None
     if mask is not None:
         masked = mask[start:stop]
@@ -331,7 +358,27 @@ def _masked_row_log(fmap, k, mask, start, stop, buf):
             row_log[masked] = -np.inf
         else:
             masked = None
-    return row_log, masked
+    return row_log, shift, masked
+
+
+class _Buffers:
+    """Feature buffers per chunk size (only the last chunk differs) and ones vectors."""
+
+    def __init__(self, fmap):
+        self._fmap = fmap
+        self._cache = {}
+
+    def __call__(self, size, slot=0):
+        key = (size, slot)
+        if key not in self._cache:
+            self._cache[key] = self._fmap.empty(size)
+        return self._cache[key]
+
+    def ones(self, size):
+        key = (size, "ones")
+        if key not in self._cache:
+            self._cache[key] = np.ones(size, dtype=self._fmap.dtype)
+        return self._cache[key]
 
 
 # -- bidirectional ----------------------------------------------------------------
@@ -343,12 +390,12 @@ def _key_state(fmap, k, v, mask, start, stop, chunk):
     state = np.zeros((fmap.n_out, v.shape[1]), dtype=dtype)
     normalizer = np.zeros(fmap.n_out, dtype=np.float64)
     const = -np.inf
-    buf = np.empty((chunk, fmap.n_out), dtype=dtype)
+    buffers = _Buffers(fmap)
     product = np.empty_like(state)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
-        features = buf[: b - a]
-        row_log, masked = _masked_row_log(fmap, k, mask, a, b, features)
+        features = buffers(b - a)
+        row_log, shift, masked = _masked_row_log(fmap, k, mask, a, b, features)
         chunk_max = float(row_log.max())
         if chunk_max == -np.inf:
             continue  # every key of the chunk is masked
@@ -358,12 +405,12 @@ def _key_state(fmap, k, v, mask, start, stop, chunk):
                 state *= dtype.type(factor)
                 normalizer *= factor
             const = chunk_max
-        fmap.key_finish(features, row_log, const)
+        fmap.key_finish(features, row_log, shift, const)
         if masked is not None:
             features[masked] = 0.0
         np.matmul(features.T, v[a:b], out=product)
         state += product
-        normalizer += features.sum(axis=0, dtype=np.float64)
+        normalizer += features.T @ buffers.ones(b - a)
     return state, normalizer, const
 
 
@@ -383,10 +430,10 @@ def _merge_states(parts, dtype):
 
 def _emit(fmap, q, state, normalizer, out, start, stop, chunk):
     """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
-    buf = np.empty((chunk, fmap.n_out), dtype=fmap.dtype)
+    buffers = _Buffers(fmap)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
-        features = buf[: b - a]
+        features = buffers(b - a)
         fmap.queries(q[a:b], features)
         block = out[a:b]
         np.matmul(features, state, out=block)
@@ -431,11 +478,11 @@ def _causal_key_features(fmap, k, mask, start, stop, buf, carried):
     ``0..j`` (``carried`` is that maximum before ``start``).  Returns ``c`` (float64,
     ``-inf`` while every key so far is masked).
     """
-    row_log, masked = _masked_row_log(fmap, k, mask, start, stop, buf)
+    row_log, shift, masked = _masked_row_log(fmap, k, mask, start, stop, buf)
     const = np.maximum.accumulate(row_log)
     np.maximum(const, carried, out=const)
     finite = np.where(const > -np.inf, const, 0.0)
-    fmap.key_finish(buf, row_log, finite)
+    fmap.key_finish(buf, row_log, shift, finite)
     if masked is not None:
         buf[masked] = 0.0
     return const
@@ -457,14 +504,13 @@ def _causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial
         carried = -np.inf
     else:
         state, normalizer, carried = initial
-    query_buf = np.empty((chunk, fmap.n_out), dtype=dtype)
-    key_buf = np.empty_like(query_buf)
+    buffers = _Buffers(fmap)
     scores_buf = np.empty((chunk, chunk), dtype=dtype)
     lower = np.tril(np.ones((chunk, chunk), dtype=dtype))
     for a in range(start, n, chunk):
         b = min(n, a + chunk)
         size = b - a
-        qf, kf = query_buf[:size], key_buf[:size]
+        qf, kf = buffers(size, 0), buffers(size, 1)
         fmap.queries(q[a:b], qf)
         const = _causal_key_features(fmap, k, mask, a, b, kf, carried)
         finite = np.where(const > -np.inf, const, 0.0)
@@ -479,7 +525,7 @@ def _causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial
             )
         block = out[a:b]
         np.matmul(scores, v[a:b], out=block)
-        denominator = scores.sum(axis=1)
+        denominator = scores @ buffers.ones(size)
         if carried > -np.inf:
             past, past_norm = qf @ state, qf @ normalizer
             if carried != const[-1]:
@@ -498,7 +544,7 @@ def _causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial
             if varying:
                 kf *= np.exp(np.minimum(finite - new_const, 0.0)).astype(dtype)[:, np.newaxis]
             state += kf.T @ v[a:b]
-            normalizer += kf.sum(axis=0)
+            normalizer += kf.T @ buffers.ones(size)
             carried = new_const
 
 
@@ -525,8 +571,8 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
     columns = _split(dv, column_blocks)
     states = [np.zeros((fmap.n_out, c1 - c0), dtype=dtype) for c0, c1 in columns]
     normalizers = [np.zeros(fmap.n_out, dtype=dtype) for _ in columns]
-    query_buf = np.empty((chunk, fmap.n_out), dtype=dtype)
-    key_buf = np.empty_like(query_buf)
+    query_buf = fmap.empty(chunk, rows=True)
+    key_buf = fmap.empty(chunk, rows=True)
     value_buf = np.empty((chunk, dv), dtype=dtype)
     carried = -np.inf
     for a in range(0, n, chunk):
