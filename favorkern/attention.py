@@ -611,10 +611,12 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
         )
 
 
-# Measured rule (benchmarks/bench_attention.py, d = 64, m = 256, float32, 2 threads, see
-# the issue note): the chunked products beat the numba recurrence at every L measured,
-# on one thread per head and as a two-phase scan over one head; "auto" takes "chunked".
-_CAUSAL_CHUNK_ROWS = 128
+# Causal rule, measured with benchmarks/bench_attention.py --methods (d = 64, m = 256,
+# float32, 2 threads; table in the issue note): the two algorithms are within noise of
+# each other for one head on 2 threads and the chunked products never lose by much,
+# need no compilation and run whole heads on one thread each; "auto" takes "chunked".
+# Chunks of 256 rows measured faster than 64, 128 and 512 (one thread, L = 65536).
+_CAUSAL_CHUNK_ROWS = 256
 
 
 def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
@@ -773,9 +775,13 @@ def favor_attention(
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
     product underflowed, e.g. for huge norms in float32), the output row is 0.
 
-    Causal ``method="auto"``: with at least one (batch, head) per worker thread,
-    each thread runs whole heads by chunked products (128-row chunks); otherwise
-    the heads run one after the other through the recurrence, split over columns.
+    Causal ``method="auto"`` uses the chunked products (256-row chunks): with at
+    least one (batch, head) per worker thread each thread runs whole heads;
+    otherwise each head is split into one contiguous range per thread, the ranges'
+    key states are computed in parallel and prefix-merged (each range starts from
+    the state of the keys before it), and the ranges then run in parallel.
+    ``method="recurrent"`` runs the numba recurrence, heads one after the other with
+    the value columns split over threads (or whole heads per thread).
 
     References
     ----------
