@@ -50,6 +50,8 @@ _WINDOW_PAD = 40
 _MAX_POISSON_MEAN = 1.0e6
 # Elements per temporary array in the windowed sums and in the Monte Carlo.
 _CHUNK_ELEMENTS = 1 << 22
+# Elements per chunk of Monte-Carlo trials (features plus stacked weights), cache-friendly.
+_MC_CHUNK_ELEMENTS = 1 << 20
 
 
 # -- input handling ----------------------------------------------------------------
@@ -470,28 +472,23 @@ def _feature_spec(features, projection, input_scale):
     return trigonometric_spec(projection, input_scale, 2 * m, np.empty(0), softmax=True)
 
 
-def _stack_specs(specs):
-    """One spec whose outputs are the outputs of ``specs`` side by side."""
-    from ._feature_maps import FeatureMapSpec
+def _trials_spec(features, draws, input_scale):
+    """One feature map evaluating all trials of ``draws`` (``(n_trials, m, d)``) at once.
 
-    first = specs[0]
-    scales = [s.log_scale for s in specs]
-    if all(np.ndim(v) == 0 and v == scales[0] for v in scales):
-        log_scale = scales[0]
-    else:
-        log_scale = np.concatenate(
-            [np.broadcast_to(v, s.weights.shape[0]) for v, s in zip(scales, specs, strict=True)]
-        )
-    offset = None if first.offset is None else np.concatenate([s.offset for s in specs])
-    return FeatureMapSpec(
-        np.concatenate([s.weights for s in specs], axis=0),
-        first.func,
-        sq_coef=first.sq_coef,
-        row_log_coef=first.row_log_coef,
-        log_scale=log_scale,
-        offset=offset,
-        logit_bound=max(s.logit_bound for s in specs),
-    )
+    The library's builder is called on the trial-stacked projection, which gives the
+    outputs of every trial side by side (``n_halves`` blocks of ``n_trials * m``
+    columns: ``[exp(+u), exp(-u)]`` or ``[cos u, sin u]`` for the paired maps), and
+    the normalization is taken from the builder's spec of a single trial (the
+    stacked call would normalize by ``n_trials * m`` projections).
+    """
+    from dataclasses import replace
+
+    n_trials, m, d = draws.shape
+    stacked = _feature_spec(features, draws.reshape(n_trials * m, d), input_scale)
+    single = _feature_spec(features, draws[0], input_scale)
+    if np.ndim(single.log_scale) != 0:  # pragma: no cover - maps with 2m outputs are uniform
+        raise RuntimeError("feature map with non-uniform scale cannot be stacked")
+    return replace(stacked, log_scale=single.log_scale)
 
 
 def _draw_trials(n_trials, m, d, projection, norms, rng):
@@ -544,11 +541,11 @@ def empirical_mse(
 ):
     """Monte-Carlo MSE of the random-feature estimate of ``exp(gamma x.y)``.
 
-    Each trial draws a projection with :func:`favorkern.draw_projection`, builds
-    the feature map with the same builders the transformers use
-    (``favorkern._feature_maps``) and evaluates it with ``apply_feature_map``;
-    many trials are stacked side by side into one feature map, so a chunk of
-    trials costs one BLAS product and one vectorized ``exp``/``cos``.
+    Each trial draws a projection with :func:`favorkern.draw_projection`, and the
+    feature map is built by the same builders the transformers use
+    (``favorkern._feature_maps``) and evaluated by their ``apply_feature_map``;
+    a chunk of trials is stacked into one projection, so it costs one BLAS product
+    and one vectorized ``exp``/``cos`` (the normalization is the single trial's).
 
     Parameters
     ----------
@@ -613,8 +610,10 @@ def empirical_mse(
     gamma = _check_gamma(gamma)
     n, d = x.shape
     if projections is not None:
-        projections = check_float_array(projections, "projections", ndim=3, dtype=np.float64)
-        if projections.shape[1:] != (m, d):
+        projections = np.asarray(projections)
+        if projections.dtype.kind not in "iuf":
+            raise TypeError(f"projections must be a numeric array, got dtype {projections.dtype}")
+        if projections.ndim != 3 or projections.shape[1:] != (m, d):
             raise ValueError(
                 f"projections must have shape (n_trials, {m}, {d}) for n_features={m} and "
                 f"d={d}, got {projections.shape}"
@@ -628,17 +627,19 @@ def empirical_mse(
     kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
     points = np.ascontiguousarray(np.concatenate([x, y], axis=0))
     n_out = m if features == "positive" else 2 * m
-    chunk = max(1, min(n_trials, _CHUNK_ELEMENTS // (2 * n * n_out)))
+    # per trial: 2n x n_out features plus the n_out x d stacked weights (and a transpose)
+    chunk = max(1, min(n_trials, _MC_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
     estimates = np.empty((n, n_trials), dtype=np.float64)
     for lo in range(0, n_trials, chunk):
         hi = min(n_trials, lo + chunk)
         if projections is None:
             draws = _draw_trials(hi - lo, m, d, projection, norms, rng)
         else:
-            draws = projections[lo:hi]
-        spec = _stack_specs([_feature_spec(features, W, input_scale) for W in draws])
-        phi = apply_feature_map(points, spec).reshape(2 * n, hi - lo, n_out)
-        estimates[:, lo:hi] = np.einsum("ptj,ptj->pt", phi[:n], phi[n:])
+            draws = check_float_array(projections[lo:hi], "projections", dtype=np.float64)
+        spec = _trials_spec(features, np.ascontiguousarray(draws), input_scale)
+        # columns: n_halves blocks, each (trials, m) -> (points, halves, trials, m)
+        phi = apply_feature_map(points, spec).reshape(2 * n, n_out // m, hi - lo, m)
+        estimates[:, lo:hi] = np.einsum("phtj,phtj->pt", phi[:n], phi[n:])
 
     errors = estimates - kernel[:, None]
     squared = errors**2
