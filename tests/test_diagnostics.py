@@ -43,7 +43,7 @@ def _pairs(d, specs, seed):
     return x, y
 
 
-# (|x|, |y|, angle): |z|^2 = 0.58, 0.25, 0.14, 0.89; |delta|^2 = 0.08, 0.50, 1.00, 0.39.
+# (|x|, |y|, angle): |z|^2 = 0.58, 0.25, 0.14, 0.85; |delta|^2 = 0.08, 0.50, 1.00, 0.27.
 PAIR_SPECS = [(0.4, 0.35, 0.3), (0.35, 0.35, np.pi / 2), (0.5, 0.5, 2.2), (0.6, 0.45, 1.0)]
 
 # (d, projection, m): m < d, m = d, m > d with a partial block (d = 16), and d = 64.
