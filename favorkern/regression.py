@@ -523,9 +523,10 @@ def compare_regression(
     >>> from sklearn.datasets import load_diabetes
     >>> from favorkern.regression import compare_regression
     >>> X, y = load_diabetes(return_X_y=True)
-    >>> results = compare_regression(X, y, n_features=[32], cv_samples=200)
-    >>> sorted(results["method"].unique())[:2]
-    ['Hyperbolic (orthogonal)', 'KernelRidge (exact)']
+    >>> methods = ["Trigonometric (orthogonal)", "RBFSampler", "KernelRidge (exact)"]
+    >>> results = compare_regression(X, y, n_features=[32], methods=methods, cv_samples=200)
+    >>> list(results["method"])
+    ['KernelRidge (exact)', 'Trigonometric (orthogonal)', 'RBFSampler']
     >>> bool((results["kernel_error"] < 1).all())
     True
     """
@@ -682,7 +683,10 @@ def plot_regression(results, *, title=None):
     >>> from sklearn.datasets import load_diabetes
     >>> from favorkern.regression import compare_regression, plot_regression
     >>> X, y = load_diabetes(return_X_y=True)
-    >>> figure = plot_regression(compare_regression(X, y, n_features=[8, 32], cv_samples=200))
+    >>> results = compare_regression(
+    ...     X, y, n_features=[8, 32], methods=["RBFSampler"], gamma=0.025, alpha=1.0
+    ... )
+    >>> figure = plot_regression(results)
     >>> len(figure.axes)
     2
     """
