@@ -15,7 +15,7 @@ work itself.
   combine by ``c = max(c_a, c_b)``, ``S = S_a exp(c_a - c) + S_b exp(c_b - c)`` (the
   merge of :mod:`favorkern.attention`): bidirectional attention reduces all states
   in a tree and every query chunk emits ``phi(Q_c) S / phi(Q_c) z``; causal attention
-  takes an exclusive prefix scan of the states (a tree of depth ``2 log2(chunks)``)
+  takes an exclusive prefix scan of the states (a tree of depth ``2 log16(chunks)``)
   and every chunk then runs the in-memory chunked causal algorithm from its carried
   state, all chunks in parallel.
 
@@ -68,8 +68,11 @@ __all__ = [
 #: nanny pins BLAS/OpenMP but not numba or favorkern's own pool).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "FAVORKERN_NUM_THREADS": "1"}
 
-# Fan-in of the bidirectional tree reduction of chunk states.
-_REDUCTION_FAN_IN = 8
+# Fan-in of the bidirectional tree reduction and of the causal prefix scan of chunk
+# states: each level of the tree is a hop between workers (tens of ms on a loaded
+# machine), and a merge of m x dv states costs microseconds.
+_REDUCTION_FAN_IN = 16
+_SCAN_FAN_IN = 16
 
 
 def local_cluster(n_workers=2, threads_per_worker=1, **kwargs):
@@ -400,24 +403,38 @@ def _tree_reduce(parts, merge):
     return parts[0]
 
 
-def _inclusive_scan(parts, merge):
-    """Inclusive prefix merges of delayed states, depth ``2 log2(n)``, about ``2n`` merges.
+def _exclusive_prefixes(offset, *parts):
+    """``offset`` merged with ``parts[:i]`` for ``i = 0 .. len(parts)`` (``None``: empty)."""
+    prefixes = [offset]
+    running = offset
+    for part in parts:
+        running = part if running is None else _merge(running, part)
+        prefixes.append(running)
+    return tuple(prefixes)
 
-    Pairs are merged, the pairs scanned recursively, then the even positions filled in
-    (the work-efficient scan of Ladner and Fischer).
+
+def _exclusive_scan(parts, merge):
+    """Exclusive prefix states of delayed chunk states (``None`` for the first chunk).
+
+    A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` states are merged into group
+    totals, the totals scanned recursively, and one task per group then runs its
+    members' prefixes sequentially from the group's offset.  Depth ``2 log_f(n)``
+    (every level is a hop between workers), about ``2n`` merges of ``m x dv`` states.
     """
-    n = len(parts)
-    if n <= 1:
-        return list(parts)
-    pairs = [merge(parts[i], parts[i + 1]) for i in range(0, n - 1, 2)]
-    pair_prefix = _inclusive_scan(pairs, merge)
-    prefix = [parts[0]]
-    for j in range(1, n):
-        if j % 2 == 1:
-            prefix.append(pair_prefix[j // 2])
-        else:
-            prefix.append(merge(pair_prefix[j // 2 - 1], parts[j]))
-    return prefix
+
+    def prefixes_of(offset, group):
+        # the last member's own state is not needed: its prefix ends before it
+        function = dask.delayed(_exclusive_prefixes, pure=True, nout=len(group))
+        return list(function(offset, *group[:-1]))
+
+    if len(parts) <= _SCAN_FAN_IN:
+        return prefixes_of(None, parts)
+    groups = [parts[i : i + _SCAN_FAN_IN] for i in range(0, len(parts), _SCAN_FAN_IN)]
+    offsets = _exclusive_scan([merge(*group) for group in groups], merge)
+    prefixes = []
+    for offset, group in zip(offsets, groups, strict=True):
+        prefixes.extend(prefixes_of(offset, group))
+    return prefixes
 
 
 # -- attention: public function -----------------------------------------------------------
@@ -486,7 +503,7 @@ def favor_attention(
     * bidirectional: each key chunk gives ``(S_c, z_c, c_c)``; a tree reduction
       merges them with max-rescaling into ``(S, z)``; each query chunk then emits
       ``phi(Q_c) S / phi(Q_c) z`` in parallel;
-    * causal: an exclusive prefix scan of the chunk states (depth ``2 log2`` of the
+    * causal: an exclusive prefix scan of the chunk states (depth ``2 log16`` of the
       number of chunks) gives each chunk the state of all earlier keys, whose
       constant is the maximum over earlier keys only; each chunk then computes its
       outputs in parallel (the in-memory chunked algorithm from that state).
@@ -587,7 +604,7 @@ def _favor_graph(Q, K, V, W, features, scale, causal, dtype):
         values = [v_blocks[lead + (j, 0)] for j in range(V.numblocks[-2])]
         parts = [chunk_state(fmap_key, k, v) for k, v in zip(keys, values, strict=True)]
         if causal:
-            prefixes = [None] + _inclusive_scan(parts[:-1], merge)
+            prefixes = _exclusive_scan(parts, merge)
             pieces = [
                 dask.delayed(_causal_block, pure=True)(
                     fmap_key, q_blocks[lead + (i, 0)], keys[i], values[i], prefixes[i]
