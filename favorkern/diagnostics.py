@@ -747,7 +747,7 @@ def variance_study(
     n_dims=16,
     n_features=(16, 32, 64, 128, 256),
     features=FEATURES,
-    projections=_PROJECTIONS,
+    projection=_PROJECTIONS,
     norms="chi",
     gamma=1.0,
     n_trials=2000,
@@ -767,7 +767,7 @@ def variance_study(
     n_features : int or sequence of int, default=(16, 32, 64, 128, 256)
         Numbers ``m`` of projections.
     features : str or sequence of str, default=("positive", "hyperbolic", "trigonometric")
-    projections : str or sequence of str, default=("gaussian", "orthogonal")
+    projection : str or sequence of str, default=("gaussian", "orthogonal")
     norms : {"chi", "fixed"}, default="chi"
     gamma : float, default=1.0
     n_trials : int, default=2000
@@ -814,7 +814,7 @@ def variance_study(
         raise ValueError(f"pair_names must have {n} entries (one per pair), got {len(pair_names)}")
     sizes = _parse_sizes(n_features, "n_features")
     kinds = _parse_options(features, "features", FEATURES)
-    schemes = _parse_options(projections, "projections", _PROJECTIONS)
+    schemes = _parse_options(projection, "projection", _PROJECTIONS)
     check_option(norms, "norms", _NORMS)
     gamma = _check_gamma(gamma)
     n_trials = check_int(n_trials, "n_trials", min_value=2)

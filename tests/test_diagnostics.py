@@ -367,6 +367,12 @@ def test_variance_study_is_tidy():
     assert len(study) == 3 * 2 * 2 * 4
     assert study.groupby(["features", "projection", "n_features"]).size().eq(4).all()
     assert np.all(np.abs(study["z"]) < 6)
+    x, y = _pairs(5, [(0.3, 0.4, 1.0), (0.5, 0.2, 2.0)], seed=0)
+    custom = variance_study(
+        x, y, n_features=3, features="trigonometric", projection="orthogonal", n_trials=50
+    )
+    assert len(custom) == 2 and list(custom["pair"]) == ["pair0", "pair1"]
+    assert custom["angle"].to_numpy() == pytest.approx([1.0, 2.0])
 
 
 def test_convergence_decreases_with_m():
