@@ -169,7 +169,7 @@ def _png_data_uri(fig, dpi=96):
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -236,7 +236,7 @@ def variance_section(config=None, *, progress=None):
     >>> from favorkern.report import PRESETS, variance_section
     >>> section = variance_section(PRESETS["tiny"])
     >>> len(section.figures), section.figures[0][0][:22]
-    (2, 'data:image/png;base64,')
+    (3, 'data:image/png;base64,')
     """
     import pandas as pd
 
@@ -282,8 +282,53 @@ def variance_section(config=None, *, progress=None):
         else "No finite Monte-Carlo z-scores."
     )
 
-    mse_figure = _png_data_uri(plot_mse_vs_m(study))
-    ratio_figure = _png_data_uri(plot_trig_positive_ratio())
+    pairs = list(dict.fromkeys(study["pair"]))
+    halves = [pairs[: (len(pairs) + 1) // 2], pairs[(len(pairs) + 1) // 2 :]]
+    at_max = study[study["n_features"] == m_hi]
+    best = {}
+    for pair, group in at_max.groupby("pair", sort=False):
+        row = group.loc[group["theoretical_mse"].idxmin()]
+        best[pair] = (
+            f"{html.escape(str(pair))}: {row['features']}, {row['projection']} "
+            f"(MSE / SM² = {row['theoretical_mse'] / row['kernel'] ** 2:.2g})"
+        )
+    explanations = [
+        "<p><b>MSE against the number of projections</b>, one panel per pair (norms "
+        "and angle in the title). The MSE is divided by <code>SM(x, y)²</code>, so "
+        "10⁻² means a 10% typical error. Lines are closed forms (solid: iid, dashed: "
+        "orthogonal), points Monte Carlo with ±2 standard errors. Every estimator is "
+        "unbiased, so every curve falls as 1/m: what differs is the constant. For "
+        "nearby vectors (large <code>SM</code>) trigonometric features are the most "
+        "accurate.</p>",
+        "<p><b>The same for obtuse angles</b>, where <code>SM(x, y)</code> is small: "
+        "the relative error of trigonometric features explodes while positive and "
+        "hyperbolic ones stay accurate, the reason FAVOR+ uses positive features. "
+        "Orthogonal projections never hurt positive features (Performer, Theorem 2).</p>",
+    ]
+    figures = []
+    for half, explanation in zip(halves, explanations, strict=True):
+        if not half:
+            continue
+        part = study[study["pair"].isin(half)]
+        lowest = "; ".join(best[pair] for pair in half)
+        figures.append(
+            (
+                _png_data_uri(plot_mse_vs_m(part)),
+                explanation + f"<p>Most accurate at m = {m_hi}: {lowest}.</p>",
+            )
+        )
+    figures.append(
+        (
+            _png_data_uri(plot_trig_positive_ratio()),
+            "<p><b>Performer Fig. 2, from the closed forms.</b> "
+            "<code>log10 MSE_trig / MSE_positive</code> for |x| = |y| = l at angle "
+            "φ (same m for both, so m cancels). Red: positive features are better; "
+            "blue: trigonometric ones are. The right panel is the slice l = 1: the "
+            "ratio spans many orders of magnitude, tiny for nearby vectors and huge "
+            "for opposite ones, so positive features are the safe choice for "
+            "attention, where most query-key pairs have small softmax values.</p>",
+        )
+    )
     trials = config.variance_trials
     section = Section(
         key="variance",
@@ -292,37 +337,14 @@ def variance_section(config=None, *, progress=None):
             "<p>Each estimator approximates the softmax kernel "
             "<code>SM(x, y) = exp(x·y)</code> by an average over <i>m</i> random "
             "projections. Its mean squared error has a closed form (Performer, Lemma 2, "
-            "for iid projections; the exact orthogonal-block correction of THEORY.md "
-            "section 3.3), which "
+            "for iid projections, plus an exact correction for orthogonal blocks; see "
+            "the Theory page of the documentation), which "
             "<code>favorkern.diagnostics.variance_study</code> puts next to a "
             f"Monte-Carlo estimate from {trials} independent draws of the library's own "
             f"feature maps, on four pairs in d = {config.variance_dims} dimensions. "
             f"{html.escape(agreement)}</p>"
         ),
-        figures=[
-            (
-                mse_figure,
-                "<p><b>MSE against the number of projections.</b> One panel per pair "
-                "(norm and angle in the title); the MSE is divided by "
-                "<code>SM(x, y)²</code>, so 10⁻² means a 10% typical error. Lines are "
-                "closed forms (solid: iid, dashed: orthogonal), points Monte Carlo with "
-                "±2 standard errors. All estimators are unbiased, so every curve falls "
-                "as 1/m; the point is the constant. Positive features win where "
-                "<code>SM</code> is small (obtuse angles), trigonometric ones where "
-                "x and y are close; orthogonal projections never hurt positive features "
-                "(Performer, Theorem 2).</p>",
-            ),
-            (
-                ratio_figure,
-                "<p><b>Performer Fig. 2, from the closed forms.</b> "
-                "<code>log10 MSE_trig / MSE_positive</code> for |x| = |y| = l at angle "
-                "φ (same m for both, so m cancels). Red: positive features are better; "
-                "blue: trigonometric ones are. The right panel is the slice l = 1: the "
-                "ratio spans nine orders of magnitude, so the positive estimator is the "
-                "safe choice for attention, where most query-key pairs have small "
-                "softmax values.</p>",
-            ),
-        ],
+        figures=figures,
         tables=[
             (
                 f"Relative MSE (closed form, MSE / SM²) at the smallest and largest m, and "
@@ -586,6 +608,16 @@ def regression_section(config=None, *, progress=None):
         }
     )
     best = summary.dropna(subset=["n_features"]).sort_values("test_r2").iloc[-1]
+    widest = summary[summary["n_features"] == max(config.regression_features)]
+    errors = widest.set_index("method")["kernel_error"]
+    trig, sampler = "Trigonometric (orthogonal)", "RBFSampler"
+    if trig in errors and sampler in errors:
+        orthogonal_gain = (
+            f"at width {max(config.regression_features)} their kernel error is "
+            f"{errors[trig]:.3g} against {errors[sampler]:.3g}."
+        )
+    else:
+        orthogonal_gain = ""
     section = Section(
         key="regression",
         title="3. Kernel ridge regression with random features",
@@ -606,13 +638,15 @@ def regression_section(config=None, *, progress=None):
             (
                 figure,
                 "<p><b>Left:</b> relative Frobenius error of the approximate kernel "
-                "matrix on held-out rows, against the output width: it falls like "
-                "1/√width for the Monte-Carlo methods; orthogonal projections "
-                "(favorkern) are below scikit-learn's iid <code>RBFSampler</code> at "
-                "the same width. <b>Right:</b> test R² against width; the dashed line is "
-                "exact <code>KernelRidge</code>, which the random-feature models "
-                "approach as the width grows. On a data set this small the exact model "
-                "is cheap; random features pay off from tens of thousands of rows "
+                "matrix on held-out rows against the output width; it falls like "
+                "1/√width for the Monte-Carlo methods. <b>Right:</b> test R² against "
+                "width; the dashed line is exact <code>KernelRidge</code>, which the "
+                "random-feature models approach as the width grows. "
+                "<code>TrigonometricRandomFeatures</code> are scikit-learn's "
+                "<code>RBFSampler</code> (random Fourier features) with orthogonal "
+                f"instead of iid projections: {html.escape(orthogonal_gain)} On a data "
+                "set this small the exact model is cheap; random features pay off from "
+                "tens of thousands of rows "
                 "(<code>favorkern regress --data friedman1</code>).</p>",
             )
         ],

@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 import matplotlib
 import pandas as pd
 import pytest
+from report_run import tiny_report
 
-from favorkern.cli import main
 from favorkern.report import PRESETS, ReportConfig, Section, render_html, write_report
 
 matplotlib.use("Agg")
@@ -43,9 +43,7 @@ class _Page(HTMLParser):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """``favorkern report --tiny`` run once, through the command line."""
-    out = tmp_path_factory.mktemp("report")
-    status = main(["report", "--tiny", "--no-progress", "--out", str(out)])
-    return status, out
+    return tiny_report(tmp_path_factory)
 
 
 def test_command_writes_self_contained_page(report, capsys):
@@ -57,8 +55,8 @@ def test_command_writes_self_contained_page(report, capsys):
     assert page.sections == ["variance", "attention", "regression"]
     # Self-contained: nothing is loaded from outside the file.
     assert page.external == []
-    # Two variance figures, two attention figures, one regression figure; all PNGs.
-    assert len(page.images) == 5
+    # Three variance figures, two attention figures, one regression figure; all PNGs.
+    assert len(page.images) == 6
     for image in page.images:
         header, payload = image["src"].split(",", 1)
         assert header == "data:image/png;base64"
@@ -66,7 +64,7 @@ def test_command_writes_self_contained_page(report, capsys):
         assert image["alt"]
     assert page.tables == 3
     # An explanation beside each figure.
-    assert page_text.count('<div class="explain">') == 5
+    assert page_text.count('<div class="explain">') == 6
     assert "preset: tiny" in page_text and "Machine:" in page_text
     for name in (
         "variance_study",
