@@ -22,7 +22,6 @@ depends on a later token, not even through rounding or underflow.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 
@@ -246,7 +245,9 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
             )
     work = out.size // max(1, V.shape[-1]) * n_keys
     workers = n_threads() if work > _PARALLEL_MIN_WORK else 1
-    with blas_single_thread() if workers > 1 and len(tasks) > 1 else nullcontext():
+    # BLAS always on one thread: the parallelism is ours (BLAS threads next to our
+    # threads, or on a busy machine, measured up to 10x slower).
+    with blas_single_thread():
         _run_parallel(tasks, workers)
     return out
 
@@ -822,7 +823,7 @@ def _favor(Q, K, V, mask, batch, W, features, scale, causal, method):
     work = len(heads) * (Q.shape[-2] + K.shape[-2]) * fmap.n_out
     workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
     chunk = max(16, _CHUNK_BYTES // (fmap.n_out * Q.dtype.itemsize))
-    with blas_single_thread() if workers > 1 else nullcontext():
+    with blas_single_thread():  # the parallelism is ours, see softmax_attention
         if causal:
             if method != "chunked" and not V.flags.writeable:
                 heads = _heads(Q, K, V.copy(), mask, batch)
