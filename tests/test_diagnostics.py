@@ -57,7 +57,7 @@ MC_SETTINGS = [
     (16, "orthogonal", 8),
     (16, "orthogonal", 16),
     (16, "orthogonal", 24),
-    (64, "gaussian", 48),
+    (64, "gaussian", 32),
 ]
 
 
