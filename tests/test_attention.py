@@ -363,3 +363,37 @@ def test_causal_prefix_survives_a_dominant_future_key(small_chunks, method):
         out = favor_attention(Q, K2, V, causal=True, projection_matrix=W, method=method)
         assert np.isfinite(out).all()
         np.testing.assert_allclose(out[: i + 1], base[: i + 1], rtol=1e-6, atol=0)
+
+
+def test_command_line(capsys, tmp_path):
+    from favorkern.cli import main
+
+    assert (
+        main(
+            [
+                "attention",
+                "--lengths",
+                "16",
+                "33",
+                "--d",
+                "4",
+                "--repeats",
+                "1",
+                "--no-progress",
+                "--causal",
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out.splitlines()
+    assert "causal" in table[0] and "rel err" in table[1]
+    assert [line.split()[0] for line in table[2:]] == ["16", "33"]
+    rng = np.random.default_rng(16)
+    for name in "QKV":
+        np.save(tmp_path / f"{name}.npy", rng.normal(scale=0.3, size=(2, 20, 4)))
+    files = [f"--{n}={tmp_path / (n[0].upper() + '.npy')}" for n in ("queries", "keys", "values")]
+    assert main(["attention", *files, "--repeats", "1", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split()[0] == "20"
+    assert main(["attention", files[0], "--no-progress"]) == 2
+    assert "together" in capsys.readouterr().err
+    assert main(["attention", "--n-features", "0", "--no-progress"]) == 2
