@@ -13,8 +13,9 @@ runs; L = 2^min-exp ... 2^max-exp.  Columns:
 Targets (DESIGN.md): bidir <= 1.5x floor; causal <= 2x bidir; faster than exact from
 L = 1024; time per token at 2^20 within 1.25x of that at 2^14.
 
-``--memory`` instead measures the peak RSS of favor_attention at L = 2^max-exp in
-child processes (bidirectional and causal), over the inputs and the output.
+``--memory`` instead measures the peak RSS of favor_attention at L = 2^16 and
+2^max-exp in child processes (bidirectional and causal), against the inputs and
+an output-sized array.
 
 Usage::
 
@@ -176,13 +177,14 @@ from favorkern import draw_projection, favor_attention
 length, causal = {length}, {causal}
 Q, K, V = inputs(length)
 W = draw_projection(M, D, random_state=0)
-favor_attention(Q[:4096], K[:4096], V[:4096], projection_matrix=W, causal=causal)  # warm-up
 out = np.empty_like(V); out[...] = 0  # resident output-sized block for the baseline
+cold = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+favor_attention(Q[:4096], K[:4096], V[:4096], projection_matrix=W, causal=causal)  # warm-up
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 del out
 result = favor_attention(Q, K, V, projection_matrix=W, causal=causal)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"before_kib": before, "after_kib": after, "out_mib": result.nbytes / 2**20}}))
+print(json.dumps({{"cold_kib": cold, "before_kib": before, "after_kib": after}}))
 """
 
 
@@ -190,7 +192,13 @@ def memory(args):
     import os
 
     bench_dir = os.path.dirname(os.path.abspath(__file__))
-    print(f"{'L':>9} {'mode':>7} {'inputs+out MiB':>15} {'peak MiB':>9} {'extra MiB':>10}")
+    # inputs+out: peak RSS with the inputs and an output-sized array resident, before
+    # any attention call; warm-up: after one call at L = 4096 (thread pool, buffers,
+    # BLAS); peak: after the call at L.  extra = peak - inputs+out.
+    print(
+        f"{'L':>9} {'mode':>7} {'inputs+out MiB':>15} {'warm-up MiB':>12} {'peak MiB':>9} "
+        f"{'extra MiB':>10}"
+    )
     for exp in sorted({min(16, args.max_exp), args.max_exp}):
         for causal in (False, True):
             code = _CHILD.format(bench_dir=bench_dir, length=2**exp, causal=causal)
@@ -198,9 +206,13 @@ def memory(args):
                 [sys.executable, "-c", code], capture_output=True, text=True, check=True
             )
             data = json.loads(result.stdout.strip().splitlines()[-1])
-            before, after = data["before_kib"] / 1024, data["after_kib"] / 1024
+            cold, warm, after = (
+                data[key] / 1024 for key in ("cold_kib", "before_kib", "after_kib")
+            )
             mode = "causal" if causal else "bidir"
-            print(f"{2**exp:>9} {mode:>7} {before:15.1f} {after:9.1f} {after - before:10.1f}")
+            print(
+                f"{2**exp:>9} {mode:>7} {cold:15.1f} {warm:12.1f} {after:9.1f} {after - cold:10.1f}"
+            )
 
 
 def main(argv=None):
