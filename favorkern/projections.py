@@ -13,18 +13,18 @@ PROJECTION_KINDS = ("gaussian", "orthogonal", "simplex", "structured")
 NORM_KINDS = ("chi", "fixed")
 
 
-def _haar_orthogonal(n_dims: int, rng: np.random.RandomState) -> np.ndarray:
-    """One Haar-distributed orthogonal ``n_dims x n_dims`` matrix (rows orthonormal).
+def _haar_orthogonal_blocks(n_blocks: int, n_dims: int, rng: np.random.RandomState) -> np.ndarray:
+    """``n_blocks`` independent Haar-distributed orthogonal matrices (rows orthonormal).
 
     Raw Householder QR is not Haar (its Q has a biased diagonal); multiplying the
-    columns of Q by ``sign(diag(R))`` makes it so (Mezzadri, 2007).
+    columns of Q by ``sign(diag(R))`` makes it so (Mezzadri, 2007).  One batched QR.
     """
-    gaussian = rng.standard_normal((n_dims, n_dims))
+    gaussian = rng.standard_normal((n_blocks, n_dims, n_dims))
     q, r = np.linalg.qr(gaussian)
-    signs = np.sign(np.diag(r))
+    signs = np.sign(np.diagonal(r, axis1=1, axis2=2))
     signs[signs == 0] = 1.0
-    q *= signs[np.newaxis, :]
-    return q.T
+    q *= signs[:, np.newaxis, :]
+    return np.swapaxes(q, 1, 2)
 
 
 def _simplex_directions(n_dims: int) -> np.ndarray:
@@ -175,12 +175,10 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
     elif kind == "structured":
         return draw_structured(m, d, norms, rng)[0]
     else:
-        n_blocks = -(-m // d)
-        blocks = [_haar_orthogonal(d, rng) for _ in range(n_blocks)]
+        blocks = _haar_orthogonal_blocks(-(-m // d), d, rng)
         if kind == "simplex" and d > 1:
-            simplex = _simplex_directions(d)
-            blocks = [simplex @ rotation for rotation in blocks]
-        directions = np.concatenate(blocks, axis=0)[:m]
+            blocks = _simplex_directions(d) @ blocks
+        directions = blocks.reshape(-1, d)[:m]
         if norms == "chi":
             lengths = np.sqrt(rng.chisquare(d, size=m))
             return np.ascontiguousarray(directions * lengths[:, np.newaxis])
