@@ -1,5 +1,6 @@
 """favorkern.dask against the in-memory functions, on the sync scheduler and a real cluster."""
 
+import doctest
 import subprocess
 import sys
 
@@ -293,6 +294,14 @@ def test_attention_errors():
     out = favor_attention(Q, Q, da.from_array(bad, chunks=(5, 3)), causal=True)
     with pytest.raises(ValueError, match="V contains NaN or infinity"):
         out.compute(scheduler="sync")
+
+
+def test_docstring_examples():
+    import favorkern.dask as dask_module
+
+    with dask.config.set(scheduler="sync"):
+        failures, _ = doctest.testmod(dask_module, optionflags=doctest.ELLIPSIS)
+    assert failures == 0
 
 
 def test_import_favorkern_does_not_import_dask():
