@@ -18,7 +18,14 @@ import matplotlib.pyplot as plt
 from favorkern.diagnostics import variance_study
 from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
-study = variance_study(n_dims=16, n_features=[16, 32, 64, 128], n_trials=500, random_state=0)
+study = variance_study(
+    n_dims=16,
+    n_features=[16, 32, 64, 128],
+    features=["positive", "hyperbolic", "trigonometric"],
+    projection=["gaussian", "orthogonal"],
+    n_trials=500,
+    random_state=0,
+)
 print(study.groupby(["features", "projection"])["z"].apply(lambda z: z.abs().max()))
 
 # %%

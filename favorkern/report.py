@@ -59,6 +59,10 @@ class ReportConfig:
         Numbers ``m`` of random projections in the variance study.
     variance_trials : int
         Monte-Carlo trials per (projection, ``m``).
+    variance_estimators : tuple of str
+        Feature maps of the variance study.
+    variance_projections : tuple of str
+        Kinds of projection of the variance study.
     attention_lengths : tuple of int
         Sequence lengths ``L`` of the speed/accuracy table (``d = 64``).
     attention_dims : int
@@ -86,6 +90,8 @@ class ReportConfig:
     variance_dims: int = 16
     variance_features: tuple = (16, 32, 64, 128, 256)
     variance_trials: int = 2000
+    variance_estimators: tuple = ("positive", "hyperbolic", "trigonometric")
+    variance_projections: tuple = ("gaussian", "orthogonal")
     attention_lengths: tuple = (256, 1024, 4096, 8192)
     attention_dims: int = 64
     attention_repeats: int = 3
@@ -249,6 +255,8 @@ def variance_section(config=None, *, progress=None):
         n_dims=config.variance_dims,
         n_features=config.variance_features,
         n_trials=config.variance_trials,
+        features=config.variance_estimators,
+        projection=config.variance_projections,
         random_state=config.seed,
         progress=progress,
     )
