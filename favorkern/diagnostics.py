@@ -29,6 +29,7 @@ from ._validation import check_float_array, check_int, check_option, check_posit
 
 __all__ = [
     "FEATURES",
+    "ALL_FEATURES",
     "MonteCarloMSE",
     "theoretical_mse",
     "empirical_mse",
@@ -38,8 +39,14 @@ __all__ = [
     "attention_error",
 ]
 
+# The Performer's three estimators; ALL_FEATURES adds GERF/OPRF ("optimal", FAVOR++).
 FEATURES = ("positive", "hyperbolic", "trigonometric")
-_PROJECTIONS = ("gaussian", "orthogonal")
+ALL_FEATURES = FEATURES + ("optimal",)
+_PROJECTIONS = ("gaussian", "orthogonal", "simplex")
+# Monte Carlo also draws structured (SORF) projections, which have no closed form.
+_MC_PROJECTIONS = _PROJECTIONS + ("structured",)
+# Gauss-Laguerre nodes for the simplex covariance (a 2-D expectation over chi norms).
+_SIMPLEX_NODES = 96
 _NORMS = ("chi", "fixed")
 
 # Poisson windows: mean +- (12 sqrt(mean) + 40) holds all but ~e^-70 of the mass.
@@ -85,9 +92,23 @@ def _check_gamma(gamma):
     return check_positive_real(gamma, "gamma")
 
 
+def _check_a(A):
+    """GERF parameter: None (per-pair optimum) or a real < 1/8."""
+    if A is None:
+        return None
+    if isinstance(A, bool) or not isinstance(A, (int, float, np.integer, np.floating)):
+        raise TypeError(f"A must be a real number or None, got {type(A).__name__}: {A!r}")
+    A = float(A)
+    if not np.isfinite(A) or A >= 0.125:
+        raise ValueError(f"A must be a finite number < 1/8 (finite variance), got {A}")
+    return A
+
+
 def _same_block_pairs(m: int, d: int, projection: str) -> int:
     """``P = k d (d - 1) + r (r - 1)`` ordered same-block pairs for ``m = k d + r``; 0 iid."""
     if projection == "gaussian":
+        return 0
+    if projection == "simplex" and d == 1:  # draw_projection's simplex is orthogonal there
         return 0
     k, r = divmod(m, d)
     return k * d * (d - 1) + r * (r - 1)
@@ -238,16 +259,81 @@ def _geometry(x, y, gamma):
     )
 
 
-def _chi_log_mse(features, a, b, ip, s, delta, m, P, d):
+def _gerf_log_rel_var(s, d, A):
+    """``t`` with ``Var1 / SM^2 = e^t - 1`` for GERF features at parameter ``A`` (THEORY 6.1).
+
+    ``E[(f(x) f(y))^2] = (1-4A)^d (1-8A)^{-d/2} exp(2(1-4A)|z|^2/(1-8A) - |x|^2 - |y|^2)``,
+    divided by ``SM^2 = exp(2 x.y)``; ``A = 0`` gives ``t = |z|^2`` (positive features).
+    """
+    return (
+        d * np.log1p(-4.0 * A)
+        - 0.5 * d * np.log1p(-8.0 * A)
+        + 2.0 * (1.0 - 4.0 * A) * s / (1.0 - 8.0 * A)
+        - s
+    )
+
+
+def _optimal_a(s, d):
+    """Per-pair variance-minimizing ``A*`` (the library's own formula)."""
+    from ._feature_maps import optimal_gerf_a
+
+    return optimal_gerf_a(s, d)
+
+
+def _simplex_deficit(s, d, sign=1.0):
+    """``1 - e^{-s} S``, ``S = E exp((w_i + w_j).z)`` for two simplex rows (THEORY 6.3).
+
+    ``w_i = rho_i R s_i`` with ``s_i.s_j = c = -1/(d-1)``, so ``w_i + sign w_j`` has
+    length ``N``, ``N^2 = rho_i^2 + rho_j^2 + 2 sign c rho_i rho_j``, and a uniform
+    direction: ``S = E_N 0F1(; d/2; N^2 |z|^2 / 4)``.  The expectation over the two
+    independent chi_d norms uses generalized Gauss-Laguerre quadrature in
+    ``u = rho^2 / 2 ~ Gamma(d/2)``, summed in log space.  ``sign = -1`` gives the
+    difference ``w_i - w_j`` (needed by the hyperbolic map).  ``c = 0`` reproduces
+    the orthogonal value ``1 - e^{-s} M(d, d/2, s/2)``.
+    """
+    from scipy.special import roots_genlaguerre
+
+    s = np.asarray(s, dtype=np.float64)
+    c = -1.0 / (d - 1.0)
+    nodes, weights = roots_genlaguerre(_SIMPLEX_NODES, d / 2.0 - 1.0)
+    log_w = np.log(weights) - special.gammaln(d / 2.0)
+    rho = np.sqrt(2.0 * nodes)
+    n_sq = rho[:, None] ** 2 + rho[None, :] ** 2 + 2.0 * sign * c * rho[:, None] * rho[None, :]
+    log_w2 = (log_w[:, None] + log_w[None, :]).ravel()
+    n_sq = n_sq.ravel()
+    out = np.empty_like(s)
+    for i, value in enumerate(s.ravel()):
+        log_f = _log_hyp0f1(d / 2.0, n_sq * value / 4.0)
+        log_terms = log_w2 + log_f - value
+        top = log_terms.max()
+        out.flat[i] = -np.expm1(top + np.log(np.exp(log_terms - top).sum()))
+    return out
+
+
+def _block_deficit(s, d, projection, features):
+    """``q`` with same-block ``Cov / SM^2 = -q`` for the exp-type maps (0 <= q < 1 orthogonal)."""
+    if projection == "orthogonal":
+        return _orthogonal_deficit(s, d)
+    plus = _simplex_deficit(s, d, 1.0)
+    if features == "hyperbolic":
+        # cosh a cosh b = (cosh(a + b) + cosh(a - b)) / 2: the sum and the difference.
+        return 0.5 * (plus + _simplex_deficit(s, d, -1.0))
+    return plus
+
+
+def _chi_log_mse(features, a, b, ip, s, delta, m, P, d, projection="orthogonal", A=0.0):
     """log MSE for chi norms (unbiased estimators): iid term plus P same-block pairs."""
     if features == "trigonometric":
         var1 = 0.5 * np.expm1(-delta) ** 2
         cov = _trig_gap(delta, d) if P else 0.0
         return (a + b) + _log_of_nonneg(var1 / m + (P / m**2) * cov)
-    q = _orthogonal_deficit(s, d) if P else np.zeros_like(s)
+    q = _block_deficit(s, d, projection, features) if P else np.zeros_like(s)
     if features == "positive":
         # Var1 / SM^2 = e^s - 1; Cov / SM^2 = -q.
         log_var = _log_expm1(s)
+    elif features == "optimal":
+        # Var1 / SM^2 = e^t - 1; the same-block Cov does not depend on A (THEORY 3.3).
+        log_var = _log_expm1(np.maximum(_gerf_log_rel_var(s, d, A), 0.0))
     else:
         # Var1 / SM^2 = (e^s - 1)(1 - e^-s) / 2.
         log_var = _log_expm1(s) + np.log(-np.expm1(-np.maximum(s, 1e-300))) - np.log(2.0)
@@ -257,17 +343,20 @@ def _chi_log_mse(features, a, b, ip, s, delta, m, P, d):
     return np.where(s > 0, out, -np.inf)
 
 
-def _chi_mse(features, a, b, ip, s, delta, m, P, d):
+def _chi_mse(features, a, b, ip, s, delta, m, P, d, projection="orthogonal", A=0.0):
     """Direct (non-log) MSE for chi norms; overflows to inf where the value does."""
     with np.errstate(over="ignore", invalid="ignore"):
         if features == "trigonometric":
             var1 = 0.5 * np.expm1(-delta) ** 2
             cov = _trig_gap(delta, d) if P else 0.0
             return np.exp(a + b) * np.maximum(var1 / m + (P / m**2) * cov, 0.0)
-        q = _orthogonal_deficit(s, d) if P else 0.0
+        q = _block_deficit(s, d, projection, features) if P else 0.0
         sm2 = np.exp(2 * ip)
         if features == "positive":
             rel = np.expm1(s) / m - (P / m**2) * q
+        elif features == "optimal":
+            t = np.maximum(_gerf_log_rel_var(s, d, A), 0.0)
+            rel = np.expm1(t) / m - (P / m**2) * q
         else:
             rel = 0.5 * np.expm1(s) * -np.expm1(-s) / m - (P / m**2) * q
         return np.where(s > 0, sm2 * np.maximum(rel, 0.0), 0.0)
@@ -315,6 +404,7 @@ def theoretical_mse(
     projection="gaussian",
     norms="chi",
     gamma=1.0,
+    A=None,
     log=False,
 ):
     """Closed-form mean squared error of ``phi(x).phi(y)`` as an estimate of ``exp(gamma x.y)``.
@@ -323,22 +413,31 @@ def theoretical_mse(
     ----------
     x, y : array-like of shape (d,) or (n_pairs, d)
         The pairs (broadcast against each other).
-    features : {"positive", "hyperbolic", "trigonometric"}
+    features : {"positive", "hyperbolic", "trigonometric", "optimal"}
         The feature map (:class:`~favorkern.PositiveRandomFeatures`,
         :class:`~favorkern.HyperbolicRandomFeatures`,
-        :class:`~favorkern.TrigonometricRandomFeatures` with ``kernel="softmax"``).
+        :class:`~favorkern.TrigonometricRandomFeatures` with ``kernel="softmax"``,
+        :class:`~favorkern.OptimalPositiveRandomFeatures`: GERF with parameter ``A``).
     n_features : int
         Number ``m`` of random projections.  Hyperbolic and trigonometric maps have
         ``2 m`` outputs (``n_components = 2 m`` in the transformers).
-    projection : {"gaussian", "orthogonal"}, default="gaussian"
-        iid rows, or orthogonal blocks of ``d`` rows (the last block partial when
-        ``d`` does not divide ``m``), as :func:`favorkern.draw_projection` draws them.
+    projection : {"gaussian", "orthogonal", "simplex"}, default="gaussian"
+        iid rows, orthogonal blocks of ``d`` rows (the last block partial when
+        ``d`` does not divide ``m``), or simplex blocks, as
+        :func:`favorkern.draw_projection` draws them.  ``"simplex"`` has closed forms
+        for the exp-type maps (positive, hyperbolic, optimal) with chi norms.
     norms : {"chi", "fixed"}, default="chi"
         ``"chi"``: unbiased estimators, the MSE is the variance.  ``"fixed"``: rows
         of length ``sqrt(d)``, an estimator of the regularized kernel SMREG; the
-        MSE against ``exp(gamma x.y)`` is bias squared plus variance.
+        MSE against ``exp(gamma x.y)`` is bias squared plus variance (positive,
+        hyperbolic and trigonometric maps, iid or orthogonal).
     gamma : float, default=1.0
         Kernel scale, > 0.
+    A : float or None, default=None
+        GERF parameter of ``features="optimal"`` (< 1/8, where the variance is
+        finite); ``None`` takes each pair's own optimum
+        ``A* = (d - 2|z|^2 - sqrt((2|z|^2 + d)^2 + 8 d |z|^2)) / (16 d)``.
+        Ignored by the other maps.
     log : bool, default=False
         Return ``log(MSE)``, computed in log space: finite where the MSE itself
         overflows float64 (``-inf`` where the MSE is exactly zero).
@@ -369,6 +468,14 @@ def theoretical_mse(
       ``1F1`` through Kummer's transformation as ``E[t_N]``, ``N ~ Poisson(|delta|^2/2)``,
       ``t_n = (-d/2)_n / (d/2)_n``, ``|t_n| <= 1``.
 
+    GERF (``"optimal"``, THEORY.md 6.1): ``Var1 = SM^2 (e^t - 1)`` with
+    ``t = d log(1-4A) - (d/2) log(1-8A) + 2(1-4A)|z|^2/(1-8A) - |z|^2``, and the
+    same-block covariance of the positive map, whatever ``A``.  Simplex blocks
+    (THEORY.md 6.3): ``Cov = Lambda^2 [S - e^{|z|^2}]`` with
+    ``S = E 0F1(; d/2; N^2 |z|^2 / 4)``, ``N^2 = rho_i^2 + rho_j^2 + 2 c rho_i rho_j``,
+    ``c = -1/(d-1)`` over independent chi_d norms (2-D Gauss-Laguerre quadrature);
+    the hyperbolic map averages ``c`` and ``-c``.
+
     For ``norms="fixed"`` (THEORY.md 4) the moments are ``0F1(; d/2; .)`` values:
     ``E exp(w.z) = 0F1(; d/2; d |z|^2/4)`` and so on, and the bias ``SMREG - SM`` is
     added squared.  Performer Theorem 2 (orthogonal never worse for positive
@@ -393,21 +500,34 @@ def theoretical_mse(
     9598.6
     """
     x, y, scalar = _check_pairs(x, y)
-    check_option(features, "features", FEATURES)
+    check_option(features, "features", ALL_FEATURES)
     m = check_int(n_features, "n_features")
     check_option(projection, "projection", _PROJECTIONS)
     check_option(norms, "norms", _NORMS)
     gamma = _check_gamma(gamma)
     if not isinstance(log, (bool, np.bool_)):
         raise TypeError(f"log must be a bool, got {type(log).__name__}: {log!r}")
+    A = _check_a(A)
+    if projection == "simplex" and features == "trigonometric":
+        raise ValueError(
+            "projection='simplex' has closed forms for the exp-type features only "
+            "(positive, hyperbolic, optimal), not for features='trigonometric'"
+        )
+    if norms == "fixed" and (features == "optimal" or projection == "simplex"):
+        raise ValueError(
+            "norms='fixed' has closed forms for positive, hyperbolic and trigonometric "
+            "features with gaussian or orthogonal projections only"
+        )
     d = x.shape[1]
     P = _same_block_pairs(m, d, projection)
     a, b, ip, s, delta = _geometry(x, y, gamma)
+    if features == "optimal" and A is None:
+        A = _optimal_a(s, d)
     if norms == "chi":
         if log:
-            values = _chi_log_mse(features, a, b, ip, s, delta, m, P, d)
+            values = _chi_log_mse(features, a, b, ip, s, delta, m, P, d, projection, A)
         else:
-            values = _chi_mse(features, a, b, ip, s, delta, m, P, d)
+            values = _chi_mse(features, a, b, ip, s, delta, m, P, d, projection, A)
         return _output(values, scalar)
     log_pre, inner, log_bias2 = _fixed_terms(features, a, b, ip, s, delta, m, P, d)
     if log:
@@ -461,34 +581,38 @@ class MonteCarloMSE:
     n_groups: int
 
 
-def _feature_spec(features, projection, input_scale):
-    from ._feature_maps import hyperbolic_spec, positive_spec, trigonometric_spec
+def _feature_spec(features, projection, input_scale, A=0.0):
+    from ._feature_maps import (
+        hyperbolic_spec,
+        optimal_positive_spec,
+        positive_spec,
+        trigonometric_spec,
+    )
 
     m = projection.shape[0]
     if features == "positive":
         return positive_spec(projection, input_scale)
+    if features == "optimal":
+        return optimal_positive_spec(projection, input_scale, A)
     if features == "hyperbolic":
         return hyperbolic_spec(projection, input_scale, 2 * m)
     return trigonometric_spec(projection, input_scale, 2 * m, np.empty(0), softmax=True)
 
 
-def _trials_spec(features, draws, input_scale):
+def _trials_spec(features, draws, input_scale, A=0.0):
     """One feature map evaluating all trials of ``draws`` (``(n_trials, m, d)``) at once.
 
     The library's builder is called on the trial-stacked projection, which gives the
     outputs of every trial side by side (``n_halves`` blocks of ``n_trials * m``
-    columns: ``[exp(+u), exp(-u)]`` or ``[cos u, sin u]`` for the paired maps), and
-    the normalization is taken from the builder's spec of a single trial (the
-    stacked call would normalize by ``n_trials * m`` projections).
+    columns: ``[exp(+u), exp(-u)]`` or ``[cos u, sin u]`` for the paired maps).  The
+    stacked call normalizes by ``n_trials * m`` projections, a single trial by ``m``:
+    every map's log-scale differs by exactly ``log(n_trials) / 2``, added back here.
     """
     from dataclasses import replace
 
     n_trials, m, d = draws.shape
-    stacked = _feature_spec(features, draws.reshape(n_trials * m, d), input_scale)
-    single = _feature_spec(features, draws[0], input_scale)
-    if np.ndim(single.log_scale) != 0:  # pragma: no cover - maps with 2m outputs are uniform
-        raise RuntimeError("feature map with non-uniform scale cannot be stacked")
-    return replace(stacked, log_scale=single.log_scale)
+    stacked = _feature_spec(features, draws.reshape(n_trials * m, d), input_scale, A)
+    return replace(stacked, log_scale=stacked.log_scale + 0.5 * np.log(n_trials))
 
 
 def _draw_trials(n_trials, m, d, projection, norms, rng):
@@ -499,13 +623,14 @@ def _draw_trials(n_trials, m, d, projection, norms, rng):
     takes ``ceil(m / d)`` consecutive blocks truncated to ``m`` rows -- exactly the
     distribution of a separate ``draw_projection(m, d)`` call (last block partial).
     """
-    from .projections import draw_projection
+    from .projections import draw_projection, padded_dims
 
     if projection == "gaussian":
         W = draw_projection(n_trials * m, d, kind="gaussian", norms=norms, random_state=rng)
         return W.reshape(n_trials, m, d)
-    rows = -(-m // d) * d
-    W = draw_projection(n_trials * rows, d, kind="orthogonal", norms=norms, random_state=rng)
+    block = padded_dims(d) if projection == "structured" else d
+    rows = -(-m // block) * block
+    W = draw_projection(n_trials * rows, d, kind=projection, norms=norms, random_state=rng)
     return W.reshape(n_trials, rows, d)[:, :m]
 
 
@@ -537,6 +662,7 @@ def empirical_mse(
     n_trials=1000,
     n_groups=20,
     projections=None,
+    A=None,
     random_state=None,
 ):
     """Monte-Carlo MSE of the random-feature estimate of ``exp(gamma x.y)``.
@@ -551,13 +677,13 @@ def empirical_mse(
     ----------
     x, y : array-like of shape (d,) or (n_pairs, d)
         The pairs (broadcast against each other).
-    features : {"positive", "hyperbolic", "trigonometric"}
+    features : {"positive", "hyperbolic", "trigonometric", "optimal"}
         The feature map (softmax kernel).
     n_features : int
         Number ``m`` of random projections per trial (hyperbolic and trigonometric
         maps have ``2 m`` outputs), as in :func:`theoretical_mse`.
-    projection : {"gaussian", "orthogonal"}, default="gaussian"
-        Projection kind.
+    projection : {"gaussian", "orthogonal", "simplex", "structured"}, default="gaussian"
+        Projection kind (``"structured"``: SORF, which has no closed form).
     norms : {"chi", "fixed"}, default="chi"
         Row norms (see :func:`favorkern.draw_projection`).
     gamma : float, default=1.0
@@ -571,6 +697,9 @@ def empirical_mse(
         Use these draws instead of drawing (e.g. to reuse one set of draws for
         several feature maps, or to test another projection scheme).
         ``projection``, ``norms`` and ``random_state`` are then ignored.
+    A : float or None, default=None
+        GERF parameter of ``features="optimal"``; ``None`` runs each pair at its own
+        ``A*`` (as :func:`theoretical_mse` does), on the same draws.
     random_state : int, RandomState instance or None, default=None
         Seed of the draws.
 
@@ -603,11 +732,12 @@ def empirical_mse(
     from ._feature_maps import apply_feature_map
 
     x, y, scalar = _check_pairs(x, y)
-    check_option(features, "features", FEATURES)
+    check_option(features, "features", ALL_FEATURES)
     m = check_int(n_features, "n_features")
-    check_option(projection, "projection", _PROJECTIONS)
+    check_option(projection, "projection", _MC_PROJECTIONS)
     check_option(norms, "norms", _NORMS)
     gamma = _check_gamma(gamma)
+    A = _check_a(A)
     n, d = x.shape
     if projections is not None:
         projections = np.asarray(projections)
@@ -624,9 +754,42 @@ def empirical_mse(
     rng = check_random_state(random_state)
 
     input_scale = float(np.sqrt(gamma))
+    if features == "optimal" and A is None:
+        a_pair = _optimal_a(gamma * np.einsum("ij,ij->i", x + y, x + y), d)
+        if np.ptp(a_pair) > 0:  # one A per call: run pair groups of equal A* on shared draws
+            if projections is None:
+                projections = _draw_trials(n_trials, m, d, projection, norms, rng)
+            parts = []
+            for value in np.unique(a_pair):
+                idx = np.nonzero(a_pair == value)[0]
+                part = empirical_mse(
+                    x[idx],
+                    y[idx],
+                    features=features,
+                    n_features=m,
+                    gamma=gamma,
+                    n_groups=n_groups,
+                    projections=projections,
+                    A=float(value),
+                )
+                parts.append((idx, part))
+            fields = {}
+            for name in ("mse", "se", "mom", "mom_low", "mom_high", "mean", "mean_se", "kernel"):
+                values = np.empty(n)
+                for idx, part in parts:
+                    values[idx] = np.atleast_1d(getattr(part, name))
+                fields[name] = _output(values, scalar)
+            return MonteCarloMSE(
+                **fields,
+                mom_coverage=parts[0][1].mom_coverage,
+                n_trials=n_trials,
+                n_groups=n_groups,
+            )
+        A = float(a_pair[0])
+    A = 0.0 if A is None else A
     kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
     points = np.ascontiguousarray(np.concatenate([x, y], axis=0))
-    n_out = m if features == "positive" else 2 * m
+    n_out = m if features in ("positive", "optimal") else 2 * m
     # per trial: 2n x n_out features plus the n_out x d stacked weights (and a transpose)
     chunk = max(1, min(n_trials, _MC_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
     estimates = np.empty((n, n_trials), dtype=np.float64)
@@ -636,7 +799,7 @@ def empirical_mse(
             draws = _draw_trials(hi - lo, m, d, projection, norms, rng)
         else:
             draws = check_float_array(projections[lo:hi], "projections", dtype=np.float64)
-        spec = _trials_spec(features, np.ascontiguousarray(draws), input_scale)
+        spec = _trials_spec(features, np.ascontiguousarray(draws), input_scale, A)
         # columns: n_halves blocks, each (trials, m) -> (points, halves, trials, m)
         phi = apply_feature_map(points, spec).reshape(2 * n, n_out // m, hi - lo, m)
         estimates[:, lo:hi] = np.einsum("phtj,phtj->pt", phi[:n], phi[n:])
@@ -739,6 +902,15 @@ def _parse_options(values, name, options):
     return [check_option(v, name, options) for v in values]
 
 
+def _has_closed_form(features, projection, norms):
+    """Whether :func:`theoretical_mse` covers this combination."""
+    if projection == "structured":
+        return False
+    if projection == "simplex" and features == "trigonometric":
+        return False
+    return not (norms == "fixed" and (features == "optimal" or projection == "simplex"))
+
+
 def variance_study(
     x=None,
     y=None,
@@ -746,7 +918,7 @@ def variance_study(
     pair_names=None,
     n_dims=16,
     n_features=(16, 32, 64, 128, 256),
-    features=FEATURES,
+    features=ALL_FEATURES,
     projection=_PROJECTIONS,
     norms="chi",
     gamma=1.0,
@@ -766,8 +938,12 @@ def variance_study(
         Dimension of the default pairs (ignored when ``x`` is given).
     n_features : int or sequence of int, default=(16, 32, 64, 128, 256)
         Numbers ``m`` of projections.
-    features : str or sequence of str, default=("positive", "hyperbolic", "trigonometric")
-    projection : str or sequence of str, default=("gaussian", "orthogonal")
+    features : str or sequence of str, default=("positive", "hyperbolic", "trigonometric", \
+"optimal")
+        ``"optimal"`` runs each pair at its own ``A*``.
+    projection : str or sequence of str, default=("gaussian", "orthogonal", "simplex")
+        ``"structured"`` (SORF) may be added; it has no closed form, so its
+        ``theoretical_mse`` is NaN (as for trigonometric features with simplex blocks).
     norms : {"chi", "fixed"}, default="chi"
     gamma : float, default=1.0
     n_trials : int, default=2000
@@ -792,9 +968,9 @@ def variance_study(
     >>> from favorkern.diagnostics import variance_study
     >>> study = variance_study(n_features=[8], features="positive", n_trials=200)
     >>> study.shape
-    (8, 16)
+    (12, 16)
     >>> sorted(study["projection"].unique())
-    ['gaussian', 'orthogonal']
+    ['gaussian', 'orthogonal', 'simplex']
     """
     import pandas as pd
     from sklearn.utils import check_random_state
@@ -813,8 +989,8 @@ def variance_study(
     if len(pair_names) != n:
         raise ValueError(f"pair_names must have {n} entries (one per pair), got {len(pair_names)}")
     sizes = _parse_sizes(n_features, "n_features")
-    kinds = _parse_options(features, "features", FEATURES)
-    schemes = _parse_options(projection, "projection", _PROJECTIONS)
+    kinds = _parse_options(features, "features", ALL_FEATURES)
+    schemes = _parse_options(projection, "projection", _MC_PROJECTIONS)
     check_option(norms, "norms", _NORMS)
     gamma = _check_gamma(gamma)
     n_trials = check_int(n_trials, "n_trials", min_value=2)
@@ -833,9 +1009,12 @@ def variance_study(
         draws = _draw_trials(n_trials, m, d, scheme, norms, rng)
         for kind in kinds:
             mc = empirical_mse(x, y, features=kind, n_features=m, gamma=gamma, projections=draws)
-            theory = theoretical_mse(
-                x, y, features=kind, n_features=m, projection=scheme, norms=norms, gamma=gamma
-            )
+            if _has_closed_form(kind, scheme, norms):
+                theory = theoretical_mse(
+                    x, y, features=kind, n_features=m, projection=scheme, norms=norms, gamma=gamma
+                )
+            else:
+                theory = np.full(n, np.nan)
             for i in range(n):
                 rows.append(
                     {
@@ -917,6 +1096,7 @@ def convergence(
 
     from .features import (
         HyperbolicRandomFeatures,
+        OptimalPositiveRandomFeatures,
         PositiveRandomFeatures,
         TrigonometricRandomFeatures,
     )
@@ -927,7 +1107,7 @@ def convergence(
         raise ValueError(
             f"X and Y must have the same number of columns, got {X.shape[1]} and {Y.shape[1]}"
         )
-    check_option(features, "features", FEATURES)
+    check_option(features, "features", ALL_FEATURES)
     check_option(projection, "projection", _PROJECTIONS)
     sizes = _parse_sizes(n_features, "n_features")
     gamma = _check_gamma(gamma)
@@ -937,8 +1117,13 @@ def convergence(
         "positive": PositiveRandomFeatures,
         "hyperbolic": HyperbolicRandomFeatures,
         "trigonometric": TrigonometricRandomFeatures,
+        "optimal": OptimalPositiveRandomFeatures,
     }[features]
-    width = 1 if features == "positive" else 2
+    width = 1 if features in ("positive", "optimal") else 2
+    if features == "trigonometric" and projection == "simplex":
+        raise ValueError("projection='simplex' has no closed form for trigonometric features")
+    # The transformer fits one A* on X (homogeneity heuristic); the closed form uses it too.
+    A = transformer(1, gamma=gamma).fit(X).A_ if features == "optimal" else None
 
     exact = np.exp(gamma * (X @ Y.T))
     xi = np.repeat(X, Y.shape[0], axis=0)
@@ -946,7 +1131,7 @@ def convergence(
     rows = []
     for m in sizes:
         theory = theoretical_mse(
-            xi, yj, features=features, n_features=m, projection=projection, gamma=gamma
+            xi, yj, features=features, n_features=m, projection=projection, gamma=gamma, A=A
         )
         rel_rmse = float(np.mean(np.sqrt(theory) / exact.ravel()))
         for repeat in range(n_repeats):

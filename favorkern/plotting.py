@@ -13,8 +13,13 @@ import numpy as np
 
 __all__ = ["plot_mse_vs_m", "plot_trig_positive_ratio", "trig_positive_ratio"]
 
-_COLORS = {"positive": "tab:blue", "hyperbolic": "tab:green", "trigonometric": "tab:red"}
-_LINESTYLES = {"gaussian": "-", "orthogonal": "--"}
+_COLORS = {
+    "positive": "tab:blue",
+    "hyperbolic": "tab:green",
+    "trigonometric": "tab:red",
+    "optimal": "tab:purple",
+}
+_LINESTYLES = {"gaussian": "-", "orthogonal": "--", "simplex": ":", "structured": "-."}
 _MARKERS = {"gaussian": "o", "orthogonal": "s"}
 
 
@@ -49,7 +54,7 @@ def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
 
     Notes
     -----
-    Lines: closed forms (solid iid, dashed orthogonal) through the study's ``m``
+    Lines: closed forms (solid iid, dashed orthogonal, dotted simplex) through the study's ``m``
     values; points: Monte Carlo with ``+- n_se`` standard errors.  Zero values
     (e.g. trigonometric features at ``x = y``) cannot be drawn on log axes and are
     left out.

@@ -57,7 +57,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--out", default="variance-out", metavar="DIR", help="output directory")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG files")
+    parser.add_argument(
+        "--features",
+        type=_names,
+        default=["positive", "hyperbolic", "trigonometric", "optimal"],
+        help="feature maps, comma-separated: positive, hyperbolic, trigonometric, "
+        "optimal (GERF / FAVOR++ at each pair's own A*)",
+    )
+    parser.add_argument(
+        "--projection",
+        type=_names,
+        default=["gaussian", "orthogonal", "simplex"],
+        help="projections, comma-separated: gaussian (iid), orthogonal, simplex, "
+        "structured (SORF: Monte Carlo only, no closed form)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _names(text):
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return names
 
 
 def summarize(study):
@@ -135,6 +156,8 @@ def run(args) -> int:
         n_dims=args.d,
         n_features=args.n_features,
         n_trials=args.trials,
+        features=args.features,
+        projection=args.projection,
         random_state=args.seed,
         progress=wrapper,
     )
