@@ -23,7 +23,16 @@ _LAZY = {
     "favor_attention": "attention",
     "FavorAttention": "attention",
 }
-_SUBMODULES = {"diagnostics", "plotting", "features", "kernels", "projections", "attention", "dask"}
+_SUBMODULES = {
+    "attention",
+    "dask",
+    "diagnostics",
+    "features",
+    "kernels",
+    "plotting",
+    "projections",
+    "regression",
+}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
