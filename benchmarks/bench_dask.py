@@ -12,7 +12,10 @@ Table 1, at L = 2^log2-length (default 2^20):
   with ``favorkern.dask.WORKER_ENV``), Q, K, V already scattered to the workers, the
   output persisted there too (``client.persist`` + ``wait``: no transfer to the
   client); ``graph`` is the client-side time to build the graph (included in
-  ``time``).
+  ``time``);
+* ``CPU s``: CPU seconds (user + system) of the run, summed over this process (which
+  also hosts the LocalCluster scheduler) and the worker processes; unlike the wall
+  time it does not depend on what else runs on the machine.
 
 Table 2, the overhead per chunk: at a fixed L (default 2^16) the total work is
 constant, so the growth of the time with the number of chunks is the scheduling
@@ -28,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import numpy as np
@@ -35,14 +39,27 @@ import numpy as np
 D, M = 64, 256
 
 
-def median_time(fn, repeats):
+def process_cpu_seconds():
+    """CPU time (user + system) of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_time(fn, repeats, cpu_clock=process_cpu_seconds):
+    """Median wall and CPU seconds of ``fn()`` after a warm-up call.
+
+    CPU time does not depend on what else runs on the machine (the wall time does, a
+    lot, on a shared one); ``cpu_clock`` sums it over the processes involved.
+    """
     fn()  # warm-up: imports and first-task costs on the workers
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
+        cpu = cpu_clock()
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        walls.append(time.perf_counter() - start)
+        cpus.append(cpu_clock() - cpu)
+    return float(np.median(walls)), float(np.median(cpus))
 
 
 def main():
@@ -71,6 +88,10 @@ def main():
         ) as cluster,
         Client(cluster) as client,
     ):
+
+        def cluster_cpu_seconds():
+            # the scheduler runs in this process (LocalCluster); workers are processes
+            return process_cpu_seconds() + sum(client.run(process_cpu_seconds).values())
 
         def on_cluster(rows, causal, q=Q, k=K, v=V):
             """A timing function for chunks of ``rows``; inputs persisted beforehand."""
@@ -109,11 +130,11 @@ def main():
         )
         print(
             f"{'mode':<14}{'engine':<24}{'chunks':>7}{'time s':>9}{'graph s':>9}"
-            f"{'vs in-mem':>11}{'ns/token':>10}"
+            f"{'vs in-mem':>11}{'ns/token':>10}{'CPU s':>8}{'CPU vs':>8}"
         )
         for causal in (False, True):
             mode = "causal" if causal else "bidirectional"
-            memory = median_time(
+            memory, memory_cpu = median_time(
                 lambda causal=causal: favorkern.favor_attention(
                     Q, K, V, causal=causal, projection_matrix=W
                 ),
@@ -121,40 +142,44 @@ def main():
             )
             print(
                 f"{mode:<14}{'in-memory (2 threads)':<24}{'-':>7}{memory:9.3f}{'-':>9}"
-                f"{1.0:11.2f}{memory / length * 1e9:10.1f}"
+                f"{1.0:11.2f}{memory / length * 1e9:10.1f}{memory_cpu:8.2f}{1.0:8.2f}"
             )
             for chunk_log2 in args.chunk_log2:
                 rows = 1 << chunk_log2
                 run, graph_times = on_cluster(rows, causal)
-                elapsed = median_time(run, args.repeats)
+                elapsed, cpu = median_time(run, args.repeats, cluster_cpu_seconds)
                 graph = float(np.median(graph_times))
                 engine = f"dask, chunk = 2^{chunk_log2}"
                 print(
                     f"{mode:<14}{engine:<24}{-(-length // rows):>7}{elapsed:9.3f}"
                     f"{graph:9.3f}{elapsed / memory:11.2f}{elapsed / length * 1e9:10.1f}"
+                    f"{cpu:8.2f}{cpu / memory_cpu:8.2f}"
                 )
 
         small = 1 << args.overhead_log2_length
         print()
         print(f"Overhead per chunk at L = 2^{args.overhead_log2_length} (constant total work)")
-        print(f"{'mode':<14}{'chunks':>7}{'rows':>8}{'time s':>9}{'graph s':>9}")
+        print(f"{'mode':<14}{'chunks':>7}{'rows':>8}{'time s':>9}{'graph s':>9}{'CPU s':>8}")
         for causal in (False, True):
             mode = "causal" if causal else "bidirectional"
-            counts, times = [], []
+            counts, times, cpus = [], [], []
             for n_chunks in args.overhead_chunks:
                 rows = max(1, small // n_chunks)
                 run, graph_times = on_cluster(rows, causal, q=Q[:small], k=K[:small], v=V[:small])
-                elapsed = median_time(run, args.repeats)
+                elapsed, cpu = median_time(run, args.repeats, cluster_cpu_seconds)
                 counts.append(-(-small // rows))
                 times.append(elapsed)
+                cpus.append(cpu)
                 print(
                     f"{mode:<14}{counts[-1]:>7}{rows:>8}{elapsed:9.3f}"
-                    f"{float(np.median(graph_times)):9.3f}"
+                    f"{float(np.median(graph_times)):9.3f}{cpu:8.2f}"
                 )
             slope, intercept = np.polyfit(counts, times, 1)
+            cpu_slope, _ = np.polyfit(counts, cpus, 1)
             print(
-                f"{mode:<14}overhead {slope * 1e3:.2f} ms per chunk "
-                f"(fit over {counts[0]}..{counts[-1]} chunks; intercept {intercept:.3f} s)"
+                f"{mode:<14}overhead {slope * 1e3:.2f} ms wall, {cpu_slope * 1e3:.2f} ms CPU "
+                f"per chunk (fit over {counts[0]}..{counts[-1]} chunks; wall intercept "
+                f"{intercept:.3f} s)"
             )
 
 
