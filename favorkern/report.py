@@ -505,6 +505,8 @@ def attention_section(config=None, *, progress=None):
             f"Q, K entries ~ N(0, {s:g}²), L = {config.attention_error_length}", fontsize=10
         )
         ax.set_xlabel("random projections m")
+        ax.set_xticks(sizes, [str(size) for size in sizes])
+        ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("median relative row error")
     np.atleast_1d(axes)[0].legend(fontsize="small")
@@ -544,8 +546,10 @@ def attention_section(config=None, *, progress=None):
                 "With small query/key norms (left) every estimator converges like "
                 "1/√m and trigonometric features can even win; with larger norms "
                 "(right) the trigonometric normalizer <code>D</code> can vanish or turn "
-                "negative and its error stays large, while positive features stay "
-                "usable: the reason FAVOR+ uses them.</p>",
+                "negative and its error stays large, while the error of positive "
+                "features stays bounded. Larger norms need many more features for the "
+                "same accuracy: the relative variance of each kernel estimate grows "
+                "like <code>exp(|q + k|²/√d)</code>.</p>",
             ),
         ],
         tables=[
