@@ -85,6 +85,14 @@ class ReportConfig:
         Seeds per random-feature method and width.
     seed : int
         Seed of every draw.
+
+    Examples
+    --------
+    >>> from dataclasses import replace
+    >>> from favorkern.report import PRESETS
+    >>> config = replace(PRESETS["quick"], seed=1, variance_trials=1000)
+    >>> config.seed, config.variance_trials, config.attention_lengths
+    (1, 1000, (256, 1024, 4096))
     """
 
     variance_dims: int = 16
@@ -156,6 +164,15 @@ class Section:
         Raw results, written as ``<key>_<name>.csv`` next to ``index.html``.
     elapsed : float
         Seconds the job took.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from favorkern.report import Section, render_html
+    >>> table = pd.DataFrame({"m": ["16", "256"], "error": ["0.3", "0.08"]})
+    >>> section = Section("demo", "A demo", "<p>Two rows.</p>", tables=[("Errors", table)])
+    >>> "<caption>Errors</caption>" in render_html([section])
+    True
     """
 
     key: str
