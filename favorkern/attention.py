@@ -33,8 +33,11 @@ from ._feature_maps import (
     apply_block,
     blas_single_thread,
     generalized_spec,
+    homogeneity_sum_sq,
     hyperbolic_spec,
     n_threads,
+    optimal_gerf_a,
+    optimal_positive_spec,
     positive_spec,
     trigonometric_spec,
 )
@@ -43,7 +46,10 @@ from .projections import PROJECTION_KINDS, draw_projection
 
 __all__ = ["softmax_attention", "favor_attention", "FavorAttention", "FEATURES"]
 
-FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")
+FEATURES = ("positive", "hyperbolic", "trigonometric", "relu", "optimal", "saderf")
+# Maps whose constants are fitted on the current Q and K (per (batch, head)); the
+# statistics look at every token, so they are not available in causal mode.
+ADAPTIVE_FEATURES = ("optimal", "saderf")
 
 # Feature buffers of ~512 KiB per worker: large enough for efficient GEMMs,
 # small enough to stay in L2 between the product and the elementwise passes.
@@ -269,11 +275,13 @@ class _AttentionFeatures:
     caller chooses ``c_j``.
     """
 
-    def __init__(self, features, projection, scale, dtype):
+    def __init__(self, features, projection, scale, dtype, A=0.0):
         input_scale = math.sqrt(scale)
         n_proj = projection.shape[0]
         if features == "positive":
             spec = positive_spec(projection, input_scale)
+        elif features in ADAPTIVE_FEATURES:
+            spec = optimal_positive_spec(projection, input_scale, A)
         elif features == "hyperbolic":
             spec = hyperbolic_spec(projection, input_scale, 2 * n_proj)
         elif features == "trigonometric":
@@ -289,6 +297,12 @@ class _AttentionFeatures:
         self.dtype = np.dtype(dtype)
         self.weights = np.ascontiguousarray(spec.weights, dtype=dtype)
         self.weights_t = np.ascontiguousarray(self.weights.T)
+        # Exp maps: log s_j = log_const + column_log[j]; GERF's A |w_j|^2 makes it vary.
+        log_scale = np.asarray(spec.log_scale, dtype=np.float64)
+        self.log_const = float(log_scale.max()) if log_scale.ndim else float(log_scale)
+        self.column_log = None
+        if self.kind == "exp" and log_scale.ndim:
+            self.column_log = (log_scale - self.log_const).astype(self.dtype)
 
     def empty(self, size, rows=False):
         """A (size, n_out) feature buffer.
@@ -302,11 +316,13 @@ class _AttentionFeatures:
         return np.empty((size, self.n_out), dtype=self.dtype)
 
     def _product(self, X, out):
-        """``out = X @ W.T`` for a row- or feature-major ``out``."""
+        """``out = X @ W.T (+ column log-scales)`` for a row- or feature-major ``out``."""
         if out.flags.c_contiguous:
             np.matmul(X, self.weights_t, out=out)
         else:
             np.matmul(self.weights, X.T, out=out.T)
+        if self.column_log is not None:
+            out += self.column_log
 
     def queries(self, X, out):
         if self.kind == "exp":
@@ -330,12 +346,12 @@ class _AttentionFeatures:
             self._product(X, out)
             shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
             shift *= self.spec.sq_coef
-            shift -= float(self.spec.log_scale)
+            shift -= self.log_const
             return out.max(axis=1) - shift, shift
         apply_block(X, out, self.plain, self.weights_t)
         if self.kind == "cos":
             sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
-            return sq * self.spec.row_log_coef + float(self.spec.log_scale), None
+            return sq * self.spec.row_log_coef + self.log_const, None
         return np.zeros(X.shape[0]), None
 
     def key_finish(self, out, row_log, shift, const):
@@ -738,8 +754,14 @@ def favor_attention(
         ``"trigonometric"`` ``exp(|x|^2/2) [cos w.x, sin w.x]`` (can be negative: its
         normalizer ``D`` can be <= 0, giving sign flips or huge values, THEORY.md
         section 7.7); ``"relu"`` ``max(w.x, 0)`` (generalized attention, which does
-        *not* estimate softmax attention).
-    projection : {"orthogonal", "gaussian"}, default="orthogonal"
+        *not* estimate softmax attention); ``"optimal"`` GERF / OPRF (FAVOR++,
+        :class:`favorkern.OptimalPositiveRandomFeatures`) with ``A*`` from the
+        homogeneity heuristic on the current Q and K of each (batch, head);
+        ``"saderf"`` (FAVOR#'s SADERF) first rescales ``q_l -> psi_l q_l``,
+        ``k_l -> k_l / psi_l`` with ``psi_l = (sum_j k_jl^2 / sum_i q_il^2)^(1/4)``
+        per dimension (``q.k`` unchanged, ``|q + k|^2`` balanced), then ``"optimal"``.
+        Both fit statistics on all tokens, so they are bidirectional only.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of the drawn projection (:func:`favorkern.draw_projection`).
     scale : float or None, default=None
         Logit scale; ``1 / sqrt(d)`` if None.
@@ -813,11 +835,60 @@ def favor_attention(
         W = draw_projection(n_features, d, kind=projection, random_state=random_state)
     else:
         W = _check_projection(projection_matrix, d)
+    if features in ADAPTIVE_FEATURES:
+        if causal:
+            raise ValueError(
+                f"features={features!r} fits its constants on all tokens of Q and K, so "
+                "outputs would depend on later tokens: use it with causal=False"
+            )
+        return _favor_adaptive(Q, K, V, mask, batch, W, features, scale, method)
     return _favor(Q, K, V, mask, batch, W, features, scale, causal, method)
 
 
-def _favor(Q, K, V, mask, batch, W, features, scale, causal, method):
-    fmap = _AttentionFeatures(features, W, scale, Q.dtype)
+def adaptive_constants(q, k, mask, features, scale):
+    """``(psi, A)`` of the adaptive maps for one (batch, head).
+
+    ``psi`` (``None`` for ``"optimal"``) is SADERF's per-dimension rescaling
+    (Likhosherstov et al. 2023, THEORY.md 6.2); ``A`` is GERF's ``A*`` for the mean
+    ``|q' + k'|^2`` over all (query, key) pairs of the rescaled, scaled inputs
+    (the homogeneity heuristic of THEORY.md 6.1).  Masked keys are left out.
+    """
+    keys = k if mask is None else k[~mask]
+    if keys.shape[0] == 0:
+        keys = k[:0]
+    psi = None
+    q64 = q.astype(np.float64)
+    k64 = keys.astype(np.float64)
+    if features == "saderf":
+        q_sq = np.einsum("ij,ij->j", q64, q64)
+        k_sq = np.einsum("ij,ij->j", k64, k64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            psi = np.sqrt(np.sqrt(k_sq / q_sq))
+        # Dimensions that are zero on one side carry no kernel mass: leave them alone.
+        psi = np.where(np.isfinite(psi) & (psi > 0), psi, 1.0)
+        psi = np.clip(psi, 1e-4, 1e4)
+        q64 = q64 * psi
+        k64 = k64 / psi
+    if k64.shape[0] == 0:
+        return psi, 0.0
+    sum_sq = scale * homogeneity_sum_sq(q64, k64)
+    return psi, float(optimal_gerf_a(sum_sq, q.shape[-1]))
+
+
+def _favor_adaptive(Q, K, V, mask, batch, W, features, scale, method):
+    """One feature map per (batch, head), with that head's fitted constants."""
+    out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
+    for q, k, v, m, idx in _heads(Q, K, V, mask, batch):
+        psi, A = adaptive_constants(q, k, m, features, scale)
+        if psi is not None:
+            q = np.ascontiguousarray(q * psi.astype(q.dtype))
+            k = np.ascontiguousarray(k / psi.astype(k.dtype))
+        out[idx] = _favor(q, k, v, m, (), W, features, scale, False, method, A=A)
+    return out
+
+
+def _favor(Q, K, V, mask, batch, W, features, scale, causal, method, A=0.0):
+    fmap = _AttentionFeatures(features, W, scale, Q.dtype, A=A)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     heads = _heads(Q, K, V, mask, batch)
     work = len(heads) * (Q.shape[-2] + K.shape[-2]) * fmap.n_out
