@@ -90,9 +90,9 @@ class ReportConfig:
     --------
     >>> from dataclasses import replace
     >>> from favorkern.report import PRESETS
-    >>> config = replace(PRESETS["quick"], seed=1, variance_trials=1000)
+    >>> config = replace(PRESETS["quick"], seed=1, variance_trials=300)
     >>> config.seed, config.variance_trials, config.attention_lengths
-    (1, 1000, (256, 1024, 4096))
+    (1, 300, (256, 1024, 4096))
     """
 
     variance_dims: int = 16
@@ -118,8 +118,8 @@ class ReportConfig:
 PRESETS = {
     "full": ReportConfig(),
     "quick": ReportConfig(
-        variance_features=(16, 32, 64, 128),
-        variance_trials=500,
+        variance_features=(16, 32, 64, 128, 256),
+        variance_trials=800,
         attention_lengths=(256, 1024, 4096),
         attention_error_features=(16, 32, 64, 128, 256),
         attention_error_seeds=2,
