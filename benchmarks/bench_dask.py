@@ -72,7 +72,7 @@ def main():
     args = parser.parse_args()
 
     import dask.array as da
-    from distributed import Client, wait
+    from distributed import Client, futures_of, wait
 
     import favorkern
     from favorkern.dask import favor_attention, local_cluster
@@ -120,6 +120,9 @@ def main():
                 graph_times.append(time.perf_counter() - start)
                 out = client.persist(out)
                 wait(out)
+                for future in futures_of(out):
+                    if future.status == "error":
+                        future.result()  # raises the task's exception
                 del out
 
             return run, graph_times

@@ -45,7 +45,6 @@ from ._validation import check_int, check_option
 from .attention import (
     _CAUSAL_CHUNK_ROWS,
     _CHUNK_BYTES,
-    FEATURES,
     _AttentionFeatures,
     _causal_chunked,
     _check_projection,
@@ -67,6 +66,15 @@ __all__ = [
 #: feature-map thread per process (dask runs one task per worker thread, and the
 #: nanny pins BLAS/OpenMP but not numba or favorkern's own pool).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "FAVORKERN_NUM_THREADS": "1"}
+
+# Feature maps whose constants do not depend on the data (favorkern.favor_attention's
+# "optimal" and "saderf" fit constants on all of Q and K of each head: not chunkwise).
+FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")
+
+# Feature maps built in this process, by graph key (tasks receive the recipe, not the
+# object: the object's layout is private to favorkern.attention).
+_FEATURE_MAPS: dict = {}
+_FEATURE_MAPS_MAX = 8
 
 # Fan-in of the bidirectional tree reduction and of the causal prefix scan of chunk
 # states: each level of the tree is a hop between workers (tens of ms on a loaded
@@ -309,6 +317,17 @@ class DaskTransformer(TransformerMixin, BaseEstimator):
 # -- attention: chunk states ----------------------------------------------------------
 
 
+def _feature_map(recipe):
+    """The attention feature map of ``recipe = (key, features, W, scale, dtype)``, cached."""
+    key = recipe[0]
+    fmap = _FEATURE_MAPS.get(key)
+    if fmap is None:
+        if len(_FEATURE_MAPS) >= _FEATURE_MAPS_MAX:
+            _FEATURE_MAPS.clear()
+        fmap = _FEATURE_MAPS[key] = _AttentionFeatures(*recipe[1:])
+    return fmap
+
+
 def _feature_chunk_rows(fmap):
     return max(16, _CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
 
@@ -317,12 +336,13 @@ def _heads_of(block):
     return list(np.ndindex(*block.shape[:-2]))
 
 
-def _chunk_state(fmap, k_block, v_block):
+def _chunk_state(recipe, k_block, v_block):
     """``(S, z, c)`` of one key chunk for every head of the block, in float64.
 
     ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...) with
     ``S = sum_j phi(k_j) v_j^T exp(-c)``: :func:`favorkern.attention._key_state`.
     """
+    fmap = _feature_map(recipe)
     k_block = _checked_block(k_block, "K")
     v_block = _checked_block(v_block, "V")
     lead = k_block.shape[:-2]
@@ -355,8 +375,9 @@ def _merge(*parts):
     return state, normalizer, const
 
 
-def _emit_block(fmap, q_block, total):
+def _emit_block(recipe, q_block, total):
     """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head."""
+    fmap = _feature_map(recipe)
     q_block = _checked_block(q_block, "Q")
     state, normalizer, _ = total
     out = np.empty(q_block.shape[:-1] + (state.shape[-1],), dtype=fmap.dtype)
@@ -369,13 +390,14 @@ def _emit_block(fmap, q_block, total):
     return out
 
 
-def _causal_block(fmap, q_block, k_block, v_block, prefix):
+def _causal_block(recipe, q_block, k_block, v_block, prefix):
     """Causal output of one chunk from the state of all earlier chunks (``None``: none).
 
     :func:`favorkern.attention._causal_chunked` started from the carried state, whose
     key constant is the maximum over earlier keys only: the running-maximum
     stabilizer of the in-memory algorithm, so no output looks at a later chunk.
     """
+    fmap = _feature_map(recipe)
     q_block = _checked_block(q_block, "Q")
     k_block = _checked_block(k_block, "K")
     v_block = _checked_block(v_block, "V")
@@ -524,7 +546,9 @@ def favor_attention(
     n_features : int, default=256
         Number of random projections ``m`` (ignored if ``projection_matrix`` is given).
     features : {"positive", "hyperbolic", "trigonometric", "relu"}, default="positive"
-        The feature map (see :func:`favorkern.favor_attention`).
+        The feature map (see :func:`favorkern.favor_attention`).  The in-memory
+        ``"optimal"`` and ``"saderf"`` maps fit constants on all of Q and K of each
+        head and are not available here.
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of the drawn projection (:func:`favorkern.draw_projection`).
     scale : float or None, default=None
@@ -589,9 +613,10 @@ def favor_attention(
 
 
 def _favor_graph(Q, K, V, W, features, scale, causal, dtype):
-    fmap = _AttentionFeatures(features, W, scale, dtype)
-    # One graph key for the feature map (its projection), fetched once per worker.
-    fmap_key = dask.delayed(fmap, name=f"favorkern-features-{tokenize(W, features, scale, dtype)}")
+    name = f"favorkern-features-{tokenize(W, features, scale, dtype)}"
+    # One graph key for the recipe of the feature map (its projection): fetched once
+    # per worker, the map built once per process.
+    fmap_key = dask.delayed((name, features, W, scale, dtype), name=name)
     chunk_state = dask.delayed(_chunk_state, pure=True)
     merge = dask.delayed(_merge, pure=True)
     q_blocks, k_blocks, v_blocks = (X.to_delayed(optimize_graph=False) for X in (Q, K, V))

@@ -283,6 +283,8 @@ def test_attention_errors():
         favor_attention(da.ones(4), Q, V)
     with pytest.raises(ValueError, match="features must be one of"):
         favor_attention(Q, Q, V, features="softmax")
+    with pytest.raises(ValueError, match="features must be one of"):
+        favor_attention(Q, Q, V, features="optimal")  # data-dependent: not chunkwise
     with pytest.raises(ValueError, match="do not broadcast"):
         favor_attention(da.ones((2, 10, 4)), da.ones((3, 10, 4)), V)
     with pytest.raises(TypeError, match="causal must be a bool"):
