@@ -566,6 +566,18 @@ class MonteCarloMSE:
     kernel : float or ndarray
         The exact ``exp(gamma x.y)``.
     n_trials, n_groups : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.diagnostics import empirical_mse
+    >>> x = np.array([0.2, 0.1, 0.0, -0.1])
+    >>> result = empirical_mse(x, x, features="hyperbolic", n_features=4, n_trials=500,
+    ...                        random_state=0)
+    >>> result.n_trials, result.n_groups
+    (500, 20)
+    >>> bool(result.mom_low <= result.mom <= result.mom_high)
+    True
     """
 
     mse: object
