@@ -14,34 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._args import int_at_least, int_list
 from ._progress import progress
 
 DEFAULT_WIDTHS = (16, 64, 256, 1024, 2048)
-
-
-def _widths(text):
-    try:
-        widths = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 16,64,256, got {text!r}"
-        ) from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be integers >= 1, got {text!r}")
-    return widths
-
-
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--n-features",
-        type=_widths,
+        type=int_list,
         default=",".join(map(str, DEFAULT_WIDTHS)),
         metavar="M1,M2,...",
         help="output widths, comma-separated",
@@ -71,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="regress-out", metavar="DIR", help="output directory")
     parser.add_argument(
         "--n-samples",
-        type=_int_at_least(10),
+        type=int_at_least(10),
         default=None,
         metavar="N",
         help="rows generated for friedman1 (None: 100000); for other data, a random "
@@ -79,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=1,
         help="seeds per random-feature method and width",
     )
@@ -87,13 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=None, help="skip the CV of alpha")
     parser.add_argument(
         "--cv-samples",
-        type=_int_at_least(10),
+        type=int_at_least(10),
         default=1000,
         help="subsample size for the CV of gamma, alpha",
     )
     parser.add_argument(
         "--max-exact",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=5000,
         help="largest training set on which exact KernelRidge is run",
     )

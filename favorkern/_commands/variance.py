@@ -15,70 +15,42 @@ import argparse
 import os
 import time
 
+from ._args import int_at_least, int_list, names
 from ._progress import progress
 
 DEFAULT_SIZES = (16, 32, 64, 128, 256)
 
 
-def _sizes(text):
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 16,32,64, got {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"n-features must be integers >= 1, got {text!r}")
-    return sizes
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--d", type=_positive_int, default=16, help="input dimension")
+    parser.add_argument("--d", type=int_at_least(2), default=16, help="input dimension")
     parser.add_argument(
         "--n-features",
-        type=_sizes,
+        type=int_list,
         default=list(DEFAULT_SIZES),
         metavar="M1,M2,...",
         help="numbers of random projections, comma-separated",
     )
     parser.add_argument(
-        "--trials", type=_positive_int, default=2000, help="Monte-Carlo trials per setting"
+        "--trials", type=int_at_least(2), default=2000, help="Monte-Carlo trials per setting"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--out", default="variance-out", metavar="DIR", help="output directory")
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG files")
     parser.add_argument(
         "--features",
-        type=_names,
+        type=names,
         default=["positive", "hyperbolic", "trigonometric", "optimal"],
         help="feature maps, comma-separated: positive, hyperbolic, trigonometric, "
         "optimal (GERF / FAVOR++ at each pair's own A*)",
     )
     parser.add_argument(
         "--projection",
-        type=_names,
+        type=names,
         default=["gaussian", "orthogonal", "simplex"],
         help="projections, comma-separated: gaussian (iid), orthogonal, simplex, "
         "structured (SORF: Monte Carlo only, no closed form)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _names(text):
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return names
 
 
 def summarize(study):
