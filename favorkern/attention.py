@@ -748,7 +748,8 @@ def favor_attention(
         Number of random projections ``m`` (ignored if ``projection_matrix`` is given).
         The positive and relu maps have ``m`` features, the hyperbolic and
         trigonometric maps ``2m``.
-    features : {"positive", "hyperbolic", "trigonometric", "relu"}, default="positive"
+    features : {"positive", "hyperbolic", "trigonometric", "relu", "optimal", "saderf"}, \
+default="positive"
         The feature map, as in :mod:`favorkern.features`: ``"positive"``
         ``exp(w.x - |x|^2/2)`` (FAVOR+); ``"hyperbolic"`` ``exp(+-w.x - |x|^2/2)``;
         ``"trigonometric"`` ``exp(|x|^2/2) [cos w.x, sin w.x]`` (can be negative: its
@@ -835,6 +836,11 @@ def favor_attention(
         W = draw_projection(n_features, d, kind=projection, random_state=random_state)
     else:
         W = _check_projection(projection_matrix, d)
+    return _dispatch(Q, K, V, mask, batch, W, features, scale, causal, method)
+
+
+def _dispatch(Q, K, V, mask, batch, W, features, scale, causal, method):
+    """Validated inputs to the right algorithm (shared by favor_attention and FavorAttention)."""
     if features in ADAPTIVE_FEATURES:
         if causal:
             raise ValueError(
@@ -915,9 +921,10 @@ class FavorAttention:
     ----------
     n_features : int, default=256
         Number of random projections ``m``.
-    features : {"positive", "hyperbolic", "trigonometric", "relu"}, default="positive"
+    features : {"positive", "hyperbolic", "trigonometric", "relu", "optimal", "saderf"}, \
+default="positive"
         The feature map (see :func:`favor_attention`).
-    projection : {"orthogonal", "gaussian"}, default="orthogonal"
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of projection (:func:`favorkern.draw_projection`).
     causal : bool, default=False
         Default for the ``causal`` argument of calls.
@@ -999,7 +1006,9 @@ class FavorAttention:
             )
         check_option(method, "method", ("auto", "chunked", "recurrent"))
         scale = _check_scale(scale, d)
-        return _favor(Q, K, V, mask, batch, self.projection_, self.features, scale, causal, method)
+        return _dispatch(
+            Q, K, V, mask, batch, self.projection_, self.features, scale, causal, method
+        )
 
     def __repr__(self):
         return (

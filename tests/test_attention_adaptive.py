@@ -132,3 +132,17 @@ def test_saderf_reduces_attention_error_on_anisotropic_inputs():
                 np.mean(np.linalg.norm(out - exact, axis=1) / np.linalg.norm(exact, axis=1))
             )
     assert np.mean(errors["saderf"]) < 0.75 * np.mean(errors["positive"])
+
+
+def test_favor_attention_class_uses_the_adaptive_maps():
+    from favorkern import FavorAttention
+
+    rng = np.random.default_rng(9)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 40, 16))
+    for features in ("optimal", "saderf"):
+        layer = FavorAttention(64, features=features, random_state=0)
+        out = layer(Q, K, V)
+        expected = favor_attention(Q, K, V, features=features, projection_matrix=layer.projection_)
+        np.testing.assert_array_equal(out, expected)
+        with pytest.raises(ValueError, match="causal"):
+            FavorAttention(64, features=features, causal=True, random_state=0)(Q, K, V)
