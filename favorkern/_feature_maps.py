@@ -282,18 +282,18 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     dtype = X.dtype
     n_out = spec.weights.shape[0]
     out = np.empty((X.shape[0], n_out), dtype=dtype)
-    weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
-    if sp.issparse(X):
-        # Sparse products do not gain from the row-block pool; one pass is simplest.
-        apply_block(X, out, spec, weights_t)
-        return out
-    if spec.projector is None and spec.func in ("exp", "cos"):
+    if spec.projector is None and spec.func in ("exp", "cos") and not sp.issparse(X):
         weights_aug = _augmented_weights(spec, dtype)
 
         def block(start, stop):
             _apply_block_augmented(X[start:stop], out[start:stop], spec, weights_aug)
 
     else:
+        weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
+        if sp.issparse(X):
+            # Sparse products do not gain from the row-block pool; one pass is simplest.
+            apply_block(X, out, spec, weights_t)
+            return out
 
         def block(start, stop):
             apply_block(X[start:stop], out[start:stop], spec, weights_t)

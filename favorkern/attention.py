@@ -699,7 +699,12 @@ def _causal(fmap, heads, out, workers, method):
 # -- public API -------------------------------------------------------------------
 
 
-def _check_projection(projection_matrix, d):
+def _resolve_projection(projection_matrix, n_features, d, projection, random_state):
+    """The (m, d) projection: ``projection_matrix`` checked, or a fresh draw."""
+    if projection_matrix is None:
+        n_features = check_int(n_features, "n_features")
+        check_option(projection, "projection", PROJECTION_KINDS)
+        return draw_projection(n_features, d, kind=projection, random_state=random_state)
     W = check_float_array(projection_matrix, "projection_matrix", ndim=2, dtype=np.float64)
     if W.shape[1] != d:
         raise ValueError(
@@ -830,12 +835,7 @@ default="positive"
     check_option(features, "features", FEATURES)
     check_option(method, "method", ("auto", "chunked", "recurrent"))
     scale = _check_scale(scale, d)
-    if projection_matrix is None:
-        n_features = check_int(n_features, "n_features")
-        check_option(projection, "projection", PROJECTION_KINDS)
-        W = draw_projection(n_features, d, kind=projection, random_state=random_state)
-    else:
-        W = _check_projection(projection_matrix, d)
+    W = _resolve_projection(projection_matrix, n_features, d, projection, random_state)
     return _dispatch(Q, K, V, mask, batch, W, features, scale, causal, method)
 
 
@@ -860,8 +860,6 @@ def adaptive_constants(q, k, mask, features, scale):
     (the homogeneity heuristic of THEORY.md 6.1).  Masked keys are left out.
     """
     keys = k if mask is None else k[~mask]
-    if keys.shape[0] == 0:
-        keys = k[:0]
     psi = None
     q64 = q.astype(np.float64)
     k64 = keys.astype(np.float64)

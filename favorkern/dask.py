@@ -41,18 +41,17 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._feature_maps import apply_feature_map
-from ._validation import check_int, check_option
+from ._validation import check_option
 from .attention import (
     _CAUSAL_CHUNK_ROWS,
     _CHUNK_BYTES,
     _AttentionFeatures,
     _causal_chunked,
-    _check_projection,
     _check_scale,
     _emit,
     _key_state,
+    _resolve_projection,
 )
-from .projections import PROJECTION_KINDS, draw_projection
 
 __all__ = [
     "transform",
@@ -603,12 +602,7 @@ def favor_attention(
     d = Q.shape[-1]
     check_option(features, "features", FEATURES)
     scale = _check_scale(scale, d)
-    if projection_matrix is None:
-        n_features = check_int(n_features, "n_features")
-        check_option(projection, "projection", PROJECTION_KINDS)
-        W = draw_projection(n_features, d, kind=projection, random_state=random_state)
-    else:
-        W = _check_projection(projection_matrix, d)
+    W = _resolve_projection(projection_matrix, n_features, d, projection, random_state)
     return _favor_graph(Q, K, V, W, features, scale, causal, dtype)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from ._feature_maps import optimal_gerf_a
 from ._validation import check_float_array, check_int, check_option, check_positive_real
 
 __all__ = [
@@ -273,13 +274,6 @@ def _gerf_log_rel_var(s, d, A):
     )
 
 
-def _optimal_a(s, d):
-    """Per-pair variance-minimizing ``A*`` (the library's own formula)."""
-    from ._feature_maps import optimal_gerf_a
-
-    return optimal_gerf_a(s, d)
-
-
 def _simplex_deficit(s, d, sign=1.0):
     """``1 - e^{-s} S``, ``S = E exp((w_i + w_j).z)`` for two simplex rows (THEORY 6.3).
 
@@ -522,7 +516,7 @@ def theoretical_mse(
     P = _same_block_pairs(m, d, projection)
     a, b, ip, s, delta = _geometry(x, y, gamma)
     if features == "optimal" and A is None:
-        A = _optimal_a(s, d)
+        A = optimal_gerf_a(s, d)
     if norms == "chi":
         if log:
             values = _chi_log_mse(features, a, b, ip, s, delta, m, P, d, projection, A)
@@ -767,7 +761,7 @@ def empirical_mse(
 
     input_scale = float(np.sqrt(gamma))
     if features == "optimal" and A is None:
-        a_pair = _optimal_a(gamma * np.einsum("ij,ij->i", x + y, x + y), d)
+        a_pair = optimal_gerf_a(gamma * np.einsum("ij,ij->i", x + y, x + y), d)
         if np.ptp(a_pair) > 0:  # one A per call: run pair groups of equal A* on shared draws
             if projections is None:
                 projections = _draw_trials(n_trials, m, d, projection, norms, rng)
