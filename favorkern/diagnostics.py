@@ -1047,6 +1047,42 @@ def variance_study(
     return study
 
 
+def _study_summary(study):
+    """One row per (pair, features, projection) of a :func:`variance_study` frame.
+
+    Columns ``pair, norm, angle_deg, features, projection, rel_mse_m<lo>,
+    rel_mse_m<hi>`` (closed-form MSE / k(x, y)^2 at the smallest and largest ``m``),
+    ``ratio_min, ratio_max`` (Monte Carlo / closed form over ``m``) and ``max_abs_z``.
+    Shared by ``favorkern variance`` and ``favorkern report``.
+    """
+    import pandas as pd
+
+    rows = []
+    m_lo, m_hi = study["n_features"].min(), study["n_features"].max()
+    for (pair, kind, scheme), group in study.groupby(
+        ["pair", "features", "projection"], sort=False
+    ):
+        group = group.set_index("n_features")
+        k2 = group["kernel"].iloc[0] ** 2
+        finite = group["z"].replace([np.inf, -np.inf], np.nan).dropna()
+        ratios = group["ratio"].replace([np.inf, -np.inf], np.nan).dropna()
+        rows.append(
+            {
+                "pair": pair,
+                "norm": group["norm_x"].iloc[0],
+                "angle_deg": float(np.degrees(group["angle"].iloc[0])),
+                "features": kind,
+                "projection": scheme,
+                f"rel_mse_m{m_lo}": group.loc[m_lo, "theoretical_mse"] / k2,
+                f"rel_mse_m{m_hi}": group.loc[m_hi, "theoretical_mse"] / k2,
+                "ratio_min": ratios.min() if len(ratios) else np.nan,
+                "ratio_max": ratios.max() if len(ratios) else np.nan,
+                "max_abs_z": finite.abs().max() if len(finite) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def convergence(
     X,
     Y=None,

@@ -261,9 +261,8 @@ def variance_section(config=None, *, progress=None):
     >>> len(section.figures), section.figures[0][0][:22]
     (3, 'data:image/png;base64,')
     """
-    import pandas as pd
 
-    from .diagnostics import variance_study
+    from .diagnostics import _study_summary, variance_study
     from .plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
     config = PRESETS["quick"] if config is None else config
@@ -278,26 +277,17 @@ def variance_section(config=None, *, progress=None):
         progress=progress,
     )
     m_lo, m_hi = min(config.variance_features), max(config.variance_features)
-    rows = []
-    for (pair, kind, scheme), group in study.groupby(
-        ["pair", "features", "projection"], sort=False
-    ):
-        group = group.set_index("n_features")
-        k2 = group["kernel"].iloc[0] ** 2
-        z = group["z"].replace([np.inf, -np.inf], np.nan).abs()
-        rows.append(
-            {
-                "pair": pair,
-                "|x| = |y|": group["norm_x"].iloc[0],
-                "angle (deg)": round(float(np.degrees(group["angle"].iloc[0]))),
-                "features": kind,
-                "projection": scheme,
-                f"rel. MSE, m={m_lo}": group.loc[m_lo, "theoretical_mse"] / k2,
-                f"rel. MSE, m={m_hi}": group.loc[m_hi, "theoretical_mse"] / k2,
-                "max |z|": z.max() if z.notna().any() else np.nan,
-            }
-        )
-    summary = pd.DataFrame(rows)
+    summary = _study_summary(study)
+    summary["angle_deg"] = summary["angle_deg"].round().astype(int)
+    summary = summary.rename(
+        columns={
+            "norm": "|x| = |y|",
+            "angle_deg": "angle (deg)",
+            f"rel_mse_m{m_lo}": f"rel. MSE, m={m_lo}",
+            f"rel_mse_m{m_hi}": f"rel. MSE, m={m_hi}",
+            "max_abs_z": "max |z|",
+        }
+    ).drop(columns=["ratio_min", "ratio_max"])
     z = study["z"].replace([np.inf, -np.inf], np.nan).dropna()
     inside = int((z.abs() <= 4.5).sum())
     agreement = (

@@ -55,31 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summarize(study):
     """One row per (pair, features, projection): closed form at the extreme m, MC agreement."""
-    import numpy as np
-    import pandas as pd
+    from favorkern.diagnostics import _study_summary
 
-    rows = []
-    m_lo, m_hi = study["n_features"].min(), study["n_features"].max()
-    for (pair, kind, scheme), group in study.groupby(
-        ["pair", "features", "projection"], sort=False
-    ):
-        group = group.set_index("n_features")
-        k2 = group["kernel"].iloc[0] ** 2
-        finite = group["z"].replace([np.inf, -np.inf], np.nan).dropna()
-        ratios = group["ratio"].replace([np.inf, -np.inf], np.nan).dropna()
-        rows.append(
-            {
-                "pair": pair,
-                "features": kind,
-                "projection": scheme,
-                f"rel_mse_m{m_lo}": group.loc[m_lo, "theoretical_mse"] / k2,
-                f"rel_mse_m{m_hi}": group.loc[m_hi, "theoretical_mse"] / k2,
-                "ratio_min": ratios.min() if len(ratios) else np.nan,
-                "ratio_max": ratios.max() if len(ratios) else np.nan,
-                "max_abs_z": finite.abs().max() if len(finite) else np.nan,
-            }
-        )
-    return pd.DataFrame(rows)
+    return _study_summary(study).drop(columns=["norm", "angle_deg"])
 
 
 def _cell(value):
