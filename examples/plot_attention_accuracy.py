@@ -34,7 +34,7 @@ for ax, sigma in zip(axes, [0.5, 1.0], strict=True):
     V = rng.normal(size=(L, d))
     for features, color in [("positive", "tab:blue"), ("trigonometric", "tab:red")]:
         errors = [
-            np.median(attention_error(Q, K, V, n_features=m, features=features, random_state=0))
+            np.median(attention_error(Q, K, V, n_components=m, feature_map=features, random_state=0))
             for m in sizes
         ]
         ax.loglog(sizes, errors, "o-", color=color, label=features)
@@ -60,7 +60,7 @@ def best_time(fn, repeats=3):
     return min(times)
 
 
-layer = FavorAttention(n_features=256, random_state=0)
+layer = FavorAttention(n_components=256, random_state=0)
 lengths = [256, 1024, 4096]
 exact_times, favor_times = [], []
 for length in lengths:

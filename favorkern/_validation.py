@@ -60,3 +60,77 @@ def check_float_array(X, name: str, *, ndim=None, min_ndim=None, allow_empty=Fal
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
+
+
+# -- attention inputs (shared by the in-memory and the dask functions) ----------------
+
+
+def check_bool(value, name: str) -> bool:
+    """Return ``value`` as bool, or raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_attention_shapes(q_shape, k_shape, v_shape, causal, mask_shape=None) -> tuple:
+    """The broadcast (batch, head) shape of attention inputs, or a ``ValueError``.
+
+    Shapes are ``(..., Lq, d)``, ``(..., Lk, d)``, ``(..., Lk, dv)`` and, for a key
+    padding mask, ``(..., Lk)``.
+    """
+    if k_shape[-1] != q_shape[-1]:
+        raise ValueError(
+            f"K must have the feature dimension d = {q_shape[-1]} of Q, got shape {k_shape}"
+        )
+    if v_shape[-2] != k_shape[-2]:
+        raise ValueError(f"V must have as many rows as K ({k_shape[-2]} keys), got shape {v_shape}")
+    if causal and q_shape[-2] != k_shape[-2]:
+        raise ValueError(
+            "causal=True needs as many queries as keys, got "
+            f"Lq = {q_shape[-2]} and Lk = {k_shape[-2]}"
+        )
+    shapes = {"Q": q_shape[:-2], "K": k_shape[:-2], "V": v_shape[:-2]}
+    if mask_shape is not None:
+        if len(mask_shape) < 1 or mask_shape[-1] != k_shape[-2]:
+            raise ValueError(
+                f"key_padding_mask must have shape (..., Lk) with Lk = {k_shape[-2]}, "
+                f"got shape {tuple(mask_shape)}"
+            )
+        shapes["key_padding_mask"] = tuple(mask_shape[:-1])
+    try:
+        return tuple(np.broadcast_shapes(*shapes.values()))
+    except ValueError:
+        detail = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        name = "key_padding_mask" if mask_shape is not None else "Q, K and V"
+        raise ValueError(
+            f"the leading (batch, head) dimensions of {name} do not broadcast: {detail}"
+        ) from None
+
+
+def check_attention_inputs(Q, K, V, causal, key_padding_mask=None):
+    """Validated ``(Q, K, V, mask, batch_shape)`` in one float dtype."""
+    Q = check_float_array(Q, "Q", min_ndim=2)
+    K = check_float_array(K, "K", min_ndim=2)
+    V = check_float_array(V, "V", min_ndim=2)
+    dtype = np.result_type(Q.dtype, K.dtype, V.dtype)
+    Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+    causal = check_bool(causal, "causal")
+    mask = None
+    if key_padding_mask is not None:
+        mask = np.asarray(key_padding_mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(
+                f"key_padding_mask must be a boolean array (True = ignore), got dtype {mask.dtype}"
+            )
+        mask = np.ascontiguousarray(mask)
+    batch = check_attention_shapes(
+        Q.shape, K.shape, V.shape, causal, None if mask is None else mask.shape
+    )
+    return Q, K, V, mask, batch
+
+
+def check_logit_scale(gamma, d: int) -> float:
+    """The attention logit scale: ``gamma`` checked, or ``1 / sqrt(d)`` when None."""
+    if gamma is None:
+        return 1.0 / float(np.sqrt(d))
+    return check_positive_real(gamma, "gamma")

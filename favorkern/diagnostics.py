@@ -632,11 +632,11 @@ def _draw_trials(n_trials, m, d, projection, norms, rng):
     from .projections import draw_projection, padded_dims
 
     if projection == "gaussian":
-        W = draw_projection(n_trials * m, d, kind="gaussian", norms=norms, random_state=rng)
+        W = draw_projection(n_trials * m, d, projection="gaussian", norms=norms, random_state=rng)
         return W.reshape(n_trials, m, d)
     block = padded_dims(d) if projection == "structured" else d
     rows = -(-m // block) * block
-    W = draw_projection(n_trials * rows, d, kind=projection, norms=norms, random_state=rng)
+    W = draw_projection(n_trials * rows, d, projection=projection, norms=norms, random_state=rng)
     return W.reshape(n_trials, rows, d)[:, :m]
 
 
@@ -1246,17 +1246,17 @@ def attention_error(
     """
     from .attention import favor_attention, softmax_attention
 
-    exact = np.asarray(softmax_attention(Q, K, V, causal=causal, scale=scale))
+    exact = np.asarray(softmax_attention(Q, K, V, causal=causal, gamma=scale))
     approx = np.asarray(
         favor_attention(
             Q,
             K,
             V,
             causal=causal,
-            n_features=n_features,
-            features=features,
+            n_components=n_features,
+            feature_map=features,
             projection=projection,
-            scale=scale,
+            gamma=scale,
             projection_matrix=projection_matrix,
             random_state=random_state,
         )

@@ -1,11 +1,14 @@
-"""Random-feature transformers with the scikit-learn estimator API."""
+"""Random-feature transformers with the scikit-learn estimator API.
+
+:class:`RandomFeatures` runs any map of the registry (:mod:`favorkern.feature_maps`)
+by name; the named classes are the same estimator with the map fixed.
+"""
 
 from __future__ import annotations
 
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -16,19 +19,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._feature_maps import (
+from .feature_maps import (
+    FeatureMap,
+    GeneralizedFeatureMap,
     apply_feature_map,
-    generalized_spec,
-    homogeneity_sum_sq,
-    hyperbolic_spec,
-    optimal_gerf_a,
-    optimal_positive_spec,
-    positive_spec,
-    trigonometric_spec,
+    check_constants,
+    get_feature_map,
+    input_scale,
 )
+from .feature_maps.generalized import FUNCTIONS
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured
 
 __all__ = [
+    "RandomFeatures",
     "PositiveRandomFeatures",
     "HyperbolicRandomFeatures",
     "TrigonometricRandomFeatures",
@@ -39,16 +42,67 @@ __all__ = [
 KERNELS = ("softmax", "rbf")
 
 
-class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Shared fit/transform logic; subclasses define the map in ``_spec``.
+class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Random features of any registered feature map, as a scikit-learn transformer.
 
-    ``_n_paired`` is 2 for maps that use two outputs per projection (hyperbolic,
-    trigonometric), 1 otherwise.
+    ``phi(x).phi(y)`` estimates the kernel ``k(x, y)`` for the map named by
+    ``feature_map`` (see :func:`favorkern.feature_maps.feature_map_names`), with the
+    projection drawn by :func:`favorkern.draw_projection`.
+
+    Parameters
+    ----------
+    feature_map : str or FeatureMap, default="positive"
+        A registered map name (``"positive"``, ``"hyperbolic"``, ``"trigonometric"``,
+        ``"relu"``, ``"optimal"``, ``"saderf"``, or one registered by user code) or a
+        :class:`~favorkern.feature_maps.FeatureMap` instance.
+    n_components : int, default=256
+        Output width.  Paired maps (two outputs per projection) use
+        ``ceil(n_components / 2)`` projections.
+    kernel : {"softmax", "rbf"}, default="softmax"
+        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``; ``"rbf"``:
+        ``k(x, y) = exp(-gamma * |x - y|^2)``.  Must be a kernel the map estimates;
+        maps with a kernel of their own (``"relu"``) take the default only.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
+    norms : {"chi", "fixed"}, default="chi"
+        Row lengths: ``"chi"`` unbiased, ``"fixed"`` (``sqrt(d)``) the regularized
+        SMREG variant.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection; the same seed gives bit-identical features.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_projections, n_features_in_)
+        The random projection (float64), before gamma scaling.
+    constants_ : dict
+        Data constants fitted on ``X`` (empty for data-free maps).
+    draws_ : dict
+        Random draws besides the projection (e.g. a random phase).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
+    Notes
+    -----
+    ``transform`` uses the state fitted by ``fit`` (projection, width, kernel and
+    gamma): parameters changed with ``set_params`` take effect at the next ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import RandomFeatures, softmax_kernel
+    >>> X = np.random.default_rng(0).normal(scale=0.1, size=(5, 8))
+    >>> rf = RandomFeatures("hyperbolic", n_components=4096, random_state=0).fit(X)
+    >>> Z = rf.transform(X)
+    >>> Z.shape, bool(np.abs(Z @ Z.T - softmax_kernel(X)).max() < 0.05)
+    ((5, 4096), True)
     """
 
-    _n_paired = 1
-
     _parameter_constraints: dict = {
+        "feature_map": [str, FeatureMap],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "kernel": [StrOptions(set(KERNELS))],
         "gamma": [Interval(Real, 0.0, None, closed="neither")],
@@ -59,6 +113,7 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def __init__(
         self,
+        feature_map="positive",
         n_components=256,
         *,
         kernel="softmax",
@@ -67,6 +122,7 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         norms="chi",
         random_state=None,
     ):
+        self.feature_map = feature_map
         self.n_components = n_components
         self.kernel = kernel
         self.gamma = gamma
@@ -74,21 +130,73 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.norms = norms
         self.random_state = random_state
 
-    # -- layout --------------------------------------------------------------
+    # -- the map ---------------------------------------------------------------
+    def _get_feature_map(self) -> FeatureMap:
+        return get_feature_map(self.feature_map)
+
+    def _kernel(self, fmap) -> str:
+        kernel = getattr(self, "kernel", "softmax")
+        if fmap.kernels and kernel not in fmap.kernels:
+            raise ValueError(
+                f"kernel must be one of {list(fmap.kernels)} for feature map {fmap.name!r}, "
+                f"got {kernel!r}"
+            )
+        if not fmap.kernels and kernel != "softmax":
+            raise ValueError(
+                f"feature map {fmap.name!r} estimates a kernel of its own: kernel={kernel!r} "
+                "does not apply (leave the default)"
+            )
+        return kernel
+
+    def _fit_constants(self, fmap, X, scale) -> dict:
+        """Data constants of the map (subclasses may fix them by parameter)."""
+        return fmap.fit(X, input_scale=scale)
+
     def _n_projections(self) -> int:
-        """Projections drawn: ``n // 2`` pairs plus one unpaired map when ``n`` is odd."""
-        if self._n_paired == 1:
-            return self.n_components
-        return self.n_components // 2 + self.n_components % 2
+        return self._get_feature_map().n_projections(self.n_components)
 
-    def _input_scale(self) -> float:
-        """``c`` with x' = c x: softmax exp(g x.y) = SM(x', y') for c = sqrt(g); rbf: sqrt(2 g)."""
-        factor = 2.0 if getattr(self, "kernel", "softmax") == "rbf" else 1.0
-        return float(np.sqrt(factor * self.gamma))
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the random projection (and fit the map's data constants) on ``X``.
 
-    def _sq_factor(self) -> float:
-        """Coefficient of |x'|^2 in the exponent: 1/2 (softmax), 1 (rbf)."""
-        return 1.0 if self.kernel == "rbf" else 0.5
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data; data-free maps use only its number of features (and names).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+            The fitted transformer.
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        fmap = self._get_feature_map()
+        kernel = self._kernel(fmap)
+        scale = input_scale(kernel, self.gamma) if fmap.kernels else float(np.sqrt(self.gamma))
+        random_state = check_random_state(self.random_state)
+        n_projections = fmap.n_projections(self.n_components)
+        self._sorf = None
+        if self.projection == "structured":
+            # Same draws as draw_projection, keeping the factors for the fast transform.
+            self.projection_, signs, factors = draw_structured(
+                n_projections, X.shape[1], self.norms, random_state
+            )
+            self._sorf = (signs, factors, self.projection_)
+        else:
+            self.projection_ = draw_projection(
+                n_projections,
+                X.shape[1],
+                projection=self.projection,
+                norms=self.norms,
+                random_state=random_state,
+            )
+        self.draws_ = fmap.draw(self.n_components, random_state)
+        self.constants_ = check_constants(fmap, self._fit_constants(fmap, X, scale))
+        self._fitted_map = (fmap, kernel, scale, int(self.n_components))
+        self._n_features_out = self.n_components
+        return self
 
     def _sorf_factors(self):
         """(signs, row_factors) of a structured projection drawn by ``fit``, else None."""
@@ -100,51 +208,18 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             return None
         return signs, factors
 
-    def _draw_extra(self, random_state):
-        """Hook for subclass-specific random draws made after the projection."""
-
-    def _fit_extra(self, X):
-        """Hook for subclass-specific fitted constants (data-dependent)."""
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Draw the random projection for inputs with ``X.shape[1]`` features.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data; only its number of features (and names) is used.
-        y : None
-            Ignored.
-
-        Returns
-        -------
-        self : object
-            The fitted transformer.
-        """
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
-        if not np.isfinite(self.gamma):
-            raise ValueError(f"gamma must be finite, got {self.gamma}")
-        random_state = check_random_state(self.random_state)
-        self._sorf = None
-        if self.projection == "structured":
-            # Same draws as draw_projection, keeping the factors for the fast transform.
-            self.projection_, signs, factors = draw_structured(
-                self._n_projections(), X.shape[1], self.norms, random_state
-            )
-            self._sorf = (signs, factors, self.projection_)
-        else:
-            self.projection_ = draw_projection(
-                self._n_projections(),
-                X.shape[1],
-                kind=self.projection,
-                norms=self.norms,
-                random_state=random_state,
-            )
-        self._draw_extra(random_state)
-        self._fit_extra(X)
-        self._n_features_out = self.n_components
-        return self
+    def _spec(self):
+        """The fitted map's :class:`~favorkern.feature_maps.FeatureMapSpec`."""
+        fmap, kernel, scale, n_components = self._fitted_map
+        return fmap.spec(
+            self.projection_,
+            n_components=n_components,
+            input_scale=scale,
+            kernel=kernel,
+            constants=self.constants_,
+            draws=self.draws_,
+            sorf=self._sorf_factors(),
+        )
 
     def transform(self, X):
         """Map ``X`` to random features.
@@ -172,47 +247,37 @@ class _BaseRandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         return tags
 
 
-_PARAMS_DOC = """
-    n_components : int, default=256
-        Output width (number of features).{paired}
-    kernel : {{"softmax", "rbf"}}, default="softmax"
-        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``.
-        ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
-    gamma : float, default=1.0
-        Kernel scale, > 0.
-    projection : {{"orthogonal", "gaussian", "simplex", "structured"}}, default="orthogonal"
-        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
-        Orthogonal rows never increase the mean squared error of the exp-type
-        estimators (Performer, Theorem 2) and usually reduce it.
-    norms : {{"chi", "fixed"}}, default="chi"
-        Row lengths of the projection.  ``"chi"`` gives an unbiased estimator;
-        ``"fixed"`` (length ``sqrt(d)``) estimates the regularized kernel SMREG,
-        which is biased for ``kernel``.
-    random_state : int, RandomState instance or None, default=None
-        Seed of the projection; the same seed gives bit-identical features.
-"""
+class _NamedRandomFeatures(RandomFeatures):
+    """A :class:`RandomFeatures` with the map fixed by the class (``_map_name``)."""
 
-_PAIRED_NOTE = """
-        Each projection gives two outputs, so ``n_components // 2`` projections
-        are paired; when ``n_components`` is odd one more projection gives a single
-        output, {single}, and every projection gets weight
-        ``1 / ceil(n_components / 2)`` so that the estimate stays unbiased."""
+    _map_name = ""
+    _parameter_constraints: dict = {
+        key: value for key, value in RandomFeatures._parameter_constraints.items() if key != "feature_map"
+    }
 
-_ATTRIBUTES_DOC = """
-    Attributes
-    ----------
-    projection_ : ndarray of shape (n_projections, n_features_in_)
-        The random projection ``W`` (float64), before gamma scaling.
-    n_features_in_ : int
-        Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of features seen during fit, when ``X`` has string column names.
-"""
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        gamma=1.0,
+        projection="orthogonal",
+        norms="chi",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.gamma = gamma
+        self.projection = projection
+        self.norms = norms
+        self.random_state = random_state
+
+    def _get_feature_map(self):
+        return get_feature_map(self._map_name)
 
 
-class PositiveRandomFeatures(_BaseRandomFeatures):
-    __doc__ = (
-        """Positive random features (FAVOR+) for the softmax and Gaussian kernels.
+class PositiveRandomFeatures(_NamedRandomFeatures):
+    """Positive random features (FAVOR+) for the softmax and Gaussian kernels.
 
     ``phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m)`` with ``x' = sqrt(gamma) x``
     (softmax) estimates ``exp(gamma x.y)`` without bias and with non-negative
@@ -220,14 +285,39 @@ class PositiveRandomFeatures(_BaseRandomFeatures):
     and the exponent is ``W x' - |x'|^2``.
 
     Parameters
-    ----------"""
-        + _PARAMS_DOC.format(paired="")
-        + _ATTRIBUTES_DOC
-        + """
+    ----------
+    n_components : int, default=256
+        Output width = number of projections ``m``.
+    kernel : {"softmax", "rbf"}, default="softmax"
+        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``.
+        ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
+        Orthogonal rows never increase the mean squared error of the exp-type
+        estimators (Performer, Theorem 2) and usually reduce it.
+    norms : {"chi", "fixed"}, default="chi"
+        Row lengths of the projection.  ``"chi"`` gives an unbiased estimator;
+        ``"fixed"`` (length ``sqrt(d)``) estimates the regularized kernel SMREG,
+        which is biased for ``kernel``.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection; the same seed gives bit-identical features.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
     See Also
     --------
     HyperbolicRandomFeatures : Two outputs per projection, lower variance.
     TrigonometricRandomFeatures : Random Fourier features (sin/cos).
+    RandomFeatures : Any registered feature map by name.
     sklearn.kernel_approximation.RBFSampler : Random Fourier features with random phases.
 
     Notes
@@ -236,7 +326,8 @@ class PositiveRandomFeatures(_BaseRandomFeatures):
     ``MSE = exp(|z|^2) SM(x, y)^2 (1 - exp(-|z|^2)) / m`` with ``z = x' + y'``
     (Performer, Lemma 2): it vanishes where the kernel is small, unlike
     trigonometric features.  The exponent is evaluated before ``exp`` and checked
-    for overflow only when it can exceed the dtype's range.
+    for overflow only when it can exceed the dtype's range.  ``transform`` uses the
+    fitted state: parameters changed with ``set_params`` apply at the next ``fit``.
 
     References
     ----------
@@ -254,17 +345,12 @@ class PositiveRandomFeatures(_BaseRandomFeatures):
     >>> bool(np.abs(Z @ Z.T - softmax_kernel(X)).max() < 0.05)
     True
     """
-    )
 
-    def _spec(self):
-        return positive_spec(
-            self.projection_, self._input_scale(), self._sq_factor(), sorf=self._sorf_factors()
-        )
+    _map_name = "positive"
 
 
-class HyperbolicRandomFeatures(_BaseRandomFeatures):
-    __doc__ = (
-        """Hyperbolic positive random features: ``exp(+u)`` and ``exp(-u)`` per projection.
+class HyperbolicRandomFeatures(_NamedRandomFeatures):
+    """Hyperbolic positive random features: ``exp(+u)`` and ``exp(-u)`` per projection.
 
     ``phi(x) = exp(-|x'|^2/2) [exp(W x'), exp(-W x')] / sqrt(2 p)`` estimates the
     softmax kernel ``exp(gamma x.y)`` (or, with ``kernel="rbf"``, the Gaussian
@@ -273,10 +359,33 @@ class HyperbolicRandomFeatures(_BaseRandomFeatures):
     (Performer, Lemma 2).  Outputs are ordered ``[exp(+u_1..u_p), exp(-u_1..u_p)]``.
 
     Parameters
-    ----------"""
-        + _PARAMS_DOC.format(paired=_PAIRED_NOTE.format(single="``exp(+u)``"))
-        + _ATTRIBUTES_DOC
-        + """
+    ----------
+    n_components : int, default=256
+        Output width.  Each projection gives two outputs, so ``n_components // 2``
+        projections are paired; when ``n_components`` is odd one more projection
+        gives a single output ``exp(+u)``, and every projection gets weight
+        ``1 / ceil(n_components / 2)`` so that the estimate stays unbiased.
+    kernel : {"softmax", "rbf"}, default="softmax"
+        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``.
+        ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
+    norms : {"chi", "fixed"}, default="chi"
+        Row lengths: ``"chi"`` unbiased, ``"fixed"`` the SMREG variant.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection; the same seed gives bit-identical features.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (ceil(n_components / 2), n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
     See Also
     --------
     PositiveRandomFeatures : One output per projection.
@@ -294,36 +403,49 @@ class HyperbolicRandomFeatures(_BaseRandomFeatures):
     >>> Z.shape, bool((Z > 0).all())
     ((5, 7), True)
     """
-    )
 
-    _n_paired = 2
-
-    def _spec(self):
-        return hyperbolic_spec(
-            self.projection_, self._input_scale(), self.n_components, self._sq_factor()
-        )
+    _map_name = "hyperbolic"
 
 
-class TrigonometricRandomFeatures(_BaseRandomFeatures):
-    __doc__ = (
-        """Trigonometric (sin/cos) random features; orthogonal random Fourier features for rbf.
+class TrigonometricRandomFeatures(_NamedRandomFeatures):
+    """Trigonometric (sin/cos) random features; orthogonal random Fourier features for rbf.
 
     ``phi(x) = h(x) [cos(W x'), sin(W x')] / sqrt(p)``: for ``kernel="rbf"``,
     ``x' = sqrt(2 gamma) x`` and ``h = 1`` (random Fourier features, Rahimi & Recht
     2007; orthogonal: Yu et al. 2016); for ``kernel="softmax"``, ``x' = sqrt(gamma) x``
-    and ``h(x) = exp(|x'|^2 / 2)``, which overflows for large norms: a
-    ``ValueError`` is raised then rather than returning infinities.
+    and ``h(x) = exp(|x'|^2 / 2)``, which overflows for large norms (a
+    ``FeatureOverflowWarning`` says so).
 
     Parameters
-    ----------"""
-        + _PARAMS_DOC.format(
-            paired=_PAIRED_NOTE.format(
-                single="``sqrt(2) cos(w.x' + b)`` with a uniform random phase ``b``"
-            )
-        )
-        + _ATTRIBUTES_DOC
-        + """    random_offset_ : ndarray of shape (n_components % 2,)
+    ----------
+    n_components : int, default=256
+        Output width.  Each projection gives two outputs, so ``n_components // 2``
+        projections are paired; when ``n_components`` is odd one more projection
+        gives a single output, ``sqrt(2) cos(w.x' + b)`` with a uniform random phase
+        ``b``, and every projection gets weight ``1 / ceil(n_components / 2)`` so
+        that the estimate stays unbiased.
+    kernel : {"softmax", "rbf"}, default="softmax"
+        ``"softmax"``: ``k(x, y) = exp(gamma * x.y)``.
+        ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
+    gamma : float, default=1.0
+        Kernel scale, > 0.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
+    norms : {"chi", "fixed"}, default="chi"
+        Row lengths: ``"chi"`` unbiased, ``"fixed"`` the SMREG variant.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the projection and the phase.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (ceil(n_components / 2), n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling.
+    random_offset_ : ndarray of shape (n_components % 2,)
         The random phase of the unpaired output (empty when ``n_components`` is even).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
 
     See Also
     --------
@@ -345,43 +467,16 @@ class TrigonometricRandomFeatures(_BaseRandomFeatures):
     >>> bool(np.abs(Z @ Z.T - rbf_kernel(X, gamma=0.1)).max() < 0.05)
     True
     """
-    )
 
-    _n_paired = 2
+    _map_name = "trigonometric"
 
-    def _draw_extra(self, random_state):
-        self.random_offset_ = random_state.uniform(0.0, 2.0 * np.pi, size=self.n_components % 2)
-
-    def _spec(self):
-        return trigonometric_spec(
-            self.projection_,
-            self._input_scale(),
-            self.n_components,
-            self.random_offset_,
-            softmax=self.kernel == "softmax",
-        )
+    @property
+    def random_offset_(self):
+        check_is_fitted(self)
+        return self.draws_["offset"]
 
 
-def _relu(u):
-    return np.maximum(u, 0, out=u)
-
-
-def _abs(u):
-    return np.abs(u, out=u)
-
-
-def _exp(u):
-    return np.exp(u, out=u)
-
-
-def _identity(u):
-    return u
-
-
-_FUNCTIONS = {"relu": _relu, "abs": _abs, "exp": _exp, "identity": _identity}
-
-
-class GeneralizedRandomFeatures(_BaseRandomFeatures):
+class GeneralizedRandomFeatures(_NamedRandomFeatures):
     """Generalized random features ``phi(x) = f(W x') / sqrt(m)``, ``x' = sqrt(gamma) x``.
 
     The feature maps of the Performer's generalized attention (section 2.2):
@@ -402,17 +497,22 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
         return an array of the same shape.
     gamma : float, default=1.0
         Input scale, > 0.
-    projection : {"orthogonal", "gaussian"}, default="orthogonal"
-        See :func:`favorkern.draw_projection`.
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+        How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
-        See :func:`favorkern.draw_projection`.
+        Row lengths (see :func:`favorkern.draw_projection`).
     random_state : int, RandomState instance or None, default=None
         Seed of the projection.
-    """
 
-    __doc__ += (
-        _ATTRIBUTES_DOC
-        + """
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+
     Examples
     --------
     >>> import numpy as np
@@ -422,14 +522,13 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
     >>> bool(np.abs(Z @ Z.T - X @ X.T).max() < 1.0)
     True
     """
-    )
 
     _parameter_constraints: dict = {
         key: value
-        for key, value in _BaseRandomFeatures._parameter_constraints.items()
+        for key, value in _NamedRandomFeatures._parameter_constraints.items()
         if key != "kernel"
     }
-    _parameter_constraints["function"] = [StrOptions(set(_FUNCTIONS)), callable]
+    _parameter_constraints["function"] = [StrOptions(set(FUNCTIONS)), callable]
 
     def __init__(
         self,
@@ -448,17 +547,11 @@ class GeneralizedRandomFeatures(_BaseRandomFeatures):
         self.norms = norms
         self.random_state = random_state
 
-    def _input_scale(self) -> float:
-        return float(np.sqrt(self.gamma))
-
-    def _spec(self):
-        func = _FUNCTIONS[self.function] if isinstance(self.function, str) else self.function
-        return generalized_spec(
-            self.projection_, self._input_scale(), func, sorf=self._sorf_factors()
-        )
+    def _get_feature_map(self):
+        return GeneralizedFeatureMap(self.function)
 
 
-class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
+class OptimalPositiveRandomFeatures(_NamedRandomFeatures):
     """Optimal positive random features (OPRF / GERF, the estimator behind FAVOR++).
 
     ``phi(x) = (1 - 4A)^{d/4} exp(A |w|^2 + sqrt(1 - 4A) w.x' - |x'|^2 / 2) / sqrt(m)``
@@ -516,8 +609,9 @@ class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
     (20, 64)
     """
 
+    _map_name = "optimal"
     _parameter_constraints: dict = {
-        **_BaseRandomFeatures._parameter_constraints,
+        **_NamedRandomFeatures._parameter_constraints,
         "A": [Interval(Real, None, 0.125, closed="neither"), None],
     }
 
@@ -542,26 +636,14 @@ class OptimalPositiveRandomFeatures(_BaseRandomFeatures):
         )
         self.A = A
 
-    def _fit_extra(self, X):
+    def _fit_constants(self, fmap, X, scale):
         if self.A is not None:
-            self.A_ = float(self.A)
-            return
+            return {"A": float(self.A)}
         # The estimator is of SM(x', y') in the scaled inputs x' (for rbf times per-point
         # factors that A cannot change), so A* is fitted on |x' + y'|^2.
-        if sp.issparse(X):
-            mean = np.asarray(X.mean(axis=0)).ravel()
-            mean_sq = float(X.multiply(X).sum(axis=1).mean())
-            sum_sq = 2.0 * (mean_sq + mean @ mean)
-        else:
-            sum_sq = homogeneity_sum_sq(X)
-        sum_sq *= self._input_scale() ** 2
-        self.A_ = float(optimal_gerf_a(sum_sq, X.shape[1]))
+        return fmap.fit(X, input_scale=scale)
 
-    def _spec(self):
-        return optimal_positive_spec(
-            self.projection_,
-            self._input_scale(),
-            self.A_,
-            self._sq_factor(),
-            sorf=self._sorf_factors(),
-        )
+    @property
+    def A_(self):
+        check_is_fitted(self)
+        return self.constants_["A"]

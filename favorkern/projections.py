@@ -104,19 +104,19 @@ def draw_structured(n_features, n_dims, norms, rng):
     return np.ascontiguousarray(directions * factors[:, np.newaxis]), signs, factors
 
 
-def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", random_state=None):
-    """Draw an ``(n_features, n_dims)`` random projection matrix.
+def draw_projection(n_projections, n_dims, *, projection="orthogonal", norms="chi", random_state=None):
+    """Draw an ``(n_projections, n_dims)`` random projection matrix.
 
     Each row is marginally ``N(0, I_d)`` (with ``norms="chi"``), which makes the
     random-feature estimators of :mod:`favorkern.features` unbiased.
 
     Parameters
     ----------
-    n_features : int
+    n_projections : int
         Number of rows ``m`` (random projections).
     n_dims : int
         Input dimension ``d``.
-    kind : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         ``"gaussian"``: iid standard normal rows.  ``"orthogonal"``: rows are
         exactly orthogonal within blocks of ``d`` rows (orthogonal random features,
         Yu et al. 2016; Performer section 2.4).  Each block is a Haar rotation from
@@ -136,13 +136,13 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
         ``d`` degrees of freedom, so each row is marginally Gaussian.  ``"fixed"``:
         every row has length ``sqrt(d)`` (the regularized softmax kernel SMREG of the
         Performer paper, section 2.3, which is *biased* for the softmax kernel).
-        For ``kind="gaussian"`` the rows are rescaled to that length.
+        For ``projection="gaussian"`` the rows are rescaled to that length.
     random_state : int, RandomState instance or None, default=None
         Seed; the same seed gives bit-identical matrices.
 
     Returns
     -------
-    projection : ndarray of shape (n_features, n_dims), dtype float64
+    projection_matrix : ndarray of shape (n_projections, n_dims), dtype float64
 
     Notes
     -----
@@ -161,9 +161,9 @@ def draw_projection(n_features, n_dims, *, kind="orthogonal", norms="chi", rando
     >>> bool(np.allclose(G - np.diag(np.diag(G)), 0))
     True
     """
-    m = check_int(n_features, "n_features")
+    m = check_int(n_projections, "n_projections")
     d = check_int(n_dims, "n_dims")
-    check_option(kind, "kind", PROJECTION_KINDS)
+    kind = check_option(projection, "projection", PROJECTION_KINDS)
     check_option(norms, "norms", NORM_KINDS)
     rng = check_random_state(random_state)
 

@@ -414,7 +414,7 @@ def attention_section(config=None, *, progress=None):
     start = time.perf_counter()
     d, m, sigma = config.attention_dims, 256, 0.5
     rng = np.random.default_rng(config.seed)
-    layer = FavorAttention(n_features=m, random_state=config.seed)
+    layer = FavorAttention(n_components=m, random_state=config.seed)
     rows = []
     lengths = list(config.attention_lengths)
     for L in _progress(progress, lengths, len(lengths), "attention: speed"):
@@ -423,9 +423,9 @@ def attention_section(config=None, *, progress=None):
         t_exact = _best_time(partial(softmax_attention, Q, K, V), repeats)
         t_bidir = _best_time(partial(layer, Q, K, V), repeats)
         t_causal = _best_time(partial(layer, Q, K, V, causal=True), repeats)
-        errors = attention_error(Q, K, V, n_features=m, projection_matrix=layer.projection_)
+        errors = attention_error(Q, K, V, n_components=m, projection_matrix=layer.projection_)
         causal_errors = attention_error(
-            Q, K, V, causal=True, n_features=m, projection_matrix=layer.projection_
+            Q, K, V, causal=True, n_components=m, projection_matrix=layer.projection_
         )
         rows.append(
             {
@@ -459,8 +459,8 @@ def attention_section(config=None, *, progress=None):
             for n_features in sizes:
                 errors = attention_error(
                     *inputs,
-                    n_features=n_features,
-                    features=kind,
+                    n_components=n_features,
+                    feature_map=kind,
                     projection=scheme,
                     random_state=seed,
                 )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
+def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=None):
     """Exact attention of one head: full L x L score matrix, explicit loops over rows."""
     Q, K, V = (np.asarray(X, dtype=np.float64) for X in (Q, K, V))
-    scale = 1.0 / np.sqrt(Q.shape[1]) if scale is None else scale
+    gamma = 1.0 / np.sqrt(Q.shape[1]) if gamma is None else gamma
     out = np.zeros((Q.shape[0], V.shape[1]))
     for i in range(Q.shape[0]):
         keep = np.ones(K.shape[0], dtype=bool)
@@ -17,31 +17,31 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
         if causal:
             keep[i + 1 :] = False
         if keep.any():
-            logits = scale * K[keep] @ Q[i]
+            logits = gamma * K[keep] @ Q[i]
             weights = np.exp(logits - logits.max())
             out[i] = weights @ V[keep] / weights.sum()
     return out
 
 
-def favor_features(X, W, features, scale):
-    """Materialized, unstabilized phi(X) for a projection W (m x d), x' = sqrt(scale) x."""
-    X = np.asarray(X, dtype=np.float64) * np.sqrt(scale)
+def favor_features(X, W, feature_map, gamma):
+    """Materialized, unstabilized phi(X) for a projection W (m x d), x' = sqrt(gamma) x."""
+    X = np.asarray(X, dtype=np.float64) * np.sqrt(gamma)
     U = X @ np.asarray(W, dtype=np.float64).T
     m = W.shape[0]
     sq = 0.5 * np.sum(X * X, axis=1, keepdims=True)
-    if features == "positive":
+    if feature_map == "positive":
         return np.exp(U - sq) / np.sqrt(m)
-    if features == "hyperbolic":
+    if feature_map == "hyperbolic":
         return np.hstack([np.exp(U - sq), np.exp(-U - sq)]) / np.sqrt(2 * m)
-    if features == "trigonometric":
+    if feature_map == "trigonometric":
         return np.exp(sq) * np.hstack([np.cos(U), np.sin(U)]) / np.sqrt(m)
-    if features == "relu":
+    if feature_map == "relu":
         return np.maximum(U, 0.0) / np.sqrt(m)
-    raise ValueError(features)
+    raise ValueError(feature_map)
 
 
 def favor_attention(
-    Q, K, V, W, *, features="positive", causal=False, scale=None, key_padding_mask=None
+    Q, K, V, W, *, feature_map="positive", causal=False, gamma=None, key_padding_mask=None
 ):
     """FAVOR attention of one head from materialized features (Performer eq. 4 and 11).
 
@@ -49,9 +49,9 @@ def favor_attention(
     normalizer are 0.
     """
     Q, K, V = (np.asarray(X, dtype=np.float64) for X in (Q, K, V))
-    scale = 1.0 / np.sqrt(Q.shape[1]) if scale is None else scale
-    phi_q = favor_features(Q, W, features, scale)
-    phi_k = favor_features(K, W, features, scale)
+    gamma = 1.0 / np.sqrt(Q.shape[1]) if gamma is None else gamma
+    phi_q = favor_features(Q, W, feature_map, gamma)
+    phi_k = favor_features(K, W, feature_map, gamma)
     if key_padding_mask is not None:
         phi_k[np.asarray(key_padding_mask)] = 0.0
     if causal:

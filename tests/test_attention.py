@@ -9,20 +9,25 @@ import numpy as np
 import pytest
 
 import favorkern.attention as attention_module
+from favorkern.attention import causal as causal_module
+from favorkern.attention import common as common_module
+from favorkern.attention import exact as exact_module
+from favorkern.attention import favor as favor_module
 from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
 
-FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")
+FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")  # the maps tests/naive.py knows
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 16 rows and threads for every size: awkward sizes hit chunk edges."""
-    monkeypatch.setattr(attention_module, "_CHUNK_BYTES", 16 * 32 * 8)  # 16 rows at m = 32
-    monkeypatch.setattr(attention_module, "_RECURRENT_CHUNK_BYTES", 16 * 32 * 8)
-    monkeypatch.setattr(attention_module, "_CAUSAL_CHUNK_ROWS", 16)
-    monkeypatch.setattr(attention_module, "_PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(attention_module, "_EXACT_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)  # 16 rows at m = 32
+    monkeypatch.setattr(causal_module, "_RECURRENT_CHUNK_BYTES", 16 * 32 * 8)
+    monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
+    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)
 
 
 def _inputs(rng, q_shape, k_shape, d=8, dv=3, sigma=0.6):
@@ -61,12 +66,12 @@ def test_causal_matches_oracle(small_chunks, features, dtype, length):
     rng = np.random.default_rng(length)
     Q, K, V = _inputs(rng, (length,), (length,))
     W = draw_projection(16, 8, random_state=1)
-    ref = naive.favor_attention(Q, K, V, W, features=features, causal=True)
+    ref = naive.favor_attention(Q, K, V, W, feature_map=features, causal=True)
     for method in ("chunked", "recurrent"):
         got = favor_attention(
             *(X.astype(dtype) for X in (Q, K, V)),
             causal=True,
-            features=features,
+            feature_map=features,
             projection_matrix=W,
             method=method,
         )
@@ -81,9 +86,9 @@ def test_bidirectional_matches_oracle(small_chunks, features, dtype, lengths):
     rng = np.random.default_rng(sum(lengths))
     Q, K, V = _inputs(rng, (lengths[0],), (lengths[1],))
     W = draw_projection(16, 8, random_state=2)
-    ref = naive.favor_attention(Q, K, V, W, features=features)
+    ref = naive.favor_attention(Q, K, V, W, feature_map=features)
     got = favor_attention(
-        *(X.astype(dtype) for X in (Q, K, V)), features=features, projection_matrix=W
+        *(X.astype(dtype) for X in (Q, K, V)), feature_map=features, projection_matrix=W
     )
     assert got.dtype == dtype
     _assert_close(got, ref, dtype)
@@ -131,9 +136,9 @@ def test_default_chunks_and_threads_match_oracle():
 def test_exact_matches_oracle(small_chunks, causal):
     rng = np.random.default_rng(5)
     Q, K, V = _inputs(rng, (2, 29), (2, 29))
-    ref = _oracle_heads(naive.softmax_attention, Q, K, V, None, (2,), causal=causal, scale=0.3)
+    ref = _oracle_heads(naive.softmax_attention, Q, K, V, None, (2,), causal=causal, gamma=0.3)
     for dtype in (np.float64, np.float32):
-        got = softmax_attention(*(X.astype(dtype) for X in (Q, K, V)), causal=causal, scale=0.3)
+        got = softmax_attention(*(X.astype(dtype) for X in (Q, K, V)), causal=causal, gamma=0.3)
         assert got.dtype == dtype
         _assert_close(got, ref, dtype)
 
@@ -142,13 +147,13 @@ def test_scale_enters_as_square_root_on_both_sides():
     rng = np.random.default_rng(6)
     Q, K, V = _inputs(rng, (20,), (20,))
     W = draw_projection(32, 8, random_state=6)
-    got = favor_attention(Q, K, V, projection_matrix=W, scale=0.5)
-    ref = naive.favor_attention(Q, K, V, W, scale=0.5)
+    got = favor_attention(Q, K, V, projection_matrix=W, gamma=0.5)
+    ref = naive.favor_attention(Q, K, V, W, gamma=0.5)
     _assert_close(got, ref, np.float64)
     # the default scale is 1/sqrt(d)
     _assert_close(
         favor_attention(Q, K, V, projection_matrix=W),
-        favor_attention(Q, K, V, projection_matrix=W, scale=8**-0.5),
+        favor_attention(Q, K, V, projection_matrix=W, gamma=8**-0.5),
         np.float64,
     )
 
@@ -189,7 +194,7 @@ def test_converges_to_exact_attention_as_features_grow():
         for m in (8, 128, 2048):
             trials = [
                 np.mean(
-                    (favor_attention(Q, K, V, causal=causal, n_features=m, random_state=s) - exact)
+                    (favor_attention(Q, K, V, causal=causal, n_components=m, random_state=s) - exact)
                     ** 2
                 )
                 for s in range(4)
@@ -212,7 +217,7 @@ def test_large_norms_stay_finite(features, causal, dtype):
     norms[:, ::7] = 30.0
     Q, K = (directions * norms).astype(dtype)
     V = rng.normal(size=(length, 4)).astype(dtype)
-    out = favor_attention(Q, K, V, causal=causal, features=features, random_state=0)
+    out = favor_attention(Q, K, V, causal=causal, feature_map=features, random_state=0)
     assert np.isfinite(out).all()
     assert np.abs(out).max() <= np.abs(V).max() * (1 + 1e-5)  # convex combination of V
 
@@ -265,23 +270,23 @@ def test_dtypes_and_reproducibility():
 def test_favor_attention_class():
     rng = np.random.default_rng(13)
     Q, K, V = _inputs(rng, (2, 10), (2, 10))
-    layer = FavorAttention(n_features=32, features="hyperbolic", causal=True, random_state=0)
+    layer = FavorAttention(n_components=32, feature_map="hyperbolic", causal=True, random_state=0)
     out = layer(Q, K, V)
     W = layer.projection_
-    assert W.shape == (32, 8)
-    expected = favor_attention(Q, K, V, causal=True, features="hyperbolic", projection_matrix=W)
+    assert W.shape == (16, 8)  # 32 outputs, two per projection
+    expected = favor_attention(Q, K, V, causal=True, feature_map="hyperbolic", projection_matrix=W)
     assert np.array_equal(out, expected)
     assert np.array_equal(layer(Q, K, V), out)
     assert not np.array_equal(layer.redraw().projection_, W)
     # a seeded instance replays the same sequence of projections
-    again = FavorAttention(n_features=32, random_state=0).fit(8)
+    again = FavorAttention(n_components=16, random_state=0).fit(8)
     assert np.array_equal(again.projection_, W)
     assert np.array_equal(again.redraw().projection_, layer.projection_)
     with pytest.raises(ValueError, match="d = 5"):
         layer(Q[..., :5], K[..., :5], V)
     with pytest.raises(ValueError, match="no projection"):
         FavorAttention().redraw()
-    assert "n_features=32" in repr(layer)
+    assert "n_components=32" in repr(layer)
 
 
 def _bad(**kwargs):
@@ -305,7 +310,7 @@ def _bad(**kwargs):
         ({"V": np.full((2, 6, 3), np.inf)}, "V"),
         ({"K": np.ones((3, 6, 8))}, "broadcast"),
         ({"Q": np.ones(8)}, "Q"),
-        ({"scale": -1.0}, "scale"),
+        ({"gamma": -1.0}, "gamma"),
     ],
 )
 def test_bad_input_names_the_argument(fn, kwargs, name):
@@ -316,8 +321,8 @@ def test_bad_input_names_the_argument(fn, kwargs, name):
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"n_features": 0}, "n_features"),
-        ({"features": "sigmoid"}, "features"),
+        ({"n_components": 0}, "n_components"),
+        ({"feature_map": "sigmoid"}, "feature_map"),
         ({"projection": "haar"}, "projection"),
         ({"projection_matrix": np.ones((4, 5))}, "projection_matrix"),
         ({"projection_matrix": np.full((4, 8), np.nan)}, "projection_matrix"),

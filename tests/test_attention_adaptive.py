@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from favorkern import draw_projection, favor_attention, softmax_attention
-from favorkern.attention import adaptive_constants
+from favorkern.feature_maps import get_feature_map
+
+
+def adaptive_constants(q, k, mask, feature_map, gamma):
+    """(psi, A) fitted by the registered map on one head (masked keys left out)."""
+    keys = k if mask is None else k[~mask]
+    constants = get_feature_map(feature_map).fit(q, keys, input_scale=np.sqrt(gamma))
+    return constants.get("psi"), constants["A"]
 
 
 def _naive_gerf_attention(Q, K, V, W, A, scale, mask=None):
@@ -46,7 +53,7 @@ def test_optimal_matches_oracle(dtype, rtol, L_q, L_k):
     psi, fitted = adaptive_constants(Q, K, None, "optimal", scale)
     assert psi is None and fitted == pytest.approx(A, rel=1e-10)
     expected = _naive_gerf_attention(Q, K, V, W, A, scale)
-    out = favor_attention(*(x.astype(dtype) for x in (Q, K, V)), features="optimal",
+    out = favor_attention(*(x.astype(dtype) for x in (Q, K, V)), feature_map="optimal",
                           projection_matrix=W)  # fmt: skip
     assert out.dtype == dtype
     np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
@@ -70,7 +77,7 @@ def test_saderf_is_optimal_on_balanced_inputs():
     np.testing.assert_allclose(np.sum(Qs**2, 0) / np.sum(Ks**2, 0), 1.0, rtol=1e-10)
     assert A == pytest.approx(_a_star(Qs, Ks, scale), rel=1e-10)
     expected = _naive_gerf_attention(Qs, Ks, V, W, A, scale)
-    out = favor_attention(Q, K, V, features="saderf", projection_matrix=W, scale=scale)
+    out = favor_attention(Q, K, V, feature_map="saderf", projection_matrix=W, gamma=scale)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-9)
 
 
@@ -84,7 +91,7 @@ def test_masks_heads_and_errors():
     W = draw_projection(32, 8, random_state=0)
     for features in ("optimal", "saderf"):
         out = favor_attention(
-            Q, K, V, features=features, projection_matrix=W, key_padding_mask=mask
+            Q, K, V, feature_map=features, projection_matrix=W, key_padding_mask=mask
         )
         assert out.shape == (2, 3, 20, 4)
         assert np.all(out[1] == 0)
@@ -94,7 +101,7 @@ def test_masks_heads_and_errors():
             expected = _naive_gerf_attention(q, k, V, W, A, 1 / np.sqrt(8), mask=mask[0, 0])
             np.testing.assert_allclose(out[0, h], expected, rtol=1e-6, atol=1e-9)
         with pytest.raises(ValueError, match="causal"):
-            favor_attention(Q[0, 0], K[0, 0, :20], V[:20], features=features, causal=True)
+            favor_attention(Q[0, 0], K[0, 0, :20], V[:20], feature_map=features, causal=True)
 
 
 def test_large_norms_stay_finite():
@@ -106,7 +113,7 @@ def test_large_norms_stay_finite():
     V = rng.normal(size=(30, 2))
     for dtype in (np.float64, np.float32):
         for features in ("optimal", "saderf"):
-            out = favor_attention(*(x.astype(dtype) for x in (Q, K, V)), features=features,
+            out = favor_attention(*(x.astype(dtype) for x in (Q, K, V)), feature_map=features,
                                   random_state=0)  # fmt: skip
             assert np.isfinite(out).all()
 
@@ -127,7 +134,7 @@ def test_saderf_reduces_attention_error_on_anisotropic_inputs():
         exact = softmax_attention(Q, K, V)
         W = draw_projection(256, d, random_state=trial)
         for features in errors:
-            out = favor_attention(Q, K, V, features=features, projection_matrix=W)
+            out = favor_attention(Q, K, V, feature_map=features, projection_matrix=W)
             errors[features].append(
                 np.mean(np.linalg.norm(out - exact, axis=1) / np.linalg.norm(exact, axis=1))
             )
@@ -140,9 +147,9 @@ def test_favor_attention_class_uses_the_adaptive_maps():
     rng = np.random.default_rng(9)
     Q, K, V = rng.normal(scale=0.5, size=(3, 40, 16))
     for features in ("optimal", "saderf"):
-        layer = FavorAttention(64, features=features, random_state=0)
+        layer = FavorAttention(64, feature_map=features, random_state=0)
         out = layer(Q, K, V)
-        expected = favor_attention(Q, K, V, features=features, projection_matrix=layer.projection_)
+        expected = favor_attention(Q, K, V, feature_map=features, projection_matrix=layer.projection_)
         np.testing.assert_array_equal(out, expected)
         with pytest.raises(ValueError, match="causal"):
-            FavorAttention(64, features=features, causal=True, random_state=0)(Q, K, V)
+            FavorAttention(64, feature_map=features, causal=True, random_state=0)(Q, K, V)

@@ -179,11 +179,11 @@ def test_attention_matches_in_memory(features, dtype, causal, rows):
     rng = np.random.default_rng(2)
     Q, K, V = _inputs(rng, (2, 37), dtype)
     W = draw_projection(16, 8, random_state=0)
-    ref = favorkern.favor_attention(Q, K, V, causal=causal, features=features, projection_matrix=W)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, feature_map=features, projection_matrix=W)
     out = favor_attention(
         *(_chunked(X, rows) for X in (Q, K, V)),
         causal=causal,
-        features=features,
+        feature_map=features,
         projection_matrix=W,
     )
     assert out.shape == ref.shape and out.dtype == dtype
@@ -219,13 +219,13 @@ def test_attention_seed_leading_dims_and_broadcast():
     K = rng.normal(scale=0.5, size=(1, 3, 29, 8))
     V = rng.normal(size=(29, 5))
     for causal in (False, True):
-        ref = favorkern.favor_attention(Q, K, V, causal=causal, n_features=24, random_state=7)
+        ref = favorkern.favor_attention(Q, K, V, causal=causal, n_components=24, random_state=7)
         out = favor_attention(
             da.from_array(Q, chunks=(1, 2, 10, 8)),
             da.from_array(K, chunks=(1, 3, 6, 8)),
             da.from_array(V, chunks=(13, 5)),
             causal=causal,
-            n_features=24,
+            n_components=24,
             random_state=7,
         )
         assert out.chunks == ((1, 1), (2, 1), (10, 10, 9), (5,))
@@ -237,12 +237,12 @@ def test_bidirectional_different_query_and_key_lengths():
     Q = rng.normal(scale=0.5, size=(11, 6)).astype(np.float32)
     K = rng.normal(scale=0.5, size=(40, 6)).astype(np.float32)
     V = rng.normal(size=(40, 2)).astype(np.float32)
-    ref = favorkern.favor_attention(Q, K, V, n_features=16, random_state=0)
+    ref = favorkern.favor_attention(Q, K, V, n_components=16, random_state=0)
     out = favor_attention(
         da.from_array(Q, chunks=(4, 6)),
         da.from_array(K, chunks=(9, 6)),
         da.from_array(V, chunks=(17, 2)),  # rechunked to K's chunks
-        n_features=16,
+        n_components=16,
         random_state=0,
     )
     assert out.chunks == ((4, 4, 3), (2,))
@@ -282,9 +282,9 @@ def test_attention_errors():
     with pytest.raises(ValueError, match="Q must have at least 2 dimensions"):
         favor_attention(da.ones(4), Q, V)
     with pytest.raises(ValueError, match="features must be one of"):
-        favor_attention(Q, Q, V, features="softmax")
+        favor_attention(Q, Q, V, feature_map="softmax")
     with pytest.raises(ValueError, match="features must be one of"):
-        favor_attention(Q, Q, V, features="optimal")  # data-dependent: not chunkwise
+        favor_attention(Q, Q, V, feature_map="optimal")  # data-dependent: not chunkwise
     with pytest.raises(ValueError, match="do not broadcast"):
         favor_attention(da.ones((2, 10, 4)), da.ones((3, 10, 4)), V)
     with pytest.raises(TypeError, match="causal must be a bool"):
@@ -334,11 +334,11 @@ def test_cluster_workers_single_threaded(client):
 def test_cluster_attention(client, causal):
     rng = np.random.default_rng(7)
     Q, K, V = _inputs(rng, (2, 300), np.float32, d=16, dv=8)
-    ref = favorkern.favor_attention(Q, K, V, causal=causal, n_features=64, random_state=0)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, n_components=64, random_state=0)
     out = favor_attention(
         *(da.from_array(X, chunks=(1, (40, 100, 1, 59, 100), X.shape[-1])) for X in (Q, K, V)),
         causal=causal,
-        n_features=64,
+        n_components=64,
         random_state=0,
     )
     got = client.compute(out).result()

@@ -35,7 +35,7 @@ def _redraw(estimator, n_dims, seed):
     estimator.projection_ = draw_projection(
         estimator._n_projections(),
         n_dims,
-        kind=estimator.projection,
+        projection=estimator.projection,
         norms=estimator.norms,
         random_state=rng,
     )

@@ -16,13 +16,13 @@ from favorkern import draw_projection
     seed=st.integers(0, 2**31 - 1),
 )
 def test_shape_dtype_and_determinism(m, d, kind, norms, seed):
-    W = draw_projection(m, d, kind=kind, norms=norms, random_state=seed)
+    W = draw_projection(m, d, projection=kind, norms=norms, random_state=seed)
     assert W.shape == (m, d)
     assert W.dtype == np.float64
     assert W.flags.c_contiguous
     assert np.isfinite(W).all()
     np.testing.assert_array_equal(
-        W, draw_projection(m, d, kind=kind, norms=norms, random_state=seed)
+        W, draw_projection(m, d, projection=kind, norms=norms, random_state=seed)
     )
     if norms == "fixed":
         np.testing.assert_allclose(np.linalg.norm(W, axis=1), np.sqrt(d), rtol=1e-12)
@@ -30,7 +30,7 @@ def test_shape_dtype_and_determinism(m, d, kind, norms, seed):
 
 @pytest.mark.parametrize("m, d", [(16, 16), (37, 8), (5, 8), (8, 1)])
 def test_orthogonal_blocks(m, d):
-    W = draw_projection(m, d, kind="orthogonal", random_state=0)
+    W = draw_projection(m, d, projection="orthogonal", random_state=0)
     for start in range(0, m, d):
         block = W[start : start + d]
         gram = block @ block.T
@@ -41,7 +41,7 @@ def test_orthogonal_blocks(m, d):
 def test_orthogonal_rows_are_marginally_gaussian():
     # Rows of sign-corrected ORF blocks are N(0, I): check mean, covariance and norms.
     d = 6
-    W = draw_projection(6000, d, kind="orthogonal", random_state=1)
+    W = draw_projection(6000, d, projection="orthogonal", random_state=1)
     assert np.abs(W.mean(axis=0)).max() < 4.5 / np.sqrt(6000)
     np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.08)
     p_value = stats.kstest(np.sum(W**2, axis=1), stats.chi2(d).cdf).pvalue
@@ -78,7 +78,7 @@ def test_bad_parameters(kwargs, exc, match):
 
 @pytest.mark.parametrize("m, d", [(16, 16), (20, 8), (3, 5)])
 def test_simplex_blocks_have_simplex_geometry(m, d):
-    W = draw_projection(m, d, kind="simplex", norms="fixed", random_state=0) / np.sqrt(d)
+    W = draw_projection(m, d, projection="simplex", norms="fixed", random_state=0) / np.sqrt(d)
     for start in range(0, m, d):
         gram = W[start : start + d] @ W[start : start + d].T
         off_diagonal = gram[~np.eye(len(gram), dtype=bool)]
@@ -99,7 +99,7 @@ def test_structured_matches_hadamard_products(d):
         [H @ np.diag(a) @ H @ np.diag(b) @ H @ np.diag(c) for a, b, c in signs]
     )
     np.testing.assert_allclose(structured_directions(signs, m, d), expected[:m, :d], atol=1e-12)
-    W = draw_projection(m, d, kind="structured", norms="fixed", random_state=0)
+    W = draw_projection(m, d, projection="structured", norms="fixed", random_state=0)
     # With padding (d not a power of two) a row restricted to d columns can vanish.
     row_norms = np.linalg.norm(W, axis=1)
     np.testing.assert_allclose(row_norms[row_norms > 0], np.sqrt(d))
@@ -109,6 +109,6 @@ def test_structured_matches_hadamard_products(d):
 
 def test_structured_rows_are_approximately_gaussian():
     d = 64
-    W = draw_projection(4096, d, kind="structured", random_state=2)
+    W = draw_projection(4096, d, projection="structured", random_state=2)
     np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.12)
     assert abs(np.mean(np.sum(W**2, axis=1)) - d) < 0.5

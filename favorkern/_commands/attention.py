@@ -135,8 +135,8 @@ def run(args) -> int:
         raise ValueError(f"--n-features must be >= 1, got {args.n_features}")
     take, lengths = _inputs(args)
     layer = FavorAttention(
-        n_features=args.n_features,
-        features=args.features,
+        n_components=args.n_features,
+        feature_map=args.features,
         projection=args.projection,
         causal=args.causal,
         random_state=args.seed,
@@ -149,11 +149,11 @@ def run(args) -> int:
     for L in progress(lengths, desc="attention", disable=args.no_progress):
         Q, K, V = take(L)
         t_exact, exact = _median_time(
-            lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=args.causal, scale=args.scale),
+            lambda Q=Q, K=K, V=V: softmax_attention(Q, K, V, causal=args.causal, gamma=args.scale),
             args.repeats,
         )
         t_favor, approx = _median_time(
-            lambda Q=Q, K=K, V=V: layer(Q, K, V, scale=args.scale), args.repeats
+            lambda Q=Q, K=K, V=V: layer(Q, K, V, gamma=args.scale), args.repeats
         )
         diff = approx.astype(np.float64) - exact
         ref_norm = np.linalg.norm(exact)

@@ -1,4 +1,4 @@
-"""Dense feature-map evaluation: a BLAS product plus in-place elementwise maps.
+"""The one feature-map evaluator: a BLAS product plus in-place elementwise maps.
 
 Every random-feature map in favorkern has the form
 
@@ -302,13 +302,10 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     return out
 
 
-# -- the maps --------------------------------------------------------------------
-# ``projection`` is the raw (n_projections, d) matrix; ``input_scale`` c maps x -> c x
-# (sqrt(gamma) for the softmax kernel, sqrt(2 gamma) for rbf);
-# ``sq_factor`` is the coefficient of |x'|^2 in the exponent: 1/2 softmax, 1 rbf.
+# -- shared by the map modules ---------------------------------------------------
 
 
-def _max_sq_norm(projection):
+def max_sq_norm(projection):
     return float(np.max(np.einsum("ij,ij->i", projection, projection))) if projection.size else 0.0
 
 
@@ -344,112 +341,3 @@ def sorf_projector(sorf, input_scale):
     if sorf is None or sorf[0].shape[2] < SORF_MIN_PADDED_DIMS:
         return None
     return SorfProjector(sorf[0], sorf[1], input_scale)
-
-
-def positive_spec(projection, input_scale, sq_factor=0.5, sorf=None) -> FeatureMapSpec:
-    """``exp(w.x' - sq_factor |x'|^2) / sqrt(m)`` (Performer's positive features)."""
-    m = projection.shape[0]
-    return FeatureMapSpec(
-        projection * input_scale,
-        "exp",
-        sq_coef=sq_factor * input_scale**2,
-        log_scale=-0.5 * np.log(m),
-        # max over x' of |w||x'| - c|x'|^2 is |w|^2 / (4c)
-        logit_bound=_max_sq_norm(projection) / (4 * sq_factor),
-        projector=sorf_projector(sorf, input_scale),
-    )
-
-
-def hyperbolic_spec(projection, input_scale, n_outputs, sq_factor=0.5) -> FeatureMapSpec:
-    """``[exp(+u), exp(-u)] / sqrt(2p)`` per pair; an odd last output is ``exp(u)/sqrt(p)``."""
-    W = projection * input_scale
-    n_pairs = n_outputs // 2
-    n_proj = W.shape[0]
-    weights = np.concatenate([W[:n_pairs], -W[:n_pairs], W[n_pairs:]], axis=0)
-    log_scale = np.full(n_outputs, -0.5 * np.log(2 * n_proj))
-    log_scale[2 * n_pairs :] = -0.5 * np.log(n_proj)
-    if n_outputs % 2 == 0:
-        log_scale = float(log_scale[0])
-    return FeatureMapSpec(
-        weights,
-        "exp",
-        sq_coef=sq_factor * input_scale**2,
-        log_scale=log_scale,
-        logit_bound=_max_sq_norm(projection) / (4 * sq_factor),
-    )
-
-
-def trigonometric_spec(projection, input_scale, n_outputs, offset, softmax) -> FeatureMapSpec:
-    """``h(x) [cos(u), sin(u)] / sqrt(p)``; an odd last output is ``sqrt(2/p) cos(u + b)``.
-
-    ``h(x) = exp(|x'|^2 / 2)`` for the softmax kernel, 1 for rbf.
-    """
-    W = projection * input_scale
-    n_pairs = n_outputs // 2
-    n_proj = W.shape[0]
-    weights = np.concatenate([W[:n_pairs], W[:n_pairs], W[n_pairs:]], axis=0)
-    # sin(u) = cos(u - pi/2): one cos pass over all outputs.
-    phases = np.concatenate([np.zeros(n_pairs), np.full(n_pairs, -0.5 * np.pi), offset])
-    log_scale = np.full(n_outputs, -0.5 * np.log(n_proj))
-    log_scale[2 * n_pairs :] = 0.5 * np.log(2.0 / n_proj)
-    if n_outputs % 2 == 0:
-        log_scale = float(log_scale[0])
-    return FeatureMapSpec(
-        weights,
-        "cos",
-        row_log_coef=0.5 * input_scale**2 if softmax else 0.0,
-        log_scale=log_scale,
-        offset=phases,
-    )
-
-
-def generalized_spec(projection, input_scale, func, sorf=None) -> FeatureMapSpec:
-    """``f(w.x') / sqrt(m)`` for an elementwise ``f``."""
-    return FeatureMapSpec(
-        projection * input_scale,
-        func,
-        log_scale=-0.5 * np.log(projection.shape[0]),
-        projector=sorf_projector(sorf, input_scale),
-    )
-
-
-def optimal_gerf_a(sum_sq, n_dims):
-    """Variance-minimizing GERF parameter ``A*`` for ``phi = |x + y|^2`` (THEORY 6.1).
-
-    ``A* = (d - 2 phi - sqrt((2 phi + d)^2 + 8 d phi)) / (16 d)``, in ``(-inf, 0]``,
-    evaluated as ``-phi / (d - 2 phi + sqrt(...))`` (the same number, since
-    ``(d - 2 phi)^2 - (2 phi + d)^2 - 8 d phi = -16 d phi``), which avoids the
-    cancellation of the direct form when ``phi`` is small relative to ``d``.
-    """
-    phi = np.asarray(sum_sq, dtype=np.float64)
-    d = float(n_dims)
-    root = np.sqrt((2 * phi + d) ** 2 + 8 * d * phi)
-    return -phi / (d - 2 * phi + root)
-
-
-def homogeneity_sum_sq(X, Y=None):
-    """Mean of ``|x_i + y_j|^2`` over all pairs, in O(L d) (the OPRF homogeneity heuristic)."""
-    X = np.asarray(X, dtype=np.float64)
-    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
-    mean_sq = np.mean(np.einsum("ij,ij->i", X, X)) + np.mean(np.einsum("ij,ij->i", Y, Y))
-    return float(mean_sq + 2.0 * X.mean(axis=0) @ Y.mean(axis=0))
-
-
-def optimal_positive_spec(projection, input_scale, a, sq_factor=0.5, sorf=None) -> FeatureMapSpec:
-    """GERF / OPRF: ``(1-4A)^{d/4} exp(A|w|^2 + sqrt(1-4A) w.x' - sq_factor |x'|^2) / sqrt(m)``.
-
-    ``A = 0`` is :func:`positive_spec`.  The ``A |w|^2`` and ``(d/4) log(1 - 4A)`` terms
-    enter the exponent (never the prefactor, which overflows for large ``d``).
-    """
-    m, d = projection.shape
-    b = np.sqrt(1.0 - 4.0 * a)
-    sq_norms = np.einsum("ij,ij->i", projection, projection)
-    log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
-    return FeatureMapSpec(
-        projection * (b * input_scale),
-        "exp",
-        sq_coef=sq_factor * input_scale**2,
-        log_scale=log_scale,
-        logit_bound=(b**2) * _max_sq_norm(projection) / (4 * sq_factor),
-        projector=sorf_projector(sorf, b * input_scale),
-    )

@@ -1,0 +1,27 @@
+"""Softmax attention: the exact reference and FAVOR+ linear attention in bounded memory.
+
+* :func:`softmax_attention` (:mod:`.exact`) is the O(L^2) reference, computed over
+  query chunks.
+* :func:`favor_attention` and :class:`FavorAttention` (:mod:`.favor`) replace
+  ``exp(gamma q.k)`` by ``phi(q).phi(k)`` with any map of
+  :mod:`favorkern.feature_maps` and never hold more than a chunk of features per
+  worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
+  then emits the queries; causal (:mod:`.causal`) carries the state through the
+  sequence by chunked matrix products or a numba recurrence.
+* :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
+  merge, exclusive scan), shared by every algorithm here and by
+  :mod:`favorkern.dask`.
+
+Stabilizers (THEORY.md section 7): each query's features are divided by their own
+maximum (a per-query factor cancels in the normalized output); keys share one
+constant per (batch, head), which also cancels.  In causal mode the key constant
+of output ``i`` is the running maximum over keys ``0..i`` only, so no output
+depends on a later token, not even through rounding or underflow.
+"""
+
+from __future__ import annotations
+
+from .exact import softmax_attention
+from .favor import FavorAttention, favor_attention
+
+__all__ = ["softmax_attention", "favor_attention", "FavorAttention"]

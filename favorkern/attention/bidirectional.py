@@ -1,0 +1,86 @@
+"""Bidirectional linear attention: accumulate the key state, then emit the queries.
+
+Pass 1 streams over key chunks and accumulates the :class:`~.state.KeyState`
+``S = phi(K)^T V``, ``z = phi(K)^T 1`` with an online key stabilizer (the state is
+rescaled when the running maximum grows, as flash attention does); pass 2 emits
+``phi(Q) S / phi(Q) z`` chunk by chunk.  Memory O(chunk x m + m x dv) per worker.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .common import normalize, run_parallel, split
+from .features import Buffers, masked_row_log
+from .state import KeyState, merge
+
+__all__ = ["accumulate_keys", "emit", "bidirectional"]
+
+
+def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
+    """The key state of keys ``start:stop`` of one head, with an online maximum ``c``.
+
+    ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
+    terms over all keys).
+    """
+    state = KeyState(
+        np.zeros((fmap.n_out, v.shape[1]), dtype=fmap.dtype),
+        np.zeros(fmap.n_out, dtype=np.float64),
+        -np.inf,
+    )
+    buffers = Buffers(fmap)
+    for a in range(start, stop, chunk):
+        b = min(stop, a + chunk)
+        features = buffers(b - a)
+        row_log, shift, masked = masked_row_log(fmap, k, mask, a, b, features)
+        chunk_max = float(row_log.max())
+        if chunk_max == -np.inf:
+            continue  # every key of the chunk is masked
+        if chunk_max > state.c:
+            state.rescale(chunk_max)
+        fmap.key_finish(features, row_log, shift, state.c)
+        if masked is not None:
+            features[masked] = 0.0
+        state.add(features, v[a:b], buffers.ones(b - a))
+    return state
+
+
+def emit(fmap, q, state: KeyState, out, start, stop, chunk) -> None:
+    """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
+    buffers = Buffers(fmap)
+    S, z = state.S, state.z
+    for a in range(start, stop, chunk):
+        b = min(stop, a + chunk)
+        features = buffers(b - a)
+        fmap.queries(q[a:b], features)
+        block = out[a:b]
+        np.matmul(features, S, out=block)
+        normalize(block, features @ z)
+
+
+def bidirectional(fmap, heads, out, chunk, workers) -> None:
+    """Bidirectional attention of every (batch, head) of ``heads`` into ``out``.
+
+    With at least one head per worker each thread runs whole heads; otherwise the
+    keys of a head are split over the threads and their states merged.
+    """
+    if len(heads) >= workers:
+
+        def head_task(q, k, v, m, idx):
+            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
+            emit(fmap, q, merge([state], fmap.dtype), out[idx], 0, q.shape[0], chunk)
+
+        run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
+        return
+    for q, k, v, m, idx in heads:
+        parts = run_parallel(
+            [partial(accumulate_keys, fmap, k, v, m, a, b, chunk) for a, b in split(k.shape[0], workers)],
+            workers,
+        )
+        state = merge(parts, fmap.dtype)
+        run_parallel(
+            [partial(emit, fmap, q, state, out[idx], a, b, chunk) for a, b in split(q.shape[0], workers)],
+            workers,
+        )

@@ -1,0 +1,81 @@
+"""Scheduling helpers of the attention algorithms: heads, ranges, threads, normalization."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..feature_maps._evaluate import _executor as executor
+from ..feature_maps._evaluate import n_threads
+
+__all__ = [
+    "head",
+    "heads",
+    "run_parallel",
+    "split",
+    "normalize",
+    "feature_chunk_rows",
+    "CHUNK_BYTES",
+    "PARALLEL_MIN_WORK",
+]
+
+# Feature buffers of ~512 KiB per worker: large enough for efficient GEMMs,
+# small enough to stay in L2 between the product and the elementwise passes.
+CHUNK_BYTES = 1 << 19
+# Below this many feature evaluations, threads cost more than they save.
+PARALLEL_MIN_WORK = 1 << 18
+
+
+def feature_chunk_rows(n_out, dtype) -> int:
+    """Rows per feature buffer of ``n_out`` columns (about ``CHUNK_BYTES``)."""
+    return max(16, CHUNK_BYTES // (n_out * np.dtype(dtype).itemsize))
+
+
+def head(X, index, n_trailing):
+    """The 2-D (or 1-D for masks) slice of ``X`` for one broadcast batch index."""
+    if X is None:
+        return None
+    lead = X.shape[: X.ndim - n_trailing]
+    offset = len(index) - len(lead)
+    return X[tuple(0 if size == 1 else index[offset + k] for k, size in enumerate(lead))]
+
+
+def heads(Q, K, V, mask, batch):
+    """One (q, k, v, mask, out_index) tuple per (batch, head)."""
+    return [
+        (head(Q, idx, 2), head(K, idx, 2), head(V, idx, 2), head(mask, idx, 1), idx)
+        for idx in np.ndindex(*batch)
+    ]
+
+
+def run_parallel(tasks, workers):
+    """Run the callables ``tasks``, interleaved over ``workers`` pool threads."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [task() for task in tasks]
+    workers = min(workers, len(tasks))
+
+    def work(w):
+        return [(i, tasks[i]()) for i in range(w, len(tasks), workers)]
+
+    pool = executor(n_threads())
+    results = [None] * len(tasks)
+    for future in [pool.submit(work, w) for w in range(workers)]:
+        for i, value in future.result():
+            results[i] = value
+    return results
+
+
+def split(n, parts):
+    """``parts`` contiguous (start, stop) ranges covering ``range(n)``."""
+    parts = max(1, min(parts, n))
+    edges = [n * p // parts for p in range(parts + 1)]
+    return [(edges[p], edges[p + 1]) for p in range(parts)]
+
+
+def normalize(numerator, denominator):
+    """``numerator / denominator`` in place; rows with a zero denominator become 0.
+
+    The guard: no epsilon is added anywhere.  A denominator of exactly 0 (every key
+    masked, or every feature product underflowed) gives a zero output row.
+    """
+    denominator[denominator == 0] = np.inf
+    numerator /= denominator[:, np.newaxis]

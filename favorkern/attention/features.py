@@ -1,0 +1,137 @@
+"""Feature maps evaluated with the stabilizers of attention, and their buffers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..feature_maps._evaluate import apply_block
+
+__all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
+
+
+class AttentionFeatures:
+    """One feature map (a :class:`~favorkern.feature_maps.FeatureMapSpec`) with the
+    stabilizers of attention.
+
+    ``queries`` writes features up to a positive per-row factor (it cancels);
+    ``key_logits`` + ``key_finish`` write ``phi(k_j) exp(-c_j)`` where ``c_j`` is the
+    caller's key constant and ``key_logits`` returns ``log`` of each key's largest
+    feature magnitude (exp maps) or of its row factor (trigonometric), from which the
+    caller chooses ``c_j``.
+    """
+
+    def __init__(self, spec, dtype):
+        self.kind = "exp" if spec.func == "exp" else ("cos" if spec.func == "cos" else "relu")
+        self.spec = spec
+        # For cos and relu maps the per-row factor and the constant scale cancel or are
+        # applied by key_finish; the plain spec evaluates only f(w.x' + b).
+        self.plain = replace(spec, row_log_coef=0.0, log_scale=0.0)
+        self.n_out = spec.weights.shape[0]
+        self.dtype = np.dtype(dtype)
+        self.weights = np.ascontiguousarray(spec.weights, dtype=dtype)
+        self.weights_t = np.ascontiguousarray(self.weights.T)
+        # Exp maps: log s_j = log_const + column_log[j]; GERF's A |w_j|^2 makes it vary.
+        log_scale = np.asarray(spec.log_scale, dtype=np.float64)
+        self.log_const = float(log_scale.max()) if log_scale.ndim else float(log_scale)
+        self.column_log = None
+        # Structured (SORF) projections: X W^T by fast Walsh-Hadamard transforms.
+        self.projector = spec.projector
+        if self.kind == "exp" and log_scale.ndim:
+            self.column_log = (log_scale - self.log_const).astype(self.dtype)
+
+    def empty(self, size, rows=False):
+        """A (size, n_out) feature buffer.
+
+        Exp maps use a transposed (feature-major) buffer unless ``rows``: the
+        reductions over features per token then run along contiguous rows, which numpy
+        vectorizes (measured 3.5x faster than a row-wise max); BLAS takes either layout.
+        """
+        if self.kind == "exp" and not rows and self.projector is None:
+            return np.empty((self.n_out, size), dtype=self.dtype).T
+        return np.empty((size, self.n_out), dtype=self.dtype)
+
+    def _product(self, X, out):
+        """``out = X @ W.T (+ column log-scales)`` for a row- or feature-major ``out``."""
+        if self.projector is not None:
+            self.projector(X, out)
+        elif out.flags.c_contiguous:
+            np.matmul(X, self.weights_t, out=out)
+        else:
+            np.matmul(self.weights, X.T, out=out.T)
+        if self.column_log is not None:
+            out += self.column_log
+
+    def queries(self, X, out):
+        if self.kind == "exp":
+            # exp(w.x' - a|x'|^2 + log s - max): the last three terms are one per-row
+            # constant, so the row maximum of the bare product is the same stabilizer.
+            self._product(X, out)
+            out -= out.max(axis=1)[:, np.newaxis]
+            np.exp(out, out=out)
+        else:
+            apply_block(X, out, self.plain, self.weights_t)
+
+    def key_logits(self, X, out):
+        """Write the key pre-features into ``out``; return ``(row_log, shift)``.
+
+        Exp maps: ``out = X W^T`` and ``shift = a |x|^2 - log s`` (the logits of
+        :func:`favorkern._feature_maps.projection_logits` are ``out - shift``), so
+        ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
+        ``row_log`` the log of the row factor, ``shift`` None.
+        """
+        if self.kind == "exp":
+            self._product(X, out)
+            shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
+            shift *= self.spec.sq_coef
+            shift -= self.log_const
+            return out.max(axis=1) - shift, shift
+        apply_block(X, out, self.plain, self.weights_t)
+        if self.kind == "cos":
+            sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
+            return sq * self.spec.row_log_coef + self.log_const, None
+        return np.zeros(X.shape[0]), None
+
+    def key_finish(self, out, row_log, shift, const):
+        """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite."""
+        if self.kind == "exp":
+            out -= (shift + const).astype(self.dtype)[:, np.newaxis]
+            with np.errstate(over="ignore"):
+                np.exp(out, out=out)
+        elif self.kind == "cos":
+            with np.errstate(over="ignore"):
+                out *= np.exp(np.minimum(row_log - const, 0.0)).astype(self.dtype)[:, np.newaxis]
+
+
+def masked_row_log(fmap, k, mask, start, stop, buf):
+    """Key logits of rows ``start:stop`` into ``buf``; masked keys get ``-inf``."""
+    row_log, shift = fmap.key_logits(k[start:stop], buf)
+    masked = None
+    if mask is not None:
+        masked = mask[start:stop]
+        if masked.any():
+            row_log[masked] = -np.inf
+        else:
+            masked = None
+    return row_log, shift, masked
+
+
+class Buffers:
+    """Feature buffers per chunk size (only the last chunk differs) and ones vectors."""
+
+    def __init__(self, fmap):
+        self._fmap = fmap
+        self._cache = {}
+
+    def __call__(self, size, slot=0):
+        key = (size, slot)
+        if key not in self._cache:
+            self._cache[key] = self._fmap.empty(size)
+        return self._cache[key]
+
+    def ones(self, size):
+        key = (size, "ones")
+        if key not in self._cache:
+            self._cache[key] = np.ones(size, dtype=self._fmap.dtype)
+        return self._cache[key]

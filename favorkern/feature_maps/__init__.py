@@ -1,0 +1,60 @@
+"""The registry of random-feature maps: one module per map, one evaluator for all.
+
+A feature map (:class:`FeatureMap`) says how a random projection turns inputs into
+features; everything else in favorkern reads the registry:
+:class:`favorkern.RandomFeatures` (and the named transformers),
+:func:`favorkern.favor_attention`, the diagnostics and :mod:`favorkern.dask`.  A map
+registered with :func:`register_feature_map` works in all of them by its name.
+
+Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
+``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++) and ``"saderf"`` (FAVOR#).
+
+Examples
+--------
+>>> from favorkern.feature_maps import feature_map_names
+>>> feature_map_names()
+('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf')
+"""
+
+from __future__ import annotations
+
+from ._base import (
+    FeatureMap,
+    check_constants,
+    feature_map_names,
+    get_feature_map,
+    input_scale,
+    register_feature_map,
+    sq_factor,
+)
+from ._evaluate import FeatureMapSpec, FeatureOverflowWarning, apply_feature_map
+from ._variance import PairGeometry, same_block_pairs
+
+# Built-in maps register themselves on import, in this order.
+from .positive import PositiveFeatureMap  # noqa: I001
+from .hyperbolic import HyperbolicFeatureMap
+from .trigonometric import TrigonometricFeatureMap
+from .generalized import GeneralizedFeatureMap
+from .optimal import OptimalFeatureMap
+from .saderf import SaderfFeatureMap
+
+__all__ = [
+    "FeatureMap",
+    "FeatureMapSpec",
+    "FeatureOverflowWarning",
+    "PairGeometry",
+    "register_feature_map",
+    "get_feature_map",
+    "feature_map_names",
+    "apply_feature_map",
+    "check_constants",
+    "input_scale",
+    "sq_factor",
+    "same_block_pairs",
+    "PositiveFeatureMap",
+    "HyperbolicFeatureMap",
+    "TrigonometricFeatureMap",
+    "GeneralizedFeatureMap",
+    "OptimalFeatureMap",
+    "SaderfFeatureMap",
+]

@@ -1,0 +1,264 @@
+"""The :class:`FeatureMap` base class and the registry of feature maps by name."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["FeatureMap", "register_feature_map", "get_feature_map", "feature_map_names"]
+
+
+class FeatureMap:
+    """A random-feature map: everything favorkern needs to know about one estimator.
+
+    A map turns a random projection ``W`` (``n_projections x d``, rows marginally
+    ``N(0, I)``) and scaled inputs ``x' = c x`` into features ``phi(x)`` whose inner
+    products estimate a kernel.  Subclass it, set the class attributes, implement
+    :meth:`spec`, and register an instance with :func:`register_feature_map`: the
+    map then works in :class:`favorkern.RandomFeatures`,
+    :func:`favorkern.favor_attention`, :func:`favorkern.diagnostics.empirical_mse`
+    and :mod:`favorkern.dask` by its name.
+
+    Attributes
+    ----------
+    name : str
+        The registry name (an identifier, e.g. ``"positive"``).
+    outputs_per_projection : int
+        Outputs per projection row: 1, or 2 for paired maps (``exp(+-u)``,
+        ``cos/sin``).  ``n_components`` outputs use
+        ``ceil(n_components / outputs_per_projection)`` projections.
+    kernels : tuple of str
+        The kernels the map estimates, among ``"softmax"`` (``exp(gamma x.y)``) and
+        ``"rbf"`` (``exp(-gamma |x - y|^2)``); empty for a map that estimates a kernel
+        of its own (the generalized maps).
+    nonnegative : bool
+        Features are never negative (the attention normalizer cannot vanish or
+        change sign).
+    data_constants : tuple of str
+        Names of constants fitted on data by :meth:`fit` (empty for data-free maps).
+        Attention fits them per (batch, head) on the current queries and keys, so a
+        map with data constants is bidirectional only unless they are fitted once.
+    summary : str
+        One line for listings (the command line, the docs).
+
+    Notes
+    -----
+    Outputs are laid out as ``outputs_per_projection`` blocks of ``n_projections``
+    columns (``[f_1(W x'), f_2(W x')]``), which lets the Monte-Carlo engine evaluate
+    many trials in one stacked product.
+    """
+
+    name: str = ""
+    outputs_per_projection: int = 1
+    kernels: tuple = ("softmax", "rbf")
+    nonnegative: bool = True
+    data_constants: tuple = ()
+    summary: str = ""
+
+    def n_projections(self, n_components: int) -> int:
+        """Projections needed for ``n_components`` outputs."""
+        return -(-int(n_components) // self.outputs_per_projection)
+
+    def draw(self, n_components: int, random_state) -> dict:
+        """Random draws besides the projection (made after it), e.g. random phases."""
+        return {}
+
+    def fit(self, X, Y=None, *, input_scale=1.0) -> dict:
+        """Data constants from queries ``X`` and keys ``Y`` (``Y=None``: ``X`` both).
+
+        Inputs are unscaled; ``input_scale`` is the factor ``c`` of ``x' = c x``.
+        Returns a dict keyed by :attr:`data_constants` (empty for data-free maps).
+        """
+        return {}
+
+    def prepare(self, X, side: str, constants: dict):
+        """Inputs as the map sees them; ``side`` is ``"query"`` or ``"key"``.
+
+        The identity except for asymmetric maps, which transform queries and keys
+        differently while keeping ``q.k`` (SADERF).  Returns an array of ``X``'s dtype.
+        """
+        return X
+
+    def spec(
+        self,
+        projection,
+        *,
+        n_components: int,
+        input_scale: float,
+        kernel: str = "softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
+        """The :class:`~favorkern.feature_maps.FeatureMapSpec` evaluating the map.
+
+        Parameters
+        ----------
+        projection : ndarray of shape (n_projections, d)
+            The raw projection.
+        n_components : int
+            Output width.
+        input_scale : float
+            ``c`` in ``x' = c x``.
+        kernel : {"softmax", "rbf"}
+            The kernel estimated (one of :attr:`kernels`; ignored by maps with none).
+        constants : dict or None
+            Data constants from :meth:`fit` (or given by the user).
+        draws : dict or None
+            Draws from :meth:`draw`.
+        sorf : tuple or None
+            ``(signs, row_factors)`` of a structured projection, for the fast
+            Walsh-Hadamard product.
+        """
+        raise NotImplementedError(f"feature map {self.name!r} does not define spec()")
+
+    def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
+        """log of the closed-form MSE of ``phi(x).phi(y)`` against ``exp(x'.y')``.
+
+        ``geometry`` is a :class:`~favorkern.feature_maps.PairGeometry`; ``m``
+        projections with ``P`` same-block pairs.  Maps without a closed form raise
+        ``NotImplementedError``; see :attr:`has_closed_form`.
+        """
+        raise NotImplementedError(f"feature map {self.name!r} has no closed-form MSE")
+
+    def closed_form_projections(self, norms: str) -> tuple:
+        """The projection kinds for which :meth:`log_mse` holds at ``norms``."""
+        return ()
+
+    @property
+    def has_closed_form(self) -> bool:
+        """True when :meth:`log_mse` is implemented."""
+        return type(self).log_mse is not FeatureMap.log_mse
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def sq_factor(kernel: str) -> float:
+    """Coefficient of ``|x'|^2`` in the exponent of exp-type maps: 1/2 softmax, 1 rbf.
+
+    With ``x' = sqrt(gamma) x`` (softmax) or ``sqrt(2 gamma) x`` (rbf),
+    ``exp(-gamma |x - y|^2) = E[f(x) f(y)]`` for ``f(x) = exp(w.x' - |x'|^2)``.
+    """
+    return 1.0 if kernel == "rbf" else 0.5
+
+
+def input_scale(kernel: str, gamma: float) -> float:
+    """``c`` with ``x' = c x``: ``sqrt(gamma)`` for softmax ``exp(gamma x.y)``, ``sqrt(2 gamma)`` rbf."""
+    return float(np.sqrt((2.0 if kernel == "rbf" else 1.0) * gamma))
+
+
+_REGISTRY: dict = {}
+
+
+def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> FeatureMap:
+    """Make ``feature_map`` available by its name everywhere in favorkern.
+
+    Parameters
+    ----------
+    feature_map : FeatureMap
+        An instance of a :class:`FeatureMap` subclass with a non-empty ``name``.
+    replace : bool, default=False
+        Replace a map registered under the same name (otherwise a ``ValueError``).
+
+    Returns
+    -------
+    feature_map : FeatureMap
+        The registered map (so the call can wrap a class definition's instance).
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import (
+    ...     PositiveFeatureMap, feature_map_names, register_feature_map)
+    >>> class MyPositive(PositiveFeatureMap):
+    ...     name = "my_positive"
+    >>> _ = register_feature_map(MyPositive())
+    >>> "my_positive" in feature_map_names()
+    True
+    """
+    if not isinstance(feature_map, FeatureMap):
+        raise TypeError(
+            "feature_map must be an instance of favorkern.feature_maps.FeatureMap, got "
+            f"{type(feature_map).__name__}"
+        )
+    name = feature_map.name
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a feature map's name must be an identifier string, got {name!r}")
+    if feature_map.outputs_per_projection not in (1, 2):
+        raise ValueError(
+            "outputs_per_projection must be 1 or 2, got "
+            f"{feature_map.outputs_per_projection!r} for feature map {name!r}"
+        )
+    if name in _REGISTRY and not replace:
+        raise ValueError(
+            f"a feature map named {name!r} is registered already; pass replace=True "
+            "to replace it"
+        )
+    _REGISTRY[name] = feature_map
+    return feature_map
+
+
+def get_feature_map(feature_map, name: str = "feature_map") -> FeatureMap:
+    """The registered map of that name (a :class:`FeatureMap` passes through).
+
+    Raises a ``ValueError`` naming the parameter ``name`` and the registered names.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import get_feature_map
+    >>> get_feature_map("hyperbolic").outputs_per_projection
+    2
+    """
+    if isinstance(feature_map, FeatureMap):
+        return feature_map
+    if isinstance(feature_map, str) and feature_map in _REGISTRY:
+        return _REGISTRY[feature_map]
+    raise ValueError(
+        f"{name} must be one of {sorted(_REGISTRY)} or a FeatureMap, got {feature_map!r}"
+    )
+
+
+def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple:
+    """Names of the registered maps, in registration order, optionally filtered.
+
+    Parameters
+    ----------
+    kernel : {"softmax", "rbf"} or None
+        Only maps that estimate this kernel.
+    closed_form : bool or None
+        Only maps with (True) or without (False) a closed-form MSE.
+    data_free : bool or None
+        Only maps without (True) or with (False) data-fitted constants.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import feature_map_names
+    >>> feature_map_names(closed_form=True)[:3]
+    ('positive', 'hyperbolic', 'trigonometric')
+    """
+    names = []
+    for name, fmap in _REGISTRY.items():
+        if kernel is not None and kernel not in fmap.kernels:
+            continue
+        if closed_form is not None and fmap.has_closed_form != closed_form:
+            continue
+        if data_free is not None and (not fmap.data_constants) != data_free:
+            continue
+        names.append(name)
+    return tuple(names)
+
+
+def check_constants(feature_map: FeatureMap, constants) -> dict:
+    """``constants`` as a dict holding every data constant of the map, or a ``ValueError``."""
+    constants = {} if constants is None else dict(constants)
+    missing = [key for key in feature_map.data_constants if key not in constants]
+    if missing:
+        raise ValueError(
+            f"feature map {feature_map.name!r} needs its fitted constants {missing}; fit "
+            "them on data first"
+        )
+    for key, value in constants.items():
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ValueError(
+                f"constant {key!r} of feature map {feature_map.name!r} is not finite: {value!r}"
+            )
+    return constants

@@ -1,0 +1,114 @@
+"""Optimal positive random features (GERF / OPRF, the estimator behind FAVOR++).
+
+``phi(x) = (1 - 4A)^{d/4} exp(A |w|^2 + sqrt(1 - 4A) w.x' - |x'|^2 / 2) / sqrt(m)``
+is unbiased for ``exp(x'.y')`` for every ``A < 1/4`` (Likhosherstov et al., "Chefs'
+Random Tables", NeurIPS 2022); ``A = 0`` is the positive map.  The data constant
+``A`` minimizes the variance for a typical pair (THEORY.md 6.1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._base import FeatureMap, register_feature_map, sq_factor
+from ._evaluate import FeatureMapSpec, max_sq_norm, sorf_projector
+from ._variance import block_deficit, exp_map_log_mse, gerf_log_rel_var, log_expm1
+
+__all__ = ["OptimalFeatureMap", "optimal_gerf_a", "homogeneity_sum_sq", "optimal_positive_spec"]
+
+
+def optimal_gerf_a(sum_sq, n_dims):
+    """Variance-minimizing GERF parameter ``A*`` for ``phi = |x + y|^2`` (THEORY 6.1).
+
+    ``A* = (d - 2 phi - sqrt((2 phi + d)^2 + 8 d phi)) / (16 d)``, in ``(-inf, 0]``,
+    evaluated as ``-phi / (d - 2 phi + sqrt(...))`` (the same number, since
+    ``(d - 2 phi)^2 - (2 phi + d)^2 - 8 d phi = -16 d phi``), which avoids the
+    cancellation of the direct form when ``phi`` is small relative to ``d``.
+    """
+    phi = np.asarray(sum_sq, dtype=np.float64)
+    d = float(n_dims)
+    root = np.sqrt((2 * phi + d) ** 2 + 8 * d * phi)
+    return -phi / (d - 2 * phi + root)
+
+
+def homogeneity_sum_sq(X, Y=None):
+    """Mean of ``|x_i + y_j|^2`` over all pairs, in O(L d) (the OPRF homogeneity heuristic)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
+    mean_sq = np.mean(np.einsum("ij,ij->i", X, X)) + np.mean(np.einsum("ij,ij->i", Y, Y))
+    return float(mean_sq + 2.0 * X.mean(axis=0) @ Y.mean(axis=0))
+
+
+def optimal_positive_spec(projection, input_scale, a, sq_factor=0.5, sorf=None) -> FeatureMapSpec:
+    """GERF / OPRF: ``(1-4A)^{d/4} exp(A|w|^2 + sqrt(1-4A) w.x' - sq_factor |x'|^2) / sqrt(m)``.
+
+    ``A = 0`` is :func:`positive_spec`.  The ``A |w|^2`` and ``(d/4) log(1 - 4A)`` terms
+    enter the exponent (never the prefactor, which overflows for large ``d``).
+    """
+    m, d = projection.shape
+    b = np.sqrt(1.0 - 4.0 * a)
+    sq_norms = np.einsum("ij,ij->i", projection, projection)
+    log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+    return FeatureMapSpec(
+        projection * (b * input_scale),
+        "exp",
+        sq_coef=sq_factor * input_scale**2,
+        log_scale=log_scale,
+        logit_bound=(b**2) * max_sq_norm(projection) / (4 * sq_factor),
+        projector=sorf_projector(sorf, b * input_scale),
+    )
+
+
+def mean_sum_sq(X, Y=None) -> float:
+    """Mean ``|x + y|^2`` over all pairs of rows, for dense or sparse ``X`` (``Y=None``: X)."""
+    if sp.issparse(X) and Y is None:
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        mean_sq = float(X.multiply(X).sum(axis=1).mean())
+        return 2.0 * (mean_sq + mean @ mean)
+    return homogeneity_sum_sq(X, Y)
+
+
+class OptimalFeatureMap(FeatureMap):
+    """GERF features with the variance-minimizing ``A*`` fitted on data (FAVOR++).
+
+    ``fit`` takes the homogeneity heuristic: ``|x' + y'|^2`` replaced by its mean over
+    all pairs of rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import get_feature_map
+    >>> X = np.random.default_rng(0).normal(scale=0.5, size=(20, 16))
+    >>> round(get_feature_map("optimal").fit(X)["A"], 3)
+    -0.191
+    """
+
+    name = "optimal"
+    data_constants = ("A",)
+    summary = "GERF with the fitted A*: FAVOR++, non-negative, unbiased"
+
+    def fit(self, X, Y=None, *, input_scale=1.0):
+        if Y is not None and Y.shape[0] == 0:
+            return {"A": 0.0}
+        sum_sq = mean_sum_sq(X, Y) * input_scale**2
+        return {"A": float(optimal_gerf_a(sum_sq, X.shape[1]))}
+
+    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
+             draws=None, sorf=None):
+        A = 0.0 if constants is None else float(constants["A"])
+        return optimal_positive_spec(projection, input_scale, A, sq_factor(kernel), sorf=sorf)
+
+    def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
+        s = geometry.s
+        A = optimal_gerf_a(s, d) if constants is None or constants.get("A") is None else constants["A"]
+        deficit = block_deficit(s, d, projection) if P else np.zeros_like(s)
+        # Var1 / SM^2 = e^t - 1; the same-block Cov does not depend on A (THEORY 3.3).
+        log_var = log_expm1(np.maximum(gerf_log_rel_var(s, d, A), 0.0))
+        return exp_map_log_mse(geometry, log_var, deficit, m, P)
+
+    def closed_form_projections(self, norms):
+        return ("gaussian", "orthogonal", "simplex") if norms == "chi" else ()
+
+
+register_feature_map(OptimalFeatureMap())
