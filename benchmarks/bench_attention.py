@@ -60,7 +60,7 @@ def floor_products(Q, K, V, W, split=False):
     ``split``: row ranges over the thread pool of favorkern with BLAS pinned to one
     thread (the parallel layout favor_attention uses); else one BLAS-threaded call each.
     """
-    from favorkern._feature_maps import _executor, blas_single_thread, n_threads
+    from favorkern.feature_maps._evaluate import _executor, blas_single_thread, n_threads
 
     Wt = np.ascontiguousarray(W.astype(np.float32).T)
     features = np.empty((Q.shape[0], M), dtype=np.float32)

@@ -94,10 +94,10 @@ def structured(args):
     """PositiveRandomFeatures transform: projection='structured' vs 'orthogonal' (dense BLAS).
 
     The structured map switches to the O(d log d) Walsh-Hadamard kernel from d_pad >= 512
-    (``favorkern._feature_maps.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
+    (``favorkern.feature_maps._evaluate.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
     kernel at every d, to show where it wins.
     """
-    from favorkern._feature_maps import SorfProjector
+    from favorkern.feature_maps._evaluate import SorfProjector
 
     print(f"n={args.n // 10} rows, m = max(256, d); median of {args.repeats} runs")
     header = f"{'dtype':<8} {'d':>5} {'dense [ms]':>11} {'structured [ms]':>16} {'forced FWHT [ms]':>17} {'forced / dense':>15}"
@@ -118,7 +118,7 @@ def structured(args):
             forced = type(spec)(
                 **{**spec.__dict__, "projector": SorfProjector(signs, factors, sorf._input_scale())}
             )
-            from favorkern._feature_maps import apply_feature_map
+            from favorkern.feature_maps._evaluate import apply_feature_map
 
             t_dense = median_time(lambda: dense.transform(X), args.repeats)
             t_sorf = median_time(lambda: sorf.transform(X), args.repeats)

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from favorkern import draw_projection, favor_attention, softmax_attention
-from favorkern._feature_maps import (
+from favorkern.feature_maps._evaluate import (
     apply_feature_map,
     homogeneity_sum_sq,
     optimal_gerf_a,

@@ -20,8 +20,8 @@ from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
 study = variance_study(
     n_dims=16,
-    n_features=[16, 32, 64, 128],
-    features=["positive", "hyperbolic", "trigonometric"],
+    n_components=[16, 32, 64, 128],
+    feature_maps=["positive", "hyperbolic", "trigonometric"],
     projection=["gaussian", "orthogonal"],
     n_trials=500,
     random_state=0,

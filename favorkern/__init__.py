@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "draw_projection": "projections",
+    "RandomFeatures": "features",
     "PositiveRandomFeatures": "features",
     "HyperbolicRandomFeatures": "features",
     "TrigonometricRandomFeatures": "features",
@@ -27,6 +28,7 @@ _SUBMODULES = {
     "attention",
     "dask",
     "diagnostics",
+    "feature_maps",
     "features",
     "kernels",
     "plotting",

@@ -19,9 +19,10 @@ work itself.
   and every chunk then runs the in-memory chunked causal algorithm from its carried
   state, all chunks in parallel.
 
-The chunk-level pieces (key state, query emission, the causal chunk from a carried
-state) are the private functions of :mod:`favorkern.attention` and the feature-map
-specs of :mod:`favorkern._feature_maps`, so the math is the same code.
+The chunk-level pieces (the key state and its merge and scan, query emission, the
+causal chunk from a carried state) are those of :mod:`favorkern.attention`
+(:mod:`favorkern.attention.state` and friends), and the feature maps those of the
+registry, :mod:`favorkern.feature_maps`: the math is the same code.
 
 Worker processes should run numba and favorkern's feature-map pool on one thread
 each (dask already runs one task per worker thread): start them with
@@ -40,18 +41,14 @@ from dask.base import tokenize
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from ._feature_maps import apply_feature_map
-from ._validation import check_option
-from .attention import (
-    _CAUSAL_CHUNK_ROWS,
-    _CHUNK_BYTES,
-    _AttentionFeatures,
-    _causal_chunked,
-    _check_scale,
-    _emit,
-    _key_state,
-    _resolve_projection,
-)
+from ._validation import check_attention_shapes, check_bool, check_logit_scale
+from .attention.bidirectional import accumulate_keys, emit
+from .attention.causal import CAUSAL_CHUNK_ROWS, causal_chunked
+from .attention.common import feature_chunk_rows
+from .attention.favor import attention_features, resolve_projection
+from .attention.features import AttentionFeatures
+from .attention.state import KeyState, exclusive_scan, merge
+from .feature_maps import apply_feature_map, get_feature_map
 
 __all__ = [
     "transform",
@@ -66,12 +63,8 @@ __all__ = [
 #: nanny pins BLAS/OpenMP but not numba or favorkern's own pool).
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "FAVORKERN_NUM_THREADS": "1"}
 
-# Feature maps whose constants do not depend on the data (favorkern.favor_attention's
-# "optimal" and "saderf" fit constants on all of Q and K of each head: not chunkwise).
-FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")
-
-# Feature maps built in this process, by graph key (tasks receive the recipe, not the
-# object: the object's layout is private to favorkern.attention).
+# Attention feature maps built in this process, by graph key (tasks receive the map's
+# spec, a frozen dataclass of arrays; the evaluator is built once per process).
 _FEATURE_MAPS: dict = {}
 _FEATURE_MAPS_MAX = 8
 
@@ -317,18 +310,14 @@ class DaskTransformer(TransformerMixin, BaseEstimator):
 
 
 def _feature_map(recipe):
-    """The attention feature map of ``recipe = (key, features, W, scale, dtype)``, cached."""
+    """The attention feature map of ``recipe = (key, spec, dtype)``, cached per process."""
     key = recipe[0]
     fmap = _FEATURE_MAPS.get(key)
     if fmap is None:
         if len(_FEATURE_MAPS) >= _FEATURE_MAPS_MAX:
             _FEATURE_MAPS.clear()
-        fmap = _FEATURE_MAPS[key] = _AttentionFeatures(*recipe[1:])
+        fmap = _FEATURE_MAPS[key] = AttentionFeatures(*recipe[1:])
     return fmap
-
-
-def _feature_chunk_rows(fmap):
-    return max(16, _CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
 
 
 def _heads_of(block):
@@ -336,64 +325,62 @@ def _heads_of(block):
 
 
 def _chunk_state(recipe, k_block, v_block):
-    """``(S, z, c)`` of one key chunk for every head of the block, in float64.
+    """The :class:`~favorkern.attention.state.KeyState` of one key chunk, every head, float64.
 
-    ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...) with
-    ``S = sum_j phi(k_j) v_j^T exp(-c)``: :func:`favorkern.attention._key_state`.
+    ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...), each head's
+    from :func:`favorkern.attention.bidirectional.accumulate_keys`.
     """
     fmap = _feature_map(recipe)
     k_block = _checked_block(k_block, "K")
     v_block = _checked_block(v_block, "V")
     lead = k_block.shape[:-2]
-    state = np.empty(lead + (fmap.n_out, v_block.shape[-1]))
-    normalizer = np.empty(lead + (fmap.n_out,))
-    const = np.empty(lead)
-    chunk = _feature_chunk_rows(fmap)
+    state = KeyState(
+        np.zeros(lead + (fmap.n_out, v_block.shape[-1])),
+        np.zeros(lead + (fmap.n_out,)),
+        np.full(lead, -np.inf),
+    )
+    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
     for idx in _heads_of(k_block):
         k, v = k_block[idx], v_block[idx]
-        state[idx], normalizer[idx], const[idx] = _key_state(fmap, k, v, None, 0, k.shape[0], chunk)
-    return state, normalizer, const
+        part = accumulate_keys(fmap, k, v, None, 0, k.shape[0], chunk)
+        state.S[idx], state.z[idx] = part.S, part.z
+        state.c[idx] = part.c
+    return state
 
 
 def _merge(*parts):
-    """Sum of chunk states after rescaling each to the largest key constant.
+    """:func:`favorkern.attention.state.merge` of chunk states (float64)."""
+    return merge(parts)
 
-    ``c = max_i c_i``, ``S = sum_i S_i exp(c_i - c)`` (and ``z`` alike), per head;
-    an empty state (``c = -inf``) contributes nothing.
-    """
-    const = parts[0][2]
-    for part in parts[1:]:
-        const = np.maximum(const, part[2])
-    state = np.zeros_like(parts[0][0])
-    normalizer = np.zeros_like(parts[0][1])
-    for s, z, c in parts:
-        with np.errstate(invalid="ignore"):
-            factor = np.where(c > -np.inf, np.exp(c - const), 0.0)
-        state += s * factor[..., np.newaxis, np.newaxis]
-        normalizer += z * factor[..., np.newaxis]
-    return state, normalizer, const
+
+def _head_state(total, idx, dtype):
+    """One head's state of a stacked state, in ``dtype`` (``None`` if it holds no key)."""
+    if total is None:
+        return None
+    const = float(np.asarray(total.c)[idx])
+    if const == -np.inf:
+        return None
+    return KeyState(total.S[idx].astype(dtype), total.z[idx].astype(dtype), const)
 
 
 def _emit_block(recipe, q_block, total):
     """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head."""
     fmap = _feature_map(recipe)
     q_block = _checked_block(q_block, "Q")
-    state, normalizer, _ = total
-    out = np.empty(q_block.shape[:-1] + (state.shape[-1],), dtype=fmap.dtype)
-    chunk = _feature_chunk_rows(fmap)
+    out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=fmap.dtype)
+    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
     for idx in _heads_of(q_block):
         q = q_block[idx]
-        s = state[idx].astype(fmap.dtype)
-        z = normalizer[idx].astype(fmap.dtype)
-        _emit(fmap, q, s, z, out[idx], 0, q.shape[0], chunk)
+        state = KeyState(total.S[idx].astype(fmap.dtype), total.z[idx].astype(fmap.dtype), 0.0)
+        emit(fmap, q, state, out[idx], 0, q.shape[0], chunk)
     return out
 
 
 def _causal_block(recipe, q_block, k_block, v_block, prefix):
     """Causal output of one chunk from the state of all earlier chunks (``None``: none).
 
-    :func:`favorkern.attention._causal_chunked` started from the carried state, whose
-    key constant is the maximum over earlier keys only: the running-maximum
+    :func:`favorkern.attention.causal.causal_chunked` started from the carried state,
+    whose key constant is the maximum over earlier keys only: the running-maximum
     stabilizer of the in-memory algorithm, so no output looks at a later chunk.
     """
     fmap = _feature_map(recipe)
@@ -402,15 +389,9 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix):
     v_block = _checked_block(v_block, "V")
     out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=fmap.dtype)
     for idx in _heads_of(q_block):
-        initial = None
-        if prefix is not None and prefix[2][idx] > -np.inf:
-            initial = (
-                prefix[0][idx].astype(fmap.dtype),
-                prefix[1][idx].astype(fmap.dtype),
-                float(prefix[2][idx]),
-            )
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
-        _causal_chunked(fmap, q, k, v, None, out[idx], _CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
+        initial = _head_state(prefix, idx, fmap.dtype)
+        causal_chunked(fmap, q, k, v, None, out[idx], CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
     return out
 
 
@@ -425,13 +406,8 @@ def _tree_reduce(parts, merge):
 
 
 def _exclusive_prefixes(offset, *parts):
-    """``offset`` merged with ``parts[:i]`` for ``i = 0 .. len(parts)`` (``None``: empty)."""
-    prefixes = [offset]
-    running = offset
-    for part in parts:
-        running = part if running is None else _merge(running, part)
-        prefixes.append(running)
-    return tuple(prefixes)
+    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from ``offset``."""
+    return tuple(exclusive_scan(parts, offset=offset))
 
 
 def _exclusive_scan(parts, merge):
@@ -463,8 +439,7 @@ def _exclusive_scan(parts, merge):
 
 def _prepare(Q, K, V, causal):
     """Checked dask arrays with one dtype, broadcast and aligned leading chunks."""
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be a bool, got {causal!r}")
+    causal = check_bool(causal, "causal")
     arrays = {}
     for name, X in (("Q", Q), ("K", K), ("V", V)):
         X = _as_dask(X, name)
@@ -475,24 +450,7 @@ def _prepare(Q, K, V, causal):
     Q, K, V = arrays["Q"], arrays["K"], arrays["V"]
     dtype = np.dtype(np.float32 if all(X.dtype == np.float32 for X in (Q, K, V)) else np.float64)
     Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
-    if K.shape[-1] != Q.shape[-1]:
-        raise ValueError(
-            f"K must have the feature dimension d = {Q.shape[-1]} of Q, got shape {K.shape}"
-        )
-    if V.shape[-2] != K.shape[-2]:
-        raise ValueError(f"V must have as many rows as K ({K.shape[-2]} keys), got shape {V.shape}")
-    if causal and Q.shape[-2] != K.shape[-2]:
-        raise ValueError(
-            "causal=True needs as many queries as keys, got "
-            f"Lq = {Q.shape[-2]} and Lk = {K.shape[-2]}"
-        )
-    try:
-        batch = np.broadcast_shapes(Q.shape[:-2], K.shape[:-2], V.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            "the leading (batch, head) dimensions of Q, K and V do not broadcast: "
-            f"Q {Q.shape[:-2]}, K {K.shape[:-2]}, V {V.shape[:-2]}"
-        ) from None
+    batch = check_attention_shapes(Q.shape, K.shape, V.shape, causal)
     Q, K, V = (da.broadcast_to(X, batch + X.shape[-2:]) for X in (Q, K, V))
     lead = Q.chunks[:-2]
     # Leading chunks follow Q; keys and values share K's sequence chunks (causal: Q's).
@@ -508,10 +466,11 @@ def favor_attention(
     V,
     *,
     causal=False,
-    n_features=256,
-    features="positive",
+    n_components=None,
+    feature_map="positive",
     projection="orthogonal",
-    scale=None,
+    gamma=None,
+    constants=None,
     projection_matrix=None,
     random_state=None,
 ):
@@ -542,16 +501,19 @@ def favor_attention(
     causal : bool, default=False
         If True, output ``i`` uses keys ``0..i`` only (``Lq == Lk``; K and V are
         rechunked to Q's sequence chunks).
-    n_features : int, default=256
-        Number of random projections ``m`` (ignored if ``projection_matrix`` is given).
-    features : {"positive", "hyperbolic", "trigonometric", "relu"}, default="positive"
-        The feature map (see :func:`favorkern.favor_attention`).  The in-memory
-        ``"optimal"`` and ``"saderf"`` maps fit constants on all of Q and K of each
-        head and are not available here.
+    n_components : int or None, default=None
+        Output width of the feature map (see :func:`favorkern.favor_attention`).
+    feature_map : str or FeatureMap, default="positive"
+        A map of the registry (see :func:`favorkern.favor_attention`).  Maps with
+        data constants (``"optimal"``, ``"saderf"``) need them fitted beforehand and
+        passed as ``constants``: chunks cannot fit them on all tokens.
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of the drawn projection (:func:`favorkern.draw_projection`).
-    scale : float or None, default=None
+    gamma : float or None, default=None
         Logit scale; ``1 / sqrt(d)`` if None.
+    constants : dict or None, default=None
+        Data constants of the map (e.g. ``{"A": -0.1}`` for ``"optimal"``), shared by
+        every head; required by maps with data constants.
     projection_matrix : array-like of shape (m, d), default=None
         Use these projections instead of drawing them (drawn once, on the client).
     random_state : int, RandomState instance or None, default=None
@@ -591,26 +553,36 @@ def favor_attention(
     >>> rng = np.random.default_rng(0)
     >>> Q, K, V = rng.normal(scale=0.5, size=(3, 2, 50, 8))   # 2 heads, L = 50
     >>> Qd, Kd, Vd = (da.from_array(X, chunks=(2, 16, 8)) for X in (Q, K, V))
-    >>> out = favor_attention(Qd, Kd, Vd, causal=True, n_features=32, random_state=0)
+    >>> out = favor_attention(Qd, Kd, Vd, causal=True, n_components=32, random_state=0)
     >>> out.chunks
     ((2,), (16, 16, 16, 2), (8,))
-    >>> ref = favorkern.favor_attention(Q, K, V, causal=True, n_features=32, random_state=0)
+    >>> ref = favorkern.favor_attention(Q, K, V, causal=True, n_components=32, random_state=0)
     >>> bool(np.allclose(out.compute(), ref))
     True
     """
     Q, K, V, dtype = _prepare(Q, K, V, causal)
     d = Q.shape[-1]
-    check_option(features, "features", FEATURES)
-    scale = _check_scale(scale, d)
-    W = _resolve_projection(projection_matrix, n_features, d, projection, random_state)
-    return _favor_graph(Q, K, V, W, features, scale, causal, dtype)
+    fmap = get_feature_map(feature_map)
+    gamma = check_logit_scale(gamma, d)
+    if fmap.data_constants and constants is None:
+        raise ValueError(
+            f"feature_map={fmap.name!r} fits constants on all tokens, which chunks cannot "
+            f"do: fit {list(fmap.data_constants)} beforehand and pass them as constants"
+        )
+    proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
+    if fmap.data_constants:
+        # asymmetric maps transform queries and keys blockwise
+        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)
+        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype)
+    spec = attention_features(fmap, proj, gamma, dtype, constants).spec
+    return _favor_graph(Q, K, V, spec, causal, dtype)
 
 
-def _favor_graph(Q, K, V, W, features, scale, causal, dtype):
-    name = f"favorkern-features-{tokenize(W, features, scale, dtype)}"
-    # One graph key for the recipe of the feature map (its projection): fetched once
-    # per worker, the map built once per process.
-    fmap_key = dask.delayed((name, features, W, scale, dtype), name=name)
+def _favor_graph(Q, K, V, spec, causal, dtype):
+    name = f"favorkern-features-{tokenize(spec, dtype)}"
+    # One graph key for the map's spec (its projection): fetched once per worker, the
+    # evaluator built once per process.
+    fmap_key = dask.delayed((name, spec, dtype), name=name)
     chunk_state = dask.delayed(_chunk_state, pure=True)
     merge = dask.delayed(_merge, pure=True)
     q_blocks, k_blocks, v_blocks = (X.to_delayed(optimize_graph=False) for X in (Q, K, V))

@@ -13,12 +13,20 @@ import numpy as np
 
 __all__ = ["plot_mse_vs_m", "plot_trig_positive_ratio", "trig_positive_ratio"]
 
-_COLORS = {
-    "positive": "tab:blue",
-    "hyperbolic": "tab:green",
-    "trigonometric": "tab:red",
-    "optimal": "tab:purple",
-}
+# One color per registered feature map, in registration order (user maps included).
+_PALETTE = ("tab:blue", "tab:green", "tab:red", "tab:olive", "tab:purple", "tab:brown",
+            "tab:pink", "tab:cyan", "tab:orange", "tab:gray")  # fmt: skip
+
+
+def feature_map_color(name) -> str:
+    """The plot color of a registered feature map (black for an unknown name)."""
+    from .feature_maps import feature_map_names
+
+    names = feature_map_names()
+    if name not in names:
+        return "k"
+    return _PALETTE[names.index(name) % len(_PALETTE)]
+
 _LINESTYLES = {"gaussian": "-", "orthogonal": "--", "simplex": ":", "structured": "-."}
 _MARKERS = {"gaussian": "o", "orthogonal": "s"}
 
@@ -65,7 +73,7 @@ def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
     >>> matplotlib.use("Agg")
     >>> from favorkern.diagnostics import variance_study
     >>> from favorkern.plotting import plot_mse_vs_m
-    >>> study = variance_study(n_features=[4, 8], n_trials=100)
+    >>> study = variance_study(n_components=[4, 8], n_trials=100)
     >>> fig = plot_mse_vs_m(study)
     >>> len(fig.axes)
     4
@@ -75,13 +83,13 @@ def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
     for ax, pair in zip(axes, pairs, strict=True):
         part = study[study["pair"] == pair]
         scale = part["kernel"].iloc[0] ** 2 if relative else 1.0
-        for (kind, scheme), group in part.groupby(["features", "projection"], sort=False):
-            group = group.sort_values("n_features")
-            m = group["n_features"].to_numpy(dtype=float)
+        for (kind, scheme), group in part.groupby(["feature_map", "projection"], sort=False):
+            group = group.sort_values("n_components")
+            m = group["n_components"].to_numpy(dtype=float)
             theory = group["theoretical_mse"].to_numpy() / scale
             empirical = group["empirical_mse"].to_numpy() / scale
             err = n_se * group["se"].to_numpy() / scale
-            color = _COLORS.get(kind, "k")
+            color = feature_map_color(kind)
             shown = theory > 0
             ax.plot(
                 m[shown],
@@ -140,8 +148,8 @@ def trig_positive_ratio(angle, norm):
     length = np.abs(norm).ravel()
     x = np.stack([length, np.zeros_like(length)], axis=1)
     y = np.stack([length * np.cos(angle.ravel()), length * np.sin(angle.ravel())], axis=1)
-    log_trig = theoretical_mse(x, y, features="trigonometric", n_features=1, log=True)
-    log_pos = theoretical_mse(x, y, features="positive", n_features=1, log=True)
+    log_trig = theoretical_mse(x, y, feature_map="trigonometric", n_components=2, log=True)
+    log_pos = theoretical_mse(x, y, feature_map="positive", n_components=1, log=True)
     with np.errstate(invalid="ignore", over="ignore"):
         ratio = np.exp(log_trig - log_pos)
     return ratio.reshape(angle.shape)

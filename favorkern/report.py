@@ -262,29 +262,29 @@ def variance_section(config=None, *, progress=None):
     (3, 'data:image/png;base64,')
     """
 
-    from .diagnostics import _study_summary, variance_study
+    from .diagnostics import study_summary, variance_study
     from .plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
     config = PRESETS["quick"] if config is None else config
     start = time.perf_counter()
     study = variance_study(
         n_dims=config.variance_dims,
-        n_features=config.variance_features,
+        n_components=config.variance_features,
         n_trials=config.variance_trials,
-        features=config.variance_estimators,
+        feature_maps=config.variance_estimators,
         projection=config.variance_projections,
         random_state=config.seed,
         progress=progress,
     )
     m_lo, m_hi = min(config.variance_features), max(config.variance_features)
-    summary = _study_summary(study)
+    summary = study_summary(study)
     summary["angle_deg"] = summary["angle_deg"].round().astype(int)
     summary = summary.rename(
         columns={
             "norm": "|x| = |y|",
             "angle_deg": "angle (deg)",
-            f"rel_mse_m{m_lo}": f"rel. MSE, m={m_lo}",
-            f"rel_mse_m{m_hi}": f"rel. MSE, m={m_hi}",
+            f"rel_mse_n{m_lo}": f"rel. MSE, n={m_lo}",
+            f"rel_mse_n{m_hi}": f"rel. MSE, n={m_hi}",
             "max_abs_z": "max |z|",
         }
     ).drop(columns=["ratio_min", "ratio_max"])
@@ -299,12 +299,12 @@ def variance_section(config=None, *, progress=None):
 
     pairs = list(dict.fromkeys(study["pair"]))
     halves = [pairs[: (len(pairs) + 1) // 2], pairs[(len(pairs) + 1) // 2 :]]
-    at_max = study[study["n_features"] == m_hi]
+    at_max = study[study["n_components"] == m_hi]
     best = {}
     for pair, group in at_max.groupby("pair", sort=False):
         row = group.loc[group["theoretical_mse"].idxmin()]
         best[pair] = (
-            f"{html.escape(str(pair))}: {row['features']}, {row['projection']} "
+            f"{html.escape(str(pair))}: {row['feature_map']}, {row['projection']} "
             f"(MSE / SM² = {row['theoretical_mse'] / row['kernel'] ** 2:.2g})"
         )
     explanations = [
@@ -409,6 +409,7 @@ def attention_section(config=None, *, progress=None):
 
     from .attention import FavorAttention, softmax_attention
     from .diagnostics import attention_error
+    from .plotting import feature_map_color
 
     config = PRESETS["quick"] if config is None else config
     start = time.perf_counter()
@@ -467,9 +468,9 @@ def attention_section(config=None, *, progress=None):
                 error_rows.append(
                     {
                         "sigma": s,
-                        "features": kind,
+                        "feature_map": kind,
                         "projection": scheme,
-                        "n_features": n_features,
+                        "n_components": n_features,
                         "seed": seed,
                         "median_row_error": float(np.median(errors)),
                     }
@@ -491,8 +492,8 @@ def attention_section(config=None, *, progress=None):
     fig, axes = plt.subplots(
         1, len(sigmas), figsize=(5.0 * len(sigmas), 4.0), sharey=True, layout="constrained"
     )
-    colors = {"positive": "tab:blue", "trigonometric": "tab:red"}
-    means = error_study.groupby(["sigma", "features", "projection", "n_features"]).agg(
+    colors = {kind: feature_map_color(kind) for kind in ("positive", "trigonometric")}
+    means = error_study.groupby(["sigma", "feature_map", "projection", "n_components"]).agg(
         error=("median_row_error", "mean")
     )
     for ax, s in zip(np.atleast_1d(axes), sigmas, strict=True):

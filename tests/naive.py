@@ -66,3 +66,8 @@ def favor_attention(
     nonzero = denominator != 0
     out[nonzero] = numerator[nonzero] / denominator[nonzero, None]
     return out
+
+
+def width(feature_map, n_projections):
+    """Output width (``n_components``) of ``n_projections`` projections of a map."""
+    return (2 if feature_map in ("hyperbolic", "trigonometric") else 1) * n_projections

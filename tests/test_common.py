@@ -15,7 +15,9 @@ from sklearn.utils.estimator_checks import (
 from favorkern import (
     GeneralizedRandomFeatures,
     HyperbolicRandomFeatures,
+    OptimalPositiveRandomFeatures,
     PositiveRandomFeatures,
+    RandomFeatures,
     TrigonometricRandomFeatures,
 )
 
@@ -25,6 +27,13 @@ ESTIMATORS = [
     for kernel in ("softmax", "rbf")
     for projection in ("orthogonal", "gaussian")
 ] + [GeneralizedRandomFeatures(function=f) for f in ("relu", "abs", "exp", "identity")]
+
+ESTIMATORS += [
+    OptimalPositiveRandomFeatures(),
+    OptimalPositiveRandomFeatures(A=-0.1, kernel="rbf"),
+    RandomFeatures("saderf"),
+    RandomFeatures("hyperbolic", projection="simplex"),
+]
 
 # Odd widths exercise the unpaired output of the paired maps.
 ESTIMATORS += [

@@ -281,9 +281,9 @@ def test_attention_errors():
         favor_attention(Q, da.ones((10, 5), chunks=(5, 5)), V)
     with pytest.raises(ValueError, match="Q must have at least 2 dimensions"):
         favor_attention(da.ones(4), Q, V)
-    with pytest.raises(ValueError, match="features must be one of"):
+    with pytest.raises(ValueError, match="feature_map must be one of"):
         favor_attention(Q, Q, V, feature_map="softmax")
-    with pytest.raises(ValueError, match="features must be one of"):
+    with pytest.raises(ValueError, match="fit .*A.* beforehand"):
         favor_attention(Q, Q, V, feature_map="optimal")  # data-dependent: not chunkwise
     with pytest.raises(ValueError, match="do not broadcast"):
         favor_attention(da.ones((2, 10, 4)), da.ones((3, 10, 4)), V)
@@ -321,7 +321,7 @@ def test_cluster_workers_single_threaded(client):
 
         import numba
 
-        from favorkern._feature_maps import n_threads
+        from favorkern.feature_maps._evaluate import n_threads
 
         return (os.environ["NUMBA_NUM_THREADS"], numba.config.NUMBA_NUM_THREADS, n_threads())
 
@@ -353,3 +353,23 @@ def test_cluster_transform(client):
     assert out.chunks == ((77,) * 6 + (38,), (64,))
     got = client.compute(out).result()
     assert _relative_error(got, model.transform(X)) <= 1e-6
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_attention_with_given_constants(causal):
+    """Adaptive maps run chunkwise from given constants: GERF at A = 0 is FAVOR+."""
+    rng = np.random.default_rng(7)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 40, 8))
+    W = favorkern.draw_projection(16, 8, random_state=0)
+    chunked = [da.from_array(X, chunks=(1, 16, 8)) for X in (Q, K, V)]
+    got = favor_attention(
+        *chunked, causal=causal, feature_map="optimal", constants={"A": 0.0}, projection_matrix=W
+    ).compute(scheduler="sync")
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, projection_matrix=W)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    psi = np.ones(8)
+    got = favor_attention(
+        *chunked, causal=causal, feature_map="saderf", constants={"psi": psi, "A": 0.0},
+        projection_matrix=W,
+    ).compute(scheduler="sync")  # fmt: skip
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)

@@ -7,6 +7,7 @@ that the sample standard errors are trustworthy, and use fixed seeds.
 import subprocess
 import sys
 
+import naive
 import numpy as np
 import pytest
 
@@ -16,11 +17,9 @@ from favorkern import (
     TrigonometricRandomFeatures,
     draw_projection,
 )
+from favorkern.diagnostics.monte_carlo import draw_trials
+from favorkern.feature_maps._variance import orthogonal_deficit, trig_gap
 from favorkern.diagnostics import (
-    FEATURES,
-    _draw_trials,
-    _orthogonal_deficit,
-    _trig_gap,
     attention_error,
     convergence,
     default_pairs,
@@ -29,6 +28,7 @@ from favorkern.diagnostics import (
     variance_study,
 )
 
+FEATURES = ("positive", "hyperbolic", "trigonometric")  # the Performer's three
 N_TRIALS = 20000
 Z_LIMIT = 4.5
 
@@ -68,9 +68,9 @@ def monte_carlo():
     for index, (d, projection, m) in enumerate(MC_SETTINGS):
         x, y = _pairs(d, PAIR_SPECS, seed=index)
         rng = np.random.RandomState(1000 + index)
-        draws = _draw_trials(N_TRIALS, m, d, projection, "chi", rng)
+        draws = draw_trials(N_TRIALS, m, d, projection, "chi", rng)
         for features in FEATURES:
-            mc = empirical_mse(x, y, features=features, n_features=m, projections=draws)
+            mc = empirical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projections=draws)
             results[(d, projection, m, features)] = (x, y, mc)
     return results
 
@@ -78,7 +78,7 @@ def monte_carlo():
 def test_monte_carlo_agrees_with_closed_form(monte_carlo):
     z_scores = []
     for (d, projection, m, features), (x, y, mc) in monte_carlo.items():
-        theory = theoretical_mse(x, y, features=features, n_features=m, projection=projection)
+        theory = theoretical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projection=projection)
         assert mc.n_trials >= 20000
         z = (mc.mse - theory) / mc.se
         assert np.all(np.abs(z) < Z_LIMIT), (d, projection, m, features, z)
@@ -92,15 +92,15 @@ def test_monte_carlo_agrees_with_closed_form(monte_carlo):
 def test_orthogonal_told_apart_from_iid(monte_carlo):
     # trigonometric, d = m = 16, |delta|^2 = 1: the orthogonal MSE is ~6x smaller
     x, y, mc = monte_carlo[(16, "orthogonal", 16, "trigonometric")]
-    iid = theoretical_mse(x, y, features="trigonometric", n_features=16)
-    ort = theoretical_mse(x, y, features="trigonometric", n_features=16, projection="orthogonal")
+    iid = theoretical_mse(x, y, feature_map="trigonometric", n_components=32, projection="gaussian")
+    ort = theoretical_mse(x, y, feature_map="trigonometric", n_components=32, projection="orthogonal")
     assert ort[2] < 0.25 * iid[2]
     assert abs(mc.mse[2] - ort[2]) < Z_LIMIT * mc.se[2]
     assert (iid[2] - mc.mse[2]) > 20 * mc.se[2]
     # hyperbolic, d = m = 16
     x, y, mc = monte_carlo[(16, "orthogonal", 16, "hyperbolic")]
-    iid = theoretical_mse(x, y, features="hyperbolic", n_features=16)
-    ort = theoretical_mse(x, y, features="hyperbolic", n_features=16, projection="orthogonal")
+    iid = theoretical_mse(x, y, feature_map="hyperbolic", n_components=32, projection="gaussian")
+    ort = theoretical_mse(x, y, feature_map="hyperbolic", n_components=32, projection="orthogonal")
     assert np.all(np.abs(mc.mse - ort) < Z_LIMIT * mc.se)
     assert np.all(iid - mc.mse > 10 * mc.se)
     # and the iid Monte Carlo is told apart from the orthogonal closed form
@@ -116,15 +116,15 @@ def test_fixed_norms_bias_plus_variance(features):
         mc = empirical_mse(
             x,
             y,
-            features=features,
-            n_features=m,
+            feature_map=features,
+            n_components=naive.width(features, m),
             projection=projection,
             norms="fixed",
             n_trials=N_TRIALS if projection == "gaussian" else 5000,
             random_state=3,
         )
         theory = theoretical_mse(
-            x, y, features=features, n_features=m, projection=projection, norms="fixed"
+            x, y, feature_map=features, n_components=naive.width(features, m), projection=projection, norms="fixed"
         )
         assert np.all(np.abs(mc.mse - theory) < Z_LIMIT * mc.se), (projection, mc.mse, theory)
 
@@ -143,7 +143,7 @@ def test_trials_are_the_transformers_estimates(features, transformer):
     x, y = rng.normal(scale=0.4, size=(2, 3, 8))
     draws = np.stack([draw_projection(6, 8, random_state=seed) for seed in range(5)])
     mc = empirical_mse(
-        x, y, features=features, n_features=6, gamma=0.7, projections=draws, n_groups=5
+        x, y, feature_map=features, n_components=naive.width(features, 6), gamma=0.7, projections=draws, n_groups=5
     )
     width = 6 if features == "positive" else 12
     estimates = []
@@ -172,7 +172,7 @@ def test_lemma2_iid_formulas():
     trig = np.exp(z2) * sm**-2 * (1 - np.exp(-d2)) ** 2 / (2 * m)
     hyp = 0.5 * (1 - np.exp(-z2)) * pos
     for features, expected in (("positive", pos), ("trigonometric", trig), ("hyperbolic", hyp)):
-        got = theoretical_mse(x, y, features=features, n_features=m, gamma=gamma)
+        got = theoretical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projection="gaussian", gamma=gamma)
         np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -186,14 +186,14 @@ def test_orthogonal_gain_table():
         for s, orf, hyp_orf, trig_orf in rows:
             x = np.zeros(d)
             x[3] = np.sqrt(s) / 2
-            iid = theoretical_mse(x, x, features="positive", n_features=d)
-            ort = theoretical_mse(x, x, features="positive", n_features=d, projection="orthogonal")
+            iid = theoretical_mse(x, x, feature_map="positive", n_components=d, projection="gaussian")
+            ort = theoretical_mse(x, x, feature_map="positive", n_components=d, projection="orthogonal")
             hyp = theoretical_mse(
-                x, x, features="hyperbolic", n_features=d, projection="orthogonal"
+                x, x, feature_map="hyperbolic", n_components=2 * d, projection="orthogonal"
             )
-            t_iid = theoretical_mse(x, -x, features="trigonometric", n_features=d)
+            t_iid = theoretical_mse(x, -x, feature_map="trigonometric", n_components=2 * d, projection="gaussian")
             t_ort = theoretical_mse(
-                x, -x, features="trigonometric", n_features=d, projection="orthogonal"
+                x, -x, feature_map="trigonometric", n_components=2 * d, projection="orthogonal"
             )
             assert round(ort / iid, 3) == orf
             assert round(hyp / iid, 3) == hyp_orf
@@ -206,10 +206,10 @@ def test_series_match_mpmath():
     s = np.array([1e-5, 0.3, 1.0, 4.0, 25.0, 150.0, 900.0])
     for d in (1, 3, 16, 64):
         half = mp.mpf(d) / 2
-        q = _orthogonal_deficit(s, d)
+        q = orthogonal_deficit(s, d)
         ref = [float(1 - mp.exp(-mp.mpf(v)) * mp.hyp1f1(d, half, mp.mpf(v) / 2)) for v in s]
         np.testing.assert_allclose(q, ref, rtol=1e-10)
-        gap = _trig_gap(s, d)
+        gap = trig_gap(s, d)
         ref = [float(mp.hyp1f1(d, half, -mp.mpf(v) / 2) - mp.exp(-mp.mpf(v))) for v in s]
         np.testing.assert_allclose(gap, ref, rtol=1e-8, atol=1e-15)
 
@@ -225,17 +225,17 @@ def test_theorem2_bound(d):
     for m in (2, d // 2, d, d + 3, 3 * d):
         k, r = divmod(m, d)
         pairs = k * d * (d - 1) + r * (r - 1)
-        iid = theoretical_mse(x, y, features="positive", n_features=m)
-        ort = theoretical_mse(x, y, features="positive", n_features=m, projection="orthogonal")
+        iid = theoretical_mse(x, y, feature_map="positive", n_components=m, projection="gaussian")
+        ort = theoretical_mse(x, y, feature_map="positive", n_components=m, projection="orthogonal")
         bound = iid - (pairs / m**2) * (2 / (d + 2)) * (sm - lam) ** 2
         if m <= d:  # the printed form
             printed = iid - (2 * (m - 1) / (m * (d + 2))) * (sm - lam) ** 2
             np.testing.assert_allclose(bound, printed, rtol=1e-12)
         assert np.all(ort <= bound * (1 + 1e-10) + 1e-300)
         hyp_ort = theoretical_mse(
-            x, y, features="hyperbolic", n_features=m, projection="orthogonal"
+            x, y, feature_map="hyperbolic", n_components=2 * m, projection="orthogonal"
         )
-        assert np.all(hyp_ort <= theoretical_mse(x, y, features="hyperbolic", n_features=m))
+        assert np.all(hyp_ort <= theoretical_mse(x, y, feature_map="hyperbolic", n_components=2 * m, projection="gaussian"))
 
 
 def test_theorem2_bound_holds_for_the_monte_carlo(monte_carlo):
@@ -243,7 +243,7 @@ def test_theorem2_bound_holds_for_the_monte_carlo(monte_carlo):
     d = m = 16
     sm = np.exp(np.sum(x * y, 1))
     lam = np.exp(-(np.sum(x * x, 1) + np.sum(y * y, 1)) / 2)
-    iid = theoretical_mse(x, y, features="positive", n_features=m)
+    iid = theoretical_mse(x, y, feature_map="positive", n_components=m, projection="gaussian")
     bound = iid - (2 * (m - 1) / (m * (d + 2))) * (sm - lam) ** 2
     assert np.all(mc.mse <= bound + Z_LIMIT * mc.se)
 
@@ -257,7 +257,7 @@ def test_log_and_direct_agree(features, projection, norms):
     x = rng.normal(size=(400, 12)) * scale
     y = rng.normal(size=(400, 12)) * scale[::-1]
     for m in (5, 12, 30):
-        kwargs = dict(features=features, n_features=m, projection=projection, norms=norms)
+        kwargs = dict(feature_map=features, n_components=naive.width(features, m), projection=projection, norms=norms)
         direct = theoretical_mse(x, y, **kwargs)
         logged = theoretical_mse(x, y, log=True, **kwargs)
         both = np.isfinite(direct) & (direct > 0) & np.isfinite(logged)
@@ -271,7 +271,7 @@ def test_log_is_finite_where_the_mse_overflows():
     for features in FEATURES:
         for projection in ("gaussian", "orthogonal"):
             for norms in ("chi", "fixed"):
-                kwargs = dict(features=features, n_features=64, projection=projection, norms=norms)
+                kwargs = dict(feature_map=features, n_components=naive.width(features, 64), projection=projection, norms=norms)
                 with np.errstate(all="ignore"):
                     direct = theoretical_mse(x, y, **kwargs)
                 logged = theoretical_mse(x, y, log=True, **kwargs)
@@ -280,16 +280,16 @@ def test_log_is_finite_where_the_mse_overflows():
     # the positive closed form in log space: -log m + 2 x.y + |z|^2 + log(1 - e^-|z|^2)
     big = np.full(4, 20.0)
     expected = -np.log(4) + 2 * 1600 + 6400
-    assert theoretical_mse(big, big, features="positive", n_features=4, log=True) == pytest.approx(
+    assert theoretical_mse(big, big, feature_map="positive", n_components=4, projection="gaussian", log=True) == pytest.approx(
         expected, rel=1e-14
     )
 
 
 def test_zero_mse_where_the_estimator_is_exact():
     x = np.array([0.3, -0.2, 0.1])
-    assert theoretical_mse(x, -x, features="positive", n_features=3) == 0.0
-    assert theoretical_mse(x, x, features="trigonometric", n_features=3) == 0.0
-    assert theoretical_mse(x, -x, features="positive", n_features=3, log=True) == -np.inf
+    assert theoretical_mse(x, -x, feature_map="positive", n_components=3, projection="gaussian") == 0.0
+    assert theoretical_mse(x, x, feature_map="trigonometric", n_components=6, projection="gaussian") == 0.0
+    assert theoretical_mse(x, -x, feature_map="positive", n_components=3, projection="gaussian", log=True) == -np.inf
 
 
 def test_fig2_values():
@@ -307,48 +307,48 @@ def test_fig2_values():
 
 def test_errors_name_the_parameter():
     x = np.ones(3)
-    with pytest.raises(ValueError, match="features"):
-        theoretical_mse(x, x, features="sine", n_features=3)
-    with pytest.raises(TypeError, match="n_features"):
-        theoretical_mse(x, x, features="positive", n_features=2.5)
-    with pytest.raises(ValueError, match="n_features"):
-        theoretical_mse(x, x, features="positive", n_features=0)
+    with pytest.raises(ValueError, match="feature_map"):
+        theoretical_mse(x, x, feature_map="sine", n_components=3, projection="gaussian")
+    with pytest.raises(TypeError, match="n_components"):
+        theoretical_mse(x, x, feature_map="positive", n_components=2.5, projection="gaussian")
+    with pytest.raises(ValueError, match="n_components"):
+        theoretical_mse(x, x, feature_map="positive", n_components=0, projection="gaussian")
     with pytest.raises(ValueError, match="projection"):
-        theoretical_mse(x, x, features="positive", n_features=3, projection="haar")
+        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="haar")
     with pytest.raises(ValueError, match="norms"):
-        theoretical_mse(x, x, features="positive", n_features=3, norms="unit")
+        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", norms="unit")
     with pytest.raises(ValueError, match="gamma"):
-        theoretical_mse(x, x, features="positive", n_features=3, gamma=-1.0)
+        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", gamma=-1.0)
     with pytest.raises(TypeError, match="log"):
-        theoretical_mse(x, x, features="positive", n_features=3, log="yes")
+        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", log="yes")
     with pytest.raises(ValueError, match="same number of dimensions"):
-        theoretical_mse(x, np.ones(4), features="positive", n_features=3)
+        theoretical_mse(x, np.ones(4), feature_map="positive", n_components=3, projection="gaussian")
     with pytest.raises(ValueError, match="x contains NaN"):
-        theoretical_mse(np.array([np.nan, 0, 0]), x, features="positive", n_features=3)
+        theoretical_mse(np.array([np.nan, 0, 0]), x, feature_map="positive", n_components=3, projection="gaussian")
     with pytest.raises(TypeError, match="n_trials"):
-        empirical_mse(x, x, features="positive", n_features=3, n_trials=1.5)
+        empirical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", n_trials=1.5)
     with pytest.raises(ValueError, match="projections"):
-        empirical_mse(x, x, features="positive", n_features=3, projections=np.ones((2, 4, 3)))
+        empirical_mse(x, x, feature_map="positive", n_components=3, projections=np.ones((2, 4, 3)))
     with pytest.raises(ValueError, match="pair_names"):
-        variance_study(n_dims=4, n_features=2, n_trials=10, pair_names=["a"])
+        variance_study(n_dims=4, n_components=2, n_trials=10, pair_names=["a"])
 
 
 def test_shapes_and_scalars():
     x, y, names = default_pairs(8)
-    out = theoretical_mse(x, y, features="hyperbolic", n_features=4)
+    out = theoretical_mse(x, y, feature_map="hyperbolic", n_components=8, projection="gaussian")
     assert out.shape == (4,)
-    assert isinstance(theoretical_mse(x[0], y[0], features="hyperbolic", n_features=4), float)
-    assert theoretical_mse(x, y[0], features="positive", n_features=4).shape == (4,)
-    mc = empirical_mse(x[1], y[1], features="positive", n_features=4, n_trials=50, random_state=0)
+    assert isinstance(theoretical_mse(x[0], y[0], feature_map="hyperbolic", n_components=8, projection="gaussian"), float)
+    assert theoretical_mse(x, y[0], feature_map="positive", n_components=4, projection="gaussian").shape == (4,)
+    mc = empirical_mse(x[1], y[1], feature_map="positive", n_components=4, projection="gaussian", n_trials=50, random_state=0)
     assert isinstance(mc.mse, float) and mc.mom_low <= mc.mom <= mc.mom_high
     again = empirical_mse(
-        x[1], y[1], features="positive", n_features=4, n_trials=50, random_state=0
+        x[1], y[1], feature_map="positive", n_components=4, projection="gaussian", n_trials=50, random_state=0
     )
     assert again.mse == mc.mse
 
 
 def test_draw_trials_are_draw_projection_blocks():
-    W = _draw_trials(3, 5, 4, "orthogonal", "chi", np.random.RandomState(0))
+    W = draw_trials(3, 5, 4, "orthogonal", "chi", np.random.RandomState(0))
     assert W.shape == (3, 5, 4)
     for trial in W:
         directions = trial / np.linalg.norm(trial, axis=1, keepdims=True)
@@ -360,18 +360,18 @@ def test_draw_trials_are_draw_projection_blocks():
 
 
 def test_variance_study_is_tidy():
-    study = variance_study(n_dims=8, n_features=[4, 8], n_trials=300, random_state=0)
-    expected = {"features", "projection", "n_features", "pair", "kernel", "empirical_mse",
+    study = variance_study(n_dims=8, n_components=[4, 8], n_trials=300, random_state=0)
+    expected = {"feature_map", "projection", "n_components", "pair", "kernel", "empirical_mse",
                 "se", "theoretical_mse", "ratio"}  # fmt: skip
     assert expected <= set(study.columns)
     # 4 feature maps x 3 projections x 2 m x 4 pairs; no closed form for trig + simplex
     assert len(study) == 4 * 3 * 2 * 4
-    assert study.groupby(["features", "projection", "n_features"]).size().eq(4).all()
+    assert study.groupby(["feature_map", "projection", "n_components"]).size().eq(4).all()
     assert np.all(np.abs(study["z"].dropna()) < 6)
     assert study["z"].isna().sum() == 2 * 4
     x, y = _pairs(5, [(0.3, 0.4, 1.0), (0.5, 0.2, 2.0)], seed=0)
     custom = variance_study(
-        x, y, n_features=3, features="trigonometric", projection="orthogonal", n_trials=50
+        x, y, n_components=4, feature_maps="trigonometric", projection="orthogonal", n_trials=50
     )
     assert len(custom) == 2 and list(custom["pair"]) == ["pair0", "pair1"]
     assert custom["angle"].to_numpy() == pytest.approx([1.0, 2.0])
@@ -380,13 +380,13 @@ def test_variance_study_is_tidy():
 def test_convergence_decreases_with_m():
     X = np.random.default_rng(0).normal(scale=0.25, size=(40, 8))
     for features in ("positive", "trigonometric"):
-        errors = convergence(X, features=features, n_features=[8, 512], n_repeats=2, random_state=0)
-        assert set(errors.columns) >= {"n_features", "max_rel_error", "mean_rel_error"}
-        means = errors.groupby("n_features")[["max_rel_error", "mean_rel_error"]].mean()
-        assert means.loc[512, "max_rel_error"] < means.loc[8, "max_rel_error"]
-        assert means.loc[512, "mean_rel_error"] < 0.5 * means.loc[8, "mean_rel_error"]
-        theory = errors.groupby("n_features")["theoretical_rel_rmse"].first()
-        assert theory[512] == pytest.approx(theory[8] / 8, rel=0.2)
+        errors = convergence(X, feature_map=features, n_components=[16, 1024], n_repeats=2, random_state=0)
+        assert set(errors.columns) >= {"n_components", "max_rel_error", "mean_rel_error"}
+        means = errors.groupby("n_components")[["max_rel_error", "mean_rel_error"]].mean()
+        assert means.loc[1024, "max_rel_error"] < means.loc[16, "max_rel_error"]
+        assert means.loc[1024, "mean_rel_error"] < 0.5 * means.loc[16, "mean_rel_error"]
+        theory = errors.groupby("n_components")["theoretical_rel_rmse"].first()
+        assert theory[1024] == pytest.approx(theory[16] / 8, rel=0.2)
 
 
 def test_attention_error():
@@ -410,7 +410,7 @@ def test_plots():
 
     from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
-    study = variance_study(n_dims=4, n_features=[2, 4], n_trials=40, random_state=0)
+    study = variance_study(n_dims=4, n_components=[2, 4], n_trials=40, random_state=0)
     fig = plot_mse_vs_m(study)
     assert len(fig.axes) == 4
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in fig.axes)
@@ -436,7 +436,7 @@ def test_command_end_to_end(tmp_path, capsys):
     study = pd.read_csv(out / "variance.csv")
     assert len(study) == 4 * 3 * 2 * 4
     printed = capsys.readouterr().out
-    assert "| pair | features | projection |" in printed
+    assert "| pair | feature_map | projection |" in printed
     assert "configurations within 4.5 se" in printed
 
 

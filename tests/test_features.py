@@ -24,7 +24,7 @@ from favorkern import (
     draw_projection,
     softmax_kernel,
 )
-from favorkern._feature_maps import FeatureOverflowWarning, apply_feature_map
+from favorkern.feature_maps import FeatureOverflowWarning, apply_feature_map
 
 KERNEL_MAPS = (PositiveRandomFeatures, HyperbolicRandomFeatures, TrigonometricRandomFeatures)
 
@@ -39,8 +39,7 @@ def _redraw(estimator, n_dims, seed):
         norms=estimator.norms,
         random_state=rng,
     )
-    estimator._draw_extra(rng)
-    estimator._n_features_out = estimator.n_components
+    estimator.draws_ = estimator._get_feature_map().draw(estimator.n_components, rng)
 
 
 def _monte_carlo(estimator, X, n_trials, seed0=0):
@@ -129,7 +128,7 @@ def test_optimal_positive_features_are_unbiased(A, kernel, projection):
 
 def test_optimal_a_matches_theory_table():
     # THEORY 6.1 / 9.4: d = 64, |x + y|^2 = 100 -> A* = -0.472; d = 16, 2 -> -0.053.
-    from favorkern._feature_maps import optimal_gerf_a
+    from favorkern.feature_maps.optimal import optimal_gerf_a
 
     assert optimal_gerf_a(100.0, 64) == pytest.approx(-0.47236, abs=1e-5)
     assert optimal_gerf_a(2.0, 16) == pytest.approx(-0.053174, abs=1e-6)
@@ -143,7 +142,7 @@ def test_optimal_a_fitted_by_homogeneity_heuristic():
     X = np.random.default_rng(3).normal(loc=0.1, scale=0.4, size=(50, 8))
     est = OptimalPositiveRandomFeatures(16, gamma=0.5, random_state=0).fit(X)
     pairs = 0.5 * np.sum((X[:, None, :] + X[None, :, :]) ** 2, axis=2)  # gamma |x + y|^2
-    from favorkern._feature_maps import optimal_gerf_a
+    from favorkern.feature_maps.optimal import optimal_gerf_a
 
     assert est.A_ == pytest.approx(optimal_gerf_a(pairs.mean(), 8), rel=1e-10)
     sparse_est = OptimalPositiveRandomFeatures(16, gamma=0.5, random_state=0).fit(sp.csr_matrix(X))
@@ -160,7 +159,7 @@ def test_optimal_features_reduce_variance_at_large_norms():
     # THEORY 9.4: d = 16, x orthogonal to y, |x|^2 = |y|^2 = 4: at A* = -0.177 the
     # per-projection variance is e^3.19 = 24x below the positive features' closed form
     # (Lemma 2; Monte Carlo of the positive features is too heavy-tailed to use here).
-    from favorkern._feature_maps import optimal_gerf_a
+    from favorkern.feature_maps.optimal import optimal_gerf_a
 
     d, m = 16, 16
     X = np.zeros((2, d))

@@ -63,12 +63,12 @@ def test_sign_fix_makes_haar_diagonal_unbiased():
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        ({"n_features": 0, "n_dims": 3}, ValueError, "n_features"),
-        ({"n_features": 2.5, "n_dims": 3}, TypeError, "n_features"),
-        ({"n_features": 4, "n_dims": 0}, ValueError, "n_dims"),
-        ({"n_features": 4, "n_dims": 3, "kind": "hadamard"}, ValueError, "kind"),
-        ({"n_features": 4, "n_dims": 3, "norms": "unit"}, ValueError, "norms"),
-        ({"n_features": True, "n_dims": 3}, TypeError, "n_features"),
+        ({"n_projections": 0, "n_dims": 3}, ValueError, "n_projections"),
+        ({"n_projections": 2.5, "n_dims": 3}, TypeError, "n_projections"),
+        ({"n_projections": 4, "n_dims": 0}, ValueError, "n_dims"),
+        ({"n_projections": 4, "n_dims": 3, "projection": "hadamard"}, ValueError, "projection"),
+        ({"n_projections": 4, "n_dims": 3, "norms": "unit"}, ValueError, "norms"),
+        ({"n_projections": True, "n_dims": 3}, TypeError, "n_projections"),
     ],
 )
 def test_bad_parameters(kwargs, exc, match):

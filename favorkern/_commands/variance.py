@@ -55,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summarize(study):
     """One row per (pair, features, projection): closed form at the extreme m, MC agreement."""
-    from favorkern.diagnostics import _study_summary
+    from favorkern.diagnostics import study_summary
 
-    return _study_summary(study).drop(columns=["norm", "angle_deg"])
+    return study_summary(study).drop(columns=["norm", "angle_deg"])
 
 
 def _cell(value):
@@ -104,9 +104,9 @@ def run(args) -> int:
     wrapper = None if args.no_progress else progress
     study = variance_study(
         n_dims=args.d,
-        n_features=args.n_features,
+        n_components=args.n_features,
         n_trials=args.trials,
-        features=args.features,
+        feature_maps=args.features,
         projection=args.projection,
         random_state=args.seed,
         progress=wrapper,
@@ -120,16 +120,16 @@ def run(args) -> int:
     agreement = agreement_line(study)
     m_lo, m_hi = min(args.n_features), max(args.n_features)
     legend = (
-        f"rel_mse_mK: closed-form MSE / k(x,y)^2 at m = K projections; ratio_min/max: "
+        f"rel_mse_nK: closed-form MSE / k(x,y)^2 at width n = K; ratio_min/max: "
         f"Monte-Carlo / closed-form MSE over m in {args.n_features}; max_abs_z: largest "
         f"|empirical - closed form| / se.  d = {args.d}, {args.trials} trials, seed {args.seed}."
     )
     full = study.copy()
     full["angle"] = np.degrees(full["angle"])
     columns = [
-        "features",
+        "feature_map",
         "projection",
-        "n_features",
+        "n_components",
         "pair",
         "kernel",
         "theoretical_mse",

@@ -46,7 +46,7 @@ class KeyState:
     >>> a = KeyState(np.ones((2, 1)), np.ones(2), 0.0)
     >>> b = KeyState(np.ones((2, 1)), np.ones(2), np.log(2.0))
     >>> total = merge([a, b])
-    >>> float(total.c) == np.log(2.0), total.z.tolist()
+    >>> bool(total.c == np.log(2.0)), total.z.tolist()
     (True, [1.5, 1.5])
     """
 
@@ -125,7 +125,7 @@ def merge(states, dtype=np.float64) -> KeyState:
             factor = np.where(c > -np.inf, np.exp(c - const), 0.0)
         S += state.S * factor[..., np.newaxis, np.newaxis]
         z += state.z * factor[..., np.newaxis]
-    if const.ndim == 0:
+    if const.ndim == 0 and not any(isinstance(state.c, np.ndarray) for state in states):
         const = float(const)
     return KeyState(S.astype(dtype, copy=False), z.astype(dtype, copy=False), const)
 

@@ -324,7 +324,7 @@ class SorfProjector:
         self._by_dtype = {}
 
     def __call__(self, Xb, out_b):
-        from ._numba.hadamard import sorf_project
+        from .._numba.hadamard import sorf_project
 
         dtype = out_b.dtype
         if dtype not in self._by_dtype:

@@ -1,0 +1,36 @@
+"""Variance and convergence diagnostics of the random-feature estimators.
+
+* :mod:`.closed_forms`: :func:`theoretical_mse`, the closed-form MSE of every
+  registered map that has one (Performer, Lemma 2; the exact orthogonal-block
+  formula and the regularized kernel of THEORY.md sections 3.3 and 4);
+* :mod:`.monte_carlo`: :func:`empirical_mse`, Monte Carlo with confidence
+  intervals that runs the library's own feature maps;
+* :mod:`.studies`: :func:`variance_study`, :func:`study_summary`,
+  :func:`convergence` (pandas tables);
+* :mod:`.attention_error`: :func:`attention_error` against exact attention.
+
+Conventions: ``n_components`` is the output width of a map, as in the
+transformers (paired maps use ``n_components / 2`` projections); the target is the
+softmax kernel ``exp(gamma x.y)``, with ``gamma`` entering as ``x -> sqrt(gamma) x``.
+Only numpy and scipy are imported by the closed forms and the Monte Carlo; pandas
+inside the functions that return data frames.
+"""
+
+from __future__ import annotations
+
+from .attention_error import attention_error, row_errors
+from .closed_forms import theoretical_mse
+from .monte_carlo import MonteCarloMSE, empirical_mse
+from .studies import convergence, default_pairs, study_summary, variance_study
+
+__all__ = [
+    "MonteCarloMSE",
+    "theoretical_mse",
+    "empirical_mse",
+    "default_pairs",
+    "variance_study",
+    "study_summary",
+    "convergence",
+    "attention_error",
+    "row_errors",
+]

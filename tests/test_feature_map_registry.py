@@ -1,0 +1,110 @@
+"""The registry: a map written outside favorkern works everywhere by its name."""
+
+import dask.array as da
+import numpy as np
+import pytest
+
+import favorkern
+import favorkern.dask
+from favorkern import RandomFeatures, favor_attention
+from favorkern.diagnostics import empirical_mse
+from favorkern.feature_maps import (
+    FeatureMap,
+    FeatureMapSpec,
+    feature_map_names,
+    get_feature_map,
+    register_feature_map,
+)
+
+
+class CopiedPositive(FeatureMap):
+    """Positive features written from the public pieces only: exp(w.x' - |x'|^2/2)/sqrt(m)."""
+
+    name = "copied_positive"
+    summary = "a copy of the positive map, registered by user code"
+
+    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
+             draws=None, sorf=None):  # fmt: skip
+        sq = 1.0 if kernel == "rbf" else 0.5
+        return FeatureMapSpec(
+            projection * input_scale,
+            "exp",
+            sq_coef=sq * input_scale**2,
+            log_scale=-0.5 * np.log(projection.shape[0]),
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    register_feature_map(CopiedPositive(), replace=True)
+    yield
+    favorkern.feature_maps._base._REGISTRY.pop("copied_positive", None)
+
+
+def test_user_map_is_listed():
+    assert "copied_positive" in feature_map_names()
+    assert "copied_positive" in feature_map_names(kernel="softmax", closed_form=False)
+    assert get_feature_map("copied_positive").outputs_per_projection == 1
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "rbf"])
+def test_random_features_same_numbers(kernel):
+    X = np.random.default_rng(0).normal(scale=0.3, size=(20, 6))
+    ours = RandomFeatures("copied_positive", 64, kernel=kernel, gamma=0.7, random_state=3)
+    ref = RandomFeatures("positive", 64, kernel=kernel, gamma=0.7, random_state=3)
+    np.testing.assert_array_equal(ours.fit_transform(X), ref.fit_transform(X))
+    np.testing.assert_array_equal(
+        ours.transform(X.astype(np.float32)), ref.transform(X.astype(np.float32))
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_favor_attention_same_numbers(causal):
+    rng = np.random.default_rng(1)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 40, 8))
+    kwargs = dict(causal=causal, n_components=32, random_state=5)
+    ours = favor_attention(Q, K, V, feature_map="copied_positive", **kwargs)
+    ref = favor_attention(Q, K, V, feature_map="positive", **kwargs)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_empirical_mse_same_numbers():
+    x = np.array([0.3, 0.1, 0.0, 0.2])
+    y = np.array([0.1, -0.2, 0.3, 0.0])
+    kwargs = dict(n_components=8, n_trials=500, random_state=0)
+    ours = empirical_mse(x, y, feature_map="copied_positive", **kwargs)
+    ref = empirical_mse(x, y, feature_map="positive", **kwargs)
+    assert ours.mse == ref.mse and ours.mean == ref.mean
+
+
+def test_dask_transform_and_attention_same_numbers():
+    X = np.random.default_rng(2).normal(scale=0.3, size=(30, 6))
+    ours = RandomFeatures("copied_positive", 16, random_state=0).fit(X)
+    ref = RandomFeatures("positive", 16, random_state=0).fit(X)
+    got = favorkern.dask.transform(ours, da.from_array(X, chunks=(7, 6))).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, ref.transform(X))
+    rng = np.random.default_rng(3)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 50, 8))
+    chunked = [da.from_array(A, chunks=(16, 8)) for A in (Q, K, V)]
+    out = favorkern.dask.favor_attention(
+        *chunked, causal=True, feature_map="copied_positive", n_components=16, random_state=0
+    ).compute(scheduler="sync")
+    ref_out = favor_attention(Q, K, V, causal=True, n_components=16, random_state=0)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-14)
+
+
+def test_registry_errors():
+    with pytest.raises(TypeError, match="feature_map must be an instance"):
+        register_feature_map("positive")
+    with pytest.raises(ValueError, match="registered already"):
+        register_feature_map(CopiedPositive())
+    bad = CopiedPositive()
+    bad.name = "not a name"
+    with pytest.raises(ValueError, match="identifier"):
+        register_feature_map(bad)
+    with pytest.raises(ValueError, match="feature_map must be one of"):
+        get_feature_map("nope")
+    with pytest.raises(ValueError, match="feature_map must be one of"):
+        RandomFeatures("nope").fit(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="kernel"):
+        RandomFeatures("relu", kernel="rbf").fit(np.ones((3, 2)))
