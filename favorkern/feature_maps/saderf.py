@@ -50,6 +50,8 @@ class SaderfFeatureMap(OptimalFeatureMap):
     summary = "SADERF (FAVOR#): per-dimension rescaling of q and k, then GERF"
 
     def fit(self, X, Y=None, *, input_scale=1.0):
+        if Y is None:  # one input set: psi = 1, the optimal map (dense or sparse X)
+            return {"psi": np.ones(X.shape[1]), **super().fit(X, input_scale=input_scale)}
         X = np.asarray(X, dtype=np.float64)
         Y = X if Y is None else np.asarray(Y, dtype=np.float64)
         psi = saderf_scales(X, Y)
