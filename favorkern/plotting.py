@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_mse_vs_m", "plot_trig_positive_ratio", "trig_positive_ratio"]
+__all__ = ["plot_mse_vs_m", "plot_trig_positive_ratio", "trig_positive_ratio", "feature_map_color"]
 
 # One color per registered feature map, in registration order (user maps included).
 _PALETTE = ("tab:blue", "tab:green", "tab:red", "tab:olive", "tab:purple", "tab:brown",
@@ -19,7 +19,14 @@ _PALETTE = ("tab:blue", "tab:green", "tab:red", "tab:olive", "tab:purple", "tab:
 
 
 def feature_map_color(name) -> str:
-    """The plot color of a registered feature map (black for an unknown name)."""
+    """The plot color of a registered feature map (black for an unknown name).
+
+    Examples
+    --------
+    >>> from favorkern.plotting import feature_map_color
+    >>> feature_map_color("positive"), feature_map_color("unknown")
+    ('tab:blue', 'k')
+    """
     from .feature_maps import feature_map_names
 
     names = feature_map_names()

@@ -19,6 +19,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = (
     "favorkern",
+    "favorkern.feature_maps",
     "favorkern.diagnostics",
     "favorkern.plotting",
     "favorkern.regression",
@@ -76,6 +77,13 @@ def test_docs_build_without_warnings(tmp_path):
         assert (tmp_path / "html" / f"{page}.html").is_file()
     assert (tmp_path / "html" / "auto_examples" / "index.html").is_file()
     assert (tmp_path / "html" / "generated" / "favorkern.favor_attention.html").is_file()
+    # math renders offline: MathJax is served from _static, no page loads it from the web
+    assert (tmp_path / "html" / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    theory = (tmp_path / "html" / "theory.html").read_text(encoding="utf-8")
+    assert "_static/mathjax/tex-chtml.js" in theory
+    for page in (tmp_path / "html").rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"<script[^>]+src=\"https?://[^\"]*mathjax", text, re.I), page
 
 
 # Public names whose docstrings still lack an Examples section (owners notified).
