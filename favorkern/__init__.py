@@ -22,6 +22,8 @@ _LAZY = {
     "softmax_attention": "attention",
     "favor_attention": "attention",
     "FavorAttention": "attention",
+    "RandomFeatureRidge": "linear_model",
+    "RandomFeatureRidgeClassifier": "linear_model",
 }
 _SUBMODULES = {
     "attention",
@@ -29,6 +31,7 @@ _SUBMODULES = {
     "diagnostics",
     "features",
     "kernels",
+    "linear_model",
     "plotting",
     "projections",
     "regression",
