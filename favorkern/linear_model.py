@@ -624,19 +624,27 @@ class _BaseRandomFeatureRidge(BaseEstimator):
             return int(self.batch_size)
         return default_batch_size(_width(self._feature_template()))
 
-    def init_features(self, X):
-        """Validate ``X`` (the first block) and fit a clone of ``features`` on it.
+    def init_features(self, X, y=None, *, classes=None):
+        """Validate the first block of rows and fit a clone of ``features`` on it.
 
-        Sets ``n_features_in_`` (and ``feature_names_in_`` when ``X`` has column
-        names) and returns the fitted transformer without storing it; the next
-        :meth:`fit_statistics` stores it as ``features_``.  Data-free maps only use
-        the number of columns; data-dependent ones (such as
-        :class:`~favorkern.OptimalPositiveRandomFeatures`, Nystroem) are fitted on
-        these rows only.
+        The entry point of fits that accumulate statistics elsewhere
+        (:func:`favorkern.dask.fit`): sets ``n_features_in_`` (and
+        ``feature_names_in_`` when ``X`` has column names), the output dtype (that
+        of ``X``), the shape of the targets (from ``y``) and, for the classifier,
+        ``classes_``; returns the fitted transformer without storing it (the next
+        :meth:`fit_statistics` stores it as ``features_``).  Data-free maps only
+        use the number of columns; data-dependent ones (such as
+        :class:`~favorkern.OptimalPositiveRandomFeatures` or Nystroem) are fitted
+        on these rows only, as ``fit`` fits them on its first block.
 
         Parameters
         ----------
         X : array-like of shape (n_rows, n_features)
+            The first rows (``fit`` uses its first ``batch_size`` rows).
+        y : array-like of shape (n_rows,) or (n_rows, n_targets), default=None
+            Their targets (regressor: only the number of dimensions is used).
+        classes : array-like, default=None
+            Classifier only, required: every label of the data.
 
         Returns
         -------
@@ -644,6 +652,8 @@ class _BaseRandomFeatureRidge(BaseEstimator):
         """
         self._validate_params()
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=True)
+        self._dtype = X.dtype
+        self._init_targets(y, classes)
         return self._fit_features(X)
 
     def _fit_features(self, X_first):
@@ -990,6 +1000,11 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
     def _single_target(self, statistics):
         return getattr(self, "_y_ndim", 1) == 1
 
+    def _init_targets(self, y, classes):
+        if classes is not None:
+            raise ValueError("classes applies to RandomFeatureRidgeClassifier only")
+        self._y_ndim = 1 if y is None else np.ndim(y)
+
     def _set_solution(self, solver, coef, alpha):
         dtype = getattr(self, "_dtype", np.float64)
         self._store_common(solver, coef, alpha)
@@ -1187,6 +1202,15 @@ class RandomFeatureRidgeClassifier(ClassifierMixin, _BaseRandomFeatureRidge):
         weights = _check_sample_weight(sample_weight, X.shape[0])
         self._dtype = X.dtype
         return self._partial_fit_encoded(X, encode_labels(y, self.classes_), weights, first)
+
+    def _init_targets(self, y, classes):
+        if classes is None:
+            raise ValueError("classes must be given: every label of the data")
+        classes = np.unique(np.asarray(classes))
+        check_classification_targets(classes)
+        if classes.size < 2:
+            raise ValueError(f"classes must list at least two labels, got {classes!r}")
+        self.classes_ = classes
 
     def _set_solution(self, solver, coef, alpha):
         dtype = getattr(self, "_dtype", np.float64)
