@@ -102,7 +102,7 @@ def test_bad_input(client):
         fit(object(), X_dask, y)
     with pytest.raises(TypeError, match="X must be a dask array"):
         fit(RandomFeatureRidge(), X, y)
-    with pytest.raises(ValueError, match="y has shape \(99,\)"):
+    with pytest.raises(ValueError, match=r"y has shape \(99,\)"):
         fit(RandomFeatureRidge(), X_dask, y[:99])
     model = fit(RandomFeatureRidge(_features()), X_dask, y)
     with pytest.raises(ValueError, match="features"):
