@@ -398,10 +398,13 @@ class RidgeStatistics:
 
 
 def _width(features):
-    """Output width of a (fitted or not) feature transformer, if it says."""
-    width = getattr(features, "n_components", None)
-    if isinstance(width, Integral) and not isinstance(width, bool) and width > 0:
-        return int(width)
+    """Output width of a feature transformer (or of the last step of a pipeline) if it says."""
+    params = features.get_params(deep=True) if hasattr(features, "get_params") else {}
+    names = [key for key in params if key == "n_components" or key.endswith("__n_components")]
+    for name in names[::-1] if "n_components" not in params else ["n_components"]:
+        width = params[name]
+        if isinstance(width, Integral) and not isinstance(width, bool) and width > 0:
+            return int(width)
     return _DEFAULT_WIDTH
 
 

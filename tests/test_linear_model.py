@@ -426,3 +426,72 @@ def test_encode_labels_matches_label_binarizer():
         assert np.array_equal(
             encode_labels(labels, binarizer.classes_), binarizer.transform(labels)
         )
+
+
+# -- favorkern.regression: chunked data and the streaming fit -----------------------------
+from favorkern.regression import (  # noqa: E402
+    fit_streaming,
+    iter_chunks,
+    make_regressor,
+)
+
+
+def test_streaming_method_equals_the_pipeline_in_compare_regression():
+    X, y = _data(n=300)
+    kwargs = dict(n_features=128, gamma=0.1, alpha=0.05, random_state=3)
+    pipeline = make_regressor("Trigonometric (orthogonal)", **kwargs).fit(X, y)
+    streaming = make_regressor("Trigonometric (streaming)", **kwargs).fit(X, y)
+    assert _rel(streaming.predict(X), pipeline.predict(X)) < RTOL
+
+
+def test_iter_chunks_reads_a_csv_in_bounded_chunks(tmp_path):
+    pd = pytest.importorskip("pandas")
+    X, y = _data(n=1050)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(10)]).assign(target=y)
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    chunks = list(iter_chunks(path, target="target", chunksize=200))
+    assert [len(c[1]) for c in chunks] == [200] * 5 + [50]
+    assert np.allclose(np.vstack([c[0] for c in chunks]), X, rtol=1e-15)
+    assert np.allclose(np.concatenate([c[1] for c in chunks]), y, rtol=1e-15)
+    assert sum(len(c[1]) for c in iter_chunks(path, target="target", n_samples=333)) == 333
+    result = fit_streaming(path, target="target", chunksize=300, n_components=128, gamma=0.05)
+    assert result["n_train"] + result["n_test"] == 1050
+    assert result["test_r2"] > 0.7
+
+
+def test_iter_chunks_errors(tmp_path):
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        iter_chunks(tmp_path / "absent.csv", target="y")
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"a": [1.0, 2.0, None], "b": ["u", "v", "w"], "y": [1, 2, 3]}).to_csv(
+        path, index=False
+    )
+    with pytest.raises(ValueError, match="target"):
+        iter_chunks(path)
+    with pytest.raises(ValueError, match="'nope' not found"):
+        list(iter_chunks(path, target="nope"))
+    with pytest.raises(ValueError, match="non-numeric columns 'b'"):
+        list(iter_chunks(path, target="y"))
+    with pytest.raises(ValueError, match="target applies to files"):
+        iter_chunks("friedman1", target="y")
+    with pytest.raises(ValueError, match="chunksize"):
+        iter_chunks("friedman1", chunksize=0)
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "data.parquet").write_bytes(b"PAR1")
+        with pytest.raises(ValueError, match="pyarrow"):
+            iter_chunks(tmp_path / "data.parquet", target="y")
+
+
+def test_friedman1_stream_is_reproducible_and_bounded():
+    first = list(iter_chunks("friedman1", n_samples=2500, chunksize=1000, random_state=4))
+    again = list(iter_chunks("friedman1", n_samples=2500, chunksize=1000, random_state=4))
+    assert [len(y) for _, y in first] == [1000, 1000, 500]
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0][0], first[1][0])
+    result = fit_streaming("friedman1", n_samples=20000, chunksize=4000, n_components=256)
+    assert result["test_r2"] > 0.85
+    assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
