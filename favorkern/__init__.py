@@ -23,6 +23,8 @@ _LAZY = {
     "softmax_attention": "attention",
     "favor_attention": "attention",
     "FavorAttention": "attention",
+    "RandomFeatureRidge": "linear_model",
+    "RandomFeatureRidgeClassifier": "linear_model",
 }
 _SUBMODULES = {
     "attention",
@@ -31,6 +33,7 @@ _SUBMODULES = {
     "feature_maps",
     "features",
     "kernels",
+    "linear_model",
     "plotting",
     "projections",
     "regression",

@@ -12,6 +12,11 @@ regression with the approximate kernel ``phi(x).phi(y)``: as the width grows its
 predictions converge to those of exact :class:`~sklearn.kernel_ridge.KernelRidge`
 with the same ``alpha`` (also fitted on the centred target).
 
+Data of any length: :func:`iter_chunks` reads a CSV (or Parquet) file, or generates
+``friedman1``, in row chunks of bounded memory, and :func:`fit_streaming` fits
+:class:`~favorkern.RandomFeatureRidge` over them with ``partial_fit`` and measures
+held-out ``R^2``, fit time and peak memory.
+
 pandas and matplotlib are imported inside the functions that need them.
 """
 
@@ -39,6 +44,7 @@ from threadpoolctl import threadpool_limits
 from ._validation import check_int, check_option, check_positive_real
 from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
 from .kernels import softmax_kernel
+from .linear_model import RandomFeatureRidge
 
 __all__ = [
     "DATASETS",
@@ -50,6 +56,9 @@ __all__ = [
     "compare_regression",
     "summarize_regression",
     "plot_regression",
+    "iter_chunks",
+    "fit_streaming",
+    "peak_rss_mb",
 ]
 
 #: Built-in data sets (no download): name -> one-line description.
@@ -61,6 +70,7 @@ DATASETS = {
 #: Methods compared by :func:`compare_regression`, in table order.
 METHODS = (
     "Trigonometric (orthogonal)",
+    "Trigonometric (streaming)",
     "Positive (orthogonal)",
     "Hyperbolic (orthogonal)",
     "RBFSampler",
@@ -68,6 +78,9 @@ METHODS = (
     "KernelRidge (exact)",
 )
 EXACT = "KernelRidge (exact)"
+# The streaming model: the same features as "Trigonometric (orthogonal)" in
+# favorkern.RandomFeatureRidge, which never holds the n x width feature matrix.
+STREAMING = "Trigonometric (streaming)"
 
 KERNELS = ("rbf", "softmax")
 _FRIEDMAN1_ROWS = 100_000
@@ -269,6 +282,7 @@ def _features(method, n_features, kernel, gamma, random_state):
     """The feature map of ``method`` at width ``n_features`` (``None`` for the exact model)."""
     favorkern_maps = {
         "Trigonometric (orthogonal)": TrigonometricRandomFeatures,
+        STREAMING: TrigonometricRandomFeatures,
         "Positive (orthogonal)": PositiveRandomFeatures,
         "Hyperbolic (orthogonal)": HyperbolicRandomFeatures,
     }
@@ -295,10 +309,13 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
     """The model that :func:`compare_regression` fits for ``method``.
 
     ``StandardScaler -> features -> Ridge(alpha, fit_intercept=False)`` (or exact
-    kernel ridge regression for ``"KernelRidge (exact)"``), fitted on the centred
-    target: a :class:`~sklearn.compose.TransformedTargetRegressor` subtracts the
-    training mean of ``y`` and adds it back to the predictions.  Without an
-    intercept in the ridge step, the random-feature model is kernel ridge
+    kernel ridge regression for ``"KernelRidge (exact)"``; for
+    ``"Trigonometric (streaming)"`` the features and the ridge step are one
+    :class:`~favorkern.RandomFeatureRidge`, equal to the pipeline to rounding),
+    fitted on the centred target: a
+    :class:`~sklearn.compose.TransformedTargetRegressor` subtracts the training
+    mean of ``y`` and adds it back to the predictions.  Without an intercept
+    in the ridge step, the random-feature model is kernel ridge
     regression with the approximate kernel, so its predictions converge to the
     exact model's as ``n_features`` grows.
 
@@ -344,6 +361,10 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
     if features is None:
         regressor = make_pipeline(
             StandardScaler(), _ExactKernelRidge(kernel=kernel, gamma=gamma, alpha=alpha)
+        )
+    elif method == STREAMING:
+        regressor = make_pipeline(
+            StandardScaler(), RandomFeatureRidge(features, alphas=(alpha,), fit_intercept=False)
         )
     else:
         regressor = make_pipeline(StandardScaler(), features, Ridge(alpha, fit_intercept=False))
@@ -450,9 +471,12 @@ def _approximation_error(model, X_eval, kernel, gamma):
     pipeline = model.regressor_
     scaled = pipeline[0].transform(X_eval)
     exact = exact_kernel(scaled, kernel=kernel, gamma=gamma)
-    if len(pipeline) == 2:  # the exact model
+    if isinstance(pipeline[1], RandomFeatureRidge):
+        phi = pipeline[1].features_.transform(scaled)
+    elif len(pipeline) == 2:  # the exact model
         return 0.0
-    phi = pipeline[1].transform(scaled)
+    else:
+        phi = pipeline[1].transform(scaled)
     return float(np.linalg.norm(phi @ phi.T - exact) / np.linalg.norm(exact))
 
 
@@ -712,3 +736,283 @@ def plot_regression(results, *, title=None):
     if title:
         figure.suptitle(title)
     return figure
+
+
+# -- data of any length: chunked reading and the streaming fit --------------------------
+_CHUNK_ROWS = 100_000
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MiB (``getrusage``; Linux, macOS).
+
+    Examples
+    --------
+    >>> from favorkern.regression import peak_rss_mb
+    >>> peak_rss_mb() > 0
+    True
+    """
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux, in bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def iter_chunks(data, *, target=None, n_samples=None, chunksize=_CHUNK_ROWS, random_state=0):
+    """Row chunks ``(X, y)`` of a data set, never more than ``chunksize`` rows in memory.
+
+    Parameters
+    ----------
+    data : str or path-like
+        ``"friedman1"`` (generated chunk by chunk: 10 features, noise 1.0, each chunk
+        seeded from ``random_state`` and its index, so the stream is reproducible
+        and can be read twice), or the path of a CSV file with a header row (read
+        with ``pandas.read_csv(chunksize=...)``) or of a Parquet file
+        (``.parquet``/``.pq``, needs pyarrow).
+    target : str, default=None
+        Target column; required for a file, not allowed for ``friedman1``.
+    n_samples : int, default=None
+        ``friedman1``: rows to generate (default 100000); files: stop after this
+        many rows.
+    chunksize : int, default=100000
+        Rows per chunk.
+    random_state : int, default=0
+        Seed of ``friedman1``.
+
+    Yields
+    ------
+    X : ndarray of shape (n_rows, n_features), float64
+    y : ndarray of shape (n_rows,), float64
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (raised before the first chunk).
+    ValueError
+        For a missing or absent target, non-numeric or missing values (naming the
+        column and the chunk's first row), or Parquet without pyarrow.
+
+    Examples
+    --------
+    >>> from favorkern.regression import iter_chunks
+    >>> [X.shape for X, y in iter_chunks("friedman1", n_samples=250, chunksize=100)]
+    [(100, 10), (100, 10), (50, 10)]
+    """
+    chunksize = check_int(chunksize, "chunksize")
+    if n_samples is not None:
+        n_samples = check_int(n_samples, "n_samples")
+    if not isinstance(random_state, Integral):
+        raise TypeError(f"random_state must be an int, got {random_state!r}")
+    key = os.fspath(data)
+    if key == "friedman1":
+        if target is not None:
+            raise ValueError("target applies to files only; friedman1 has its own target")
+        return _friedman1_chunks(n_samples or _FRIEDMAN1_ROWS, chunksize, random_state)
+    if key in DATASETS:
+        raise ValueError(
+            f"{key!r} is small: load it with load_dataset; streams: friedman1 or a file"
+        )
+    if not key.lower().endswith((".csv", *_PARQUET_SUFFIXES)) and not os.path.exists(key):
+        raise ValueError(
+            f"unknown data {key!r}: use 'friedman1' or the path of a .csv or .parquet file"
+        )
+    if not os.path.isfile(key):
+        raise FileNotFoundError(f"data file not found: {key}")
+    if target is None:
+        raise ValueError("a data file needs target=COLUMN (--target)")
+    if key.lower().endswith(_PARQUET_SUFFIXES):
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("reading Parquet needs pyarrow; install it or convert to CSV") from exc
+    return _file_chunks(key, target, n_samples, chunksize)
+
+
+def _friedman1_chunks(n_samples, chunksize, random_state):
+    from sklearn.datasets import make_friedman1
+
+    for index, start in enumerate(range(0, n_samples, chunksize)):
+        rows = min(chunksize, n_samples - start)
+        seed = np.random.SeedSequence([random_state, index]).generate_state(1)[0]
+        X, y = make_friedman1(n_samples=rows, n_features=10, noise=1.0, random_state=int(seed))
+        yield X, y
+
+
+def _file_chunks(path, target, n_samples, chunksize):
+    import pandas as pd
+
+    if path.lower().endswith(_PARQUET_SUFFIXES):
+        import pyarrow.parquet as pq
+
+        frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(chunksize))
+    else:
+        frames = pd.read_csv(path, chunksize=chunksize)
+    seen = 0
+    for frame in frames:
+        if target not in frame.columns:
+            columns = ", ".join(repr(str(c)) for c in frame.columns)
+            raise ValueError(
+                f"target column {target!r} not found in {path}; its columns are {columns}"
+            )
+        if frame.shape[1] < 2:
+            raise ValueError(f"{path} has no feature columns besides the target {target!r}")
+        bad = [
+            str(c)
+            for c in frame.columns
+            if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+        ]
+        missing = [str(c) for c in frame.columns if frame[c].isna().any()]
+        if bad or missing:
+            which = "non-numeric" if bad else "missing values in"
+            raise ValueError(
+                f"{which} columns {', '.join(map(repr, bad or missing))} of {path} "
+                f"(rows from {seen + 1})"
+            )
+        if n_samples is not None:
+            frame = frame.iloc[: n_samples - seen]
+        y = frame.pop(target).to_numpy(dtype=np.float64)
+        X = frame.to_numpy(dtype=np.float64)
+        if not (np.isfinite(X).all() and np.isfinite(y).all()):
+            raise ValueError(f"{path} contains infinite values (rows from {seen + 1})")
+        seen += len(y)
+        yield X, y
+        if n_samples is not None and seen >= n_samples:
+            return
+
+
+def fit_streaming(
+    data,
+    *,
+    target=None,
+    n_samples=None,
+    n_components=1024,
+    kernel="rbf",
+    gamma=None,
+    alphas=None,
+    test_fraction=0.2,
+    chunksize=_CHUNK_ROWS,
+    batch_size=None,
+    random_state=0,
+    progress=None,
+):
+    """Fit :class:`~favorkern.RandomFeatureRidge` over the chunks of a data set of any length.
+
+    Two passes over :func:`iter_chunks`, memory bounded by one chunk plus a few
+    ``n_components`` x ``n_components`` matrices: the first fits (``partial_fit``) the
+    training rows of every chunk, the second predicts its held-out rows and
+    accumulates ``R^2``.  Each chunk's rows are held out with probability
+    ``test_fraction`` (seeded by ``random_state`` and the chunk index).  The model
+    is ``StandardScaler -> TrigonometricRandomFeatures(orthogonal)`` fitted on the
+    first training block (its mean and scale; the map itself needs only the width),
+    then streamed ridge regression; ``gamma`` (when not given) is chosen by
+    :func:`select_gamma_alpha` on the first chunk and ``alpha`` over the grid by
+    generalized cross-validation on all training rows.
+
+    Parameters
+    ----------
+    data, target, n_samples, chunksize
+        See :func:`iter_chunks`.
+    n_components : int, default=1024
+        Width of the feature map.
+    kernel : {"rbf", "softmax"}, default="rbf"
+    gamma : float, default=None
+    alphas : array-like of float, default=None
+        The penalty grid; ``None``: 17 values log-spaced from ``1e-6`` to ``100``.
+    test_fraction : float, default=0.2
+        Fraction of rows held out, in (0, 1).
+    batch_size : int, default=None
+        Rows per block inside the model (see :class:`~favorkern.RandomFeatureRidge`).
+    random_state : int, default=0
+        Seed of ``friedman1``, the held-out rows and the feature map.
+    progress : callable, default=None
+        Wraps the chunk iterables: ``progress(iterable, total=..., desc=...)``
+        (``total`` is ``None`` for files).
+
+    Returns
+    -------
+    result : dict
+        ``model`` (fitted), ``test_r2``, ``fit_time`` and ``predict_time`` (seconds,
+        reading the data included), ``peak_rss_mb`` (peak resident memory of the
+        process at the end) and ``rss_before_mb`` (at the start), ``n_train``,
+        ``n_test``, ``n_dims``, ``gamma``, ``alpha``, ``n_components``, ``kernel``.
+
+    Examples
+    --------
+    >>> from favorkern.regression import fit_streaming
+    >>> result = fit_streaming("friedman1", n_samples=20000, chunksize=5000, n_components=256)
+    >>> result["n_train"] + result["n_test"], result["test_r2"] > 0.8
+    (20000, True)
+    """
+    check_option(kernel, "kernel", KERNELS)
+    n_components = check_int(n_components, "n_components")
+    if not isinstance(test_fraction, Real) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a fraction in (0, 1), got {test_fraction!r}")
+    alphas = _ALPHAS if alphas is None else np.ravel(alphas)
+    rss_before = peak_rss_mb()
+
+    def chunks(desc):
+        stream = iter_chunks(
+            data, target=target, n_samples=n_samples, chunksize=chunksize, random_state=random_state
+        )
+        total = None
+        if os.fspath(data) == "friedman1":
+            total = -(-(n_samples or _FRIEDMAN1_ROWS) // chunksize)
+        stream = stream if progress is None else progress(stream, total=total, desc=desc)
+        for index, (X, y) in enumerate(stream):
+            seed = np.random.SeedSequence([random_state, index, 1]).generate_state(1)[0]
+            held_out = np.random.default_rng(seed).random(len(y)) < test_fraction
+            yield X, y, held_out
+
+    start = time.perf_counter()
+    model = None
+    n_train = 0
+    for X, y, held_out in chunks("fit"):
+        if model is None:
+            if gamma is None:
+                gamma, _ = select_gamma_alpha(
+                    X[~held_out], y[~held_out], kernel=kernel, random_state=random_state
+                )
+            gamma = check_positive_real(gamma, "gamma")
+            features = make_pipeline(
+                StandardScaler(),
+                TrigonometricRandomFeatures(
+                    n_components, kernel=kernel, gamma=gamma, random_state=random_state
+                ),
+            )
+            model = RandomFeatureRidge(features, alphas=alphas, batch_size=batch_size)
+        if (~held_out).any():
+            model.partial_fit(X[~held_out], y[~held_out])
+            n_train += int((~held_out).sum())
+    if model is None or n_train == 0:
+        raise ValueError(f"{data} has no training rows")
+    fit_time = time.perf_counter() - start
+
+    start = time.perf_counter()
+    n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
+    for X, y, held_out in chunks("predict"):
+        if held_out.any():
+            y_test = y[held_out]
+            residual = y_test - model.predict(X[held_out])
+            n_test += len(y_test)
+            total += float(y_test.sum())
+            total_sq += float(y_test @ y_test)
+            sse += float(residual @ residual)
+    predict_time = time.perf_counter() - start
+    variance = total_sq - total**2 / n_test if n_test else np.nan
+    return {
+        "model": model,
+        "test_r2": 1.0 - sse / variance if n_test > 1 and variance > 0 else float("nan"),
+        "fit_time": fit_time,
+        "predict_time": predict_time,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before,
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_dims": model.n_features_in_,
+        "gamma": float(gamma),
+        "alpha": float(model.alpha_),
+        "n_components": n_components,
+        "kernel": kernel,
+    }
