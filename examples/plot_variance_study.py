@@ -26,7 +26,7 @@ study = variance_study(
     n_trials=500,
     random_state=0,
 )
-print(study.groupby(["features", "projection"])["z"].apply(lambda z: z.abs().max()))
+print(study.groupby(["feature_map", "projection"])["z"].apply(lambda z: z.abs().max()))
 
 # %%
 # Closed form (lines) and Monte Carlo (points with two standard errors), relative
