@@ -379,8 +379,9 @@ class HyperbolicRandomFeatures(_NamedRandomFeatures):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (ceil(n_components / 2), n_features_in_)
-        The random projection ``W`` (float64), before gamma scaling.
+    projection_ : ndarray of shape (n_projections, n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling;
+        ``n_projections = ceil(n_components / 2)``.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -438,8 +439,9 @@ class TrigonometricRandomFeatures(_NamedRandomFeatures):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (ceil(n_components / 2), n_features_in_)
-        The random projection ``W`` (float64), before gamma scaling.
+    projection_ : ndarray of shape (n_projections, n_features_in_)
+        The random projection ``W`` (float64), before gamma scaling;
+        ``n_projections = ceil(n_components / 2)``.
     random_offset_ : ndarray of shape (n_components % 2,)
         The random phase of the unpaired output (empty when ``n_components`` is even).
     n_features_in_ : int

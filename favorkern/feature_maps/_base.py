@@ -45,6 +45,23 @@ class FeatureMap:
     Outputs are laid out as ``outputs_per_projection`` blocks of ``n_projections``
     columns (``[f_1(W x'), f_2(W x')]``), which lets the Monte-Carlo engine evaluate
     many trials in one stacked product.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import FeatureMap, FeatureMapSpec, apply_feature_map
+    >>> class Linear(FeatureMap):
+    ...     name = "linear"
+    ...     kernels = ()
+    ...     def spec(self, projection, *, n_components, input_scale, **kwargs):
+    ...         scale = -0.5 * np.log(projection.shape[0])
+    ...         return FeatureMapSpec(projection * input_scale, lambda u: u, log_scale=scale)
+    >>> W = np.random.default_rng(0).normal(size=(4096, 3))
+    >>> spec = Linear().spec(W, n_components=4096, input_scale=1.0)
+    >>> x = np.array([[1.0, 2.0, 0.5]])
+    >>> phi = apply_feature_map(x, spec)
+    >>> bool(abs(phi @ phi.T - x @ x.T).max() < 0.5)
+    True
     """
 
     name: str = ""
@@ -138,12 +155,25 @@ def sq_factor(kernel: str) -> float:
 
     With ``x' = sqrt(gamma) x`` (softmax) or ``sqrt(2 gamma) x`` (rbf),
     ``exp(-gamma |x - y|^2) = E[f(x) f(y)]`` for ``f(x) = exp(w.x' - |x'|^2)``.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import sq_factor
+    >>> sq_factor("softmax"), sq_factor("rbf")
+    (0.5, 1.0)
     """
     return 1.0 if kernel == "rbf" else 0.5
 
 
 def input_scale(kernel: str, gamma: float) -> float:
-    """``c`` with ``x' = c x``: ``sqrt(gamma)`` for softmax ``exp(gamma x.y)``, ``sqrt(2 gamma)`` rbf."""
+    """``c`` with ``x' = c x``: ``sqrt(gamma)`` for softmax ``exp(gamma x.y)``, ``sqrt(2 gamma)`` rbf.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import input_scale
+    >>> input_scale("softmax", 4.0), input_scale("rbf", 2.0)
+    (2.0, 2.0)
+    """
     return float(np.sqrt((2.0 if kernel == "rbf" else 1.0) * gamma))
 
 
@@ -248,7 +278,18 @@ def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple
 
 
 def check_constants(feature_map: FeatureMap, constants) -> dict:
-    """``constants`` as a dict holding every data constant of the map, or a ``ValueError``."""
+    """``constants`` as a dict holding every data constant of the map, or a ``ValueError``.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import check_constants, get_feature_map
+    >>> check_constants(get_feature_map("optimal"), {"A": -0.1})
+    {'A': -0.1}
+    >>> check_constants(get_feature_map("optimal"), None)
+    Traceback (most recent call last):
+    ...
+    ValueError: feature map 'optimal' needs its fitted constants ['A']; fit them on data first
+    """
     constants = {} if constants is None else dict(constants)
     missing = [key for key in feature_map.data_constants if key not in constants]
     if missing:

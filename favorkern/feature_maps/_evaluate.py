@@ -110,6 +110,17 @@ class FeatureMapSpec:
     projector : callable or None
         ``projector(Xb, out_b)`` writes ``Xb @ weights.T`` faster than BLAS (structured
         projections at large d); used for dense blocks, ``weights`` otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import FeatureMapSpec, apply_feature_map
+    >>> W = np.random.default_rng(0).normal(size=(2048, 2))
+    >>> spec = FeatureMapSpec(W, "exp", sq_coef=0.5, log_scale=-0.5 * np.log(2048))
+    >>> x = np.array([[0.3, -0.2]])
+    >>> phi = apply_feature_map(x, spec)          # positive features of x
+    >>> bool(abs((phi @ phi.T)[0, 0] - np.exp(x @ x.T)[0, 0]) < 0.05)
+    True
     """
 
     weights: np.ndarray
@@ -133,6 +144,19 @@ class FeatureOverflowWarning(RuntimeWarning):
 
     The affected features are ``inf``: the kernel values of those inputs are not
     representable by that map in that dtype.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from favorkern import TrigonometricRandomFeatures
+    >>> from favorkern.feature_maps import FeatureOverflowWarning
+    >>> X = np.full((2, 4), 20.0, dtype=np.float32)     # exp(|x|^2 / 2) overflows float32
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = TrigonometricRandomFeatures(8, random_state=0).fit_transform(X)
+    >>> any(issubclass(w.category, FeatureOverflowWarning) for w in caught)
+    True
     """
 
 
@@ -278,7 +302,21 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
 
 
 def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
-    """Evaluate ``spec`` on all rows of ``X`` (dense C array or CSR), same float dtype."""
+    """Evaluate ``spec`` on all rows of ``X`` (dense C array or CSR), same float dtype.
+
+    Row blocks run on favorkern's thread pool with BLAS pinned to one thread when the
+    output is large enough to pay.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures
+    >>> from favorkern.feature_maps import apply_feature_map
+    >>> X = np.random.default_rng(0).normal(size=(3, 4))
+    >>> est = PositiveRandomFeatures(8, random_state=0).fit(X)
+    >>> bool(np.array_equal(apply_feature_map(X, est._spec()), est.transform(X)))
+    True
+    """
     dtype = X.dtype
     n_out = spec.weights.shape[0]
     out = np.empty((X.shape[0], n_out), dtype=dtype)

@@ -29,7 +29,16 @@ _CHUNK_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True)
 class PairGeometry:
-    """Squared norms and inner products of scaled pairs ``(x', y')``, float64 arrays."""
+    """Squared norms and inner products of scaled pairs ``(x', y')``, float64 arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import PairGeometry
+    >>> g = PairGeometry.of(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), 1.0)
+    >>> float(g.s[0]), float(g.ip[0])
+    (2.0, 0.0)
+    """
 
     a: np.ndarray
     b: np.ndarray
@@ -58,7 +67,14 @@ class PairGeometry:
 
 
 def same_block_pairs(m: int, d: int, projection: str) -> int:
-    """``P = k d (d - 1) + r (r - 1)`` ordered same-block pairs for ``m = k d + r``; 0 iid."""
+    """``P = k d (d - 1) + r (r - 1)`` ordered same-block pairs for ``m = k d + r``; 0 iid.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import same_block_pairs
+    >>> same_block_pairs(5, 4, "orthogonal"), same_block_pairs(5, 4, "gaussian")
+    (12, 0)
+    """
     if projection == "gaussian":
         return 0
     if projection == "simplex" and d == 1:  # draw_projection's simplex is orthogonal there
