@@ -7,6 +7,7 @@ The trials run the library's own feature maps (the registry's specs, evaluated b
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -235,53 +236,49 @@ def empirical_mse(
     n_trials = check_int(n_trials, "n_trials")
     n_groups = min(check_int(n_groups, "n_groups"), n_trials)
     rng = check_random_state(random_state)
-    input_scale = float(np.sqrt(gamma))
 
-    constants = None
-    if fmap.data_constants:
-        if A is not None and "A" in fmap.data_constants and len(fmap.data_constants) == 1:
-            constants = {"A": A}
-        else:
-            per_pair = [fmap.fit(x[i : i + 1], y[i : i + 1], input_scale=input_scale) for i in range(n)]
-            keys = [tuple(np.ravel(c[k]).tolist() for k in fmap.data_constants) for c in per_pair]
-            if len(set(map(str, keys))) > 1:
-                # one set of constants per call: run groups of equal constants on shared draws
-                if projections is None:
-                    projections = draw_trials(n_trials, m, d, projection, norms, rng)
-                groups = {}
-                for i, key in enumerate(map(str, keys)):
-                    groups.setdefault(key, []).append(i)
-                parts = []
-                for idx in groups.values():
-                    idx = np.asarray(idx)
-                    part = _empirical(x[idx], y[idx], fmap, m, gamma, n_groups, projections,
-                                      per_pair[idx[0]], rng, projection, norms, n_trials)  # fmt: skip
-                    parts.append((idx, part))
-                fields = {}
-                for name in ("mse", "se", "mom", "mom_low", "mom_high", "mean", "mean_se", "kernel"):
-                    values = np.empty(n)
-                    for idx, part in parts:
-                        values[idx] = np.atleast_1d(getattr(part, name))
-                    fields[name] = output(values, scalar)
-                return MonteCarloMSE(
-                    **fields,
-                    mom_coverage=parts[0][1].mom_coverage,
-                    n_trials=n_trials,
-                    n_groups=n_groups,
-                )
-            constants = per_pair[0]
-    result = _empirical(x, y, fmap, m, gamma, n_groups, projections, constants, rng, projection,
-                        norms, n_trials)  # fmt: skip
+    run = partial(_empirical, fmap=fmap, m=m, gamma=gamma, n_groups=n_groups, rng=rng,
+                  projection=projection, norms=norms, n_trials=n_trials)  # fmt: skip
+    if not fmap.data_constants:
+        return _as_output(run(x, y, projections=projections, constants=None), scalar)
+    if A is not None and fmap.data_constants == ("A",):
+        return _as_output(run(x, y, projections=projections, constants={"A": A}), scalar)
+    # Each pair at its own fitted constants; pairs with equal constants share one run.
+    per_pair = [fmap.fit(x[i : i + 1], y[i : i + 1], input_scale=np.sqrt(gamma)) for i in range(n)]
+    groups = {}
+    for i, constants in enumerate(per_pair):
+        key = str([np.ravel(constants[k]).tolist() for k in fmap.data_constants])
+        groups.setdefault(key, []).append(i)
+    if len(groups) == 1:
+        return _as_output(run(x, y, projections=projections, constants=per_pair[0]), scalar)
+    if projections is None:  # common draws for every group
+        projections = draw_trials(n_trials, m, d, projection, norms, rng)
+    parts = []
+    for idx in map(np.asarray, groups.values()):
+        parts.append((idx, run(x[idx], y[idx], projections=projections, constants=per_pair[idx[0]])))
+    fields = {}
+    for name in _PER_PAIR:
+        values = np.empty(n)
+        for idx, part in parts:
+            values[idx] = getattr(part, name)
+        fields[name] = output(values, scalar)
+    return MonteCarloMSE(
+        **fields, mom_coverage=parts[0][1].mom_coverage, n_trials=n_trials, n_groups=n_groups
+    )
+
+
+# Fields of MonteCarloMSE with one value per pair.
+_PER_PAIR = ("mse", "se", "mom", "mom_low", "mom_high", "mean", "mean_se", "kernel")
+
+
+def _as_output(result, scalar):
+    """``result`` with floats instead of one-element arrays when the input was one pair."""
     if not scalar:
         return result
-    return MonteCarloMSE(
-        **{name: output(np.atleast_1d(getattr(result, name)), True)
-           for name in ("mse", "se", "mom", "mom_low", "mom_high", "mean", "mean_se", "kernel")},
-        mom_coverage=result.mom_coverage, n_trials=result.n_trials, n_groups=result.n_groups,
-    )  # fmt: skip
+    return replace(result, **{name: output(getattr(result, name), True) for name in _PER_PAIR})
 
 
-def _empirical(x, y, fmap, m, gamma, n_groups, projections, constants, rng, projection, norms,
+def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, projection, norms,
                n_trials) -> MonteCarloMSE:  # fmt: skip
     """The Monte Carlo of :func:`empirical_mse` for one set of constants (arrays out)."""
     n, d = x.shape

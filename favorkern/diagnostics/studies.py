@@ -142,6 +142,41 @@ def variance_study(
     import pandas as pd
     from sklearn.utils import check_random_state
 
+    x, y, pair_names = _study_pairs(x, y, pair_names, n_dims)
+    sizes = parse_sizes(n_components, "n_components")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"n_components must not repeat a width, got {sizes}")
+    kinds = parse_options(feature_maps, "feature_maps", feature_map_names(kernel="softmax"))
+    maps = {kind: get_feature_map(kind) for kind in kinds}
+    for kind in kinds:
+        for size in sizes:
+            check_width(kind, size)
+    schemes = parse_options(projection, "projection", MC_PROJECTIONS)
+    check_option(norms, "norms", NORMS)
+    gamma = check_gamma(gamma)
+    n_trials = check_int(n_trials, "n_trials", min_value=2)
+    rng = check_random_state(random_state)
+
+    geometry = _pair_columns(x, y, pair_names)
+    jobs = [(scheme, width) for scheme in schemes for width in sizes]
+    loop = jobs if progress is None else progress(jobs, total=len(jobs), desc="variance")
+    frames = []
+    for scheme, width in loop:
+        # common random numbers: every map takes the first rows of the same draws
+        draws = draw_trials(n_trials, width, x.shape[1], scheme, norms, rng)
+        for kind, fmap in maps.items():
+            frame = _study_rows(x, y, fmap, width, scheme, norms, gamma, draws)
+            frames.append(pd.concat([geometry, frame], axis=1))
+    study = pd.concat(frames, ignore_index=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        study["ratio"] = study["empirical_mse"] / study["theoretical_mse"]
+        study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
+    columns = ["feature_map", "projection", "n_components", "pair", "norm_x", "norm_y", "angle"]
+    return study[columns + [c for c in study.columns if c not in columns]]
+
+
+def _study_pairs(x, y, pair_names, n_dims):
+    """Checked pairs (the default pairs when neither is given) and their names."""
     if x is None and y is None:
         x, y, default_names = default_pairs(n_dims)
     elif x is None or y is None:
@@ -149,72 +184,57 @@ def variance_study(
     else:
         default_names = None
     x, y, _ = check_pairs(x, y)
-    n, d = x.shape
+    n = x.shape[0]
     if pair_names is None:
         pair_names = default_names or [f"pair{i}" for i in range(n)]
     pair_names = [str(p) for p in pair_names]
     if len(pair_names) != n:
         raise ValueError(f"pair_names must have {n} entries (one per pair), got {len(pair_names)}")
-    sizes = parse_sizes(n_components, "n_components")
-    if len(set(sizes)) != len(sizes):
-        raise ValueError(f"n_components must not repeat a width, got {sizes}")
-    kinds = parse_options(feature_maps, "feature_maps", feature_map_names(kernel="softmax"))
-    maps = {kind: check_width(kind, size)[0] for kind in kinds for size in sizes}
-    schemes = parse_options(projection, "projection", MC_PROJECTIONS)
-    check_option(norms, "norms", NORMS)
-    gamma = check_gamma(gamma)
-    n_trials = check_int(n_trials, "n_trials", min_value=2)
-    rng = check_random_state(random_state)
+    return x, y, pair_names
+
+
+def _pair_columns(x, y, pair_names):
+    """``pair, norm_x, norm_y, angle`` of each pair."""
+    import pandas as pd
 
     norm_x = np.linalg.norm(x, axis=1)
     norm_y = np.linalg.norm(y, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.clip(np.einsum("ij,ij->i", x, y) / (norm_x * norm_y), -1.0, 1.0)
-    angle = np.arccos(cosine)
+    return pd.DataFrame(
+        {"pair": pair_names, "norm_x": norm_x, "norm_y": norm_y, "angle": np.arccos(cosine)}
+    )
 
-    jobs = [(scheme, width) for scheme in schemes for width in sizes]
-    loop = jobs if progress is None else progress(jobs, total=len(jobs), desc="variance")
-    rows = []
-    for scheme, width in loop:
-        draws = draw_trials(n_trials, width, d, scheme, norms, rng)
-        for kind in kinds:
-            fmap = maps[kind]
-            m = width // fmap.outputs_per_projection
-            mc = empirical_mse(
-                x, y, feature_map=kind, n_components=width, gamma=gamma,
-                projections=draws[:, :m],
-            )  # fmt: skip
-            if _has_closed_form(fmap, scheme, norms):
-                theory = theoretical_mse(
-                    x, y, feature_map=kind, n_components=width, projection=scheme, norms=norms,
-                    gamma=gamma,
-                )  # fmt: skip
-            else:
-                theory = np.full(n, np.nan)
-            for i in range(n):
-                rows.append(
-                    {
-                        "feature_map": kind,
-                        "projection": scheme,
-                        "n_components": width,
-                        "pair": pair_names[i],
-                        "norm_x": norm_x[i],
-                        "norm_y": norm_y[i],
-                        "angle": angle[i],
-                        "kernel": mc.kernel[i],
-                        "empirical_mse": mc.mse[i],
-                        "se": mc.se[i],
-                        "mom": mc.mom[i],
-                        "mom_low": mc.mom_low[i],
-                        "mom_high": mc.mom_high[i],
-                        "theoretical_mse": theory[i],
-                    }
-                )
-    study = pd.DataFrame(rows)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        study["ratio"] = study["empirical_mse"] / study["theoretical_mse"]
-        study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
-    return study
+
+def _study_rows(x, y, fmap, width, projection, norms, gamma, draws):
+    """Monte Carlo (on the shared ``draws``) and closed form of one map at one width."""
+    import pandas as pd
+
+    m = width // fmap.outputs_per_projection
+    mc = empirical_mse(
+        x, y, feature_map=fmap, n_components=width, gamma=gamma, projections=draws[:, :m]
+    )
+    if _has_closed_form(fmap, projection, norms):
+        theory = theoretical_mse(
+            x, y, feature_map=fmap, n_components=width, projection=projection, norms=norms,
+            gamma=gamma,
+        )  # fmt: skip
+    else:
+        theory = np.full(x.shape[0], np.nan)
+    return pd.DataFrame(
+        {
+            "feature_map": fmap.name,
+            "projection": projection,
+            "n_components": width,
+            "kernel": mc.kernel,
+            "empirical_mse": mc.mse,
+            "se": mc.se,
+            "mom": mc.mom,
+            "mom_low": mc.mom_low,
+            "mom_high": mc.mom_high,
+            "theoretical_mse": theory,
+        }
+    )
 
 
 def study_summary(study):
