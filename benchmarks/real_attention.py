@@ -345,3 +345,28 @@ def linearize(model, attention_fn, *, repeat_kv_heads=True):
 def relative_row_errors(approx, exact):
     """``|approx_i - exact_i| / |exact_i|`` per query row (L2 norms over the last axis)."""
     return np.linalg.norm(approx - exact, axis=-1) / np.linalg.norm(exact, axis=-1)
+
+
+def favor(Q, K, V, *, causal, m, features, scale, random_state=0):
+    """``favorkern.favor_attention`` with ``m`` projections: the one call site of the studies."""
+    from favorkern import favor_attention
+
+    return favor_attention(
+        Q, K, V, causal=causal, n_features=m, features=features, scale=scale,
+        random_state=random_state,
+    )
+
+
+def load_capture(path):
+    """A capture written by ``capture_real_attention.py``, as a dict (numpy only).
+
+    ``q``, ``k``, ``v`` stay float16 (cast where used); ``layers``, ``scaling``,
+    ``text_names``, ``splits``, ``tokens`` as written; ``metadata`` parsed from JSON.
+    """
+    import json
+
+    with np.load(path, allow_pickle=False) as data:
+        out = {name: data[name] for name in data.files}
+    out["scaling"] = float(out["scaling"])
+    out["metadata"] = json.loads(str(out["metadata"]))
+    return out
