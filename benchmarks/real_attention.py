@@ -298,7 +298,7 @@ def check_capture(cap, layer):
 
 
 @contextlib.contextmanager
-def linearize(model, attention_fn, *, repeat_kv_heads=True):
+def linearize(model, attention_fn, *, repeat_kv_heads=True, layers=None):
     """Run every layer's attention of ``model`` through ``attention_fn`` while inside.
 
     Parameters
@@ -313,6 +313,9 @@ def linearize(model, attention_fn, *, repeat_kv_heads=True):
         (batch, n_heads, L, dv).  ``causal`` is the layer's own flag (True here).
     repeat_kv_heads : bool, default=True
         Repeat key/value heads to one per query head before the call.
+    layers : collection of int or None, default=None
+        Replace only these layers' attention; the others run exact causal
+        ``favorkern.softmax_attention`` (the same as the model's, to ~1e-6).
 
     Notes
     -----
@@ -330,9 +333,16 @@ def linearize(model, attention_fn, *, repeat_kv_heads=True):
         q = query.detach().float().numpy()
         k = key.detach().float().numpy()
         v = value.detach().float().numpy()
-        if repeat_kv_heads:
+        scaling, causal = float(kwargs["scaling"]), bool(module.is_causal)
+        if layers is not None and module.layer_idx not in layers:
+            from favorkern import softmax_attention
+
             k, v = repeat_kv(k, q.shape[-3]), repeat_kv(v, q.shape[-3])
-        out = attention_fn(q, k, v, float(kwargs["scaling"]), bool(module.is_causal))
+            out = softmax_attention(q, k, v, causal=causal, scale=scaling)
+        else:
+            if repeat_kv_heads:
+                k, v = repeat_kv(k, q.shape[-3]), repeat_kv(v, q.shape[-3])
+            out = attention_fn(q, k, v, scaling, causal)
         out = np.ascontiguousarray(np.asarray(out, dtype=np.float32))
         if out.shape != q.shape[:-1] + (v.shape[-1],):
             raise RuntimeError(f"attention_fn returned shape {out.shape}, expected {q.shape}")
