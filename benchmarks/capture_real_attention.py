@@ -95,6 +95,12 @@ def main(argv=None):
 
     docs = [d for d in ra.texts() if d.split == "calibration"][: args.texts]
     docs += [d for d in ra.texts() if d.split == "evaluation"][: args.texts]
+    for doc in docs:
+        try:
+            ra.tokenize(tokenizer, doc.text, args.tokens)
+        except ValueError as exc:
+            print(f"error: --tokens: {doc.name!r} {exc}", file=sys.stderr)
+            return 2
     q, k, v, tokens, checks, checks16 = [], [], [], [], {}, {}
     scaling = None
     for doc in docs:

