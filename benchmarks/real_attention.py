@@ -183,7 +183,12 @@ def _eager_of(module):
     """The model's own eager attention function (defined next to its attention class)."""
     import sys
 
-    return sys.modules[type(module).__module__].eager_attention_forward
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise RuntimeError(
+            f"{type(module).__module__} defines no eager_attention_forward to delegate to"
+        )
+    return eager
 
 
 @dataclass
