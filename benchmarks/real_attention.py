@@ -296,7 +296,7 @@ def check_capture(cap, layer):
     n_heads = q.shape[0]
     k = repeat_kv(cap.k[layer].astype(np.float64), n_heads)
     v = repeat_kv(cap.v[layer].astype(np.float64), n_heads)
-    ours = softmax_attention(q, k, v, causal=True, scale=cap.scaling)
+    ours = softmax_attention(q, k, v, causal=True, gamma=cap.scaling)
     model = cap.out[layer].astype(np.float64)
     errors = np.linalg.norm(ours - model, axis=-1) / np.linalg.norm(model, axis=-1)
     return float(errors.max())
@@ -343,7 +343,7 @@ def linearize(model, attention_fn, *, repeat_kv_heads=True, layers=None):
             from favorkern import softmax_attention
 
             k, v = repeat_kv(k, q.shape[-3]), repeat_kv(v, q.shape[-3])
-            out = softmax_attention(q, k, v, causal=causal, scale=scaling)
+            out = softmax_attention(q, k, v, causal=causal, gamma=scaling)
         else:
             if repeat_kv_heads:
                 k, v = repeat_kv(k, q.shape[-3]), repeat_kv(v, q.shape[-3])
@@ -363,11 +363,16 @@ def relative_row_errors(approx, exact):
 
 
 def favor(Q, K, V, *, causal, m, features, scale, random_state=0):
-    """``favorkern.favor_attention`` with ``m`` projections: the one call site of the studies."""
-    from favorkern import favor_attention
+    """``favorkern.favor_attention`` with ``m`` projections: the one call site of the studies.
 
+    ``m`` counts projections (paired maps give ``2 m`` outputs), as in the tables.
+    """
+    from favorkern import favor_attention
+    from favorkern.feature_maps import get_feature_map
+
+    width = m * get_feature_map(features).outputs_per_projection
     return favor_attention(
-        Q, K, V, causal=causal, n_features=m, features=features, scale=scale,
+        Q, K, V, causal=causal, n_components=width, feature_map=features, gamma=scale,
         random_state=random_state,
     )
 

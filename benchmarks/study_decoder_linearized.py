@@ -51,7 +51,7 @@ CONFIGS = (
 def attention_function(features, m, seed):
     if features is None:
         return lambda q, k, v, scaling, causal: softmax_attention(
-            q, k, v, causal=causal, scale=scaling
+            q, k, v, causal=causal, gamma=scaling
         )
 
     def favor_fn(q, k, v, scaling, causal):

@@ -49,7 +49,7 @@ def head_errors(q, k, v, scaling, *, causal, m, features, seed):
     """Median relative row error per query head, shape (n_heads,)."""
     exact = softmax_attention(
         q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
-        causal=causal, scale=scaling,
+        causal=causal, gamma=scaling,
     )
     approx = ra.favor(q, k, v, causal=causal, m=m, features=features, scale=scaling,
                       random_state=seed)

@@ -113,7 +113,7 @@ def row_errors(approx, exact):
 
 
 q, k, v, model_out = heads(10)
-exact = softmax_attention(q, k, v, causal=True, scale=scaling)
+exact = softmax_attention(q, k, v, causal=True, gamma=scaling)
 print(f"layer 10: largest relative row error {row_errors(exact, model_out).max():.1e}")
 
 # %%
@@ -131,13 +131,13 @@ errors = {m: [] for m in sizes}
 scales = []
 for layer in layers:
     q, k, v, _ = heads(layer)
-    exact = softmax_attention(q, k, v, causal=True, scale=scaling)
+    exact = softmax_attention(q, k, v, causal=True, gamma=scaling)
     scales.append(
         np.median(np.linalg.norm(q, axis=-1)) * np.median(np.linalg.norm(k, axis=-1)) * scaling
     )
     for m in sizes:
         approx = favor_attention(
-            q, k, v, causal=True, n_features=m, scale=scaling, random_state=0
+            q, k, v, causal=True, n_components=m, gamma=scaling, random_state=0
         )
         errors[m].append(np.median(np.median(row_errors(approx, exact), axis=-1)))
 

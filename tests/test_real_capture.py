@@ -74,7 +74,7 @@ def test_fixture_shapes_dtypes_metadata(capture):
 def test_exact_causal_attention_on_real_heads(capture, text, layer):
     q, k, v = _head_inputs(capture, text, layer)
     scale = float(capture["scaling"])
-    out = softmax_attention(q, k, v, causal=True, scale=scale)
+    out = softmax_attention(q, k, v, causal=True, gamma=scale)
     assert out.shape == (N_HEADS, L, HEAD_DIM) and out.dtype == np.float32
     assert np.all(np.isfinite(out))
     # Row 0 sees only key 0; every row is a convex combination of its prefix's values.
@@ -83,7 +83,7 @@ def test_exact_causal_attention_on_real_heads(capture, text, layer):
     prefix_min = np.minimum.accumulate(v, axis=1)
     assert np.all(out <= prefix_max + 1e-5) and np.all(out >= prefix_min - 1e-5)
     # float32 agrees with a float64 recomputation.
-    out64 = softmax_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, scale=scale)
+    out64 = softmax_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, gamma=scale)
     np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-5)
 
 
@@ -92,9 +92,9 @@ def test_favor_error_on_real_heads_within_measured_band(capture, layer):
     text = capture["splits"].tolist().index("evaluation")
     q, k, v = _head_inputs(capture, text, layer)
     scale = float(capture["scaling"])
-    exact = softmax_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, scale=scale)
+    exact = softmax_attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True, gamma=scale)
     approx = favor_attention(
-        q, k, v, causal=True, n_features=256, features="positive", scale=scale, random_state=0
+        q, k, v, causal=True, n_components=256, feature_map="positive", gamma=scale, random_state=0
     )
     assert approx.dtype == np.float32 and np.all(np.isfinite(approx))
     rows = np.linalg.norm(approx - exact, axis=-1) / np.linalg.norm(exact, axis=-1)
