@@ -29,18 +29,16 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ._feature_maps import (
-    _executor,
     apply_block,
-    blas_single_thread,
     generalized_spec,
     homogeneity_sum_sq,
     hyperbolic_spec,
-    n_threads,
     optimal_gerf_a,
     optimal_positive_spec,
     positive_spec,
     trigonometric_spec,
 )
+from ._parallel import blas_single_thread, executor, n_threads
 from ._validation import check_float_array, check_int, check_option, check_positive_real
 from .projections import PROJECTION_KINDS, draw_projection
 
@@ -146,7 +144,7 @@ def _run_parallel(tasks, workers):
     def work(w):
         return [(i, tasks[i]()) for i in range(w, len(tasks), workers)]
 
-    pool = _executor(n_threads())
+    pool = executor(n_threads())
     results = [None] * len(tasks)
     for future in [pool.submit(work, w) for w in range(workers)]:
         for i, value in future.result():
@@ -596,7 +594,7 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
         b = min(n, a + chunk)
         if workers > 1:
             # queries on one thread while the keys are mapped on another
-            query_task = _executor(n_threads()).submit(fmap.queries, q[a:b], query_buf[: b - a])
+            query_task = executor(n_threads()).submit(fmap.queries, q[a:b], query_buf[: b - a])
             qf, kf, decay, carried = _recurrent_features(
                 fmap, q, k, mask, a, b, query_buf, key_buf, carried, queries=False
             )
