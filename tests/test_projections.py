@@ -132,8 +132,14 @@ def test_thin_blocks_match_full_block_rows_in_distribution(m, d):
     for seed in range(2000):
         W = draw_projection(m, d, norms="fixed", random_state=seed) / np.sqrt(d)
         thin.append(W[m - r :])
-        full.append(draw_projection(d, d, norms="fixed", random_state=10**6 + seed)[:r] / np.sqrt(d))
-    for statistic in (_corner_trace, lambda rows: float(rows[0, 0]), lambda rows: float(rows[-1, 1])):
+        full.append(
+            draw_projection(d, d, norms="fixed", random_state=10**6 + seed)[:r] / np.sqrt(d)
+        )
+    for statistic in (
+        _corner_trace,
+        lambda rows: float(rows[0, 0]),
+        lambda rows: float(rows[-1, 1]),
+    ):
         a = [statistic(rows) for rows in thin]
         b = [statistic(rows) for rows in full]
         assert stats.ks_2samp(a, b).pvalue > 1e-3
@@ -143,7 +149,10 @@ def test_thin_block_sign_fix_makes_diagonal_unbiased():
     # Without the sign fix the thin QR's Q[0, 0] is never positive.
     d, m = 9, 4
     first = np.array(
-        [draw_projection(m, d, norms="fixed", random_state=s)[:, 0] / np.sqrt(d) for s in range(3000)]
+        [
+            draw_projection(m, d, norms="fixed", random_state=s)[:, 0] / np.sqrt(d)
+            for s in range(3000)
+        ]
     )
     assert (first[:, 0] > 0).mean() == pytest.approx(0.5, abs=0.05)
     se = first[:, 0].std() / np.sqrt(len(first))
@@ -161,7 +170,10 @@ def test_thin_rows_are_marginally_gaussian():
 
 def test_thin_simplex_block_keeps_simplex_geometry_and_isotropy():
     d, m = 12, 5
-    blocks = [draw_projection(m, d, kind="simplex", norms="fixed", random_state=s) / np.sqrt(d) for s in range(1500)]
+    blocks = [
+        draw_projection(m, d, kind="simplex", norms="fixed", random_state=s) / np.sqrt(d)
+        for s in range(1500)
+    ]
     gram = blocks[0] @ blocks[0].T
     np.testing.assert_allclose(gram[~np.eye(m, dtype=bool)], -1.0 / (d - 1), atol=1e-12)
     # Each direction is uniform on the sphere: E[w w^T] = I / d.

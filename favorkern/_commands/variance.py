@@ -6,16 +6,17 @@ iid and orthogonal projections at every m in --n-features (m = number of random
 projections; hyperbolic and trigonometric maps have 2m outputs), prints a compact
 table, and writes the full study to DIR/variance.csv, tables to DIR/variance.md,
 the MSE-vs-m plot to DIR/variance.png and the Performer Fig. 2 ratio map to
-DIR/fig2_ratio.png.
+DIR/fig2_ratio.png.  Existing result files are kept unless --overwrite is given;
+the results appear only once all of them are written.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from ._args import int_at_least, int_list, names
+from ._files import OutputDir, write_text
 from ._progress import progress
 
 DEFAULT_SIZES = (16, 32, 64, 128, 256)
@@ -28,13 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int_list,
         default=list(DEFAULT_SIZES),
         metavar="M1,M2,...",
-        help="numbers of random projections, comma-separated",
+        help="numbers of random projections, comma-separated, each at most once",
     )
     parser.add_argument(
         "--trials", type=int_at_least(2), default=2000, help="Monte-Carlo trials per setting"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--out", default="variance-out", metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace variance.csv, variance.md and the PNG files if DIR already holds them "
+        "(without it the command refuses before computing anything)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG files")
     parser.add_argument(
         "--features",
@@ -95,7 +102,20 @@ def agreement_line(study) -> str:
     )
 
 
+def output_names(args):
+    """The files ``favorkern variance`` writes into --out."""
+    names = ["variance.csv", "variance.md"]
+    if not args.no_plot:
+        names += ["variance.png", "fig2_ratio.png"]
+    return names
+
+
 def run(args) -> int:
+    with OutputDir(args.out, output_names(args), overwrite=args.overwrite) as out:
+        return _run(args, out)
+
+
+def _run(args, out) -> int:
     import numpy as np
 
     from favorkern.diagnostics import variance_study
@@ -114,8 +134,7 @@ def run(args) -> int:
     summary = summarize(study)
     elapsed = time.perf_counter() - start
 
-    os.makedirs(args.out, exist_ok=True)
-    study.to_csv(os.path.join(args.out, "variance.csv"), index=False)
+    study.to_csv(out.file("variance.csv"), index=False)
     table = format_table(summary)
     agreement = agreement_line(study)
     m_lo, m_hi = min(args.n_features), max(args.n_features)
@@ -139,10 +158,19 @@ def run(args) -> int:
         "ratio",
         "z",
     ]
-    with open(os.path.join(args.out, "variance.md"), "w", encoding="utf-8") as handle:
-        handle.write("# favorkern variance\n\n")
-        handle.write(legend + "\n\n" + table + "\n\n" + agreement + "\n\n")
-        handle.write("## All settings\n\n" + format_table(full[columns]) + "\n")
+    write_text(
+        out.file("variance.md"),
+        "# favorkern variance\n\n"
+        + legend
+        + "\n\n"
+        + table
+        + "\n\n"
+        + agreement
+        + "\n\n"
+        + "## All settings\n\n"
+        + format_table(full[columns])
+        + "\n",
+    )
     if not args.no_plot:
         import matplotlib
 
@@ -152,11 +180,12 @@ def run(args) -> int:
         from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
         fig = plot_mse_vs_m(study)
-        fig.savefig(os.path.join(args.out, "variance.png"), dpi=110)
+        fig.savefig(out.file("variance.png"), dpi=110)
         plt.close(fig)
         fig = plot_trig_positive_ratio()
-        fig.savefig(os.path.join(args.out, "fig2_ratio.png"), dpi=110)
+        fig.savefig(out.file("fig2_ratio.png"), dpi=110)
         plt.close(fig)
+    out.commit()
 
     print(table)
     print()
