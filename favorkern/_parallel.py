@@ -18,6 +18,7 @@ the three pieces of process-wide state that this needs, and keeps them safe:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ ENV_THREADS = "FAVORKERN_NUM_THREADS"
 _lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 _controller = None  # threadpoolctl.ThreadpoolController, created on first use
+_controller_modules = -1  # len(sys.modules) when it was created
 _blas_users = 0  # callers currently inside blas_single_thread()
 _blas_saved = None  # the threadpoolctl limiter holding the limits to restore
 
@@ -94,16 +96,40 @@ def executor(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _as_blas_controller(change, *args, **kwargs):
+    """Call ``change`` (which sets OpenBLAS limits) as threadpoolctl's controlling thread.
+
+    threadpoolctl >= 3.8 lets only one "controlling" thread set the limits of a
+    pthreads OpenBLAS (the first to try, until it leaves a ``threadpool_limits``
+    block); from any other thread the call silently does nothing, which would
+    leave the limit set by one thread unrestored by another.  Take control for the
+    call and hand it back.
+    """
+    from threadpoolctl import OpenBLASController
+
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        return change(*args, **kwargs)
+    finally:
+        if clear is not None:
+            clear()
+
+
 def _acquire_blas_limit() -> None:
-    global _controller, _blas_users, _blas_saved
+    global _controller, _controller_modules, _blas_users, _blas_saved
     with _lock:
         if _blas_users == 0:
-            if _controller is None:
+            # The controller knows the libraries loaded when it was made (0.4 ms to
+            # make); a BLAS loaded since came with an import, so rebuild after imports.
+            if _controller is None or _controller_modules != len(sys.modules):
                 from threadpoolctl import ThreadpoolController
 
                 _controller = ThreadpoolController()
+                _controller_modules = len(sys.modules)
             # The limiter records the current limits before setting one thread.
-            _blas_saved = _controller.limit(limits=1, user_api="blas")
+            _blas_saved = _as_blas_controller(_controller.limit, limits=1, user_api="blas")
         _blas_users += 1
 
 
@@ -113,7 +139,7 @@ def _release_blas_limit() -> None:
         _blas_users -= 1
         if _blas_users == 0 and _blas_saved is not None:
             saved, _blas_saved = _blas_saved, None
-            saved.restore_original_limits()
+            _as_blas_controller(saved.restore_original_limits)
 
 
 @contextmanager
@@ -190,7 +216,7 @@ def _after_fork_in_child() -> None:
         # A parent thread was inside blas_single_thread(); no call is running in
         # the child, so it gets the limits the parent had before.
         try:
-            saved.restore_original_limits()
+            _as_blas_controller(saved.restore_original_limits)
         except Exception:  # noqa: BLE001  (never break a fork over a thread count)
             pass
 

@@ -56,6 +56,12 @@ def load_array(path, option: str) -> np.ndarray:
             f"{option}: {path} is a .npz archive; save the single array with numpy.save "
             "as a .npy file"
         )
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"PK\x03\x04"):
+        raise UsageError(f"{option}: {path} is a .npz archive, expected a single .npy array")
+    if magic != b"\x93NUMPY":
+        raise UsageError(f"{option}: {path} is not a .npy array file (one written by numpy.save)")
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -67,11 +73,8 @@ def load_array(path, option: str) -> np.ndarray:
         raise UsageError(f"{option}: {path} is not a .npy array file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise UsageError(f"{option}: cannot read {path} as a .npy array ({exc})") from None
-    if not isinstance(loaded, np.ndarray):
-        # np.load returns an archive for a zip file whatever its name
-        if hasattr(loaded, "close"):
-            loaded.close()
-        raise UsageError(f"{option}: {path} is a .npz archive, expected a single .npy array")
+    if not isinstance(loaded, np.ndarray):  # defensive: np.load of a .npy gives an array
+        raise UsageError(f"{option}: {path} does not hold a single array")
     if loaded.dtype.kind == "c":
         raise UsageError(
             f"{option}: {path} holds complex numbers (dtype {loaded.dtype}); the attention "
