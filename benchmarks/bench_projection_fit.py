@@ -46,7 +46,9 @@ def main(argv=None):
     }
     print(f"m={args.m} cores={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
     print(f"median of {args.repeats} fits; gaussian timed in the same run\n")
-    header = f"{'input':<16} {'orthogonal [s]':>15} {'gaussian [s]':>13} {'ratio':>7} {'peak MiB':>9}"
+    header = (
+        f"{'input':<16} {'orthogonal [s]':>15} {'gaussian [s]':>13} {'ratio':>7} {'peak MiB':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name, X in inputs.items():

@@ -407,6 +407,13 @@ def test_cli_rejects_bad_array_files(tmp_path, capsys, content, phrase):
     )
 
 
+def test_cli_float64_file_beyond_float32_range(tmp_path, capsys):
+    paths = _write_qkv(tmp_path)
+    np.save(paths["k"], np.full((100, 8), 1e300))
+    _fails_cleanly(capsys, _attention_args(paths["q"], paths["k"], paths["v"]), 2, "--keys",
+                   "float32 range", "--dtype float64")  # fmt: skip
+
+
 def test_cli_lengths_beyond_the_files(tmp_path, capsys):
     paths = _write_qkv(tmp_path)
     argv = _attention_args(paths["q"], paths["k"], paths["v"], "--lengths", "65")

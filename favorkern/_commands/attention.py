@@ -135,6 +135,11 @@ def _inputs(args):
         )
         _check_files(Q, K, V, args.causal)
         Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+        for array, option in zip((Q, K, V), FILE_OPTIONS, strict=True):
+            if not np.isfinite(array).all():
+                raise UsageError(
+                    f"{option} has values beyond the {args.dtype} range; use --dtype float64"
+                )
         n_queries, n_keys = Q.shape[-2], K.shape[-2]
         lengths = args.lengths or [n_queries]
         too_long = [L for L in lengths if L > n_queries]
