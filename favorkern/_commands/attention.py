@@ -134,7 +134,8 @@ def _inputs(args):
             load_array(path, option) for path, option in zip(files, FILE_OPTIONS, strict=True)
         )
         _check_files(Q, K, V, args.causal)
-        Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+        with np.errstate(over="ignore"):  # checked just below, naming the option
+            Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
         for array, option in zip((Q, K, V), FILE_OPTIONS, strict=True):
             if not np.isfinite(array).all():
                 raise UsageError(
