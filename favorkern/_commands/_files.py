@@ -6,7 +6,8 @@ hidden staging folder next to (or inside) the output directory and moved into
 place only when every file is complete: a failure or Ctrl-C part way leaves the
 output directory as it was, and each result file is replaced by ``os.replace``
 (atomic on POSIX), never seen half-written.  Existing results are kept unless
-``--overwrite`` is given.
+``--overwrite`` is given.  Only a process killed outright (SIGKILL, power loss)
+can leave a hidden ``.favorkern-partial-*`` folder behind, safe to delete.
 """
 
 from __future__ import annotations
