@@ -191,7 +191,7 @@ def test_num_threads_env_capped_at_cpu_count_with_warning(monkeypatch):
     assert threading.active_count() - threads_before <= max(1, os.cpu_count() or 1)
 
 
-@pytest.mark.parametrize(("value", "expected"), [(" 1 ", 1), ("", None)])
+@pytest.mark.parametrize(("value", "expected"), [(" 1 ", 1), ("", None)], ids=["padded", "empty"])
 def test_num_threads_env_accepts_padded_integer_and_empty(monkeypatch, value, expected):
     monkeypatch.setenv(ENV_THREADS, value)
     assert n_threads() == (expected or max(1, os.cpu_count() or 1))
@@ -602,3 +602,30 @@ def test_cli_regress_speaks_plainly_and_writes_atomically(tmp_path, capsys):
     assert "comparisons:" in stdout
     assert sorted(os.listdir(out)) == ["regress.csv", "regress.md"]
     _fails_cleanly(capsys, argv, 2, "--overwrite")
+
+
+def test_output_dir_creates_missing_parents_at_commit_only(tmp_path):
+    from favorkern._commands._files import OutputDir
+
+    target = tmp_path / "a" / "b" / "c"
+    with OutputDir(target, ["r.txt"]) as out:
+        assert not (tmp_path / "a").exists()  # nothing created before the results exist
+        with open(out.file("r.txt"), "w") as handle:
+            handle.write("result")
+        assert out.commit() == [str(target / "r.txt")]
+    assert (target / "r.txt").read_text() == "result"
+    assert _no_staging_left(tmp_path) and os.listdir(target) == ["r.txt"]
+
+
+def test_output_dir_keeps_results_when_a_file_appears_meanwhile(tmp_path):
+    from favorkern._commands._files import OutputDir, UsageError
+
+    with OutputDir(tmp_path, ["r.txt"]) as out:
+        with open(out.file("r.txt"), "w") as handle:
+            handle.write("new")
+        (tmp_path / "r.txt").write_text("someone else's")
+        with pytest.raises(UsageError, match="r.txt.*--overwrite.*kept in") as error:
+            out.commit()
+    kept = str(error.value).rsplit("kept in ", 1)[1]
+    assert open(os.path.join(kept, "r.txt")).read() == "new"
+    assert (tmp_path / "r.txt").read_text() == "someone else's"
