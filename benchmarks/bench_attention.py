@@ -60,7 +60,7 @@ def floor_products(Q, K, V, W, split=False):
     ``split``: row ranges over the thread pool of favorkern with BLAS pinned to one
     thread (the parallel layout favor_attention uses); else one BLAS-threaded call each.
     """
-    from favorkern.feature_maps._evaluate import _executor, blas_single_thread, n_threads
+    from favorkern._parallel import blas_single_thread, executor, n_threads
 
     Wt = np.ascontiguousarray(W.astype(np.float32).T)
     features = np.empty((Q.shape[0], M), dtype=np.float32)
@@ -85,7 +85,7 @@ def floor_products(Q, K, V, W, split=False):
             queries(0)
             return
         with blas_single_thread():
-            pool = _executor(workers)
+            pool = executor(workers)
             for future in [pool.submit(keys, w) for w in range(workers)]:
                 future.result()
             for future in [pool.submit(queries, w) for w in range(workers)]:

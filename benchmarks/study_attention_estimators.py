@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from favorkern import draw_projection, favor_attention, softmax_attention
-from favorkern.feature_maps._evaluate import (
-    apply_feature_map,
+from favorkern.feature_maps import apply_feature_map
+from favorkern.feature_maps.optimal import (
     homogeneity_sum_sq,
     optimal_gerf_a,
     optimal_positive_spec,

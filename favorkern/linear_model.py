@@ -921,8 +921,8 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
     >>> X, y = make_friedman1(n_samples=5000, noise=1.0, random_state=0)
     >>> features = TrigonometricRandomFeatures(512, kernel="rbf", gamma=0.1, random_state=0)
     >>> model = RandomFeatureRidge(features, alphas=np.logspace(-3, 1, 5)).fit(X, y)
-    >>> model.alpha_, round(model.score(X, y), 2)
-    (0.001, 0.95)
+    >>> model.alpha_, bool(model.score(X, y) > 0.9)
+    (0.001, True)
     >>> mean, std = model.predict(X[:3], return_std=True)
     >>> std.shape
     (3,)

@@ -39,8 +39,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
-from threadpoolctl import threadpool_limits
 
+from ._parallel import blas_single_thread
 from ._validation import check_int, check_option, check_positive_real
 from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
 from .kernels import softmax_kernel
@@ -441,7 +441,7 @@ def select_gamma_alpha(
     alphas = np.array([check_positive_real(float(a), "alpha") for a in alphas])
     folds = list(KFold(cv, shuffle=True, random_state=rng).split(X))
     errors = np.zeros((len(gammas), len(alphas)))
-    with threadpool_limits(1, "blas"):  # eigh of a few hundred rows: threads only contend
+    with blas_single_thread():  # eigh of a few hundred rows: threads only contend
         _cross_validate(X, y, kernel, gammas, alphas, folds, errors)
     i, j = np.unravel_index(np.argmin(errors), errors.shape)
     return float(gammas[i]), float(alphas[j])

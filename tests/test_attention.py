@@ -401,4 +401,4 @@ def test_command_line(capsys, tmp_path):
     assert capsys.readouterr().out.splitlines()[2].split()[0] == "20"
     assert main(["attention", files[0], "--no-progress"]) == 2
     assert "together" in capsys.readouterr().err
-    assert main(["attention", "--n-features", "0", "--no-progress"]) == 2
+    assert main(["attention", "--n-components", "0", "--no-progress"]) == 2

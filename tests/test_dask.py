@@ -321,7 +321,7 @@ def test_cluster_workers_single_threaded(client):
 
         import numba
 
-        from favorkern.feature_maps._evaluate import n_threads
+        from favorkern._parallel import n_threads
 
         return (os.environ["NUMBA_NUM_THREADS"], numba.config.NUMBA_NUM_THREADS, n_threads())
 

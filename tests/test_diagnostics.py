@@ -425,7 +425,7 @@ def test_command_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "study"
     code = main(
-        ["variance", "--d", "4", "--n-features", "2,4", "--trials", "60", "--seed", "1",
+        ["variance", "--d", "4", "--n-components", "2,4", "--trials", "60", "--seed", "1",
          "--out", str(out), "--no-progress"]
     )  # fmt: skip
     assert code == 0
@@ -444,8 +444,8 @@ def test_command_rejects_bad_arguments(capsys):
     from favorkern.cli import main
 
     with pytest.raises(SystemExit):
-        main(["variance", "--n-features", "a,b"])
-    assert "n-features" in capsys.readouterr().err
+        main(["variance", "--n-components", "a,b"])
+    assert "n-components" in capsys.readouterr().err
 
 
 def test_import_stays_light():

@@ -112,3 +112,79 @@ def test_structured_rows_are_approximately_gaussian():
     W = draw_projection(4096, d, projection="structured", random_state=2)
     np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.12)
     assert abs(np.mean(np.sum(W**2, axis=1)) - d) < 0.5
+
+
+# -- thin blocks (m < d, and the partial last block) ---------------------------------
+
+
+def _corner_trace(rows):
+    """Trace of the leading r x r corner of r orthonormal rows (a Haar-sensitive statistic)."""
+    r = rows.shape[0]
+    return float(np.trace(rows[:, :r]))
+
+
+@pytest.mark.parametrize("m, d", [(3, 7), (11, 4)])
+def test_thin_blocks_match_full_block_rows_in_distribution(m, d):
+    # r rows of a thin block must be distributed as the first r rows of a full Haar
+    # block; two-sample KS on the corner trace and on one coordinate, 2000 draws each.
+    r = m % d
+    thin, full = [], []
+    for seed in range(2000):
+        W = draw_projection(m, d, norms="fixed", random_state=seed) / np.sqrt(d)
+        thin.append(W[m - r :])
+        full.append(
+            draw_projection(d, d, norms="fixed", random_state=10**6 + seed)[:r] / np.sqrt(d)
+        )
+    for statistic in (
+        _corner_trace,
+        lambda rows: float(rows[0, 0]),
+        lambda rows: float(rows[-1, 1]),
+    ):
+        a = [statistic(rows) for rows in thin]
+        b = [statistic(rows) for rows in full]
+        assert stats.ks_2samp(a, b).pvalue > 1e-3
+
+
+def test_thin_block_sign_fix_makes_diagonal_unbiased():
+    # Without the sign fix the thin QR's Q[0, 0] is never positive.
+    d, m = 9, 4
+    first = np.array(
+        [
+            draw_projection(m, d, norms="fixed", random_state=s)[:, 0] / np.sqrt(d)
+            for s in range(3000)
+        ]
+    )
+    assert (first[:, 0] > 0).mean() == pytest.approx(0.5, abs=0.05)
+    se = first[:, 0].std() / np.sqrt(len(first))
+    assert abs(first[:, 0].mean()) < 4.5 * se
+
+
+def test_thin_rows_are_marginally_gaussian():
+    # m < d: every row still N(0, I_d) (isotropic directions with chi lengths).
+    d, m = 10, 3
+    W = np.concatenate([draw_projection(m, d, random_state=s) for s in range(2000)])
+    assert np.abs(W.mean(axis=0)).max() < 4.5 / np.sqrt(len(W))
+    np.testing.assert_allclose(np.cov(W.T), np.eye(d), atol=0.08)
+    assert stats.kstest(np.sum(W**2, axis=1), stats.chi2(d).cdf).pvalue > 1e-3
+
+
+def test_thin_simplex_block_keeps_simplex_geometry_and_isotropy():
+    d, m = 12, 5
+    blocks = [
+        draw_projection(m, d, projection="simplex", norms="fixed", random_state=s) / np.sqrt(d)
+        for s in range(1500)
+    ]
+    gram = blocks[0] @ blocks[0].T
+    np.testing.assert_allclose(gram[~np.eye(m, dtype=bool)], -1.0 / (d - 1), atol=1e-12)
+    # Each direction is uniform on the sphere: E[w w^T] = I / d.
+    second_moment = np.mean([b[0][:, None] * b[0][None, :] for b in blocks], axis=0)
+    np.testing.assert_allclose(second_moment, np.eye(d) / d, atol=0.012)
+
+
+def test_full_blocks_unchanged_by_a_partial_block():
+    # The full blocks are drawn first, from the same stream as without a partial block.
+    d = 5
+    np.testing.assert_array_equal(
+        draw_projection(13, d, norms="fixed", random_state=3)[:10],
+        draw_projection(10, d, norms="fixed", random_state=3),
+    )

@@ -204,7 +204,7 @@ def test_load_dataset_errors(tmp_path, diabetes_csv):
 
 
 # -- the command --------------------------------------------------------------------
-TINY = ["--n-features", "8,16", "--cv-samples", "120", "--no-progress"]
+TINY = ["--n-components", "8,16", "--cv-samples", "120", "--no-progress"]
 
 
 def test_command_end_to_end(tmp_path, capsys):
@@ -255,6 +255,6 @@ def test_command_errors(tmp_path, capsys, diabetes_csv, extra, message):
 
 def test_command_rejects_bad_widths(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["regress", "--n-features", "16,abc"])
+        main(["regress", "--n-components", "16,abc"])
     assert exit_info.value.code == 2
     assert "comma-separated integers" in capsys.readouterr().err

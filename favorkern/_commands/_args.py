@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def int_list(text):
@@ -15,7 +16,17 @@ def int_list(text):
         ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    _reject_duplicates(values, text)
     return values
+
+
+def _reject_duplicates(values, text):
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+    if repeated:
+        shown = ", ".join(map(str, repeated))
+        raise argparse.ArgumentTypeError(
+            f"{shown} given more than once in {text!r}; list each once"
+        )
 
 
 def int_at_least(minimum):
@@ -38,4 +49,27 @@ def names(text):
     values = [part.strip() for part in text.split(",") if part.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    _reject_duplicates(values, text)
     return values
+
+
+def positive_float(text):
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def fraction(text):
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value

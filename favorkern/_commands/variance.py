@@ -1,21 +1,24 @@
 """Closed-form and Monte-Carlo MSE of the random-feature softmax-kernel estimators.
 
 Runs favorkern.diagnostics.variance_study on pairs of several norms and angles
-(in --d dimensions) for the positive, hyperbolic and trigonometric estimators with
-iid and orthogonal projections at every m in --n-features (m = number of random
-projections; hyperbolic and trigonometric maps have 2m outputs), prints a compact
-table, and writes the full study to DIR/variance.csv, tables to DIR/variance.md,
-the MSE-vs-m plot to DIR/variance.png and the Performer Fig. 2 ratio map to
-DIR/fig2_ratio.png.
+(in --d dimensions) for the registered estimators of the softmax kernel with iid,
+orthogonal and simplex projections at every output width in --n-components (every
+map at the same width: hyperbolic and trigonometric maps use two outputs per
+projection), prints a compact table, and writes the full study to
+DIR/variance.csv, tables to DIR/variance.md, the MSE-vs-width plot to
+DIR/variance.png and the Performer Fig. 2 ratio map to
+DIR/fig2_ratio.png.  Existing result files are kept unless --overwrite is given;
+the results appear only once all of them are written.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from ._args import int_at_least, int_list, names
+from ._files import OutputDir, write_text
+from ..feature_maps import feature_map_names
 from ._progress import progress
 
 DEFAULT_SIZES = (16, 32, 64, 128, 256)
@@ -24,24 +27,32 @@ DEFAULT_SIZES = (16, 32, 64, 128, 256)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d", type=int_at_least(2), default=16, help="input dimension")
     parser.add_argument(
-        "--n-features",
+        "--n-components",
         type=int_list,
         default=list(DEFAULT_SIZES),
-        metavar="M1,M2,...",
-        help="numbers of random projections, comma-separated",
+        metavar="N1,N2,...",
+        help="output widths of the feature maps (even: paired maps use two outputs per "
+        "projection), comma-separated, each at most once",
     )
     parser.add_argument(
         "--trials", type=int_at_least(2), default=2000, help="Monte-Carlo trials per setting"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--out", default="variance-out", metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace variance.csv, variance.md and the PNG files if DIR already holds them "
+        "(without it the command refuses before computing anything)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG files")
     parser.add_argument(
-        "--features",
+        "--feature-maps",
         type=names,
         default=["positive", "hyperbolic", "trigonometric", "optimal"],
-        help="feature maps, comma-separated: positive, hyperbolic, trigonometric, "
-        "optimal (GERF / FAVOR++ at each pair's own A*)",
+        help="feature maps of the registry, comma-separated (those estimating the softmax "
+        "kernel: " + ", ".join(feature_map_names(kernel="softmax")) + "); optimal runs at "
+        "each pair's own A*",
     )
     parser.add_argument(
         "--projection",
@@ -54,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summarize(study):
-    """One row per (pair, features, projection): closed form at the extreme m, MC agreement."""
+    """One row per (pair, feature_map, projection): closed form at the extreme widths, MC agreement."""
     from favorkern.diagnostics import study_summary
 
     return study_summary(study).drop(columns=["norm", "angle_deg"])
@@ -95,7 +106,20 @@ def agreement_line(study) -> str:
     )
 
 
+def output_names(args):
+    """The files ``favorkern variance`` writes into --out."""
+    names = ["variance.csv", "variance.md"]
+    if not args.no_plot:
+        names += ["variance.png", "fig2_ratio.png"]
+    return names
+
+
 def run(args) -> int:
+    with OutputDir(args.out, output_names(args), overwrite=args.overwrite) as out:
+        return _run(args, out)
+
+
+def _run(args, out) -> int:
     import numpy as np
 
     from favorkern.diagnostics import variance_study
@@ -104,9 +128,9 @@ def run(args) -> int:
     wrapper = None if args.no_progress else progress
     study = variance_study(
         n_dims=args.d,
-        n_components=args.n_features,
+        n_components=args.n_components,
         n_trials=args.trials,
-        feature_maps=args.features,
+        feature_maps=args.feature_maps,
         projection=args.projection,
         random_state=args.seed,
         progress=wrapper,
@@ -114,14 +138,13 @@ def run(args) -> int:
     summary = summarize(study)
     elapsed = time.perf_counter() - start
 
-    os.makedirs(args.out, exist_ok=True)
-    study.to_csv(os.path.join(args.out, "variance.csv"), index=False)
+    study.to_csv(out.file("variance.csv"), index=False)
     table = format_table(summary)
     agreement = agreement_line(study)
-    m_lo, m_hi = min(args.n_features), max(args.n_features)
+    m_lo, m_hi = min(args.n_components), max(args.n_components)
     legend = (
         f"rel_mse_nK: closed-form MSE / k(x,y)^2 at width n = K; ratio_min/max: "
-        f"Monte-Carlo / closed-form MSE over m in {args.n_features}; max_abs_z: largest "
+        f"Monte-Carlo / closed-form MSE over the widths {args.n_components}; max_abs_z: largest "
         f"|empirical - closed form| / se.  d = {args.d}, {args.trials} trials, seed {args.seed}."
     )
     full = study.copy()
@@ -139,10 +162,19 @@ def run(args) -> int:
         "ratio",
         "z",
     ]
-    with open(os.path.join(args.out, "variance.md"), "w", encoding="utf-8") as handle:
-        handle.write("# favorkern variance\n\n")
-        handle.write(legend + "\n\n" + table + "\n\n" + agreement + "\n\n")
-        handle.write("## All settings\n\n" + format_table(full[columns]) + "\n")
+    write_text(
+        out.file("variance.md"),
+        "# favorkern variance\n\n"
+        + legend
+        + "\n\n"
+        + table
+        + "\n\n"
+        + agreement
+        + "\n\n"
+        + "## All settings\n\n"
+        + format_table(full[columns])
+        + "\n",
+    )
     if not args.no_plot:
         import matplotlib
 
@@ -152,14 +184,15 @@ def run(args) -> int:
         from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
 
         fig = plot_mse_vs_m(study)
-        fig.savefig(os.path.join(args.out, "variance.png"), dpi=110)
+        fig.savefig(out.file("variance.png"), dpi=110)
         plt.close(fig)
         fig = plot_trig_positive_ratio()
-        fig.savefig(os.path.join(args.out, "fig2_ratio.png"), dpi=110)
+        fig.savefig(out.file("fig2_ratio.png"), dpi=110)
         plt.close(fig)
+    out.commit()
 
     print(table)
     print()
     print(agreement)
-    print(f"m from {m_lo} to {m_hi}; study took {elapsed:.1f} s; wrote {args.out}/variance.*")
+    print(f"widths from {m_lo} to {m_hi}; study took {elapsed:.1f} s; wrote {args.out}/variance.*")
     return 0

@@ -11,8 +11,7 @@ from functools import partial
 
 import numpy as np
 
-from ..feature_maps._evaluate import _executor as executor
-from ..feature_maps._evaluate import n_threads
+from .._parallel import executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
 from .features import Buffers, masked_row_log

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..feature_maps._evaluate import _executor as executor
-from ..feature_maps._evaluate import n_threads
+from .._parallel import executor, n_threads
 
 __all__ = [
     "head",

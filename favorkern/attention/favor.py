@@ -12,7 +12,7 @@ import math
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ..feature_maps._evaluate import blas_single_thread, n_threads
+from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
     check_float_array,

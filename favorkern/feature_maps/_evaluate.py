@@ -14,76 +14,12 @@ Numba is not used here: its ``exp`` is scalar on this stack, numpy's is SIMD.
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-# Rows per block: an output block of ~1 MiB stays in L2 between the matmul and the exp
-# (measured: 1 MiB 1.31x the bare product, 256 KiB 1.47x; float32, n=200000, d=64, m=256).
-_BLOCK_BYTES = 1 << 20
-# Below this many output elements the thread pool costs more than it saves.
-_PARALLEL_MIN_ELEMENTS = 1 << 17
-
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_controller = None
-
-
-def n_threads() -> int:
-    """Worker threads for feature maps: ``FAVORKERN_NUM_THREADS`` or the CPU count."""
-    env = os.environ.get("FAVORKERN_NUM_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            pass
-    return max(1, os.cpu_count() or 1)
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers != workers:  # noqa: SLF001
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="favorkern")
-        return _pool
-
-
-def blas_single_thread():
-    """Context manager that pins BLAS to one thread (threadpoolctl, created once)."""
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
-def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn) -> None:
-    """Call ``block_fn(start, stop)`` over row blocks, in parallel when it pays.
-
-    ``row_cost`` is the number of output elements per row (sets the block size).
-    """
-    rows_per_block = max(16, _BLOCK_BYTES // max(1, row_cost * itemsize))
-    workers = n_threads()
-    if workers == 1 or n_rows * row_cost < _PARALLEL_MIN_ELEMENTS:
-        for start in range(0, n_rows, rows_per_block):
-            block_fn(start, min(n_rows, start + rows_per_block))
-        return
-    # Interleaved chunks of blocks per worker; each worker reuses its cache-sized blocks.
-    bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
-
-    def work(worker):
-        for start, stop in bounds[worker::workers]:
-            block_fn(start, stop)
-
-    with blas_single_thread():
-        futures = [_executor(workers).submit(work, w) for w in range(workers)]
-        for future in futures:
-            future.result()
+from .._parallel import run_row_blocks
 
 
 @dataclass(frozen=True)
