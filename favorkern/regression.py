@@ -329,6 +329,36 @@ def _approximation_error(model, X_eval, kernel, gamma):
     return float(np.linalg.norm(phi @ phi.T - exact) / np.linalg.norm(exact))
 
 
+def _fit_and_measure(method, width, repeat, random_state, split, params):
+    """One row of :func:`compare_regression`: fit and predict times, test ``R^2``, kernel error."""
+    X_train, y_train, X_test, y_test, X_eval = split
+    if width is None:  # the exact model has no width
+        width_used = 1
+    elif method == "Nystroem":  # at most one landmark per training row
+        width_used = min(width, len(y_train))
+    else:
+        width_used = width
+    model = make_regressor(
+        method, n_components=width_used, random_state=random_state + repeat, **params
+    )
+    start = time.perf_counter()
+    model.fit(X_train, y_train)
+    fit_time = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = model.predict(X_test)
+    predict_time = time.perf_counter() - start
+    return {
+        "method": method,
+        "kernel": params["kernel"],
+        "n_components": np.nan if width is None else width,
+        "repeat": repeat,
+        "fit_time": fit_time,
+        "predict_time": predict_time,
+        "test_r2": r2_score(y_test, predictions),
+        "kernel_error": _approximation_error(model, X_eval, params["kernel"], params["gamma"]),
+    }
+
+
 def compare_regression(
     X,
     y,
@@ -446,40 +476,12 @@ def compare_regression(
     if progress is not None:
         tasks = progress(tasks, total=len(tasks), desc=f"regress ({kernel})")
 
-    rows = []
-    for method, width, repeat in tasks:
-        if width is None:  # the exact model has no width
-            width_used = 1
-        elif method == "Nystroem":  # at most one landmark per training row
-            width_used = min(width, len(y_train))
-        else:
-            width_used = width
-        model = make_regressor(
-            method,
-            n_components=width_used,
-            kernel=kernel,
-            gamma=gamma,
-            alpha=alpha,
-            random_state=random_state + repeat,
-        )
-        start = time.perf_counter()
-        model.fit(X_train, y_train)
-        fit_time = time.perf_counter() - start
-        start = time.perf_counter()
-        predictions = model.predict(X_test)
-        predict_time = time.perf_counter() - start
-        rows.append(
-            {
-                "method": method,
-                "kernel": kernel,
-                "n_components": np.nan if width is None else width,
-                "repeat": repeat,
-                "fit_time": fit_time,
-                "predict_time": predict_time,
-                "test_r2": r2_score(y_test, predictions),
-                "kernel_error": _approximation_error(model, X_eval, kernel, gamma),
-            }
-        )
+    split = (X_train, y_train, X_test, y_test, X_eval)
+    params = {"kernel": kernel, "gamma": gamma, "alpha": alpha}
+    rows = [
+        _fit_and_measure(method, width, repeat, random_state, split, params)
+        for method, width, repeat in tasks
+    ]
     results = pd.DataFrame(rows)
     results.attrs.update(
         gamma=gamma,
@@ -554,6 +556,21 @@ def peak_rss_mb():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux, in bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _held_out_r2(model, chunks):
+    """``(n_test, R^2)`` of ``model`` on the held-out rows of ``(X, y, held_out)`` chunks."""
+    n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
+    for X, y, held_out in chunks:
+        if held_out.any():
+            y_test = y[held_out]
+            residual = y_test - model.predict(X[held_out])
+            n_test += len(y_test)
+            total += float(y_test.sum())
+            total_sq += float(y_test @ y_test)
+            sse += float(residual @ residual)
+    variance = total_sq - total**2 / n_test if n_test else np.nan
+    return n_test, 1.0 - sse / variance if n_test > 1 and variance > 0 else float("nan")
 
 
 def fit_streaming(
@@ -663,20 +680,11 @@ def fit_streaming(
     fit_time = time.perf_counter() - start
 
     start = time.perf_counter()
-    n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
-    for X, y, held_out in chunks("predict"):
-        if held_out.any():
-            y_test = y[held_out]
-            residual = y_test - model.predict(X[held_out])
-            n_test += len(y_test)
-            total += float(y_test.sum())
-            total_sq += float(y_test @ y_test)
-            sse += float(residual @ residual)
+    n_test, test_r2 = _held_out_r2(model, chunks("predict"))
     predict_time = time.perf_counter() - start
-    variance = total_sq - total**2 / n_test if n_test else np.nan
     return {
         "model": model,
-        "test_r2": 1.0 - sse / variance if n_test > 1 and variance > 0 else float("nan"),
+        "test_r2": test_r2,
         "fit_time": fit_time,
         "predict_time": predict_time,
         "peak_rss_mb": peak_rss_mb(),

@@ -258,3 +258,16 @@ def test_command_rejects_bad_widths(capsys):
         main(["regress", "--n-features", "16,abc"])
     assert exit_info.value.code == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_n_chunks_counts_what_iter_chunks_yields(diabetes_csv):
+    from favorkern.datasets import DEFAULT_CHUNKSIZE, FRIEDMAN1_ROWS, iter_chunks, n_chunks
+
+    for n_samples, chunksize in [(250, 100), (300, 100), (7, 10)]:
+        chunks = list(iter_chunks("friedman1", n_samples=n_samples, chunksize=chunksize))
+        assert n_chunks("friedman1", n_samples=n_samples, chunksize=chunksize) == len(chunks)
+    assert n_chunks("friedman1") == -(-FRIEDMAN1_ROWS // DEFAULT_CHUNKSIZE)
+    path, _ = diabetes_csv
+    assert n_chunks(path) is None
+    with pytest.raises(ValueError, match="chunksize"):
+        n_chunks("friedman1", chunksize=0)
