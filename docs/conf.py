@@ -115,5 +115,15 @@ def _fix_docstring(app, what, name, obj, options, lines):
         lines[i] = _LITERAL.sub(lambda match: match.group(0).replace(" . ", " · "), line)
 
 
+# scikit-learn generates set_<method>_request for every estimator whose methods take
+# metadata (sample_weight); their docstrings point into scikit-learn's own glossary.
+_METADATA_REQUEST = re.compile(r"set_\w+_request")
+
+
+def _skip_metadata_requests(app, what, name, obj, skip, options):
+    return True if _METADATA_REQUEST.fullmatch(name) else None
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _fix_docstring)
+    app.connect("autodoc-skip-member", _skip_metadata_requests)

@@ -19,6 +19,7 @@ _LAZY = {
     "GeneralizedRandomFeatures": "features",
     "OptimalPositiveRandomFeatures": "features",
     "softmax_kernel": "kernels",
+    "exact_kernel": "kernels",
     "approximate_kernel": "kernels",
     "softmax_attention": "attention",
     "favor_attention": "attention",
@@ -29,6 +30,7 @@ _LAZY = {
 _SUBMODULES = {
     "attention",
     "dask",
+    "datasets",
     "diagnostics",
     "feature_maps",
     "features",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import check_float_array, check_positive_real
+from ._validation import check_float_array, check_option, check_positive_real
 
-__all__ = ["softmax_kernel", "approximate_kernel"]
+__all__ = ["softmax_kernel", "exact_kernel", "approximate_kernel"]
 
 
 def _pair(X, Y):
@@ -51,6 +51,44 @@ def softmax_kernel(X, Y=None, *, gamma=1.0):
     X, Y = _pair(X, Y)
     with np.errstate(over="ignore"):
         return np.exp(gamma * (X @ Y.T))
+
+
+def exact_kernel(X, Y=None, *, kernel="softmax", gamma=1.0):
+    """Exact kernel matrix of the kernels the random features estimate.
+
+    ``"softmax"``: ``K[i, j] = exp(gamma * X[i] . Y[j])`` (:func:`softmax_kernel`);
+    ``"rbf"``: ``K[i, j] = exp(-gamma * |X[i] - Y[j]|^2)``
+    (:func:`sklearn.metrics.pairwise.rbf_kernel`).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples_X, n_features)
+    Y : array-like of shape (n_samples_Y, n_features), default=None
+        ``None`` means ``Y = X``.
+    kernel : {"softmax", "rbf"}, default="softmax"
+    gamma : float, default=1.0
+        Scale, > 0.
+
+    Returns
+    -------
+    kernel : ndarray of shape (n_samples_X, n_samples_Y)
+        float32 if both inputs are float32, else float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import exact_kernel
+    >>> exact_kernel(np.array([[0.0, 1.0]]), np.array([[0.0, 0.0]]), kernel="rbf", gamma=0.5)
+    array([[0.60653066]])
+    """
+    check_option(kernel, "kernel", ("softmax", "rbf"))
+    if kernel == "softmax":
+        return softmax_kernel(X, Y, gamma=gamma)
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    gamma = check_positive_real(gamma, "gamma")
+    X, Y = _pair(X, Y)
+    return rbf_kernel(X, Y, gamma=gamma)
 
 
 def approximate_kernel(X, Y=None, *, features):

@@ -1,17 +1,36 @@
-"""Figures of the variance diagnostics (matplotlib is imported inside the functions).
+"""Every figure of favorkern (matplotlib is imported inside the functions).
+
+Variance diagnostics:
 
 * :func:`plot_mse_vs_m`: closed-form MSE as lines, Monte-Carlo MSE as points with
   error bars, against the number of projections, on log-log axes.
 * :func:`plot_trig_positive_ratio`: the Performer paper's Fig. 2, the heat map of
   ``MSE_trig / MSE_positive`` over angle and norm, with the ``l = 1`` slice
   (THEORY.md 9.1).
+
+Attention and regression:
+
+* :func:`plot_attention_speed`: time of exact and FAVOR+ attention against the
+  sequence length.
+* :func:`plot_attention_error`: median row error of FAVOR+ attention against the
+  number of projections (the protocol of the Performer's Fig. 4).
+* :func:`plot_regression`: kernel-approximation error and test ``R^2`` against the
+  output width, one line per method of :func:`favorkern.regression.compare_regression`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_mse_vs_m", "plot_trig_positive_ratio", "trig_positive_ratio", "feature_map_color"]
+__all__ = [
+    "plot_mse_vs_m",
+    "plot_trig_positive_ratio",
+    "trig_positive_ratio",
+    "feature_map_color",
+    "plot_attention_speed",
+    "plot_attention_error",
+    "plot_regression",
+]
 
 # One color per registered feature map, in registration order (user maps included).
 _PALETTE = ("tab:blue", "tab:green", "tab:red", "tab:olive", "tab:purple", "tab:brown",
@@ -33,6 +52,7 @@ def feature_map_color(name) -> str:
     if name not in names:
         return "k"
     return _PALETTE[names.index(name) % len(_PALETTE)]
+
 
 _LINESTYLES = {"gaussian": "-", "orthogonal": "--", "simplex": ":", "structured": "-."}
 _MARKERS = {"gaussian": "o", "orthogonal": "s"}
@@ -226,4 +246,190 @@ def plot_trig_positive_ratio(*, max_norm=2.0, n_angles=241, n_norms=161, slice_n
     ax_slice.set_title(f"slice l = {slice_norm:g}", fontsize=10)
     ax_slice.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _log_axis_ticks(ax, values):
+    """Ticks at exactly ``values`` on a log x axis, labelled as integers."""
+    ax.set_xticks(values, [str(value) for value in values])
+    ax.minorticks_off()
+
+
+def plot_attention_speed(timing, *, title=None, fig=None):
+    """Time of exact and FAVOR+ attention against the sequence length, on log-log axes.
+
+    Parameters
+    ----------
+    timing : pandas.DataFrame
+        One row per length: columns ``"L"``, ``"exact (ms)"``, ``"FAVOR+ (ms)"`` and
+        ``"FAVOR+ causal (ms)"`` (the table of
+        :func:`favorkern.report.compute.attention_timing`).
+    title : str, default=None
+        Axes title (the sizes, for instance).
+    fig : matplotlib.figure.Figure, optional
+        Figure to draw into (default a new one).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> from favorkern.plotting import plot_attention_speed
+    >>> timing = pd.DataFrame({"L": [256, 1024], "exact (ms)": [1.0, 16.0],
+    ...     "FAVOR+ (ms)": [0.5, 2.0], "FAVOR+ causal (ms)": [1.0, 4.0]})
+    >>> fig = plot_attention_speed(timing, title="d = 64")
+    >>> [line.get_label() for line in fig.axes[0].get_lines()]
+    ['exact softmax', 'FAVOR+ bidirectional', 'FAVOR+ causal']
+    """
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        fig = plt.figure(figsize=(5.6, 4.0), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    lengths = timing["L"]
+    ax.loglog(lengths, timing["exact (ms)"], "o-", color="k", label="exact softmax")
+    ax.loglog(lengths, timing["FAVOR+ (ms)"], "s-", label="FAVOR+ bidirectional")
+    ax.loglog(lengths, timing["FAVOR+ causal (ms)"], "^-", label="FAVOR+ causal")
+    ax.set(xlabel="sequence length L", ylabel="time (ms, best run)")
+    _log_axis_ticks(ax, list(lengths))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_attention_error(errors, *, length=None, fig=None):
+    """Median row error of FAVOR+ attention against ``m``, one panel per input scale.
+
+    Parameters
+    ----------
+    errors : pandas.DataFrame
+        One row per run: columns ``sigma`` (standard deviation of the query and key
+        entries), ``feature_map``, ``projection``, ``n_components`` and
+        ``median_row_error`` (the table of
+        :func:`favorkern.report.compute.attention_error_study`).  Rows with the
+        same ``sigma``, map, projection and ``n_components`` (other seeds) are
+        averaged.
+    length : int, default=None
+        Sequence length, shown in the panel titles.
+    fig : matplotlib.figure.Figure, optional
+        Figure to draw into (default a new one).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Lines per feature map (its color, :func:`feature_map_color`) and projection
+        (solid iid, dashed orthogonal); non-positive or non-finite means are left out.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> from favorkern.plotting import plot_attention_error
+    >>> errors = pd.DataFrame({"sigma": [0.5] * 4 + [1.0] * 4,
+    ...     "feature_map": ["positive"] * 8, "projection": ["gaussian", "orthogonal"] * 4,
+    ...     "n_components": [16, 16, 64, 64] * 2,
+    ...     "median_row_error": [0.2, 0.15, 0.1, 0.07, 0.4, 0.3, 0.2, 0.15]})
+    >>> fig = plot_attention_error(errors, length=1024)
+    >>> len(fig.axes), fig.axes[0].get_title()
+    (2, 'Q, K entries ~ N(0, 0.5²), L = 1024')
+    """
+    import matplotlib.pyplot as plt
+
+    sigmas = list(dict.fromkeys(errors["sigma"]))
+    sizes = sorted(set(errors["n_components"]))
+    if fig is None:
+        fig = plt.figure(figsize=(5.0 * len(sigmas), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(sigmas), sharey=True, squeeze=False)[0]
+    keys = ["sigma", "feature_map", "projection"]
+    means = errors.groupby([*keys, "n_components"], sort=False)["median_row_error"].mean()
+    for ax, sigma in zip(axes, sigmas, strict=True):
+        for (_, kind, scheme), curve in means[means.index.get_level_values(0) == sigma].groupby(
+            level=keys, sort=False
+        ):
+            curve = curve.droplevel(keys).sort_index()
+            curve = curve[np.isfinite(curve) & (curve > 0)]
+            ax.loglog(
+                curve.index,
+                curve.to_numpy(),
+                _LINESTYLES.get(scheme, "-") + _MARKERS.get(scheme, "o"),
+                color=feature_map_color(kind),
+                markersize=4,
+                label=f"{kind}, {scheme}",
+            )
+        where = f", L = {length}" if length is not None else ""
+        ax.set_title(f"Q, K entries ~ N(0, {sigma:g}²){where}", fontsize=10)
+        ax.set_xlabel("random projections m")
+        _log_axis_ticks(ax, sizes)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("median relative row error")
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_regression(results, *, title=None, fig=None):
+    """Kernel-approximation error and test ``R^2`` against width, one line per method.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        The output of :func:`favorkern.regression.compare_regression` (or of
+        :func:`favorkern.regression.summarize_regression`).
+    title : str, default=None
+        Figure title.
+    fig : matplotlib.figure.Figure, optional
+        Figure to draw into (default a new one).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        Two panels; exact kernel ridge regression is a dashed horizontal line in the
+        ``R^2`` panel.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.datasets import load_diabetes
+    >>> from favorkern.plotting import plot_regression
+    >>> from favorkern.regression import compare_regression
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> results = compare_regression(
+    ...     X, y, n_components=[8, 32], methods=["RBFSampler"], gamma=0.025, alpha=1.0
+    ... )
+    >>> fig = plot_regression(results)
+    >>> len(fig.axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    from .regression import EXACT, METHODS, summarize_regression
+
+    summary = summarize_regression(results) if "repeat" in results else results
+    if fig is None:
+        fig = plt.figure(figsize=(11, 4.2), layout="constrained")
+    ax_error, ax_r2 = fig.subplots(1, 2)
+    for method in METHODS:
+        rows = summary[summary["method"] == method]
+        if rows.empty:
+            continue
+        if method == EXACT:
+            ax_r2.axhline(rows["test_r2"].iloc[0], color="k", ls="--", label=method)
+            continue
+        ax_error.plot(rows["n_components"], rows["kernel_error"], marker="o", label=method)
+        ax_r2.plot(rows["n_components"], rows["test_r2"], marker="o", label=method)
+    ax_error.set(xscale="log", yscale="log", xlabel="width (n_components)")
+    ax_error.set_ylabel("relative Frobenius error of the kernel")
+    ax_r2.set(xscale="log", xlabel="width (n_components)", ylabel="test $R^2$")
+    for ax in (ax_error, ax_r2):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_r2.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
     return fig

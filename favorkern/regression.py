@@ -1,6 +1,6 @@
 """Random-feature ridge regression next to RBFSampler, Nystroem and exact KernelRidge.
 
-The engine of ``favorkern regress``: load a data set (:func:`load_dataset`), choose
+The engine of ``favorkern regress``: on a data set (:mod:`favorkern.datasets`), choose
 ``gamma`` and ``alpha`` once by cross-validating exact kernel ridge regression on a
 subsample (:func:`select_gamma_alpha`), then fit every method at every width with
 that same ``gamma`` and ``alpha`` and record fit and predict time, test ``R^2`` and
@@ -12,17 +12,18 @@ regression with the approximate kernel ``phi(x).phi(y)``: as the width grows its
 predictions converge to those of exact :class:`~sklearn.kernel_ridge.KernelRidge`
 with the same ``alpha`` (also fitted on the centred target).
 
-Data of any length: :func:`iter_chunks` reads a CSV (or Parquet) file, or generates
-``friedman1``, in row chunks of bounded memory, and :func:`fit_streaming` fits
+Data of any length: :func:`favorkern.datasets.iter_chunks` reads a CSV (or Parquet)
+file, or generates ``friedman1``, in row chunks of bounded memory, and
+:func:`fit_streaming` fits
 :class:`~favorkern.RandomFeatureRidge` over them with ``partial_fit`` and measures
 held-out ``R^2``, fit time and peak memory.
 
-pandas and matplotlib are imported inside the functions that need them.
+pandas is imported inside the functions that need it; the figure is
+:func:`favorkern.plotting.plot_regression`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from numbers import Integral, Real
 
@@ -33,7 +34,6 @@ from sklearn.kernel_approximation import Nystroem, RBFSampler
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
-from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.model_selection import KFold, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -42,30 +42,20 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._parallel import blas_single_thread
 from ._validation import check_int, check_option, check_positive_real
+from .datasets import DEFAULT_CHUNKSIZE, iter_chunks, n_chunks
 from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
-from .kernels import softmax_kernel
+from .kernels import exact_kernel
 from .linear_model import RandomFeatureRidge
 
 __all__ = [
-    "DATASETS",
     "METHODS",
-    "load_dataset",
-    "exact_kernel",
     "select_gamma_alpha",
     "make_regressor",
     "compare_regression",
     "summarize_regression",
-    "plot_regression",
-    "iter_chunks",
     "fit_streaming",
     "peak_rss_mb",
 ]
-
-#: Built-in data sets (no download): name -> one-line description.
-DATASETS = {
-    "diabetes": "sklearn.datasets.load_diabetes (442 x 10)",
-    "friedman1": "sklearn.datasets.make_friedman1 (10 features, noise 1; 100000 rows by default)",
-}
 
 #: Methods compared by :func:`compare_regression`, in table order.
 METHODS = (
@@ -83,156 +73,15 @@ EXACT = "KernelRidge (exact)"
 STREAMING = "Trigonometric (streaming)"
 
 KERNELS = ("rbf", "softmax")
-_FRIEDMAN1_ROWS = 100_000
 # Gamma grids are multiples of 1/d (standardized data: |x - y|^2 ~ 2d).  The softmax
 # grid stops at 1/(2d): the relative variance of its estimators grows like
 # exp(gamma |x + y|^2) ~ exp(2 gamma d), so larger gamma cannot be approximated.
 _GAMMA_EXPONENTS = {"rbf": np.arange(-8, 3), "softmax": np.arange(-10, 0)}
+# Ridge penalties, two per decade from 1e-6 (almost interpolation) to 100 (mostly the mean).
 _ALPHAS = np.logspace(-6, 2, 17)
 
 
-# -- data ---------------------------------------------------------------------------
-def load_dataset(data="diabetes", *, target=None, n_samples=None, random_state=0):
-    """Load a regression data set by name, or from a CSV file with a named target.
-
-    Parameters
-    ----------
-    data : str or path-like, default="diabetes"
-        ``"diabetes"`` (:func:`sklearn.datasets.load_diabetes`), ``"friedman1"``
-        (:func:`sklearn.datasets.make_friedman1`, 10 features, noise 1.0, 100000
-        rows unless ``n_samples`` says otherwise) or the path of a CSV file with a
-        header row.
-    target : str, default=None
-        Name of the target column; required for a CSV file, not allowed otherwise.
-        Every other column is a feature and must be numeric.
-    n_samples : int, default=None
-        For ``"friedman1"`` the number of rows generated; for other data, keep a
-        random subset of at most this many rows.  ``None``: all rows.
-    random_state : int, RandomState instance or None, default=0
-        Seed of ``friedman1`` and of the row subset.
-
-    Returns
-    -------
-    X : ndarray of shape (n_samples, n_features), float64
-    y : ndarray of shape (n_samples,), float64
-    name : str
-        A short description for table headers.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``data`` looks like a path and the file does not exist.
-    ValueError
-        For an unknown name, a missing or absent target column, non-numeric feature
-        columns, missing values, or fewer than 10 rows.
-
-    Examples
-    --------
-    >>> from favorkern.regression import load_dataset
-    >>> X, y, name = load_dataset("friedman1", n_samples=500)
-    >>> X.shape, y.shape, name
-    ((500, 10), (500,), 'friedman1 (n=500, d=10)')
-    """
-    rng = check_random_state(random_state)
-    if n_samples is not None:
-        n_samples = check_int(n_samples, "n_samples", min_value=10)
-    key = os.fspath(data)
-    if key in DATASETS:
-        if target is not None:
-            raise ValueError(
-                f"--target/target applies to CSV files only; {key!r} has its own target"
-            )
-        if key == "diabetes":
-            from sklearn.datasets import load_diabetes
-
-            X, y = load_diabetes(return_X_y=True)
-        else:
-            from sklearn.datasets import make_friedman1
-
-            X, y = make_friedman1(
-                n_samples=n_samples or _FRIEDMAN1_ROWS, n_features=10, noise=1.0, random_state=rng
-            )
-        label = key
-    else:
-        X, y = _read_csv(key, target)
-        label = os.path.basename(key)
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if n_samples is not None and n_samples < len(y):
-        keep = np.sort(rng.choice(len(y), size=n_samples, replace=False))
-        X, y = X[keep], y[keep]
-    if len(y) < 10:
-        raise ValueError(f"{label} has {len(y)} rows; regression needs at least 10")
-    return X, y, f"{label} (n={X.shape[0]}, d={X.shape[1]})"
-
-
-def _read_csv(path, target):
-    import pandas as pd
-
-    if not path.lower().endswith(".csv") and not os.path.exists(path):
-        raise ValueError(
-            f"unknown data set {path!r}: use one of {sorted(DATASETS)} or the path of a .csv file"
-        )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    frame = pd.read_csv(path)
-    columns = ", ".join(repr(str(c)) for c in frame.columns)
-    if target is None:
-        raise ValueError(
-            f"a CSV file needs --target COLUMN (target=...); its columns are {columns}"
-        )
-    if target not in frame.columns:
-        raise ValueError(f"target column {target!r} not found in {path}; its columns are {columns}")
-    y = frame.pop(target)
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
-        raise ValueError(f"target column {target!r} is not numeric (dtype {y.dtype})")
-    if frame.shape[1] == 0:
-        raise ValueError(f"{path} has no feature columns besides the target {target!r}")
-    non_numeric = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if non_numeric:
-        raise ValueError(
-            f"non-numeric feature columns in {path}: {', '.join(map(repr, non_numeric))}; "
-            "encode them as numbers or drop them"
-        )
-    missing = [str(c) for c in frame.columns if frame[c].isna().any()]
-    if y.isna().any():
-        missing.append(str(target))
-    if missing:
-        raise ValueError(f"missing values in {path}, columns: {', '.join(map(repr, missing))}")
-    if not np.isfinite(frame.to_numpy(dtype=np.float64)).all() or not np.isfinite(y).all():
-        raise ValueError(f"{path} contains infinite values")
-    return frame.to_numpy(dtype=np.float64), y.to_numpy(dtype=np.float64)
-
-
 # -- kernels and models -----------------------------------------------------------
-def exact_kernel(X, Y=None, *, kernel="rbf", gamma=1.0):
-    """Exact kernel matrix: ``exp(-gamma |x - y|^2)`` (rbf) or ``exp(gamma x.y)`` (softmax).
-
-    Parameters
-    ----------
-    X : array-like of shape (n_samples_X, n_features)
-    Y : array-like of shape (n_samples_Y, n_features), default=None
-        ``None`` means ``Y = X``.
-    kernel : {"rbf", "softmax"}, default="rbf"
-    gamma : float, default=1.0
-
-    Returns
-    -------
-    K : ndarray of shape (n_samples_X, n_samples_Y)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from favorkern.regression import exact_kernel
-    >>> exact_kernel(np.array([[0.0, 1.0]]), np.array([[0.0, 0.0]]), gamma=0.5)
-    array([[0.60653066]])
-    """
-    check_option(kernel, "kernel", KERNELS)
-    if kernel == "rbf":
-        return rbf_kernel(X, Y, gamma=gamma)
-    return softmax_kernel(X, Y, gamma=gamma)
-
-
 class _SoftmaxFromGaussian(TransformerMixin, BaseEstimator):
     """Softmax-kernel features from Gaussian-kernel ones: ``psi(x) = exp(gamma|x|^2/2) phi(x)``.
 
@@ -278,8 +127,8 @@ class _ExactKernelRidge(RegressorMixin, BaseEstimator):
         return self.model_.predict(gram)
 
 
-def _features(method, n_features, kernel, gamma, random_state):
-    """The feature map of ``method`` at width ``n_features`` (``None`` for the exact model)."""
+def _features(method, n_components, kernel, gamma, random_state):
+    """The feature map of ``method`` at width ``n_components`` (``None`` for the exact model)."""
     favorkern_maps = {
         "Trigonometric (orthogonal)": TrigonometricRandomFeatures,
         STREAMING: TrigonometricRandomFeatures,
@@ -288,24 +137,24 @@ def _features(method, n_features, kernel, gamma, random_state):
     }
     if method in favorkern_maps:
         return favorkern_maps[method](
-            n_features,
+            n_components,
             kernel=kernel,
             gamma=gamma,
             projection="orthogonal",
             random_state=random_state,
         )
     if method == "RBFSampler":
-        base = RBFSampler(gamma=gamma, n_components=n_features, random_state=random_state)
+        base = RBFSampler(gamma=gamma, n_components=n_components, random_state=random_state)
     elif method == "Nystroem":
         base = Nystroem(
-            kernel="rbf", gamma=gamma, n_components=n_features, random_state=random_state
+            kernel="rbf", gamma=gamma, n_components=n_components, random_state=random_state
         )
     else:
         return None
     return base if kernel == "rbf" else _SoftmaxFromGaussian(base, gamma=gamma)
 
 
-def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0, random_state=0):
+def make_regressor(method, *, n_components=256, kernel="rbf", gamma=1.0, alpha=1.0, random_state=0):
     """The model that :func:`compare_regression` fits for ``method``.
 
     ``StandardScaler -> features -> Ridge(alpha, fit_intercept=False)`` (or exact
@@ -317,7 +166,7 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
     mean of ``y`` and adds it back to the predictions.  Without an intercept
     in the ridge step, the random-feature model is kernel ridge
     regression with the approximate kernel, so its predictions converge to the
-    exact model's as ``n_features`` grows.
+    exact model's as ``n_components`` grows.
 
     Parameters
     ----------
@@ -325,7 +174,7 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
         One of :data:`METHODS`.  ``"RBFSampler"`` and ``"Nystroem"`` with
         ``kernel="softmax"`` use the identity ``exp(gamma x.y) = exp(gamma|x|^2/2)
         exp(-gamma|x-y|^2/2) exp(gamma|y|^2/2)`` on top of their Gaussian maps.
-    n_features : int, default=256
+    n_components : int, default=256
         Output width of the feature map (Nystroem: number of landmarks, at most the
         number of training rows).
     kernel : {"rbf", "softmax"}, default="rbf"
@@ -346,7 +195,7 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
     >>> from sklearn.datasets import load_diabetes
     >>> from favorkern.regression import make_regressor
     >>> X, y = load_diabetes(return_X_y=True)
-    >>> model = make_regressor("Trigonometric (orthogonal)", n_features=2048, gamma=0.02)
+    >>> model = make_regressor("Trigonometric (orthogonal)", n_components=2048, gamma=0.02)
     >>> exact = make_regressor("KernelRidge (exact)", gamma=0.02)
     >>> p, q = model.fit(X, y).predict(X), exact.fit(X, y).predict(X)
     >>> bool(np.linalg.norm(p - q) < 0.05 * np.linalg.norm(q - y.mean()))
@@ -356,8 +205,8 @@ def make_regressor(method, *, n_features=256, kernel="rbf", gamma=1.0, alpha=1.0
     check_option(kernel, "kernel", KERNELS)
     gamma = check_positive_real(gamma, "gamma")
     alpha = check_positive_real(alpha, "alpha")
-    n_features = check_int(n_features, "n_features")
-    features = _features(method, n_features, kernel, gamma, random_state)
+    n_components = check_int(n_components, "n_components")
+    features = _features(method, n_components, kernel, gamma, random_state)
     if features is None:
         regressor = make_pipeline(
             StandardScaler(), _ExactKernelRidge(kernel=kernel, gamma=gamma, alpha=alpha)
@@ -480,12 +329,42 @@ def _approximation_error(model, X_eval, kernel, gamma):
     return float(np.linalg.norm(phi @ phi.T - exact) / np.linalg.norm(exact))
 
 
+def _fit_and_measure(method, width, repeat, random_state, split, params):
+    """One row of :func:`compare_regression`: fit and predict times, test ``R^2``, kernel error."""
+    X_train, y_train, X_test, y_test, X_eval = split
+    if width is None:  # the exact model has no width
+        width_used = 1
+    elif method == "Nystroem":  # at most one landmark per training row
+        width_used = min(width, len(y_train))
+    else:
+        width_used = width
+    model = make_regressor(
+        method, n_components=width_used, random_state=random_state + repeat, **params
+    )
+    start = time.perf_counter()
+    model.fit(X_train, y_train)
+    fit_time = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = model.predict(X_test)
+    predict_time = time.perf_counter() - start
+    return {
+        "method": method,
+        "kernel": params["kernel"],
+        "n_components": np.nan if width is None else width,
+        "repeat": repeat,
+        "fit_time": fit_time,
+        "predict_time": predict_time,
+        "test_r2": r2_score(y_test, predictions),
+        "kernel_error": _approximation_error(model, X_eval, params["kernel"], params["gamma"]),
+    }
+
+
 def compare_regression(
     X,
     y,
     *,
     kernel="rbf",
-    n_features=(16, 64, 256, 1024, 2048),
+    n_components=(16, 64, 256, 1024, 2048),
     methods=METHODS,
     gamma=None,
     alpha=None,
@@ -510,7 +389,7 @@ def compare_regression(
     X : array-like of shape (n_samples, n_features)
     y : array-like of shape (n_samples,)
     kernel : {"rbf", "softmax"}, default="rbf"
-    n_features : sequence of int, default=(16, 64, 256, 1024, 2048)
+    n_components : sequence of int, default=(16, 64, 256, 1024, 2048)
         Output widths.
     methods : sequence of str, default=METHODS
         A subset of :data:`METHODS`.
@@ -535,7 +414,7 @@ def compare_regression(
     Returns
     -------
     results : pandas.DataFrame
-        One row per fit: ``method``, ``kernel``, ``n_features`` (``NaN`` for the exact
+        One row per fit: ``method``, ``kernel``, ``n_components`` (``NaN`` for the exact
         model), ``repeat``, ``fit_time``, ``predict_time`` (seconds; predict on the
         whole test set), ``test_r2`` and ``kernel_error`` (relative Frobenius error
         against the exact kernel on the held-out rows).  ``results.attrs`` holds
@@ -548,7 +427,7 @@ def compare_regression(
     >>> from favorkern.regression import compare_regression
     >>> X, y = load_diabetes(return_X_y=True)
     >>> methods = ["Trigonometric (orthogonal)", "RBFSampler", "KernelRidge (exact)"]
-    >>> results = compare_regression(X, y, n_features=[32], methods=methods, cv_samples=200)
+    >>> results = compare_regression(X, y, n_components=[32], methods=methods, cv_samples=200)
     >>> list(results["method"])
     ['KernelRidge (exact)', 'Trigonometric (orthogonal)', 'RBFSampler']
     >>> bool((results["kernel_error"] < 1).all())
@@ -559,9 +438,9 @@ def compare_regression(
     check_option(kernel, "kernel", KERNELS)
     for method in methods:
         check_option(method, "method", METHODS)
-    widths = [check_int(m, "n_features") for m in np.ravel(n_features)]
+    widths = [check_int(m, "n_components") for m in np.ravel(n_components)]
     if not widths:
-        raise ValueError("n_features must list at least one width")
+        raise ValueError("n_components must list at least one width")
     n_repeats = check_int(n_repeats, "n_repeats")
     max_exact = check_int(max_exact, "max_exact", min_value=0)
     max_error_samples = check_int(max_error_samples, "max_error_samples", min_value=2)
@@ -597,40 +476,12 @@ def compare_regression(
     if progress is not None:
         tasks = progress(tasks, total=len(tasks), desc=f"regress ({kernel})")
 
-    rows = []
-    for method, width, repeat in tasks:
-        if width is None:  # the exact model has no width
-            width_used = 1
-        elif method == "Nystroem":  # at most one landmark per training row
-            width_used = min(width, len(y_train))
-        else:
-            width_used = width
-        model = make_regressor(
-            method,
-            n_features=width_used,
-            kernel=kernel,
-            gamma=gamma,
-            alpha=alpha,
-            random_state=random_state + repeat,
-        )
-        start = time.perf_counter()
-        model.fit(X_train, y_train)
-        fit_time = time.perf_counter() - start
-        start = time.perf_counter()
-        predictions = model.predict(X_test)
-        predict_time = time.perf_counter() - start
-        rows.append(
-            {
-                "method": method,
-                "kernel": kernel,
-                "n_features": np.nan if width is None else width,
-                "repeat": repeat,
-                "fit_time": fit_time,
-                "predict_time": predict_time,
-                "test_r2": r2_score(y_test, predictions),
-                "kernel_error": _approximation_error(model, X_eval, kernel, gamma),
-            }
-        )
+    split = (X_train, y_train, X_test, y_test, X_eval)
+    params = {"kernel": kernel, "gamma": gamma, "alpha": alpha}
+    rows = [
+        _fit_and_measure(method, width, repeat, random_state, split, params)
+        for method, width, repeat in tasks
+    ]
     results = pd.DataFrame(rows)
     results.attrs.update(
         gamma=gamma,
@@ -656,7 +507,7 @@ def summarize_regression(results):
     Returns
     -------
     summary : pandas.DataFrame
-        Columns ``method``, ``n_features``, ``fit_time``, ``predict_time``,
+        Columns ``method``, ``n_components``, ``fit_time``, ``predict_time``,
         ``test_r2``, ``kernel_error`` (means) and ``n_repeats``; the exact model
         first, then by width.
 
@@ -664,83 +515,30 @@ def summarize_regression(results):
     --------
     >>> import pandas as pd
     >>> from favorkern.regression import summarize_regression
-    >>> results = pd.DataFrame({"method": ["RBFSampler"] * 2, "n_features": [8, 8],
+    >>> results = pd.DataFrame({"method": ["RBFSampler"] * 2, "n_components": [8, 8],
     ...     "repeat": [0, 1], "fit_time": [1.0, 3.0], "predict_time": [0.1, 0.1],
     ...     "test_r2": [0.4, 0.6], "kernel_error": [0.2, 0.4]})
     >>> summarize_regression(results)[["test_r2", "n_repeats"]].round(3).to_numpy().tolist()
     [[0.5, 2.0]]
     """
     columns = ["fit_time", "predict_time", "test_r2", "kernel_error"]
-    frame = results.assign(n_features=results["n_features"].fillna(0))
-    summary = frame.groupby(["n_features", "method"], sort=False)[columns].mean()
-    summary["n_repeats"] = frame.groupby(["n_features", "method"], sort=False).size()
+    frame = results.assign(n_components=results["n_components"].fillna(0))
+    summary = frame.groupby(["n_components", "method"], sort=False)[columns].mean()
+    summary["n_repeats"] = frame.groupby(["n_components", "method"], sort=False).size()
     summary = summary.reset_index()
     order = {name: i for i, name in enumerate(METHODS)}
     summary["_order"] = summary["method"].map(order)
-    summary = summary.sort_values(["n_features", "_order"], kind="stable").drop(columns="_order")
-    summary["n_features"] = summary["n_features"].replace(0, np.nan)
-    summary = summary[["method", "n_features", *columns, "n_repeats"]]
+    summary = summary.sort_values(["n_components", "_order"], kind="stable").drop(columns="_order")
+    summary["n_components"] = summary["n_components"].replace(0, np.nan)
+    summary = summary[["method", "n_components", *columns, "n_repeats"]]
     summary.attrs.update(results.attrs)
     return summary.reset_index(drop=True)
 
 
-def plot_regression(results, *, title=None):
-    """Kernel-approximation error and test ``R^2`` against width, one line per method.
-
-    Parameters
-    ----------
-    results : pandas.DataFrame
-        The output of :func:`compare_regression` (or :func:`summarize_regression`).
-    title : str, default=None
-        Figure title.
-
-    Returns
-    -------
-    figure : matplotlib.figure.Figure
-        Two panels; exact kernel ridge regression is a dashed horizontal line in the
-        ``R^2`` panel.
-
-    Examples
-    --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> from sklearn.datasets import load_diabetes
-    >>> from favorkern.regression import compare_regression, plot_regression
-    >>> X, y = load_diabetes(return_X_y=True)
-    >>> results = compare_regression(
-    ...     X, y, n_features=[8, 32], methods=["RBFSampler"], gamma=0.025, alpha=1.0
-    ... )
-    >>> figure = plot_regression(results)
-    >>> len(figure.axes)
-    2
-    """
-    import matplotlib.pyplot as plt
-
-    summary = summarize_regression(results) if "repeat" in results else results
-    figure, (ax_error, ax_r2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    for method in METHODS:
-        rows = summary[summary["method"] == method]
-        if rows.empty:
-            continue
-        if method == EXACT:
-            ax_r2.axhline(rows["test_r2"].iloc[0], color="k", ls="--", label=method)
-            continue
-        ax_error.plot(rows["n_features"], rows["kernel_error"], marker="o", label=method)
-        ax_r2.plot(rows["n_features"], rows["test_r2"], marker="o", label=method)
-    ax_error.set(xscale="log", yscale="log", xlabel="width (n_features)")
-    ax_error.set_ylabel("relative Frobenius error of the kernel")
-    ax_r2.set(xscale="log", xlabel="width (n_features)", ylabel="test $R^2$")
-    for ax in (ax_error, ax_r2):
-        ax.grid(True, which="both", alpha=0.3)
-    ax_r2.legend(fontsize="small")
-    if title:
-        figure.suptitle(title)
-    return figure
-
-
-# -- data of any length: chunked reading and the streaming fit --------------------------
-_CHUNK_ROWS = 100_000
-_PARQUET_SUFFIXES = (".parquet", ".pq")
+# -- data of any length: the streaming fit ----------------------------------------------
+# Tag of the held-out draws' seed sequence, apart from the (random_state, chunk) seeds
+# that friedman1 generates its rows from.
+_HOLDOUT_STREAM = 1
 
 
 def peak_rss_mb():
@@ -760,126 +558,19 @@ def peak_rss_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def iter_chunks(data, *, target=None, n_samples=None, chunksize=_CHUNK_ROWS, random_state=0):
-    """Row chunks ``(X, y)`` of a data set, never more than ``chunksize`` rows in memory.
-
-    Parameters
-    ----------
-    data : str or path-like
-        ``"friedman1"`` (generated chunk by chunk: 10 features, noise 1.0, each chunk
-        seeded from ``random_state`` and its index, so the stream is reproducible
-        and can be read twice), or the path of a CSV file with a header row (read
-        with ``pandas.read_csv(chunksize=...)``) or of a Parquet file
-        (``.parquet``/``.pq``, needs pyarrow).
-    target : str, default=None
-        Target column; required for a file, not allowed for ``friedman1``.
-    n_samples : int, default=None
-        ``friedman1``: rows to generate (default 100000); files: stop after this
-        many rows.
-    chunksize : int, default=100000
-        Rows per chunk.
-    random_state : int, default=0
-        Seed of ``friedman1``.
-
-    Yields
-    ------
-    X : ndarray of shape (n_rows, n_features), float64
-    y : ndarray of shape (n_rows,), float64
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist (raised before the first chunk).
-    ValueError
-        For a missing or absent target, non-numeric or missing values (naming the
-        column and the chunk's first row), or Parquet without pyarrow.
-
-    Examples
-    --------
-    >>> from favorkern.regression import iter_chunks
-    >>> [X.shape for X, y in iter_chunks("friedman1", n_samples=250, chunksize=100)]
-    [(100, 10), (100, 10), (50, 10)]
-    """
-    chunksize = check_int(chunksize, "chunksize")
-    if n_samples is not None:
-        n_samples = check_int(n_samples, "n_samples")
-    if not isinstance(random_state, Integral):
-        raise TypeError(f"random_state must be an int, got {random_state!r}")
-    key = os.fspath(data)
-    if key == "friedman1":
-        if target is not None:
-            raise ValueError("target applies to files only; friedman1 has its own target")
-        return _friedman1_chunks(n_samples or _FRIEDMAN1_ROWS, chunksize, random_state)
-    if key in DATASETS:
-        raise ValueError(
-            f"{key!r} is small: load it with load_dataset; streams: friedman1 or a file"
-        )
-    if not key.lower().endswith((".csv", *_PARQUET_SUFFIXES)) and not os.path.exists(key):
-        raise ValueError(
-            f"unknown data {key!r}: use 'friedman1' or the path of a .csv or .parquet file"
-        )
-    if not os.path.isfile(key):
-        raise FileNotFoundError(f"data file not found: {key}")
-    if target is None:
-        raise ValueError("a data file needs target=COLUMN (--target)")
-    if key.lower().endswith(_PARQUET_SUFFIXES):
-        try:
-            import pyarrow.parquet  # noqa: F401
-        except ImportError as exc:
-            raise ValueError("reading Parquet needs pyarrow; install it or convert to CSV") from exc
-    return _file_chunks(key, target, n_samples, chunksize)
-
-
-def _friedman1_chunks(n_samples, chunksize, random_state):
-    from sklearn.datasets import make_friedman1
-
-    for index, start in enumerate(range(0, n_samples, chunksize)):
-        rows = min(chunksize, n_samples - start)
-        seed = np.random.SeedSequence([random_state, index]).generate_state(1)[0]
-        X, y = make_friedman1(n_samples=rows, n_features=10, noise=1.0, random_state=int(seed))
-        yield X, y
-
-
-def _file_chunks(path, target, n_samples, chunksize):
-    import pandas as pd
-
-    if path.lower().endswith(_PARQUET_SUFFIXES):
-        import pyarrow.parquet as pq
-
-        frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(chunksize))
-    else:
-        frames = pd.read_csv(path, chunksize=chunksize)
-    seen = 0
-    for frame in frames:
-        if target not in frame.columns:
-            columns = ", ".join(repr(str(c)) for c in frame.columns)
-            raise ValueError(
-                f"target column {target!r} not found in {path}; its columns are {columns}"
-            )
-        if frame.shape[1] < 2:
-            raise ValueError(f"{path} has no feature columns besides the target {target!r}")
-        bad = [
-            str(c)
-            for c in frame.columns
-            if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-        ]
-        missing = [str(c) for c in frame.columns if frame[c].isna().any()]
-        if bad or missing:
-            which = "non-numeric" if bad else "missing values in"
-            raise ValueError(
-                f"{which} columns {', '.join(map(repr, bad or missing))} of {path} "
-                f"(rows from {seen + 1})"
-            )
-        if n_samples is not None:
-            frame = frame.iloc[: n_samples - seen]
-        y = frame.pop(target).to_numpy(dtype=np.float64)
-        X = frame.to_numpy(dtype=np.float64)
-        if not (np.isfinite(X).all() and np.isfinite(y).all()):
-            raise ValueError(f"{path} contains infinite values (rows from {seen + 1})")
-        seen += len(y)
-        yield X, y
-        if n_samples is not None and seen >= n_samples:
-            return
+def _held_out_r2(model, chunks):
+    """``(n_test, R^2)`` of ``model`` on the held-out rows of ``(X, y, held_out)`` chunks."""
+    n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
+    for X, y, held_out in chunks:
+        if held_out.any():
+            y_test = y[held_out]
+            residual = y_test - model.predict(X[held_out])
+            n_test += len(y_test)
+            total += float(y_test.sum())
+            total_sq += float(y_test @ y_test)
+            sse += float(residual @ residual)
+    variance = total_sq - total**2 / n_test if n_test else np.nan
+    return n_test, 1.0 - sse / variance if n_test > 1 and variance > 0 else float("nan")
 
 
 def fit_streaming(
@@ -892,14 +583,14 @@ def fit_streaming(
     gamma=None,
     alphas=None,
     test_fraction=0.2,
-    chunksize=_CHUNK_ROWS,
+    chunksize=DEFAULT_CHUNKSIZE,
     batch_size=None,
     random_state=0,
     progress=None,
 ):
     """Fit :class:`~favorkern.RandomFeatureRidge` over the chunks of a data set of any length.
 
-    Two passes over :func:`iter_chunks`, memory bounded by one chunk plus a few
+    Two passes over :func:`~favorkern.datasets.iter_chunks`, memory bounded by one chunk plus a few
     ``n_components`` x ``n_components`` matrices: the first fits (``partial_fit``) the
     training rows of every chunk, the second predicts its held-out rows and
     accumulates ``R^2``.  Each chunk's rows are held out with probability
@@ -913,7 +604,7 @@ def fit_streaming(
     Parameters
     ----------
     data, target, n_samples, chunksize
-        See :func:`iter_chunks`.
+        See :func:`~favorkern.datasets.iter_chunks`.
     n_components : int, default=1024
         Width of the feature map.
     kernel : {"rbf", "softmax"}, default="rbf"
@@ -956,12 +647,11 @@ def fit_streaming(
         stream = iter_chunks(
             data, target=target, n_samples=n_samples, chunksize=chunksize, random_state=random_state
         )
-        total = None
-        if os.fspath(data) == "friedman1":
-            total = -(-(n_samples or _FRIEDMAN1_ROWS) // chunksize)
+        total = n_chunks(data, n_samples=n_samples, chunksize=chunksize)
         stream = stream if progress is None else progress(stream, total=total, desc=desc)
         for index, (X, y) in enumerate(stream):
-            seed = np.random.SeedSequence([random_state, index, 1]).generate_state(1)[0]
+            seed = np.random.SeedSequence([random_state, index, _HOLDOUT_STREAM])
+            seed = seed.generate_state(1)[0]
             held_out = np.random.default_rng(seed).random(len(y)) < test_fraction
             yield X, y, held_out
 
@@ -990,20 +680,11 @@ def fit_streaming(
     fit_time = time.perf_counter() - start
 
     start = time.perf_counter()
-    n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
-    for X, y, held_out in chunks("predict"):
-        if held_out.any():
-            y_test = y[held_out]
-            residual = y_test - model.predict(X[held_out])
-            n_test += len(y_test)
-            total += float(y_test.sum())
-            total_sq += float(y_test @ y_test)
-            sse += float(residual @ residual)
+    n_test, test_r2 = _held_out_r2(model, chunks("predict"))
     predict_time = time.perf_counter() - start
-    variance = total_sq - total**2 / n_test if n_test else np.nan
     return {
         "model": model,
-        "test_r2": 1.0 - sse / variance if n_test > 1 and variance > 0 else float("nan"),
+        "test_r2": test_r2,
         "fit_time": fit_time,
         "predict_time": predict_time,
         "peak_rss_mb": peak_rss_mb(),

@@ -22,6 +22,7 @@ MODULES = (
     "favorkern.feature_maps",
     "favorkern.diagnostics",
     "favorkern.plotting",
+    "favorkern.datasets",
     "favorkern.regression",
     "favorkern.dask",
     "favorkern.report",

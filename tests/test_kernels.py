@@ -44,3 +44,33 @@ def test_approximate_kernel_uses_the_fitted_map():
         approximate_kernel(X, features="positive")
     with pytest.raises(Exception, match="not fitted"):
         approximate_kernel(X, features=PositiveRandomFeatures())
+
+
+def test_exact_kernel_matches_definitions():
+    from favorkern import exact_kernel
+
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    rbf = np.array([[np.exp(-0.3 * np.sum((x - y) ** 2)) for y in Y] for x in X])
+    np.testing.assert_allclose(exact_kernel(X, Y, kernel="rbf", gamma=0.3), rbf, rtol=1e-12)
+    np.testing.assert_array_equal(
+        exact_kernel(X, Y, kernel="softmax", gamma=0.3), softmax_kernel(X, Y, gamma=0.3)
+    )
+    np.testing.assert_allclose(np.diag(exact_kernel(X, kernel="rbf")), 1.0)
+    assert exact_kernel(X.astype(np.float32), kernel="rbf").dtype == np.float32
+    assert exact_kernel(X.astype(np.float32), Y, kernel="rbf").dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"kernel": "laplacian"}, ValueError, "kernel must be one of"),
+        ({"kernel": "rbf", "gamma": -1.0}, ValueError, "gamma"),
+        ({"kernel": "rbf", "Y": np.zeros((2, 4))}, ValueError, "same number of features"),
+    ],
+)
+def test_exact_kernel_bad_input(kwargs, exc, match):
+    from favorkern import exact_kernel
+
+    with pytest.raises(exc, match=match):
+        exact_kernel(np.zeros((2, 3)), **kwargs)

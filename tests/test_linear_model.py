@@ -429,16 +429,13 @@ def test_encode_labels_matches_label_binarizer():
 
 
 # -- favorkern.regression: chunked data and the streaming fit -----------------------------
-from favorkern.regression import (  # noqa: E402
-    fit_streaming,
-    iter_chunks,
-    make_regressor,
-)
+from favorkern.datasets import iter_chunks  # noqa: E402
+from favorkern.regression import fit_streaming, make_regressor  # noqa: E402
 
 
 def test_streaming_method_equals_the_pipeline_in_compare_regression():
     X, y = _data(n=300)
-    kwargs = dict(n_features=128, gamma=0.1, alpha=0.05, random_state=3)
+    kwargs = dict(n_components=128, gamma=0.1, alpha=0.05, random_state=3)
     pipeline = make_regressor("Trigonometric (orthogonal)", **kwargs).fit(X, y)
     streaming = make_regressor("Trigonometric (streaming)", **kwargs).fit(X, y)
     assert _rel(streaming.predict(X), pipeline.predict(X)) < RTOL

@@ -1,4 +1,4 @@
-"""Tests of favorkern.regression and the ``favorkern regress`` command."""
+"""Tests of favorkern.regression, favorkern.datasets and the ``favorkern regress`` command."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from favorkern import exact_kernel
 from favorkern.cli import main
+from favorkern.datasets import load_dataset
 from favorkern.regression import (
     EXACT,
     METHODS,
     _SoftmaxFromGaussian,
     compare_regression,
-    exact_kernel,
-    load_dataset,
     make_regressor,
     select_gamma_alpha,
     summarize_regression,
@@ -45,14 +45,14 @@ def diabetes_split():
     return train_test_split(X, y, test_size=0.25, random_state=0)
 
 
-def _prediction_error(split, method, kernel, n_features, seeds):
+def _prediction_error(split, method, kernel, n_components, seeds):
     """Mean over seeds of |p_m - p_exact| / |p_exact - mean(y)| on the test rows."""
     X_train, X_test, y_train, _ = split
     params = {"kernel": kernel, "gamma": GAMMA[kernel], "alpha": ALPHA}
     exact = make_regressor(EXACT, **params).fit(X_train, y_train).predict(X_test)
     errors = []
     for seed in seeds:
-        model = make_regressor(method, n_features=n_features, random_state=seed, **params)
+        model = make_regressor(method, n_components=n_components, random_state=seed, **params)
         approx = model.fit(X_train, y_train).predict(X_test)
         errors.append(np.linalg.norm(approx - exact) / np.linalg.norm(exact - y_train.mean()))
     return float(np.mean(errors))
@@ -124,26 +124,26 @@ def test_select_gamma_alpha_softmax_default_grid_stays_small():
 
 def test_compare_regression_rows_and_attributes():
     X, y = load_diabetes(return_X_y=True)
-    results = compare_regression(X, y, n_features=[8, 32], n_repeats=2, cv_samples=150)
+    results = compare_regression(X, y, n_components=[8, 32], n_repeats=2, cv_samples=150)
     assert set(results["method"]) == set(METHODS)
     assert len(results) == 1 + 2 * 2 * (len(METHODS) - 1)
     assert results.attrs["n_train"] == 331 and not results.attrs["exact_skipped"]
     exact = results[results["method"] == EXACT]
-    assert exact["n_features"].isna().all() and (exact["kernel_error"] == 0).all()
+    assert exact["n_components"].isna().all() and (exact["kernel_error"] == 0).all()
     approx = results[results["method"] != EXACT]
     assert ((approx["kernel_error"] > 0) & (approx["kernel_error"] < 1)).all()
     summary = summarize_regression(results)
     assert list(summary["method"][:2]) == [EXACT, METHODS[0]]
     assert (summary["n_repeats"].iloc[1:] == 2).all()
     # wider maps approximate the kernel better, averaged over methods
-    by_width = approx.groupby("n_features")["kernel_error"].mean()
+    by_width = approx.groupby("n_components")["kernel_error"].mean()
     assert by_width[32] < by_width[8]
 
 
 def test_compare_regression_skips_exact_above_max_exact():
     X, y, _ = load_dataset("friedman1", n_samples=400)
     results = compare_regression(
-        X, y, n_features=[8], methods=["RBFSampler", EXACT], max_exact=100, gamma=0.1, alpha=1.0
+        X, y, n_components=[8], methods=["RBFSampler", EXACT], max_exact=100, gamma=0.1, alpha=1.0
     )
     assert list(results["method"]) == ["RBFSampler"]
     assert results.attrs["exact_skipped"]
@@ -215,7 +215,7 @@ def test_command_end_to_end(tmp_path, capsys):
     assert "Trigonometric (orthogonal) kernel error / RBFSampler's" in stdout
     table = pd.read_csv(out / "regress.csv")
     assert len(table) == 1 + 2 * (len(METHODS) - 1)
-    assert set(table.columns) >= {"method", "n_features", "fit_time", "test_r2", "kernel_error"}
+    assert set(table.columns) >= {"method", "n_components", "fit_time", "test_r2", "kernel_error"}
     assert table["test_r2"].notna().all()
     assert (out / "regress.md").read_text().startswith("# favorkern regress: diabetes")
     assert (out / "regress.png").stat().st_size > 1000
@@ -258,3 +258,16 @@ def test_command_rejects_bad_widths(capsys):
         main(["regress", "--n-components", "16,abc"])
     assert exit_info.value.code == 2
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_n_chunks_counts_what_iter_chunks_yields(diabetes_csv):
+    from favorkern.datasets import DEFAULT_CHUNKSIZE, FRIEDMAN1_ROWS, iter_chunks, n_chunks
+
+    for n_samples, chunksize in [(250, 100), (300, 100), (7, 10)]:
+        chunks = list(iter_chunks("friedman1", n_samples=n_samples, chunksize=chunksize))
+        assert n_chunks("friedman1", n_samples=n_samples, chunksize=chunksize) == len(chunks)
+    assert n_chunks("friedman1") == -(-FRIEDMAN1_ROWS // DEFAULT_CHUNKSIZE)
+    path, _ = diabetes_csv
+    assert n_chunks(path) is None
+    with pytest.raises(ValueError, match="chunksize"):
+        n_chunks("friedman1", chunksize=0)

@@ -132,4 +132,4 @@ def test_quick_preset_is_smaller_than_full():
     assert isinstance(quick, ReportConfig)
     assert quick.variance_trials < full.variance_trials
     assert max(quick.attention_lengths) < max(full.attention_lengths)
-    assert max(quick.regression_features) < max(full.regression_features)
+    assert max(quick.regression_n_components) < max(full.regression_n_components)

@@ -92,7 +92,7 @@ def format_table(summary) -> str:
     header = ["method", "width", "fit (s)", "predict (s)", "test R^2", "kernel error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.itertuples(index=False):
-        width = "exact" if row.n_features != row.n_features else str(int(row.n_features))
+        width = "exact" if row.n_components != row.n_components else str(int(row.n_components))
         cells = [
             row.method,
             width,
@@ -111,8 +111,8 @@ def format_comparisons(summary) -> str:
 
     lines = []
     d = summary.attrs["n_dims"]
-    trig = summary[summary["method"] == "Trigonometric (orthogonal)"].set_index("n_features")
-    rff = summary[summary["method"] == "RBFSampler"].set_index("n_features")
+    trig = summary[summary["method"] == "Trigonometric (orthogonal)"].set_index("n_components")
+    rff = summary[summary["method"] == "RBFSampler"].set_index("n_components")
     for m in sorted(set(trig.index) & set(rff.index)):
         ratio = trig.loc[m, "kernel_error"] / rff.loc[m, "kernel_error"]
         tag = f" (= {int(m) // d}d)" if m % d == 0 else ""
@@ -128,9 +128,9 @@ def format_comparisons(summary) -> str:
     for method in summary["method"].unique():
         if method == EXACT:
             continue
-        rows = summary[summary["method"] == method].sort_values("n_features")
+        rows = summary[summary["method"] == method].sort_values("n_components")
         close = ((rows["test_r2"] - exact_r2).abs() <= 0.01).to_numpy()
-        widths = rows["n_features"].astype(int).to_numpy()
+        widths = rows["n_components"].astype(int).to_numpy()
         first = f"width {widths[close.argmax()]}" if close.any() else "no width tried"
         # smallest width from which every larger width tried also stays within 0.01
         stays = [w for i, w in enumerate(widths) if close[i:].all()]
@@ -148,7 +148,7 @@ def output_names(args):
 
 
 def run(args) -> int:
-    from favorkern.regression import DATASETS
+    from favorkern.datasets import DATASETS
 
     if args.data not in DATASETS and (
         args.data.lower().endswith(".csv") or os.path.exists(args.data)
@@ -159,12 +159,9 @@ def run(args) -> int:
 
 
 def _run(args, out) -> int:
-    from favorkern.regression import (
-        compare_regression,
-        load_dataset,
-        plot_regression,
-        summarize_regression,
-    )
+    from favorkern.datasets import load_dataset
+    from favorkern.plotting import plot_regression
+    from favorkern.regression import compare_regression, summarize_regression
 
     X, y, name = load_dataset(
         args.data, target=args.target, n_samples=args.n_samples, random_state=args.seed
@@ -174,7 +171,7 @@ def _run(args, out) -> int:
         X,
         y,
         kernel=args.kernel,
-        n_features=args.n_components,
+        n_components=args.n_components,
         gamma=args.gamma,
         alpha=args.alpha,
         test_size=args.test_size,
