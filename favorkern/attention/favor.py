@@ -416,7 +416,7 @@ def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
 
     return estimate_attention_error(
         Q, K, V, out, causal=causal, gamma=gamma, key_padding_mask=mask, n_rows=n_rows,
-        warn_error=warn_error, random_state=np.random.default_rng(seed),
+        warn_error=warn_error, random_state=np.random.default_rng(seed), _stacklevel=4,
     )  # fmt: skip
 
 
