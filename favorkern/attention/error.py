@@ -19,6 +19,8 @@ from sklearn.utils import check_random_state
 
 from .._validation import check_float_array, check_int, check_logit_scale
 from .._warnings import ApproximationWarning
+from ..feature_maps._evaluate import blas_single_thread, n_threads
+from .common import run_parallel
 
 __all__ = ["AttentionErrorEstimate", "estimate_attention_error", "ApproximationWarning"]
 
@@ -28,6 +30,11 @@ _N_BOOTSTRAP = 2000
 _MAX_BOOTSTRAP_VALUES = 1 << 24
 # Scores per block of the exact rows (bounds the extra memory).
 _BLOCK_SCORES = 1 << 22
+# Query rows per block (one task per block); a causal block reads the keys up to its
+# last row only.
+_CAUSAL_BLOCK_ROWS = 32
+# Below this many multiply-adds, threads cost more than they save.
+_PARALLEL_MIN_WORK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -128,31 +135,50 @@ def _lead_index(X, idx, n_trailing):
 
 
 def _exact_rows(q_rows, rows, k, v, keep, gamma, causal):
-    """Exact attention of the query rows ``rows`` (and which rows see any key)."""
+    """Exact attention of the sorted query rows ``rows`` (and which rows see a key).
+
+    In the inputs' dtype (float32 stays float32: the rounding is far below any
+    error worth estimating).  Causal blocks of rows read only the keys up to their
+    last row, which halves the work on average.
+    """
     n_keys = k.shape[0]
+    dtype = q_rows.dtype
     out = np.zeros((len(rows), v.shape[1]), dtype=np.float64)
     visible = np.zeros(len(rows), dtype=bool)
-    block = max(1, _BLOCK_SCORES // max(1, n_keys))
-    positions = np.arange(n_keys)
+    bias = None
+    if keep is not None:
+        bias = np.where(keep, 0.0, -np.inf).astype(dtype)
+    q_rows = q_rows * dtype.type(gamma)
+    block = max(1, min(_CAUSAL_BLOCK_ROWS, _BLOCK_SCORES // max(1, n_keys)))
     for a in range(0, len(rows), block):
         b = min(len(rows), a + block)
-        scores = (q_rows[a:b] @ k.T).astype(np.float64)
-        scores *= gamma
-        allowed = np.broadcast_to(keep, scores.shape) if keep is not None else None
+        stop = int(rows[b - 1]) + 1 if causal else n_keys
+        scores = q_rows[a:b] @ k[:stop].T
+        if bias is not None:
+            scores += bias[:stop]
         if causal:
-            future = positions[np.newaxis, :] <= rows[a:b, np.newaxis]
-            allowed = future if allowed is None else allowed & future
-        if allowed is not None:
-            scores[~allowed] = -np.inf
+            for r in range(a, b - 1):
+                scores[r - a, rows[r] + 1 :] = -np.inf
         top = scores.max(axis=1)
         seen = np.isfinite(top)
         visible[a:b] = seen
-        scores -= np.where(seen, top, 0.0)[:, np.newaxis]
+        scores -= np.where(seen, top, 0.0).astype(dtype)[:, np.newaxis]
         np.exp(scores, out=scores)
-        total = scores.sum(axis=1)
+        total = scores.sum(axis=1, dtype=np.float64)
         total[~seen] = np.inf
-        out[a:b] = (scores @ v.astype(np.float64)) / total[:, np.newaxis]
+        out[a:b] = (scores @ v[:stop]) / total[:, np.newaxis]
     return out, visible
+
+
+def _sample_rows(rng, n, size):
+    """``size`` distinct sorted indices of ``range(n)`` (Floyd's algorithm: O(size))."""
+    if size >= n:
+        return np.arange(n)
+    chosen = set()
+    for j in range(n - size, n):
+        t = int(rng.integers(0, j + 1))
+        chosen.add(j if t in chosen else t)
+    return np.array(sorted(chosen))
 
 
 def _visible_rows(n_queries, keep, causal):
@@ -250,6 +276,20 @@ def estimate_attention_error(
     Q = check_float_array(Q, "Q", min_ndim=2)
     K = check_float_array(K, "K", min_ndim=2)
     V = check_float_array(V, "V", min_ndim=2)
+    dtype = np.result_type(Q.dtype, K.dtype, V.dtype)
+    Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+    return estimate_checked(
+        Q, K, V, out, causal=causal, gamma=gamma, key_padding_mask=key_padding_mask,
+        n_rows=n_rows, confidence=confidence, warn_error=warn_error, n_worst=n_worst,
+        random_state=random_state, _stacklevel=_stacklevel + 1,
+    )  # fmt: skip
+
+
+def estimate_checked(
+    Q, K, V, out, *, causal, gamma, key_padding_mask, n_rows, confidence=0.95,
+    warn_error=0.5, n_worst=5, random_state=None, _stacklevel=2,
+):  # fmt: skip
+    """:func:`estimate_attention_error` for Q, K, V already checked (one float dtype)."""
     out = np.asarray(out)
     if out.dtype.kind != "f":
         raise TypeError(f"out must be a float array, got dtype {out.dtype}")
@@ -293,15 +333,29 @@ def estimate_attention_error(
         seed = check_random_state(random_state).randint(2**31) if random_state is not None else None
         rng = np.random.default_rng(seed)
 
-    errors, weights, sizes = [], [], []
+    size = min(n_rows, n_queries)
+    block = max(1, min(_CAUSAL_BLOCK_ROWS, _BLOCK_SCORES // max(1, n_keys)))
+    heads, tasks = [], []
     for idx in np.ndindex(*batch):
         kv_idx = kv_index(idx)
         q = _lead_index(Q, idx, 2)
         k, v = _lead_index(K, kv_idx, 2), _lead_index(V, kv_idx, 2)
         keep = None if mask is None else ~_lead_index(mask, kv_idx, 1)
-        size = min(n_rows, n_queries)
-        rows = np.sort(rng.choice(n_queries, size=size, replace=False))
-        exact, visible = _exact_rows(q[rows], rows, k, v, keep, gamma, causal)
+        rows = _sample_rows(rng, n_queries, size)
+        heads.append((idx, rows, keep))
+        for a in range(0, size, block):
+            r = rows[a : a + block]
+            tasks.append(lambda q=q[r], r=r, k=k, v=v, keep=keep: _exact_rows(
+                q, r, k, v, keep, gamma, causal))  # fmt: skip
+    work = size * len(heads) * n_keys * (Q.shape[-1] + V.shape[-1])
+    workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
+    with blas_single_thread():  # multithreaded BLAS on these shapes measured 100x slower
+        parts = iter(run_parallel(tasks, workers))
+    errors, weights, sizes = [], [], []
+    for idx, rows, keep in heads:
+        pieces = [next(parts) for _ in range(0, size, block)]
+        exact = np.concatenate([p[0] for p in pieces])
+        visible = np.concatenate([p[1] for p in pieces])
         got = np.asarray(out[idx][rows], dtype=np.float64)
         rows_seen = _visible_rows(n_queries, keep, causal)
         exact, got = exact[visible], got[visible]

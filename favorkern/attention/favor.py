@@ -412,9 +412,9 @@ def _error_seed(random_state):
 
 
 def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
-    from .error import estimate_attention_error
+    from .error import estimate_checked
 
-    return estimate_attention_error(
+    return estimate_checked(
         Q, K, V, out, causal=causal, gamma=gamma, key_padding_mask=mask, n_rows=n_rows,
         warn_error=warn_error, random_state=np.random.default_rng(seed), _stacklevel=4,
     )  # fmt: skip
@@ -664,7 +664,10 @@ class FavorAttention:
         self._error_rng = np.random.default_rng(_error_seed(self._rng))
         if arrays is not None:
             gamma = check_logit_scale(gamma, d)
-            shared, per_head = _fit_constants(fmap, *arrays, gamma)
+            if fmap.data_constants:
+                shared, per_head = _fit_constants(fmap, *arrays, gamma)
+            else:
+                shared, per_head = {}, None
             self._shared_constants, self._head_constants = shared, per_head
             if per_head is None:
                 self.constants_ = dict(shared)
