@@ -327,19 +327,31 @@ def resolve_decode_shapes(q_shape, k_shape, v_shape, mask_shape, state):
     return batch[:-1] + (heads,), group
 
 
+def _rows(X, shape, n):
+    """``X`` broadcast to ``shape`` as ``n`` rows (a view when no broadcasting is needed)."""
+    if X.shape != shape:
+        X = np.broadcast_to(X, shape)
+    return X.reshape(n, shape[-1])
+
+
 def _token(hf, Q, K, V, mask, state, out_batch, group, out):
     """One new token for every head: features batched over heads, one fused kernel."""
     from .._numba.decoding import decode_step
 
-    dtype = state.dtype
-    batch = state.batch_shape
+    keys = state.keys
+    S, z = keys.S, keys.z
+    dtype = S.dtype
+    batch = S.shape[:-2]
+    m, dv = S.shape[-2:]
     n_kv = prod(batch)
     n_query = n_kv * group
     d = Q.shape[-1]
-    qf, kf, scratch = hf.token_buffers(n_query, n_kv, group, state.dv, dtype)
-    q_rows = np.broadcast_to(Q, out_batch + (1, d)).reshape(n_query, d)
-    k_rows = np.broadcast_to(K, batch + (1, d)).reshape(n_kv, d)
-    v_rows = np.array(np.broadcast_to(V, batch + (1, state.dv)).reshape(n_kv, state.dv))
+    qf, kf, scratch = hf.token_buffers(n_query, n_kv, group, dv, dtype)
+    q_rows = _rows(Q, out_batch + (1, d), n_query)
+    k_rows = _rows(K, batch + (1, d), n_kv)
+    v_rows = _rows(V, batch + (1, dv), n_kv)
+    if not (v_rows.flags.c_contiguous and v_rows.flags.writeable):
+        v_rows = np.array(v_rows)  # the kernel takes C-contiguous, mutable arrays
     if hf.shared is not None:
         fmap = hf.shared
         fmap.queries(hf.prepare(q_rows, "query", None), qf)
@@ -358,12 +370,12 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
             shift[j] = np.nan if sh is None else sh[0]
     masked = None
     if mask is not None:
-        masked = np.broadcast_to(mask, batch + (1,)).reshape(n_kv)
+        masked = _rows(mask[..., np.newaxis], batch + (1, 1), n_kv)[:, 0]
         if masked.any():
             row_log = np.where(masked, -np.inf, row_log)
         else:
             masked = None
-    c_old = state.keys.c.reshape(n_kv)
+    c_old = keys.c.reshape(n_kv)
     c_new = np.maximum(c_old, row_log)
     finite = np.where(c_new > -np.inf, c_new, 0.0)
     if hf.shared is not None:
@@ -374,19 +386,12 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
             hf.features(j % batch[-1]).key_finish(kf[j : j + 1], row_log[j : j + 1], sh, finite[j : j + 1])
     if masked is not None:
         kf[masked] = 0.0
-    with np.errstate(invalid="ignore"):
-        decay = np.exp(c_old - c_new)
-    decay[np.isnan(decay)] = 1.0  # no key yet on either side: the state is zero
+    # c_old = -inf (no key yet) gives 0, and the state is zero then anyway
+    decay = np.exp(c_old - finite)
     ok = decode_step(
-        qf,
-        kf,
-        v_rows,
-        decay,
-        state.keys.S.reshape((n_kv,) + state.S.shape[-2:]),
-        state.keys.z.reshape(n_kv, state.n_components),
-        out.reshape(n_query, state.dv),
-        scratch,
-    )
+        qf, kf, v_rows, decay, S.reshape(n_kv, m, dv), z.reshape(n_kv, m),
+        out.reshape(n_query, dv), scratch,
+    )  # fmt: skip
     if not ok:
         raise ValueError("q, k and v must be finite (got NaN or infinity, or features overflowed)")
     c_old[...] = c_new
