@@ -16,8 +16,9 @@ same way as one causal call over the whole sequence would.
 
 Grouped-query attention: the state has one entry per key/value head; ``g``
 consecutive query heads share one (query head ``i`` reads key/value head
-``i // g``).  Keys and values are never copied per query head, and a key's
-features are computed once per key/value head.
+``i // g``).  Keys and values are never copied per query head; for one token a
+key's features are computed once per key/value head, for a block of tokens once per
+query head of its group (the chunked causal products run per query head).
 """
 
 from __future__ import annotations
