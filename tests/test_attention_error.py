@@ -7,6 +7,7 @@ import pytest
 
 from favorkern import FavorAttention, favor_attention, softmax_attention
 from favorkern._warnings import ApproximationWarning
+from favorkern.attention import error as error_module
 from favorkern.attention.error import estimate_attention_error
 
 
@@ -25,27 +26,37 @@ def _visible(mask, causal, shape):
     return np.broadcast_to((~mask).any(axis=-1, keepdims=True), shape)
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Threads, key ranges and row blocks at any size: the merge of pieces runs."""
+    monkeypatch.setattr(error_module, "_PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(error_module, "_BLOCK_SCORES", 7 * 50)
+    monkeypatch.setattr(error_module, "_CAUSAL_BLOCK_ROWS", 6)
+    monkeypatch.setattr(error_module, "n_threads", lambda: 3)
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_all_rows_sampled_gives_the_true_errors(causal):
+@pytest.mark.parametrize("n_heads", [1, 3])
+def test_all_rows_sampled_gives_the_true_errors(small_blocks, causal, n_heads):
     rng = np.random.default_rng(0)
-    Q, K, V = rng.normal(scale=0.8, size=(3, 3, 50, 8))
-    mask = rng.random((3, 50)) < 0.2
-    mask[1, :6] = True
+    Q, K, V = rng.normal(scale=0.8, size=(3, n_heads, 50, 8))
+    mask = rng.random((n_heads, 50)) < 0.2
+    mask[n_heads // 2, :6] = True
     out = favor_attention(Q, K, V, causal=causal, n_components=16, random_state=0,
                           key_padding_mask=mask)  # fmt: skip
     exact = softmax_attention(Q, K, V, causal=causal, key_padding_mask=mask)
-    visible = _visible(mask, causal, (3, 50))
+    visible = _visible(mask, causal, (n_heads, 50))
     est = estimate_attention_error(Q, K, V, out, causal=causal, key_padding_mask=mask,
                                    n_rows=50, random_state=0, warn_error=None)  # fmt: skip
     true = _true_errors(out, exact, visible)
     assert est.mean == pytest.approx(true.mean(), rel=1e-9)
     assert est.mean_interval[0] == pytest.approx(est.mean_interval[1], rel=1e-9)  # no sampling
     assert est.median == pytest.approx(np.median(true), rel=0.2)
-    for h in range(3):
+    for h in range(n_heads):
         expected = _true_errors(out[h], exact[h], visible[h])
         assert est.per_head_mean[h] == pytest.approx(expected.mean(), rel=1e-9)
     means = [err for _, err in est.worst_heads]
-    assert means == sorted(means, reverse=True) and len(means) == 3
+    assert means == sorted(means, reverse=True) and len(means) == n_heads
 
 
 def test_grouped_query_heads_and_float32():

@@ -134,40 +134,49 @@ def _lead_index(X, idx, n_trailing):
     return X[tuple(0 if size == 1 else idx[offset + k] for k, size in enumerate(lead))]
 
 
-def _exact_rows(q_rows, rows, k, v, keep, gamma, causal):
-    """Exact attention of the sorted query rows ``rows`` (and which rows see a key).
+def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop):
+    """Softmax pieces of the sorted query rows ``rows`` over the keys ``start:stop``.
 
-    In the inputs' dtype (float32 stays float32: the rounding is far below any
-    error worth estimating).  Causal blocks of rows read only the keys up to their
-    last row, which halves the work on average.
+    ``q_rows`` already carries ``gamma``; ``bias`` is 0 / -inf per key (mask) or None.
+    Returns ``(top, total, numerator)``: each row's largest logit (``-inf`` if it sees
+    no key of the range), ``sum exp(logit - top)`` and ``sum exp(logit - top) v``, in
+    float64, for :func:`_merge_parts`.  In the inputs' dtype otherwise (float32
+    stays float32: its rounding is far below any error worth estimating).  Causal
+    rows read only the keys up to the last row.
     """
-    n_keys = k.shape[0]
+    n = len(rows)
+    if causal:
+        stop = min(stop, int(rows[-1]) + 1)
+    if stop <= start:
+        return np.full(n, -np.inf), np.zeros(n), np.zeros((n, v.shape[1]))
     dtype = q_rows.dtype
-    out = np.zeros((len(rows), v.shape[1]), dtype=np.float64)
-    visible = np.zeros(len(rows), dtype=bool)
-    bias = None
-    if keep is not None:
-        bias = np.where(keep, 0.0, -np.inf).astype(dtype)
-    q_rows = q_rows * dtype.type(gamma)
-    block = max(1, min(_CAUSAL_BLOCK_ROWS, _BLOCK_SCORES // max(1, n_keys)))
-    for a in range(0, len(rows), block):
-        b = min(len(rows), a + block)
-        stop = int(rows[b - 1]) + 1 if causal else n_keys
-        scores = q_rows[a:b] @ k[:stop].T
-        if bias is not None:
-            scores += bias[:stop]
-        if causal:
-            for r in range(a, b - 1):
-                scores[r - a, rows[r] + 1 :] = -np.inf
-        top = scores.max(axis=1)
-        seen = np.isfinite(top)
-        visible[a:b] = seen
-        scores -= np.where(seen, top, 0.0).astype(dtype)[:, np.newaxis]
-        np.exp(scores, out=scores)
-        total = scores.sum(axis=1, dtype=np.float64)
-        total[~seen] = np.inf
-        out[a:b] = (scores @ v[:stop]) / total[:, np.newaxis]
-    return out, visible
+    scores = q_rows @ k[start:stop].T
+    if bias is not None:
+        scores += bias[start:stop]
+    if causal:
+        for r in range(n):
+            if rows[r] + 1 < stop:
+                scores[r, max(0, rows[r] + 1 - start) :] = -np.inf
+    top = scores.max(axis=1).astype(np.float64)
+    seen = np.isfinite(top)
+    scores -= np.where(seen, top, 0.0).astype(dtype)[:, np.newaxis]
+    np.exp(scores, out=scores)
+    total = scores.sum(axis=1, dtype=np.float64)
+    numerator = (scores @ v[start:stop]).astype(np.float64)
+    return top, total, numerator
+
+
+def _merge_parts(parts):
+    """Exact rows from the pieces of :func:`_partial_rows` over key ranges."""
+    tops = np.stack([p[0] for p in parts])
+    top = tops.max(axis=0)
+    visible = np.isfinite(top)
+    with np.errstate(invalid="ignore"):
+        factors = np.where(np.isfinite(tops), np.exp(tops - np.where(visible, top, 0.0)), 0.0)
+    total = sum(f * p[1] for f, p in zip(factors, parts, strict=True))
+    numerator = sum(f[:, np.newaxis] * p[2] for f, p in zip(factors, parts, strict=True))
+    total[~visible] = np.inf
+    return numerator / total[:, np.newaxis], visible
 
 
 def _sample_rows(rng, n, size):
@@ -342,26 +351,41 @@ def estimate_checked(
         rng = np.random.default_rng(seed)
 
     size = min(n_rows, n_queries)
-    block = max(1, min(_CAUSAL_BLOCK_ROWS, _BLOCK_SCORES // max(1, n_keys)))
+    n_heads = int(np.prod(batch, dtype=np.int64))
+    work = size * n_heads * n_keys * (Q.shape[-1] + V.shape[-1])
+    workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
+    # Causal: blocks of rows, each reading the keys up to its last row.  Otherwise all
+    # rows at once (the most efficient products), the keys split over the threads when
+    # there are fewer heads than threads, the pieces merged as in flash attention.
+    n_ranges = workers if (not causal and n_heads < workers) else 1
+    ranges = [(n_keys * p // n_ranges, n_keys * (p + 1) // n_ranges) for p in range(n_ranges)]
+    longest = max(b - a for a, b in ranges)
+    block = max(1, _BLOCK_SCORES // max(1, longest))
+    if causal:
+        block = min(block, _CAUSAL_BLOCK_ROWS)
     heads, tasks = [], []
+    scale = Q.dtype.type(gamma)
     for idx in np.ndindex(*batch):
         kv_idx = kv_index(idx)
         q = _lead_index(Q, idx, 2)
         k, v = _lead_index(K, kv_idx, 2), _lead_index(V, kv_idx, 2)
         keep = None if mask is None else ~_lead_index(mask, kv_idx, 1)
+        bias = None if keep is None else np.where(keep, 0.0, -np.inf).astype(Q.dtype)
         rows = _sample_rows(rng, n_queries, size)
         heads.append((idx, rows, keep))
         for a in range(0, size, block):
             r = rows[a : a + block]
-            tasks.append(lambda q=q[r], r=r, k=k, v=v, keep=keep: _exact_rows(
-                q, r, k, v, keep, gamma, causal))  # fmt: skip
-    work = size * len(heads) * n_keys * (Q.shape[-1] + V.shape[-1])
-    workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
+            q_rows = q[r] * scale
+            for start, stop in ranges:
+                tasks.append(lambda q=q_rows, r=r, k=k, v=v, b=bias, s0=start, s1=stop:
+                             _partial_rows(q, r, k, v, b, causal, s0, s1))  # fmt: skip
     with blas_single_thread():  # multithreaded BLAS on these shapes measured 100x slower
         parts = iter(run_parallel(tasks, workers))
     errors, weights, sizes = [], [], []
     for idx, rows, keep in heads:
-        pieces = [next(parts) for _ in range(0, size, block)]
+        pieces = [
+            _merge_parts([next(parts) for _ in ranges]) for _ in range(0, size, block)
+        ]
         exact = np.concatenate([p[0] for p in pieces])
         visible = np.concatenate([p[1] for p in pieces])
         got = np.asarray(out[idx][rows], dtype=np.float64)
