@@ -46,7 +46,7 @@ class KeyState:
     >>> a = KeyState(np.ones((2, 1)), np.ones(2), 0.0)
     >>> b = KeyState(np.ones((2, 1)), np.ones(2), np.log(2.0))
     >>> total = merge([a, b])
-    >>> float(total.c) == np.log(2.0), total.z.tolist()
+    >>> bool(float(total.c) == np.log(2.0)), total.z.tolist()
     (True, [1.5, 1.5])
     """
 
