@@ -292,3 +292,22 @@ def test_docstring_examples():
 
     for module in (decoding, favor_module):
         assert doctest.testmod(module).failed == 0
+
+
+def test_pickled_attention_and_threads_continue_the_same_sequence():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(14)
+    Q, K, V = rng.normal(scale=0.6, size=(3, 2, 40, 8))
+    attention = FavorAttention(n_components=16, random_state=0).fit(8)
+    whole = attention(Q, K, V, causal=True)
+    clone = pickle.loads(pickle.dumps(attention))
+    stepped, _ = _run_steps(clone, Q, K, V, None, (1,))
+    _assert_close(stepped, whole, np.float64)
+
+    def sequence(_):
+        return _run_steps(attention, Q, K, V, attention.initial_state((2,), 8), (1, 3))[0]
+
+    with ThreadPoolExecutor(4) as pool:  # shared instance, one state per thread
+        for got in pool.map(sequence, range(8)):
+            _assert_close(got, whole, np.float64)

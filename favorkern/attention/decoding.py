@@ -23,6 +23,7 @@ query head of its group (the chunked causal products run per query head).
 
 from __future__ import annotations
 
+import threading
 from math import prod
 
 import numpy as np
@@ -218,7 +219,7 @@ class HeadFeatures:
             self.per_head = [make(c) for c in head_constants]
         self.n_out = (self.shared or self.per_head[0]).n_out
         self._shapes = {}
-        self._buffers = {}
+        self._local = threading.local()  # buffers per thread: steps may run concurrently
 
     @property
     def n_heads(self):
@@ -233,15 +234,18 @@ class HeadFeatures:
 
     def token_buffers(self, n_query, n_kv, group, dv, dtype):
         key = (n_query, n_kv, group, dv, dtype)
-        buffers = self._buffers.get(key)
-        if buffers is None:
-            buffers = (
-                np.empty((n_query, self.n_out), dtype=dtype),
-                np.empty((n_kv, self.n_out), dtype=dtype),
-                np.empty((group, dv), dtype=dtype),
+        cached = getattr(self._local, "buffers", None)
+        if cached is None or cached[0] != key:
+            cached = (
+                key,
+                (
+                    np.empty((n_query, self.n_out), dtype=dtype),
+                    np.empty((n_kv, self.n_out), dtype=dtype),
+                    np.empty((group, dv), dtype=dtype),
+                ),
             )
-            self._buffers = {key: buffers}  # one decoding shape at a time
-        return buffers
+            self._local.buffers = cached  # one decoding shape at a time
+        return cached[1]
 
     def shapes(self, Q, K, V, mask, state):
         """:func:`resolve_decode_shapes`, cached per input shapes."""

@@ -198,7 +198,9 @@ def favor_attention(
         Continue a causal sequence: ``Q, K, V`` are the next tokens after those the
         state has seen (causal only; the state comes from ``return_state=True`` or
         :meth:`FavorAttention.initial_state`, with the same projection, feature map
-        and ``gamma``, else a ``ValueError``).  The state is updated in place.
+        and ``gamma``, else a ``ValueError``).  The state is updated in place.  The
+        continuation runs the chunked algorithm per head (``method`` is not used; a
+        single long head is not split over threads).
         With a state (or ``return_state``), grouped-query attention is accepted: the
         query head axis (-3) may hold a multiple ``g`` of the key/value heads, query
         head ``i`` reading key/value head ``i // g`` (no copy of K or V).
@@ -272,7 +274,9 @@ def favor_attention(
     """
     fmap = get_feature_map(feature_map)
     check_option(method, "method", METHODS)
-    continued = _check_continuation(causal, initial_state, return_state, return_error)
+    continued = _check_continuation(
+        causal, initial_state, return_state, return_error, n_error_rows, warn_error
+    )
     if continued:
         Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
     else:
@@ -299,10 +303,17 @@ def favor_attention(
     return result[0] if len(result) == 1 else result
 
 
-def _check_continuation(causal, initial_state, return_state, return_error) -> bool:
+def _check_continuation(
+    causal, initial_state, return_state, return_error, n_error_rows, warn_error
+) -> bool:
     """True when the call continues (or returns) a decoding state; checks the options."""
     return_state = check_bool(return_state, "return_state")
     check_bool(return_error, "return_error")
+    check_int(n_error_rows, "n_error_rows")
+    if warn_error is not None and (
+        isinstance(warn_error, bool) or not isinstance(warn_error, numbers.Real) or warn_error < 0
+    ):
+        raise ValueError(f"warn_error must be a number >= 0 or None, got {warn_error!r}")
     if initial_state is not None and not isinstance(initial_state, DecodingState):
         raise TypeError(
             f"initial_state must be a DecodingState, got {type(initial_state).__name__}"
@@ -836,7 +847,7 @@ class FavorAttention:
         """
         decoders = self.__dict__.get("_decoders")
         hf = None
-        if decoders is not None and state is not None:
+        if decoders is not None and type(state) is DecodingState:
             hf = decoders.get((state.dtype, gamma))
         if hf is None or not (isinstance(q, np.ndarray) and q.dtype == state.dtype):
             return self._step_checked(q, k, v, state, gamma, key_padding_mask)
@@ -905,7 +916,9 @@ class FavorAttention:
         ``random_state``, which leaves the projections unchanged).
         """
         causal = self.causal if causal is None else causal
-        continued = _check_continuation(causal, initial_state, return_state, return_error)
+        continued = _check_continuation(
+        causal, initial_state, return_state, return_error, n_error_rows, warn_error
+    )
         if continued:
             Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
         else:
@@ -934,6 +947,16 @@ class FavorAttention:
                 _estimate(Q, K, V, result[0], causal, scale, mask, n_error_rows, warn_error, seed),
             )
         return result[0] if len(result) == 1 else result
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_decoders", None)  # a cache (with thread-local buffers): rebuilt on demand
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "projection_" in state:
+            self._decoders = {}
 
     def __repr__(self):
         return (
