@@ -57,7 +57,7 @@ def median_time(fn, repeats, warmup=3):
 
 
 def load():
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def decode_table(heads_list, dtype, prefix, repeats):
@@ -65,9 +65,11 @@ def decode_table(heads_list, dtype, prefix, repeats):
 
     rng = np.random.default_rng(0)
     print(f"decode: d = dv = {D}, m = {M}, {np.dtype(dtype).name}, prefix {prefix}; {load()}")
-    print(f"{'heads':>5} {'step T=1':>10} {'floor T=1':>10} {'ratio':>6} {'BLAS floor':>10} "
-          f"{'ratio':>6} {'step T=64':>10} "
-          f"{'recompute':>11} {'exact/KV':>10} {'fast-tf':>10}   (microseconds per token)")
+    print(
+        f"{'heads':>5} {'step T=1':>10} {'floor T=1':>10} {'ratio':>6} {'BLAS floor':>10} "
+        f"{'ratio':>6} {'step T=64':>10} "
+        f"{'recompute':>11} {'exact/KV':>10} {'fast-tf':>10}   (microseconds per token)"
+    )
     for heads in heads_list:
         attention = FavorAttention(n_components=M, random_state=0).fit(D)
         batch = (heads,)
@@ -123,7 +125,9 @@ def decode_table(heads_list, dtype, prefix, repeats):
         Qp, Kp, Vp = (rng.standard_normal((heads, prefix + 1, D)).astype(dtype) * 0.5
                       for _ in range(3))  # fmt: skip
         recompute = median_time(
-            lambda: favor_attention(Qp, Kp, Vp, causal=True, projection_matrix=attention.projection_),
+            lambda: favor_attention(
+                Qp, Kp, Vp, causal=True, projection_matrix=attention.projection_
+            ),
             repeats,
         )
         gamma = dtype(1 / np.sqrt(D))
@@ -180,8 +184,10 @@ def error_table(dtype, repeats):
             repeats, warmup=1,
         )  # fmt: skip
         name = "causal" if causal else "bidirectional"
-        print(f"  {name:>13}: favor {1e3 * plain:7.1f} ms, with estimate {1e3 * with_error:7.1f}"
-              f" ms, estimate {100 * (with_error - plain) / plain:5.1f}% of the call")
+        print(
+            f"  {name:>13}: favor {1e3 * plain:7.1f} ms, with estimate {1e3 * with_error:7.1f}"
+            f" ms, estimate {100 * (with_error - plain) / plain:5.1f}% of the call"
+        )
     print(f"after: {load()}")
 
 
@@ -222,8 +228,10 @@ def coverage(n_problems, seed=0):
                                        random_state=p, warn_error=None)  # fmt: skip
         mean_hits += est.mean_interval[0] <= true_mean <= est.mean_interval[1]
         median_hits += est.median_interval[0] <= true_median <= est.median_interval[1]
-    print(f"coverage over {n_problems} random problems (seed {seed}): 95% interval of the mean "
-          f"{mean_hits / n_problems:.3f}, of the median {median_hits / n_problems:.3f}")
+    print(
+        f"coverage over {n_problems} random problems (seed {seed}): 95% interval of the mean "
+        f"{mean_hits / n_problems:.3f}, of the median {median_hits / n_problems:.3f}"
+    )
 
 
 def main():

@@ -388,7 +388,8 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
     else:
         for j in range(n_kv):
             sh = None if np.isnan(shift[j]) else shift[j : j + 1]
-            hf.features(j % batch[-1]).key_finish(kf[j : j + 1], row_log[j : j + 1], sh, finite[j : j + 1])
+            one = slice(j, j + 1)
+            hf.features(j % batch[-1]).key_finish(kf[one], row_log[one], sh, finite[one])
     if masked is not None:
         kf[masked] = 0.0
     # c_old = -inf (no key yet) gives 0, and the state is zero then anyway

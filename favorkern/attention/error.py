@@ -122,7 +122,8 @@ def _resolve_batch(q_lead, kv_lead, name="Q"):
     if n and q[-1] != kv[-1] and kv[-1] != 1 and q[-1] != 1:
         if q[-1] % kv[-1]:
             raise ValueError(
-                f"{name} has {q[-1]} heads (axis -3), not a multiple of the {kv[-1]} key/value heads"
+                f"{name} has {q[-1]} heads (axis -3), not a multiple of the {kv[-1]} "
+                "key/value heads"
             )
         return np.broadcast_shapes(q[:-1], kv[:-1]) + (q[-1],)
     return np.broadcast_shapes(q, kv)
@@ -315,7 +316,8 @@ def estimate_checked(
     if not isinstance(confidence, float | int) or not 0 < confidence < 1:
         raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
     if warn_error is not None:
-        if isinstance(warn_error, bool) or not isinstance(warn_error, float | int) or warn_error < 0:
+        bad = isinstance(warn_error, bool) or not isinstance(warn_error, float | int)
+        if bad or warn_error < 0:
             raise ValueError(f"warn_error must be a number >= 0 or None, got {warn_error!r}")
     d = Q.shape[-1]
     gamma = check_logit_scale(gamma, d)
@@ -383,9 +385,7 @@ def estimate_checked(
         parts = iter(run_parallel(tasks, workers))
     errors, weights, sizes = [], [], []
     for idx, rows, keep in heads:
-        pieces = [
-            _merge_parts([next(parts) for _ in ranges]) for _ in range(0, size, block)
-        ]
+        pieces = [_merge_parts([next(parts) for _ in ranges]) for _ in range(0, size, block)]
         exact = np.concatenate([p[0] for p in pieces])
         visible = np.concatenate([p[1] for p in pieces])
         got = np.asarray(out[idx][rows], dtype=np.float64)

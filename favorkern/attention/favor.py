@@ -14,7 +14,6 @@ import numbers
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ..feature_maps._evaluate import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
     check_bool,
@@ -24,6 +23,7 @@ from .._validation import (
     check_option,
 )
 from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps._evaluate import blas_single_thread, n_threads
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
@@ -479,8 +479,6 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     return out
 
 
-
-
 def _dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
     """Attention with one frozen set of constants per head (the axis -3 of ``batch``).
 
@@ -707,9 +705,7 @@ class FavorAttention:
             )
         head = check_int(head, "head", min_value=0)
         if not 0 <= head < len(self._head_constants):
-            raise ValueError(
-                f"head must be in [0, {len(self._head_constants)}), got {head}"
-            )
+            raise ValueError(f"head must be in [0, {len(self._head_constants)}), got {head}")
         return dict(self._head_constants[head])
 
     def redraw(self):
@@ -857,9 +853,13 @@ class FavorAttention:
             or v.dtype != state.dtype
             or q.shape[-1] != self.projection_.shape[1]
             or state.fingerprint != hf.fingerprint
-            or (key_padding_mask is not None and (
-                not isinstance(key_padding_mask, np.ndarray) or key_padding_mask.dtype != np.bool_
-            ))
+            or (
+                key_padding_mask is not None
+                and (
+                    not isinstance(key_padding_mask, np.ndarray)
+                    or key_padding_mask.dtype != np.bool_
+                )
+            )
         ):
             return self._step_checked(q, k, v, state, gamma, key_padding_mask)
         if q.shape[-2] != 1:
@@ -917,8 +917,8 @@ class FavorAttention:
         """
         causal = self.causal if causal is None else causal
         continued = _check_continuation(
-        causal, initial_state, return_state, return_error, n_error_rows, warn_error
-    )
+            causal, initial_state, return_state, return_error, n_error_rows, warn_error
+        )
         if continued:
             Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
         else:
@@ -940,7 +940,8 @@ class FavorAttention:
             )
         else:
             constants = getattr(self, "_shared_constants", None)
-            result = (_dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants),)
+            out = _dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants)
+            result = (out,)
         if return_error:
             seed = int(self._error_rng.integers(2**31))
             result += (
