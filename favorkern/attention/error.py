@@ -33,6 +33,9 @@ _BLOCK_SCORES = 1 << 22
 # Query rows per block (one task per block); a causal block reads the keys up to its
 # last row only.
 _CAUSAL_BLOCK_ROWS = 32
+# Keys per task: 64 rows x 4096 keys of float32 scores (1 MiB) stay in cache between
+# the product, the exp and the product with V.
+_KEY_RANGE = 4096
 # Below this many multiply-adds, threads cost more than they save.
 _PARALLEL_MIN_WORK = 1 << 22
 
@@ -356,10 +359,12 @@ def estimate_checked(
     n_heads = int(np.prod(batch, dtype=np.int64))
     work = size * n_heads * n_keys * (Q.shape[-1] + V.shape[-1])
     workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
-    # Causal: blocks of rows, each reading the keys up to its last row.  Otherwise all
-    # rows at once (the most efficient products), the keys split over the threads when
-    # there are fewer heads than threads, the pieces merged as in flash attention.
-    n_ranges = workers if (not causal and n_heads < workers) else 1
+    # Keys in ranges of at most _KEY_RANGE (the scores of a task stay in cache; at least
+    # one range per thread when there are fewer heads than threads), the pieces merged
+    # as in flash attention.  Causal: blocks of rows, each reading the keys up to its
+    # last row; otherwise all rows at once (the most efficient products).
+    n_ranges = max(-(-n_keys // _KEY_RANGE), workers if n_heads < workers else 1)
+    n_ranges = min(n_ranges, n_keys)
     ranges = [(n_keys * p // n_ranges, n_keys * (p + 1) // n_ranges) for p in range(n_ranges)]
     longest = max(b - a for a, b in ranges)
     block = max(1, _BLOCK_SCORES // max(1, longest))
