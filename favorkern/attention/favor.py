@@ -7,7 +7,9 @@ registry (:mod:`favorkern.feature_maps`); the algorithms live in
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -15,6 +17,7 @@ from sklearn.utils import check_random_state
 from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
+    check_bool,
     check_float_array,
     check_int,
     check_logit_scale,
@@ -25,6 +28,7 @@ from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
 from .common import PARALLEL_MIN_WORK, feature_chunk_rows, heads
+from .decoding import DecodingState, HeadFeatures, decode
 from .features import AttentionFeatures
 
 __all__ = [
@@ -33,8 +37,13 @@ __all__ = [
     "AttentionProjection",
     "resolve_projection",
     "attention_features",
+    "DecodingState",
     "METHODS",
 ]
+
+#: Default ``warn_error``: the estimated median relative row error above which an
+#: :class:`~favorkern._warnings.ApproximationWarning` is emitted.
+DEFAULT_WARN_ERROR = 0.5
 
 #: The causal algorithms of ``method=``.
 METHODS = ("auto", "chunked", "recurrent")
@@ -126,6 +135,11 @@ def favor_attention(
     key_padding_mask=None,
     random_state=None,
     method="auto",
+    initial_state=None,
+    return_state=False,
+    return_error=False,
+    n_error_rows=64,
+    warn_error=DEFAULT_WARN_ERROR,
 ):
     """FAVOR+ attention: softmax attention by random features in linear time and memory.
 
@@ -180,11 +194,39 @@ def favor_attention(
         Causal algorithm: chunked matrix products, or the numba recurrence over
         tokens parallel over value columns.  ``"auto"`` takes ``"chunked"`` (see
         Notes).  Both are exact implementations of the same estimate.
+    initial_state : DecodingState or None, default=None
+        Continue a causal sequence: ``Q, K, V`` are the next tokens after those the
+        state has seen (causal only; the state comes from ``return_state=True`` or
+        :meth:`FavorAttention.initial_state`, with the same projection, feature map
+        and ``gamma``, else a ``ValueError``).  The state is updated in place.  The
+        continuation runs the chunked algorithm per head (``method`` is not used; a
+        single long head is not split over threads).
+        With a state (or ``return_state``), grouped-query attention is accepted: the
+        query head axis (-3) may hold a multiple ``g`` of the key/value heads, query
+        head ``i`` reading key/value head ``i // g`` (no copy of K or V).
+    return_state : bool, default=False
+        Also return the :class:`DecodingState` after the last token (causal only),
+        to continue the sequence later.
+    return_error : bool, default=False
+        Also return an :class:`~favorkern.attention.error.AttentionErrorEstimate` of
+        the output's relative row errors, from the exact attention of
+        ``n_error_rows`` sampled query rows per (batch, head)
+        (:func:`~favorkern.attention.error.estimate_attention_error`).  Not with
+        ``initial_state`` (the earlier keys are gone).
+    n_error_rows : int, default=64
+        Query rows sampled per (batch, head) by ``return_error``.
+    warn_error : float or None, default=0.5
+        With ``return_error``: an :class:`~favorkern._warnings.ApproximationWarning`
+        when the estimated median relative row error exceeds it (None: never).
 
     Returns
     -------
     out : ndarray of shape (..., Lq, dv)
         float32 if Q, K and V are float32, else float64.
+    state : DecodingState
+        Only with ``return_state=True``.
+    estimate : AttentionErrorEstimate
+        Only with ``return_error=True`` (last).
 
     See Also
     --------
@@ -230,13 +272,163 @@ def favor_attention(
     >>> bool(np.abs(approx - exact).max() < 0.2)
     True
     """
-    Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
-    d = Q.shape[-1]
     fmap = get_feature_map(feature_map)
     check_option(method, "method", METHODS)
+    continued = _check_continuation(
+        causal, initial_state, return_state, return_error, n_error_rows, warn_error
+    )
+    if continued:
+        Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
+    else:
+        Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
+    d = Q.shape[-1]
     gamma = check_logit_scale(gamma, d)
     proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
-    return _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method)
+    seed = _error_seed(random_state) if return_error else None
+    if continued:
+        if fmap.data_constants:
+            raise ValueError(
+                f"feature_map={fmap.name!r} fits its constants on the data: to continue a "
+                "causal sequence, fit them once with FavorAttention.fit(Q, K)"
+            )
+        hf = head_features(fmap, proj, gamma, Q.dtype, {}, None)
+        out, state = _continue(hf, Q, K, V, mask, initial_state)
+        result = (out, state)
+    else:
+        result = (_dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
+    if return_error:
+        result += (
+            _estimate(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
+        )
+    return result[0] if len(result) == 1 else result
+
+
+def _check_continuation(
+    causal, initial_state, return_state, return_error, n_error_rows, warn_error
+) -> bool:
+    """True when the call continues (or returns) a decoding state; checks the options."""
+    return_state = check_bool(return_state, "return_state")
+    check_bool(return_error, "return_error")
+    check_int(n_error_rows, "n_error_rows")
+    if warn_error is not None and (
+        isinstance(warn_error, bool) or not isinstance(warn_error, numbers.Real) or warn_error < 0
+    ):
+        raise ValueError(f"warn_error must be a number >= 0 or None, got {warn_error!r}")
+    if initial_state is not None and not isinstance(initial_state, DecodingState):
+        raise TypeError(
+            f"initial_state must be a DecodingState, got {type(initial_state).__name__}"
+        )
+    continued = return_state or initial_state is not None
+    if continued and not check_bool(causal, "causal"):
+        raise ValueError("initial_state and return_state need causal=True")
+    if return_error and initial_state is not None:
+        raise ValueError(
+            "return_error cannot be combined with initial_state: the exact attention of "
+            "the new rows needs the keys the state has absorbed"
+        )
+    return continued
+
+
+def _check_decode_inputs(Q, K, V, key_padding_mask):
+    """Q, K, V (and the mask) converted and checked, shapes left to the state."""
+    Q = check_float_array(Q, "Q", min_ndim=2)
+    K = check_float_array(K, "K", min_ndim=2)
+    V = check_float_array(V, "V", min_ndim=2)
+    dtype = np.result_type(Q.dtype, K.dtype, V.dtype)
+    Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
+    mask = None
+    if key_padding_mask is not None:
+        mask = np.asarray(key_padding_mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(
+                f"key_padding_mask must be a boolean array (True = ignore), got dtype {mask.dtype}"
+            )
+    return Q, K, V, mask
+
+
+def _continue(hf, Q, K, V, mask, state):
+    """Causal attention of the tokens ``Q, K, V`` continuing ``state`` (a new one if None)."""
+    if state is None:
+        leads = [K.shape[:-2], V.shape[:-2]]
+        if mask is not None:
+            leads.append(mask.shape[:-1])
+        try:
+            batch = np.broadcast_shapes(*leads)
+        except ValueError:
+            raise ValueError(
+                "the leading (batch, head) dimensions of K, V and key_padding_mask do not "
+                f"broadcast: {leads}"
+            ) from None
+        state = DecodingState.empty(batch, hf.n_out, V.shape[-1], Q.dtype, hf.fingerprint)
+    else:
+        _check_state(state, hf, Q.dtype)
+    work = prod_shape(state.batch_shape) * Q.shape[-2] * hf.n_out
+    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    with blas_single_thread():
+        out = decode(hf, Q, K, V, mask, state, workers)
+    return out, state
+
+
+def prod_shape(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _check_state(state, hf, dtype):
+    if not isinstance(state, DecodingState):
+        raise TypeError(f"state must be a DecodingState, got {type(state).__name__}")
+    if state.fingerprint != hf.fingerprint:
+        raise ValueError(
+            "the state was made by another attention (projection, feature map, constants or "
+            "gamma differ): continue it with the attention that created it"
+        )
+    if state.dtype != dtype:
+        raise ValueError(
+            f"the state holds {state.dtype} but the inputs are {np.dtype(dtype)}: create the "
+            f"state with dtype={np.dtype(dtype).name} or convert the inputs"
+        )
+
+
+def _fingerprint(fmap, proj, gamma, constants, head_constants) -> str:
+    """A short hash of everything the features of a state depend on."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"{fmap.name}|{proj.n_components}|{float(gamma)!r}".encode())
+    digest.update(np.ascontiguousarray(proj.matrix, dtype=np.float64).tobytes())
+    for key in sorted(proj.draws):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(proj.draws[key], dtype=np.float64).tobytes())
+    for group in [constants] + list(head_constants or []):
+        for key in sorted(group):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def head_features(fmap, proj, gamma, dtype, constants, head_constants) -> HeadFeatures:
+    """The :class:`~.decoding.HeadFeatures` of a projection (with frozen constants)."""
+
+    def make(c):
+        return attention_features(fmap, proj, gamma, dtype, check_constants(fmap, c))
+
+    return HeadFeatures(
+        fmap, make, constants, head_constants,
+        _fingerprint(fmap, proj, gamma, constants, head_constants),
+    )  # fmt: skip
+
+
+def _error_seed(random_state):
+    """A seed for the rows sampled by the error estimate, independent of the projection."""
+    if random_state is None or isinstance(random_state, numbers.Integral):
+        return random_state
+    return int(check_random_state(random_state).randint(2**31))
+
+
+def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
+    from .error import estimate_checked
+
+    return estimate_checked(
+        Q, K, V, out, causal=causal, gamma=gamma, key_padding_mask=mask, n_rows=n_rows,
+        warn_error=warn_error, random_state=np.random.default_rng(seed), _stacklevel=4,
+    )  # fmt: skip
 
 
 def _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
@@ -245,7 +437,8 @@ def _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants
         if causal:
             raise ValueError(
                 f"feature_map={fmap.name!r} fits its constants on all tokens of Q and K, so "
-                "outputs would depend on later tokens: use it with causal=False"
+                "outputs would depend on later tokens: use it with causal=False, or fit "
+                "the constants once on calibration data with FavorAttention.fit(Q, K)"
             )
         return _favor_adaptive(Q, K, V, mask, batch, fmap, proj, gamma, method)
     return _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants)
@@ -286,12 +479,81 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     return out
 
 
+def _dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
+    """Attention with one frozen set of constants per head (the axis -3 of ``batch``).
+
+    ``g = heads / len(head_constants)`` consecutive heads share a set (grouped-query
+    calibration).
+    """
+    n_sets = len(head_constants)
+    heads = batch[-1] if batch else 1
+    if heads % n_sets:
+        raise ValueError(
+            f"the constants were fitted for {n_sets} heads, but the inputs have {heads} heads "
+            "(axis -3); the count must be a multiple"
+        )
+    if not batch:
+        return _favor(Q, K, V, mask, (), fmap, proj, gamma, causal, method, head_constants[0])
+    group = heads // n_sets
+    Qb = np.broadcast_to(Q, batch + Q.shape[-2:])
+    Kb = np.broadcast_to(K, batch + K.shape[-2:])
+    Vb = np.broadcast_to(V, batch + V.shape[-2:])
+    Mb = None if mask is None else np.broadcast_to(mask, batch + mask.shape[-1:])
+    out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
+    sub_batch = batch[:-1] + (group,)
+    for h in range(n_sets):
+        sl = (Ellipsis, slice(h * group, (h + 1) * group), slice(None), slice(None))
+        m = None if Mb is None else Mb[sl[:-1]]
+        out[sl] = _favor(
+            Qb[sl], Kb[sl], Vb[sl], m, sub_batch, fmap, proj, gamma, causal, method,
+            head_constants[h],
+        )  # fmt: skip
+    return out
+
+
+def _fit_constants(fmap, Q, K, gamma):
+    """Constants of ``fmap`` fitted on calibration data: shared, or one set per head.
+
+    2-D ``Q``, ``K``: one set.  Otherwise the axis -3 holds the heads (``K`` may have
+    fewer, a divisor: grouped-query attention, whose query heads of one group pool)
+    and every other leading axis and the tokens pool.
+    """
+    scale = math.sqrt(gamma)
+    d = Q.shape[-1]
+    if Q.ndim == 2 and K.ndim == 2:
+        return fmap.fit(Q, K, input_scale=scale), None
+    if Q.ndim < 3 or K.ndim < 3:
+        raise ValueError(
+            f"Q and K must both be 2-D (one set of constants) or both have a head axis (-3), "
+            f"got shapes {Q.shape} and {K.shape}"
+        )
+    n_query, n_kv = Q.shape[-3], K.shape[-3]
+    if n_query % n_kv:
+        raise ValueError(
+            f"Q has {n_query} heads (axis -3), not a multiple of the {n_kv} heads of K"
+        )
+    group = n_query // n_kv
+    head_constants = []
+    for h in range(n_kv):
+        q = Q[..., h * group : (h + 1) * group, :, :].reshape(-1, d)
+        k = K[..., h, :, :].reshape(-1, d)
+        head_constants.append(fmap.fit(q, k, input_scale=scale))
+    return None, head_constants
+
+
 class FavorAttention:
-    """FAVOR+ attention holding one random projection across calls.
+    """FAVOR+ attention holding one random projection (and fitted constants) across calls.
 
     The projection is drawn on the first call for the ``d`` it sees (or by
     :meth:`fit`) and kept until :meth:`redraw`; calls then take the arguments of
-    :func:`favor_attention`.
+    :func:`favor_attention`.  :meth:`fit` with calibration queries and keys also
+    fits the constants of adaptive maps (``"optimal"``, ``"saderf"``) once and
+    freezes them, which makes them causal-safe: they then work with
+    ``causal=True``, :meth:`step` and :mod:`favorkern.dask`.
+
+    Decoding: :meth:`initial_state` and :meth:`step` continue causal attention one
+    token (or a block of tokens) at a time from an ``O(m dv)`` state per head
+    (:class:`~favorkern.attention.decoding.DecodingState`).
 
     Parameters
     ----------
@@ -312,6 +574,12 @@ class FavorAttention:
     ----------
     projection_ : ndarray of shape (n_projections, d)
         The current projection (after the first call or :meth:`fit`).
+    constants_ : dict
+        Frozen constants after ``fit(Q, K)``: each name of the map's
+        ``data_constants`` maps to an array with one entry per head (axis 0) when
+        fitted on inputs with a head axis, else to the map's single value; ``{}`` for
+        data-free maps.  Absent before ``fit(Q, K)``.  See
+        :meth:`frozen_constants`.
 
     Examples
     --------
@@ -325,6 +593,23 @@ class FavorAttention:
     ((2, 50, 16), (64, 16))
     >>> bool(np.array_equal(out, attention(Q, K, V)))    # same projection
     True
+
+    Token by token, the same outputs:
+
+    >>> state = attention.initial_state(batch_shape=(2,), dv=16)
+    >>> steps = [attention.step(Q[:, t:t + 1], K[:, t:t + 1], V[:, t:t + 1], state)[0]
+    ...          for t in range(50)]
+    >>> bool(np.allclose(np.concatenate(steps, axis=1), out))
+    True
+
+    Adaptive maps in causal mode, with constants fitted on calibration data:
+
+    >>> optimal = FavorAttention(n_components=64, feature_map="optimal", random_state=0)
+    >>> optimal = optimal.fit(Q, K)
+    >>> optimal.constants_["A"].shape            # one A per head
+    (2,)
+    >>> optimal(Q, K, V, causal=True).shape
+    (2, 50, 16)
     >>> bool(np.array_equal(out, attention.redraw()(Q, K, V)))
     False
     """
@@ -343,18 +628,91 @@ class FavorAttention:
         self.causal = causal
         self.random_state = random_state
 
-    def fit(self, d):
-        """Draw a projection for inputs of dimension ``d``; returns ``self``."""
-        d = check_int(d, "d")
+    def fit(self, Q, K=None, *, gamma=None):
+        """Draw a projection, and with data fit and freeze the map's constants.
+
+        Parameters
+        ----------
+        Q : int or array-like of shape (..., L, d)
+            The input dimension ``d`` (only draws a projection), or calibration
+            queries.  Constants are fitted per head: with a head axis (-3) one set per
+            head, pooling every other leading axis (e.g. a batch of calibration
+            sequences) and the tokens; 2-D inputs give one set for all heads.
+        K : array-like of shape (..., L', d), default=None
+            Calibration keys (``Q`` if None).  With fewer heads than ``Q`` (a divisor,
+            grouped-query attention), the query heads of a group pool.
+        gamma : float or None, default=None
+            Logit scale the constants are fitted for (``1 / sqrt(d)`` if None).
+
+        Returns
+        -------
+        self : FavorAttention
+        """
         check_int(self.n_components, "n_components")
-        get_feature_map(self.feature_map)
+        fmap = get_feature_map(self.feature_map)
         check_option(self.projection, "projection", PROJECTION_KINDS)
+        if isinstance(Q, numbers.Integral) and not isinstance(Q, bool):
+            if K is not None:
+                raise ValueError("fit(d) takes no K; pass calibration queries Q to fit with keys")
+            d = check_int(Q, "d")
+            arrays = None
+        else:
+            Q = check_float_array(Q, "Q", min_ndim=2, dtype=np.float64)
+            K = Q if K is None else check_float_array(K, "K", min_ndim=2, dtype=np.float64)
+            if K.shape[-1] != Q.shape[-1]:
+                raise ValueError(
+                    f"K must have the feature dimension d = {Q.shape[-1]} of Q, got {K.shape}"
+                )
+            d = Q.shape[-1]
+            arrays = (Q, K)
         self._rng = check_random_state(self.random_state)
+        for name in ("constants_", "_shared_constants", "_head_constants"):
+            self.__dict__.pop(name, None)
         self._draw(d)
+        # drawn after the projection, so seeded projections stay as they were
+        self._error_rng = np.random.default_rng(_error_seed(self._rng))
+        if arrays is not None:
+            gamma = check_logit_scale(gamma, d)
+            if fmap.data_constants:
+                shared, per_head = _fit_constants(fmap, *arrays, gamma)
+            else:
+                shared, per_head = {}, None
+            self._shared_constants, self._head_constants = shared, per_head
+            if per_head is None:
+                self.constants_ = dict(shared)
+            else:
+                self.constants_ = {
+                    key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
+                    for key in fmap.data_constants
+                }
         return self
 
+    def frozen_constants(self, head=None):
+        """The frozen constants for one head (a dict for ``fmap.spec``), or None.
+
+        ``head`` indexes the heads the constants were fitted for (ignored when one
+        set serves all heads; required otherwise).  None before ``fit(Q, K)``.  This
+        is what :mod:`favorkern.dask` needs to run a fitted adaptive map.
+        """
+        if not hasattr(self, "constants_"):
+            return None
+        if self._head_constants is None:
+            return dict(self._shared_constants)
+        if head is None:
+            raise ValueError(
+                f"the constants were fitted per head ({len(self._head_constants)} heads): "
+                "pass head="
+            )
+        head = check_int(head, "head", min_value=0)
+        if not 0 <= head < len(self._head_constants):
+            raise ValueError(f"head must be in [0, {len(self._head_constants)}), got {head}")
+        return dict(self._head_constants[head])
+
     def redraw(self):
-        """Draw a new projection for the same ``d``; returns ``self``."""
+        """Draw a new projection for the same ``d``; returns ``self``.
+
+        Fitted constants stay (they do not depend on the projection).
+        """
         if not hasattr(self, "projection_"):
             raise ValueError("FavorAttention has no projection yet: call it or fit(d) first")
         self._draw(self.projection_.shape[1])
@@ -366,15 +724,17 @@ class FavorAttention:
             fmap, None, self.n_components, d, self.projection, self._rng
         )
         self.projection_ = self._projection.matrix
+        self._decoders = {}
 
-    def __call__(self, Q, K, V, *, causal=None, gamma=None, key_padding_mask=None, method="auto"):
-        """Attention of ``Q, K, V`` with the held projection (see :func:`favor_attention`).
+    def _current_projection(self, fmap, d):
+        proj = self._projection
+        if proj.matrix is not self.projection_:  # projection_ was replaced by hand
+            proj = resolve_projection(fmap, self.projection_, None, d, self.projection, self._rng)
+            self._projection = proj
+            self._decoders = {}
+        return proj
 
-        ``causal=None`` uses the instance's ``causal``.
-        """
-        causal = self.causal if causal is None else causal
-        Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
-        d = Q.shape[-1]
+    def _ensure_projection(self, d):
         if not hasattr(self, "projection_"):
             self.fit(d)
         elif self.projection_.shape[1] != d:
@@ -382,13 +742,222 @@ class FavorAttention:
                 f"Q has d = {d} features but the projection was drawn for "
                 f"d = {self.projection_.shape[1]}; call fit({d}) to draw a new one"
             )
+
+    def _decoder(self, dtype, gamma) -> HeadFeatures:
+        """The per-head features for decoding, cached per (dtype, gamma)."""
+        key = (np.dtype(dtype), gamma)
+        hf = self._decoders.get(key)
+        if hf is None:
+            fmap = get_feature_map(self.feature_map)
+            d = self.projection_.shape[1]
+            proj = self._current_projection(fmap, d)
+            scale = check_logit_scale(gamma, d)
+            if fmap.data_constants and not hasattr(self, "constants_"):
+                raise ValueError(
+                    f"feature_map={fmap.name!r} fits its constants on the data; for causal "
+                    "attention and decoding fit them once with fit(Q, K) on calibration data"
+                )
+            shared = getattr(self, "_shared_constants", None) or {}
+            hf = head_features(
+                fmap, proj, scale, dtype, shared, getattr(self, "_head_constants", None)
+            )
+            self._decoders[key] = hf
+        return hf
+
+    def initial_state(self, batch_shape=(), dv=None, *, dtype=np.float64):
+        """An empty :class:`~favorkern.attention.decoding.DecodingState` for :meth:`step`.
+
+        Parameters
+        ----------
+        batch_shape : tuple of int, default=()
+            Leading (batch, key/value head) dimensions of the keys and values; with
+            grouped-query attention the key/value heads (queries may have a multiple).
+        dv : int
+            Value dimension.
+        dtype : {float64, float32}, default=float64
+            dtype of the state, and of the inputs it accepts.
+
+        Returns
+        -------
+        state : DecodingState
+        """
+        if not hasattr(self, "projection_"):
+            raise ValueError("FavorAttention has no projection yet: call fit(d) or fit(Q, K) first")
+        if dv is None:
+            raise ValueError("initial_state needs dv, the value dimension")
+        dv = check_int(dv, "dv")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if isinstance(batch_shape, numbers.Integral):
+            batch_shape = (batch_shape,)
+        try:
+            batch_shape = tuple(check_int(b, "batch_shape") for b in batch_shape)
+        except TypeError:
+            raise TypeError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
+        hf = self._decoder(dtype, None)
+        return DecodingState.empty(batch_shape, hf.n_out, dv, dtype, hf.fingerprint)
+
+    def step(self, q, k, v, state=None, *, gamma=None, key_padding_mask=None):
+        """Continue causal attention by ``T >= 1`` tokens; returns ``(out, state)``.
+
+        The outputs equal those of causal attention over the whole sequence so far
+        (every token the state has seen, then these), for every map whose constants
+        do not depend on the data of the call (data-free maps, or adaptive maps
+        after ``fit(Q, K)``).  Work ``O(T m (d + dv))`` per head, independent of the
+        number of tokens seen; the state is updated in place.
+
+        Parameters
+        ----------
+        q : array-like of shape (..., T, d)
+            New queries.  The last leading axis (-3) holds the query heads: the state's
+            key/value heads or a multiple ``g`` of them (grouped-query attention,
+            query head ``i`` reads key/value head ``i // g``).
+        k : array-like of shape (..., T, d)
+            New keys; leading dimensions broadcast to the state's batch shape.
+        v : array-like of shape (..., T, dv)
+            New values.
+        state : DecodingState or None, default=None
+            From :meth:`initial_state`, an earlier step, or a call with
+            ``return_state=True``; None starts a sequence (the state's batch shape is
+            that of ``k`` and ``v``, its dtype theirs).
+        gamma : float or None, default=None
+            Logit scale (``1 / sqrt(d)`` if None); must stay the same along a sequence.
+        key_padding_mask : array-like of bool, shape (..., T), default=None
+            True marks a new key to ignore (it never enters the state).
+
+        Returns
+        -------
+        out : ndarray of shape (..., T, dv)
+            In the state's dtype.
+        state : DecodingState
+            The same object, advanced by ``T`` tokens.
+
+        Notes
+        -----
+        ``T = 1`` takes a lean path: the features of all heads in one matrix product
+        each for queries and keys, then one compiled kernel updates every state and
+        emits every output in a single pass over the states (no thread pool,
+        buffers reused between calls, shape checks cached).  ``T > 1`` runs chunked
+        causal attention per head from the state.
+        """
+        decoders = self.__dict__.get("_decoders")
+        hf = None
+        if decoders is not None and type(state) is DecodingState:
+            hf = decoders.get((state.dtype, gamma))
+        if hf is None or not (isinstance(q, np.ndarray) and q.dtype == state.dtype):
+            return self._step_checked(q, k, v, state, gamma, key_padding_mask)
+        if (
+            not (isinstance(k, np.ndarray) and isinstance(v, np.ndarray))
+            or k.dtype != state.dtype
+            or v.dtype != state.dtype
+            or q.shape[-1] != self.projection_.shape[1]
+            or state.fingerprint != hf.fingerprint
+            or (
+                key_padding_mask is not None
+                and (
+                    not isinstance(key_padding_mask, np.ndarray)
+                    or key_padding_mask.dtype != np.bool_
+                )
+            )
+        ):
+            return self._step_checked(q, k, v, state, gamma, key_padding_mask)
+        if q.shape[-2] != 1:
+            return self._step_block(hf, q, k, v, key_padding_mask, state)
+        return decode(hf, q, k, v, key_padding_mask, state), state
+
+    def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
+        q, k, v, mask = _check_decode_inputs(q, k, v, key_padding_mask)
+        d = q.shape[-1]
+        if not hasattr(self, "projection_") and get_feature_map(self.feature_map).data_constants:
+            raise ValueError(
+                f"feature_map={get_feature_map(self.feature_map).name!r} fits its constants "
+                "on the data; for decoding fit them once with fit(Q, K) on calibration data"
+            )
+        self._ensure_projection(d)
+        if gamma is not None:
+            check_logit_scale(gamma, d)
+        dtype = q.dtype if state is None else state.dtype
+        hf = self._decoder(dtype, gamma)
+        if state is None:
+            return _continue(hf, q, k, v, mask, None)
+        _check_state(state, hf, q.dtype)
+        if q.shape[-2] != 1:
+            return self._step_block(hf, q, k, v, mask, state)
+        return decode(hf, q, k, v, mask, state), state
+
+    def _step_block(self, hf, q, k, v, mask, state):
+        return _continue(hf, q, k, v, mask, state)
+
+    def __call__(
+        self,
+        Q,
+        K,
+        V,
+        *,
+        causal=None,
+        gamma=None,
+        key_padding_mask=None,
+        method="auto",
+        initial_state=None,
+        return_state=False,
+        return_error=False,
+        n_error_rows=64,
+        warn_error=DEFAULT_WARN_ERROR,
+    ):
+        """Attention of ``Q, K, V`` with the held projection (see :func:`favor_attention`).
+
+        ``causal=None`` uses the instance's ``causal``.  Frozen constants (after
+        ``fit(Q, K)``) are used in every mode; without them an adaptive map fits its
+        constants on the current Q and K of each head (bidirectional only).
+        ``initial_state``, ``return_state``, ``return_error``, ``n_error_rows`` and
+        ``warn_error`` are those of :func:`favor_attention` (the error estimate's
+        rows are drawn from a stream of the instance's own, seeded by
+        ``random_state``, which leaves the projections unchanged).
+        """
+        causal = self.causal if causal is None else causal
+        continued = _check_continuation(
+            causal, initial_state, return_state, return_error, n_error_rows, warn_error
+        )
+        if continued:
+            Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
+        else:
+            Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
+        d = Q.shape[-1]
+        self._ensure_projection(d)
         check_option(method, "method", METHODS)
-        gamma = check_logit_scale(gamma, d)
+        scale = check_logit_scale(gamma, d)
         fmap = get_feature_map(self.feature_map)
-        proj = self._projection
-        if proj.matrix is not self.projection_:  # projection_ was replaced by hand
-            proj = resolve_projection(fmap, self.projection_, None, d, self.projection, self._rng)
-        return _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method)
+        proj = self._current_projection(fmap, d)
+        if continued:
+            hf = self._decoder(Q.dtype if initial_state is None else initial_state.dtype, gamma)
+            result = _continue(hf, Q, K, V, mask, initial_state)
+        elif getattr(self, "_head_constants", None) is not None:
+            result = (
+                _dispatch_per_head(
+                    Q, K, V, mask, batch, fmap, proj, scale, causal, method, self._head_constants
+                ),
+            )
+        else:
+            constants = getattr(self, "_shared_constants", None)
+            out = _dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants)
+            result = (out,)
+        if return_error:
+            seed = int(self._error_rng.integers(2**31))
+            result += (
+                _estimate(Q, K, V, result[0], causal, scale, mask, n_error_rows, warn_error, seed),
+            )
+        return result[0] if len(result) == 1 else result
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_decoders", None)  # a cache (with thread-local buffers): rebuilt on demand
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "projection_" in state:
+            self._decoders = {}
 
     def __repr__(self):
         return (

@@ -1,0 +1,457 @@
+"""Decoding: causal FAVOR attention continued token by token from a saved key state.
+
+Causal linear attention is a recurrence: after the keys ``k_0..k_{t-1}`` and values
+``v_0..v_{t-1}`` of a sequence, the output of query ``q_t`` needs only the key
+state ``(S, z, c)`` (:class:`~.state.KeyState`: ``S = sum_j phi(k_j) v_j^T e^-c``,
+``z = sum_j phi(k_j) e^-c``, ``c`` the running key stabilizer), ``O(m dv)`` numbers
+per (batch, head), whatever the prefix length.  :class:`DecodingState` holds those
+states for every (batch, key/value head) with the number of tokens seen;
+:func:`decode` continues them by ``T >= 1`` tokens and returns the outputs, equal
+to causal attention over the whole sequence so far.
+
+Key stabilizer: key ``j`` is divided by ``exp(c_j)``, ``c_j`` the running maximum
+of the keys' largest logits over ``0..j``, exactly as in :mod:`.causal`; the state
+carries ``c`` of its last key, so the continuation stabilizes every later key the
+same way as one causal call over the whole sequence would.
+
+Grouped-query attention: the state has one entry per key/value head; ``g``
+consecutive query heads share one (query head ``i`` reads key/value head
+``i // g``).  Keys and values are never copied per query head; for one token a
+key's features are computed once per key/value head, for a block of tokens once per
+query head of its group (the chunked causal products run per query head).
+"""
+
+from __future__ import annotations
+
+import threading
+from math import prod
+
+import numpy as np
+
+from . import causal as causal_module
+from .common import run_parallel
+from .state import KeyState
+
+__all__ = ["DecodingState", "HeadFeatures", "decode", "resolve_decode_shapes"]
+
+_KEYS = ("S", "z", "c", "n_tokens", "fingerprint")
+
+
+class DecodingState:
+    """The running key state of causal FAVOR attention, per (batch, key/value head).
+
+    Created by :meth:`favorkern.FavorAttention.initial_state` (or by a first call
+    with ``return_state=True``), advanced by :meth:`favorkern.FavorAttention.step`
+    and ``favor_attention(..., initial_state=state, return_state=True)``.  Memory
+    ``O(m dv)`` per (batch, head), independent of the number of tokens seen.
+
+    The state is updated in place by a step (and returned): take a :meth:`copy` to
+    branch a sequence (beam search, speculative decoding).  It pickles, and
+    :meth:`to_dict` / :meth:`from_dict` (or :meth:`save` / :meth:`load`) store it
+    with :func:`numpy.savez`.  A state only continues the attention that made it:
+    ``fingerprint`` identifies the projection, feature map, constants and logit
+    scale, and a mismatch is a ``ValueError``.
+
+    Parameters
+    ----------
+    keys : KeyState
+        Batched key state: ``S`` (..., m, dv), ``z`` (..., m), ``c`` (...) float64
+        (``-inf`` where no key has entered).
+    n_tokens : int, default=0
+        Tokens seen so far (the position of the next token).
+    fingerprint : str, default=""
+        Identifies the attention the state belongs to.
+
+    Attributes
+    ----------
+    batch_shape : tuple
+        Leading (batch, key/value head) dimensions.
+    n_components : int
+        Width ``m`` of the feature map.
+    dv : int
+        Value dimension.
+    dtype : numpy.dtype
+        dtype of ``S`` and ``z`` (the dtype of the inputs it accepts).
+
+    Examples
+    --------
+    >>> import io
+    >>> import numpy as np
+    >>> from favorkern import FavorAttention
+    >>> attention = FavorAttention(n_components=32, random_state=0).fit(8)
+    >>> state = attention.initial_state(batch_shape=(2,), dv=4)
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 2, 1, 8))[:, :, :, :8]
+    >>> out, state = attention.step(q, k, v[..., :4], state)
+    >>> out.shape, state.n_tokens, state.S.shape
+    ((2, 1, 4), 1, (2, 32, 4))
+    >>> buffer = io.BytesIO()
+    >>> state.save(buffer)
+    >>> _ = buffer.seek(0)
+    >>> restored = type(state).load(buffer)
+    >>> bool(np.array_equal(restored.S, state.S)), restored.n_tokens
+    (True, 1)
+    """
+
+    def __init__(self, keys: KeyState, n_tokens: int = 0, fingerprint: str = ""):
+        self.keys = keys
+        self.n_tokens = int(n_tokens)
+        self.fingerprint = str(fingerprint)
+
+    @classmethod
+    def empty(cls, batch_shape, n_components, dv, dtype, fingerprint=""):
+        """A state without keys."""
+        batch_shape = tuple(int(b) for b in batch_shape)
+        keys = KeyState(
+            np.zeros(batch_shape + (n_components, dv), dtype=dtype),
+            np.zeros(batch_shape + (n_components,), dtype=dtype),
+            np.full(batch_shape, -np.inf),
+        )
+        return cls(keys, 0, fingerprint)
+
+    @property
+    def S(self) -> np.ndarray:
+        return self.keys.S
+
+    @property
+    def z(self) -> np.ndarray:
+        return self.keys.z
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.keys.c
+
+    @property
+    def batch_shape(self) -> tuple:
+        return self.keys.S.shape[:-2]
+
+    @property
+    def n_components(self) -> int:
+        return self.keys.S.shape[-2]
+
+    @property
+    def dv(self) -> int:
+        return self.keys.S.shape[-1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.keys.S.dtype
+
+    def head(self, index) -> KeyState:
+        """The :class:`~.state.KeyState` of one (batch, head) ``index`` (views)."""
+        return KeyState(self.keys.S[index], self.keys.z[index], float(self.keys.c[index]))
+
+    def copy(self) -> DecodingState:
+        """An independent copy (to branch a sequence)."""
+        keys = KeyState(self.keys.S.copy(), self.keys.z.copy(), self.keys.c.copy())
+        return DecodingState(keys, self.n_tokens, self.fingerprint)
+
+    def to_dict(self) -> dict:
+        """Arrays for :func:`numpy.savez`: ``S``, ``z``, ``c``, ``n_tokens``, ``fingerprint``."""
+        return {
+            "S": self.keys.S,
+            "z": self.keys.z,
+            "c": self.keys.c,
+            "n_tokens": np.int64(self.n_tokens),
+            "fingerprint": np.str_(self.fingerprint),
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> DecodingState:
+        """The state stored by :meth:`to_dict` (a dict or a loaded ``.npz`` file)."""
+        missing = [key for key in _KEYS if key not in data]
+        if missing:
+            raise ValueError(f"a decoding state needs the entries {list(_KEYS)}; missing {missing}")
+        S = np.array(data["S"])
+        z = np.array(data["z"])
+        c = np.array(data["c"], dtype=np.float64)
+        if S.dtype not in (np.float32, np.float64) or z.dtype != S.dtype:
+            raise ValueError(
+                f"S and z of a decoding state must be float32 or float64 of one dtype, got "
+                f"{S.dtype} and {z.dtype}"
+            )
+        if S.ndim < 2 or z.shape != S.shape[:-1] or c.shape != S.shape[:-2]:
+            raise ValueError(
+                "a decoding state needs S (..., m, dv), z (..., m) and c (...); got shapes "
+                f"{S.shape}, {z.shape} and {c.shape}"
+            )
+        if not (np.isfinite(S).all() and np.isfinite(z).all()) or np.isnan(c).any():
+            raise ValueError("a decoding state must hold finite S and z and a non-NaN c")
+        n_tokens = int(np.asarray(data["n_tokens"]))
+        if n_tokens < 0:
+            raise ValueError(f"n_tokens of a decoding state must be >= 0, got {n_tokens}")
+        return cls(KeyState(S, z, c), n_tokens, str(np.asarray(data["fingerprint"])))
+
+    def save(self, file) -> None:
+        """Write the state with :func:`numpy.savez` (a path or a binary file object)."""
+        np.savez(file, **self.to_dict())
+
+    @classmethod
+    def load(cls, file) -> DecodingState:
+        """Read a state written by :meth:`save`."""
+        with np.load(file, allow_pickle=False) as data:
+            return cls.from_dict(data)
+
+    def __repr__(self):
+        return (
+            f"DecodingState(batch_shape={self.batch_shape}, n_components={self.n_components}, "
+            f"dv={self.dv}, dtype={self.dtype}, n_tokens={self.n_tokens})"
+        )
+
+
+class HeadFeatures:
+    """The feature map of every key/value head, with reusable buffers for one token.
+
+    ``make(constants)`` builds an :class:`~.features.AttentionFeatures`; with
+    ``n_heads`` None one map serves all heads (data-free maps, or constants shared
+    by all heads), else head ``h`` takes ``head_constants[h]``.
+    """
+
+    def __init__(self, fmap, make, constants, head_constants, fingerprint):
+        self.fmap = fmap
+        self.fingerprint = fingerprint
+        self.shared = None
+        self.constants = constants
+        self.head_constants = head_constants
+        if head_constants is None:
+            self.shared = make(constants)
+        else:
+            self.per_head = [make(c) for c in head_constants]
+        self.n_out = (self.shared or self.per_head[0]).n_out
+        self._shapes = {}
+        self._local = threading.local()  # buffers per thread: steps may run concurrently
+
+    @property
+    def n_heads(self):
+        return None if self.head_constants is None else len(self.head_constants)
+
+    def features(self, head):
+        return self.shared if self.shared is not None else self.per_head[head]
+
+    def prepare(self, X, side, head):
+        constants = self.constants if self.head_constants is None else self.head_constants[head]
+        return self.fmap.prepare(X, side, constants)
+
+    def token_buffers(self, n_query, n_kv, group, dv, dtype):
+        key = (n_query, n_kv, group, dv, dtype)
+        cached = getattr(self._local, "buffers", None)
+        if cached is None or cached[0] != key:
+            cached = (
+                key,
+                (
+                    np.empty((n_query, self.n_out), dtype=dtype),
+                    np.empty((n_kv, self.n_out), dtype=dtype),
+                    np.empty((group, dv), dtype=dtype),
+                ),
+            )
+            self._local.buffers = cached  # one decoding shape at a time
+        return cached[1]
+
+    def shapes(self, Q, K, V, mask, state):
+        """:func:`resolve_decode_shapes`, cached per input shapes."""
+        key = (Q.shape, K.shape, V.shape, None if mask is None else mask.shape, state.S.shape)
+        found = self._shapes.get(key)
+        if found is None:
+            found = resolve_decode_shapes(Q.shape, K.shape, V.shape, key[3], state)
+            if self.n_heads is not None:
+                heads = state.batch_shape[-1] if state.batch_shape else 1
+                if heads != self.n_heads:
+                    raise ValueError(
+                        f"the constants were fitted for {self.n_heads} key/value heads, but the "
+                        f"state has {heads} (batch shape {state.batch_shape})"
+                    )
+            if len(self._shapes) > 16:
+                self._shapes.clear()
+            self._shapes[key] = found
+        return found
+
+
+def resolve_decode_shapes(q_shape, k_shape, v_shape, mask_shape, state):
+    """``(out_batch, group)`` for inputs continuing ``state``, or a ``ValueError``.
+
+    Keys, values and the mask broadcast to the state's batch shape; the queries'
+    last leading axis holds ``group`` query heads per key/value head (1 query head
+    broadcasts to all), the other leading axes broadcast to the state's.
+    """
+    if len(q_shape) < 2 or len(k_shape) < 2 or len(v_shape) < 2:
+        raise ValueError(
+            f"q, k and v must have shape (..., T, d) and (..., T, dv), got {q_shape}, "
+            f"{k_shape} and {v_shape}"
+        )
+    T = q_shape[-2]
+    if k_shape[-2] != T or v_shape[-2] != T or T == 0:
+        raise ValueError(
+            f"q, k and v must hold the same number T >= 1 of new tokens, got shapes {q_shape}, "
+            f"{k_shape} and {v_shape}"
+        )
+    if k_shape[-1] != q_shape[-1]:
+        raise ValueError(f"k must have the feature dimension d = {q_shape[-1]} of q, got {k_shape}")
+    if v_shape[-1] != state.dv:
+        raise ValueError(f"v must have dv = {state.dv} columns (the state's), got shape {v_shape}")
+    leads = [k_shape[:-2], v_shape[:-2]]
+    if mask_shape is not None:
+        if len(mask_shape) < 1 or mask_shape[-1] != T:
+            raise ValueError(
+                f"key_padding_mask must have shape (..., T) with T = {T}, got {mask_shape}"
+            )
+        leads.append(tuple(mask_shape[:-1]))
+    batch = state.batch_shape
+    try:
+        if np.broadcast_shapes(*leads, batch) != batch:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"the leading dimensions of k {k_shape}, v {v_shape} and key_padding_mask must "
+            f"broadcast to the state's batch shape {batch}"
+        ) from None
+    q_lead = q_shape[:-2]
+    if not batch:
+        if q_lead:
+            raise ValueError(f"the state has one head: q must have shape (T, d), got {q_shape}")
+        return (), 1
+    if len(q_lead) > len(batch):
+        raise ValueError(f"q has more leading dimensions than the state's batch shape {batch}")
+    q_lead = (1,) * (len(batch) - len(q_lead)) + tuple(q_lead)
+    n_kv, n_query = batch[-1], q_lead[-1]
+    if n_query % n_kv == 0:
+        group, heads = n_query // n_kv, n_query
+    elif n_query == 1:
+        group, heads = 1, n_kv
+    else:
+        raise ValueError(
+            f"q has {n_query} heads (axis -3), which is not a multiple of the {n_kv} key/value "
+            f"heads of the state"
+        )
+    try:
+        if np.broadcast_shapes(q_lead[:-1], batch[:-1]) != batch[:-1]:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"the leading dimensions of q {q_shape} do not match the state's batch shape {batch}"
+        ) from None
+    return batch[:-1] + (heads,), group
+
+
+def _rows(X, shape, n):
+    """``X`` broadcast to ``shape`` as ``n`` rows (a view when no broadcasting is needed)."""
+    if X.shape != shape:
+        X = np.broadcast_to(X, shape)
+    return X.reshape(n, shape[-1])
+
+
+def _token(hf, Q, K, V, mask, state, out_batch, group, out):
+    """One new token for every head: features batched over heads, one fused kernel."""
+    from .._numba.decoding import decode_step
+
+    keys = state.keys
+    S, z = keys.S, keys.z
+    dtype = S.dtype
+    batch = S.shape[:-2]
+    m, dv = S.shape[-2:]
+    n_kv = prod(batch)
+    n_query = n_kv * group
+    d = Q.shape[-1]
+    qf, kf, scratch = hf.token_buffers(n_query, n_kv, group, dv, dtype)
+    q_rows = _rows(Q, out_batch + (1, d), n_query)
+    k_rows = _rows(K, batch + (1, d), n_kv)
+    v_rows = _rows(V, batch + (1, dv), n_kv)
+    if not (v_rows.flags.c_contiguous and v_rows.flags.writeable):
+        v_rows = np.array(v_rows)  # the kernel takes C-contiguous, mutable arrays
+    if hf.shared is not None:
+        fmap = hf.shared
+        fmap.queries(hf.prepare(q_rows, "query", None), qf)
+        row_log, shift = fmap.key_logits(hf.prepare(k_rows, "key", None), kf)
+    else:
+        heads = batch[-1]
+        row_log = np.empty(n_kv)
+        shift = np.empty(n_kv)
+        for j in range(n_kv):
+            h = j % heads
+            fmap = hf.features(h)
+            rows = slice(j * group, (j + 1) * group)
+            fmap.queries(hf.prepare(q_rows[rows], "query", h), qf[rows])
+            log, sh = fmap.key_logits(hf.prepare(k_rows[j : j + 1], "key", h), kf[j : j + 1])
+            row_log[j] = log[0]
+            shift[j] = np.nan if sh is None else sh[0]
+    masked = None
+    if mask is not None:
+        masked = _rows(mask[..., np.newaxis], batch + (1, 1), n_kv)[:, 0]
+        if masked.any():
+            row_log = np.where(masked, -np.inf, row_log)
+        else:
+            masked = None
+    c_old = keys.c.reshape(n_kv)
+    c_new = np.maximum(c_old, row_log)
+    finite = np.where(c_new > -np.inf, c_new, 0.0)
+    if hf.shared is not None:
+        hf.shared.key_finish(kf, row_log, shift, finite)
+    else:
+        for j in range(n_kv):
+            sh = None if np.isnan(shift[j]) else shift[j : j + 1]
+            one = slice(j, j + 1)
+            hf.features(j % batch[-1]).key_finish(kf[one], row_log[one], sh, finite[one])
+    if masked is not None:
+        kf[masked] = 0.0
+    # c_old = -inf (no key yet) gives 0, and the state is zero then anyway
+    decay = np.exp(c_old - finite)
+    ok = decode_step(
+        qf, kf, v_rows, decay, S.reshape(n_kv, m, dv), z.reshape(n_kv, m),
+        out.reshape(n_query, dv), scratch,
+    )  # fmt: skip
+    if not ok:
+        raise ValueError("q, k and v must be finite (got NaN or infinity, or features overflowed)")
+    c_old[...] = c_new
+
+
+def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
+    """``T > 1`` new tokens: chunked causal attention per head from the state."""
+    batch = state.batch_shape
+    T, d = Q.shape[-2], Q.shape[-1]
+    Qb = np.broadcast_to(Q, out_batch + (T, d))
+    Kb = np.broadcast_to(K, batch + (T, d))
+    Vb = np.broadcast_to(V, batch + (T, state.dv))
+    Mb = None if mask is None else np.broadcast_to(mask, batch + (T,))
+    chunk = causal_module.CAUSAL_CHUNK_ROWS
+    for X, name in ((Qb, "q"), (Kb, "k"), (Vb, "v")):
+        if not np.isfinite(X).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+
+    def task(idx):
+        h = idx[-1] if idx else 0
+        fmap = hf.features(h)
+        k = hf.prepare(Kb[idx], "key", h)
+        v = Vb[idx]
+        m = None if Mb is None else Mb[idx]
+        initial = state.head(idx)
+        final = None
+        for j in range(group):
+            q_idx = idx[:-1] + (h * group + j,) if idx else ()
+            q = hf.prepare(Qb[q_idx], "query", h)
+            final = causal_module.causal_chunked(
+                fmap, q, k, v, m, out[q_idx], chunk, initial=initial
+            )
+        return idx, final
+
+    indices = list(np.ndindex(*batch))
+    results = run_parallel([lambda i=i: task(i) for i in indices], workers)
+    for idx, final in results:
+        state.keys.S[idx][...] = final.S
+        state.keys.z[idx][...] = final.z
+        state.keys.c[idx] = final.c
+
+
+def decode(hf, Q, K, V, mask, state, workers=1):
+    """Continue ``state`` by the ``T`` tokens of ``Q, K, V``; returns the outputs.
+
+    ``Q`` (..., T, d), ``K`` (..., T, d), ``V`` (..., T, dv) and ``mask`` (..., T)
+    already in the state's dtype.  The state is updated in place.
+    """
+    out_batch, group = hf.shapes(Q, K, V, mask, state)
+    T = Q.shape[-2]
+    out = np.empty(out_batch + (T, state.dv), dtype=state.dtype)
+    if T == 1:
+        _token(hf, Q, K, V, mask, state, out_batch, group, out)
+    else:
+        _block(hf, Q, K, V, mask, state, out_batch, group, out, workers)
+    state.n_tokens += T
+    return out
