@@ -24,6 +24,9 @@ _LAZY = {
     "softmax_attention": "attention",
     "favor_attention": "attention",
     "FavorAttention": "attention",
+    "DecodingState": "attention",
+    "ApproximationWarning": "_warnings",
+    "FeatureOverflowWarning": "feature_maps",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }

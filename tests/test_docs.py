@@ -19,6 +19,7 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 MODULES = (
     "favorkern",
+    "favorkern.attention",
     "favorkern.feature_maps",
     "favorkern.diagnostics",
     "favorkern.plotting",

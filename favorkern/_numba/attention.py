@@ -12,8 +12,6 @@ import numpy as np
 
 from . import JIT_OPTIONS
 
-# numba accepts a set, not the frozenset of JIT_OPTIONS (same flags, converted here).
-_OPTIONS = {**JIT_OPTIONS, "fastmath": set(JIT_OPTIONS["fastmath"])}
 
 _SIGNATURES = [
     nb.void(
@@ -31,7 +29,7 @@ _SIGNATURES = [
 ]
 
 
-@nb.njit(_SIGNATURES, **_OPTIONS)
+@nb.njit(_SIGNATURES, **JIT_OPTIONS)
 def causal_recurrence(
     query_features, key_features, values, decay, state, normalizer, out, col_start, col_stop
 ):

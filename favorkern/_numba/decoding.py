@@ -13,7 +13,6 @@ import numpy as np
 
 from . import JIT_OPTIONS
 
-_OPTIONS = {**JIT_OPTIONS, "fastmath": set(JIT_OPTIONS["fastmath"])}
 
 _SIGNATURES = [
     nb.boolean(
@@ -30,7 +29,7 @@ _SIGNATURES = [
 ]
 
 
-@nb.njit(_SIGNATURES, **_OPTIONS)
+@nb.njit(_SIGNATURES, **JIT_OPTIONS)
 def decode_step(query_features, key_features, values, decay, S, z, out, numerator):
     """``S_h <- a_h S_h + phi(k_h) v_h^T``, ``z_h`` alike, then every query head's output.
 

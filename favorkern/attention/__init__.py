@@ -8,6 +8,10 @@
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
   then emits the queries; causal (:mod:`.causal`) carries the state through the
   sequence by chunked matrix products or a numba recurrence.
+* :mod:`.decoding` continues causal attention token by token from a
+  :class:`DecodingState` (:meth:`FavorAttention.step`), and :mod:`.error` estimates
+  the error of any output from a sample of exact rows
+  (:func:`estimate_attention_error`).
 * :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
@@ -21,7 +25,16 @@ depends on a later token, not even through rounding or underflow.
 
 from __future__ import annotations
 
+from .decoding import DecodingState
+from .error import AttentionErrorEstimate, estimate_attention_error
 from .exact import softmax_attention
 from .favor import FavorAttention, favor_attention
 
-__all__ = ["softmax_attention", "favor_attention", "FavorAttention"]
+__all__ = [
+    "softmax_attention",
+    "favor_attention",
+    "FavorAttention",
+    "DecodingState",
+    "estimate_attention_error",
+    "AttentionErrorEstimate",
+]

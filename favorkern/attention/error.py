@@ -70,6 +70,18 @@ class AttentionErrorEstimate:
         Rows sampled per (batch, head) (fewer when the sequence is shorter).
     errors : list of ndarray
         The sampled relative errors of each (batch, head), in C order of the heads.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import favor_attention
+    >>> from favorkern.attention import estimate_attention_error
+    >>> rng = np.random.default_rng(1)
+    >>> Q, K, V = rng.normal(scale=0.5, size=(3, 2, 300, 8))
+    >>> out = favor_attention(Q, K, V, n_components=32, random_state=0)
+    >>> estimate = estimate_attention_error(Q, K, V, out, n_rows=32, random_state=0)
+    >>> estimate.n_rows, len(estimate.errors)
+    (32, 2)
     """
 
     mean: float

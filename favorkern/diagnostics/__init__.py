@@ -7,7 +7,9 @@
   intervals that runs the library's own feature maps;
 * :mod:`.studies`: :func:`variance_study`, :func:`study_summary`,
   :func:`convergence` (pandas tables);
-* :mod:`.attention_error`: :func:`attention_error` against exact attention.
+* :mod:`.attention_error`: :func:`attention_error` against exact attention, and
+  :func:`estimate_attention_error` (the estimate from a sample of exact rows, the
+  function of :mod:`favorkern.attention`, imported on first use).
 
 Conventions: ``n_components`` is the output width of a map, as in the
 transformers (paired maps use ``n_components / 2`` projections); the target is the
@@ -33,4 +35,14 @@ __all__ = [
     "convergence",
     "attention_error",
     "row_errors",
+    "estimate_attention_error",
 ]
+
+
+def __getattr__(name):
+    # The attention package imports scikit-learn: load it only when asked for.
+    if name == "estimate_attention_error":
+        from ..attention.error import estimate_attention_error
+
+        return estimate_attention_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
