@@ -38,7 +38,7 @@ for ax, sigma in zip(axes, [0.5, 1.0], strict=True):
             for m in sizes
         ]
         ax.loglog(sizes, errors, "o-", color=color, label=features)
-    ax.set(title=f"sigma = {sigma}", xlabel="random features m")
+    ax.set(title=f"sigma = {sigma}", xlabel="output width n_components")
     ax.grid(True, which="both", alpha=0.3)
 axes[0].set_ylabel("median relative row error")
 axes[0].legend()

@@ -16,7 +16,7 @@ from the library's own feature maps.
 import matplotlib.pyplot as plt
 
 from favorkern.diagnostics import variance_study
-from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
+from favorkern.plotting import plot_mse_vs_width, plot_trig_positive_ratio
 
 study = variance_study(
     n_dims=16,
@@ -32,7 +32,7 @@ print(study.groupby(["feature_map", "projection"])["z"].apply(lambda z: z.abs().
 # Closed form (lines) and Monte Carlo (points with two standard errors), relative
 # to ``SM(x, y)^2``, for four pairs of growing angle.  Orthogonal projections
 # (dashed) never hurt positive features.
-plot_mse_vs_m(study)
+plot_mse_vs_width(study)
 plt.show()
 
 # %%

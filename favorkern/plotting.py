@@ -2,7 +2,7 @@
 
 Variance diagnostics:
 
-* :func:`plot_mse_vs_m`: closed-form MSE as lines, Monte-Carlo MSE as points with
+* :func:`plot_mse_vs_width`: closed-form MSE as lines, Monte-Carlo MSE as points with
   error bars, against the number of projections, on log-log axes.
 * :func:`plot_trig_positive_ratio`: the Performer paper's Fig. 2, the heat map of
   ``MSE_trig / MSE_positive`` over angle and norm, with the ``l = 1`` slice
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "plot_mse_vs_m",
+    "plot_mse_vs_width",
     "plot_trig_positive_ratio",
     "trig_positive_ratio",
     "feature_map_color",
@@ -69,7 +69,7 @@ def _figure(n_panels, fig, panel_size=(4.2, 3.4), max_columns=4):
     return fig, axes
 
 
-def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
+def plot_mse_vs_width(study, *, relative=True, n_se=2.0, fig=None):
     """MSE against the number of projections, one panel per pair.
 
     Parameters
@@ -99,9 +99,9 @@ def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
     >>> import matplotlib
     >>> matplotlib.use("Agg")
     >>> from favorkern.diagnostics import variance_study
-    >>> from favorkern.plotting import plot_mse_vs_m
+    >>> from favorkern.plotting import plot_mse_vs_width
     >>> study = variance_study(n_components=[4, 8], n_trials=100)
-    >>> fig = plot_mse_vs_m(study)
+    >>> fig = plot_mse_vs_width(study)
     >>> len(fig.axes)
     4
     """
@@ -146,7 +146,7 @@ def plot_mse_vs_m(study, *, relative=True, n_se=2.0, fig=None):
             f"angle={np.degrees(first['angle']):.0f}°",
             fontsize=9,
         )
-        ax.set_xlabel("projections m")
+        ax.set_xlabel("output width n_components")
         ax.set_ylabel("MSE / k(x,y)²" if relative else "MSE")
         ax.grid(True, which="both", alpha=0.3)
     if axes:
@@ -365,7 +365,7 @@ def plot_attention_error(errors, *, length=None, fig=None):
             )
         where = f", L = {length}" if length is not None else ""
         ax.set_title(f"Q, K entries ~ N(0, {sigma:g}²){where}", fontsize=10)
-        ax.set_xlabel("random projections m")
+        ax.set_xlabel("output width n_components")
         _log_axis_ticks(ax, sizes)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("median relative row error")

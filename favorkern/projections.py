@@ -113,14 +113,14 @@ def padded_dims(n_dims: int) -> int:
     return 1 << max(0, int(n_dims - 1).bit_length())
 
 
-def structured_signs(n_features, n_dims, rng) -> np.ndarray:
+def structured_signs(n_projections, n_dims, rng) -> np.ndarray:
     """Random signs ``(n_blocks, 3, d_pad)`` of the SORF blocks ``H D1 H D2 H D3``."""
     size = padded_dims(n_dims)
-    n_blocks = -(-n_features // size)
+    n_blocks = -(-n_projections // size)
     return rng.randint(0, 2, size=(n_blocks, 3, size)).astype(np.float64) * 2.0 - 1.0
 
 
-def structured_directions(signs, n_features, n_dims) -> np.ndarray:
+def structured_directions(signs, n_projections, n_dims) -> np.ndarray:
     """Rows ``i`` of ``M_b = H D1 H D2 H D3`` (orthogonal), stacked over blocks, first d columns.
 
     ``M_b x`` applies ``D3``, ``H``, ``D2``, ``H``, ``D1``, ``H`` in turn, so column ``j`` of
@@ -134,21 +134,21 @@ def structured_directions(signs, n_features, n_dims) -> np.ndarray:
         columns = hadamard_transform(columns) * d1
         columns = hadamard_transform(columns)  # row j = (M e_j)^T
         blocks.append(columns.T)
-    return np.concatenate(blocks, axis=0)[:n_features]
+    return np.concatenate(blocks, axis=0)[:n_projections]
 
 
-def draw_structured(n_features, n_dims, norms, rng):
+def draw_structured(n_projections, n_dims, norms, rng):
     """SORF projection with its factors: ``(projection, signs, row_factors)``.
 
     ``projection = structured_directions(signs) * row_factors[:, None]``; the factors
     let :mod:`favorkern._numba.hadamard` apply it in O(d log d) per input.
     """
-    signs = structured_signs(n_features, n_dims, rng)
-    directions = structured_directions(signs, n_features, n_dims)
+    signs = structured_signs(n_projections, n_dims, rng)
+    directions = structured_directions(signs, n_projections, n_dims)
     if norms == "chi":
         # Rows of M are unit vectors in d_pad dimensions; chi_{d_pad} lengths make the
         # full rows approximately N(0, I_{d_pad}), hence the first d coordinates too.
-        factors = np.sqrt(rng.chisquare(signs.shape[2], size=n_features))
+        factors = np.sqrt(rng.chisquare(signs.shape[2], size=n_projections))
     else:
         row_norms = np.linalg.norm(directions, axis=1)
         row_norms[row_norms == 0] = 1.0

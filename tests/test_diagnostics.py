@@ -408,10 +408,10 @@ def test_plots():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
+    from favorkern.plotting import plot_mse_vs_width, plot_trig_positive_ratio
 
     study = variance_study(n_dims=4, n_components=[2, 4], n_trials=40, random_state=0)
-    fig = plot_mse_vs_m(study)
+    fig = plot_mse_vs_width(study)
     assert len(fig.axes) == 4
     assert all(ax.get_xscale() == "log" and ax.get_yscale() == "log" for ax in fig.axes)
     plt.close(fig)

@@ -504,7 +504,7 @@ def test_cli_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, mo
     def broken_plot(*args, **kwargs):
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr(favorkern.plotting, "plot_mse_vs_m", broken_plot)
+    monkeypatch.setattr(favorkern.plotting, "plot_mse_vs_width", broken_plot)
     out = tmp_path / "new" / "study"
     _fails_cleanly(capsys, _tiny_variance(out), 1, "the disk is on fire", "--debug")
     assert not (tmp_path / "new").exists() and _no_staging_left(tmp_path)

@@ -181,9 +181,9 @@ def _run(args, out) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from favorkern.plotting import plot_mse_vs_m, plot_trig_positive_ratio
+        from favorkern.plotting import plot_mse_vs_width, plot_trig_positive_ratio
 
-        fig = plot_mse_vs_m(study)
+        fig = plot_mse_vs_width(study)
         fig.savefig(out.file("variance.png"), dpi=110)
         plt.close(fig)
         fig = plot_trig_positive_ratio()

@@ -41,13 +41,13 @@ def causal_recurrence(
     stabilizer grows (``exp(c_{t-1} - c_t)``, 1 otherwise).  Output rows with a zero
     normalizer ``phi(q_t) z_t`` are set to 0.  One fused pass over ``S`` per token.
     """
-    n_tokens, n_features = query_features.shape
+    n_tokens, n_out = query_features.shape
     width = col_stop - col_start
     numerator = np.zeros(width, dtype=state.dtype)
     for t in range(n_tokens):
         a = decay[t]
         if a != 1.0:
-            for f in range(n_features):
+            for f in range(n_out):
                 normalizer[f] *= a
                 row = state[f]
                 for c in range(width):
@@ -55,7 +55,7 @@ def causal_recurrence(
         value = values[t, col_start:col_stop]
         numerator[:] = 0.0
         denominator = 0.0
-        for f in range(n_features):
+        for f in range(n_out):
             k = key_features[t, f]
             q = query_features[t, f]
             normalizer[f] += k

@@ -43,7 +43,7 @@ _FIG2_EXPLANATION = (
 
 def _variance_figures(study, m_hi):
     """Two panels of MSE against width (the study's pairs in two halves), then Fig. 2."""
-    from ..plotting import plot_mse_vs_m, plot_trig_positive_ratio
+    from ..plotting import plot_mse_vs_width, plot_trig_positive_ratio
 
     best = {
         row.pair: (
@@ -61,11 +61,11 @@ def _variance_figures(study, m_hi):
         if not half:
             continue
         lowest = "; ".join(best[pair] for pair in half)
-        figure = plot_mse_vs_m(study[study["pair"].isin(half)])
+        figure = plot_mse_vs_width(study[study["pair"].isin(half)])
         figures.append(
             (
                 figure_data_uri(figure),
-                explanation + f"<p>Most accurate at m = {m_hi}: {lowest}.</p>",
+                explanation + f"<p>Most accurate at width {m_hi}: {lowest}.</p>",
             )
         )
     figures.append((figure_data_uri(plot_trig_positive_ratio()), _FIG2_EXPLANATION))
@@ -123,7 +123,7 @@ def variance_section(config=None, *, progress=None):
         tables=[
             (
                 f"Relative MSE (closed form, MSE / SM²) at the smallest and largest m, and "
-                f"the largest |Monte Carlo − closed form| / se over m in "
+                f"the largest |Monte Carlo − closed form| / se over the widths "
                 f"{list(config.variance_n_components)}.",
                 format_table(summary),
             )
@@ -157,7 +157,7 @@ def _attention_figures(config, timing, errors):
     """The speed figure and the error figure, each with its explanation."""
     from ..plotting import plot_attention_error, plot_attention_speed
 
-    title = f"d = {config.attention_dims}, m = {compute.ATTENTION_N_COMPONENTS}, float32"
+    title = f"d = {config.attention_dims}, n_components = {compute.ATTENTION_N_COMPONENTS}, float32"
     speed = figure_data_uri(plot_attention_speed(timing, title=title))
     error = figure_data_uri(plot_attention_error(errors, length=config.attention_error_length))
     return [
