@@ -23,6 +23,10 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     return out
 
 
+#: The data-free maps of the registry that favor_features knows.
+FEATURE_MAPS = ("positive", "hyperbolic", "trigonometric", "relu")
+
+
 def favor_features(X, W, feature_map, gamma):
     """Materialized, unstabilized phi(X) for a projection W (m x d), x' = sqrt(gamma) x."""
     X = np.asarray(X, dtype=np.float64) * np.sqrt(gamma)

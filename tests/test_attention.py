@@ -15,7 +15,7 @@ from favorkern.attention import exact as exact_module
 from favorkern.attention import favor as favor_module
 from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
 
-FEATURES = ("positive", "hyperbolic", "trigonometric", "relu")  # the maps tests/naive.py knows
+FEATURES = naive.FEATURE_MAPS
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
@@ -28,6 +28,18 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)
+
+
+def test_every_builtin_data_free_map_has_an_oracle():
+    """A map added to the registry without an oracle in tests/naive.py fails here."""
+    import favorkern.feature_maps as fm
+
+    builtin = {
+        name
+        for name in fm.feature_map_names(data_free=True)
+        if type(fm.get_feature_map(name)).__module__.startswith("favorkern.")
+    }
+    assert builtin <= set(naive.FEATURE_MAPS)
 
 
 def _inputs(rng, q_shape, k_shape, d=8, dv=3, sigma=0.6):
