@@ -271,3 +271,35 @@ def test_n_chunks_counts_what_iter_chunks_yields(diabetes_csv):
     assert n_chunks(path) is None
     with pytest.raises(ValueError, match="chunksize"):
         n_chunks("friedman1", chunksize=0)
+
+
+def test_command_streams_friedman1_and_csv(tmp_path, capsys):
+    out = tmp_path / "stream"
+    argv = ["regress", "--stream", "--data", "friedman1", "--n-samples", "3000",
+            "--chunksize", "700", "--n-components", "32,64", "--gamma", "0.05",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out / "regress.csv")
+    assert list(table["n_components"]) == [32, 64]
+    assert (table["n_train"] + table["n_test"] == 3000).all()
+    assert (table["test_r2"] > 0.3).all() and (table["peak_rss_mb"] > 0).all()
+    assert not (out / "regress.png").exists()
+    # a CSV file is streamed the same way and needs its target column
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(900, 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(y=np.sin(X[:, 0]) + X[:, 1])
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    csv_out = tmp_path / "csv"
+    argv = ["regress", "--stream", "--data", str(tmp_path / "data.csv"), "--target", "y",
+            "--chunksize", "200", "--n-components", "64", "--gamma", "0.2",
+            "--out", str(csv_out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert pd.read_csv(csv_out / "regress.csv")["test_r2"].iloc[0] > 0.5
+    capsys.readouterr()
+    code = main(["regress", "--stream", "--data", str(tmp_path / "data.csv"),
+                 "--out", str(tmp_path / "x"), "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert "--target" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
