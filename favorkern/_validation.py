@@ -107,14 +107,13 @@ def check_attention_shapes(q_shape, k_shape, v_shape, causal, mask_shape=None) -
         ) from None
 
 
-def check_attention_inputs(Q, K, V, causal, key_padding_mask=None):
-    """Validated ``(Q, K, V, mask, batch_shape)`` in one float dtype."""
+def check_attention_arrays(Q, K, V, key_padding_mask=None):
+    """``(Q, K, V, mask)`` converted to one float dtype and checked; shapes not compared."""
     Q = check_float_array(Q, "Q", min_ndim=2)
     K = check_float_array(K, "K", min_ndim=2)
     V = check_float_array(V, "V", min_ndim=2)
     dtype = np.result_type(Q.dtype, K.dtype, V.dtype)
     Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
-    causal = check_bool(causal, "causal")
     mask = None
     if key_padding_mask is not None:
         mask = np.asarray(key_padding_mask)
@@ -123,6 +122,13 @@ def check_attention_inputs(Q, K, V, causal, key_padding_mask=None):
                 f"key_padding_mask must be a boolean array (True = ignore), got dtype {mask.dtype}"
             )
         mask = np.ascontiguousarray(mask)
+    return Q, K, V, mask
+
+
+def check_attention_inputs(Q, K, V, causal, key_padding_mask=None):
+    """Validated ``(Q, K, V, mask, batch_shape)`` in one float dtype."""
+    Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
+    causal = check_bool(causal, "causal")
     batch = check_attention_shapes(
         Q.shape, K.shape, V.shape, causal, None if mask is None else mask.shape
     )

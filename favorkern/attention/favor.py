@@ -16,6 +16,7 @@ from sklearn.utils import check_random_state
 
 from .._parallel import blas_single_thread, n_threads
 from .._validation import (
+    check_attention_arrays,
     check_attention_inputs,
     check_bool,
     check_float_array,
@@ -278,7 +279,7 @@ def favor_attention(
         causal, initial_state, return_state, return_error, n_error_rows, warn_error
     )
     if continued:
-        Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
+        Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
     else:
         Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
     d = Q.shape[-1]
@@ -327,23 +328,6 @@ def _check_continuation(
             "the new rows needs the keys the state has absorbed"
         )
     return continued
-
-
-def _check_decode_inputs(Q, K, V, key_padding_mask):
-    """Q, K, V (and the mask) converted and checked, shapes left to the state."""
-    Q = check_float_array(Q, "Q", min_ndim=2)
-    K = check_float_array(K, "K", min_ndim=2)
-    V = check_float_array(V, "V", min_ndim=2)
-    dtype = np.result_type(Q.dtype, K.dtype, V.dtype)
-    Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
-    mask = None
-    if key_padding_mask is not None:
-        mask = np.asarray(key_padding_mask)
-        if mask.dtype != np.bool_:
-            raise ValueError(
-                f"key_padding_mask must be a boolean array (True = ignore), got dtype {mask.dtype}"
-            )
-    return Q, K, V, mask
 
 
 def _continue(hf, Q, K, V, mask, state):
@@ -867,7 +851,7 @@ class FavorAttention:
         return decode(hf, q, k, v, key_padding_mask, state), state
 
     def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
-        q, k, v, mask = _check_decode_inputs(q, k, v, key_padding_mask)
+        q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
         d = q.shape[-1]
         if not hasattr(self, "projection_") and get_feature_map(self.feature_map).data_constants:
             raise ValueError(
@@ -920,7 +904,7 @@ class FavorAttention:
             causal, initial_state, return_state, return_error, n_error_rows, warn_error
         )
         if continued:
-            Q, K, V, mask = _check_decode_inputs(Q, K, V, key_padding_mask)
+            Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
         else:
             Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
         d = Q.shape[-1]
