@@ -306,16 +306,17 @@ class RidgeStatistics:
         weights = _check_sample_weight(sample_weight, n)
         if batch_size is None:
             batch_size = default_batch_size(_width(features))
-        total = None
+        sums = None
         for start, stop in _row_blocks(n, batch_size):
             Z = _feature_block(features, X[start:stop])
             w = None if weights is None else weights[start:stop]
-            part = cls.from_block(Z, Y[start:stop], w, overwrite=True)
+            if sums is None:
+                sums = _ShiftedSums(Z, Y[start:stop], w)
+            sums.add(Z, Y[start:stop], w)
             del Z
-            total = part if total is None else total._merge_into(part)
-        if total is None:
+        if sums is None:
             return cls.empty(_width(features), Y.shape[1])
-        return total
+        return sums.statistics()
 
     def _merge_into(self, other):
         """Add ``other`` into ``self`` in place (no new m x m array); returns ``self``."""
@@ -394,6 +395,83 @@ class RidgeStatistics:
         return (
             f"RidgeStatistics(n_samples={self.n_samples}, n_components={self.n_components}, "
             f"n_targets={self.n_targets})"
+        )
+
+
+class _ShiftedSums:
+    """Running sums of one stream around a fixed shift: no m x m work per block but syrk.
+
+    Rows are accumulated as ``z - c`` with ``c`` the mean of the first block (the
+    "shifted data" algorithm: with ``c`` close to the mean, ``S_c - s s^T / W`` has
+    no harmful cancellation), into a Fortran-ordered accumulator updated in place by
+    BLAS ``dsyrk`` (upper triangle); :meth:`statistics` centres and symmetrizes once.
+    Separate streams (calls, dask chunks) combine by the exact pairwise update.
+    """
+
+    def __init__(self, Z, Y, weights):
+        m, t = Z.shape[1], Y.shape[1]
+        if weights is None or weights.sum() == 0:
+            self.feature_shift = np.mean(Z, axis=0, dtype=np.float64)
+            self.target_shift = Y.mean(axis=0)
+        else:
+            self.feature_shift = (weights @ Z) / weights.sum()
+            self.target_shift = (weights @ Y) / weights.sum()
+        self.n_samples = 0
+        self.weight_sum = 0.0
+        self.feature_sum = np.zeros(m)
+        self.target_sum = np.zeros(t)
+        self.scatter = np.zeros((m, m), order="F")
+        self.cross = np.zeros((m, t))
+        self.target_squares = np.zeros(t)
+
+    def add(self, Z, Y, weights):
+        from scipy.linalg.blas import dsyrk
+
+        Zc = Z if Z.dtype == np.float64 and Z.flags.c_contiguous else np.array(Z, np.float64)
+        Zc -= self.feature_shift
+        Yc = Y - self.target_shift
+        self.n_samples += Z.shape[0]
+        if weights is None:
+            self.weight_sum += Z.shape[0]
+            self.feature_sum += Zc.sum(axis=0)
+            self.target_sum += Yc.sum(axis=0)
+        else:
+            self.weight_sum += float(weights.sum())
+            self.feature_sum += weights @ Zc
+            self.target_sum += weights @ Yc
+            root = np.sqrt(weights)[:, np.newaxis]
+            Zc *= root
+            Yc *= root
+        # Zc.T is F-contiguous: dsyrk computes Zc^T Zc into the accumulator in place.
+        dsyrk(1.0, Zc.T, beta=1.0, c=self.scatter, overwrite_c=True)
+        self.cross += Zc.T @ Yc
+        self.target_squares += np.einsum("ij,ij->j", Yc, Yc)
+
+    def statistics(self):
+        W = self.weight_sum
+        m, t = self.cross.shape
+        if W == 0:
+            return RidgeStatistics(
+                self.n_samples,
+                0.0,
+                np.zeros(m),
+                np.zeros(t),
+                np.zeros((m, m)),
+                np.zeros((m, t)),
+                np.zeros(t),
+            )
+        feature_offset, target_offset = self.feature_sum / W, self.target_sum / W
+        scatter = np.triu(self.scatter)
+        scatter += np.triu(self.scatter, 1).T
+        scatter -= W * np.multiply.outer(feature_offset, feature_offset)
+        return RidgeStatistics(
+            self.n_samples,
+            W,
+            self.feature_shift + feature_offset,
+            self.target_shift + target_offset,
+            np.ascontiguousarray(scatter),
+            self.cross - W * np.multiply.outer(feature_offset, target_offset),
+            self.target_squares - W * target_offset**2,
         )
 
 
