@@ -220,7 +220,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--full", action="store_true", help="n = 1e5, 1e6, 1e7; m = 512, 2048")
     parser.add_argument("--gamma", type=float, default=0.2)
-    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--n-test", type=int, default=100_000)
     parser.add_argument("--max-gb", type=float, default=6.0, help="skip in-memory fits above")
     parser.add_argument("--max-exact", type=int, default=20_000, help="largest n of KernelRidge")
