@@ -103,5 +103,14 @@ def _fix_docstring(app, what, name, obj, options, lines):
         lines[i] = _LITERAL.sub(lambda match: match.group(0).replace(" . ", " · "), line)
 
 
+_METADATA_REQUEST = re.compile(r"set_\w+_request$")
+
+
+def _skip_member(app, what, name, obj, skip, options):
+    """scikit-learn's generated ``set_fit_request``-style methods: its docs, not ours."""
+    return True if _METADATA_REQUEST.match(name) else None
+
+
 def setup(app):
     app.connect("autodoc-process-docstring", _fix_docstring)
+    app.connect("autodoc-skip-member", _skip_member)
