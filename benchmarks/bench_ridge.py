@@ -8,7 +8,8 @@ Every configuration (method, n, m, dtype) runs in its own subprocess, so that th
 peak memory is that configuration's.  Reported per configuration:
 
 * ``fit`` / ``predict``: wall seconds, one run (a fit at n >= 10^6 takes seconds to
-  minutes; the machine load is printed with the table);
+  minutes; the machine load is printed with the table), and the CPU seconds of the
+  fit (user + system, all threads: less sensitive to other jobs than the wall time);
 * ``fit MB``: the peak resident memory *during* ``fit`` above the resident memory
   just before it (the input X, y and the imports), sampled every 5 ms from
   ``/proc/self/statm`` in a thread;
@@ -16,7 +17,8 @@ peak memory is that configuration's.  Reported per configuration:
   discarding them) plus ``n m^2 / rate`` with ``rate`` the GEMM flop rate measured in
   the same process (a (4096 x m) by (m x m) product): the symmetric rank-k update
   that forms the m x m scatter matrix does ``n m^2 / 2`` multiply-adds.  ``x floor``
-  is fit / floor.
+  is fit / floor; ``x floor (CPU)`` the same in CPU seconds (features and GEMM timed
+  in CPU seconds too), the fairer figure on a machine shared with other jobs.
 
 Methods: ``streaming`` (:class:`favorkern.RandomFeatureRidge`, one alpha, one pass),
 ``streaming-grid`` (13 alphas: a second pass for the exact leave-one-out errors),
@@ -95,17 +97,30 @@ class PeakRSS:
         self.peak = max(self.peak, rss_mb())
 
 
+def cpu_seconds():
+    """CPU time (user + system) of this process, all threads."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def gemm_rate(m):
-    """Flop rate of a (4096 x m) @ (m x m) float64 product, median of 3."""
+    """Flop rates (per wall second, per CPU second) of a (4096 x m) @ (m x m) product.
+
+    Medians of 3 after a warm-up; the CPU rate counts the CPU seconds of all threads.
+    """
     rng = np.random.default_rng(0)
     A, B = rng.random((4096, m)), rng.random((m, m))
     A @ B
-    times = []
+    walls, cpus = [], []
     for _ in range(3):
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         A @ B
-        times.append(time.perf_counter() - start)
-    return 2 * 4096 * m * m / float(np.median(times))
+        walls.append(time.perf_counter() - start)
+        cpus.append(cpu_seconds() - cpu)
+    flops = 2 * 4096 * m * m
+    return flops / float(np.median(walls)), flops / float(np.median(cpus))
 
 
 def make_model(method, m, gamma, alpha, dtype):
@@ -133,15 +148,22 @@ def make_model(method, m, gamma, alpha, dtype):
 
 
 def floor_seconds(model, X, m):
-    """Feature-map time over all rows (blockwise) + n m^2 / GEMM rate."""
+    """Feature-map time over all rows (blockwise) + n m^2 / GEMM rate; wall and CPU."""
     features = model.features_
     batch = model.resolved_batch_size()
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     for s in range(0, X.shape[0], batch):
         features.transform(X[s : s + batch])
-    feature_time = time.perf_counter() - start
-    rate = gemm_rate(m)
-    return feature_time, X.shape[0] * m * m / rate, rate
+    feature_wall, feature_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    wall_rate, cpu_rate = gemm_rate(m)
+    flops = X.shape[0] * m * m
+    return {
+        "feature_time": feature_wall,
+        "syrk_time": flops / wall_rate,
+        "gflops": wall_rate / 1e9,
+        "feature_cpu": feature_cpu,
+        "syrk_cpu": flops / cpu_rate,
+    }
 
 
 def run_worker(config):
@@ -155,15 +177,18 @@ def run_worker(config):
     model = make_model(method, m, config["gamma"], config["alpha"], dtype)
     input_mb = (X.nbytes + y.nbytes) / 2**20
     with PeakRSS() as rss:
+        cpu = cpu_seconds()
         start = time.perf_counter()
         model.fit(X, y)
         fit_time = time.perf_counter() - start
+        fit_cpu = cpu_seconds() - cpu
     start = time.perf_counter()
     prediction = model.predict(X_test)
     predict_time = time.perf_counter() - start
     result = {
         **config,
         "fit": fit_time,
+        "fit_cpu": fit_cpu,
         "predict": predict_time,
         "fit_mb": rss.peak - rss.start,
         "before_mb": rss.start,
@@ -171,13 +196,7 @@ def run_worker(config):
         "r2": float(r2_score(y_test, prediction)),
     }
     if method.startswith("streaming"):
-        features_time, syrk_time, rate = floor_seconds(model, X, m)
-        result.update(
-            feature_time=features_time,
-            syrk_time=syrk_time,
-            gflops=rate / 1e9,
-            alpha_=model.alpha_,
-        )
+        result.update(floor_seconds(model, X, m), alpha_=model.alpha_)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -258,28 +277,30 @@ def main(argv=None):
                     print(json.dumps(row), flush=True)
     print(f"# load after: {os.getloadavg()}")
     header = (
-        "| n | m | dtype | method | fit s | predict s | fit MB (above input) | input MB "
-        "| R^2 | floor s (features + syrk) | x floor |"
+        "| n | m | dtype | method | fit s (CPU s) | predict s | fit MB (above input) | input MB "
+        "| R^2 | floor s (features + syrk) | x floor | x floor (CPU) |"
     )
     print(header)
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     for row in rows:
         if "error" in row:
             print(
                 f"| {row['n']:.0e} | {row['m']} | {row['dtype']} | {row['method']} | "
-                f"{row['error']} | | | | | | |"
+                f"{row['error']} | | | | | | | |"
             )
             continue
-        floor = None
+        floor = cpu_floor = None
         if "feature_time" in row:
             floor = row["feature_time"] + row["syrk_time"]
+            cpu_floor = row["feature_cpu"] + row["syrk_cpu"] if "feature_cpu" in row else None
         print(
             f"| {row['n']:.0e} | {row['m']} | {row['dtype']} | {row['method']} "
-            f"| {row['fit']:.2f} | {row['predict']:.2f} | {row['fit_mb']:.0f} "
+            f"| {row['fit']:.2f} ({row['fit_cpu']:.1f}) | {row['predict']:.2f} | {row['fit_mb']:.0f} "
             f"| {row['input_mb']:.0f} | {row['r2']:.3f} "
             f"| {fmt(floor, '.2f')}"
             + (f" ({row['feature_time']:.2f} + {row['syrk_time']:.2f})" if floor else "")
-            + f" | {fmt(row['fit'] / floor if floor else None, '.2f')} |"
+            + f" | {fmt(row['fit'] / floor if floor else None, '.2f')}"
+            + f" | {fmt(row['fit_cpu'] / cpu_floor if cpu_floor else None, '.2f')} |"
         )
     if args.json:
         with open(args.json, "w") as handle:
