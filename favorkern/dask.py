@@ -811,6 +811,18 @@ def predict(model, X, return_std=False):
     y_pred : dask.array.Array of shape (n_samples,) or (n_samples, n_targets)
         Chunked like the rows of ``X``.
     y_std : dask.array.Array, only when ``return_std``
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from favorkern import RandomFeatureRidge
+    >>> from favorkern.dask import predict
+    >>> X = np.random.default_rng(0).uniform(size=(1000, 3))
+    >>> model = RandomFeatureRidge().fit(X, X.sum(axis=1))
+    >>> mean, std = predict(model, da.from_array(X, chunks=250), return_std=True)
+    >>> mean.chunks, bool(np.allclose(mean.compute(), model.predict(X)))
+    (((250, 250, 250, 250),), True)
     """
     from sklearn.base import is_classifier
 

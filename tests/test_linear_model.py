@@ -492,3 +492,17 @@ def test_friedman1_stream_is_reproducible_and_bounded():
     result = fit_streaming("friedman1", n_samples=20000, chunksize=4000, n_components=256)
     assert result["test_r2"] > 0.85
     assert result["peak_rss_mb"] >= result["rss_before_mb"] > 0
+
+
+def test_streamed_blocks_with_drifting_means_stay_exact():
+    """One call accumulates around the first block's mean; later blocks far from it."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(400, 4)) + 50.0 * (np.arange(400) >= 200)[:, None]
+    y = X @ rng.normal(size=4) + rng.normal(size=400)
+    statistics = RidgeStatistics.from_features(FunctionTransformer().fit(X), X, y, batch_size=10)
+    centred = X - X.mean(axis=0)
+    assert _rel(statistics.feature_scatter, centred.T @ centred) < 1e-10
+    assert _rel(statistics.cross_scatter[:, 0], centred.T @ (y - y.mean())) < 1e-10
+    assert statistics.target_scatter[0] == pytest.approx(np.sum((y - y.mean()) ** 2), rel=1e-10)
