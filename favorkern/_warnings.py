@@ -10,7 +10,7 @@ True
 
 from __future__ import annotations
 
-__all__ = ["ApproximationWarning"]
+__all__ = ["ApproximationWarning", "FeatureUnderflowWarning"]
 
 
 class ApproximationWarning(UserWarning):
@@ -22,4 +22,18 @@ class ApproximationWarning(UserWarning):
     features (``n_components``), another feature map or exact attention for the
     affected heads are the usual remedies.  Filter it with the :mod:`warnings`
     module like any other warning.
+    """
+
+
+class FeatureUnderflowWarning(ApproximationWarning):
+    """Every feature of some rows (or every feature product of some attention rows) is 0.
+
+    Emitted once per call, with the number of affected rows, when an exp-type map
+    (positive, hyperbolic, optimal) evaluates to exactly zero for every feature of a
+    row: all its exponents are below the log of the smallest float of the dtype, so
+    the kernel estimate of that row with any other row is 0 (and ``favor_attention``
+    returns a zero output row where every feature product of a query underflowed).
+    Rows of attention whose keys are all masked are 0 by definition and are not
+    counted.  Smaller logits (scale ``X`` down, lower ``gamma``), float64 input, or
+    exact attention for those rows are the remedies.
     """
