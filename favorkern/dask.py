@@ -619,7 +619,14 @@ def favor_attention(
     chunk of Q, K, V and its features, ``O(chunk x (d + m))`` per head, and the
     states are ``m x dv`` per head and chunk.  Stabilizers cancel in the normalized
     output, so the result equals the in-memory one; the causal key constant of row
-    ``i`` is the running maximum over keys ``0..i``, as in memory.
+    ``i`` is the running maximum over keys ``0..i``, as in memory.  Agreement with
+    the in-memory function: 1e-6 relative in float64, 1e-4 in float32 where the
+    float32 computation is itself accurate.  At sharp logits the float32 normalizer
+    ``phi(q_i) . z`` of some rows is subnormal (a few significant bits) and the
+    chunk states, merged in float64, round differently from the in-memory state:
+    such rows differ by about as much as either result differs from float64 (the
+    in-memory function warns with ``FeatureUnderflowWarning`` in that regime); use
+    float64 inputs there.
 
     Examples
     --------
