@@ -36,4 +36,16 @@ class FeatureUnderflowWarning(ApproximationWarning):
     Rows of attention whose keys are all masked are 0 by definition and are not
     counted.  Smaller logits (scale ``X`` down, lower ``gamma``), float64 input, or
     exact attention for those rows are the remedies.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures
+    >>> X = np.array([[0.1, 0.2], [300.0, 0.0]])
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     Z = PositiveRandomFeatures(8, random_state=0).fit(X).transform(X)
+    >>> [str(w.message).split(":")[0] for w in caught if w.category is FeatureUnderflowWarning]
+    ['1 of 2 rows have every feature 0']
     """

@@ -29,6 +29,7 @@ from ._base import (
 )
 from ._evaluate import FeatureMapSpec, FeatureOverflowWarning, apply_feature_map
 from ._variance import PairGeometry, same_block_pairs
+from .._warnings import FeatureUnderflowWarning
 
 # Built-in maps register themselves on import, in this order.
 from .positive import PositiveFeatureMap  # noqa: I001
@@ -42,6 +43,7 @@ __all__ = [
     "FeatureMap",
     "FeatureMapSpec",
     "FeatureOverflowWarning",
+    "FeatureUnderflowWarning",
     "PairGeometry",
     "register_feature_map",
     "get_feature_map",

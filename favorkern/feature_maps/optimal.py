@@ -65,13 +65,15 @@ def optimal_positive_spec(projection, input_scale, a, sq_factor=0.5, sorf=None) 
     m, d = projection.shape
     b = np.sqrt(1.0 - 4.0 * a)
     sq_norms = np.einsum("ij,ij->i", projection, projection)
-    log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+    with np.errstate(over="ignore"):  # A* of an overflowed |x|^2: -inf scales, inf bound
+        log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+        bound = (b**2) * max_sq_norm(projection) / (4 * sq_factor)
     return FeatureMapSpec(
         projection * (b * input_scale),
         "exp",
         sq_coef=sq_factor * input_scale**2,
         log_scale=log_scale,
-        logit_bound=(b**2) * max_sq_norm(projection) / (4 * sq_factor),
+        logit_bound=bound,
         projector=sorf_projector(sorf, b * input_scale),
     )
 
