@@ -689,8 +689,9 @@ def _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
         sl = (Ellipsis, slice(h * group, (h + 1) * group), slice(None), slice(None))
         head_mask = None if mask is None else mask[sl[:-1]]
         pieces.append(
-            _constants_graph(Q[sl], K[sl], V[sl], head_mask, fmap, proj, gamma, causal, dtype,
-                             head_constants)  # fmt: skip
+            _constants_graph(
+                Q[sl], K[sl], V[sl], head_mask, fmap, proj, gamma, causal, dtype, head_constants
+            )
         )
     return da.concatenate(pieces, axis=-3)
 

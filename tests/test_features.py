@@ -15,7 +15,6 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from favorkern._warnings import FeatureUnderflowWarning
 from favorkern import (
     GeneralizedRandomFeatures,
     HyperbolicRandomFeatures,
@@ -25,6 +24,7 @@ from favorkern import (
     draw_projection,
     softmax_kernel,
 )
+from favorkern._warnings import FeatureUnderflowWarning
 from favorkern.feature_maps import FeatureOverflowWarning, apply_feature_map
 
 KERNEL_MAPS = (PositiveRandomFeatures, HyperbolicRandomFeatures, TrigonometricRandomFeatures)

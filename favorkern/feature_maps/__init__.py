@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+from .._warnings import FeatureUnderflowWarning
 from ._base import (
     FeatureMap,
     check_constants,
@@ -29,7 +30,6 @@ from ._base import (
 )
 from ._evaluate import FeatureMapSpec, FeatureOverflowWarning, apply_feature_map
 from ._variance import PairGeometry, same_block_pairs
-from .._warnings import FeatureUnderflowWarning
 
 # Built-in maps register themselves on import, in this order.
 from .positive import PositiveFeatureMap  # noqa: I001
