@@ -940,6 +940,19 @@ def predict(model, X, return_std=False):
     y_pred : dask.array.Array of shape (n_samples,) or (n_samples, n_targets)
         Chunked like the rows of ``X``.
     y_std : dask.array.Array, only when ``return_std``
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from favorkern import RandomFeatureRidge
+    >>> from favorkern.dask import predict
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.normal(size=(60, 3)), rng.normal(size=60)
+    >>> model = RandomFeatureRidge(random_state=0).fit(X, y)
+    >>> mean, std = predict(model, da.from_array(X, chunks=20), return_std=True)
+    >>> mean.chunks, bool(np.allclose(mean.compute(), model.predict(X)))
+    (((20, 20, 20),), True)
     """
     from sklearn.base import is_classifier
 
