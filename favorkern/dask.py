@@ -949,7 +949,7 @@ def predict(model, X, return_std=False):
     >>> from favorkern.dask import predict
     >>> rng = np.random.default_rng(0)
     >>> X, y = rng.normal(size=(60, 3)), rng.normal(size=60)
-    >>> model = RandomFeatureRidge(random_state=0).fit(X, y)
+    >>> model = RandomFeatureRidge().fit(X, y)
     >>> mean, std = predict(model, da.from_array(X, chunks=20), return_std=True)
     >>> mean.chunks, bool(np.allclose(mean.compute(), model.predict(X)))
     (((20, 20, 20),), True)
