@@ -657,10 +657,6 @@ TRANSFORMERS = [
 ]
 
 
-def _fitted(cls, X, n_components=8):
-    return cls(n_components, random_state=0).fit(X)
-
-
 def _no_warnings():
     context = warnings.catch_warnings()
     context.__enter__()
@@ -668,11 +664,17 @@ def _no_warnings():
     return context
 
 
-@pytest.mark.parametrize("cls", TRANSFORMERS, ids=lambda c: c.__name__)
+def _make(cls, n_components):
+    if cls == "RandomFeatures":
+        return RandomFeatures("positive", n_components, random_state=0)
+    return cls(n_components, random_state=0)
+
+
+@pytest.mark.parametrize("cls", [*TRANSFORMERS, "RandomFeatures"], ids=str)
 def test_set_params_gamma_after_fit_keeps_the_fitted_state(cls):
     # Documented: transform uses the state fitted by fit; set_params applies at the next fit.
     X = np.random.default_rng(0).normal(scale=0.3, size=(12, 4))
-    est = _fitted(cls, X)
+    est = _make(cls, 8).fit(X)
     before = est.transform(X)
     est.set_params(gamma=-1)
     np.testing.assert_array_equal(est.transform(X), before)  # not NaN, not changed
@@ -683,9 +685,7 @@ def test_set_params_gamma_after_fit_keeps_the_fitted_state(cls):
 @pytest.mark.parametrize("cls", [*TRANSFORMERS, "RandomFeatures"], ids=str)
 def test_set_params_n_components_after_fit_applies_at_the_next_fit(cls):
     X = np.random.default_rng(1).normal(scale=0.3, size=(12, 4))
-    make = (lambda n: RandomFeatures("positive", n, random_state=0)) if cls == "RandomFeatures" \
-        else (lambda n: cls(n, random_state=0))  # fmt: skip
-    est = make(8).fit(X)
+    est = _make(cls, 8).fit(X)
     before = est.transform(X)
     est.set_params(n_components=16)
     after = est.transform(X)  # no broadcast error, and not a silent mix of the two widths
