@@ -10,7 +10,7 @@ True
 
 from __future__ import annotations
 
-__all__ = ["ApproximationWarning"]
+__all__ = ["ApproximationWarning", "FeatureUnderflowWarning"]
 
 
 class ApproximationWarning(UserWarning):
@@ -36,4 +36,30 @@ class ApproximationWarning(UserWarning):
     ...                                     return_error=True, warn_error=0.1)
     >>> any(issubclass(w.category, ApproximationWarning) for w in caught)
     True
+    """
+
+
+class FeatureUnderflowWarning(ApproximationWarning):
+    """Every feature of some rows (or every feature product of some attention rows) is 0.
+
+    Emitted once per call, with the number of affected rows, when an exp-type map
+    (positive, hyperbolic, optimal) evaluates to exactly zero for every feature of a
+    row: all its exponents are below the log of the smallest float of the dtype, so
+    the kernel estimate of that row with any other row is 0 (and ``favor_attention``
+    returns a zero output row where every feature product of a query underflowed).
+    Rows of attention whose keys are all masked are 0 by definition and are not
+    counted.  Smaller logits (scale ``X`` down, lower ``gamma``), float64 input, or
+    exact attention for those rows are the remedies.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from favorkern import PositiveRandomFeatures
+    >>> X = np.array([[0.1, 0.2], [300.0, 0.0]])
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     Z = PositiveRandomFeatures(8, random_state=0).fit(X).transform(X)
+    >>> [str(w.message).split(":")[0] for w in caught if w.category is FeatureUnderflowWarning]
+    ['1 of 2 rows have every feature 0']
     """

@@ -37,6 +37,7 @@ import math
 import dask
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 from dask.base import tokenize
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
@@ -150,7 +151,32 @@ def _checked_block(block, name):
 
 
 def _transform_block(block, spec):
+    if sp.issparse(block):
+        return apply_feature_map(_checked_sparse_block(block, "X"), spec)
     return apply_feature_map(_checked_block(block, "X"), spec)
+
+
+def _checked_sparse_block(block, name):
+    """A CSR block of float32/float64 values; non-finite stored values raise."""
+    block = sp.csr_matrix(block)
+    if block.dtype not in (np.float32, np.float64):
+        block = block.astype(np.float64)
+    if not np.isfinite(block.data).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return block
+
+
+def _is_sparse(X) -> bool:
+    """True for a dask array whose blocks are scipy.sparse matrices."""
+    return sp.issparse(getattr(X, "_meta", None))
+
+
+def _reject_sparse(X, name):
+    if _is_sparse(X):
+        raise TypeError(
+            f"{name} has scipy.sparse blocks; attention needs dense blocks: "
+            f"{name}.map_blocks(lambda b: b.toarray())"
+        )
 
 
 def transform(estimator, X):
@@ -169,7 +195,8 @@ def transform(estimator, X):
     X : dask array of shape (n_samples, n_features)
         Chunked along rows only (one chunk along columns).  float32 stays float32,
         other numeric input becomes float64.  A NumPy array is wrapped with automatic
-        row chunks.  Dense blocks only.
+        row chunks.  Blocks may be dense or ``scipy.sparse`` matrices (e.g. from
+        ``X.map_blocks(scipy.sparse.csr_matrix)``); the output blocks are dense.
 
     Returns
     -------
@@ -235,6 +262,9 @@ class DaskTransformer(TransformerMixin, BaseEstimator):
     input width, except ``OptimalPositiveRandomFeatures``, which estimates its
     parameter from the data), then transform dask arrays blockwise with
     :func:`transform`; NumPy / pandas input goes to the wrapped ``transform``.
+    ``set_output(transform="pandas")`` (or ``"polars"``) applies to in-memory input
+    only: with dask input it raises ``ValueError`` rather than compute the result
+    into memory.
 
     Parameters
     ----------
@@ -291,8 +321,22 @@ class DaskTransformer(TransformerMixin, BaseEstimator):
         """Random features of ``X``: a dask array for dask input (see :func:`transform`)."""
         estimator = self._fitted()
         if isinstance(X, da.Array):
+            self._check_lazy_output()
             return transform(estimator, X)
         return estimator.transform(X)
+
+    def _check_lazy_output(self):
+        """``set_output(transform="pandas")`` would compute the dask result into memory."""
+        from sklearn.utils._set_output import _get_output_config
+
+        container = _get_output_config("transform", self)["dense"]
+        if container != "default":
+            raise ValueError(
+                f"set_output(transform={container!r}) would compute the whole dask result "
+                "into memory; for dask input use set_output(transform='default') and "
+                "convert lazily, e.g. dask.dataframe.from_dask_array(X_new, columns="
+                "model.get_feature_names_out())"
+            )
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names of the wrapped estimator."""
@@ -324,7 +368,7 @@ def _heads_of(block):
     return list(np.ndindex(*block.shape[:-2]))
 
 
-def _chunk_state(recipe, k_block, v_block):
+def _chunk_state(recipe, k_block, v_block, m_block=None):
     """The :class:`~favorkern.attention.state.KeyState` of one key chunk, every head, float64.
 
     ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...), each head's
@@ -342,7 +386,8 @@ def _chunk_state(recipe, k_block, v_block):
     chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
     for idx in _heads_of(k_block):
         k, v = k_block[idx], v_block[idx]
-        part = accumulate_keys(fmap, k, v, None, 0, k.shape[0], chunk)
+        m = None if m_block is None else np.ascontiguousarray(m_block[idx])
+        part = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
         state.S[idx], state.z[idx] = part.S, part.z
         state.c[idx] = part.c
     return state
@@ -376,7 +421,7 @@ def _emit_block(recipe, q_block, total):
     return out
 
 
-def _causal_block(recipe, q_block, k_block, v_block, prefix):
+def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
     """Causal output of one chunk from the state of all earlier chunks (``None``: none).
 
     :func:`favorkern.attention.causal.causal_chunked` started from the carried state,
@@ -391,7 +436,8 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix):
     for idx in _heads_of(q_block):
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
         initial = _head_state(prefix, idx, fmap.dtype)
-        causal_chunked(fmap, q, k, v, None, out[idx], CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
+        m = None if m_block is None else np.ascontiguousarray(m_block[idx])
+        causal_chunked(fmap, q, k, v, m, out[idx], CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
     return out
 
 
@@ -437,12 +483,13 @@ def _exclusive_scan(parts, merge):
 # -- attention: public function -----------------------------------------------------------
 
 
-def _prepare(Q, K, V, causal):
+def _prepare(Q, K, V, causal, key_padding_mask=None):
     """Checked dask arrays with one dtype, broadcast and aligned leading chunks."""
     causal = check_bool(causal, "causal")
     arrays = {}
     for name, X in (("Q", Q), ("K", K), ("V", V)):
         X = _as_dask(X, name)
+        _reject_sparse(X, name)
         if X.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions, got shape {X.shape}")
         _check_last_axis(X, name)
@@ -450,14 +497,35 @@ def _prepare(Q, K, V, causal):
     Q, K, V = arrays["Q"], arrays["K"], arrays["V"]
     dtype = np.dtype(np.float32 if all(X.dtype == np.float32 for X in (Q, K, V)) else np.float64)
     Q, K, V = (X.astype(dtype, copy=False) for X in (Q, K, V))
-    batch = check_attention_shapes(Q.shape, K.shape, V.shape, causal)
+    mask = _mask_array(key_padding_mask)
+    batch = check_attention_shapes(
+        Q.shape, K.shape, V.shape, causal, None if mask is None else mask.shape
+    )
     Q, K, V = (da.broadcast_to(X, batch + X.shape[-2:]) for X in (Q, K, V))
     lead = Q.chunks[:-2]
     # Leading chunks follow Q; keys and values share K's sequence chunks (causal: Q's).
     key_rows = Q.chunks[-2] if causal else K.chunks[-2]
     K = K.rechunk(lead + (key_rows, K.chunks[-1]))
     V = V.rechunk(lead + (key_rows, V.chunks[-1]))
-    return Q, K, V, dtype
+    if mask is not None:
+        mask = da.broadcast_to(mask, batch + mask.shape[-1:]).rechunk(lead + (key_rows,))
+    return Q, K, V, mask, dtype
+
+
+def _mask_array(key_padding_mask):
+    """``key_padding_mask`` as a boolean dask array (True = ignore), or None."""
+    if key_padding_mask is None:
+        return None
+    mask = key_padding_mask
+    if not isinstance(mask, da.Array):
+        mask = da.from_array(np.asarray(mask))
+    if mask.dtype != np.bool_:
+        raise TypeError(
+            f"key_padding_mask must be a boolean array (True = ignore), got dtype {mask.dtype}"
+        )
+    if any(math.isnan(size) for size in mask.shape):
+        raise ValueError("key_padding_mask has unknown chunk sizes; call compute_chunk_sizes()")
+    return mask
 
 
 def favor_attention(
@@ -473,6 +541,7 @@ def favor_attention(
     constants=None,
     projection_matrix=None,
     random_state=None,
+    key_padding_mask=None,
 ):
     """FAVOR+ attention of dask arrays chunked along the sequence, as a lazy dask array.
 
@@ -511,14 +580,22 @@ def favor_attention(
         Kind of the drawn projection (:func:`favorkern.draw_projection`).
     gamma : float or None, default=None
         Logit scale; ``1 / sqrt(d)`` if None.
-    constants : dict or None, default=None
+    constants : dict, sequence of dicts or None, default=None
         Data constants of the map (e.g. ``{"A": -0.1}`` for ``"optimal"``), shared by
-        every head; required by maps with data constants.
+        every head; or one dict per head (axis -3; ``H / len(constants)`` consecutive
+        heads share a set, as for grouped-query calibration), e.g. those of a fitted
+        :class:`favorkern.FavorAttention`:
+        ``[att.frozen_constants(h) for h in range(len(att.constants_["A"]))]`` (with
+        ``projection_matrix=att.projection_``).  Required by maps with data constants.
     projection_matrix : array-like of shape (m, d), default=None
         Use these projections instead of drawing them (drawn once, on the client).
     random_state : int, RandomState instance or None, default=None
         Seed of the drawn projection: the same seed gives the projection of the
         in-memory :func:`favorkern.favor_attention`.
+    key_padding_mask : array-like or dask array of bool, shape (..., Lk), default=None
+        True marks a key to ignore (broadcast as in :func:`favorkern.favor_attention`;
+        rechunked to the keys' sequence chunks).  A row whose keys are all ignored
+        is 0.
 
     Returns
     -------
@@ -538,11 +615,18 @@ def favor_attention(
 
     Notes
     -----
-    Key padding masks and ``method`` are not supported here.  Each task holds one
+    ``method`` is not supported here.  Each task holds one
     chunk of Q, K, V and its features, ``O(chunk x (d + m))`` per head, and the
     states are ``m x dv`` per head and chunk.  Stabilizers cancel in the normalized
     output, so the result equals the in-memory one; the causal key constant of row
-    ``i`` is the running maximum over keys ``0..i``, as in memory.
+    ``i`` is the running maximum over keys ``0..i``, as in memory.  Agreement with
+    the in-memory function: 1e-6 relative in float64, 1e-4 in float32 where the
+    float32 computation is itself accurate.  At sharp logits the float32 normalizer
+    ``phi(q_i) . z`` of some rows is subnormal (a few significant bits) and the
+    chunk states, merged in float64, round differently from the in-memory state:
+    such rows differ by about as much as either result differs from float64 (the
+    in-memory function warns with ``FeatureUnderflowWarning`` in that regime); use
+    float64 inputs there.
 
     Examples
     --------
@@ -560,7 +644,7 @@ def favor_attention(
     >>> bool(np.allclose(out.compute(), ref))
     True
     """
-    Q, K, V, dtype = _prepare(Q, K, V, causal)
+    Q, K, V, mask, dtype = _prepare(Q, K, V, causal, key_padding_mask)
     d = Q.shape[-1]
     fmap = get_feature_map(feature_map)
     gamma = check_logit_scale(gamma, d)
@@ -570,15 +654,49 @@ def favor_attention(
             f"do: fit {list(fmap.data_constants)} beforehand and pass them as constants"
         )
     proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
+    if constants is not None and not isinstance(constants, dict):
+        return _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
+    return _constants_graph(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
+
+
+def _constants_graph(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants):
+    """The graph of one set of constants (or none) for every head of the inputs."""
     if fmap.data_constants:
         # asymmetric maps transform queries and keys blockwise
         Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)
         K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype)
     spec = attention_features(fmap, proj, gamma, dtype, constants).spec
-    return _favor_graph(Q, K, V, spec, causal, dtype)
+    return _favor_graph(Q, K, V, spec, causal, dtype, mask)
 
 
-def _favor_graph(Q, K, V, spec, causal, dtype):
+def _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants):
+    """One graph per set of frozen constants along the head axis (-3), concatenated."""
+    sets = list(constants)
+    if not sets or not all(isinstance(c, dict) for c in sets):
+        raise TypeError(
+            "constants must be a dict or a non-empty sequence of dicts (one per head), "
+            f"got {type(constants).__name__}"
+        )
+    if Q.ndim < 3 or Q.shape[-3] % len(sets):
+        heads = "no head axis" if Q.ndim < 3 else f"{Q.shape[-3]} heads (axis -3)"
+        raise ValueError(
+            f"constants has {len(sets)} per-head sets, but the inputs have {heads}; the "
+            "number of heads must be a multiple of the number of sets"
+        )
+    group = Q.shape[-3] // len(sets)
+    pieces = []
+    for h, head_constants in enumerate(sets):
+        sl = (Ellipsis, slice(h * group, (h + 1) * group), slice(None), slice(None))
+        head_mask = None if mask is None else mask[sl[:-1]]
+        pieces.append(
+            _constants_graph(
+                Q[sl], K[sl], V[sl], head_mask, fmap, proj, gamma, causal, dtype, head_constants
+            )
+        )
+    return da.concatenate(pieces, axis=-3)
+
+
+def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
     name = f"favorkern-features-{tokenize(spec, dtype)}"
     # One graph key for the map's spec (its projection): fetched once per worker, the
     # evaluator built once per process.
@@ -593,12 +711,15 @@ def _favor_graph(Q, K, V, spec, causal, dtype):
         lead_shape = tuple(Q.chunks[a][i] for a, i in enumerate(lead))
         keys = [k_blocks[lead + (j, 0)] for j in range(K.numblocks[-2])]
         values = [v_blocks[lead + (j, 0)] for j in range(V.numblocks[-2])]
-        parts = [chunk_state(fmap_key, k, v) for k, v in zip(keys, values, strict=True)]
+        masks = _mask_blocks(mask, lead, len(keys))
+        parts = [
+            chunk_state(fmap_key, k, v, m) for k, v, m in zip(keys, values, masks, strict=True)
+        ]
         if causal:
             prefixes = _exclusive_scan(parts, merge)
             pieces = [
                 dask.delayed(_causal_block, pure=True)(
-                    fmap_key, q_blocks[lead + (i, 0)], keys[i], values[i], prefixes[i]
+                    fmap_key, q_blocks[lead + (i, 0)], keys[i], values[i], prefixes[i], masks[i]
                 )
                 for i in range(Q.numblocks[-2])
             ]
@@ -614,6 +735,14 @@ def _favor_graph(Q, K, V, spec, causal, dtype):
                 piece, shape, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype)
             )
     return da.block(_nested(out_blocks))
+
+
+def _mask_blocks(mask, lead, n_blocks):
+    """The delayed mask block of each key chunk of one leading index (None: no mask)."""
+    if mask is None:
+        return [None] * n_blocks
+    blocks = mask.to_delayed(optimize_graph=False)
+    return [blocks[lead + (j,)] for j in range(n_blocks)]
 
 
 def _nested(blocks):

@@ -1,8 +1,9 @@
 """favorkern under hostile conditions: forks, threads, huge dimensions, bad files and paths.
 
 Each case asserts either the exact error class with a message naming the parameter
-(or option), or the correct finite result.  Sections by area; more areas
-(transformers, attention, diagnostics, dask) join as they are hardened.
+(or option), or the correct finite result (with the documented warning where the
+estimate is hopeless).  Sections by area: concurrency and fork, thin blocks, the
+command line, transformers, attention, diagnostics, dask.
 """
 
 from __future__ import annotations
@@ -19,9 +20,23 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_info
 
 import favorkern
-from favorkern import PositiveRandomFeatures, draw_projection
+from favorkern import (
+    FavorAttention,
+    GeneralizedRandomFeatures,
+    HyperbolicRandomFeatures,
+    OptimalPositiveRandomFeatures,
+    PositiveRandomFeatures,
+    RandomFeatures,
+    TrigonometricRandomFeatures,
+    draw_projection,
+    favor_attention,
+    softmax_attention,
+)
 from favorkern._parallel import ENV_THREADS, blas_single_thread, executor, n_threads
+from favorkern._warnings import ApproximationWarning, FeatureUnderflowWarning
 from favorkern.cli import main
+from favorkern.diagnostics import theoretical_mse
+from favorkern.feature_maps.optimal import optimal_gerf_a
 
 # Large enough for the row-block thread pool: 1024 rows x 256 outputs >= 2^17 elements.
 POOL_ROWS, POOL_DIMS, POOL_WIDTH = 1024, 16, 256
@@ -629,3 +644,441 @@ def test_output_dir_keeps_results_when_a_file_appears_meanwhile(tmp_path):
     kept = str(error.value).rsplit("kept in ", 1)[1]
     assert open(os.path.join(kept, "r.txt")).read() == "new"
     assert (tmp_path / "r.txt").read_text() == "someone else's"
+
+
+# == transformers (favorkern.features, favorkern.feature_maps) ==========================
+
+TRANSFORMERS = [
+    PositiveRandomFeatures,
+    HyperbolicRandomFeatures,
+    TrigonometricRandomFeatures,
+    OptimalPositiveRandomFeatures,
+    GeneralizedRandomFeatures,
+]
+
+
+def _no_warnings():
+    context = warnings.catch_warnings()
+    context.__enter__()
+    warnings.simplefilter("error")
+    return context
+
+
+def _make(cls, n_components):
+    if cls == "RandomFeatures":
+        return RandomFeatures("positive", n_components, random_state=0)
+    return cls(n_components, random_state=0)
+
+
+@pytest.mark.parametrize("cls", [*TRANSFORMERS, "RandomFeatures"], ids=str)
+def test_set_params_gamma_after_fit_keeps_the_fitted_state(cls):
+    # Documented: transform uses the state fitted by fit; set_params applies at the next fit.
+    X = np.random.default_rng(0).normal(scale=0.3, size=(12, 4))
+    est = _make(cls, 8).fit(X)
+    before = est.transform(X)
+    est.set_params(gamma=-1)
+    np.testing.assert_array_equal(est.transform(X), before)  # not NaN, not changed
+    with pytest.raises(ValueError, match="gamma"):
+        est.fit(X)
+
+
+@pytest.mark.parametrize("cls", [*TRANSFORMERS, "RandomFeatures"], ids=str)
+def test_set_params_n_components_after_fit_applies_at_the_next_fit(cls):
+    X = np.random.default_rng(1).normal(scale=0.3, size=(12, 4))
+    est = _make(cls, 8).fit(X)
+    before = est.transform(X)
+    est.set_params(n_components=16)
+    after = est.transform(X)  # no broadcast error, and not a silent mix of the two widths
+    assert after.shape == (12, 8)
+    np.testing.assert_array_equal(after, before)
+    assert est.fit(X).transform(X).shape == (12, 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls", [PositiveRandomFeatures, HyperbolicRandomFeatures],
+                         ids=lambda c: c.__name__)  # fmt: skip
+def test_underflowing_feature_rows_warn_once_with_their_count(cls, dtype):
+    rng = np.random.default_rng(2)
+    X = rng.normal(scale=0.2, size=(10, 4))
+    est = cls(16, random_state=0).fit(X)
+    X[[1, 4, 7]] *= 500.0  # exp(w.x - |x|^2 / 2) below the smallest float in every feature
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Z = est.transform(X.astype(dtype))
+    relevant = [w for w in caught if issubclass(w.category, ApproximationWarning)]
+    assert len(relevant) == 1 and issubclass(relevant[0].category, FeatureUnderflowWarning)
+    assert "3 of 10 rows" in str(relevant[0].message)
+    assert Z.dtype == dtype and np.isfinite(Z).all()
+    assert np.flatnonzero(~Z.any(axis=1)).tolist() == [1, 4, 7]
+
+
+def test_ordinary_input_does_not_warn_about_underflow():
+    X = np.random.default_rng(3).normal(size=(200, 8)).astype(np.float32)
+    context = _no_warnings()
+    try:
+        for cls in (PositiveRandomFeatures, HyperbolicRandomFeatures):
+            cls(64, random_state=0).fit_transform(X)
+        OptimalPositiveRandomFeatures(64, random_state=0).fit_transform(X)
+    finally:
+        context.__exit__(None, None, None)
+
+
+def test_optimal_fit_at_huge_norms_has_finite_a_and_warned_zero_features():
+    X = np.random.default_rng(4).normal(size=(20, 4)) * 1e160  # |x|^2 overflows float64
+    est = OptimalPositiveRandomFeatures(16, random_state=0).fit(X)
+    assert np.isfinite(est.A_) and est.A_ < 0
+    with pytest.warns(FeatureUnderflowWarning, match="20 of 20 rows"):
+        Z = est.transform(X)
+    assert np.isfinite(Z).all() and not Z.any()  # exp(x.y) itself is beyond float64 here
+
+
+@pytest.mark.parametrize("phi", [1e-12, 0.01, 1.0, 100.0, 1e6])
+def test_optimal_a_star_matches_the_closed_form(phi):
+    d = 16
+    direct = (d - 2 * phi - np.sqrt((2 * phi + d) ** 2 + 8 * d * phi)) / (16 * d)
+    # the direct form cancels for small phi: compare where it is accurate
+    tolerance = 1e-9 if phi >= 0.01 else 1e-3
+    assert float(optimal_gerf_a(phi, d)) == pytest.approx(direct, rel=tolerance)
+
+
+@pytest.mark.parametrize("phi", [1e200, 1e308, np.inf])
+def test_optimal_a_star_finite_and_asymptotic_at_huge_phi(phi):
+    d = 16
+    a = float(optimal_gerf_a(phi, d))
+    assert np.isfinite(a)
+    expected = -min(phi, np.finfo(np.float64).max) / (4 * d)  # A* -> -phi / (4 d)
+    assert a == pytest.approx(expected, rel=1e-12)
+
+
+# == attention (favorkern.attention) ===================================================
+
+
+def _qkv(shape=(2, 32, 8), dv=3, scale=1.0, dtype=np.float64, seed=5):
+    rng = np.random.default_rng(seed)
+    Q = (rng.standard_normal(shape) * scale).astype(dtype)
+    K = (rng.standard_normal(shape) * scale).astype(dtype)
+    V = rng.standard_normal(shape[:-1] + (dv,)).astype(dtype)
+    return Q, K, V
+
+
+def _one_hot_reference(Q, K, V, causal=False, mask=None):
+    """Softmax at infinite temperature: the value of each row's largest score (float64)."""
+    Q, K = (X.astype(np.float64) / np.abs(X).max() for X in (Q, K))  # no overflow here
+    scores = np.einsum("...qd,...kd->...qk", Q, K)
+    if mask is not None:
+        scores[..., mask] = -np.inf
+    if causal:
+        scores[..., np.triu(np.ones(scores.shape[-2:], dtype=bool), 1)] = -np.inf
+    return np.take_along_axis(V.astype(np.float64), scores.argmax(-1)[..., None], axis=-2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_attention_float32_overflowing_logits_is_finite_and_exact(causal):
+    Q, K, V = _qkv(scale=1e19, dtype=np.float32)  # q.k ~ 1e39 > float32 max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow RuntimeWarning either
+        out = softmax_attention(Q, K, V, causal=causal)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, _one_hot_reference(Q, K, V, causal).astype(np.float32))
+
+
+def test_softmax_attention_overflow_respects_the_mask():
+    Q, K, V = _qkv(shape=(16, 4), scale=1e19, dtype=np.float32)
+    mask = np.zeros(16, dtype=bool)
+    mask[_one_hot_reference(Q, K, np.arange(16.0)[:, None])[:, 0].astype(int)] = True
+    out = softmax_attention(Q, K, V, key_padding_mask=mask)
+    np.testing.assert_array_equal(out, _one_hot_reference(Q, K, V, mask=mask).astype(np.float32))
+
+
+@pytest.mark.parametrize(("scale", "gamma"), [(1e200, None), (1.0, 1e300), (1e100, 1e200)])
+def test_softmax_attention_float64_beyond_float64_logits(scale, gamma):
+    Q, K, V = _qkv(shape=(12, 4), scale=scale)
+    out = softmax_attention(Q, K, V, gamma=gamma)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, _one_hot_reference(Q, K, V))
+
+
+def test_softmax_attention_moderate_logits_unchanged_by_the_rescaled_path():
+    from favorkern.attention.exact import _exact_rows_rescaled
+
+    Q, K, V = _qkv(shape=(20, 6), scale=2.0)
+    direct = softmax_attention(Q, K, V)
+    rescaled = _exact_rows_rescaled(Q, K, V, None, 0, 20, 1 / np.sqrt(6), False)
+    np.testing.assert_allclose(rescaled, direct, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("feature_map", ["positive", "hyperbolic"])
+def test_favor_attention_huge_gamma_no_nan_and_warned(feature_map, dtype, causal):
+    Q, K, V = _qkv(shape=(2, 64, 8), dtype=dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = favor_attention(Q, K, V, gamma=1e20, feature_map=feature_map, causal=causal,
+                              n_components=32, random_state=0)  # fmt: skip
+    assert out.dtype == dtype and np.isfinite(out).all()
+    zero = int(np.count_nonzero(~out.any(axis=-1)))
+    underflow = [w for w in caught if issubclass(w.category, FeatureUnderflowWarning)]
+    if zero:
+        assert len(underflow) == 1 and f"{zero} of 128" in str(underflow[0].message)
+    else:
+        assert not underflow
+
+
+def test_favor_attention_optimal_at_huge_gamma_is_finite():
+    Q, K, V = _qkv(shape=(2, 32, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureUnderflowWarning)
+        out = favor_attention(Q, K, V, gamma=1e20, feature_map="optimal", n_components=32,
+                              random_state=0)  # fmt: skip
+    assert np.isfinite(out).all()
+
+
+def test_favor_attention_sharp_logits_warn_with_the_zero_row_count():
+    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0, dtype=np.float32)
+    with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0") as caught:
+        out = favor_attention(Q, K, V, gamma=100.0, n_components=64, random_state=0)
+    zero = int(np.count_nonzero(~out.any(axis=-1)))
+    assert zero > 0 and f"{zero} of 128 attention output rows" in str(caught[0].message)
+    assert len([w for w in caught if issubclass(w.category, FeatureUnderflowWarning)]) == 1
+
+
+def test_favor_attention_object_warns_like_the_function():
+    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0, dtype=np.float32)
+    with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0"):
+        FavorAttention(64, random_state=0)(Q, K, V, gamma=100.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fully_masked_rows_are_zero_without_a_warning(causal):
+    Q, K, V = _qkv(shape=(2, 16, 4))
+    mask = np.zeros((2, 16), dtype=bool)
+    mask[0] = True  # head 0: every key ignored
+    if causal:
+        mask[1, :5] = True  # head 1: rows 0..4 see only ignored keys
+    context = _no_warnings()
+    try:
+        out = favor_attention(Q, K, V, causal=causal, key_padding_mask=mask, n_components=16,
+                              random_state=0)  # fmt: skip
+    finally:
+        context.__exit__(None, None, None)
+    assert not out[0].any()
+    if causal:
+        assert not out[1, :5].any() and out[1, 5:].any(axis=-1).all()
+
+
+def test_zero_values_give_zero_rows_without_a_warning():
+    Q, K, _ = _qkv(shape=(16, 4))
+    context = _no_warnings()
+    try:
+        out = favor_attention(Q, K, np.zeros((16, 3)), n_components=16, random_state=0)
+    finally:
+        context.__exit__(None, None, None)
+    assert not out.any()
+
+
+# == diagnostics (favorkern.diagnostics) ===============================================
+
+
+@pytest.mark.parametrize("norm", [19.0, 25.0, 40.0])
+@pytest.mark.parametrize("projection", ["gaussian", "orthogonal"])
+def test_trigonometric_mse_at_large_norms_is_zero_when_exact(norm, projection):
+    # x = y: Var1 = e^{2|x|^2} (1 - e^0)^2 / 2 = 0; the product form gave inf * 0 = NaN.
+    x = np.zeros(4)
+    x[0] = norm
+    direct = theoretical_mse(x, x, feature_map="trigonometric", n_components=16,
+                             projection=projection)  # fmt: skip
+    assert direct == 0.0
+    log = theoretical_mse(x, x, feature_map="trigonometric", n_components=16,
+                          projection=projection, log=True)  # fmt: skip
+    assert log == -np.inf
+
+
+def test_trigonometric_mse_direct_is_exp_of_log_beyond_overflow():
+    x = np.array([[10.0, 0, 0, 0], [0.1, 0.2, 0, 0], [19.0, 0, 0, 0]])
+    y = np.array([[0, 10.0, 0, 0], [0.2, 0.1, 0, 0], [0, 19.0, 0, 0]])
+    log = theoretical_mse(x, y, feature_map="trigonometric", n_components=16, log=True)
+    with np.errstate(over="ignore"):
+        expected = np.exp(log)
+    direct = theoretical_mse(x, y, feature_map="trigonometric", n_components=16)
+    assert not np.isnan(direct).any()
+    np.testing.assert_array_equal(direct, expected)  # inf where e^{|x|^2+|y|^2} overflows
+    assert direct[2] == np.inf and np.isfinite(log[2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"feature_map": "nope", "n_components": 4}, ValueError, "feature_map"),
+        ({"feature_map": "hyperbolic", "n_components": 5}, ValueError, "n_components"),
+        ({"feature_map": "positive", "n_components": 0}, ValueError, "n_components"),
+        ({"feature_map": "positive", "n_components": 4, "gamma": -1}, ValueError, "gamma"),
+        ({"feature_map": "positive", "n_components": 4, "log": "yes"}, TypeError, "log"),
+        ({"feature_map": "positive", "n_components": 4, "projection": "haar"}, ValueError,
+         "projection"),
+        ({"feature_map": "optimal", "n_components": 4, "A": 0.2}, ValueError, "A must"),
+    ],
+    ids=["feature_map", "odd-width", "zero-width", "gamma", "log", "projection", "A"],
+)  # fmt: skip
+def test_theoretical_mse_bad_parameters_named(kwargs, error, name):
+    x = np.full(4, 0.1)
+    with pytest.raises(error, match=name):
+        theoretical_mse(x, x, **kwargs)
+
+
+def test_theoretical_mse_nonfinite_pair_named():
+    with pytest.raises(ValueError, match="x contains NaN"):
+        theoretical_mse(np.array([np.nan, 1.0]), np.ones(2), feature_map="positive",
+                        n_components=4)  # fmt: skip
+
+
+# == dask (favorkern.dask) ===============================================================
+
+
+@pytest.fixture
+def dask_sync():
+    dask = pytest.importorskip("dask")
+    with dask.config.set(scheduler="synchronous"):
+        yield pytest.importorskip("dask.array")
+
+
+def _chunked(da, *arrays, rows=16):
+    return [da.from_array(X, chunks=X.shape[:-2] + (rows, X.shape[-1])) for X in arrays]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dask_key_padding_mask_matches_in_memory(dask_sync, causal):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(2, 3, 40, 8), scale=0.5)
+    mask = np.random.default_rng(6).random((2, 1, 40)) < 0.3
+    mask[1, 0, :] = True  # a batch entry whose keys are all ignored
+    expected = favor_attention(Q, K, V, causal=causal, key_padding_mask=mask, n_components=32,
+                               random_state=0)  # fmt: skip
+    out = dask_attention(*_chunked(dask_sync, Q, K, V), causal=causal, key_padding_mask=mask,
+                         n_components=32, random_state=0).compute()  # fmt: skip
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+    assert not out[1].any()
+
+
+def test_dask_key_padding_mask_as_a_dask_array(dask_sync):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(40, 8), scale=0.5)
+    mask = np.arange(40) % 3 == 0
+    expected = favor_attention(Q, K, V, causal=True, key_padding_mask=mask, n_components=16,
+                               random_state=0)  # fmt: skip
+    out = dask_attention(*_chunked(dask_sync, Q, K, V, rows=7), causal=True,
+                         key_padding_mask=dask_sync.from_array(mask, chunks=11),
+                         n_components=16, random_state=0).compute()  # fmt: skip
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("mask", "error", "phrase"),
+    [
+        (np.ones(40), TypeError, "key_padding_mask must be a boolean"),
+        (np.ones((2, 39), dtype=bool), ValueError, "key_padding_mask"),
+    ],
+    ids=["not-boolean", "wrong-length"],
+)
+def test_dask_key_padding_mask_rejected_clearly(dask_sync, mask, error, phrase):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(2, 40, 8))
+    with pytest.raises(error, match=phrase):
+        dask_attention(Q, K, V, key_padding_mask=mask, n_components=8)
+
+
+def test_dask_per_head_frozen_constants_match_in_memory(dask_sync):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(2, 3, 40, 8), scale=0.5)
+    att = FavorAttention(32, feature_map="optimal", random_state=0).fit(Q, K)
+    assert att.constants_["A"].shape == (3,)  # one A per head
+    sets = [att.frozen_constants(h) for h in range(3)]
+    out = dask_attention(*_chunked(dask_sync, Q, K, V), feature_map="optimal", constants=sets,
+                         projection_matrix=att.projection_).compute()  # fmt: skip
+    np.testing.assert_allclose(out, att(Q, K, V), rtol=1e-10, atol=1e-12)
+    shared = dask_attention(Q, K, V, feature_map="optimal", constants=sets[0],
+                            projection_matrix=att.projection_).compute()  # fmt: skip
+    assert np.abs(shared - out).max() > 1e-6  # the per-head sets were really used
+
+
+@pytest.mark.parametrize(
+    ("constants", "error", "phrase"),
+    [
+        ([{"A": -0.1}] * 2, ValueError, "constants has 2 per-head sets.*3 heads"),
+        ("A", TypeError, "constants must be a dict"),
+        ([], TypeError, "constants must be a dict"),
+    ],
+    ids=["count", "string", "empty"],
+)
+def test_dask_per_head_constants_rejected_clearly(dask_sync, constants, error, phrase):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(3, 16, 8))
+    with pytest.raises(error, match=phrase):
+        dask_attention(Q, K, V, feature_map="optimal", constants=constants, n_components=8)
+
+
+def test_dask_transform_of_sparse_blocks_is_lazy_and_exact(dask_sync):
+    from favorkern.dask import transform
+
+    X = sp.random(30, 6, density=0.3, format="csr", random_state=0)
+    est = PositiveRandomFeatures(8, random_state=0).fit(X)
+    blocks = dask_sync.from_array(X.toarray(), chunks=(7, 6)).map_blocks(sp.csr_matrix)
+    out = transform(est, blocks)
+    assert out.chunks == ((7, 7, 7, 7, 2), (8,))
+    np.testing.assert_allclose(out.compute(), est.transform(X), rtol=1e-12)
+
+
+def test_dask_attention_rejects_sparse_blocks(dask_sync):
+    from favorkern.dask import favor_attention as dask_attention
+
+    X = dask_sync.from_array(np.ones((20, 4)), chunks=(5, 4)).map_blocks(sp.csr_matrix)
+    with pytest.raises(TypeError, match="Q has scipy.sparse blocks"):
+        dask_attention(X, X, X)
+
+
+def test_dask_transformer_set_output_pandas_rejected_for_dask_input(dask_sync):
+    pytest.importorskip("pandas")
+    from favorkern.dask import DaskTransformer
+
+    X = np.random.default_rng(7).normal(size=(20, 3))
+    model = DaskTransformer(PositiveRandomFeatures(8, random_state=0)).fit(X)
+    model.set_output(transform="pandas")
+    with pytest.raises(ValueError, match="set_output"):
+        model.transform(dask_sync.from_array(X, chunks=(5, 3)))
+    frame = model.transform(X)  # in memory, the pandas output is fine
+    assert frame.shape == (20, 8) and list(frame.columns) == list(model.get_feature_names_out())
+
+
+@pytest.mark.parametrize("rows", [16, 100])
+def test_dask_causal_float32_within_1e4_at_moderate_logits(dask_sync, rows):
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(2, 512, 16), scale=10.0, dtype=np.float32)  # gamma |q||k| ~ 400
+    expected = favor_attention(Q, K, V, causal=True, n_components=64, random_state=0)
+    out = dask_attention(*_chunked(dask_sync, Q, K, V, rows=rows), causal=True, n_components=64,
+                         random_state=0).compute()  # fmt: skip
+    assert out.dtype == np.float32
+    assert np.abs(out - expected).max() < 1e-4
+
+
+def test_dask_causal_sharp_logits_float64_agree_and_float32_warns(dask_sync):
+    # The documented regime: at gamma |q||k| ~ 3600 float32 normalizers are subnormal
+    # (warned in memory); float64 input gives the tight agreement back.
+    from favorkern.dask import favor_attention as dask_attention
+
+    Q, K, V = _qkv(shape=(2, 256, 16), scale=30.0)
+    with pytest.warns(FeatureUnderflowWarning):
+        favor_attention(*(X.astype(np.float32) for X in (Q, K, V)), causal=True,
+                        n_components=64, random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureUnderflowWarning)
+        expected = favor_attention(Q, K, V, causal=True, n_components=64, random_state=0)
+    out = dask_attention(*_chunked(dask_sync, Q, K, V), causal=True, n_components=64,
+                         random_state=0).compute()  # fmt: skip
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-9)

@@ -16,15 +16,50 @@ _EXACT_CHUNK_ELEMENTS = 1 << 20
 _PARALLEL_MIN_SCORES = 1 << 18
 
 
-def _exact_rows(q, k, v, mask, out, start, stop, gamma, causal):
-    scores = q[start:stop] @ k.T
-    scores *= scores.dtype.type(gamma)
+def _hidden(scores, mask, start, stop, causal):
+    """Set the scores of masked and (if causal) future keys to ``-inf`` in place."""
     if mask is not None:
         scores[:, mask] = -np.inf
     if causal:
-        future = np.arange(k.shape[0])[np.newaxis, :] > np.arange(start, stop)[:, np.newaxis]
+        future = np.arange(scores.shape[1])[np.newaxis, :] > np.arange(start, stop)[:, np.newaxis]
         scores[future] = -np.inf
+
+
+def _exact_rows_rescaled(q, k, v, mask, start, stop, gamma, causal):
+    """Softmax rows whose scores overflow the dtype: in float64 on unit-scaled inputs.
+
+    With ``q = a q~`` and ``k = b k~`` (``a``, ``b`` the largest magnitudes) the
+    scores are ``c q~.k~`` with ``c = gamma a b``; ``exp(c (s - max s))`` is then
+    evaluated without forming ``c s`` (which may exceed float64 as well).
+    """
+    qs, ks = q[start:stop].astype(np.float64), k.astype(np.float64)
+    a = float(np.abs(qs).max()) or 1.0
+    b = float(np.abs(ks).max()) or 1.0
+    scores = (qs / a) @ (ks / b).T
+    _hidden(scores, mask, start, stop, causal)
     row_max = scores.max(axis=1)
+    row_max[~np.isfinite(row_max)] = 0.0
+    scores -= row_max[:, np.newaxis]
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores *= gamma * a * b  # 0 * inf at each row's maximum: NaN, set back to 0
+    scores[np.isnan(scores)] = 0.0
+    np.exp(scores, out=scores)
+    block = scores @ v.astype(np.float64)
+    normalize(block, scores.sum(axis=1))
+    return block
+
+
+def _exact_rows(q, k, v, mask, out, start, stop, gamma, causal):
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = q[start:stop] @ k.T
+        scores *= scores.dtype.type(gamma)
+    _hidden(scores, mask, start, stop, causal)
+    row_max = scores.max(axis=1)
+    if not np.all(row_max < np.inf):
+        # q.k beyond the dtype (or an inf - inf product): the finite answer from
+        # rescaled float64 scores, cast back to the output dtype.
+        out[start:stop] = _exact_rows_rescaled(q, k, v, mask, start, stop, gamma, causal)
+        return
     row_max[~np.isfinite(row_max)] = 0.0  # rows with every key masked
     scores -= row_max[:, np.newaxis]
     np.exp(scores, out=scores)
@@ -37,7 +72,10 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     """Exact softmax attention ``softmax(gamma Q K^T) V``, the O(L^2) reference.
 
     Computed over query chunks, so the extra memory is O(chunk x Lk) per worker
-    thread; each row subtracts its maximum score before ``exp``.
+    thread; each row subtracts its maximum score before ``exp``.  Where a score
+    ``gamma q.k`` overflows the dtype, that chunk is recomputed in float64 from
+    unit-scaled ``Q`` and ``K`` (the result is finite for finite input and keeps
+    the dtype of the inputs).
 
     Parameters
     ----------

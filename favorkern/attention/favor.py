@@ -297,11 +297,46 @@ def favor_attention(
         result = (out, state)
     else:
         result = (_dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
+        warn_zero_rows(fmap, result[0], V, mask, causal)
     if return_error:
         result += (
             _estimate(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
         )
     return result[0] if len(result) == 1 else result
+
+
+def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
+    """Warn once if output rows are exactly 0 because every feature product underflowed.
+
+    Cheap when nothing is wrong (one pass over the output).  Rows whose visible keys
+    are all masked are 0 by definition, and heads whose values are all 0 give 0 rows
+    legitimately: neither is counted.  Only for the non-negative maps, whose
+    normalizer is 0 exactly when every product ``phi(q_i) . phi(k_j)`` underflowed.
+    """
+    if not fmap.nonnegative or out.size == 0:
+        return
+    zero = ~out.any(axis=-1)  # (..., Lq)
+    if not zero.any():
+        return
+    if mask is not None:
+        visible = ~mask
+        seen = np.logical_or.accumulate(visible, axis=-1) if causal else visible.any(-1)[..., None]
+        zero &= np.broadcast_to(seen, zero.shape) if causal else seen
+    zero &= np.asarray(V.any(axis=(-2, -1)))[..., np.newaxis]
+    count = int(np.count_nonzero(zero))
+    if count:
+        import warnings
+
+        from .._warnings import FeatureUnderflowWarning
+
+        warnings.warn(
+            f"{count} of {zero.size} attention output rows are 0: every feature product "
+            f"phi(q).phi(k) of those queries underflowed in {out.dtype.name} (logits too "
+            "large for this feature map). Lower gamma, scale Q and K down, use float64, or "
+            "softmax_attention for these heads.",
+            FeatureUnderflowWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _check_continuation(
@@ -926,6 +961,8 @@ class FavorAttention:
             constants = getattr(self, "_shared_constants", None)
             out = _dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants)
             result = (out,)
+        if not continued:
+            warn_zero_rows(fmap, result[0], V, mask, causal, stacklevel=3)
         if return_error:
             seed = int(self._error_rng.integers(2**31))
             result += (

@@ -96,12 +96,25 @@ class AttentionFeatures:
     def key_finish(self, out, row_log, shift, const):
         """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite."""
         if self.kind == "exp":
-            out -= (shift + const).astype(self.dtype)[:, np.newaxis]
+            offset = (shift + const).astype(self.dtype)
+            out -= offset[:, np.newaxis]
+            _clamp_rounding(out, offset)
             with np.errstate(over="ignore"):
                 np.exp(out, out=out)
         elif self.kind == "cos":
             with np.errstate(over="ignore"):
                 out *= np.exp(np.minimum(row_log - const, 0.0)).astype(self.dtype)[:, np.newaxis]
+
+
+def _clamp_rounding(out, offset):
+    """Clip key exponents at 0 when rounding of ``offset`` could push them above it.
+
+    ``const >= row_log`` makes every exponent ``<= 0`` in exact arithmetic; at huge
+    logits (``gamma |k|^2`` beyond ``1 / eps``) the rounding of ``shift + const`` alone
+    can reach hundreds and ``exp`` would give ``inf`` (and ``inf * 0 = NaN`` later).
+    """
+    if offset.size and float(np.max(np.abs(offset))) * np.finfo(out.dtype).eps > 1.0:
+        np.minimum(out, 0.0, out=out)
 
 
 def masked_row_log(fmap, k, mask, start, stop, buf):

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+from .._warnings import FeatureUnderflowWarning
 from ._base import (
     FeatureMap,
     check_constants,
@@ -42,6 +43,7 @@ __all__ = [
     "FeatureMap",
     "FeatureMapSpec",
     "FeatureOverflowWarning",
+    "FeatureUnderflowWarning",
     "PairGeometry",
     "register_feature_map",
     "get_feature_map",

@@ -237,6 +237,39 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
     _finish_cos(Xb, out_b, spec)
 
 
+def _check_underflow(out) -> None:
+    """Warn once if whole rows of exp-map features underflowed to 0.
+
+    Cheap: only rows whose first feature is not positive are inspected.  NaN there
+    comes from ``inf - inf`` in an exponent whose ``-a |x|^2`` term overflowed; the
+    exponent is then below any float, so the feature is 0.
+    """
+    if not out.size:
+        return
+    candidates = np.flatnonzero(~(out[:, 0] > 0))
+    if not candidates.size:
+        return
+    rows = out[candidates]
+    nan = np.isnan(rows)
+    if nan.any():
+        rows[nan] = 0.0
+        out[candidates] = rows
+    zero = int(np.count_nonzero(~rows.any(axis=1)))
+    if zero:
+        import warnings
+
+        from .._warnings import FeatureUnderflowWarning
+
+        tiny = float(np.log(np.finfo(out.dtype).tiny))
+        warnings.warn(
+            f"{zero} of {out.shape[0]} rows have every feature 0: all their exponents are "
+            f"below log(tiny) = {tiny:.1f} in {out.dtype.name}, so their kernel estimates "
+            "are 0. Scale X down, lower gamma, or use float64 input.",
+            FeatureUnderflowWarning,
+            stacklevel=4,
+        )
+
+
 def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     """Evaluate ``spec`` on all rows of ``X`` (dense C array or CSR), same float dtype.
 
@@ -267,12 +300,16 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
         if sp.issparse(X):
             # Sparse products do not gain from the row-block pool; one pass is simplest.
             apply_block(X, out, spec, weights_t)
+            if spec.func == "exp":
+                _check_underflow(out)
             return out
 
         def block(start, stop):
             apply_block(X[start:stop], out[start:stop], spec, weights_t)
 
     run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
+    if spec.func == "exp":
+        _check_underflow(out)
     return out
 
 

@@ -24,12 +24,28 @@ def optimal_gerf_a(sum_sq, n_dims):
     ``A* = (d - 2 phi - sqrt((2 phi + d)^2 + 8 d phi)) / (16 d)``, in ``(-inf, 0]``,
     evaluated as ``-phi / (d - 2 phi + sqrt(...))`` (the same number, since
     ``(d - 2 phi)^2 - (2 phi + d)^2 - 8 d phi = -16 d phi``), which avoids the
-    cancellation of the direct form when ``phi`` is small relative to ``d``.
+    cancellation of the direct form when ``phi`` is small relative to ``d``.  The
+    denominator is written ``2 d + 8 d phi / ((2 phi + d)(1 + sqrt(1 + e)))`` with
+    ``e = 8 d phi / (2 phi + d)^2``: no cancellation and no overflow for large
+    ``phi`` either (``A* -> -phi / (4 d)``).  ``phi`` beyond float64 (an overflowed
+    mean) is taken as the largest float, so ``A*`` stays finite.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps.optimal import optimal_gerf_a
+    >>> float(optimal_gerf_a(0.0, 4))
+    -0.0
+    >>> bool(np.isfinite(optimal_gerf_a(np.inf, 4)))
+    True
     """
-    phi = np.asarray(sum_sq, dtype=np.float64)
+    phi = np.minimum(np.asarray(sum_sq, dtype=np.float64), np.finfo(np.float64).max)
     d = float(n_dims)
-    root = np.sqrt((2 * phi + d) ** 2 + 8 * d * phi)
-    return -phi / (d - 2 * phi + root)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.where(phi > 0, d / phi, np.inf)  # d / phi, inf at phi = 0
+        inv = 1.0 / (2.0 + ratio)  # phi / (2 phi + d)
+        e = 8.0 * d / (2.0 * phi + d) * inv
+        denominator = 2.0 * d + 8.0 * d * inv / (1.0 + np.sqrt(1.0 + e))
+    return -phi / denominator
 
 
 def homogeneity_sum_sq(X, Y=None):
@@ -49,13 +65,15 @@ def optimal_positive_spec(projection, input_scale, a, sq_factor=0.5, sorf=None) 
     m, d = projection.shape
     b = np.sqrt(1.0 - 4.0 * a)
     sq_norms = np.einsum("ij,ij->i", projection, projection)
-    log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+    with np.errstate(over="ignore"):  # A* of an overflowed |x|^2: -inf scales, inf bound
+        log_scale = a * sq_norms + 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(m)
+        bound = (b**2) * max_sq_norm(projection) / (4 * sq_factor)
     return FeatureMapSpec(
         projection * (b * input_scale),
         "exp",
         sq_coef=sq_factor * input_scale**2,
         log_scale=log_scale,
-        logit_bound=(b**2) * max_sq_norm(projection) / (4 * sq_factor),
+        logit_bound=bound,
         projector=sorf_projector(sorf, b * input_scale),
     )
 
@@ -67,6 +85,21 @@ def mean_sum_sq(X, Y=None) -> float:
         mean_sq = float(X.multiply(X).sum(axis=1).mean())
         return 2.0 * (mean_sq + mean @ mean)
     return homogeneity_sum_sq(X, Y)
+
+
+def _scaled_mean_sum_sq(X, Y=None) -> float:
+    """:func:`mean_sum_sq` computed on ``X / s`` (``s`` the largest magnitude) then times
+    ``s^2``: squares of huge entries do not overflow on the way (the result may, as inf)."""
+    scale = _max_abs(X) if Y is None else max(_max_abs(X), _max_abs(Y))
+    if not scale > 0 or scale < 1e100:
+        return mean_sum_sq(X, Y)
+    return mean_sum_sq(X / scale, None if Y is None else Y / scale) * scale * scale
+
+
+def _max_abs(X) -> float:
+    if sp.issparse(X):
+        return float(abs(X).max()) if X.nnz else 0.0
+    return float(np.max(np.abs(X))) if np.size(X) else 0.0
 
 
 class OptimalFeatureMap(FeatureMap):
@@ -91,7 +124,8 @@ class OptimalFeatureMap(FeatureMap):
     def fit(self, X, Y=None, *, input_scale=1.0):
         if Y is not None and Y.shape[0] == 0:
             return {"A": 0.0}
-        sum_sq = mean_sum_sq(X, Y) * input_scale**2
+        with np.errstate(over="ignore", invalid="ignore"):
+            sum_sq = _scaled_mean_sum_sq(X, Y) * input_scale**2
         return {"A": float(optimal_gerf_a(sum_sq, X.shape[1]))}
 
     def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
