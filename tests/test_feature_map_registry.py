@@ -14,6 +14,7 @@ from favorkern.feature_maps import (
     feature_map_names,
     get_feature_map,
     register_feature_map,
+    unregister_feature_map,
 )
 
 
@@ -38,7 +39,7 @@ class CopiedPositive(FeatureMap):
 def registered():
     register_feature_map(CopiedPositive(), replace=True)
     yield
-    favorkern.feature_maps._base._REGISTRY.pop("copied_positive", None)
+    unregister_feature_map("copied_positive")
 
 
 def test_user_map_is_listed():
@@ -108,3 +109,8 @@ def test_registry_errors():
         RandomFeatures("nope").fit(np.ones((3, 2)))
     with pytest.raises(ValueError, match="kernel"):
         RandomFeatures("relu", kernel="rbf").fit(np.ones((3, 2)))
+
+
+def test_unregister_unknown_name_is_named():
+    with pytest.raises(ValueError, match="no feature map named 'absent'"):
+        unregister_feature_map("absent")

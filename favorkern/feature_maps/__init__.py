@@ -27,6 +27,7 @@ from ._base import (
     input_scale,
     register_feature_map,
     sq_factor,
+    unregister_feature_map,
 )
 from ._evaluate import FeatureMapSpec, FeatureOverflowWarning, apply_feature_map
 from ._variance import PairGeometry, same_block_pairs
@@ -46,6 +47,7 @@ __all__ = [
     "FeatureUnderflowWarning",
     "PairGeometry",
     "register_feature_map",
+    "unregister_feature_map",
     "get_feature_map",
     "feature_map_names",
     "apply_feature_map",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FeatureMap", "register_feature_map", "get_feature_map", "feature_map_names"]
+__all__ = [
+    "FeatureMap",
+    "register_feature_map",
+    "unregister_feature_map",
+    "get_feature_map",
+    "feature_map_names",
+]
 
 
 class FeatureMap:
@@ -204,6 +210,8 @@ def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> F
     >>> _ = register_feature_map(MyPositive())
     >>> "my_positive" in feature_map_names()
     True
+    >>> from favorkern.feature_maps import unregister_feature_map
+    >>> unregister_feature_map("my_positive")
     """
     if not isinstance(feature_map, FeatureMap):
         raise TypeError(
@@ -225,6 +233,26 @@ def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> F
         )
     _REGISTRY[name] = feature_map
     return feature_map
+
+
+def unregister_feature_map(name: str) -> None:
+    """Remove the map registered as ``name`` (a ``ValueError`` if there is none).
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import (
+    ...     PositiveFeatureMap, feature_map_names, register_feature_map,
+    ...     unregister_feature_map)
+    >>> class Temporary(PositiveFeatureMap):
+    ...     name = "temporary"
+    >>> _ = register_feature_map(Temporary())
+    >>> unregister_feature_map("temporary")
+    >>> "temporary" in feature_map_names()
+    False
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"no feature map named {name!r} is registered; have {sorted(_REGISTRY)}")
+    del _REGISTRY[name]
 
 
 def get_feature_map(feature_map, name: str = "feature_map") -> FeatureMap:
