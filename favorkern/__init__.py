@@ -23,6 +23,7 @@ _LAZY = {
     "softmax_attention": "attention",
     "favor_attention": "attention",
     "FavorAttention": "attention",
+    "hybrid_attention": "attention",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }

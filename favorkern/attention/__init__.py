@@ -8,6 +8,8 @@
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
   then emits the queries; causal (:mod:`.causal`) carries the state through the
   sequence by chunked matrix products or a numba recurrence.
+* :func:`hybrid_attention` (:mod:`.hybrid`) is exact on a local window and global
+  keys and uses random features for the other keys, renormalized together.
 * :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
@@ -23,5 +25,6 @@ from __future__ import annotations
 
 from .exact import softmax_attention
 from .favor import FavorAttention, favor_attention
+from .hybrid import hybrid_attention
 
-__all__ = ["softmax_attention", "favor_attention", "FavorAttention"]
+__all__ = ["softmax_attention", "favor_attention", "FavorAttention", "hybrid_attention"]

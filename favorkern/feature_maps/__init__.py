@@ -7,13 +7,14 @@ features; everything else in favorkern reads the registry:
 registered with :func:`register_feature_map` works in all of them by its name.
 
 Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
-``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++) and ``"saderf"`` (FAVOR#).
+``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
+``"aderf"`` (FAVOR#) and ``"whitened"`` (whitening, then GERF).
 
 Examples
 --------
 >>> from favorkern.feature_maps import feature_map_names
 >>> feature_map_names()
-('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf')
+('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf', 'sderf', 'aderf', 'whitened')
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from .trigonometric import TrigonometricFeatureMap
 from .generalized import GeneralizedFeatureMap
 from .optimal import OptimalFeatureMap
 from .saderf import SaderfFeatureMap
+from .derf import AderfFeatureMap, SderfFeatureMap
+from .whitened import WhitenedFeatureMap
 
 __all__ = [
     "FeatureMap",
@@ -57,4 +60,7 @@ __all__ = [
     "GeneralizedFeatureMap",
     "OptimalFeatureMap",
     "SaderfFeatureMap",
+    "SderfFeatureMap",
+    "AderfFeatureMap",
+    "WhitenedFeatureMap",
 ]
