@@ -8,13 +8,15 @@ registered with :func:`register_feature_map` works in all of them by its name.
 
 Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
 ``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
-``"aderf"`` (FAVOR#) and ``"whitened"`` (whitening, then GERF).
+``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
+attention distillation: a kernel fitted to data, not an unbiased estimator).
 
 Examples
 --------
 >>> from favorkern.feature_maps import feature_map_names
 >>> feature_map_names()
-('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf', 'sderf', 'aderf', 'whitened')
+('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf', 'sderf', 'aderf', 'whitened',
+ 'fitted')
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .optimal import OptimalFeatureMap
 from .saderf import SaderfFeatureMap
 from .derf import AderfFeatureMap, SderfFeatureMap
 from .whitened import WhitenedFeatureMap
+from .fitted import FittedFeatureMap
 
 __all__ = [
     "FeatureMap",
@@ -63,4 +66,5 @@ __all__ = [
     "SderfFeatureMap",
     "AderfFeatureMap",
     "WhitenedFeatureMap",
+    "FittedFeatureMap",
 ]
