@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import real_attention as ra
+
 from favorkern import hybrid_attention, softmax_attention
 from favorkern.attention.favor import _dispatch, resolve_projection
 from favorkern.feature_maps import FittedFeatureMap, get_feature_map

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import naive
 import numpy as np
 import pytest
 from scipy.optimize import approx_fprime
 
-import naive
 from favorkern import draw_projection, favor_attention, hybrid_attention, softmax_attention
 from favorkern.attention.favor import _dispatch, resolve_projection
 from favorkern.diagnostics import empirical_mse

@@ -289,8 +289,9 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global):
             num += (phi_q @ S) * scale[:, None]
             den += (phi_q @ z) * scale
         if part.size:
+            b_safe = np.where(ok, b_rows, 0.0)
             with np.errstate(invalid="ignore"):
-                pair = np.where(reach, np.exp(kmax[None, :] - np.where(ok, b_rows, 0.0)[:, None]), 0)
+                pair = np.where(reach, np.exp(kmax[None, :] - b_safe[:, None]), 0.0)
             G = (phi_q @ phi_k.T) * pair
             num += G @ v[p_lo:p_hi]
             den += G.sum(axis=1)

@@ -93,7 +93,9 @@ def diagonal_gerf_spec(projection, input_scale, a, rotation=None, sorf=None) -> 
         sq_coef=0.5 * input_scale**2,
         log_scale=log_scale,
         logit_bound=bound,
-        projector=sorf_projector(sorf, input_scale) if rotation is None and np.all(b == 1) else None,
+        # The fast transform applies W itself: only without a rotation or a tilt of W.
+        projector=sorf_projector(sorf, input_scale) if rotation is None and np.all(b == 1)
+        else None,
     )
 
 
