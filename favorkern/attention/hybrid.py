@@ -26,7 +26,7 @@ from .._validation import (
     check_option,
 )
 from ..feature_maps import check_constants, get_feature_map
-from ..feature_maps._evaluate import projection_logits
+from ..feature_maps._evaluate import blas_single_thread, projection_logits
 from ..projections import PROJECTION_KINDS
 from .common import heads
 from .favor import DEFAULT_N_COMPONENTS, attention_features, resolve_projection
@@ -164,20 +164,27 @@ def hybrid_attention(
         )
     frozen = None if constants is None else check_constants(fmap, constants)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
-    for q, k, v, _, idx in heads(Q, K, V, mask, batch):
-        q64, k64, v64 = (np.asarray(X, dtype=np.float64) for X in (q, k, v))
-        head_constants = frozen
-        if head_constants is None:
-            head_constants = check_constants(
-                fmap, fmap.fit(q64, k64, input_scale=math.sqrt(gamma)) if fmap.data_constants
-                else {}
-            )  # fmt: skip
-        features = attention_features(fmap, proj, gamma, np.float64, head_constants)
-        qf = fmap.prepare(q64, "query", head_constants)
-        kf = fmap.prepare(k64, "key", head_constants)
-        run = _causal_head if causal else _bidirectional_head
-        out[idx] = run(q64, k64, v64, qf, kf, features.spec, gamma, window, n_global)
+    # Small products: threaded BLAS costs more than it gains (and much more under load).
+    with blas_single_thread():
+        for q, k, v, _, idx in heads(Q, K, V, mask, batch):
+            _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal)
     return out
+
+
+def _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal):
+    """One (batch, head): constants, features, then the causal or bidirectional pass."""
+    q64, k64, v64 = (np.asarray(X, dtype=np.float64) for X in (q, k, v))
+    head_constants = frozen
+    if head_constants is None:
+        head_constants = check_constants(
+            fmap, fmap.fit(q64, k64, input_scale=math.sqrt(gamma)) if fmap.data_constants
+            else {}
+        )  # fmt: skip
+    features = attention_features(fmap, proj, gamma, np.float64, head_constants)
+    qf = fmap.prepare(q64, "query", head_constants)
+    kf = fmap.prepare(k64, "key", head_constants)
+    run = _causal_head if causal else _bidirectional_head
+    out[idx] = run(q64, k64, v64, qf, kf, features.spec, gamma, window, n_global)
 
 
 def _logits(X, spec):

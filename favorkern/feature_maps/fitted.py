@@ -22,6 +22,7 @@ from scipy.optimize import minimize
 from sklearn.utils import check_random_state
 
 from ._base import FeatureMap, register_feature_map
+from ._evaluate import blas_single_thread
 from .derf import _dense
 from .positive import positive_spec
 
@@ -157,9 +158,11 @@ class FittedFeatureMap(FeatureMap):
         target /= target.sum(axis=1, keepdims=True)
         theta0 = np.concatenate([np.eye(d).ravel(), np.eye(d).ravel()])
         args = (Qs, Ks, W, target, mask, rows, self.l2)
-        initial = distillation_loss(theta0, *args)[0]
-        result = minimize(distillation_loss, theta0, args=args, jac=True, method="L-BFGS-B",
-                          options={"maxiter": self.max_iter})  # fmt: skip
+        # Products of a few hundred rows: one BLAS thread is faster (measured 15x under load).
+        with blas_single_thread():
+            initial = distillation_loss(theta0, *args)[0]
+            result = minimize(distillation_loss, theta0, args=args, jac=True, method="L-BFGS-B",
+                              options={"maxiter": self.max_iter})  # fmt: skip
         Tq, Tk = _unpack(result.x, d)
         return {"query_transform": Tq, "key_transform": Tk, "projection": W,
                 "loss": float(result.fun), "initial_loss": float(initial)}  # fmt: skip
