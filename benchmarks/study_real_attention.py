@@ -59,13 +59,14 @@ DOWNSTREAM = (
     ("hybrid 32/1", HYBRIDS[1]),
     ("hybrid 64/1", HYBRIDS[2]),
     ("hybrid 16/1 aderf", HYBRIDS[3]),
+    ("fitted", None),
 )
 
 
 class Estimator:
     """One estimator at one width: ``fit(q, k)`` on calibration, ``__call__`` causal."""
 
-    def __init__(self, label, m, gamma, *, seed=0, fitted_iter=30, fitted_rows=128):
+    def __init__(self, label, m, gamma, *, seed=0, fitted_iter=50, fitted_rows=128):
         self.label, self.m, self.gamma = label, m, gamma
         self.hybrid = next((h for h in HYBRIDS if h[0] == label), None)
         name = self.hybrid[3] if self.hybrid else label
@@ -194,6 +195,8 @@ def part_downstream(args):
     m = args.downstream_m
     configs = []
     for label, _ in DOWNSTREAM:
+        if args.downstream_only and label not in args.downstream_only:
+            continue
         est = Estimator(label, m, gamma, seed=args.seed)
         constants = [[est.fit(cal.q[layer, h], cal.k[layer, h // group])
                       for h in range(n_heads)] for layer in range(n_layers)]  # fmt: skip
@@ -254,11 +257,13 @@ def main(argv=None):
     parser.add_argument("--capture", default=str(DEFAULT_CAPTURE))
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fitted-iter", type=int, default=30)
+    parser.add_argument("--fitted-iter", type=int, default=50)
     parser.add_argument("--fitted-rows", type=int, default=128)
     parser.add_argument("--skip-errors", action="store_true", help="skip part 1")
     parser.add_argument("--downstream", action="store_true", help="run part 2 (needs the model)")
     parser.add_argument("--downstream-m", type=int, default=256)
+    parser.add_argument("--downstream-only", nargs="*", default=None,
+                        help="part 2: only these estimators (labels as in the table)")
     parser.add_argument("--tokens", type=int, default=512, help="part 2: tokens per text")
     parser.add_argument("--texts", type=int, default=2, help="part 2: evaluation texts")
     args = parser.parse_args(argv)
