@@ -48,7 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._base import FeatureMap, register_feature_map
-from ._evaluate import FeatureMapSpec, sorf_projector
+from ._evaluate import FeatureMapSpec, blas_single_thread, sorf_projector
 from .optimal import optimal_gerf_a
 
 __all__ = [
@@ -204,7 +204,8 @@ class SderfFeatureMap(FeatureMap):
         Y = X if Y is None else _dense(Y, "Y")
         if X.shape[0] == 0 or Y.shape[0] == 0:
             return {"rotation": np.eye(X.shape[1]), "A": np.zeros(X.shape[1])}
-        rotation, a = _rotation_and_a(X, Y, input_scale)
+        with blas_single_thread():
+            rotation, a = _rotation_and_a(X, Y, input_scale)
         return {"rotation": rotation, "A": a}
 
     def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
@@ -256,14 +257,16 @@ class AderfFeatureMap(SderfFeatureMap):
         if X.shape[0] == 0 or Y.shape[0] == 0:
             return {"query_transform": np.eye(d), "key_transform": np.eye(d),
                     "rotation": np.eye(d), "A": np.zeros(d)}  # fmt: skip
-        T, T_key = balancing_transform(X, Y, self.ridge)
-        rotation, a = _rotation_and_a(X @ T.T, Y @ T_key.T, input_scale)
+        with blas_single_thread():  # d x d problems: BLAS threads only cost
+            T, T_key = balancing_transform(X, Y, self.ridge)
+            rotation, a = _rotation_and_a(X @ T.T, Y @ T_key.T, input_scale)
         return {"query_transform": T, "key_transform": T_key, "rotation": rotation, "A": a}
 
     def prepare(self, X, side, constants):
         key = "query_transform" if side == "query" else "key_transform"
         T = np.asarray(constants[key])
-        return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+        with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
+            return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
 
 register_feature_map(SderfFeatureMap())

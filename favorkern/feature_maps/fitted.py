@@ -169,7 +169,8 @@ class FittedFeatureMap(FeatureMap):
 
     def prepare(self, X, side, constants):
         T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
-        return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+        with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
+            return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
     def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
              draws=None, sorf=None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import FeatureMap, register_feature_map
+from ._evaluate import blas_single_thread
 from .derf import DEFAULT_RIDGE, _dense
 from .optimal import homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
 
@@ -112,7 +113,8 @@ class WhitenedFeatureMap(FeatureMap):
         if Y is X:  # one input set: a whitening would change the kernel; keep the identity
             Tq = Tk = np.eye(d)
         else:
-            Tq, Tk = whitening_transform(X, Y, self.side, self.ridge)
+            with blas_single_thread():
+                Tq, Tk = whitening_transform(X, Y, self.side, self.ridge)
         A = 0.0
         if self.base == "optimal":
             A = float(optimal_gerf_a(input_scale**2 * homogeneity_sum_sq(X @ Tq.T, Y @ Tk.T), d))
@@ -120,7 +122,8 @@ class WhitenedFeatureMap(FeatureMap):
 
     def prepare(self, X, side, constants):
         T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
-        return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+        with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
+            return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
     def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
              draws=None, sorf=None):
