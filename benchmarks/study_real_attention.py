@@ -52,6 +52,11 @@ HYBRIDS = (
     ("hybrid 64/1", 64, 1, "positive"),
     ("hybrid 16/1 aderf", 16, 1, "aderf"),
 )
+# Wider windows, for the downstream measure only.
+EXTRA_HYBRIDS = (
+    ("hybrid 128/1", 128, 1, "positive"),
+    ("hybrid 64/1 aderf", 64, 1, "aderf"),
+)
 DOWNSTREAM = (
     ("positive", None),
     ("aderf", None),
@@ -60,6 +65,8 @@ DOWNSTREAM = (
     ("hybrid 64/1", HYBRIDS[2]),
     ("hybrid 16/1 aderf", HYBRIDS[3]),
     ("fitted", None),
+    ("hybrid 128/1", EXTRA_HYBRIDS[0]),
+    ("hybrid 64/1 aderf", EXTRA_HYBRIDS[1]),
 )
 
 
@@ -68,7 +75,7 @@ class Estimator:
 
     def __init__(self, label, m, gamma, *, seed=0, fitted_iter=50, fitted_rows=128):
         self.label, self.m, self.gamma = label, m, gamma
-        self.hybrid = next((h for h in HYBRIDS if h[0] == label), None)
+        self.hybrid = next((h for h in HYBRIDS + EXTRA_HYBRIDS if h[0] == label), None)
         name = self.hybrid[3] if self.hybrid else label
         if name == "fitted":
             self.fmap = FittedFeatureMap(m, max_iter=fitted_iter, n_rows=fitted_rows,
