@@ -18,8 +18,6 @@ not used (its shape must match).
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.utils import check_random_state
 
 from ._base import FeatureMap, register_feature_map
 from ._evaluate import blas_single_thread
@@ -133,6 +131,10 @@ class FittedFeatureMap(FeatureMap):
         self.name = name
 
     def fit(self, X, Y=None, *, input_scale=1.0):
+        # scipy.optimize is imported here: it pulls heavy modules into ``import favorkern``.
+        from scipy.optimize import minimize
+        from sklearn.utils import check_random_state
+
         from ..projections import draw_projection
 
         X = _dense(X, "X")
