@@ -27,6 +27,7 @@ _LAZY = {
     "DecodingState": "attention",
     "ApproximationWarning": "_warnings",
     "FeatureOverflowWarning": "feature_maps",
+    "hybrid_attention": "attention",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }

@@ -75,3 +75,30 @@ def favor_attention(
 def width(feature_map, n_projections):
     """Output width (``n_components``) of ``n_projections`` projections of a map."""
     return (2 if feature_map in ("hyperbolic", "trigonometric") else 1) * n_projections
+
+
+def hybrid_attention(Q, K, V, phi_q, phi_k, *, window, n_global=0, causal=False, gamma=None):
+    """Hybrid attention of one head from materialized features, one row at a time.
+
+    Row ``i``: exact ``exp(gamma q_i.k_j)`` for keys in the window (``0 <= i - j <
+    window`` causal, ``|i - j| < window`` bidirectional) or among the first
+    ``n_global``; ``phi_q[i] . phi_k[j]`` for the other allowed keys; one
+    normalization over both.
+    """
+    Q, K, V, phi_q, phi_k = (np.asarray(X, dtype=np.float64) for X in (Q, K, V, phi_q, phi_k))
+    gamma = 1.0 / np.sqrt(Q.shape[1]) if gamma is None else gamma
+    L = Q.shape[0]
+    out = np.zeros((L, V.shape[1]))
+    for i in range(L):
+        weights = np.zeros(K.shape[0])
+        for j in range(K.shape[0]):
+            if causal and j > i:
+                continue
+            near = (0 <= i - j < window) if causal else abs(i - j) < window
+            if near or j < n_global:
+                weights[j] = np.exp(gamma * Q[i] @ K[j])
+            else:
+                weights[j] = phi_q[i] @ phi_k[j]
+        if weights.sum() != 0:
+            out[i] = weights @ V / weights.sum()
+    return out

@@ -12,6 +12,8 @@
   :class:`DecodingState` (:meth:`FavorAttention.step`), and :mod:`.error` estimates
   the error of any output from a sample of exact rows
   (:func:`estimate_attention_error`).
+* :func:`hybrid_attention` (:mod:`.hybrid`) is exact on a local window and global
+  keys and uses random features for the other keys, renormalized together.
 * :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
@@ -29,6 +31,7 @@ from .decoding import DecodingState
 from .error import AttentionErrorEstimate, estimate_attention_error
 from .exact import softmax_attention
 from .favor import FavorAttention, favor_attention
+from .hybrid import hybrid_attention
 
 __all__ = [
     "softmax_attention",
@@ -37,4 +40,5 @@ __all__ = [
     "DecodingState",
     "estimate_attention_error",
     "AttentionErrorEstimate",
+    "hybrid_attention",
 ]

@@ -7,13 +7,17 @@ features; everything else in favorkern reads the registry:
 registered with :func:`register_feature_map` works in all of them by its name.
 
 Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
-``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++) and ``"saderf"`` (FAVOR#).
+``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
+``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
+attention distillation: a kernel fitted to data, not an unbiased estimator).
 
 Examples
 --------
 >>> from favorkern.feature_maps import feature_map_names
->>> feature_map_names()
+>>> feature_map_names()[:6]
 ('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf')
+>>> feature_map_names()[6:]
+('sderf', 'aderf', 'whitened', 'fitted')
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from .trigonometric import TrigonometricFeatureMap
 from .generalized import GeneralizedFeatureMap
 from .optimal import OptimalFeatureMap
 from .saderf import SaderfFeatureMap
+from .derf import AderfFeatureMap, SderfFeatureMap
+from .whitened import WhitenedFeatureMap
+from .fitted import FittedFeatureMap
 
 __all__ = [
     "FeatureMap",
@@ -61,4 +68,8 @@ __all__ = [
     "GeneralizedFeatureMap",
     "OptimalFeatureMap",
     "SaderfFeatureMap",
+    "SderfFeatureMap",
+    "AderfFeatureMap",
+    "WhitenedFeatureMap",
+    "FittedFeatureMap",
 ]

@@ -1,0 +1,289 @@
+"""Fidelity on real attention: every estimator on SmolLM2-135M's heads, held out from fitting.
+
+Part 1 (numpy only) reads the capture written by ``capture_real_attention.py``
+(calibration text and evaluation text, the same layers) and, per layer, query head
+and width ``m``, runs causal attention on the evaluation text with every estimator;
+data constants are fitted on the *calibration* text of the same (layer, head) and
+frozen.  Error of a row: ``|approx_i - exact_i| / |exact_i|``; per head the median
+over rows; per layer the median over heads.  Time per call: median over heads of one
+causal call (L tokens, one head), constants already fitted.
+
+Part 2 (``--downstream``, needs the model of :mod:`real_attention`) replaces the
+attention of all 30 layers by one estimator at ``--downstream-m`` (no fine-tuning)
+and compares next-token predictions with the exact model on the evaluation texts:
+top-1 agreement and perplexity.  Data constants per (layer, head) are fitted on a
+capture of the first calibration text.
+
+Estimators: ``positive`` (FAVOR+), ``optimal`` (FAVOR++), ``saderf``, ``sderf``,
+``aderf`` (FAVOR#), ``whitened`` (queries whitened, then GERF), ``fitted``
+(distilled linear maps; a fitted kernel, not an unbiased estimator), and
+``hybrid w/g [map]``: exact softmax on the last ``w`` keys and the first ``g`` keys,
+random features of ``map`` elsewhere.
+
+Usage (from the repository root)::
+
+    python benchmarks/study_real_attention.py                      # part 1
+    python benchmarks/study_real_attention.py --skip-errors --downstream
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import real_attention as ra
+
+from favorkern import hybrid_attention, softmax_attention
+from favorkern.attention.favor import _dispatch, resolve_projection
+from favorkern.feature_maps import FittedFeatureMap, get_feature_map
+
+DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
+SIZES = (64, 128, 256, 512)
+MAPS = ("positive", "optimal", "saderf", "sderf", "aderf", "whitened", "fitted")
+# (label, window, n_global, map)
+HYBRIDS = (
+    ("hybrid 16/1", 16, 1, "positive"),
+    ("hybrid 32/1", 32, 1, "positive"),
+    ("hybrid 64/1", 64, 1, "positive"),
+    ("hybrid 16/1 aderf", 16, 1, "aderf"),
+)
+# Wider windows, for the downstream measure only.
+EXTRA_HYBRIDS = (
+    ("hybrid 128/1", 128, 1, "positive"),
+    ("hybrid 64/1 aderf", 64, 1, "aderf"),
+)
+DOWNSTREAM = (
+    ("positive", None),
+    ("aderf", None),
+    ("hybrid 16/1", HYBRIDS[0]),
+    ("hybrid 32/1", HYBRIDS[1]),
+    ("hybrid 64/1", HYBRIDS[2]),
+    ("hybrid 16/1 aderf", HYBRIDS[3]),
+    ("fitted", None),
+    ("hybrid 128/1", EXTRA_HYBRIDS[0]),
+    ("hybrid 64/1 aderf", EXTRA_HYBRIDS[1]),
+)
+
+
+class Estimator:
+    """One estimator at one width: ``fit(q, k)`` on calibration, ``__call__`` causal."""
+
+    def __init__(self, label, m, gamma, *, seed=0, fitted_iter=50, fitted_rows=128):
+        self.label, self.m, self.gamma = label, m, gamma
+        self.hybrid = next((h for h in HYBRIDS + EXTRA_HYBRIDS if h[0] == label), None)
+        name = self.hybrid[3] if self.hybrid else label
+        if name == "fitted":
+            self.fmap = FittedFeatureMap(m, max_iter=fitted_iter, n_rows=fitted_rows,
+                                         random_state=seed)  # fmt: skip
+        else:
+            self.fmap = get_feature_map(name)
+        self.proj = resolve_projection(self.fmap, None, m, 64, "orthogonal", seed)
+        self.seed = seed
+
+    def fit(self, q, k):
+        if not self.fmap.data_constants:
+            return None
+        return self.fmap.fit(q.astype(np.float64), k.astype(np.float64),
+                             input_scale=math.sqrt(self.gamma))  # fmt: skip
+
+    def __call__(self, q, k, v, constants):
+        if self.hybrid:
+            _, window, n_global, _ = self.hybrid
+            return hybrid_attention(
+                q, k, v, window=window, n_global=n_global, causal=True, gamma=self.gamma,
+                feature_map=self.fmap, projection_matrix=self.proj.matrix, constants=constants,
+            )
+        return _dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
+                         "auto", constants=constants)  # fmt: skip
+
+
+def labels():
+    return list(MAPS) + [h[0] for h in HYBRIDS]
+
+
+def part_errors(args):
+    cap = ra.load_capture(args.capture)
+    splits = list(cap["splits"])
+    cal, ev = splits.index("calibration"), splits.index("evaluation")
+    gamma = cap["scaling"]
+    layers = list(cap["layers"])
+    n_heads, n_kv = cap["q"].shape[2], cap["k"].shape[2]
+    group = n_heads // n_kv
+    L = cap["q"].shape[3]
+    errors = {}  # (label, m) -> list per layer of median over heads
+    times = {}  # (label, m) -> list of call times
+    fit_times = {}
+    start = time.perf_counter()
+    for li, layer in enumerate(layers):
+        for m in args.sizes:
+            for label in labels():
+                est = Estimator(label, m, gamma, seed=args.seed, fitted_iter=args.fitted_iter,
+                                fitted_rows=args.fitted_rows)  # fmt: skip
+                per_head = []
+                for h in range(n_heads):
+                    kv = h // group
+                    qc, kc = cap["q"][cal, li, h], cap["k"][cal, li, kv]
+                    q, k, v = (np.ascontiguousarray(X, dtype=np.float32) for X in (
+                        cap["q"][ev, li, h], cap["k"][ev, li, kv], cap["v"][ev, li, kv]))
+                    t0 = time.perf_counter()
+                    constants = est.fit(qc, kc)
+                    fit_times.setdefault((label, m), []).append(time.perf_counter() - t0)
+                    exact = softmax_attention(*(X.astype(np.float64) for X in (q, k, v)),
+                                              causal=True, gamma=gamma)  # fmt: skip
+                    t0 = time.perf_counter()
+                    approx = est(q, k, v, constants)
+                    times.setdefault((label, m), []).append(time.perf_counter() - t0)
+                    per_head.append(np.median(ra.relative_row_errors(approx, exact)))
+                errors.setdefault((label, m), []).append(float(np.median(per_head)))
+        print(f"  layer {layer} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
+              flush=True)  # fmt: skip
+    t_exact = []
+    for h in range(n_heads):
+        q, k, v = (np.ascontiguousarray(X, dtype=np.float32) for X in (
+            cap["q"][ev, 0, h], cap["k"][ev, 0, h // group], cap["v"][ev, 0, h // group]))
+        t0 = time.perf_counter()
+        softmax_attention(q, k, v, causal=True, gamma=gamma)
+        t_exact.append(time.perf_counter() - t0)
+
+    names = list(cap["text_names"])
+    print(f"SmolLM2-135M-Instruct capture {Path(args.capture).name}: L = {L}, layers {layers}, "
+          f"{n_heads} query heads; fitted on {names[cal]!r}, measured on {names[ev]!r}")
+    print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f} "
+          f"(2 cores); fitted: max_iter={args.fitted_iter}, n_rows={args.fitted_rows}")
+    for m in args.sizes:
+        print(f"\nmedian relative row error, causal, m = {m} (per layer: median over heads)")
+        print("| estimator | " + " | ".join(f"layer {x}" for x in layers) + " | median |")
+        print("|---|" + "---:|" * (len(layers) + 1))
+        for label in labels():
+            row = errors[(label, m)]
+            print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in row)
+                  + f" | **{np.median(row):.3f}** |")  # fmt: skip
+    print(f"\ntime per call (ms, one head, L = {L}, median over heads and layers; exact "
+          f"softmax_attention: {1e3 * np.median(t_exact):.2f} ms); fit time in brackets")
+    print("| estimator | " + " | ".join(f"m = {m}" for m in args.sizes) + " |")
+    print("|---|" + "---:|" * len(args.sizes))
+    for label in labels():
+        cells = []
+        for m in args.sizes:
+            cell = f"{1e3 * np.median(times[(label, m)]):.2f}"
+            fit = np.median(fit_times[(label, m)])
+            if fit > 1e-3:
+                cell += f" ({1e3 * fit:.0f})"
+            cells.append(cell)
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def part_downstream(args):
+    try:
+        model, tokenizer = ra.load_model()
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    docs = ra.texts()
+    cal_doc = next(d for d in docs if d.split == "calibration")
+    eval_docs = [d for d in docs if d.split == "evaluation"][: args.texts]
+    start = time.perf_counter()
+    cal = ra.capture(model, tokenizer, cal_doc.text, args.tokens)
+    gamma = cal.scaling
+    n_layers, n_heads = cal.q.shape[0], cal.q.shape[1]
+    group = n_heads // cal.k.shape[1]
+    m = args.downstream_m
+    configs = []
+    for label, _ in DOWNSTREAM:
+        if args.downstream_only and label not in args.downstream_only:
+            continue
+        est = Estimator(label, m, gamma, seed=args.seed)
+        constants = [[est.fit(cal.q[layer, h], cal.k[layer, h // group])
+                      for h in range(n_heads)] for layer in range(n_layers)]  # fmt: skip
+        configs.append((label, est, constants))
+    print(f"  constants fitted ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+    def attention_fn(est, constants):
+        calls = {"n": 0}
+
+        def fn(q, k, v, scaling, causal):
+            layer = calls["n"] % n_layers  # layers run in order, once per forward pass
+            calls["n"] += 1
+            out = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=np.float32)
+            for b in range(q.shape[0]):
+                for h in range(q.shape[1]):
+                    out[b, h] = est(q[b, h], k[b, h], v[b, h], constants[layer][h])
+            return out
+
+        return fn
+
+    results = {label: [] for label, _, _ in configs}
+    exact_ppl = []
+    for doc in eval_docs:
+        ids = ra.tokenize(tokenizer, doc.text, args.tokens)
+        inputs = torch.tensor([ids])
+        targets = np.asarray(ids[1:])
+        with torch.no_grad():
+            exact = model(inputs, use_cache=False).logits[0].double().numpy()
+        exact_lp = log_softmax(exact)
+        exact_top = exact.argmax(axis=-1)
+        exact_ppl.append(np.exp(-np.mean(exact_lp[np.arange(len(targets)), targets])))
+        for label, est, constants in configs:
+            with ra.linearize(model, attention_fn(est, constants)):
+                with torch.no_grad():
+                    logits = model(inputs, use_cache=False).logits[0].double().numpy()
+            lp = log_softmax(logits)
+            results[label].append((
+                np.mean(logits.argmax(axis=-1) == exact_top),
+                np.exp(-np.mean(lp[np.arange(len(targets)), targets])),
+            ))  # fmt: skip
+        print(f"  {doc.name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    names = [d.name for d in eval_docs]
+    print(f"\nevery layer replaced, m = {m}, L = {args.tokens} tokens, evaluation texts "
+          f"{names}; constants fitted on {cal_doc.name!r}")
+    print(f"exact model perplexity: {' / '.join(f'{p:.2f}' for p in exact_ppl)}")
+    print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f}")
+    print("| attention | top-1 agreement | perplexity |")
+    print("|---|---|---|")
+    for label, _, _ in configs:
+        top1, ppl = np.array(results[label]).T
+        print(f"| {label} | {np.mean(top1):.3f} ({' / '.join(f'{x:.3f}' for x in top1)}) | "
+              f"{np.mean(ppl):.1f} ({' / '.join(f'{x:.1f}' for x in ppl)}) |")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capture", default=str(DEFAULT_CAPTURE))
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fitted-iter", type=int, default=50)
+    parser.add_argument("--fitted-rows", type=int, default=128)
+    parser.add_argument("--skip-errors", action="store_true", help="skip part 1")
+    parser.add_argument("--downstream", action="store_true", help="run part 2 (needs the model)")
+    parser.add_argument("--downstream-m", type=int, default=256)
+    parser.add_argument("--downstream-only", nargs="*", default=None,
+                        help="part 2: only these estimators (labels as in the table)")
+    parser.add_argument("--tokens", type=int, default=512, help="part 2: tokens per text")
+    parser.add_argument("--texts", type=int, default=2, help="part 2: evaluation texts")
+    args = parser.parse_args(argv)
+    if any(m < 1 for m in args.sizes):
+        parser.error(f"--sizes must be positive, got {args.sizes}")
+    if not args.skip_errors:
+        if not os.path.isfile(args.capture):
+            parser.error(f"--capture: no such file {args.capture!r}")
+        part_errors(args)
+    if args.downstream:
+        return part_downstream(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
