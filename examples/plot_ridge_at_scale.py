@@ -17,7 +17,7 @@ inputs fixed.
 
 The gallery runs this with ``N_ROWS = 100_000``; ``N_ROWS = 10_000_000`` streams ten
 million rows generated chunk by chunk by :func:`favorkern.regression.iter_chunks`
-(about 2 minutes here at ``m = 256``), with the same bounded memory.
+(a few minutes on two cores at ``m = 256``), with the same bounded memory.
 """
 
 import time

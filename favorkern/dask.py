@@ -753,7 +753,8 @@ def _nested(blocks):
 
 
 # == Streaming ridge regression and classification (favorkern.linear_model) ==========
-# Self-contained section: fit/predict of RandomFeatureRidge(Classifier) on dask arrays.
+# Self-contained section (its imports are local): fit/predict of RandomFeatureRidge(Classifier)
+# on dask arrays.
 # Each row chunk yields its RidgeStatistics on a worker; they are merged in a tree and
 # the m x m solve runs on the client.  With several alphas a second pass over the chunks
 # sums the exact leave-one-out errors (the solver, one m x m eigenbasis, is shipped once).
@@ -767,6 +768,11 @@ _RIDGE_FAN_IN = 8
 
 def _ridge_rows(array, name, n_rows=None, row_chunks=None):
     """``array`` as a dask array chunked along rows only (matching ``row_chunks``)."""
+    import math
+
+    import dask.array as da
+    import numpy as np
+
     if array is None:
         return None
     if not isinstance(array, da.Array):
@@ -814,10 +820,14 @@ def _ridge_merge(*parts):
 
 
 def _ridge_sum(*parts):
+    import numpy as np
+
     return np.sum(parts, axis=0)
 
 
 def _ridge_tree(parts, combine):
+    import dask
+
     while len(parts) > 1:
         parts = [
             dask.delayed(combine, pure=True)(*parts[i : i + _RIDGE_FAN_IN])
@@ -865,6 +875,9 @@ def fit(model, X, y, sample_weight=None):
     >>> predict(model, X_dask).chunks
     ((500, 500, 500, 500),)
     """
+    import dask
+    import dask.array as da
+    import numpy as np
     from sklearn.base import is_classifier
 
     from .linear_model import RandomFeatureRidge, RandomFeatureRidgeClassifier
@@ -919,6 +932,8 @@ def fit(model, X, y, sample_weight=None):
 
 
 def _ridge_predict_block(model, X_block, return_std):
+    import numpy as np
+
     if return_std:
         mean, std = model.predict(X_block, return_std=True)
         return np.stack([mean, std], axis=-1)
@@ -953,7 +968,11 @@ def predict(model, X, return_std=False):
     >>> mean.chunks, bool(np.allclose(mean.compute(), model.predict(X)))
     (((250, 250, 250, 250),), True)
     """
+    import dask
+    import dask.array as da
+    import numpy as np
     from sklearn.base import is_classifier
+    from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
     if not isinstance(return_std, (bool, np.bool_)):
