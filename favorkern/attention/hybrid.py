@@ -26,7 +26,8 @@ from .._validation import (
     check_option,
 )
 from ..feature_maps import check_constants, get_feature_map
-from ..feature_maps._evaluate import blas_single_thread, projection_logits
+from .._parallel import blas_single_thread
+from ..feature_maps._evaluate import projection_logits
 from ..projections import PROJECTION_KINDS
 from .common import heads
 from .favor import DEFAULT_N_COMPONENTS, attention_features, resolve_projection

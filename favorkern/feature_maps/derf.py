@@ -48,7 +48,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._base import FeatureMap, register_feature_map
-from ._evaluate import FeatureMapSpec, blas_single_thread, sorf_projector
+from .._parallel import blas_single_thread
+from ._evaluate import FeatureMapSpec, sorf_projector
 from .optimal import optimal_gerf_a
 
 __all__ = [

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import FeatureMap, register_feature_map
-from ._evaluate import blas_single_thread
+from .._parallel import blas_single_thread
 from .derf import _dense
 from .positive import positive_spec
 

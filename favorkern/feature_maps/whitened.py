@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import FeatureMap, register_feature_map
-from ._evaluate import blas_single_thread
+from .._parallel import blas_single_thread
 from .derf import DEFAULT_RIDGE, _dense
 from .optimal import homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
 
