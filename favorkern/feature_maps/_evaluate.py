@@ -110,6 +110,11 @@ class FeatureMapSpec:
     projector : callable or None
         ``projector(Xb, out_b)`` writes ``Xb @ weights.T`` faster than BLAS (structured
         projections at large d); used for dense blocks, ``weights`` otherwise.
+    pairs : int
+        The first ``2 * pairs`` outputs come in pairs of one projection: rows ``j`` and
+        ``pairs + j`` of ``weights`` are ``w`` and ``-w`` (exp maps, with one
+        ``log_scale`` for all of them) or ``w`` and ``w`` with phases 0 and ``-pi/2``
+        (cos maps: cos and sin).  The evaluator then computes one product per pair.
 
     Examples
     --------
@@ -131,6 +136,7 @@ class FeatureMapSpec:
     offset: np.ndarray | None = None
     logit_bound: float = np.inf
     projector: object = None
+    pairs: int = 0
 
 
 def _row_sq_norms(X) -> np.ndarray:
@@ -200,11 +206,36 @@ def projection_logits(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
         out_b += log_scale
 
 
-def _finish_cos(Xb, out_b, spec: FeatureMapSpec) -> None:
+def _cos(out_b) -> None:
+    """``cos`` in place; float64 by a vectorized kernel (numpy's float64 cos is scalar)."""
+    if out_b.dtype == np.float64 and out_b.flags.c_contiguous and out_b.ndim == 2:
+        from .._numba.vmath import cos_inplace
+
+        cos_inplace(out_b)
+    else:
+        np.cos(out_b, out=out_b)
+
+
+def _sin_cos_pairs(out_b, pairs) -> None:
+    """``out_b[:, :p], out_b[:, p:2p] = cos(u), sin(u)`` for ``u = out_b[:, :p]``; the
+    columns from ``2p`` on are the phase-shifted projections of unpaired outputs."""
+    if out_b.dtype == np.float64 and out_b.flags.c_contiguous:
+        from .._numba.vmath import sin_cos_pairs
+
+        sin_cos_pairs(out_b, pairs, 1.0)
+    else:
+        np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
+        np.cos(out_b[:, :pairs], out=out_b[:, :pairs])
+    if out_b.shape[1] > 2 * pairs:
+        np.cos(out_b[:, 2 * pairs :], out=out_b[:, 2 * pairs :])
+
+
+def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
     """cos of the phase-shifted projection, times the row factor and the output scales."""
     dtype = out_b.dtype
     log_max = float(np.log(np.finfo(dtype).max))
-    np.cos(out_b, out=out_b)
+    if not cos_done:
+        _cos(out_b)
     log_scale = spec.log_scale
     if spec.row_log_coef != 0.0:
         log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
@@ -280,8 +311,19 @@ def _augmented_weights(spec: FeatureMapSpec, dtype):
     return np.ascontiguousarray(aug, dtype=dtype)
 
 
+def _paired_weights(spec: FeatureMapSpec, dtype):
+    """The augmented weights of the first output of each pair and of the unpaired ones."""
+    aug = _augmented_weights(spec, dtype)
+    p = spec.pairs
+    return np.ascontiguousarray(aug[:, :p]), np.ascontiguousarray(aug[:, 2 * p :])
+
+
 def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None:
-    """:func:`apply_block` for dense blocks of exp and cos maps without a projector."""
+    """:func:`apply_block` for dense blocks of exp and cos maps without a projector.
+
+    ``weights_aug`` is :func:`_augmented_weights`, or :func:`_paired_weights` for a
+    spec with pairs: one product per pair, the partner derived elementwise.
+    """
     dtype = out_b.dtype
     rows, d = Xb.shape
     x_aug = np.empty((rows, d + 2), dtype=dtype)
@@ -293,6 +335,23 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
     else:
         x_aug[:, d] = 0.0
     x_aug[:, d + 1] = 1.0
+    p = spec.pairs
+    if p:
+        first, rest = weights_aug
+        np.matmul(x_aug, first, out=out_b[:, :p])
+        if rest.shape[1]:
+            np.matmul(x_aug, rest, out=out_b[:, 2 * p :])
+        if spec.func == "exp":
+            # partner: -w.x - a|x|^2 + log s = 2 (log s - a|x|^2) - (w.x - a|x|^2 + log s)
+            log_pair = float(np.ravel(spec.log_scale)[0])
+            twice = x_aug[:, d] + dtype.type(log_pair)
+            twice *= dtype.type(2.0)
+            np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
+            _exp_checked(out_b, spec)
+            return
+        _sin_cos_pairs(out_b, p)
+        _finish_cos(Xb, out_b, spec, cos_done=True)
+        return
     np.matmul(x_aug, weights_aug, out=out_b)
     if spec.func == "exp":
         _exp_checked(out_b, spec)
@@ -321,7 +380,7 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     n_out = spec.weights.shape[0]
     out = np.empty((X.shape[0], n_out), dtype=dtype)
     if spec.projector is None and spec.func in ("exp", "cos") and not sp.issparse(X):
-        weights_aug = _augmented_weights(spec, dtype)
+        weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype)
 
         def block(start, stop):
             _apply_block_augmented(X[start:stop], out[start:stop], spec, weights_aug)
