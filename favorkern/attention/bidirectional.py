@@ -40,7 +40,7 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
             continue  # every key of the chunk is masked
         if chunk_max > state.c:
             state.rescale(chunk_max)
-        fmap.key_finish(features, row_log, shift, state.c)
+        fmap.key_finish(features, row_log, shift, state.c, bounded=masked is None)
         if masked is not None:
             features[masked] = 0.0
         state.add(features, v[a:b], buffers.ones(b - a))
@@ -70,7 +70,8 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
 
         def head_task(q, k, v, m, idx):
             state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
-            emit(fmap, q, merge([state], fmap.dtype), out[idx], 0, q.shape[0], chunk)
+            # one state: no merge, only z to the features' dtype
+            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk)
 
         run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
         return

@@ -24,7 +24,8 @@ from ..feature_maps import check_constants, get_feature_map
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
-from .common import PARALLEL_MIN_WORK, feature_chunk_rows, heads
+from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, heads
+from .exact import softmax_attention
 from .features import AttentionFeatures
 
 __all__ = [
@@ -36,8 +37,8 @@ __all__ = [
     "METHODS",
 ]
 
-#: The causal algorithms of ``method=``.
-METHODS = ("auto", "chunked", "recurrent")
+#: ``method=``: FAVOR (its causal algorithm by a measured rule, or forced), or "auto".
+METHODS = ("favor", "auto", "chunked", "recurrent")
 
 #: Output width when neither ``n_components`` nor a projection matrix is given.
 DEFAULT_N_COMPONENTS = 256
@@ -125,7 +126,7 @@ def favor_attention(
     projection_matrix=None,
     key_padding_mask=None,
     random_state=None,
-    method="auto",
+    method="favor",
 ):
     """FAVOR+ attention: softmax attention by random features in linear time and memory.
 
@@ -176,10 +177,17 @@ def favor_attention(
         True marks a key to ignore.  A row whose keys are all ignored is 0.
     random_state : int, RandomState instance or None, default=None
         Seed of the drawn projection (and of the map's other draws).
-    method : {"auto", "chunked", "recurrent"}, default="auto"
-        Causal algorithm: chunked matrix products, or the numba recurrence over
-        tokens parallel over value columns.  ``"auto"`` takes ``"chunked"`` (see
-        Notes).  Both are exact implementations of the same estimate.
+    method : {"favor", "auto", "chunked", "recurrent"}, default="favor"
+        ``"favor"``: always the FAVOR estimate, the causal algorithm chosen by a
+        measured rule (see Notes).  ``"chunked"`` / ``"recurrent"``: FAVOR with that
+        causal algorithm (chunked matrix products, or the numba recurrence over tokens
+        parallel over value columns); both are exact implementations of the same
+        estimate.  ``"auto"``: the exact :func:`softmax_attention` where it is
+        measured faster (short sequences: ``Lq Lk <= 1.4 m (Lq + Lk)``, about
+        ``L <= 2.8 m`` for ``Lq = Lk``; only for maps that estimate the softmax
+        kernel), else as ``"favor"``.  Exact attention is what FAVOR estimates, so
+        ``"auto"`` never gives a worse answer, but its result then does not depend
+        on the projection.
 
     Returns
     -------
@@ -203,7 +211,7 @@ def favor_attention(
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
     product underflowed, e.g. for huge norms in float32), the output row is 0.
 
-    Causal ``method="auto"`` always uses the chunked products (256-row chunks; the
+    Causal ``method="favor"`` always uses the chunked products (256-row chunks; the
     recurrence measured no faster here): with at least one (batch, head) per worker
     thread each thread runs whole heads; otherwise each head is split into one
     contiguous range per thread, the ranges' key states are computed in parallel and
@@ -241,6 +249,10 @@ def favor_attention(
 
 def _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
     """Validated inputs to the right algorithm (shared by favor_attention and FavorAttention)."""
+    if method == "auto" and "softmax" in fmap.kernels and exact_is_faster(
+        Q.shape[-2], K.shape[-2], proj.n_components
+    ):
+        return softmax_attention(Q, K, V, causal=causal, gamma=gamma, key_padding_mask=mask)
     if fmap.data_constants and constants is None:
         if causal:
             raise ValueError(
@@ -279,7 +291,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
         if causal:
             if method != "chunked" and not V.flags.writeable:
                 head_list = heads(Q, K, V.copy(), mask, batch)
-            run_causal(features, head_list, out, workers, method)
+            run_causal(features, head_list, out, workers, "auto" if method == "favor" else method)
         else:
             chunk = feature_chunk_rows(features.n_out, Q.dtype)
             bidirectional(features, head_list, out, chunk, workers)
@@ -367,7 +379,7 @@ class FavorAttention:
         )
         self.projection_ = self._projection.matrix
 
-    def __call__(self, Q, K, V, *, causal=None, gamma=None, key_padding_mask=None, method="auto"):
+    def __call__(self, Q, K, V, *, causal=None, gamma=None, key_padding_mask=None, method="favor"):
         """Attention of ``Q, K, V`` with the held projection (see :func:`favor_attention`).
 
         ``causal=None`` uses the instance's ``causal``.

@@ -93,10 +93,17 @@ class AttentionFeatures:
             return sq * self.spec.row_log_coef + self.log_const, None
         return np.zeros(X.shape[0]), None
 
-    def key_finish(self, out, row_log, shift, const):
-        """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite."""
+    def key_finish(self, out, row_log, shift, const, bounded=False):
+        """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite.
+
+        ``bounded``: the caller guarantees ``const >= row_log`` for every key, so ``exp``
+        cannot overflow (saves the ``errstate`` context, about 20 us per call).
+        """
         if self.kind == "exp":
             out -= (shift + const).astype(self.dtype)[:, np.newaxis]
+            if bounded:
+                np.exp(out, out=out)
+                return
             with np.errstate(over="ignore"):
                 np.exp(out, out=out)
         elif self.kind == "cos":
