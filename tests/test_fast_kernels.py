@@ -74,3 +74,34 @@ def test_paired_products_match_the_full_product(cls, name, kernel, dtype, n_comp
         W = est.projection_
         ref = naive.favor_features(X, W, name, gamma=1.0)
         np.testing.assert_allclose(fast, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("norm", [0.5, 3.0, 300.0])
+def test_unshifted_query_features_are_the_shifted_ones_times_a_row_factor(dtype, norm):
+    """Inside the window the shift is skipped; the features differ by a per-row factor only
+    (which cancels in attention), and outside it they are the shifted ones."""
+    from favorkern.attention.favor import AttentionProjection, attention_features
+    from favorkern.feature_maps import get_feature_map
+
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(64, 16))
+    fmap = attention_features(
+        get_feature_map("positive"), AttentionProjection(W, 64), 0.25, dtype
+    )
+    X = (rng.normal(size=(50, 16)) * norm / 4).astype(dtype)
+    S = rng.normal(size=(64, 8)).astype(dtype)
+    z = rng.random(64).astype(dtype)
+    window = fmap.query_window(S, z)
+    shifted, unshifted = fmap.empty(50), fmap.empty(50)
+    fmap.queries(X, shifted)
+    fmap.queries(X, unshifted, window)
+    np.testing.assert_array_equal(shifted.max(axis=1), 1.0)
+    if norm == 300.0:  # row maxima far outside the window: shifted
+        np.testing.assert_array_equal(unshifted, shifted)
+        return
+    assert not np.array_equal(unshifted, shifted)
+    ratio = unshifted / shifted
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=rtol)
+    assert np.all(np.isfinite(unshifted @ S)) and np.all(unshifted @ z > 0)

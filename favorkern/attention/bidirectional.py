@@ -51,10 +51,11 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk) -> None:
     """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
     buffers = Buffers(fmap)
     S, z = state.S, state.z
+    window = fmap.query_window(S, z) if fmap.kind == "exp" else None
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        fmap.queries(q[a:b], features)
+        fmap.queries(q[a:b], features, window)
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)

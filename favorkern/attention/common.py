@@ -32,7 +32,7 @@ PARALLEL_MIN_WORK = 1 << 18
 # Lq Lk / ((Lq + Lk) m) times a constant, measured with bench_attention.py's
 # crossover table (d = 64, m = 256, float32, 2 threads): exact is faster up to about
 # L = 2 * EXACT_CROSSOVER * m for Lq = Lk.
-EXACT_CROSSOVER = 1.4
+EXACT_CROSSOVER = 1.3
 
 
 def exact_is_faster(n_queries, n_keys, n_out) -> bool:

@@ -183,8 +183,8 @@ def favor_attention(
         causal algorithm (chunked matrix products, or the numba recurrence over tokens
         parallel over value columns); both are exact implementations of the same
         estimate.  ``"auto"``: the exact :func:`softmax_attention` where it is
-        measured faster (short sequences: ``Lq Lk <= 1.4 m (Lq + Lk)``, about
-        ``L <= 2.8 m`` for ``Lq = Lk``; only for maps that estimate the softmax
+        measured faster (short sequences: ``Lq Lk <= 1.3 m (Lq + Lk)``, about
+        ``L <= 2.6 m`` for ``Lq = Lk``; only for maps that estimate the softmax
         kernel), else as ``"favor"``.  Exact attention is what FAVOR estimates, so
         ``"auto"`` never gives a worse answer, but its result then does not depend
         on the projection.
