@@ -33,7 +33,6 @@ each (dask already runs one task per worker thread): start them with
 from __future__ import annotations
 
 import math
-import operator
 
 import dask
 import dask.array as da
@@ -397,9 +396,21 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix):
     return out
 
 
-def _exclusive_prefixes(offset, *parts):
-    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from ``offset``."""
-    return tuple(exclusive_scan(parts, offset=offset))
+def _exclusive_prefixes(offset, offset_index, *parts):
+    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from an offset.
+
+    The offset is ``offset[offset_index]`` (an entry of another group's prefixes), or
+    none when ``offset`` is None.
+    """
+    start = None if offset is None else offset[offset_index]
+    return tuple(exclusive_scan(parts, offset=start))
+
+
+def _causal_block_of(recipe, q_block, k_block, v_block, prefixes, index):
+    """:func:`_causal_block` from entry ``index`` of a group's prefixes (None: no keys)."""
+    return _causal_block(
+        recipe, q_block, k_block, v_block, None if prefixes is None else prefixes[index]
+    )
 
 
 class _Tasks:
@@ -427,22 +438,24 @@ class _Tasks:
         return parts[0]
 
     def exclusive_scan(self, parts):
-        """Keys of the exclusive prefix states of ``parts`` (``None`` for the first).
+        """``(key, index)`` of the exclusive prefix state of each of ``parts``: entry
+        ``index`` of the tuple under ``key`` (``(None, 0)`` for the first: no keys).
 
         A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` states are merged into
         group totals, the totals scanned recursively, and one task per group then runs
         its members' prefixes sequentially from the group's offset.  Depth
         ``2 log_f(n)`` (every level is a hop between workers), about ``2n`` merges of
-        ``m x dv`` states.
+        ``m x dv`` states; consumers index the group's tuple themselves (no task per
+        prefix).
         """
 
         def prefixes_of(offset, group):
             # the last member's own state is not needed: its prefix ends before it
-            scan = self.add(_exclusive_prefixes, offset, *group[:-1])
-            return [self.add(operator.getitem, scan, i) for i in range(len(group))]
+            scan = self.add(_exclusive_prefixes, *offset, *group[:-1])
+            return [(scan, i) for i in range(len(group))]
 
         if len(parts) <= _SCAN_FAN_IN:
-            return prefixes_of(None, parts)
+            return prefixes_of((None, 0), parts)
         groups = [parts[i : i + _SCAN_FAN_IN] for i in range(0, len(parts), _SCAN_FAN_IN)]
         offsets = self.exclusive_scan([self.add(_merge, *group) for group in groups])
         prefixes = []
@@ -619,7 +632,8 @@ def _favor_graph(Q, K, V, spec, causal, dtype):
             prefixes = merges.exclusive_scan(parts)
             for i in range(Q.numblocks[-2]):
                 outputs[(out_name, *lead, i, 0)] = (
-                    _causal_block, name, (Q.name, *lead, i, 0), keys[i], values[i], prefixes[i]
+                    _causal_block_of, name, (Q.name, *lead, i, 0), keys[i], values[i],
+                    *prefixes[i],
                 )
         else:
             total = merges.merge_tree(parts)
