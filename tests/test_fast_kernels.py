@@ -33,6 +33,21 @@ def test_vectorized_cos_and_sin_match_numpy_to_2_ulp(scale):
     np.testing.assert_array_equal(pairs[:, 80:], x[:, 80:])  # unpaired columns untouched
 
 
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1e5, 1e7])
+def test_float32_sin_cos_pairs_are_correctly_rounded_to_1_ulp(scale):
+    from favorkern._numba.vmath import sin_cos_pairs_f32
+
+    x = np.random.default_rng(1).uniform(-scale, scale, size=(64, 96)).astype(np.float32)
+    got = x.copy()
+    sin_cos_pairs_f32(got, 48, np.float32(0.5))
+    u = x[:, :48].astype(np.float64)
+    for out, ref in ((got[:, :48], np.cos(u)), (got[:, 48:], np.sin(u))):
+        ref = (0.5 * ref).astype(np.float32)
+        error = np.abs(out.astype(np.float64) - ref)
+        ulp = np.spacing(np.maximum(np.abs(ref), np.float32(2**-24)))
+        assert np.all(error <= ulp)
+
+
 @settings(max_examples=50, deadline=None)
 @given(arrays(np.float64, (3, 7), elements=st.floats(allow_nan=True, allow_infinity=True)))
 def test_vectorized_cos_special_values_follow_numpy(x):

@@ -118,6 +118,50 @@ def sin_cos_pairs(a, n_pairs, scale):
                     row[j] = _exact_cos(x) * scale
 
 
+_F32 = np.float32
+_S3f, _S5f, _S7f, _S9f = _F32(_S3), _F32(_S5), _F32(_S7), _F32(_S9)
+_C2f, _C4f, _C6f, _C8f, _C10f = _F32(_C2), _F32(_C4), _F32(_C6), _F32(_C8), _F32(_C10)
+
+
+@njit(**_OPTIONS)
+def _sin_cos_f32(x):
+    """float32 ``(sin x, cos x, exact)``: reduction in float64, polynomials in float32
+    (Taylor to degree 9 and 10: below 2e-9 on pi/4)."""
+    xd = np.float64(x)
+    n = math.floor(xd * _TWO_OVER_PI + 0.5)
+    fn = float(n)
+    r = np.float32(((xd - fn * _PIO2_1) - fn * _PIO2_2) - fn * _PIO2_3)
+    r2 = r * r
+    s = r + r * r2 * (_S3f + r2 * (_S5f + r2 * (_S7f + r2 * _S9f)))
+    c = _F32(1.0) + r2 * (_C2f + r2 * (_C4f + r2 * (_C6f + r2 * (_C8f + r2 * _C10f))))
+    q = n & 3
+    odd = (q & 1) == 1
+    sin_x = c if odd else s
+    cos_x = s if odd else c
+    sin_x = -sin_x if (q & 2) == 2 else sin_x
+    cos_x = -cos_x if ((q + 1) & 2) == 2 else cos_x
+    return sin_x, cos_x, abs(xd) <= COS_REDUCTION_LIMIT
+
+
+@njit(**_OPTIONS)
+def sin_cos_pairs_f32(a, n_pairs, scale):
+    """:func:`sin_cos_pairs` for float32 ``a`` (``scale`` a float32)."""
+    for i in range(a.shape[0]):
+        row = a[i]
+        n_inexact = 0
+        for j in range(n_pairs):
+            sin_x, cos_x, exact = _sin_cos_f32(row[j])
+            n_inexact += 0 if exact else 1
+            row[n_pairs + j] = sin_x * scale
+            row[j] = cos_x * scale if exact else row[j]
+        if n_inexact:
+            for j in range(n_pairs):
+                x = np.float64(row[j])
+                if not abs(x) <= COS_REDUCTION_LIMIT:
+                    row[n_pairs + j] = np.float32(_exact_sin(x)) * scale
+                    row[j] = np.float32(_exact_cos(x)) * scale
+
+
 def cos_inplace(a, scale=1.0):
     """``a = cos(a) * scale`` in place; ``a`` C-contiguous 2-D float64."""
     cos_scaled(a, np.empty(a.shape[1], dtype=np.float64), float(scale))

@@ -216,16 +216,24 @@ def _cos(out_b) -> None:
         np.cos(out_b, out=out_b)
 
 
-def _sin_cos_pairs(out_b, pairs) -> None:
-    """``out_b[:, :p], out_b[:, p:2p] = cos(u), sin(u)`` for ``u = out_b[:, :p]``; the
-    columns from ``2p`` on are the phase-shifted projections of unpaired outputs."""
-    if out_b.dtype == np.float64 and out_b.flags.c_contiguous:
-        from .._numba.vmath import sin_cos_pairs
+def _sin_cos_pairs(out_b, pairs, scale=1.0) -> None:
+    """``out_b[:, :p], out_b[:, p:2p] = scale cos(u), scale sin(u)`` for ``u = out_b[:, :p]``;
+    the columns from ``2p`` on (phase-shifted projections of unpaired outputs) get
+    ``cos`` only.  Vectorized kernels (numba) for both dtypes: numpy's float64 ``cos``
+    is scalar, and its float32 ``sin``/``cos`` on the strided halves measured 1.4x
+    slower than the fused kernel."""
+    if out_b.flags.c_contiguous and out_b.dtype in (np.float32, np.float64):
+        from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
 
-        sin_cos_pairs(out_b, pairs, 1.0)
+        if out_b.dtype == np.float64:
+            sin_cos_pairs(out_b, pairs, float(scale))
+        else:
+            sin_cos_pairs_f32(out_b, pairs, np.float32(scale))
     else:
         np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
         np.cos(out_b[:, :pairs], out=out_b[:, :pairs])
+        if scale != 1.0:
+            out_b[:, : 2 * pairs] *= out_b.dtype.type(scale)
     if out_b.shape[1] > 2 * pairs:
         np.cos(out_b[:, 2 * pairs :], out=out_b[:, 2 * pairs :])
 
@@ -348,6 +356,10 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
             twice *= dtype.type(2.0)
             np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
             _exp_checked(out_b, spec)
+            return
+        if spec.row_log_coef == 0.0 and np.ndim(spec.log_scale) == 0:
+            # the constant output scale rides along in the kernel
+            _sin_cos_pairs(out_b, p, float(np.exp(spec.log_scale)))
             return
         _sin_cos_pairs(out_b, p)
         _finish_cos(Xb, out_b, spec, cos_done=True)
