@@ -181,8 +181,10 @@ def print_row(row, methods, header):
     ]
     if methods:
         values += [f"{row['chunked'] * 1e3:12.2f}", f"{row['recurrent'] * 1e3:12.2f}"]
-    for key, ratio in (("exact", row.get("exact", 0) and row["bidir"] / row.get("exact", 1)),
-                       ("performer", row.get("performer", 0) and row.get("performer", 0) / row["bidir"])):
+    for key, ratio in (
+        ("exact", row.get("exact", 0) and row["bidir"] / row.get("exact", 1)),
+        ("performer", row.get("performer", 0) and row.get("performer", 0) / row["bidir"]),
+    ):
         if key in row:
             values += [f"{row[key] * 1e3:12.2f}", f"{ratio:12.2f}"]
         else:
@@ -194,8 +196,11 @@ def print_row(row, methods, header):
 def summary(rows):
     print()
     worst_floor = max(row["bidir"] / row["floor"] for row in rows)
-    worst_causal = max(row["causal"] / row["bidir"] for row in rows if row["L"] >= 2**12) if any(
-        row["L"] >= 2**12 for row in rows) else float("nan")
+    worst_causal = (
+        max(row["causal"] / row["bidir"] for row in rows if row["L"] >= 2**12)
+        if any(row["L"] >= 2**12 for row in rows)
+        else float("nan")
+    )
     print(f"bidir / floor, worst:  {worst_floor:.2f}  (target <= 1.3)")
     print(f"causal / bidir, worst at L >= 2^12: {worst_causal:.2f}  (target <= 1.4)")
     peers = [row["performer"] / row["bidir"] for row in rows if "performer" in row]
@@ -224,7 +229,9 @@ def many_heads(args):
         flops[name] = heads * 2**exp * 4 * M * (d_small + d_small)
     times = round_robin(fns, args.repeats)
     base = times["one head d=64 L=65536"] / flops["one head d=64 L=65536"]
-    print(f"\n{'case':<26} {'ms':>9} {'ns/token/head':>14} {'GFLOP/s':>8} {'per-FLOP / one head':>20}")
+    print(
+        f"\n{'case':<26} {'ms':>9} {'ns/token/head':>14} {'GFLOP/s':>8} {'per-FLOP / one head':>20}"
+    )
     for name, t in times.items():
         n_tokens = flops[name] / (4 * M * (D + D) if "d=64" in name else 4 * M * 2 * d_small)
         print(
@@ -313,8 +320,11 @@ def main(argv=None):
     parser.add_argument("--methods", action="store_true", help="also time both causal methods")
     parser.add_argument("--memory", action="store_true", help="peak RSS instead of timings")
     parser.add_argument("--peer-max-exp", type=int, default=18, help="performer-pytorch up to")
-    parser.add_argument("--tables", default="sweep,heads,crossover",
-                        help="comma-separated tables to print: sweep, heads, crossover")
+    parser.add_argument(
+        "--tables",
+        default="sweep,heads,crossover",
+        help="comma-separated tables to print: sweep, heads, crossover",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be >= 5 (medians of at least 5 runs)")

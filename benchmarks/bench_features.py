@@ -115,7 +115,10 @@ def main(argv=None):
             )
         print()
     over = {k: v for k, v in worst.items() if v > 1.3 and k[1] != "RBFSampler"}
-    print("maps above 1.3x the bare product:", ", ".join(f"{d} {n} ({r:.2f})" for (d, n), r in over.items()) or "none")
+    print(
+        "maps above 1.3x the bare product:",
+        ", ".join(f"{d} {n} ({r:.2f})" for (d, n), r in over.items()) or "none",
+    )
 
 
 def structured(args):

@@ -632,15 +632,17 @@ def _favor_graph(Q, K, V, spec, causal, dtype):
             prefixes = merges.exclusive_scan(parts)
             for i in range(Q.numblocks[-2]):
                 outputs[(out_name, *lead, i, 0)] = (
-                    _causal_block_of, name, (Q.name, *lead, i, 0), keys[i], values[i],
+                    _causal_block_of,
+                    name,
+                    (Q.name, *lead, i, 0),
+                    keys[i],
+                    values[i],
                     *prefixes[i],
                 )
         else:
             total = merges.merge_tree(parts)
             for i in range(Q.numblocks[-2]):
-                outputs[(out_name, *lead, i, 0)] = (
-                    _emit_block, name, (Q.name, *lead, i, 0), total
-                )
+                outputs[(out_name, *lead, i, 0)] = (_emit_block, name, (Q.name, *lead, i, 0), total)
     # one layer: its tasks reference each other and the blocks of Q, K, V
     graph = HighLevelGraph.from_collections(
         out_name, {**states.graph, **merges.graph, **outputs}, dependencies=[Q, K, V, recipe]

@@ -1,9 +1,9 @@
 """method="auto": exact attention below the measured crossover, FAVOR above it."""
 
+import naive
 import numpy as np
 import pytest
 
-import naive
 from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
 from favorkern.attention.common import EXACT_CROSSOVER, exact_is_faster
 
@@ -50,8 +50,9 @@ def test_auto_is_favor_above_the_crossover_and_for_other_kernels():
     # relu features estimate no softmax kernel: never replaced by exact attention
     W = draw_projection(64, 8, random_state=0)
     np.testing.assert_array_equal(
-        favor_attention(Q[:50], K[:50], V[:50], projection_matrix=W, feature_map="relu",
-                        method="auto"),
+        favor_attention(
+            Q[:50], K[:50], V[:50], projection_matrix=W, feature_map="relu", method="auto"
+        ),
         favor_attention(Q[:50], K[:50], V[:50], projection_matrix=W, feature_map="relu"),
     )
 

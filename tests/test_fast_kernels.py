@@ -2,13 +2,13 @@
 
 from dataclasses import replace
 
+import naive
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import naive
 from favorkern import HyperbolicRandomFeatures, TrigonometricRandomFeatures
 from favorkern.feature_maps import apply_feature_map
 
@@ -101,9 +101,7 @@ def test_unshifted_query_features_are_the_shifted_ones_times_a_row_factor(dtype,
 
     rng = np.random.default_rng(3)
     W = rng.normal(size=(64, 16))
-    fmap = attention_features(
-        get_feature_map("positive"), AttentionProjection(W, 64), 0.25, dtype
-    )
+    fmap = attention_features(get_feature_map("positive"), AttentionProjection(W, 64), 0.25, dtype)
     X = (rng.normal(size=(50, 16)) * norm / 4).astype(dtype)
     S = rng.normal(size=(64, 8)).astype(dtype)
     z = rng.random(64).astype(dtype)

@@ -78,11 +78,17 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
         return
     for q, k, v, m, idx in heads:
         parts = run_parallel(
-            [partial(accumulate_keys, fmap, k, v, m, a, b, chunk) for a, b in split(k.shape[0], workers)],
+            [
+                partial(accumulate_keys, fmap, k, v, m, a, b, chunk)
+                for a, b in split(k.shape[0], workers)
+            ],
             workers,
         )
         state = merge(parts, fmap.dtype)
         run_parallel(
-            [partial(emit, fmap, q, state, out[idx], a, b, chunk) for a, b in split(q.shape[0], workers)],
+            [
+                partial(emit, fmap, q, state, out[idx], a, b, chunk)
+                for a, b in split(q.shape[0], workers)
+            ],
             workers,
         )

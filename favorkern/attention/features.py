@@ -75,9 +75,7 @@ class AttentionFeatures:
         """
         info = np.finfo(self.dtype)
         log_max, log_tiny = float(np.log(info.max)), float(np.log(info.tiny))
-        magnitude = max(
-            float(np.abs(S).max(initial=0.0)), float(np.abs(z).max(initial=0.0)), 1.0
-        )
+        magnitude = max(float(np.abs(S).max(initial=0.0)), float(np.abs(z).max(initial=0.0)), 1.0)
         high = min(0.25 * log_max, log_max - float(np.log(self.n_out * magnitude)) - 8.0)
         return 0.25 * log_tiny, high
 
@@ -92,9 +90,7 @@ class AttentionFeatures:
             # constant, so the row maximum of the bare product is the same stabilizer.
             self._product(X, out)
             row_max = out.max(axis=1)
-            if window is None or not (
-                window[0] <= row_max.min() and row_max.max() <= window[1]
-            ):
+            if window is None or not (window[0] <= row_max.min() and row_max.max() <= window[1]):
                 out -= row_max[:, np.newaxis]
             np.exp(out, out=out)
         else:
