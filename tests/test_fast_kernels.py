@@ -27,7 +27,7 @@ def test_vectorized_cos_and_sin_match_numpy_to_2_ulp(scale):
     # within 2 ulp of the output, or 2 ulp of 1 near the zeros of cos
     assert np.all(np.minimum(_ulp_error(got, np.cos(x)), np.abs(got - np.cos(x)) / 2**-53) <= 2)
     pairs = np.concatenate([x[:, :40], np.zeros((64, 40)), x[:, 80:]], axis=1)
-    sin_cos_pairs(pairs, 40, 1.0)
+    sin_cos_pairs(pairs, 40, np.ones(64))
     for got, ref in ((pairs[:, :40], np.cos(x[:, :40])), (pairs[:, 40:80], np.sin(x[:, :40]))):
         assert np.all(np.minimum(_ulp_error(got, ref), np.abs(got - ref) / 2**-53) <= 2)
     np.testing.assert_array_equal(pairs[:, 80:], x[:, 80:])  # unpaired columns untouched
@@ -39,7 +39,7 @@ def test_float32_sin_cos_pairs_are_correctly_rounded_to_1_ulp(scale):
 
     x = np.random.default_rng(1).uniform(-scale, scale, size=(64, 96)).astype(np.float32)
     got = x.copy()
-    sin_cos_pairs_f32(got, 48, np.float32(0.5))
+    sin_cos_pairs_f32(got, 48, np.full(64, 0.5, dtype=np.float32))
     u = x[:, :48].astype(np.float64)
     for out, ref in ((got[:, :48], np.cos(u)), (got[:, 48:], np.sin(u))):
         ref = (0.5 * ref).astype(np.float32)

@@ -101,14 +101,16 @@ def cos_scaled(a, original, scale):
 
 
 @njit(**_OPTIONS)
-def sin_cos_pairs(a, n_pairs, scale):
-    """``a[:, :p], a[:, p:2p] = cos(u) * scale, sin(u) * scale`` with ``u = a[:, :p]``.
+def sin_cos_pairs(a, n_pairs, row_scale):
+    """``a[:, :p], a[:, p:2p] = cos(u) * r, sin(u) * r`` with ``u = a[:, :p]``, ``r`` the
+    row's entry of ``row_scale``.
 
     ``a`` is a C-contiguous float64 ``(rows, n)`` array, ``n >= 2 p``; columns from
     ``2 p`` on are not touched.
     """
     for i in range(a.shape[0]):
         row = a[i]
+        scale = row_scale[i]
         n_inexact = 0
         for j in range(n_pairs):
             sin_x, cos_x, exact = _sin_cos(row[j])
@@ -149,10 +151,11 @@ def _sin_cos_f32(x):
 
 
 @njit(**_OPTIONS)
-def sin_cos_pairs_f32(a, n_pairs, scale):
-    """:func:`sin_cos_pairs` for float32 ``a`` (``scale`` a float32)."""
+def sin_cos_pairs_f32(a, n_pairs, row_scale):
+    """:func:`sin_cos_pairs` for float32 ``a`` and ``row_scale``."""
     for i in range(a.shape[0]):
         row = a[i]
+        scale = row_scale[i]
         n_inexact = 0
         for j in range(n_pairs):
             sin_x, cos_x, exact = _sin_cos_f32(row[j])

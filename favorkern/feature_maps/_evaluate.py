@@ -216,26 +216,42 @@ def _cos(out_b) -> None:
         np.cos(out_b, out=out_b)
 
 
-def _sin_cos_pairs(out_b, pairs, scale=1.0) -> None:
-    """``out_b[:, :p], out_b[:, p:2p] = scale cos(u), scale sin(u)`` for ``u = out_b[:, :p]``;
-    the columns from ``2p`` on (phase-shifted projections of unpaired outputs) get
-    ``cos`` only.  Vectorized kernels (numba) for both dtypes: numpy's float64 ``cos``
-    is scalar, and its float32 ``sin``/``cos`` on the strided halves measured 1.4x
-    slower than the fused kernel."""
-    if out_b.flags.c_contiguous and out_b.dtype in (np.float32, np.float64):
+def _sin_cos_pairs(out_b, pairs, row_scale=None) -> None:
+    """``out_b[:, :p], out_b[:, p:2p] = r cos(u), r sin(u)`` for ``u = out_b[:, :p]`` and
+    the per-row factors ``r = row_scale`` (1 if None); the columns from ``2p`` on
+    (phase-shifted projections of unpaired outputs) get ``cos`` only.  Vectorized
+    kernels (numba) for both dtypes: numpy's float64 ``cos`` is scalar, and its float32
+    ``sin``/``cos`` on the strided halves measured 1.4x slower than the fused kernel."""
+    dtype = out_b.dtype
+    if row_scale is None:
+        row_scale = np.ones(out_b.shape[0], dtype=dtype)
+    if out_b.flags.c_contiguous and dtype in (np.float32, np.float64):
         from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
 
-        if out_b.dtype == np.float64:
-            sin_cos_pairs(out_b, pairs, float(scale))
-        else:
-            sin_cos_pairs_f32(out_b, pairs, np.float32(scale))
+        kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
+        kernel(out_b, pairs, np.ascontiguousarray(row_scale, dtype=dtype))
     else:
         np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
         np.cos(out_b[:, :pairs], out=out_b[:, :pairs])
-        if scale != 1.0:
-            out_b[:, : 2 * pairs] *= out_b.dtype.type(scale)
+        with np.errstate(invalid="ignore"):
+            out_b[:, : 2 * pairs] *= row_scale[:, np.newaxis]
     if out_b.shape[1] > 2 * pairs:
         np.cos(out_b[:, 2 * pairs :], out=out_b[:, 2 * pairs :])
+
+
+def _cos_row_scale(Xb, spec: FeatureMapSpec, dtype) -> np.ndarray:
+    """``exp(row_log_coef |x|^2 + max log_scale)`` per row, warning where it overflows.
+
+    Scale in the exponent, so that the factor is inf only when the feature itself
+    overflows.
+    """
+    log_max = float(np.log(np.finfo(dtype).max))
+    log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
+    peak = float(log_row.max()) + float(np.max(spec.log_scale)) if log_row.size else -np.inf
+    if peak >= log_max:
+        _warn_overflow(_overflow_message(dtype, f"gamma * |x|^2 / 2 + log scale ({peak:.3g})"))
+    with np.errstate(over="ignore"):
+        return np.exp(log_row + float(np.max(spec.log_scale))).astype(dtype)
 
 
 def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
@@ -246,15 +262,9 @@ def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
         _cos(out_b)
     log_scale = spec.log_scale
     if spec.row_log_coef != 0.0:
-        log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
-        peak = float(log_row.max()) + float(np.max(log_scale)) if log_row.size else -np.inf
-        if peak >= log_max:
-            _warn_overflow(_overflow_message(dtype, f"gamma * |x|^2 / 2 + log scale ({peak:.3g})"))
+        row_scale = _cos_row_scale(Xb, spec, dtype)
         with np.errstate(over="ignore", invalid="ignore"):
-            # Scale in the exponent, so that exp(log_row + log_scale) is inf only when
-            # the feature itself overflows; cos(.) * inf can give nan when cos is 0,
-            # kept as inf * sign.
-            row_scale = np.exp(log_row + float(np.max(log_scale))).astype(dtype)
+            # cos(.) * inf can give nan when cos is 0, kept as inf * sign.
             out_b *= row_scale[:, np.newaxis]
         if np.ndim(log_scale) != 0:
             out_b *= np.exp(log_scale - float(np.max(log_scale))).astype(dtype)
@@ -357,9 +367,13 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
             np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
             _exp_checked(out_b, spec)
             return
-        if spec.row_log_coef == 0.0 and np.ndim(spec.log_scale) == 0:
-            # the constant output scale rides along in the kernel
-            _sin_cos_pairs(out_b, p, float(np.exp(spec.log_scale)))
+        if np.ndim(spec.log_scale) == 0:
+            # the row factor and the constant output scale ride along in the kernel
+            if spec.row_log_coef != 0.0:
+                row_scale = _cos_row_scale(Xb, spec, dtype)
+            else:
+                row_scale = np.full(rows, np.exp(spec.log_scale), dtype=dtype)
+            _sin_cos_pairs(out_b, p, row_scale)
             return
         _sin_cos_pairs(out_b, p)
         _finish_cos(Xb, out_b, spec, cos_done=True)
