@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_attention_inputs, check_logit_scale
 from ..feature_maps._evaluate import blas_single_thread, n_threads
+from .._validation import check_attention_inputs, check_logit_scale
 from .common import heads, normalize, run_parallel
 
 __all__ = ["softmax_attention"]

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from sklearn.utils import check_random_state
 
+from ..feature_maps._evaluate import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
     check_float_array,
@@ -20,7 +21,6 @@ from .._validation import (
     check_option,
 )
 from ..feature_maps import check_constants, get_feature_map
-from ..feature_maps._evaluate import blas_single_thread, n_threads
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
