@@ -1,17 +1,28 @@
-"""Benchmark favor_attention against its matrix-product floor and exact attention.
+"""Benchmark favor_attention against its matrix-product floor, exact attention and peers.
 
-A script, not a test.  d = 64, m = 256, float32, one head; medians of ``--repeats``
-runs; L = 2^min-exp ... 2^max-exp.  Columns:
+A script, not a test.  Float32; medians of ``--repeats`` runs, the contestants of a
+row timed round-robin (one run of each in turn), so that the ratios of a row share
+the machine's load.  Three tables:
 
-* ``floor``: the four bare matrix products of bidirectional FAVOR at the same
-  shapes (Q W^T, K W^T, phi(K)^T V, phi(Q) S), BLAS on all threads;
-* ``bidir`` / ``causal``: ``favor_attention`` (``causal`` with ``method="auto"``, plus
-  ``--methods`` to time both causal algorithms);
-* ``exact``: ``softmax_attention`` (up to 2^exact-max-exp);
-* ratios and time per token.
+1. ``L`` sweep, d = 64, m = 256, one head, L = 2^min-exp ... 2^max-exp:
 
-Targets (DESIGN.md): bidir <= 1.5x floor; causal <= 2x bidir; faster than exact from
-L = 1024; time per token at 2^20 within 1.25x of that at 2^14.
+   * ``floor``: the four bare matrix products of bidirectional FAVOR at the same
+     shapes (Q W^T, K W^T, phi(K)^T V, phi(Q) S): the better of BLAS on all threads
+     and row ranges over favorkern's thread pool;
+   * ``bidir`` / ``causal``: ``favor_attention`` (``--methods``: both causal
+     algorithms);
+   * ``exact``: ``softmax_attention`` (up to 2^exact-max-exp);
+   * ``performer``: performer-pytorch's ``FastAttention`` (bidirectional) on the same
+     inputs and the same projection, torch on all cores (when installed; up to
+     2^peer-max-exp);
+   * ratios and time per token.
+
+2. Many heads: (1, 12) heads of d = 32 at L = 512 ... 4096 against one head of d = 64
+   at L = 2^16, as time per FLOP (bidirectional FAVOR costs 4 m (d + dv) FLOPs per
+   token and head).
+
+3. Crossover: ``favor_attention`` against ``softmax_attention`` at small L, and the
+   choice of ``method="auto"`` (exact where ``Lq Lk <= EXACT_CROSSOVER m (Lq + Lk)``).
 
 ``--memory`` instead measures the peak RSS of favor_attention at L = 2^16 and
 2^max-exp in child processes (bidirectional and causal), against the inputs and
@@ -19,9 +30,11 @@ an output-sized array.
 
 Usage::
 
-    python benchmarks/bench_attention.py                    # full table, 2^10 .. 2^20
+    python benchmarks/bench_attention.py                    # all tables, 2^10 .. 2^20
     python benchmarks/bench_attention.py --max-exp 16 --repeats 5 --methods
     python benchmarks/bench_attention.py --memory --max-exp 20
+
+Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
 """
 
 from __future__ import annotations
@@ -38,20 +51,42 @@ import numpy as np
 D, M = 64, 256
 
 
-def median_time(fn, repeats):
-    fn()  # warm-up (compilation, page faults, thread pool)
-    times = []
+def round_robin(fns, repeats):
+    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn."""
+    for fn in fns.values():
+        fn()  # warm-up (compilation, page faults, thread pool)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def inputs(length, seed=0):
+def inputs(length, seed=0, d=D, batch=()):
     rng = np.random.default_rng(seed)
-    Q, K, V = (rng.standard_normal((length, D), dtype=np.float32) * 0.5 for _ in range(3))
+    shape = tuple(batch) + (length, d)
+    Q, K, V = (rng.standard_normal(shape, dtype=np.float32) * 0.5 for _ in range(3))
     return Q, K, V
+
+
+def performer(Q, K, V, W):
+    """performer-pytorch's bidirectional FastAttention with projection ``W``, or None."""
+    try:
+        import torch
+        from performer_pytorch import FastAttention
+    except ImportError:
+        return None
+    attention = FastAttention(dim_heads=Q.shape[-1], nb_features=W.shape[0], causal=False)
+    attention.projection_matrix.copy_(torch.from_numpy(W.astype(np.float32)))
+    q, k, v = (torch.from_numpy(X.reshape((-1, 1) + X.shape[-2:])) for X in (Q, K, V))
+
+    def run():
+        with torch.no_grad():
+            attention(q, k, v)
+
+    return run
 
 
 def floor_products(Q, K, V, W, split=False):
@@ -101,27 +136,27 @@ def bench(args):
     rows = []
     for exp in range(args.min_exp, args.max_exp + 1):
         length = 2**exp
-        repeats = args.repeats
         Q, K, V = inputs(length)
-        row = {"L": length}
-        # the floor: the better of BLAS threading and row blocks over our thread pool
-        row["floor"] = min(
-            median_time(floor_products(Q, K, V, W), repeats),
-            median_time(floor_products(Q, K, V, W, split=True), repeats),
-        )
         qkv = (Q, K, V)
-        row["bidir"] = median_time(partial(favor_attention, *qkv, projection_matrix=W), repeats)
-        row["causal"] = median_time(
-            partial(favor_attention, *qkv, projection_matrix=W, causal=True), repeats
-        )
+        fns = {
+            "floor BLAS": floor_products(Q, K, V, W),
+            "floor split": floor_products(Q, K, V, W, split=True),
+            "bidir": partial(favor_attention, *qkv, projection_matrix=W),
+            "causal": partial(favor_attention, *qkv, projection_matrix=W, causal=True),
+        }
         if args.methods:
             for method in ("chunked", "recurrent"):
-                row[method] = median_time(
-                    partial(favor_attention, *qkv, projection_matrix=W, causal=True, method=method),
-                    repeats,
+                fns[method] = partial(
+                    favor_attention, *qkv, projection_matrix=W, causal=True, method=method
                 )
         if exp <= args.exact_max_exp:
-            row["exact"] = median_time(partial(softmax_attention, *qkv), repeats)
+            fns["exact"] = partial(softmax_attention, *qkv)
+        peer = performer(Q, K, V, W) if exp <= args.peer_max_exp else None
+        if peer is not None:
+            fns["performer"] = peer
+        row = round_robin(fns, args.repeats)
+        row["floor"] = min(row.pop("floor BLAS"), row.pop("floor split"))
+        row["L"] = length
         rows.append(row)
         print_row(row, args.methods, header=len(rows) == 1)
         sys.stdout.flush()
@@ -132,41 +167,102 @@ def print_row(row, methods, header):
     cols = ["L", "floor ms", "bidir ms", "bidir/floor", "causal ms", "causal/bidir"]
     if methods:
         cols += ["chunked ms", "recurrent ms"]
-    cols += ["exact ms", "bidir/exact", "bidir us/tok", "causal us/tok"]
+    cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir", "bidir us/tok"]
     if header:
-        print(" ".join(f"{c:>13}" for c in cols))
+        print(" ".join(f"{c:>12}" for c in cols))
     L = row["L"]
     values = [
-        f"{L:>13d}",
-        f"{row['floor'] * 1e3:13.2f}",
-        f"{row['bidir'] * 1e3:13.2f}",
-        f"{row['bidir'] / row['floor']:13.2f}",
-        f"{row['causal'] * 1e3:13.2f}",
-        f"{row['causal'] / row['bidir']:13.2f}",
+        f"{L:>12d}",
+        f"{row['floor'] * 1e3:12.2f}",
+        f"{row['bidir'] * 1e3:12.2f}",
+        f"{row['bidir'] / row['floor']:12.2f}",
+        f"{row['causal'] * 1e3:12.2f}",
+        f"{row['causal'] / row['bidir']:12.2f}",
     ]
     if methods:
-        values += [f"{row['chunked'] * 1e3:13.2f}", f"{row['recurrent'] * 1e3:13.2f}"]
-    if "exact" in row:
-        values += [f"{row['exact'] * 1e3:13.2f}", f"{row['bidir'] / row['exact']:13.3f}"]
-    else:
-        values += [f"{'-':>13}", f"{'-':>13}"]
-    values += [f"{row['bidir'] / L * 1e6:13.3f}", f"{row['causal'] / L * 1e6:13.3f}"]
+        values += [f"{row['chunked'] * 1e3:12.2f}", f"{row['recurrent'] * 1e3:12.2f}"]
+    for key, ratio in (
+        ("exact", row.get("exact", 0) and row["bidir"] / row.get("exact", 1)),
+        ("performer", row.get("performer", 0) and row.get("performer", 0) / row["bidir"]),
+    ):
+        if key in row:
+            values += [f"{row[key] * 1e3:12.2f}", f"{ratio:12.2f}"]
+        else:
+            values += [f"{'-':>12}", f"{'-':>12}"]
+    values += [f"{row['bidir'] / L * 1e6:12.3f}"]
     print(" ".join(values))
 
 
 def summary(rows):
-    by_length = {row["L"]: row for row in rows}
     print()
     worst_floor = max(row["bidir"] / row["floor"] for row in rows)
-    worst_causal = max(row["causal"] / row["bidir"] for row in rows)
-    print(f"bidir / floor, worst:  {worst_floor:.2f}  (target <= 1.5)")
-    print(f"causal / bidir, worst: {worst_causal:.2f}  (target <= 2)")
+    worst_causal = (
+        max(row["causal"] / row["bidir"] for row in rows if row["L"] >= 2**12)
+        if any(row["L"] >= 2**12 for row in rows)
+        else float("nan")
+    )
+    print(f"bidir / floor, worst:  {worst_floor:.2f}  (target <= 1.3)")
+    print(f"causal / bidir, worst at L >= 2^12: {worst_causal:.2f}  (target <= 1.4)")
+    peers = [row["performer"] / row["bidir"] for row in rows if "performer" in row]
+    if peers:
+        print(f"performer-pytorch / bidir, least: {min(peers):.2f}  (target >= 3)")
+    else:
+        print("performer-pytorch not installed: skipped")
     slower = [row["L"] for row in rows if "exact" in row and row["bidir"] >= row["exact"]]
-    print(f"L where favor is not faster than exact: {slower or 'none'}  (target: none >= 1024)")
-    if 2**14 in by_length and 2**20 in by_length:
-        for kind in ("bidir", "causal"):
-            ratio = (by_length[2**20][kind] / 2**20) / (by_length[2**14][kind] / 2**14)
-            print(f"{kind} time per token, 2^20 / 2^14: {ratio:.2f}  (target <= 1.25)")
+    print(f"L where favor is not faster than exact: {slower or 'none'}")
+
+
+def many_heads(args):
+    """Time per FLOP of 12 heads of d = 32 against one head of d = 64 at L = 2^16."""
+    from favorkern import draw_projection, favor_attention
+
+    heads, d_small = 12, 32
+    W64 = draw_projection(M, D, random_state=0)
+    W32 = draw_projection(M, d_small, random_state=0)
+    big = inputs(2**16)
+    fns = {"one head d=64 L=65536": partial(favor_attention, *big, projection_matrix=W64)}
+    flops = {"one head d=64 L=65536": 2**16 * 4 * M * (D + D)}
+    for exp in range(9, 13):
+        name = f"12 heads d=32 L={2**exp}"
+        qkv = inputs(2**exp, d=d_small, batch=(1, heads))
+        fns[name] = partial(favor_attention, *qkv, projection_matrix=W32)
+        flops[name] = heads * 2**exp * 4 * M * (d_small + d_small)
+    times = round_robin(fns, args.repeats)
+    base = times["one head d=64 L=65536"] / flops["one head d=64 L=65536"]
+    print(
+        f"\n{'case':<26} {'ms':>9} {'ns/token/head':>14} {'GFLOP/s':>8} {'per-FLOP / one head':>20}"
+    )
+    for name, t in times.items():
+        n_tokens = flops[name] / (4 * M * (D + D) if "d=64" in name else 4 * M * 2 * d_small)
+        print(
+            f"{name:<26} {t * 1e3:9.2f} {t / n_tokens * 1e9:14.1f} {flops[name] / t / 1e9:8.1f} "
+            f"{t / flops[name] / base:20.2f}"
+        )
+    print("target: per-FLOP ratio <= 1.3 (12 x d = 32, L = 4096)")
+
+
+def crossover(args):
+    """favor_attention against softmax_attention at small L, and method="auto"'s choice."""
+    from favorkern import draw_projection, favor_attention, softmax_attention
+    from favorkern.attention.common import EXACT_CROSSOVER, exact_is_faster
+
+    W = draw_projection(M, D, random_state=0)
+    print(f"\n{'L':>6} {'favor ms':>9} {'exact ms':>9} {'exact/favor':>12} {'auto picks':>11}")
+    for length in (128, 256, 384, 512, 768, 1024, 1536, 2048):
+        Q, K, V = inputs(length)
+        times = round_robin(
+            {
+                "favor": partial(favor_attention, Q, K, V, projection_matrix=W),
+                "exact": partial(softmax_attention, Q, K, V),
+            },
+            args.repeats,
+        )
+        pick = "exact" if exact_is_faster(length, length, M) else "favor"
+        print(
+            f"{length:>6} {times['favor'] * 1e3:9.3f} {times['exact'] * 1e3:9.3f} "
+            f"{times['exact'] / times['favor']:12.2f} {pick:>11}"
+        )
+    print(f"rule: exact where Lq Lk <= {EXACT_CROSSOVER} m (Lq + Lk)")
 
 
 _CHILD = """
@@ -223,13 +319,29 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument("--methods", action="store_true", help="also time both causal methods")
     parser.add_argument("--memory", action="store_true", help="peak RSS instead of timings")
+    parser.add_argument("--peer-max-exp", type=int, default=18, help="performer-pytorch up to")
+    parser.add_argument(
+        "--tables",
+        default="sweep,heads,crossover",
+        help="comma-separated tables to print: sweep, heads, crossover",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be >= 5 (medians of at least 5 runs)")
     if args.memory:
         memory(args)
-    else:
+        return
+    import os
+
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    tables = set(args.tables.split(","))
+    if "sweep" in tables:
         bench(args)
+    if "heads" in tables:
+        many_heads(args)
+    if "crossover" in tables:
+        crossover(args)
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
 
 
 if __name__ == "__main__":

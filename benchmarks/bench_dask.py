@@ -26,6 +26,9 @@ Usage::
 
     python benchmarks/bench_dask.py                       # L = 2^20, 3 repeats
     python benchmarks/bench_dask.py --log2-length 18 --repeats 2
+    python benchmarks/bench_dask.py --overhead-only --repeats 5   # table 2 only
+
+Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def main():
     parser.add_argument("--overhead-log2-length", type=int, default=16)
     parser.add_argument("--overhead-chunks", type=int, nargs="+", default=[4, 16, 64, 256])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--overhead-only", action="store_true", help="only table 2")
     args = parser.parse_args()
 
     import dask.array as da
@@ -135,7 +139,7 @@ def main():
             f"{'mode':<14}{'engine':<24}{'chunks':>7}{'time s':>9}{'graph s':>9}"
             f"{'vs in-mem':>11}{'ns/token':>10}{'CPU s':>8}{'CPU vs':>8}"
         )
-        for causal in (False, True):
+        for causal in () if args.overhead_only else (False, True):
             mode = "causal" if causal else "bidirectional"
             memory, memory_cpu = median_time(
                 lambda causal=causal: favorkern.favor_attention(

@@ -1,13 +1,15 @@
-"""Transform time of the feature maps against RBFSampler and the bare product.
+"""Transform time of every feature map against the bare product and RBFSampler.
 
-Run: ``python benchmarks/bench_features.py [--n 200000] [--d 64] [--m 256] [--repeats 7]``
-and ``python benchmarks/bench_features.py --structured`` for structured (SORF, fast
-Walsh-Hadamard) against dense orthogonal projections at d in {64, 256, 1024}.
+Run: ``PYTHONPATH=. python benchmarks/bench_features.py [--n 200000] [--d 64] [--m 256]
+[--repeats 7]`` and ``... --structured`` for structured (SORF, fast Walsh-Hadamard)
+against dense orthogonal projections at d in {64, 256, 1024}.
 
-Prints, per dtype, the median time of each transform and its ratio to
-``RBFSampler.transform`` at the same width and to the bare ``X @ W.T`` (BLAS with
-its default threads), all timed in the same run.  Targets (DESIGN.md):
-<= 1.0x RBFSampler, <= 1.5x the bare product.
+Prints, per dtype, the median time of each map's ``transform`` (every registered map,
+each kernel it estimates) and its ratio to ``RBFSampler.transform`` at the same width
+and to the bare product ``X @ W.T`` of the same output width into a fresh array: the
+better of BLAS on all threads and row blocks over favorkern's thread pool (BLAS on one
+thread each).  The contestants of a dtype are timed round-robin (one run of each in
+turn), so the ratios share the machine's load.  Target: <= 1.3x the bare product.
 """
 
 from __future__ import annotations
@@ -20,11 +22,7 @@ import time
 import numpy as np
 from sklearn.kernel_approximation import RBFSampler
 
-from favorkern import (
-    HyperbolicRandomFeatures,
-    PositiveRandomFeatures,
-    TrigonometricRandomFeatures,
-)
+from favorkern import PositiveRandomFeatures
 
 
 def median_time(fn, repeats):
@@ -35,6 +33,35 @@ def median_time(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def round_robin(fns, repeats):
+    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn."""
+    for fn in fns.values():
+        fn()  # warm-up (compilation, thread pool)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def blocked_product(X, W_t):
+    """``X @ W_t`` into a fresh array by row blocks over favorkern's pool (BLAS 1 thread)."""
+    from favorkern.feature_maps._evaluate import run_row_blocks
+
+    def run():
+        out = np.empty((X.shape[0], W_t.shape[1]), dtype=X.dtype)
+
+        def block(start, stop):
+            np.matmul(X[start:stop], W_t, out=out[start:stop])
+
+        run_row_blocks(X.shape[0], W_t.shape[1], X.dtype.itemsize, block)
+        return out
+
+    return run
 
 
 def main(argv=None):
@@ -55,39 +82,43 @@ def main(argv=None):
     ]
     print(f"n={args.n} d={args.d} m={args.m} cores={os.cpu_count()} blas={blas}")
     print(f"median of {args.repeats} runs; ratios against baselines timed in the same run\n")
-    header = f"{'dtype':<8} {'method':<36} {'time [ms]':>10} {'/ RBFSampler':>13} {'/ X @ W.T':>10}"
+    header = f"{'dtype':<8} {'method':<36} {'time [ms]':>10} {'/ RBFSampler':>13} {'/ bare':>10}"
     print(header)
     print("-" * len(header))
+    from favorkern.feature_maps import feature_map_names, get_feature_map
+    from favorkern.features import RandomFeatures
+
     rng = np.random.default_rng(0)
+    worst = {}
     for dtype in (np.float32, np.float64):
         X = rng.normal(scale=0.5 / np.sqrt(args.d), size=(args.n, args.d)).astype(dtype)
         W_t = np.ascontiguousarray(rng.normal(size=(args.m, args.d)).astype(dtype).T)
         rbf = RBFSampler(n_components=args.m, random_state=0).fit(X)
         methods = {
-            "X @ W.T (bare product)": lambda X=X, W_t=W_t: X @ W_t,
+            "bare product, BLAS threads": lambda X=X, W_t=W_t: X @ W_t,
+            "bare product, row blocks": blocked_product(X, W_t),
             "RBFSampler": lambda X=X: rbf.transform(X),
         }
-        for name, est in [
-            ("PositiveRandomFeatures softmax", PositiveRandomFeatures(args.m, random_state=0)),
-            (
-                "PositiveRandomFeatures rbf",
-                PositiveRandomFeatures(args.m, kernel="rbf", random_state=0),
-            ),
-            ("HyperbolicRandomFeatures softmax", HyperbolicRandomFeatures(args.m, random_state=0)),
-            (
-                "TrigonometricRandomFeatures rbf",
-                TrigonometricRandomFeatures(args.m, kernel="rbf", random_state=0),
-            ),
-        ]:
-            est.fit(X[:10])
-            methods[name] = lambda X=X, est=est: est.transform(X)
-        times = {name: median_time(fn, args.repeats) for name, fn in methods.items()}
+        for name in feature_map_names():
+            for kernel in get_feature_map(name).kernels or ("softmax",):
+                est = RandomFeatures(name, n_components=args.m, kernel=kernel, random_state=0)
+                est.fit(X[:1000])
+                methods[f"{name} {kernel}"] = lambda X=X, est=est: est.transform(X)
+        times = round_robin(methods, args.repeats)
+        bare = min(times["bare product, BLAS threads"], times["bare product, row blocks"])
         for name, t in times.items():
+            if not name.startswith("bare"):
+                worst[(np.dtype(dtype).name, name)] = t / bare
             print(
                 f"{np.dtype(dtype).name:<8} {name:<36} {1e3 * t:>10.1f} "
-                f"{t / times['RBFSampler']:>13.2f} {t / times['X @ W.T (bare product)']:>10.2f}"
+                f"{t / times['RBFSampler']:>13.2f} {t / bare:>10.2f}"
             )
         print()
+    over = {k: v for k, v in worst.items() if v > 1.3 and k[1] != "RBFSampler"}
+    print(
+        "maps above 1.3x the bare product:",
+        ", ".join(f"{d} {n} ({r:.2f})" for (d, n), r in over.items()) or "none",
+    )
 
 
 def structured(args):

@@ -39,6 +39,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
@@ -441,43 +442,72 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
     return out
 
 
-def _tree_reduce(parts, merge):
-    """Reduce delayed states by ``merge`` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
-    while len(parts) > 1:
-        parts = [
-            merge(*parts[i : i + _REDUCTION_FAN_IN])
-            for i in range(0, len(parts), _REDUCTION_FAN_IN)
-        ]
-    return parts[0]
+def _exclusive_prefixes(offset, offset_index, *parts):
+    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from an offset.
 
-
-def _exclusive_prefixes(offset, *parts):
-    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from ``offset``."""
-    return tuple(exclusive_scan(parts, offset=offset))
-
-
-def _exclusive_scan(parts, merge):
-    """Exclusive prefix states of delayed chunk states (``None`` for the first chunk).
-
-    A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` states are merged into group
-    totals, the totals scanned recursively, and one task per group then runs its
-    members' prefixes sequentially from the group's offset.  Depth ``2 log_f(n)``
-    (every level is a hop between workers), about ``2n`` merges of ``m x dv`` states.
+    The offset is ``offset[offset_index]`` (an entry of another group's prefixes), or
+    none when ``offset`` is None.
     """
+    start = None if offset is None else offset[offset_index]
+    return tuple(exclusive_scan(parts, offset=start))
 
-    def prefixes_of(offset, group):
-        # the last member's own state is not needed: its prefix ends before it
-        function = dask.delayed(_exclusive_prefixes, pure=True, nout=len(group))
-        return list(function(offset, *group[:-1]))
 
-    if len(parts) <= _SCAN_FAN_IN:
-        return prefixes_of(None, parts)
-    groups = [parts[i : i + _SCAN_FAN_IN] for i in range(0, len(parts), _SCAN_FAN_IN)]
-    offsets = _exclusive_scan([merge(*group) for group in groups], merge)
-    prefixes = []
-    for offset, group in zip(offsets, groups, strict=True):
-        prefixes.extend(prefixes_of(offset, group))
-    return prefixes
+def _causal_block_of(recipe, q_block, k_block, v_block, prefixes, index, m_block=None):
+    """:func:`_causal_block` from entry ``index`` of a group's prefixes (None: no keys)."""
+    return _causal_block(
+        recipe, q_block, k_block, v_block, None if prefixes is None else prefixes[index], m_block
+    )
+
+
+class _Tasks:
+    """Builds the tasks of one graph layer: raw ``(function, *args)`` tuples under keys
+    ``(name, *index)``; arguments that are keys are references to other tasks."""
+
+    def __init__(self, name):
+        self.name = name
+        self.graph = {}
+        self._count = 0
+
+    def add(self, function, *args):
+        key = (self.name, self._count)
+        self._count += 1
+        self.graph[key] = (function, *args)
+        return key
+
+    def merge_tree(self, parts):
+        """Reduce state keys by :func:`_merge` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
+        while len(parts) > 1:
+            parts = [
+                self.add(_merge, *parts[i : i + _REDUCTION_FAN_IN])
+                for i in range(0, len(parts), _REDUCTION_FAN_IN)
+            ]
+        return parts[0]
+
+    def exclusive_scan(self, parts):
+        """``(key, index)`` of the exclusive prefix state of each of ``parts``: entry
+        ``index`` of the tuple under ``key`` (``(None, 0)`` for the first: no keys).
+
+        A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` states are merged into
+        group totals, the totals scanned recursively, and one task per group then runs
+        its members' prefixes sequentially from the group's offset.  Depth
+        ``2 log_f(n)`` (every level is a hop between workers), about ``2n`` merges of
+        ``m x dv`` states; consumers index the group's tuple themselves (no task per
+        prefix).
+        """
+
+        def prefixes_of(offset, group):
+            # the last member's own state is not needed: its prefix ends before it
+            scan = self.add(_exclusive_prefixes, *offset, *group[:-1])
+            return [(scan, i) for i in range(len(group))]
+
+        if len(parts) <= _SCAN_FAN_IN:
+            return prefixes_of((None, 0), parts)
+        groups = [parts[i : i + _SCAN_FAN_IN] for i in range(0, len(parts), _SCAN_FAN_IN)]
+        offsets = self.exclusive_scan([self.add(_merge, *group) for group in groups])
+        prefixes = []
+        for offset, group in zip(offsets, groups, strict=True):
+            prefixes.extend(prefixes_of(offset, group))
+        return prefixes
 
 
 # -- attention: public function -----------------------------------------------------------
@@ -697,59 +727,59 @@ def _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
 
 
 def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
+    """The attention graph: chunk states, merges (tree or scan) and outputs.
+
+    Raw tasks in one graph layer rather than one delayed call (and one layer) per
+    chunk: building, optimizing and scheduling the graph then costs little per chunk.
+    """
+    mask_name = None if mask is None else mask.name
+    token = tokenize(spec, dtype, Q.name, K.name, V.name, causal, mask_name)
     name = f"favorkern-features-{tokenize(spec, dtype)}"
     # One graph key for the map's spec (its projection): fetched once per worker, the
     # evaluator built once per process.
-    fmap_key = dask.delayed((name, spec, dtype), name=name)
-    chunk_state = dask.delayed(_chunk_state, pure=True)
-    merge = dask.delayed(_merge, pure=True)
-    q_blocks, k_blocks, v_blocks = (X.to_delayed(optimize_graph=False) for X in (Q, K, V))
-    dv = V.shape[-1]
+    recipe = dask.delayed((name, spec, dtype), name=name)
+    states = _Tasks(f"favorkern-key-state-{token}")
+    merges = _Tasks(f"favorkern-merge-{token}")
+    out_name = f"favorkern-attention-{token}"
+    outputs = {}
     n_lead = Q.ndim - 2
-    out_blocks = np.empty(Q.numblocks[:-1], dtype=object)
     for lead in np.ndindex(*Q.numblocks[:n_lead]):
-        lead_shape = tuple(Q.chunks[a][i] for a, i in enumerate(lead))
-        keys = [k_blocks[lead + (j, 0)] for j in range(K.numblocks[-2])]
-        values = [v_blocks[lead + (j, 0)] for j in range(V.numblocks[-2])]
-        masks = _mask_blocks(mask, lead, len(keys))
+        keys = [(K.name, *lead, j, 0) for j in range(K.numblocks[-2])]
+        values = [(V.name, *lead, j, 0) for j in range(V.numblocks[-2])]
+        masks = [None if mask is None else (mask.name, *lead, j) for j in range(K.numblocks[-2])]
         parts = [
-            chunk_state(fmap_key, k, v, m) for k, v, m in zip(keys, values, masks, strict=True)
+            states.add(_chunk_state, name, k, v, m)
+            for k, v, m in zip(keys, values, masks, strict=True)
         ]
         if causal:
-            prefixes = _exclusive_scan(parts, merge)
-            pieces = [
-                dask.delayed(_causal_block, pure=True)(
-                    fmap_key, q_blocks[lead + (i, 0)], keys[i], values[i], prefixes[i], masks[i]
+            prefixes = merges.exclusive_scan(parts)
+            for i in range(Q.numblocks[-2]):
+                outputs[(out_name, *lead, i, 0)] = (
+                    _causal_block_of,
+                    name,
+                    (Q.name, *lead, i, 0),
+                    keys[i],
+                    values[i],
+                    *prefixes[i],
+                    masks[i],
                 )
-                for i in range(Q.numblocks[-2])
-            ]
         else:
-            total = _tree_reduce(parts, merge)
-            pieces = [
-                dask.delayed(_emit_block, pure=True)(fmap_key, q_blocks[lead + (i, 0)], total)
-                for i in range(Q.numblocks[-2])
-            ]
-        for i, piece in enumerate(pieces):
-            shape = lead_shape + (Q.chunks[-2][i], dv)
-            out_blocks[lead + (i,)] = da.from_delayed(
-                piece, shape, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype)
-            )
-    return da.block(_nested(out_blocks))
-
-
-def _mask_blocks(mask, lead, n_blocks):
-    """The delayed mask block of each key chunk of one leading index (None: no mask)."""
-    if mask is None:
-        return [None] * n_blocks
-    blocks = mask.to_delayed(optimize_graph=False)
-    return [blocks[lead + (j,)] for j in range(n_blocks)]
-
-
-def _nested(blocks):
-    """``da.block``'s nested lists from an object array of blocks (last axis: one chunk)."""
-    if blocks.ndim == 1:
-        return [[block] for block in blocks]
-    return [_nested(sub) for sub in blocks]
+            total = merges.merge_tree(parts)
+            for i in range(Q.numblocks[-2]):
+                outputs[(out_name, *lead, i, 0)] = (_emit_block, name, (Q.name, *lead, i, 0), total)
+    # one layer: its tasks reference each other and the blocks of Q, K, V
+    dependencies = [Q, K, V, recipe] + ([] if mask is None else [mask])
+    graph = HighLevelGraph.from_collections(
+        out_name, {**states.graph, **merges.graph, **outputs}, dependencies=dependencies
+    )
+    chunks = Q.chunks[:-1] + ((V.shape[-1],),)
+    return da.Array(
+        graph,
+        out_name,
+        chunks,
+        dtype=dtype,
+        meta=np.empty((0,) * Q.ndim, dtype=dtype),
+    )
 
 
 # == Streaming ridge regression and classification (favorkern.linear_model) ==========

@@ -40,7 +40,7 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
             continue  # every key of the chunk is masked
         if chunk_max > state.c:
             state.rescale(chunk_max)
-        fmap.key_finish(features, row_log, shift, state.c)
+        fmap.key_finish(features, row_log, shift, state.c, bounded=masked is None)
         if masked is not None:
             features[masked] = 0.0
         state.add(features, v[a:b], buffers.ones(b - a))
@@ -51,10 +51,11 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk) -> None:
     """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
     buffers = Buffers(fmap)
     S, z = state.S, state.z
+    window = fmap.query_window(S, z) if fmap.kind == "exp" else None
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        fmap.queries(q[a:b], features)
+        fmap.queries(q[a:b], features, window)
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
@@ -70,17 +71,24 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
 
         def head_task(q, k, v, m, idx):
             state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
-            emit(fmap, q, merge([state], fmap.dtype), out[idx], 0, q.shape[0], chunk)
+            # one state: no merge, only z to the features' dtype
+            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk)
 
         run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
         return
     for q, k, v, m, idx in heads:
         parts = run_parallel(
-            [partial(accumulate_keys, fmap, k, v, m, a, b, chunk) for a, b in split(k.shape[0], workers)],
+            [
+                partial(accumulate_keys, fmap, k, v, m, a, b, chunk)
+                for a, b in split(k.shape[0], workers)
+            ],
             workers,
         )
         state = merge(parts, fmap.dtype)
         run_parallel(
-            [partial(emit, fmap, q, state, out[idx], a, b, chunk) for a, b in split(q.shape[0], workers)],
+            [
+                partial(emit, fmap, q, state, out[idx], a, b, chunk)
+                for a, b in split(q.shape[0], workers)
+            ],
             workers,
         )

@@ -15,6 +15,8 @@ __all__ = [
     "feature_chunk_rows",
     "CHUNK_BYTES",
     "PARALLEL_MIN_WORK",
+    "EXACT_CROSSOVER",
+    "exact_is_faster",
 ]
 
 # Feature buffers of ~512 KiB per worker: large enough for efficient GEMMs,
@@ -22,6 +24,20 @@ __all__ = [
 CHUNK_BYTES = 1 << 19
 # Below this many feature evaluations, threads cost more than they save.
 PARALLEL_MIN_WORK = 1 << 18
+
+
+# Exact attention costs ~ Lq Lk (d + dv) products and Lq Lk exps, FAVOR ~ (Lq + Lk) m
+# (d + dv) and (Lq + Lk) m exps: the same per-element mix, so their ratio is
+# Lq Lk / ((Lq + Lk) m) times a constant, measured with bench_attention.py's
+# crossover table (d = 64, m = 256, float32, 2 threads): exact is faster up to about
+# L = 2 * EXACT_CROSSOVER * m for Lq = Lk.
+EXACT_CROSSOVER = 1.3
+
+
+def exact_is_faster(n_queries, n_keys, n_out) -> bool:
+    """True where exact softmax attention is measured faster than FAVOR with ``n_out``
+    features: ``Lq Lk <= EXACT_CROSSOVER * n_out * (Lq + Lk)``."""
+    return n_queries * n_keys <= EXACT_CROSSOVER * n_out * (n_queries + n_keys)
 
 
 def feature_chunk_rows(n_out, dtype) -> int:

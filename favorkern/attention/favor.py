@@ -28,8 +28,9 @@ from ..feature_maps import check_constants, get_feature_map
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
-from .common import PARALLEL_MIN_WORK, feature_chunk_rows, heads
+from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, heads
 from .decoding import DecodingState, HeadFeatures, decode
+from .exact import softmax_attention
 from .features import AttentionFeatures
 
 __all__ = [
@@ -46,8 +47,8 @@ __all__ = [
 #: :class:`~favorkern._warnings.ApproximationWarning` is emitted.
 DEFAULT_WARN_ERROR = 0.5
 
-#: The causal algorithms of ``method=``.
-METHODS = ("auto", "chunked", "recurrent")
+#: ``method=``: FAVOR (its causal algorithm by a measured rule, or forced), or "auto".
+METHODS = ("favor", "auto", "chunked", "recurrent")
 
 #: Output width when neither ``n_components`` nor a projection matrix is given.
 DEFAULT_N_COMPONENTS = 256
@@ -135,7 +136,7 @@ def favor_attention(
     projection_matrix=None,
     key_padding_mask=None,
     random_state=None,
-    method="auto",
+    method="favor",
     initial_state=None,
     return_state=False,
     return_error=False,
@@ -191,10 +192,17 @@ def favor_attention(
         True marks a key to ignore.  A row whose keys are all ignored is 0.
     random_state : int, RandomState instance or None, default=None
         Seed of the drawn projection (and of the map's other draws).
-    method : {"auto", "chunked", "recurrent"}, default="auto"
-        Causal algorithm: chunked matrix products, or the numba recurrence over
-        tokens parallel over value columns.  ``"auto"`` takes ``"chunked"`` (see
-        Notes).  Both are exact implementations of the same estimate.
+    method : {"favor", "auto", "chunked", "recurrent"}, default="favor"
+        ``"favor"``: always the FAVOR estimate, the causal algorithm chosen by a
+        measured rule (see Notes).  ``"chunked"`` / ``"recurrent"``: FAVOR with that
+        causal algorithm (chunked matrix products, or the numba recurrence over tokens
+        parallel over value columns); both are exact implementations of the same
+        estimate.  ``"auto"``: the exact :func:`softmax_attention` where it is
+        measured faster (short sequences: ``Lq Lk <= 1.3 m (Lq + Lk)``, about
+        ``L <= 2.6 m`` for ``Lq = Lk``; only for maps that estimate the softmax
+        kernel, and not with ``initial_state``/``return_state``), else as
+        ``"favor"``.  Exact attention is what FAVOR estimates, so ``"auto"`` never
+        gives a worse answer, but its result then does not depend on the projection.
     initial_state : DecodingState or None, default=None
         Continue a causal sequence: ``Q, K, V`` are the next tokens after those the
         state has seen (causal only; the state comes from ``return_state=True`` or
@@ -246,7 +254,7 @@ def favor_attention(
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
     product underflowed, e.g. for huge norms in float32), the output row is 0.
 
-    Causal ``method="auto"`` always uses the chunked products (256-row chunks; the
+    Causal ``method="favor"`` always uses the chunked products (256-row chunks; the
     recurrence measured no faster here): with at least one (batch, head) per worker
     thread each thread runs whole heads; otherwise each head is split into one
     contiguous range per thread, the ranges' key states are computed in parallel and
@@ -452,6 +460,10 @@ def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
 
 def _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
     """Validated inputs to the right algorithm (shared by favor_attention and FavorAttention)."""
+    if method == "auto" and "softmax" in fmap.kernels and exact_is_faster(
+        Q.shape[-2], K.shape[-2], proj.n_components
+    ):
+        return softmax_attention(Q, K, V, causal=causal, gamma=gamma, key_padding_mask=mask)
     if fmap.data_constants and constants is None:
         if causal:
             raise ValueError(
@@ -491,7 +503,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
         if causal:
             if method != "chunked" and not V.flags.writeable:
                 head_list = heads(Q, K, V.copy(), mask, batch)
-            run_causal(features, head_list, out, workers, method)
+            run_causal(features, head_list, out, workers, "auto" if method == "favor" else method)
         else:
             chunk = feature_chunk_rows(features.n_out, Q.dtype)
             bidirectional(features, head_list, out, chunk, workers)
@@ -917,7 +929,7 @@ class FavorAttention:
         causal=None,
         gamma=None,
         key_padding_mask=None,
-        method="auto",
+        method="favor",
         initial_state=None,
         return_state=False,
         return_error=False,

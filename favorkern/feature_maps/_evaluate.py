@@ -46,6 +46,11 @@ class FeatureMapSpec:
     projector : callable or None
         ``projector(Xb, out_b)`` writes ``Xb @ weights.T`` faster than BLAS (structured
         projections at large d); used for dense blocks, ``weights`` otherwise.
+    pairs : int
+        The first ``2 * pairs`` outputs come in pairs of one projection: rows ``j`` and
+        ``pairs + j`` of ``weights`` are ``w`` and ``-w`` (exp maps, with one
+        ``log_scale`` for all of them) or ``w`` and ``w`` with phases 0 and ``-pi/2``
+        (cos maps: cos and sin).  The evaluator then computes one product per pair.
 
     Examples
     --------
@@ -67,6 +72,7 @@ class FeatureMapSpec:
     offset: np.ndarray | None = None
     logit_bound: float = np.inf
     projector: object = None
+    pairs: int = 0
 
 
 def _row_sq_norms(X) -> np.ndarray:
@@ -136,22 +142,65 @@ def projection_logits(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
         out_b += log_scale
 
 
-def _finish_cos(Xb, out_b, spec: FeatureMapSpec) -> None:
+def _cos(out_b) -> None:
+    """``cos`` in place; float64 by a vectorized kernel (numpy's float64 cos is scalar)."""
+    if out_b.dtype == np.float64 and out_b.flags.c_contiguous and out_b.ndim == 2:
+        from .._numba.vmath import cos_inplace
+
+        cos_inplace(out_b)
+    else:
+        np.cos(out_b, out=out_b)
+
+
+def _sin_cos_pairs(out_b, pairs, row_scale=None) -> None:
+    """``out_b[:, :p], out_b[:, p:2p] = r cos(u), r sin(u)`` for ``u = out_b[:, :p]`` and
+    the per-row factors ``r = row_scale`` (1 if None); the columns from ``2p`` on
+    (phase-shifted projections of unpaired outputs) get ``cos`` only.  Vectorized
+    kernels (numba) for both dtypes: numpy's float64 ``cos`` is scalar, and its float32
+    ``sin``/``cos`` on the strided halves measured 1.4x slower than the fused kernel."""
+    dtype = out_b.dtype
+    if row_scale is None:
+        row_scale = np.ones(out_b.shape[0], dtype=dtype)
+    if out_b.flags.c_contiguous and dtype in (np.float32, np.float64):
+        from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
+
+        kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
+        kernel(out_b, pairs, np.ascontiguousarray(row_scale, dtype=dtype))
+    else:
+        np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
+        np.cos(out_b[:, :pairs], out=out_b[:, :pairs])
+        with np.errstate(invalid="ignore"):
+            out_b[:, : 2 * pairs] *= row_scale[:, np.newaxis]
+    if out_b.shape[1] > 2 * pairs:
+        np.cos(out_b[:, 2 * pairs :], out=out_b[:, 2 * pairs :])
+
+
+def _cos_row_scale(Xb, spec: FeatureMapSpec, dtype) -> np.ndarray:
+    """``exp(row_log_coef |x|^2 + max log_scale)`` per row, warning where it overflows.
+
+    Scale in the exponent, so that the factor is inf only when the feature itself
+    overflows.
+    """
+    log_max = float(np.log(np.finfo(dtype).max))
+    log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
+    peak = float(log_row.max()) + float(np.max(spec.log_scale)) if log_row.size else -np.inf
+    if peak >= log_max:
+        _warn_overflow(_overflow_message(dtype, f"gamma * |x|^2 / 2 + log scale ({peak:.3g})"))
+    with np.errstate(over="ignore"):
+        return np.exp(log_row + float(np.max(spec.log_scale))).astype(dtype)
+
+
+def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
     """cos of the phase-shifted projection, times the row factor and the output scales."""
     dtype = out_b.dtype
     log_max = float(np.log(np.finfo(dtype).max))
-    np.cos(out_b, out=out_b)
+    if not cos_done:
+        _cos(out_b)
     log_scale = spec.log_scale
     if spec.row_log_coef != 0.0:
-        log_row = _row_sq_norms(Xb).astype(np.float64) * spec.row_log_coef
-        peak = float(log_row.max()) + float(np.max(log_scale)) if log_row.size else -np.inf
-        if peak >= log_max:
-            _warn_overflow(_overflow_message(dtype, f"gamma * |x|^2 / 2 + log scale ({peak:.3g})"))
+        row_scale = _cos_row_scale(Xb, spec, dtype)
         with np.errstate(over="ignore", invalid="ignore"):
-            # Scale in the exponent, so that exp(log_row + log_scale) is inf only when
-            # the feature itself overflows; cos(.) * inf can give nan when cos is 0,
-            # kept as inf * sign.
-            row_scale = np.exp(log_row + float(np.max(log_scale))).astype(dtype)
+            # cos(.) * inf can give nan when cos is 0, kept as inf * sign.
             out_b *= row_scale[:, np.newaxis]
         if np.ndim(log_scale) != 0:
             out_b *= np.exp(log_scale - float(np.max(log_scale))).astype(dtype)
@@ -216,8 +265,19 @@ def _augmented_weights(spec: FeatureMapSpec, dtype):
     return np.ascontiguousarray(aug, dtype=dtype)
 
 
+def _paired_weights(spec: FeatureMapSpec, dtype):
+    """The augmented weights of the first output of each pair and of the unpaired ones."""
+    aug = _augmented_weights(spec, dtype)
+    p = spec.pairs
+    return np.ascontiguousarray(aug[:, :p]), np.ascontiguousarray(aug[:, 2 * p :])
+
+
 def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None:
-    """:func:`apply_block` for dense blocks of exp and cos maps without a projector."""
+    """:func:`apply_block` for dense blocks of exp and cos maps without a projector.
+
+    ``weights_aug`` is :func:`_augmented_weights`, or :func:`_paired_weights` for a
+    spec with pairs: one product per pair, the partner derived elementwise.
+    """
     dtype = out_b.dtype
     rows, d = Xb.shape
     x_aug = np.empty((rows, d + 2), dtype=dtype)
@@ -229,6 +289,31 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
     else:
         x_aug[:, d] = 0.0
     x_aug[:, d + 1] = 1.0
+    p = spec.pairs
+    if p:
+        first, rest = weights_aug
+        np.matmul(x_aug, first, out=out_b[:, :p])
+        if rest.shape[1]:
+            np.matmul(x_aug, rest, out=out_b[:, 2 * p :])
+        if spec.func == "exp":
+            # partner: -w.x - a|x|^2 + log s = 2 (log s - a|x|^2) - (w.x - a|x|^2 + log s)
+            log_pair = float(np.ravel(spec.log_scale)[0])
+            twice = x_aug[:, d] + dtype.type(log_pair)
+            twice *= dtype.type(2.0)
+            np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
+            _exp_checked(out_b, spec)
+            return
+        if np.ndim(spec.log_scale) == 0:
+            # the row factor and the constant output scale ride along in the kernel
+            if spec.row_log_coef != 0.0:
+                row_scale = _cos_row_scale(Xb, spec, dtype)
+            else:
+                row_scale = np.full(rows, np.exp(spec.log_scale), dtype=dtype)
+            _sin_cos_pairs(out_b, p, row_scale)
+            return
+        _sin_cos_pairs(out_b, p)
+        _finish_cos(Xb, out_b, spec, cos_done=True)
+        return
     np.matmul(x_aug, weights_aug, out=out_b)
     if spec.func == "exp":
         _exp_checked(out_b, spec)
@@ -290,7 +375,7 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     n_out = spec.weights.shape[0]
     out = np.empty((X.shape[0], n_out), dtype=dtype)
     if spec.projector is None and spec.func in ("exp", "cos") and not sp.issparse(X):
-        weights_aug = _augmented_weights(spec, dtype)
+        weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype)
 
         def block(start, stop):
             _apply_block_augmented(X[start:stop], out[start:stop], spec, weights_aug)

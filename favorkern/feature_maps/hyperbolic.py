@@ -31,6 +31,7 @@ def hyperbolic_spec(projection, input_scale, n_outputs, sq_factor=0.5) -> Featur
         sq_coef=sq_factor * input_scale**2,
         log_scale=log_scale,
         logit_bound=max_sq_norm(projection) / (4 * sq_factor),
+        pairs=n_pairs,
     )
 
 

@@ -38,6 +38,7 @@ def trigonometric_spec(projection, input_scale, n_outputs, offset, softmax) -> F
         row_log_coef=0.5 * input_scale**2 if softmax else 0.0,
         log_scale=log_scale,
         offset=phases,
+        pairs=n_pairs,
     )
 
 
