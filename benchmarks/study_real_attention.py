@@ -99,7 +99,7 @@ class Estimator:
                 feature_map=self.fmap, projection_matrix=self.proj.matrix, constants=constants,
             )
         return _dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
-                         "auto", constants=constants)  # fmt: skip
+                         "favor", constants=constants)  # fmt: skip
 
 
 def labels():

@@ -163,7 +163,7 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
 # Measured with benchmarks/bench_attention.py --methods (d = 64, m = 256, float32,
 # 2 threads): the two algorithms are within noise of each other for one head and the
 # chunked products never lose by much, need no compilation and run whole heads on one
-# thread each, so method="auto" always takes "chunked".  Chunks of 256 rows measured
+# thread each, so method="favor" always takes "chunked".  Chunks of 256 rows measured
 # faster than 64, 128 and 512 (one thread, L = 65536).
 CAUSAL_CHUNK_ROWS = 256
 
