@@ -76,7 +76,9 @@ def test_multi_output_and_float32(client):
     model = fit(RandomFeatureRidge(_features(), alphas=ALPHAS), da.from_array(X32, chunks=200), y)
     assert model.coef_.shape == reference.coef_.shape == (2, 48)
     assert model.coef_.dtype == np.float32
-    assert _rel(model.coef_, reference.coef_) < 1e-6  # float32 coefficients
+    # float32 features may differ by an ulp between the worker (one thread) and the
+    # in-memory path (row blocks on threads); the solve amplifies that to ~1e-6
+    assert _rel(model.coef_, reference.coef_) < 1e-5  # float32 coefficients
     out = predict(model, da.from_array(X32, chunks=200))
     assert out.dtype == np.float32 and out.shape == (700, 2)
     assert _rel(out.compute(), reference.predict(X32)) < 1e-5
