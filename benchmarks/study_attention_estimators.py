@@ -64,7 +64,9 @@ def curves(trials, seed):
                 Q, K, V = draw_inputs(rng, r, anisotropic)
                 exact = softmax_attention(Q, K, V)
                 for projection in PROJECTIONS:
-                    W = draw_projection(M, D, projection=projection, random_state=seed + 1000 * trial)
+                    W = draw_projection(
+                        M, D, projection=projection, random_state=seed + 1000 * trial
+                    )
                     for features in FEATURES:
                         out = favor_attention(Q, K, V, feature_map=features, projection_matrix=W)
                         errors.setdefault((features, projection), []).append(row_error(out, exact))

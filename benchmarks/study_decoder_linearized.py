@@ -33,8 +33,8 @@ import sys
 import time
 
 import numpy as np
-
 import real_attention as ra
+
 from favorkern import softmax_attention
 
 # (label, features, m); m = None: exact attention.
@@ -55,8 +55,9 @@ def attention_function(features, m, seed):
         )
 
     def favor_fn(q, k, v, scaling, causal):
-        return ra.favor(q, k, v, causal=causal, m=m, features=features, scale=scaling,
-                        random_state=seed)
+        return ra.favor(
+            q, k, v, causal=causal, m=m, features=features, scale=scaling, random_state=seed
+        )
 
     return favor_fn
 
@@ -72,7 +73,10 @@ def main(argv=None):
     parser.add_argument("--texts", type=int, default=3, help="evaluation texts (1-4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--single-layers", type=int, nargs="*", default=[0, 6, 12, 18, 24, 29],
+        "--single-layers",
+        type=int,
+        nargs="*",
+        default=[0, 6, 12, 18, 24, 29],
         help="layers replaced one at a time in the second table (none: skip it)",
     )
     parser.add_argument("--single-m", type=int, default=256)

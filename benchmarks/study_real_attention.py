@@ -39,7 +39,7 @@ import numpy as np
 import real_attention as ra
 
 from favorkern import hybrid_attention, softmax_attention
-from favorkern.attention.favor import _dispatch, resolve_projection
+from favorkern.attention.favor import dispatch, resolve_projection
 from favorkern.feature_maps import FittedFeatureMap, get_feature_map
 
 DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
@@ -95,10 +95,18 @@ class Estimator:
         if self.hybrid:
             _, window, n_global, _ = self.hybrid
             return hybrid_attention(
-                q, k, v, window=window, n_global=n_global, causal=True, gamma=self.gamma,
-                feature_map=self.fmap, projection_matrix=self.proj.matrix, constants=constants,
+                q,
+                k,
+                v,
+                window=window,
+                n_global=n_global,
+                causal=True,
+                gamma=self.gamma,
+                feature_map=self.fmap,
+                projection_matrix=self.proj.matrix,
+                constants=constants,
             )
-        return _dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
+        return dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
                          "favor", constants=constants)  # fmt: skip
 
 
@@ -128,8 +136,10 @@ def part_errors(args):
                 for h in range(n_heads):
                     kv = h // group
                     qc, kc = cap["q"][cal, li, h], cap["k"][cal, li, kv]
-                    q, k, v = (np.ascontiguousarray(X, dtype=np.float32) for X in (
-                        cap["q"][ev, li, h], cap["k"][ev, li, kv], cap["v"][ev, li, kv]))
+                    q, k, v = (
+                        np.ascontiguousarray(X, dtype=np.float32)
+                        for X in (cap["q"][ev, li, h], cap["k"][ev, li, kv], cap["v"][ev, li, kv])
+                    )
                     t0 = time.perf_counter()
                     constants = est.fit(qc, kc)
                     fit_times.setdefault((label, m), []).append(time.perf_counter() - t0)
@@ -144,17 +154,23 @@ def part_errors(args):
               flush=True)  # fmt: skip
     t_exact = []
     for h in range(n_heads):
-        q, k, v = (np.ascontiguousarray(X, dtype=np.float32) for X in (
-            cap["q"][ev, 0, h], cap["k"][ev, 0, h // group], cap["v"][ev, 0, h // group]))
+        q, k, v = (
+            np.ascontiguousarray(X, dtype=np.float32)
+            for X in (cap["q"][ev, 0, h], cap["k"][ev, 0, h // group], cap["v"][ev, 0, h // group])
+        )
         t0 = time.perf_counter()
         softmax_attention(q, k, v, causal=True, gamma=gamma)
         t_exact.append(time.perf_counter() - t0)
 
     names = list(cap["text_names"])
-    print(f"SmolLM2-135M-Instruct capture {Path(args.capture).name}: L = {L}, layers {layers}, "
-          f"{n_heads} query heads; fitted on {names[cal]!r}, measured on {names[ev]!r}")
-    print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f} "
-          f"(2 cores); fitted: max_iter={args.fitted_iter}, n_rows={args.fitted_rows}")
+    print(
+        f"SmolLM2-135M-Instruct capture {Path(args.capture).name}: L = {L}, layers {layers}, "
+        f"{n_heads} query heads; fitted on {names[cal]!r}, measured on {names[ev]!r}"
+    )
+    print(
+        f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f} "
+        f"(2 cores); fitted: max_iter={args.fitted_iter}, n_rows={args.fitted_rows}"
+    )
     for m in args.sizes:
         print(f"\nmedian relative row error, causal, m = {m} (per layer: median over heads)")
         print("| estimator | " + " | ".join(f"layer {x}" for x in layers) + " | median |")
@@ -163,8 +179,10 @@ def part_errors(args):
             row = errors[(label, m)]
             print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in row)
                   + f" | **{np.median(row):.3f}** |")  # fmt: skip
-    print(f"\ntime per call (ms, one head, L = {L}, median over heads and layers; exact "
-          f"softmax_attention: {1e3 * np.median(t_exact):.2f} ms); fit time in brackets")
+    print(
+        f"\ntime per call (ms, one head, L = {L}, median over heads and layers; exact "
+        f"softmax_attention: {1e3 * np.median(t_exact):.2f} ms); fit time in brackets"
+    )
     print("| estimator | " + " | ".join(f"m = {m}" for m in args.sizes) + " |")
     print("|---|" + "---:|" * len(args.sizes))
     for label in labels():
@@ -246,16 +264,20 @@ def part_downstream(args):
             ))  # fmt: skip
         print(f"  {doc.name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     names = [d.name for d in eval_docs]
-    print(f"\nevery layer replaced, m = {m}, L = {args.tokens} tokens, evaluation texts "
-          f"{names}; constants fitted on {cal_doc.name!r}")
+    print(
+        f"\nevery layer replaced, m = {m}, L = {args.tokens} tokens, evaluation texts "
+        f"{names}; constants fitted on {cal_doc.name!r}"
+    )
     print(f"exact model perplexity: {' / '.join(f'{p:.2f}' for p in exact_ppl)}")
     print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f}")
     print("| attention | top-1 agreement | perplexity |")
     print("|---|---|---|")
     for label, _, _ in configs:
         top1, ppl = np.array(results[label]).T
-        print(f"| {label} | {np.mean(top1):.3f} ({' / '.join(f'{x:.3f}' for x in top1)}) | "
-              f"{np.mean(ppl):.1f} ({' / '.join(f'{x:.1f}' for x in ppl)}) |")
+        print(
+            f"| {label} | {np.mean(top1):.3f} ({' / '.join(f'{x:.3f}' for x in top1)}) | "
+            f"{np.mean(ppl):.1f} ({' / '.join(f'{x:.1f}' for x in ppl)}) |"
+        )
     return 0
 
 
@@ -269,8 +291,12 @@ def main(argv=None):
     parser.add_argument("--skip-errors", action="store_true", help="skip part 1")
     parser.add_argument("--downstream", action="store_true", help="run part 2 (needs the model)")
     parser.add_argument("--downstream-m", type=int, default=256)
-    parser.add_argument("--downstream-only", nargs="*", default=None,
-                        help="part 2: only these estimators (labels as in the table)")
+    parser.add_argument(
+        "--downstream-only",
+        nargs="*",
+        default=None,
+        help="part 2: only these estimators (labels as in the table)",
+    )
     parser.add_argument("--tokens", type=int, default=512, help="part 2: tokens per text")
     parser.add_argument("--texts", type=int, default=2, help="part 2: evaluation texts")
     args = parser.parse_args(argv)

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import real_attention as ra
+
 from favorkern import softmax_attention
 
 DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
@@ -48,11 +48,15 @@ CONFIGS = (
 def head_errors(q, k, v, scaling, *, causal, m, features, seed):
     """Median relative row error per query head, shape (n_heads,)."""
     exact = softmax_attention(
-        q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
-        causal=causal, gamma=scaling,
+        q.astype(np.float64),
+        k.astype(np.float64),
+        v.astype(np.float64),
+        causal=causal,
+        gamma=scaling,
     )
-    approx = ra.favor(q, k, v, causal=causal, m=m, features=features, scale=scaling,
-                      random_state=seed)
+    approx = ra.favor(
+        q, k, v, causal=causal, m=m, features=features, scale=scaling, random_state=seed
+    )
     return np.median(ra.relative_row_errors(approx, exact), axis=-1)
 
 
@@ -90,14 +94,23 @@ def main(argv=None):
             v = ra.repeat_kv(cap["v"][t, j].astype(np.float32), n_heads)
             # |q'| |k'| with q' = scaling^(1/2) q: the logit scale the estimators face.
             layer_norms.append(
-                np.median(np.linalg.norm(q, axis=-1)) * np.median(np.linalg.norm(k, axis=-1))
+                np.median(np.linalg.norm(q, axis=-1))
+                * np.median(np.linalg.norm(k, axis=-1))
                 * cap["scaling"]
             )
             for mode, features in CONFIGS:
                 for m in SIZES:
                     per[(mode, features)][m].append(
-                        head_errors(q, k, v, cap["scaling"], causal=mode == "causal",
-                                    m=m, features=features, seed=args.seed)
+                        head_errors(
+                            q,
+                            k,
+                            v,
+                            cap["scaling"],
+                            causal=mode == "causal",
+                            m=m,
+                            features=features,
+                            seed=args.seed,
+                        )
                     )
         norms.append(np.median(layer_norms))
         for config in CONFIGS:
@@ -107,8 +120,10 @@ def main(argv=None):
 
     for config in CONFIGS:
         mode, features = config
-        print(f"\n{mode} {features}: median relative row error per layer "
-              f"(median over heads x texts [min-max])")
+        print(
+            f"\n{mode} {features}: median relative row error per layer "
+            f"(median over heads x texts [min-max])"
+        )
         print("| layer | med |q'||k'| | " + " | ".join(f"m = {m}" for m in SIZES) + " |")
         print("|---:|---:|" + "---:|" * len(SIZES))
         for j, layer in enumerate(layers):

@@ -34,7 +34,9 @@ for ax, sigma in zip(axes, [0.5, 1.0], strict=True):
     V = rng.normal(size=(L, d))
     for features, color in [("positive", "tab:blue"), ("trigonometric", "tab:red")]:
         errors = [
-            np.median(attention_error(Q, K, V, n_components=m, feature_map=features, random_state=0))
+            np.median(
+                attention_error(Q, K, V, n_components=m, feature_map=features, random_state=0)
+            )
             for m in sizes
         ]
         ax.loglog(sizes, errors, "o-", color=color, label=features)

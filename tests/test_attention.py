@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import favorkern.attention as attention_module
+from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
 from favorkern.attention import causal as causal_module
 from favorkern.attention import common as common_module
 from favorkern.attention import exact as exact_module
 from favorkern.attention import favor as favor_module
-from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
 
 FEATURES = naive.FEATURE_MAPS
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
@@ -206,7 +206,10 @@ def test_converges_to_exact_attention_as_features_grow():
         for m in (8, 128, 2048):
             trials = [
                 np.mean(
-                    (favor_attention(Q, K, V, causal=causal, n_components=m, random_state=s) - exact)
+                    (
+                        favor_attention(Q, K, V, causal=causal, n_components=m, random_state=s)
+                        - exact
+                    )
                     ** 2
                 )
                 for s in range(4)

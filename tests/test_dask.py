@@ -179,7 +179,9 @@ def test_attention_matches_in_memory(features, dtype, causal, rows):
     rng = np.random.default_rng(2)
     Q, K, V = _inputs(rng, (2, 37), dtype)
     W = draw_projection(16, 8, random_state=0)
-    ref = favorkern.favor_attention(Q, K, V, causal=causal, feature_map=features, projection_matrix=W)
+    ref = favorkern.favor_attention(
+        Q, K, V, causal=causal, feature_map=features, projection_matrix=W
+    )
     out = favor_attention(
         *(_chunked(X, rows) for X in (Q, K, V)),
         causal=causal,

@@ -17,8 +17,6 @@ from favorkern import (
     TrigonometricRandomFeatures,
     draw_projection,
 )
-from favorkern.diagnostics.monte_carlo import draw_trials
-from favorkern.feature_maps._variance import orthogonal_deficit, trig_gap
 from favorkern.diagnostics import (
     attention_error,
     convergence,
@@ -27,6 +25,8 @@ from favorkern.diagnostics import (
     theoretical_mse,
     variance_study,
 )
+from favorkern.diagnostics.monte_carlo import draw_trials
+from favorkern.feature_maps._variance import orthogonal_deficit, trig_gap
 
 FEATURES = ("positive", "hyperbolic", "trigonometric")  # the Performer's three
 N_TRIALS = 20000
@@ -70,7 +70,9 @@ def monte_carlo():
         rng = np.random.RandomState(1000 + index)
         draws = draw_trials(N_TRIALS, m, d, projection, "chi", rng)
         for features in FEATURES:
-            mc = empirical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projections=draws)
+            mc = empirical_mse(
+                x, y, feature_map=features, n_components=naive.width(features, m), projections=draws
+            )
             results[(d, projection, m, features)] = (x, y, mc)
     return results
 
@@ -78,7 +80,9 @@ def monte_carlo():
 def test_monte_carlo_agrees_with_closed_form(monte_carlo):
     z_scores = []
     for (d, projection, m, features), (x, y, mc) in monte_carlo.items():
-        theory = theoretical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projection=projection)
+        theory = theoretical_mse(
+            x, y, feature_map=features, n_components=naive.width(features, m), projection=projection
+        )
         assert mc.n_trials >= 20000
         z = (mc.mse - theory) / mc.se
         assert np.all(np.abs(z) < Z_LIMIT), (d, projection, m, features, z)
@@ -93,7 +97,9 @@ def test_orthogonal_told_apart_from_iid(monte_carlo):
     # trigonometric, d = m = 16, |delta|^2 = 1: the orthogonal MSE is ~6x smaller
     x, y, mc = monte_carlo[(16, "orthogonal", 16, "trigonometric")]
     iid = theoretical_mse(x, y, feature_map="trigonometric", n_components=32, projection="gaussian")
-    ort = theoretical_mse(x, y, feature_map="trigonometric", n_components=32, projection="orthogonal")
+    ort = theoretical_mse(
+        x, y, feature_map="trigonometric", n_components=32, projection="orthogonal"
+    )
     assert ort[2] < 0.25 * iid[2]
     assert abs(mc.mse[2] - ort[2]) < Z_LIMIT * mc.se[2]
     assert (iid[2] - mc.mse[2]) > 20 * mc.se[2]
@@ -124,7 +130,12 @@ def test_fixed_norms_bias_plus_variance(features):
             random_state=3,
         )
         theory = theoretical_mse(
-            x, y, feature_map=features, n_components=naive.width(features, m), projection=projection, norms="fixed"
+            x,
+            y,
+            feature_map=features,
+            n_components=naive.width(features, m),
+            projection=projection,
+            norms="fixed",
         )
         assert np.all(np.abs(mc.mse - theory) < Z_LIMIT * mc.se), (projection, mc.mse, theory)
 
@@ -143,7 +154,13 @@ def test_trials_are_the_transformers_estimates(features, transformer):
     x, y = rng.normal(scale=0.4, size=(2, 3, 8))
     draws = np.stack([draw_projection(6, 8, random_state=seed) for seed in range(5)])
     mc = empirical_mse(
-        x, y, feature_map=features, n_components=naive.width(features, 6), gamma=0.7, projections=draws, n_groups=5
+        x,
+        y,
+        feature_map=features,
+        n_components=naive.width(features, 6),
+        gamma=0.7,
+        projections=draws,
+        n_groups=5,
     )
     width = 6 if features == "positive" else 12
     estimates = []
@@ -172,7 +189,14 @@ def test_lemma2_iid_formulas():
     trig = np.exp(z2) * sm**-2 * (1 - np.exp(-d2)) ** 2 / (2 * m)
     hyp = 0.5 * (1 - np.exp(-z2)) * pos
     for features, expected in (("positive", pos), ("trigonometric", trig), ("hyperbolic", hyp)):
-        got = theoretical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projection="gaussian", gamma=gamma)
+        got = theoretical_mse(
+            x,
+            y,
+            feature_map=features,
+            n_components=naive.width(features, m),
+            projection="gaussian",
+            gamma=gamma,
+        )
         np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -186,12 +210,18 @@ def test_orthogonal_gain_table():
         for s, orf, hyp_orf, trig_orf in rows:
             x = np.zeros(d)
             x[3] = np.sqrt(s) / 2
-            iid = theoretical_mse(x, x, feature_map="positive", n_components=d, projection="gaussian")
-            ort = theoretical_mse(x, x, feature_map="positive", n_components=d, projection="orthogonal")
+            iid = theoretical_mse(
+                x, x, feature_map="positive", n_components=d, projection="gaussian"
+            )
+            ort = theoretical_mse(
+                x, x, feature_map="positive", n_components=d, projection="orthogonal"
+            )
             hyp = theoretical_mse(
                 x, x, feature_map="hyperbolic", n_components=2 * d, projection="orthogonal"
             )
-            t_iid = theoretical_mse(x, -x, feature_map="trigonometric", n_components=2 * d, projection="gaussian")
+            t_iid = theoretical_mse(
+                x, -x, feature_map="trigonometric", n_components=2 * d, projection="gaussian"
+            )
             t_ort = theoretical_mse(
                 x, -x, feature_map="trigonometric", n_components=2 * d, projection="orthogonal"
             )
@@ -235,7 +265,12 @@ def test_theorem2_bound(d):
         hyp_ort = theoretical_mse(
             x, y, feature_map="hyperbolic", n_components=2 * m, projection="orthogonal"
         )
-        assert np.all(hyp_ort <= theoretical_mse(x, y, feature_map="hyperbolic", n_components=2 * m, projection="gaussian"))
+        assert np.all(
+            hyp_ort
+            <= theoretical_mse(
+                x, y, feature_map="hyperbolic", n_components=2 * m, projection="gaussian"
+            )
+        )
 
 
 def test_theorem2_bound_holds_for_the_monte_carlo(monte_carlo):
@@ -257,7 +292,12 @@ def test_log_and_direct_agree(features, projection, norms):
     x = rng.normal(size=(400, 12)) * scale
     y = rng.normal(size=(400, 12)) * scale[::-1]
     for m in (5, 12, 30):
-        kwargs = dict(feature_map=features, n_components=naive.width(features, m), projection=projection, norms=norms)
+        kwargs = dict(
+            feature_map=features,
+            n_components=naive.width(features, m),
+            projection=projection,
+            norms=norms,
+        )
         direct = theoretical_mse(x, y, **kwargs)
         logged = theoretical_mse(x, y, log=True, **kwargs)
         both = np.isfinite(direct) & (direct > 0) & np.isfinite(logged)
@@ -271,7 +311,12 @@ def test_log_is_finite_where_the_mse_overflows():
     for features in FEATURES:
         for projection in ("gaussian", "orthogonal"):
             for norms in ("chi", "fixed"):
-                kwargs = dict(feature_map=features, n_components=naive.width(features, 64), projection=projection, norms=norms)
+                kwargs = dict(
+                    feature_map=features,
+                    n_components=naive.width(features, 64),
+                    projection=projection,
+                    norms=norms,
+                )
                 with np.errstate(all="ignore"):
                     direct = theoretical_mse(x, y, **kwargs)
                 logged = theoretical_mse(x, y, log=True, **kwargs)
@@ -280,16 +325,26 @@ def test_log_is_finite_where_the_mse_overflows():
     # the positive closed form in log space: -log m + 2 x.y + |z|^2 + log(1 - e^-|z|^2)
     big = np.full(4, 20.0)
     expected = -np.log(4) + 2 * 1600 + 6400
-    assert theoretical_mse(big, big, feature_map="positive", n_components=4, projection="gaussian", log=True) == pytest.approx(
-        expected, rel=1e-14
-    )
+    assert theoretical_mse(
+        big, big, feature_map="positive", n_components=4, projection="gaussian", log=True
+    ) == pytest.approx(expected, rel=1e-14)
 
 
 def test_zero_mse_where_the_estimator_is_exact():
     x = np.array([0.3, -0.2, 0.1])
-    assert theoretical_mse(x, -x, feature_map="positive", n_components=3, projection="gaussian") == 0.0
-    assert theoretical_mse(x, x, feature_map="trigonometric", n_components=6, projection="gaussian") == 0.0
-    assert theoretical_mse(x, -x, feature_map="positive", n_components=3, projection="gaussian", log=True) == -np.inf
+    assert (
+        theoretical_mse(x, -x, feature_map="positive", n_components=3, projection="gaussian") == 0.0
+    )
+    assert (
+        theoretical_mse(x, x, feature_map="trigonometric", n_components=6, projection="gaussian")
+        == 0.0
+    )
+    assert (
+        theoretical_mse(
+            x, -x, feature_map="positive", n_components=3, projection="gaussian", log=True
+        )
+        == -np.inf
+    )
 
 
 def test_fig2_values():
@@ -316,17 +371,33 @@ def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="projection"):
         theoretical_mse(x, x, feature_map="positive", n_components=3, projection="haar")
     with pytest.raises(ValueError, match="norms"):
-        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", norms="unit")
+        theoretical_mse(
+            x, x, feature_map="positive", n_components=3, projection="gaussian", norms="unit"
+        )
     with pytest.raises(ValueError, match="gamma"):
-        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", gamma=-1.0)
+        theoretical_mse(
+            x, x, feature_map="positive", n_components=3, projection="gaussian", gamma=-1.0
+        )
     with pytest.raises(TypeError, match="log"):
-        theoretical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", log="yes")
+        theoretical_mse(
+            x, x, feature_map="positive", n_components=3, projection="gaussian", log="yes"
+        )
     with pytest.raises(ValueError, match="same number of dimensions"):
-        theoretical_mse(x, np.ones(4), feature_map="positive", n_components=3, projection="gaussian")
+        theoretical_mse(
+            x, np.ones(4), feature_map="positive", n_components=3, projection="gaussian"
+        )
     with pytest.raises(ValueError, match="x contains NaN"):
-        theoretical_mse(np.array([np.nan, 0, 0]), x, feature_map="positive", n_components=3, projection="gaussian")
+        theoretical_mse(
+            np.array([np.nan, 0, 0]),
+            x,
+            feature_map="positive",
+            n_components=3,
+            projection="gaussian",
+        )
     with pytest.raises(TypeError, match="n_trials"):
-        empirical_mse(x, x, feature_map="positive", n_components=3, projection="gaussian", n_trials=1.5)
+        empirical_mse(
+            x, x, feature_map="positive", n_components=3, projection="gaussian", n_trials=1.5
+        )
     with pytest.raises(ValueError, match="projections"):
         empirical_mse(x, x, feature_map="positive", n_components=3, projections=np.ones((2, 4, 3)))
     with pytest.raises(ValueError, match="pair_names"):
@@ -337,12 +408,33 @@ def test_shapes_and_scalars():
     x, y, names = default_pairs(8)
     out = theoretical_mse(x, y, feature_map="hyperbolic", n_components=8, projection="gaussian")
     assert out.shape == (4,)
-    assert isinstance(theoretical_mse(x[0], y[0], feature_map="hyperbolic", n_components=8, projection="gaussian"), float)
-    assert theoretical_mse(x, y[0], feature_map="positive", n_components=4, projection="gaussian").shape == (4,)
-    mc = empirical_mse(x[1], y[1], feature_map="positive", n_components=4, projection="gaussian", n_trials=50, random_state=0)
+    assert isinstance(
+        theoretical_mse(
+            x[0], y[0], feature_map="hyperbolic", n_components=8, projection="gaussian"
+        ),
+        float,
+    )
+    assert theoretical_mse(
+        x, y[0], feature_map="positive", n_components=4, projection="gaussian"
+    ).shape == (4,)
+    mc = empirical_mse(
+        x[1],
+        y[1],
+        feature_map="positive",
+        n_components=4,
+        projection="gaussian",
+        n_trials=50,
+        random_state=0,
+    )
     assert isinstance(mc.mse, float) and mc.mom_low <= mc.mom <= mc.mom_high
     again = empirical_mse(
-        x[1], y[1], feature_map="positive", n_components=4, projection="gaussian", n_trials=50, random_state=0
+        x[1],
+        y[1],
+        feature_map="positive",
+        n_components=4,
+        projection="gaussian",
+        n_trials=50,
+        random_state=0,
     )
     assert again.mse == mc.mse
 
@@ -380,7 +472,9 @@ def test_variance_study_is_tidy():
 def test_convergence_decreases_with_m():
     X = np.random.default_rng(0).normal(scale=0.25, size=(40, 8))
     for features in ("positive", "trigonometric"):
-        errors = convergence(X, feature_map=features, n_components=[16, 1024], n_repeats=2, random_state=0)
+        errors = convergence(
+            X, feature_map=features, n_components=[16, 1024], n_repeats=2, random_state=0
+        )
         assert set(errors.columns) >= {"n_components", "max_rel_error", "mean_rel_error"}
         means = errors.groupby("n_components")[["max_rel_error", "mean_rel_error"]].mean()
         assert means.loc[1024, "max_rel_error"] < means.loc[16, "max_rel_error"]

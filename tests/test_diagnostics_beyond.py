@@ -31,7 +31,8 @@ def test_gain_table(d, sum_sq, orf, simplex, hyperbolic_orf):
     x, y = _pair(sum_sq, d)
     iid = theoretical_mse(x, y, feature_map="positive", n_components=d, projection="gaussian")
     ratio = {
-        name: theoretical_mse(x, y, feature_map=f, n_components=naive.width(f, d), projection=p) / iid
+        name: theoretical_mse(x, y, feature_map=f, n_components=naive.width(f, d), projection=p)
+        / iid
         for name, f, p in [
             ("orf", "positive", "orthogonal"),
             ("simplex", "positive", "simplex"),
@@ -51,8 +52,12 @@ def test_gain_table(d, sum_sq, orf, simplex, hyperbolic_orf):
 def test_gerf_log_variance_table(d, s, log_var_optimal, log_var_positive):
     x, y = np.zeros(d), np.zeros(d)
     x[0] = y[1] = np.sqrt(s)
-    opt = theoretical_mse(x, y, feature_map="optimal", n_components=1, projection="gaussian", log=True)
-    pos = theoretical_mse(x, y, feature_map="positive", n_components=1, projection="gaussian", log=True)
+    opt = theoretical_mse(
+        x, y, feature_map="optimal", n_components=1, projection="gaussian", log=True
+    )
+    pos = theoretical_mse(
+        x, y, feature_map="positive", n_components=1, projection="gaussian", log=True
+    )
     assert opt == pytest.approx(log_var_optimal, abs=0.06)
     assert pos == pytest.approx(log_var_positive, abs=0.06)
 
@@ -62,7 +67,9 @@ def test_gerf_at_zero_is_positive_and_optimal_a_minimizes():
     x, y = rng.normal(scale=0.3, size=(2, 5, 8))
     for projection in ("gaussian", "orthogonal", "simplex"):
         np.testing.assert_allclose(
-            theoretical_mse(x, y, feature_map="optimal", A=0.0, n_components=12, projection=projection),
+            theoretical_mse(
+                x, y, feature_map="optimal", A=0.0, n_components=12, projection=projection
+            ),
             theoretical_mse(x, y, feature_map="positive", n_components=12, projection=projection),
             rtol=1e-10,
         )
@@ -70,7 +77,11 @@ def test_gerf_at_zero_is_positive_and_optimal_a_minimizes():
     best = theoretical_mse(x, y, feature_map="optimal", n_components=4, projection="gaussian")
     for A in (-0.5, -0.2, -0.05, 0.0, 0.05):
         assert np.all(
-            best <= theoretical_mse(x, y, feature_map="optimal", A=A, n_components=4, projection="gaussian") * (1 + 1e-12)
+            best
+            <= theoretical_mse(
+                x, y, feature_map="optimal", A=A, n_components=4, projection="gaussian"
+            )
+            * (1 + 1e-12)
         )
 
 
@@ -103,7 +114,14 @@ def pairs():
 @pytest.mark.parametrize("features, projection, A, m", CONFIGS)
 def test_monte_carlo_agrees_with_closed_form(pairs, features, projection, A, m):
     x, y = pairs
-    theory = theoretical_mse(x, y, feature_map=features, n_components=naive.width(features, m), projection=projection, A=A)
+    theory = theoretical_mse(
+        x,
+        y,
+        feature_map=features,
+        n_components=naive.width(features, m),
+        projection=projection,
+        A=A,
+    )
     mc = empirical_mse(
         x,
         y,
@@ -131,7 +149,9 @@ def test_simplex_told_apart_from_orthogonal(pairs):
         random_state=3,
     )
     simplex = theoretical_mse(x, y, feature_map="positive", n_components=16, projection="simplex")
-    orthogonal = theoretical_mse(x, y, feature_map="positive", n_components=16, projection="orthogonal")
+    orthogonal = theoretical_mse(
+        x, y, feature_map="positive", n_components=16, projection="orthogonal"
+    )
     assert np.all(simplex < 0.5 * orthogonal)
     assert np.all((mc.mse - orthogonal) / mc.se < -10)
 
@@ -145,15 +165,30 @@ def test_log_and_direct_agree_for_new_forms(pairs):
         ("positive", "simplex"),
     ]:
         direct = theoretical_mse(
-            x * 3, y * 3, feature_map=features, n_components=naive.width(features, 24), projection=projection
+            x * 3,
+            y * 3,
+            feature_map=features,
+            n_components=naive.width(features, 24),
+            projection=projection,
         )
         logged = theoretical_mse(
-            x * 3, y * 3, feature_map=features, n_components=naive.width(features, 24), projection=projection, log=True
+            x * 3,
+            y * 3,
+            feature_map=features,
+            n_components=naive.width(features, 24),
+            projection=projection,
+            log=True,
         )
         np.testing.assert_allclose(np.log(direct), logged, rtol=1e-8)
     big = np.full(16, 8.0)
-    assert np.isinf(theoretical_mse(big, big, feature_map="optimal", n_components=4, projection="gaussian"))
-    assert np.isfinite(theoretical_mse(big, big, feature_map="optimal", n_components=4, projection="gaussian", log=True))
+    assert np.isinf(
+        theoretical_mse(big, big, feature_map="optimal", n_components=4, projection="gaussian")
+    )
+    assert np.isfinite(
+        theoretical_mse(
+            big, big, feature_map="optimal", n_components=4, projection="gaussian", log=True
+        )
+    )
 
 
 def test_structured_projection_bias_and_mse_near_orthogonal():
@@ -175,7 +210,9 @@ def test_structured_projection_bias_and_mse_near_orthogonal():
         random_state=9,
     )
     assert np.all(np.abs(mc.mean - mc.kernel) < 4.5 * mc.mean_se)
-    orthogonal = theoretical_mse(x, y, feature_map="positive", n_components=64, projection="orthogonal")
+    orthogonal = theoretical_mse(
+        x, y, feature_map="positive", n_components=64, projection="orthogonal"
+    )
     np.testing.assert_allclose(mc.mse, orthogonal, rtol=0.10)
 
 
@@ -184,11 +221,15 @@ def test_errors_name_the_parameter():
     with pytest.raises(ValueError, match="simplex"):
         theoretical_mse(x, x, feature_map="trigonometric", n_components=8, projection="simplex")
     with pytest.raises(ValueError, match="norms='fixed'"):
-        theoretical_mse(x, x, feature_map="optimal", n_components=4, projection="gaussian", norms="fixed")
+        theoretical_mse(
+            x, x, feature_map="optimal", n_components=4, projection="gaussian", norms="fixed"
+        )
     with pytest.raises(ValueError, match="A must"):
         theoretical_mse(x, x, feature_map="optimal", n_components=4, projection="gaussian", A=0.2)
     with pytest.raises(TypeError, match="A must"):
-        theoretical_mse(x, x, feature_map="optimal", n_components=4, projection="gaussian", A="small")
+        theoretical_mse(
+            x, x, feature_map="optimal", n_components=4, projection="gaussian", A="small"
+        )
     with pytest.raises(ValueError, match="projection"):
         theoretical_mse(x, x, feature_map="positive", n_components=4, projection="structured")
 
@@ -201,4 +242,6 @@ def test_study_includes_new_estimators():
     assert not has_theory[
         (study["projection"] == "simplex") & (study["feature_map"] == "trigonometric")
     ].any()
-    assert has_theory[(study["projection"] == "simplex") & (study["feature_map"] == "optimal")].all()
+    assert has_theory[
+        (study["projection"] == "simplex") & (study["feature_map"] == "optimal")
+    ].all()

@@ -223,9 +223,7 @@ def _run_stream(args, out) -> int:
     )
     text = note + "\n\n" + format_frame(table)
     print(text)
-    write_text(
-        out.file("regress.md"), f"# favorkern regress --stream: {args.data}\n\n{text}\n"
-    )
+    write_text(out.file("regress.md"), f"# favorkern regress --stream: {args.data}\n\n{text}\n")
     table.to_csv(out.file("regress.csv"), index=False)
     written = out.commit()
     print(f"\nwrote {', '.join(written)}")

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..feature_maps import feature_map_names
 from ._args import int_at_least, int_list, names
 from ._files import OutputDir, write_text
-from ..feature_maps import feature_map_names
 from ._progress import progress
 
 DEFAULT_SIZES = (16, 32, 64, 128, 256)
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def summarize(study):
-    """One row per (pair, feature_map, projection): closed form at the extreme widths, MC agreement."""
+    """One row per (pair, feature_map, projection): closed form at the extreme widths."""
     from favorkern.diagnostics import study_summary
 
     return study_summary(study).drop(columns=["norm", "angle_deg"])

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import JIT_OPTIONS
 
-
 _SIGNATURES = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # query_features (B, m)

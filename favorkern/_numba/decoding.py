@@ -13,7 +13,6 @@ import numpy as np
 
 from . import JIT_OPTIONS
 
-
 _SIGNATURES = [
     nb.boolean(
         nb.types.Array(dtype, 2, "C"),  # query_features (n_query_heads, m)

@@ -2,7 +2,8 @@
 
 * :func:`softmax_attention` (:mod:`.exact`) is the O(L^2) reference, computed over
   query chunks.
-* :func:`favor_attention` and :class:`FavorAttention` (:mod:`.favor`) replace
+* :func:`favor_attention` (:mod:`.favor`) and :class:`FavorAttention`
+  (:mod:`.layer`) replace
   ``exp(gamma q.k)`` by ``phi(q).phi(k)`` with any map of
   :mod:`favorkern.feature_maps` and never hold more than a chunk of features per
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
@@ -30,8 +31,9 @@ from __future__ import annotations
 from .decoding import DecodingState
 from .error import AttentionErrorEstimate, estimate_attention_error
 from .exact import softmax_attention
-from .favor import FavorAttention, favor_attention
+from .favor import favor_attention
 from .hybrid import hybrid_attention
+from .layer import FavorAttention
 
 __all__ = [
     "softmax_attention",

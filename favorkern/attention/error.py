@@ -17,9 +17,9 @@ import numpy as np
 from scipy.stats import binom, norm
 from sklearn.utils import check_random_state
 
+from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale
 from .._warnings import ApproximationWarning
-from .._parallel import blas_single_thread, n_threads
 from .common import run_parallel
 
 __all__ = ["AttentionErrorEstimate", "estimate_attention_error", "ApproximationWarning"]

@@ -1,4 +1,4 @@
-"""FAVOR+ attention: ``favor_attention`` and ``FavorAttention``, over any registered map.
+"""FAVOR+ attention: ``favor_attention`` over any registered map, and the helpers it shares.
 
 ``exp(gamma q.k)`` is replaced by ``phi(q).phi(k)`` with a feature map of the
 registry (:mod:`favorkern.feature_maps`); the algorithms live in
@@ -35,7 +35,6 @@ from .features import AttentionFeatures
 
 __all__ = [
     "favor_attention",
-    "FavorAttention",
     "AttentionProjection",
     "resolve_projection",
     "attention_features",
@@ -283,7 +282,7 @@ def favor_attention(
     """
     fmap = get_feature_map(feature_map)
     check_option(method, "method", METHODS)
-    continued = _check_continuation(
+    continued = check_continuation(
         causal, initial_state, return_state, return_error, n_error_rows, warn_error
     )
     if continued:
@@ -293,7 +292,7 @@ def favor_attention(
     d = Q.shape[-1]
     gamma = check_logit_scale(gamma, d)
     proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
-    seed = _error_seed(random_state) if return_error else None
+    seed = error_seed(random_state) if return_error else None
     if continued:
         if fmap.data_constants:
             raise ValueError(
@@ -301,14 +300,14 @@ def favor_attention(
                 "causal sequence, fit them once with FavorAttention.fit(Q, K)"
             )
         hf = head_features(fmap, proj, gamma, Q.dtype, {}, None)
-        out, state = _continue(hf, Q, K, V, mask, initial_state)
+        out, state = continue_from_state(hf, Q, K, V, mask, initial_state)
         result = (out, state)
     else:
-        result = (_dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
+        result = (dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
         warn_zero_rows(fmap, result[0], V, mask, causal)
     if return_error:
         result += (
-            _estimate(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
+            estimate_error(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
         )
     return result[0] if len(result) == 1 else result
 
@@ -347,7 +346,7 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
         )
 
 
-def _check_continuation(
+def check_continuation(
     causal, initial_state, return_state, return_error, n_error_rows, warn_error
 ) -> bool:
     """True when the call continues (or returns) a decoding state; checks the options."""
@@ -373,7 +372,7 @@ def _check_continuation(
     return continued
 
 
-def _continue(hf, Q, K, V, mask, state):
+def continue_from_state(hf, Q, K, V, mask, state):
     """Causal attention of the tokens ``Q, K, V`` continuing ``state`` (a new one if None)."""
     if state is None:
         leads = [K.shape[:-2], V.shape[:-2]]
@@ -388,7 +387,7 @@ def _continue(hf, Q, K, V, mask, state):
             ) from None
         state = DecodingState.empty(batch, hf.n_out, V.shape[-1], Q.dtype, hf.fingerprint)
     else:
-        _check_state(state, hf, Q.dtype)
+        check_state(state, hf, Q.dtype)
     work = prod_shape(state.batch_shape) * Q.shape[-2] * hf.n_out
     workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
     with blas_single_thread():
@@ -400,7 +399,7 @@ def prod_shape(shape) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _check_state(state, hf, dtype):
+def check_state(state, hf, dtype):
     if not isinstance(state, DecodingState):
         raise TypeError(f"state must be a DecodingState, got {type(state).__name__}")
     if state.fingerprint != hf.fingerprint:
@@ -442,14 +441,14 @@ def head_features(fmap, proj, gamma, dtype, constants, head_constants) -> HeadFe
     )  # fmt: skip
 
 
-def _error_seed(random_state):
+def error_seed(random_state):
     """A seed for the rows sampled by the error estimate, independent of the projection."""
     if random_state is None or isinstance(random_state, numbers.Integral):
         return random_state
     return int(check_random_state(random_state).randint(2**31))
 
 
-def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
+def estimate_error(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
     from .error import estimate_checked
 
     return estimate_checked(
@@ -458,10 +457,12 @@ def _estimate(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
     )  # fmt: skip
 
 
-def _dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
+def dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
     """Validated inputs to the right algorithm (shared by favor_attention and FavorAttention)."""
-    if method == "auto" and "softmax" in fmap.kernels and exact_is_faster(
-        Q.shape[-2], K.shape[-2], proj.n_components
+    if (
+        method == "auto"
+        and "softmax" in fmap.kernels
+        and exact_is_faster(Q.shape[-2], K.shape[-2], proj.n_components)
     ):
         return softmax_attention(Q, K, V, causal=causal, gamma=gamma, key_padding_mask=mask)
     if fmap.data_constants and constants is None:
@@ -510,7 +511,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     return out
 
 
-def _dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
+def dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
     """Attention with one frozen set of constants per head (the axis -3 of ``batch``).
 
     ``g = heads / len(head_constants)`` consecutive heads share a set (grouped-query
@@ -540,461 +541,3 @@ def _dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, 
             head_constants[h],
         )  # fmt: skip
     return out
-
-
-def _fit_constants(fmap, Q, K, gamma):
-    """Constants of ``fmap`` fitted on calibration data: shared, or one set per head.
-
-    2-D ``Q``, ``K``: one set.  Otherwise the axis -3 holds the heads (``K`` may have
-    fewer, a divisor: grouped-query attention, whose query heads of one group pool)
-    and every other leading axis and the tokens pool.
-    """
-    scale = math.sqrt(gamma)
-    d = Q.shape[-1]
-    if Q.ndim == 2 and K.ndim == 2:
-        return fmap.fit(Q, K, input_scale=scale), None
-    if Q.ndim < 3 or K.ndim < 3:
-        raise ValueError(
-            f"Q and K must both be 2-D (one set of constants) or both have a head axis (-3), "
-            f"got shapes {Q.shape} and {K.shape}"
-        )
-    n_query, n_kv = Q.shape[-3], K.shape[-3]
-    if n_query % n_kv:
-        raise ValueError(
-            f"Q has {n_query} heads (axis -3), not a multiple of the {n_kv} heads of K"
-        )
-    group = n_query // n_kv
-    head_constants = []
-    for h in range(n_kv):
-        q = Q[..., h * group : (h + 1) * group, :, :].reshape(-1, d)
-        k = K[..., h, :, :].reshape(-1, d)
-        head_constants.append(fmap.fit(q, k, input_scale=scale))
-    return None, head_constants
-
-
-class FavorAttention:
-    """FAVOR+ attention holding one random projection (and fitted constants) across calls.
-
-    The projection is drawn on the first call for the ``d`` it sees (or by
-    :meth:`fit`) and kept until :meth:`redraw`; calls then take the arguments of
-    :func:`favor_attention`.  :meth:`fit` with calibration queries and keys also
-    fits the constants of adaptive maps (``"optimal"``, ``"saderf"``) once and
-    freezes them, which makes them causal-safe: they then work with
-    ``causal=True``, :meth:`step` and :mod:`favorkern.dask`.
-
-    Decoding: :meth:`initial_state` and :meth:`step` continue causal attention one
-    token (or a block of tokens) at a time from an ``O(m dv)`` state per head
-    (:class:`~favorkern.attention.decoding.DecodingState`).
-
-    Parameters
-    ----------
-    n_components : int, default=256
-        Output width of the feature map (paired maps use ``ceil(n_components / 2)``
-        projections).
-    feature_map : str or FeatureMap, default="positive"
-        A map of the registry (see :func:`favor_attention`).
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
-        Kind of projection (:func:`favorkern.draw_projection`).
-    causal : bool, default=False
-        Default for the ``causal`` argument of calls.
-    random_state : int, RandomState instance or None, default=None
-        Seed; redraws continue the same random stream, so a seeded instance gives
-        the same sequence of projections.
-
-    Attributes
-    ----------
-    projection_ : ndarray of shape (n_projections, d)
-        The current projection (after the first call or :meth:`fit`).
-    constants_ : dict
-        Frozen constants after ``fit(Q, K)``: each name of the map's
-        ``data_constants`` maps to an array with one entry per head (axis 0) when
-        fitted on inputs with a head axis, else to the map's single value; ``{}`` for
-        data-free maps.  Absent before ``fit(Q, K)``.  See
-        :meth:`frozen_constants`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from favorkern import FavorAttention
-    >>> rng = np.random.default_rng(0)
-    >>> Q, K, V = rng.normal(scale=0.5, size=(3, 2, 50, 16))
-    >>> attention = FavorAttention(n_components=64, causal=True, random_state=0)
-    >>> out = attention(Q, K, V)
-    >>> out.shape, attention.projection_.shape
-    ((2, 50, 16), (64, 16))
-    >>> bool(np.array_equal(out, attention(Q, K, V)))    # same projection
-    True
-
-    Token by token, the same outputs:
-
-    >>> state = attention.initial_state(batch_shape=(2,), dv=16)
-    >>> steps = [attention.step(Q[:, t:t + 1], K[:, t:t + 1], V[:, t:t + 1], state)[0]
-    ...          for t in range(50)]
-    >>> bool(np.allclose(np.concatenate(steps, axis=1), out))
-    True
-
-    Adaptive maps in causal mode, with constants fitted on calibration data:
-
-    >>> optimal = FavorAttention(n_components=64, feature_map="optimal", random_state=0)
-    >>> optimal = optimal.fit(Q, K)
-    >>> optimal.constants_["A"].shape            # one A per head
-    (2,)
-    >>> optimal(Q, K, V, causal=True).shape
-    (2, 50, 16)
-    >>> bool(np.array_equal(out, attention.redraw()(Q, K, V)))
-    False
-    """
-
-    def __init__(
-        self,
-        n_components=256,
-        feature_map="positive",
-        projection="orthogonal",
-        causal=False,
-        random_state=None,
-    ):
-        self.n_components = n_components
-        self.feature_map = feature_map
-        self.projection = projection
-        self.causal = causal
-        self.random_state = random_state
-
-    def fit(self, Q, K=None, *, gamma=None):
-        """Draw a projection, and with data fit and freeze the map's constants.
-
-        Parameters
-        ----------
-        Q : int or array-like of shape (..., L, d)
-            The input dimension ``d`` (only draws a projection), or calibration
-            queries.  Constants are fitted per head: with a head axis (-3) one set per
-            head, pooling every other leading axis (e.g. a batch of calibration
-            sequences) and the tokens; 2-D inputs give one set for all heads.
-        K : array-like of shape (..., L', d), default=None
-            Calibration keys (``Q`` if None).  With fewer heads than ``Q`` (a divisor,
-            grouped-query attention), the query heads of a group pool.
-        gamma : float or None, default=None
-            Logit scale the constants are fitted for (``1 / sqrt(d)`` if None).
-
-        Returns
-        -------
-        self : FavorAttention
-        """
-        check_int(self.n_components, "n_components")
-        fmap = get_feature_map(self.feature_map)
-        check_option(self.projection, "projection", PROJECTION_KINDS)
-        if isinstance(Q, numbers.Integral) and not isinstance(Q, bool):
-            if K is not None:
-                raise ValueError("fit(d) takes no K; pass calibration queries Q to fit with keys")
-            d = check_int(Q, "d")
-            arrays = None
-        else:
-            Q = check_float_array(Q, "Q", min_ndim=2, dtype=np.float64)
-            K = Q if K is None else check_float_array(K, "K", min_ndim=2, dtype=np.float64)
-            if K.shape[-1] != Q.shape[-1]:
-                raise ValueError(
-                    f"K must have the feature dimension d = {Q.shape[-1]} of Q, got {K.shape}"
-                )
-            d = Q.shape[-1]
-            arrays = (Q, K)
-        self._rng = check_random_state(self.random_state)
-        for name in ("constants_", "_shared_constants", "_head_constants"):
-            self.__dict__.pop(name, None)
-        self._draw(d)
-        # drawn after the projection, so seeded projections stay as they were
-        self._error_rng = np.random.default_rng(_error_seed(self._rng))
-        if arrays is not None:
-            gamma = check_logit_scale(gamma, d)
-            if fmap.data_constants:
-                shared, per_head = _fit_constants(fmap, *arrays, gamma)
-            else:
-                shared, per_head = {}, None
-            self._shared_constants, self._head_constants = shared, per_head
-            if per_head is None:
-                self.constants_ = dict(shared)
-            else:
-                self.constants_ = {
-                    key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
-                    for key in fmap.data_constants
-                }
-        return self
-
-    def frozen_constants(self, head=None):
-        """The frozen constants for one head (a dict for ``fmap.spec``), or None.
-
-        ``head`` indexes the heads the constants were fitted for (ignored when one
-        set serves all heads; required otherwise).  None before ``fit(Q, K)``.  This
-        is what :mod:`favorkern.dask` needs to run a fitted adaptive map.
-        """
-        if not hasattr(self, "constants_"):
-            return None
-        if self._head_constants is None:
-            return dict(self._shared_constants)
-        if head is None:
-            raise ValueError(
-                f"the constants were fitted per head ({len(self._head_constants)} heads): "
-                "pass head="
-            )
-        head = check_int(head, "head", min_value=0)
-        if not 0 <= head < len(self._head_constants):
-            raise ValueError(f"head must be in [0, {len(self._head_constants)}), got {head}")
-        return dict(self._head_constants[head])
-
-    def redraw(self):
-        """Draw a new projection for the same ``d``; returns ``self``.
-
-        Fitted constants stay (they do not depend on the projection).
-        """
-        if not hasattr(self, "projection_"):
-            raise ValueError("FavorAttention has no projection yet: call it or fit(d) first")
-        self._draw(self.projection_.shape[1])
-        return self
-
-    def _draw(self, d):
-        fmap = get_feature_map(self.feature_map)
-        self._projection = resolve_projection(
-            fmap, None, self.n_components, d, self.projection, self._rng
-        )
-        self.projection_ = self._projection.matrix
-        self._decoders = {}
-
-    def _current_projection(self, fmap, d):
-        proj = self._projection
-        if proj.matrix is not self.projection_:  # projection_ was replaced by hand
-            proj = resolve_projection(fmap, self.projection_, None, d, self.projection, self._rng)
-            self._projection = proj
-            self._decoders = {}
-        return proj
-
-    def _ensure_projection(self, d):
-        if not hasattr(self, "projection_"):
-            self.fit(d)
-        elif self.projection_.shape[1] != d:
-            raise ValueError(
-                f"Q has d = {d} features but the projection was drawn for "
-                f"d = {self.projection_.shape[1]}; call fit({d}) to draw a new one"
-            )
-
-    def _decoder(self, dtype, gamma) -> HeadFeatures:
-        """The per-head features for decoding, cached per (dtype, gamma)."""
-        key = (np.dtype(dtype), gamma)
-        hf = self._decoders.get(key)
-        if hf is None:
-            fmap = get_feature_map(self.feature_map)
-            d = self.projection_.shape[1]
-            proj = self._current_projection(fmap, d)
-            scale = check_logit_scale(gamma, d)
-            if fmap.data_constants and not hasattr(self, "constants_"):
-                raise ValueError(
-                    f"feature_map={fmap.name!r} fits its constants on the data; for causal "
-                    "attention and decoding fit them once with fit(Q, K) on calibration data"
-                )
-            shared = getattr(self, "_shared_constants", None) or {}
-            hf = head_features(
-                fmap, proj, scale, dtype, shared, getattr(self, "_head_constants", None)
-            )
-            self._decoders[key] = hf
-        return hf
-
-    def initial_state(self, batch_shape=(), dv=None, *, dtype=np.float64):
-        """An empty :class:`~favorkern.attention.decoding.DecodingState` for :meth:`step`.
-
-        Parameters
-        ----------
-        batch_shape : tuple of int, default=()
-            Leading (batch, key/value head) dimensions of the keys and values; with
-            grouped-query attention the key/value heads (queries may have a multiple).
-        dv : int
-            Value dimension.
-        dtype : {float64, float32}, default=float64
-            dtype of the state, and of the inputs it accepts.
-
-        Returns
-        -------
-        state : DecodingState
-        """
-        if not hasattr(self, "projection_"):
-            raise ValueError("FavorAttention has no projection yet: call fit(d) or fit(Q, K) first")
-        if dv is None:
-            raise ValueError("initial_state needs dv, the value dimension")
-        dv = check_int(dv, "dv")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        if isinstance(batch_shape, numbers.Integral):
-            batch_shape = (batch_shape,)
-        try:
-            batch_shape = tuple(check_int(b, "batch_shape") for b in batch_shape)
-        except TypeError:
-            raise TypeError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
-        hf = self._decoder(dtype, None)
-        return DecodingState.empty(batch_shape, hf.n_out, dv, dtype, hf.fingerprint)
-
-    def step(self, q, k, v, state=None, *, gamma=None, key_padding_mask=None):
-        """Continue causal attention by ``T >= 1`` tokens; returns ``(out, state)``.
-
-        The outputs equal those of causal attention over the whole sequence so far
-        (every token the state has seen, then these), for every map whose constants
-        do not depend on the data of the call (data-free maps, or adaptive maps
-        after ``fit(Q, K)``).  Work ``O(T m (d + dv))`` per head, independent of the
-        number of tokens seen; the state is updated in place.
-
-        Parameters
-        ----------
-        q : array-like of shape (..., T, d)
-            New queries.  The last leading axis (-3) holds the query heads: the state's
-            key/value heads or a multiple ``g`` of them (grouped-query attention,
-            query head ``i`` reads key/value head ``i // g``).
-        k : array-like of shape (..., T, d)
-            New keys; leading dimensions broadcast to the state's batch shape.
-        v : array-like of shape (..., T, dv)
-            New values.
-        state : DecodingState or None, default=None
-            From :meth:`initial_state`, an earlier step, or a call with
-            ``return_state=True``; None starts a sequence (the state's batch shape is
-            that of ``k`` and ``v``, its dtype theirs).
-        gamma : float or None, default=None
-            Logit scale (``1 / sqrt(d)`` if None); must stay the same along a sequence.
-        key_padding_mask : array-like of bool, shape (..., T), default=None
-            True marks a new key to ignore (it never enters the state).
-
-        Returns
-        -------
-        out : ndarray of shape (..., T, dv)
-            In the state's dtype.
-        state : DecodingState
-            The same object, advanced by ``T`` tokens.
-
-        Notes
-        -----
-        ``T = 1`` takes a lean path: the features of all heads in one matrix product
-        each for queries and keys, then one compiled kernel updates every state and
-        emits every output in a single pass over the states (no thread pool,
-        buffers reused between calls, shape checks cached).  ``T > 1`` runs chunked
-        causal attention per head from the state.
-        """
-        decoders = self.__dict__.get("_decoders")
-        hf = None
-        if decoders is not None and type(state) is DecodingState:
-            hf = decoders.get((state.dtype, gamma))
-        if hf is None or not (isinstance(q, np.ndarray) and q.dtype == state.dtype):
-            return self._step_checked(q, k, v, state, gamma, key_padding_mask)
-        if (
-            not (isinstance(k, np.ndarray) and isinstance(v, np.ndarray))
-            or k.dtype != state.dtype
-            or v.dtype != state.dtype
-            or q.shape[-1] != self.projection_.shape[1]
-            or state.fingerprint != hf.fingerprint
-            or (
-                key_padding_mask is not None
-                and (
-                    not isinstance(key_padding_mask, np.ndarray)
-                    or key_padding_mask.dtype != np.bool_
-                )
-            )
-        ):
-            return self._step_checked(q, k, v, state, gamma, key_padding_mask)
-        if q.shape[-2] != 1:
-            return self._step_block(hf, q, k, v, key_padding_mask, state)
-        return decode(hf, q, k, v, key_padding_mask, state), state
-
-    def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
-        q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
-        d = q.shape[-1]
-        if not hasattr(self, "projection_") and get_feature_map(self.feature_map).data_constants:
-            raise ValueError(
-                f"feature_map={get_feature_map(self.feature_map).name!r} fits its constants "
-                "on the data; for decoding fit them once with fit(Q, K) on calibration data"
-            )
-        self._ensure_projection(d)
-        if gamma is not None:
-            check_logit_scale(gamma, d)
-        dtype = q.dtype if state is None else state.dtype
-        hf = self._decoder(dtype, gamma)
-        if state is None:
-            return _continue(hf, q, k, v, mask, None)
-        _check_state(state, hf, q.dtype)
-        if q.shape[-2] != 1:
-            return self._step_block(hf, q, k, v, mask, state)
-        return decode(hf, q, k, v, mask, state), state
-
-    def _step_block(self, hf, q, k, v, mask, state):
-        return _continue(hf, q, k, v, mask, state)
-
-    def __call__(
-        self,
-        Q,
-        K,
-        V,
-        *,
-        causal=None,
-        gamma=None,
-        key_padding_mask=None,
-        method="favor",
-        initial_state=None,
-        return_state=False,
-        return_error=False,
-        n_error_rows=64,
-        warn_error=DEFAULT_WARN_ERROR,
-    ):
-        """Attention of ``Q, K, V`` with the held projection (see :func:`favor_attention`).
-
-        ``causal=None`` uses the instance's ``causal``.  Frozen constants (after
-        ``fit(Q, K)``) are used in every mode; without them an adaptive map fits its
-        constants on the current Q and K of each head (bidirectional only).
-        ``initial_state``, ``return_state``, ``return_error``, ``n_error_rows`` and
-        ``warn_error`` are those of :func:`favor_attention` (the error estimate's
-        rows are drawn from a stream of the instance's own, seeded by
-        ``random_state``, which leaves the projections unchanged).
-        """
-        causal = self.causal if causal is None else causal
-        continued = _check_continuation(
-            causal, initial_state, return_state, return_error, n_error_rows, warn_error
-        )
-        if continued:
-            Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
-        else:
-            Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
-        d = Q.shape[-1]
-        self._ensure_projection(d)
-        check_option(method, "method", METHODS)
-        scale = check_logit_scale(gamma, d)
-        fmap = get_feature_map(self.feature_map)
-        proj = self._current_projection(fmap, d)
-        if continued:
-            hf = self._decoder(Q.dtype if initial_state is None else initial_state.dtype, gamma)
-            result = _continue(hf, Q, K, V, mask, initial_state)
-        elif getattr(self, "_head_constants", None) is not None:
-            result = (
-                _dispatch_per_head(
-                    Q, K, V, mask, batch, fmap, proj, scale, causal, method, self._head_constants
-                ),
-            )
-        else:
-            constants = getattr(self, "_shared_constants", None)
-            out = _dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants)
-            result = (out,)
-        if not continued:
-            warn_zero_rows(fmap, result[0], V, mask, causal, stacklevel=3)
-        if return_error:
-            seed = int(self._error_rng.integers(2**31))
-            result += (
-                _estimate(Q, K, V, result[0], causal, scale, mask, n_error_rows, warn_error, seed),
-            )
-        return result[0] if len(result) == 1 else result
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_decoders", None)  # a cache (with thread-local buffers): rebuilt on demand
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if "projection_" in state:
-            self._decoders = {}
-
-    def __repr__(self):
-        return (
-            f"FavorAttention(n_components={self.n_components}, feature_map={self.feature_map!r}, "
-            f"projection={self.projection!r}, causal={self.causal}, "
-            f"random_state={self.random_state!r})"
-        )

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .._parallel import blas_single_thread
 from .._validation import (
     check_attention_inputs,
     check_bool,
@@ -26,7 +27,6 @@ from .._validation import (
     check_option,
 )
 from ..feature_maps import check_constants, get_feature_map
-from .._parallel import blas_single_thread
 from ..feature_maps._evaluate import projection_logits
 from ..projections import PROJECTION_KINDS
 from .common import heads

@@ -101,9 +101,7 @@ class KeyState:
 
     def astype(self, dtype) -> KeyState:
         """The state with ``S`` and ``z`` in ``dtype`` (``c`` stays float64)."""
-        return KeyState(
-            self.S.astype(dtype, copy=False), self.z.astype(dtype, copy=False), self.c
-        )
+        return KeyState(self.S.astype(dtype, copy=False), self.z.astype(dtype, copy=False), self.c)
 
 
 def merge(states, dtype=np.float64) -> KeyState:

@@ -7,8 +7,18 @@ import numpy as np
 from .._validation import check_float_array, check_int, check_option, check_positive_real
 from ..feature_maps import get_feature_map
 
-__all__ = ["check_pairs", "check_gamma", "check_a", "output", "check_width", "parse_sizes",
-           "parse_options", "PROJECTIONS", "MC_PROJECTIONS", "NORMS"]
+__all__ = [
+    "check_pairs",
+    "check_gamma",
+    "check_a",
+    "output",
+    "check_width",
+    "parse_sizes",
+    "parse_options",
+    "PROJECTIONS",
+    "MC_PROJECTIONS",
+    "NORMS",
+]
 
 #: Projections with closed forms; Monte Carlo also draws structured (SORF) ones.
 PROJECTIONS = ("gaussian", "orthogonal", "simplex")
@@ -58,7 +68,6 @@ def check_a(A):
 
 def output(values, scalar):
     return float(values[0]) if scalar else values
-
 
 
 def check_width(feature_map, n_components):

@@ -255,7 +255,9 @@ def empirical_mse(
         projections = draw_trials(n_trials, m, d, projection, norms, rng)
     parts = []
     for idx in map(np.asarray, groups.values()):
-        parts.append((idx, run(x[idx], y[idx], projections=projections, constants=per_pair[idx[0]])))
+        parts.append(
+            (idx, run(x[idx], y[idx], projections=projections, constants=per_pair[idx[0]]))
+        )
     fields = {}
     for name in _PER_PAIR:
         values = np.empty(n)

@@ -164,7 +164,7 @@ def variance_study(
     for scheme, width in loop:
         # common random numbers: every map takes the first rows of the same draws
         draws = draw_trials(n_trials, width, x.shape[1], scheme, norms, rng)
-        for kind, fmap in maps.items():
+        for fmap in maps.values():
             frame = _study_rows(x, y, fmap, width, scheme, norms, gamma, draws)
             frames.append(pd.concat([geometry, frame], axis=1))
     study = pd.concat(frames, ignore_index=True)

@@ -35,17 +35,31 @@ from ._base import (
 )
 from ._evaluate import FeatureMapSpec, FeatureOverflowWarning, apply_feature_map
 from ._variance import PairGeometry, same_block_pairs
-
-# Built-in maps register themselves on import, in this order.
-from .positive import PositiveFeatureMap  # noqa: I001
-from .hyperbolic import HyperbolicFeatureMap
-from .trigonometric import TrigonometricFeatureMap
-from .generalized import GeneralizedFeatureMap
-from .optimal import OptimalFeatureMap
-from .saderf import SaderfFeatureMap
 from .derf import AderfFeatureMap, SderfFeatureMap
-from .whitened import WhitenedFeatureMap
 from .fitted import FittedFeatureMap
+from .generalized import GeneralizedFeatureMap
+from .hyperbolic import HyperbolicFeatureMap
+from .optimal import OptimalFeatureMap
+from .positive import PositiveFeatureMap
+from .saderf import SaderfFeatureMap
+from .trigonometric import TrigonometricFeatureMap
+from .whitened import WhitenedFeatureMap
+
+# The built-in maps, registered here in this order (the order of feature_map_names).
+for _builtin in (
+    PositiveFeatureMap(),
+    HyperbolicFeatureMap(),
+    TrigonometricFeatureMap(),
+    GeneralizedFeatureMap("relu"),
+    OptimalFeatureMap(),
+    SaderfFeatureMap(),
+    SderfFeatureMap(),
+    AderfFeatureMap(),
+    WhitenedFeatureMap(),
+    FittedFeatureMap(),
+):
+    register_feature_map(_builtin)
+del _builtin
 
 __all__ = [
     "FeatureMap",

@@ -172,7 +172,7 @@ def sq_factor(kernel: str) -> float:
 
 
 def input_scale(kernel: str, gamma: float) -> float:
-    """``c`` with ``x' = c x``: ``sqrt(gamma)`` for softmax ``exp(gamma x.y)``, ``sqrt(2 gamma)`` rbf.
+    """``c`` with ``x' = c x``: ``sqrt(gamma)`` for softmax, ``sqrt(2 gamma)`` for rbf.
 
     Examples
     --------
@@ -228,8 +228,7 @@ def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> F
         )
     if name in _REGISTRY and not replace:
         raise ValueError(
-            f"a feature map named {name!r} is registered already; pass replace=True "
-            "to replace it"
+            f"a feature map named {name!r} is registered already; pass replace=True to replace it"
         )
     _REGISTRY[name] = feature_map
     return feature_map

@@ -193,7 +193,6 @@ def _cos_row_scale(Xb, spec: FeatureMapSpec, dtype) -> np.ndarray:
 def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
     """cos of the phase-shifted projection, times the row factor and the output scales."""
     dtype = out_b.dtype
-    log_max = float(np.log(np.finfo(dtype).max))
     if not cos_done:
         _cos(out_b)
     log_scale = spec.log_scale

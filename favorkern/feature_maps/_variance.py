@@ -83,9 +83,6 @@ def same_block_pairs(m: int, d: int, projection: str) -> int:
     return k * d * (d - 1) + r * (r - 1)
 
 
-
-
-
 def log_one_minus_r(n_max: int, d: int) -> np.ndarray:
     """``log(1 - r_n)``, ``r_n = (d)_n / ((d/2)_n 2^n) = prod_{k<n} (d + k) / (d + 2k)``."""
     k = np.arange(n_max, dtype=np.float64)
@@ -201,7 +198,6 @@ def log_of_nonneg(value):
     """log of a quantity that is >= 0 mathematically; rounding below 0 gives -inf."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(np.maximum(value, 0.0))
-
 
 
 def gerf_log_rel_var(s, d, A):

@@ -47,8 +47,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import FeatureMap, register_feature_map
 from .._parallel import blas_single_thread
+from ._base import FeatureMap
 from ._evaluate import FeatureMapSpec, sorf_projector
 from .optimal import optimal_gerf_a
 
@@ -95,7 +95,8 @@ def diagonal_gerf_spec(projection, input_scale, a, rotation=None, sorf=None) -> 
         log_scale=log_scale,
         logit_bound=bound,
         # The fast transform applies W itself: only without a rotation or a tilt of W.
-        projector=sorf_projector(sorf, input_scale) if rotation is None and np.all(b == 1)
+        projector=sorf_projector(sorf, input_scale)
+        if rotation is None and np.all(b == 1)
         else None,
     )
 
@@ -168,8 +169,11 @@ def derf_log_second_moment(x, y, constants, input_scale, kind):
     u, v = input_scale * x @ R.T, input_scale * y @ R.T
     a = np.asarray(constants["A"], dtype=np.float64)
     terms = (
-        np.log1p(-4 * a) - 0.5 * np.log1p(-8 * a)
-        + 2 * (1 - 4 * a) * (u + v) ** 2 / (1 - 8 * a) - u**2 - v**2
+        np.log1p(-4 * a)
+        - 0.5 * np.log1p(-8 * a)
+        + 2 * (1 - 4 * a) * (u + v) ** 2 / (1 - 8 * a)
+        - u**2
+        - v**2
     )
     return terms.sum(axis=1)
 
@@ -209,8 +213,17 @@ class SderfFeatureMap(FeatureMap):
             rotation, a = _rotation_and_a(X, Y, input_scale)
         return {"rotation": rotation, "A": a}
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         d = projection.shape[1]
         if constants is None:
             return diagonal_gerf_spec(projection, input_scale, np.zeros(d), sorf=sorf)
@@ -268,7 +281,3 @@ class AderfFeatureMap(SderfFeatureMap):
         T = np.asarray(constants[key])
         with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
             return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
-
-
-register_feature_map(SderfFeatureMap())
-register_feature_map(AderfFeatureMap())

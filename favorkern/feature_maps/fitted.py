@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap, register_feature_map
 from .._parallel import blas_single_thread
+from ._base import FeatureMap
 from .derf import _dense
 from .positive import positive_spec
 
@@ -174,8 +174,17 @@ class FittedFeatureMap(FeatureMap):
         with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
             return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         if constants is None:
             return positive_spec(projection, input_scale)
         W = np.asarray(constants["projection"], dtype=np.float64)
@@ -185,6 +194,3 @@ class FittedFeatureMap(FeatureMap):
                 f"d={W.shape[1]}, but is used with a projection of shape {projection.shape}"
             )
         return positive_spec(W, input_scale)
-
-
-register_feature_map(FittedFeatureMap())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap, register_feature_map
+from ._base import FeatureMap
 from ._evaluate import FeatureMapSpec, sorf_projector
 
 __all__ = ["GeneralizedFeatureMap", "generalized_spec", "FUNCTIONS"]
@@ -79,9 +79,15 @@ class GeneralizedFeatureMap(FeatureMap):
         else:
             raise TypeError(f"function must be a string or a callable, got {function!r}")
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         return generalized_spec(projection, input_scale, self.function, sorf=sorf)
-
-
-register_feature_map(GeneralizedFeatureMap("relu"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap, register_feature_map, sq_factor
+from ._base import FeatureMap, sq_factor
 from ._evaluate import FeatureMapSpec, max_sq_norm
 from ._variance import block_deficit, exp_map_log_mse, fixed_exp_log_mse, log_expm1
 
@@ -49,8 +49,17 @@ class HyperbolicFeatureMap(FeatureMap):
     outputs_per_projection = 2
     summary = "exp(+-w.x - |x|^2/2): two outputs per projection, lower variance"
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         return hyperbolic_spec(projection, input_scale, n_components, sq_factor(kernel))
 
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
@@ -63,7 +72,6 @@ class HyperbolicFeatureMap(FeatureMap):
         return exp_map_log_mse(geometry, log_var, deficit, m, P)
 
     def closed_form_projections(self, norms):
-        return ("gaussian", "orthogonal", "simplex") if norms == "chi" else ("gaussian", "orthogonal")
-
-
-register_feature_map(HyperbolicFeatureMap())
+        return (
+            ("gaussian", "orthogonal", "simplex") if norms == "chi" else ("gaussian", "orthogonal")
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import FeatureMap, register_feature_map, sq_factor
+from ._base import FeatureMap, sq_factor
 from ._evaluate import FeatureMapSpec, max_sq_norm, sorf_projector
 from ._variance import block_deficit, exp_map_log_mse, gerf_log_rel_var, log_expm1
 
@@ -128,14 +128,27 @@ class OptimalFeatureMap(FeatureMap):
             sum_sq = _scaled_mean_sum_sq(X, Y) * input_scale**2
         return {"A": float(optimal_gerf_a(sum_sq, X.shape[1]))}
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         A = 0.0 if constants is None else float(constants["A"])
         return optimal_positive_spec(projection, input_scale, A, sq_factor(kernel), sorf=sorf)
 
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
         s = geometry.s
-        A = optimal_gerf_a(s, d) if constants is None or constants.get("A") is None else constants["A"]
+        A = (
+            optimal_gerf_a(s, d)
+            if constants is None or constants.get("A") is None
+            else constants["A"]
+        )
         deficit = block_deficit(s, d, projection) if P else np.zeros_like(s)
         # Var1 / SM^2 = e^t - 1; the same-block Cov does not depend on A (THEORY 3.3).
         log_var = log_expm1(np.maximum(gerf_log_rel_var(s, d, A), 0.0))
@@ -143,6 +156,3 @@ class OptimalFeatureMap(FeatureMap):
 
     def closed_form_projections(self, norms):
         return ("gaussian", "orthogonal", "simplex") if norms == "chi" else ()
-
-
-register_feature_map(OptimalFeatureMap())

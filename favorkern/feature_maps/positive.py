@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap, register_feature_map, sq_factor
+from ._base import FeatureMap, sq_factor
 from ._evaluate import FeatureMapSpec, max_sq_norm, sorf_projector
 from ._variance import block_deficit, exp_map_log_mse, fixed_exp_log_mse, log_expm1
 
@@ -43,8 +43,17 @@ class PositiveFeatureMap(FeatureMap):
     name = "positive"
     summary = "exp(w.x - |x|^2/2): FAVOR+, non-negative, unbiased"
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         return positive_spec(projection, input_scale, sq_factor(kernel), sorf=sorf)
 
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
@@ -54,7 +63,6 @@ class PositiveFeatureMap(FeatureMap):
         return exp_map_log_mse(geometry, log_expm1(geometry.s), deficit, m, P)
 
     def closed_form_projections(self, norms):
-        return ("gaussian", "orthogonal", "simplex") if norms == "chi" else ("gaussian", "orthogonal")
-
-
-register_feature_map(PositiveFeatureMap())
+        return (
+            ("gaussian", "orthogonal", "simplex") if norms == "chi" else ("gaussian", "orthogonal")
+        )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import register_feature_map
 from .optimal import OptimalFeatureMap, homogeneity_sum_sq, optimal_gerf_a
 
 __all__ = ["SaderfFeatureMap", "saderf_scales"]
@@ -70,6 +69,3 @@ class SaderfFeatureMap(OptimalFeatureMap):
     @property
     def has_closed_form(self):
         return False
-
-
-register_feature_map(SaderfFeatureMap())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ._base import FeatureMap, register_feature_map
+from ._base import FeatureMap
 from ._evaluate import FeatureMapSpec
 from ._variance import log_of_nonneg, trig_gap
 
@@ -62,8 +62,17 @@ class TrigonometricFeatureMap(FeatureMap):
     def draw(self, n_components, random_state):
         return {"offset": random_state.uniform(0.0, 2.0 * np.pi, size=n_components % 2)}
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         offset = np.zeros(n_components % 2) if draws is None else draws["offset"]
         return trigonometric_spec(
             projection, input_scale, n_components, offset, softmax=kernel == "softmax"
@@ -87,6 +96,3 @@ class TrigonometricFeatureMap(FeatureMap):
 
     def closed_form_projections(self, norms):
         return ("gaussian", "orthogonal")
-
-
-register_feature_map(TrigonometricFeatureMap())

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap, register_feature_map
 from .._parallel import blas_single_thread
+from ._base import FeatureMap
 from .derf import DEFAULT_RIDGE, _dense
 from .optimal import homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
 
@@ -125,10 +125,16 @@ class WhitenedFeatureMap(FeatureMap):
         with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
             return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
-    def spec(self, projection, *, n_components, input_scale, kernel="softmax", constants=None,
-             draws=None, sorf=None):
+    def spec(
+        self,
+        projection,
+        *,
+        n_components,
+        input_scale,
+        kernel="softmax",
+        constants=None,
+        draws=None,
+        sorf=None,
+    ):
         A = 0.0 if constants is None else float(constants["A"])
         return optimal_positive_spec(projection, input_scale, A, 0.5, sorf=sorf)
-
-
-register_feature_map(WhitenedFeatureMap())
