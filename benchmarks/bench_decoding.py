@@ -63,7 +63,7 @@ def load():
 
 def decode_table(heads_list, dtype, prefix, repeats):
     from favorkern import FavorAttention, favor_attention
-    from favorkern.feature_maps._evaluate import blas_single_thread
+    from favorkern._parallel import blas_single_thread
 
     rng = np.random.default_rng(0)
     print(f"decode: d = dv = {D}, m = {M}, {np.dtype(dtype).name}, prefix {prefix}; {load()}")
