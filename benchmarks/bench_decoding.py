@@ -9,7 +9,7 @@ A script, not a test.  d = dv = 64, m = 256, float32 unless ``--dtype``; medians
   preallocated: one token's feature map for the queries and for the keys
   (``x W^T``, max, subtract, ``exp``), the output product ``phi(q) S`` and the rank-1
   state update ``S += phi(k) v^T`` (``np.matmul`` into a buffer, then an add: numpy
-  has no in-place rank-1 update); target: step <= 3x floor;
+  has no in-place rank-1 update); ratio = step / floor;
 * ``step T=64``: microseconds per token when the tokens come in blocks of 64;
 * ``recompute``: microseconds to get the next token's output without a state, by
   causal ``favor_attention`` over the whole prefix (``--prefix`` tokens) — what a

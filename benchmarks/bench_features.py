@@ -9,7 +9,7 @@ each kernel it estimates) and its ratio to ``RBFSampler.transform`` at the same 
 and to the bare product ``X @ W.T`` of the same output width into a fresh array: the
 better of BLAS on all threads and row blocks over favorkern's thread pool (BLAS on one
 thread each).  The contestants of a dtype are timed round-robin (one run of each in
-turn), so the ratios share the machine's load.  Target: <= 1.3x the bare product.
+turn), so the ratios share the machine's load.
 """
 
 from __future__ import annotations
