@@ -304,6 +304,27 @@ def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple
     return tuple(names)
 
 
+def linear_prepare(X, side: str, constants: dict):
+    """``X T^T`` with ``T`` the constant ``query_transform`` or ``key_transform`` of ``side``.
+
+    The :meth:`FeatureMap.prepare` of maps that map queries and keys linearly (the
+    whitened and fitted maps); one (rows x d) by (d x d) product on one BLAS thread.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps._base import linear_prepare
+    >>> c = {"query_transform": 2 * np.eye(2), "key_transform": np.eye(2) / 2}
+    >>> linear_prepare(np.ones((1, 2)), "query", c).tolist()
+    [[2.0, 2.0]]
+    """
+    from .._parallel import blas_single_thread
+
+    T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
+    with blas_single_thread():  # a small product: threads only cost
+        return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+
+
 def check_constants(feature_map: FeatureMap, constants) -> dict:
     """``constants`` as a dict holding every data constant of the map, or a ``ValueError``.
 

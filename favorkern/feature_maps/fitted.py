@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._parallel import blas_single_thread
-from ._base import FeatureMap
+from ._base import FeatureMap, linear_prepare
 from .derf import _dense
 from .positive import positive_spec
 
@@ -170,9 +170,7 @@ class FittedFeatureMap(FeatureMap):
                 "loss": float(result.fun), "initial_loss": float(initial)}  # fmt: skip
 
     def prepare(self, X, side, constants):
-        T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
-        with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
-            return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+        return linear_prepare(X, side, constants)
 
     def spec(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._parallel import blas_single_thread
-from ._base import FeatureMap
+from ._base import FeatureMap, linear_prepare
 from .derf import DEFAULT_RIDGE, _dense
 from .optimal import homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
 
@@ -121,9 +121,7 @@ class WhitenedFeatureMap(FeatureMap):
         return {"query_transform": Tq, "key_transform": Tk, "A": A}
 
     def prepare(self, X, side, constants):
-        T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
-        with blas_single_thread():  # a (rows x d) by (d x d) product: threads only cost
-            return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+        return linear_prepare(X, side, constants)
 
     def spec(
         self,
