@@ -16,11 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-from . import JIT_OPTIONS
-
-# No reassoc/afn here: they would let LLVM fold the split constants of the range
-# reduction back into one (losing the extra bits); contract keeps the FMAs.
-_OPTIONS = {**JIT_OPTIONS, "fastmath": {"nsz", "contract"}}
+from . import REDUCTION_JIT_OPTIONS as _OPTIONS
 
 _TWO_OVER_PI = 0.63661977236758134308
 # pi/2 in three parts of 33 bits (fdlibm): n * part is exact for |n| < 2^20.
@@ -57,15 +53,24 @@ def _sin_cos(x):
         _C2
         + r2 * (_C4 + r2 * (_C6 + r2 * (_C8 + r2 * (_C10 + r2 * (_C12 + r2 * (_C14 + r2 * _C16))))))
     )
-    # quadrant q: sin x = (s, c, -s, -c)[q], cos x = (c, -s, -c, s)[q]
+    sin_x, cos_x = _quadrant(s, c, n)
+    # n is garbage for NaN or huge x: those are redone by the caller
+    return sin_x, cos_x, abs(x) <= COS_REDUCTION_LIMIT
+
+
+@njit(**_OPTIONS)
+def _quadrant(s, c, n):
+    """``(sin x, cos x)`` from ``s, c = sin r, cos r`` with ``x = r + n pi / 2``.
+
+    Quadrant ``q = n mod 4``: ``sin x = (s, c, -s, -c)[q]``, ``cos x = (c, -s, -c, s)[q]``.
+    """
     q = n & 3
     odd = (q & 1) == 1
     sin_x = c if odd else s
     cos_x = s if odd else c
     sin_x = -sin_x if (q & 2) == 2 else sin_x
     cos_x = -cos_x if ((q + 1) & 2) == 2 else cos_x
-    # n is garbage for NaN or huge x: those are redone by the caller
-    return sin_x, cos_x, abs(x) <= COS_REDUCTION_LIMIT
+    return sin_x, cos_x
 
 
 @njit(**_OPTIONS)
@@ -141,12 +146,7 @@ def _sin_cos_f32(x):
     r2 = r * r
     s = r + r * r2 * (_S3f + r2 * (_S5f + r2 * (_S7f + r2 * _S9f)))
     c = _F32(1.0) + r2 * (_C2f + r2 * (_C4f + r2 * (_C6f + r2 * (_C8f + r2 * _C10f))))
-    q = n & 3
-    odd = (q & 1) == 1
-    sin_x = c if odd else s
-    cos_x = s if odd else c
-    sin_x = -sin_x if (q & 2) == 2 else sin_x
-    cos_x = -cos_x if ((q + 1) & 2) == 2 else cos_x
+    sin_x, cos_x = _quadrant(s, c, n)
     return sin_x, cos_x, abs(xd) <= COS_REDUCTION_LIMIT
 
 
