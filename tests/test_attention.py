@@ -25,6 +25,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)  # 16 rows at m = 32
     monkeypatch.setattr(causal_module, "_RECURRENT_CHUNK_BYTES", 16 * 32 * 8)
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
+    monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
     monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)
@@ -73,7 +74,7 @@ def _oracle_heads(fn, Q, K, V, mask, batch, **kwargs):
 
 @pytest.mark.parametrize("features", FEATURES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 33, 97])
+@pytest.mark.parametrize("length", [1, 2, 15, 16, 17, 33, 97, 200])
 def test_causal_matches_oracle(small_chunks, features, dtype, length):
     rng = np.random.default_rng(length)
     Q, K, V = _inputs(rng, (length,), (length,))
@@ -178,11 +179,11 @@ def test_scale_enters_as_square_root_on_both_sides():
 def test_causal_prefix_is_independent_of_later_tokens(small_chunks, method, dtype):
     """Perturbing tokens i+1.. (even to huge norms) leaves outputs 0..i unchanged."""
     rng = np.random.default_rng(7)
-    length = 70
+    length = 150  # 10 groups of chunks: the two-thread pipeline
     Q, K, V = (X.astype(dtype) for X in _inputs(rng, (length,), (length,)))
     W = draw_projection(32, 8, random_state=7)
     base = favor_attention(Q, K, V, causal=True, projection_matrix=W, method=method)
-    for i in (0, 15, 16, 40, 68):
+    for i in (0, 15, 16, 40, 68, 100, 148):
         Q2, K2, V2 = Q.copy(), K.copy(), V.copy()
         tail = (length - i - 1, 8)
         # later keys with norm ~30 would dominate any non-causal key stabilizer
@@ -195,6 +196,39 @@ def test_causal_prefix_is_independent_of_later_tokens(small_chunks, method, dtyp
         # stronger: the key stabilizer of row i sees keys 0..i only, so the prefix is
         # bit-identical (a shared chunk- or sequence-wide maximum would change rounding)
         np.testing.assert_array_equal(out[: i + 1], base[: i + 1])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
+    """The two-thread pipeline runs the same operations as one thread: bit-identical,
+    with key constants that grow inside and across groups and with masked keys."""
+    from favorkern.attention.favor import AttentionProjection, attention_features
+    from favorkern.feature_maps import get_feature_map
+
+    rng = np.random.default_rng(21)
+    length = 301
+    Q, K, V = (X.astype(dtype) for X in _inputs(rng, (length,), (length,)))
+    K[::37] *= 6.0  # sharp keys raise the running maximum now and then
+    mask = rng.random(length) < 0.2 if masked else None
+    if masked:
+        mask[:20] = True  # no key at all for the first rows
+    W = draw_projection(32, 8, random_state=21)
+    fmap = get_feature_map("positive")
+    proj = AttentionProjection(W, 32, fmap.draw(32, np.random.default_rng(0)))
+    features = attention_features(fmap, proj, 8**-0.5, dtype)
+    outs, states = [], []
+    for workers in (1, 2):
+        out = np.empty((length, 3), dtype=dtype)
+        states.append(
+            causal_module.causal_chunked(features, Q, K, V, mask, out, 16, workers=workers)
+        )
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(states[0].S, states[1].S)
+    assert states[0].c == states[1].c
+    ref = naive.favor_attention(Q, K, V, W, causal=True, key_padding_mask=mask)
+    _assert_close(outs[1], ref, dtype)
 
 
 def test_converges_to_exact_attention_as_features_grow():

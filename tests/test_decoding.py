@@ -23,6 +23,7 @@ def small_chunks(monkeypatch):
     """Chunks of 16 rows and threads for every size: blocks straddle chunk edges."""
     monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
+    monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
     monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
 
 

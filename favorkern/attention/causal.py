@@ -14,7 +14,7 @@ import numpy as np
 from .._parallel import executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
-from .features import Buffers, masked_row_log
+from .features import masked_row_log
 from .state import KeyState, exclusive_scan
 
 __all__ = ["causal", "causal_chunked", "causal_key_features", "CAUSAL_CHUNK_ROWS"]
@@ -40,14 +40,20 @@ def causal_key_features(fmap, k, mask, start, stop, buf, carried):
     return const
 
 
-def causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial=None) -> KeyState:
+def causal_chunked(
+    fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial=None, workers=1
+) -> KeyState:
     """Causal attention of rows ``start:stop`` of one head by chunked matrix products.
 
-    ``out_c = (phi(Qc) S + tril(phi(Qc) phi(Kc)^T) Vc) / (phi(Qc) z + tril(...) 1)``,
-    every term rescaled to the running key maximum of its own query row; then the
-    chunk's keys enter the state.  ``initial`` is the :class:`~.state.KeyState` of
-    the rows before ``start`` (an empty state if None; it is not modified).
-    Returns the state after row ``stop - 1``.
+    ``out_c = (phi(Qc) S_c + tril(phi(Qc) phi(Kc)^T) Vc) / (phi(Qc) z_c + tril(...) 1)``
+    for chunks ``c`` of ``chunk`` rows, every term rescaled to the running key maximum
+    of its own query row, where ``(S_c, z_c)`` is the state of the keys before the
+    chunk.  The chunks are taken in groups (:class:`_Groups`), so that the cost per
+    chunk is that of its products alone.  ``workers >= 2``: two threads in a
+    pipeline, one on the keys of a group while the other maps the next group's
+    queries and emits the previous group.  ``initial`` is the
+    :class:`~.state.KeyState` of the rows before ``start`` (an empty state if None;
+    it is not modified).  Returns the state after row ``stop - 1``.
     """
     dtype = fmap.dtype
     n = q.shape[0] if stop is None else stop
@@ -56,45 +62,186 @@ def causal_chunked(fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial=
     else:
         state = initial.astype(dtype).copy()
         state.c = float(state.c)
-    buffers = Buffers(fmap)
-    scores_buf = np.empty((chunk, chunk), dtype=dtype)
-    lower = np.tril(np.ones((chunk, chunk), dtype=dtype))
-    for a in range(start, n, chunk):
-        b = min(n, a + chunk)
-        size = b - a
-        qf, kf = buffers(size, 0), buffers(size, 1)
-        fmap.queries(q[a:b], qf)
-        carried = state.c
-        const = causal_key_features(fmap, k, mask, a, b, kf, carried)
-        finite = np.where(const > -np.inf, const, 0.0)
-        varying = const[0] != const[-1]
-        scores = scores_buf[:size, :size]
-        np.matmul(qf, kf.T, out=scores)
-        scores *= lower[:size, :size]
-        if varying:
-            # key j < i was stabilized by c_j <= c_i: bring it to row i's constant
-            scores *= np.exp(np.minimum(finite[np.newaxis, :] - finite[:, np.newaxis], 0.0)).astype(
-                dtype
-            )
-        block = out[a:b]
-        np.matmul(scores, v[a:b], out=block)
-        denominator = scores @ buffers.ones(size)
-        if carried > -np.inf:
-            past, past_norm = qf @ state.S, qf @ state.z
-            if carried != const[-1]:
-                carry = np.exp(carried - finite).astype(dtype)
-                past *= carry[:, np.newaxis]
-                past_norm *= carry
-            block += past
-            denominator += past_norm
-        normalize(block, denominator)
-        new_const = float(const[-1])
-        if new_const > -np.inf:
-            state.rescale(new_const)
-            if varying:
-                kf *= np.exp(np.minimum(finite - new_const, 0.0)).astype(dtype)[:, np.newaxis]
-            state.add(kf, v[a:b], buffers.ones(size))
+    target = out
+    if not out.flags.c_contiguous:
+        out = np.empty(out.shape, dtype=out.dtype)
+    per_group = max(1, _GROUP_ROWS // chunk)
+    spans = []  # (first row, chunks, rows per chunk)
+    a = start
+    while n - a >= chunk:
+        spans.append((a, min(per_group, (n - a) // chunk), chunk))
+        a += spans[-1][1] * chunk
+    if a < n:  # the last, shorter chunk
+        spans.append((a, 1, n - a))
+    if spans:
+        pipelined = workers >= 2 and len(spans) >= _MIN_PIPELINED_GROUPS
+        rows = max(n_chunks * size for _, n_chunks, size in spans)
+        groups = _Groups(fmap, q, k, v, mask, out, state, rows, chunk, pipelined)
+        groups.run_pipelined(spans) if pipelined else groups.run(spans)
+    if target is not out:
+        target[start:n] = out[start:n]
     return state
+
+
+# Rows per group: measured best at 512-1024 (d = 64, m = 256, float32, one thread,
+# L = 65536; 256 is 8% slower); it bounds the buffers.
+_GROUP_ROWS = 1024
+# Fewer groups than this leave the pipeline's two stages mostly idle.
+_MIN_PIPELINED_GROUPS = 4
+
+
+def _prefix_sum():
+    from .._numba.attention import prefix_sum  # numba only once needed
+
+    return prefix_sum
+
+
+class _Groups:
+    """Groups of chunks of causal attention for one head, and their buffers.
+
+    A group of ``n`` chunks costs one feature product for its queries and one for its
+    keys, batched products for its triangular blocks ``tril(phi(Qc) phi(Kc)^T)``, for
+    its chunk states ``phi(Kc)^T [Vc, 1]`` and for the outputs of the states before
+    the chunks, and one prefix sum (in place) that turns the chunk states into those
+    states: per chunk, the products alone.  Pipelined, the buffers the two threads
+    share come in sets (three of query features, two of states and denominators)
+    so that no thread reads what the other writes.
+    """
+
+    def __init__(self, fmap, q, k, v, mask, out, state, rows, chunk, pipelined):
+        self.fmap, self.q, self.k, self.v, self.mask, self.out = fmap, q, k, v, mask, out
+        self.state = state
+        dtype, m, dv = fmap.dtype, fmap.n_out, v.shape[1]
+        n_chunks = max(1, rows // chunk)
+        sets = (3, 2) if pipelined else (1, 1)
+        self.query = [fmap.empty(rows) for _ in range(sets[0])]
+        self.key = fmap.empty(rows)
+        self.scores = np.empty(rows * chunk, dtype=dtype)
+        self.inter = np.empty((rows, dv), dtype=dtype)
+        self.den_inter = np.empty((rows, 1), dtype=dtype)
+        # slot g + 1: chunk g's state; after the prefix sum, slot g: the state before
+        # chunk g (slot n: after the last)
+        self.S = [np.empty((n_chunks + 1, m, dv), dtype=dtype) for _ in range(sets[1])]
+        self.z = [np.empty((n_chunks + 1, m, 1), dtype=dtype) for _ in range(sets[1])]
+        self.den = [np.empty((rows, 1), dtype=dtype) for _ in range(sets[1])]
+        self.ones = np.ones((rows, 1), dtype=dtype)
+        self.lower = np.tril(np.ones((chunk, chunk), dtype=dtype))
+
+    def run(self, spans):
+        """Every group on the calling thread."""
+        for span in spans:
+            self.queries(span, 0)
+            self.emit(span, 0, 0, self.keys(span, 0, 0))
+
+    def run_pipelined(self, spans):
+        """Group ``t``'s keys on the calling thread while a pool thread maps group
+        ``t + 1``'s queries and emits group ``t - 1``."""
+        pool = executor(n_threads())
+        self.queries(spans[0], 0)
+        done = [None] * len(spans)
+
+        def other(t):
+            if t + 1 < len(spans):
+                self.queries(spans[t + 1], (t + 1) % 3)
+            if t >= 1:
+                self.emit(spans[t - 1], (t - 1) % 3, (t - 1) % 2, done[t - 1])
+
+        for t in range(len(spans) + 1):
+            future = pool.submit(other, t)
+            try:
+                if t < len(spans):
+                    done[t] = self.keys(spans[t], t % 3, t % 2)
+            finally:
+                future.result()
+
+    def queries(self, span, qs):
+        """Query features of the group ``span`` into query set ``qs``."""
+        a, n, chunk = span
+        self.fmap.queries(self.q[a : a + n * chunk], self.query[qs][: n * chunk])
+
+    def keys(self, span, qs, ss):
+        """Key features, triangular blocks, chunk states and their prefix sum of the group
+        ``span`` (query set ``qs``, state set ``ss``); returns what :meth:`emit` needs."""
+        fmap, dtype, m, dv = self.fmap, self.fmap.dtype, self.fmap.n_out, self.v.shape[1]
+        a, n, chunk = span
+        rows = n * chunk
+        keys = self.key[:rows]
+        row_log, shift, masked = masked_row_log(fmap, self.k, self.mask, a, a + rows, keys)
+        const = np.maximum.accumulate(row_log)
+        np.maximum(const, self.state.c, out=const)
+        finite = np.where(const > -np.inf, const, 0.0)
+        fmap.key_finish(keys, row_log, shift, finite)
+        if masked is not None:
+            keys[masked] = 0.0
+        q3 = self.query[qs][:rows].reshape(n, chunk, m)
+        k3 = keys.reshape(n, chunk, m)
+        v3 = self.v[a : a + rows].reshape(n, chunk, dv)
+        s3 = self.scores[: rows * chunk].reshape(n, chunk, chunk)
+        np.matmul(q3, k3.transpose(0, 2, 1), out=s3)
+        s3 *= self.lower[:chunk, :chunk]
+        if finite[0] != finite[-1]:
+            f3 = finite.reshape(n, chunk)
+            for g in np.flatnonzero(f3[:, 0] != f3[:, -1]):
+                # key j < i was stabilized by c_j <= c_i: bring it to row i's constant,
+                # and every key of the chunk to the chunk's last constant for its state
+                rel = np.minimum(f3[g][np.newaxis, :] - f3[g][:, np.newaxis], 0.0)
+                s3[g] *= np.exp(rel).astype(dtype)
+                k3[g] *= np.exp(np.minimum(f3[g] - f3[g, -1], 0.0)).astype(dtype)[:, np.newaxis]
+        ones = self.ones[:rows].reshape(n, chunk, 1)
+        np.matmul(s3, v3, out=self.out[a : a + rows].reshape(n, chunk, dv))
+        np.matmul(s3, ones, out=self.den[ss][:rows].reshape(n, chunk, 1))
+        kt = k3.transpose(0, 2, 1)
+        np.matmul(kt, v3, out=self.S[ss][1 : n + 1])
+        np.matmul(kt, ones, out=self.z[ss][1 : n + 1])
+        before = self._prefix(ss, const[chunk - 1 :: chunk])
+        return const, before, bool(before[0] != const[-1])  # constants only grow
+
+    def _prefix(self, ss, ends):
+        """Turn the chunk states into the states before each chunk; returns their
+        constants.  ``ends``: the key constant after each chunk."""
+        state, n = self.state, len(ends)
+        S, z = self.S[ss][: n + 1], self.z[ss][: n + 1]
+        S[0], z[0, :, 0] = state.S, state.z
+        before = np.empty(n)
+        if state.c > -np.inf and ends[-1] == state.c:  # no key raised the maximum
+            _prefix_sum()(S, z)
+            before[:] = state.c
+        else:
+            c = state.c
+            for g in range(n):
+                before[g] = c
+                if ends[g] == -np.inf:  # no key yet: the state stays empty
+                    continue
+                if c > -np.inf:
+                    factor = S.dtype.type(np.exp(c - ends[g]))
+                    S[g + 1] += S[g] * factor if factor != 1 else S[g]
+                    z[g + 1] += z[g] * factor if factor != 1 else z[g]
+                c = float(ends[g])
+        state.S[...], state.z[...] = S[n], z[n, :, 0]
+        if ends[-1] > -np.inf:
+            state.c = float(ends[-1])
+        return before
+
+    def emit(self, span, qs, ss, keys):
+        """Outputs of the group ``span``: the states before its chunks plus its blocks."""
+        dtype, m, dv = self.fmap.dtype, self.fmap.n_out, self.v.shape[1]
+        a, n, chunk = span
+        const, before, rescale = keys
+        rows = n * chunk
+        q3 = self.query[qs][:rows].reshape(n, chunk, m)
+        inter, den_inter = self.inter[:rows], self.den_inter[:rows]
+        np.matmul(q3, self.S[ss][:n], out=inter.reshape(n, chunk, dv))
+        np.matmul(q3, self.z[ss][:n], out=den_inter.reshape(n, chunk, 1))
+        if rescale:
+            # the state before chunk g has the constant before[g] <= c_i of its rows
+            finite = np.where(const > -np.inf, const, 0.0)
+            factor = np.exp(np.repeat(before, chunk) - finite).astype(dtype)
+            inter *= factor[:, np.newaxis]
+            den_inter *= factor[:, np.newaxis]
+        block, den = self.out[a : a + rows], self.den[ss][:rows, 0]
+        block += inter
+        den += den_inter[:, 0]
+        normalize(block, den)
 
 
 def _recurrent_features(fmap, q, k, mask, a, b, query_buf, key_buf, carried, queries=True):
@@ -160,34 +307,38 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
         )
 
 
-# Measured with benchmarks/bench_attention.py --methods (d = 64, m = 256, float32,
-# 2 threads): the two algorithms are within noise of each other for one head and the
-# chunked products never lose by much, need no compilation and run whole heads on one
-# thread each, so method="favor" always takes "chunked".  Chunks of 256 rows measured
-# faster than 64, 128 and 512 (one thread, L = 65536).
-CAUSAL_CHUNK_ROWS = 256
+# Rows per chunk of the chunked algorithm.  Its cost beyond bidirectional attention
+# is the triangular blocks, 2 chunk (m + dv) multiply-adds per token, against the
+# batched products' efficiency, which falls with the chunk: measured best at 32 rows
+# (d = 64, m = 256, float32, one thread, L = 65536: 32 rows 1.46x bidirectional, 64
+# rows 1.53x, 128 rows 1.63x, the earlier 256-row chunks one at a time 2.06x).
+CAUSAL_CHUNK_ROWS = 32
 
 
 def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
-    """Causal attention of one head split over ``workers`` contiguous ranges.
+    """Causal attention of one head split over contiguous ranges, two threads each.
 
     Phase 1 computes the key state of each range but the last, in parallel; an
     exclusive prefix merge gives each range the state of all earlier keys (its
     constant is their maximum: no future key enters); phase 2 runs the ranges in
-    parallel from those states.
+    parallel from those states, each as a two-thread pipeline.  With two workers
+    there is one range: no key is mapped twice.
     """
-    ranges = split(q.shape[0], workers)
+    ranges = split(q.shape[0], max(1, workers // 2))
+    if len(ranges) == 1:
+        causal_chunked(fmap, q, k, v, mask, out, chunk, workers=workers)
+        return
     parts = run_parallel(
         [partial(accumulate_keys, fmap, k, v, mask, a, b, chunk) for a, b in ranges[:-1]],
-        workers,
+        len(ranges),
     )
     initials = exclusive_scan(parts, fmap.dtype)
     run_parallel(
         [
-            partial(causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial)
+            partial(causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial, 2)
             for (a, b), initial in zip(ranges, initials, strict=True)
         ],
-        workers,
+        len(ranges),
     )
 
 
@@ -195,7 +346,8 @@ def causal(fmap, heads, out, workers, method) -> None:
     """Causal attention of every (batch, head) of ``heads`` into ``out``.
 
     ``method="chunked"`` (and ``"auto"``): whole heads per thread when there are at
-    least as many heads as workers, else each head split into one range per thread
+    least as many heads as workers, else each head as a two-thread pipeline, over
+    ranges of the sequence when there are more than two workers
     (:func:`_causal_scan`); ``"recurrent"``: the numba recurrence.
     """
     if method == "auto":
