@@ -125,7 +125,8 @@ class _Groups:
         self.z = [np.empty((n_chunks + 1, m, 1), dtype=dtype) for _ in range(sets[1])]
         self.den = [np.empty((rows, 1), dtype=dtype) for _ in range(sets[1])]
         self.ones = np.ones((rows, 1), dtype=dtype)
-        self.lower = np.tril(np.ones((chunk, chunk), dtype=dtype))
+        # tiled: a broadcast (chunk, chunk) factor costs an inner loop per chunk
+        self.lower = np.tile(np.tril(np.ones((chunk, chunk), dtype=dtype)), (n_chunks, 1, 1))
 
     def run(self, spans):
         """Every group on the calling thread."""
@@ -155,7 +156,12 @@ class _Groups:
                 future.result()
 
     def queries(self, span, qs):
-        """Query features of the group ``span`` into query set ``qs``."""
+        """Query features of the group ``span`` into query set ``qs``.
+
+        Always shifted by their row maxima: skipping the shift where it is safe
+        (:meth:`~.features.AttentionFeatures.query_window`) would hang on a bound of
+        later states, and so let later tokens change the rounding of earlier outputs.
+        """
         a, n, chunk = span
         self.fmap.queries(self.q[a : a + n * chunk], self.query[qs][: n * chunk])
 
@@ -178,7 +184,10 @@ class _Groups:
         v3 = self.v[a : a + rows].reshape(n, chunk, dv)
         s3 = self.scores[: rows * chunk].reshape(n, chunk, chunk)
         np.matmul(q3, k3.transpose(0, 2, 1), out=s3)
-        s3 *= self.lower[:chunk, :chunk]
+        if chunk == self.lower.shape[1]:
+            s3 *= self.lower[:n]
+        else:  # the last, shorter chunk
+            s3 *= np.tril(np.ones((chunk, chunk), dtype=dtype))
         if finite[0] != finite[-1]:
             f3 = finite.reshape(n, chunk)
             for g in np.flatnonzero(f3[:, 0] != f3[:, -1]):
