@@ -66,6 +66,8 @@ def causal_chunked(
     if not out.flags.c_contiguous:
         out = np.empty(out.shape, dtype=out.dtype)
     per_group = max(1, _GROUP_ROWS // chunk)
+    if workers >= 2:  # short sequences: smaller groups, enough to fill the pipeline
+        per_group = max(1, min(per_group, (n - start) // (chunk * _MIN_PIPELINED_GROUPS)))
     spans = []  # (first row, chunks, rows per chunk)
     a = start
     while n - a >= chunk:
