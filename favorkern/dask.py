@@ -45,7 +45,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import check_attention_shapes, check_bool, check_logit_scale
 from .attention.bidirectional import accumulate_keys, emit
-from .attention.causal import CAUSAL_CHUNK_ROWS, causal_chunked
+from .attention.causal import causal_chunk_rows, causal_chunked
 from .attention.common import feature_chunk_rows
 from .attention.favor import attention_features, resolve_projection
 from .attention.features import AttentionFeatures
@@ -438,7 +438,8 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
         initial = _head_state(prefix, idx, fmap.dtype)
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        causal_chunked(fmap, q, k, v, m, out[idx], CAUSAL_CHUNK_ROWS, 0, q.shape[0], initial)
+        chunk = causal_chunk_rows(fmap.n_out)
+        causal_chunked(fmap, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
     return out
 
 

@@ -17,7 +17,13 @@ from .common import normalize, run_parallel, split
 from .features import masked_row_log
 from .state import KeyState, exclusive_scan
 
-__all__ = ["causal", "causal_chunked", "causal_key_features", "CAUSAL_CHUNK_ROWS"]
+__all__ = [
+    "causal",
+    "causal_chunked",
+    "causal_chunk_rows",
+    "causal_key_features",
+    "CAUSAL_CHUNK_ROWS",
+]
 
 # The recurrent kernel amortizes one thread-pool round trip per chunk.
 _RECURRENT_CHUNK_BYTES = 1 << 21
@@ -320,10 +326,17 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
 
 # Rows per chunk of the chunked algorithm.  Its cost beyond bidirectional attention
 # is the triangular blocks, 2 chunk (m + dv) multiply-adds per token, against the
-# batched products' efficiency, which falls with the chunk: measured best at 32 rows
-# (d = 64, m = 256, float32, one thread, L = 65536: 32 rows 1.46x bidirectional, 64
-# rows 1.53x, 128 rows 1.63x, the earlier 256-row chunks one at a time 2.06x).
+# batched products' efficiency and the chunk states' memory traffic (m dv per chunk),
+# which fall with longer chunks.  Measured (d = dv = 64, float32, one thread, time
+# against bidirectional attention, L = 16384-65536): 32 rows best up to m = 256 (m =
+# 256: 1.46x, against 1.53x at 64 rows and 2.06x for the earlier 256-row chunks taken
+# one at a time), 64 rows from m = 512 (m = 1024: 1.61x against 1.86x).
 CAUSAL_CHUNK_ROWS = 32
+
+
+def causal_chunk_rows(n_out) -> int:
+    """Rows per chunk of :func:`causal_chunked` for ``n_out`` features (measured rule)."""
+    return CAUSAL_CHUNK_ROWS if n_out <= 256 else 2 * CAUSAL_CHUNK_ROWS
 
 
 def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
@@ -364,7 +377,7 @@ def causal(fmap, heads, out, workers, method) -> None:
     if method == "auto":
         method = "chunked"
     if method == "chunked":
-        chunk = CAUSAL_CHUNK_ROWS
+        chunk = causal_chunk_rows(fmap.n_out)
         if len(heads) >= workers:
             run_parallel(
                 [

@@ -411,7 +411,6 @@ def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
     Kb = np.broadcast_to(K, batch + (T, d))
     Vb = np.broadcast_to(V, batch + (T, state.dv))
     Mb = None if mask is None else np.broadcast_to(mask, batch + (T,))
-    chunk = causal_module.CAUSAL_CHUNK_ROWS
     for X, name in ((Qb, "q"), (Kb, "k"), (Vb, "v")):
         if not np.isfinite(X).all():
             raise ValueError(f"{name} contains NaN or infinity")
@@ -427,6 +426,7 @@ def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
         for j in range(group):
             q_idx = idx[:-1] + (h * group + j,) if idx else ()
             q = hf.prepare(Qb[q_idx], "query", h)
+            chunk = causal_module.causal_chunk_rows(fmap.n_out)
             final = causal_module.causal_chunked(
                 fmap, q, k, v, m, out[q_idx], chunk, initial=initial
             )
