@@ -231,6 +231,19 @@ def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
     _assert_close(outs[1], ref, dtype)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+def test_causal_on_any_number_of_threads(small_chunks, monkeypatch, workers):
+    """One thread, the two-thread pipeline and ranges over more threads: one answer."""
+    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    rng = np.random.default_rng(22)
+    Q, K, V = _inputs(rng, (203,), (203,))
+    mask = rng.random(203) < 0.1
+    W = draw_projection(32, 8, random_state=22)
+    ref = naive.favor_attention(Q, K, V, W, causal=True, key_padding_mask=mask)
+    got = favor_attention(Q, K, V, causal=True, projection_matrix=W, key_padding_mask=mask)
+    _assert_close(got, ref, np.float64)
+
+
 def test_converges_to_exact_attention_as_features_grow():
     rng = np.random.default_rng(8)
     Q, K, V = _inputs(rng, (64,), (64,), d=8, sigma=0.5)

@@ -340,29 +340,31 @@ def causal_chunk_rows(n_out) -> int:
 
 
 def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
-    """Causal attention of one head split over contiguous ranges, two threads each.
+    """Causal attention of one head on ``workers`` threads.
 
-    Phase 1 computes the key state of each range but the last, in parallel; an
-    exclusive prefix merge gives each range the state of all earlier keys (its
-    constant is their maximum: no future key enters); phase 2 runs the ranges in
-    parallel from those states, each as a two-thread pipeline.  With two workers
-    there is one range: no key is mapped twice.
+    Two workers: one two-thread pipeline (:func:`causal_chunked`), no key mapped
+    twice.  More: the head is split over one contiguous range per thread.  Phase 1
+    computes the key state of each range but the last, in parallel; an exclusive
+    prefix merge gives each range the state of all earlier keys (its constant is
+    their maximum: no future key enters); phase 2 runs the ranges in parallel from
+    those states.  (Pipelines inside the ranges would make pool threads wait on pool
+    threads, which can deadlock when several calls share the pool.)
     """
-    ranges = split(q.shape[0], max(1, workers // 2))
-    if len(ranges) == 1:
-        causal_chunked(fmap, q, k, v, mask, out, chunk, workers=workers)
+    if workers == 2:
+        causal_chunked(fmap, q, k, v, mask, out, chunk, workers=2)
         return
+    ranges = split(q.shape[0], workers)
     parts = run_parallel(
         [partial(accumulate_keys, fmap, k, v, mask, a, b, chunk) for a, b in ranges[:-1]],
-        len(ranges),
+        workers,
     )
     initials = exclusive_scan(parts, fmap.dtype)
     run_parallel(
         [
-            partial(causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial, 2)
+            partial(causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial)
             for (a, b), initial in zip(ranges, initials, strict=True)
         ],
-        len(ranges),
+        workers,
     )
 
 
@@ -370,9 +372,9 @@ def causal(fmap, heads, out, workers, method) -> None:
     """Causal attention of every (batch, head) of ``heads`` into ``out``.
 
     ``method="chunked"`` (and ``"auto"``): whole heads per thread when there are at
-    least as many heads as workers, else each head as a two-thread pipeline, over
-    ranges of the sequence when there are more than two workers
-    (:func:`_causal_scan`); ``"recurrent"``: the numba recurrence.
+    least as many heads as workers, else each head as a two-thread pipeline (two
+    workers) or over one range of the sequence per thread (more workers, see
+    :func:`_causal_scan`); ``"recurrent"``: the numba recurrence.
     """
     if method == "auto":
         method = "chunked"
