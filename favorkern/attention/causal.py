@@ -112,8 +112,8 @@ class _Groups:
     its chunk states ``phi(Kc)^T [Vc, 1]`` and for the outputs of the states before
     the chunks, and one prefix sum (in place) that turns the chunk states into those
     states: per chunk, the products alone.  Pipelined, the buffers the two threads
-    share come in sets (three of query features, two of states and denominators)
-    so that no thread reads what the other writes.
+    share come in sets (three of query features, two of blocks, states and
+    denominators) so that no thread reads what the other writes.
     """
 
     def __init__(self, fmap, q, k, v, mask, out, state, rows, chunk, pipelined):
@@ -124,7 +124,7 @@ class _Groups:
         sets = (3, 2) if pipelined else (1, 1)
         self.query = [fmap.empty(rows) for _ in range(sets[0])]
         self.key = fmap.empty(rows)
-        self.scores = np.empty(rows * chunk, dtype=dtype)
+        self.scores = [np.empty(rows * chunk, dtype=dtype) for _ in range(sets[1])]
         self.inter = np.empty((rows, dv), dtype=dtype)
         self.den_inter = np.empty((rows, 1), dtype=dtype)
         # slot g + 1: chunk g's state; after the prefix sum, slot g: the state before
@@ -190,7 +190,7 @@ class _Groups:
         q3 = self.query[qs][:rows].reshape(n, chunk, m)
         k3 = keys.reshape(n, chunk, m)
         v3 = self.v[a : a + rows].reshape(n, chunk, dv)
-        s3 = self.scores[: rows * chunk].reshape(n, chunk, chunk)
+        s3 = self.scores[ss][: rows * chunk].reshape(n, chunk, chunk)
         np.matmul(q3, k3.transpose(0, 2, 1), out=s3)
         if chunk == self.lower.shape[1]:
             s3 *= self.lower[:n]
@@ -205,8 +205,6 @@ class _Groups:
                 s3[g] *= np.exp(rel).astype(dtype)
                 k3[g] *= np.exp(np.minimum(f3[g] - f3[g, -1], 0.0)).astype(dtype)[:, np.newaxis]
         ones = self.ones[:rows].reshape(n, chunk, 1)
-        np.matmul(s3, v3, out=self.out[a : a + rows].reshape(n, chunk, dv))
-        np.matmul(s3, ones, out=self.den[ss][:rows].reshape(n, chunk, 1))
         kt = k3.transpose(0, 2, 1)
         np.matmul(kt, v3, out=self.S[ss][1 : n + 1])
         np.matmul(kt, ones, out=self.z[ss][1 : n + 1])
@@ -255,7 +253,13 @@ class _Groups:
             factor = np.exp(np.repeat(before, chunk) - finite).astype(dtype)
             inter *= factor[:, np.newaxis]
             den_inter *= factor[:, np.newaxis]
+        # the blocks' products here, not in keys: it balances the pipeline's stages
+        s3 = self.scores[ss][: rows * chunk].reshape(n, chunk, chunk)
         block, den = self.out[a : a + rows], self.den[ss][:rows, 0]
+        np.matmul(s3, self.v[a : a + rows].reshape(n, chunk, dv), out=block.reshape(n, chunk, dv))
+        np.matmul(
+            s3, self.ones[:rows].reshape(n, chunk, 1), out=self.den[ss][:rows].reshape(n, chunk, 1)
+        )
         block += inter
         den += den_inter[:, 0]
         normalize(block, den)
