@@ -153,7 +153,7 @@ def derf_log_mse_paper(x, y, A, B1, B2, m):
     log_d4 = np.linalg.slogdet(I - 4.0 * A)[1]
     log_det8 = np.linalg.slogdet(I - 8.0 * A)[1]
     out = []
-    for xi, yi in zip(np.atleast_2d(x), np.atleast_2d(y)):
+    for xi, yi in zip(np.atleast_2d(x), np.atleast_2d(y), strict=True):
         log_second = (
             log_d4
             - 0.5 * log_det8

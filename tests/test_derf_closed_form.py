@@ -56,7 +56,8 @@ def test_closed_form_matches_monte_carlo(name, projection):
     theory = theoretical_mse(x, y, feature_map=name, n_components=8, projection=projection,
                              gamma=GAMMA, constants=constants)  # fmt: skip
     mc = empirical_mse(x, y, feature_map=name, n_components=8, projection=projection,
-                       gamma=GAMMA, constants=constants, n_trials=20000, random_state=2)  # fmt: skip
+                       gamma=GAMMA, constants=constants, n_trials=20000,
+                       random_state=2)  # fmt: skip
     z = (mc.mse - theory) / mc.se
     assert np.all(np.abs(z) < 4.5), z
     assert np.all(np.abs(mc.mse / theory - 1) < 0.1), mc.mse / theory  # se is a few %
@@ -100,12 +101,12 @@ def test_closed_form_matches_gauss_hermite_quadrature(name):
     constants = fitted(name, Q, K)
     A, B1, B2 = naive.derf_full_matrices(constants, GAMMA, name)
     for x, y in [(Q[0], K[1]), (Q[2], -K[3]), (np.array([1.0, -0.5, 0.2]), K[4])]:
-        second = naive.gaussian_expectation(
-            lambda w: (naive.derf_feature(w, x, A, B1) * naive.derf_feature(w, y, A, B2)) ** 2, 3
-        )
-        mean = naive.gaussian_expectation(
-            lambda w: naive.derf_feature(w, x, A, B1) * naive.derf_feature(w, y, A, B2), 3
-        )
+
+        def product(w, x=x, y=y):
+            return naive.derf_feature(w, x, A, B1) * naive.derf_feature(w, y, A, B2)
+
+        second = naive.gaussian_expectation(lambda w: product(w) ** 2, 3)
+        mean = naive.gaussian_expectation(product, 3)
         kernel = math.exp(GAMMA * x @ y)
         assert mean == pytest.approx(kernel, rel=1e-10)  # unbiased, by quadrature
         got = theoretical_mse(x, y, feature_map=name, n_components=2, projection="gaussian",
@@ -155,8 +156,8 @@ def test_fitted_maps_lower_the_mean_closed_form_mse_on_anisotropic_pairs():
     for name in ("positive", "sderf", "aderf"):
         c = fitted(name, Q, K) or None
         log_rel[name] = np.mean(
-            theoretical_mse(x, y, feature_map=name, constants=c, **kwargs) - 2 * GAMMA * (
-                np.sum(x * y, axis=1))
+            theoretical_mse(x, y, feature_map=name, constants=c, **kwargs)
+            - 2 * GAMMA * (np.sum(x * y, axis=1))
         )
     assert log_rel["aderf"] < log_rel["sderf"] < log_rel["positive"]
 

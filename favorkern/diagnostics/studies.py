@@ -316,7 +316,9 @@ def convergence(
         Default ``X``.
     feature_map : str or FeatureMap, default="positive"
         A registered map with a closed form for the softmax kernel
-        (``"positive"``, ``"hyperbolic"``, ``"trigonometric"``, ``"optimal"``).
+        (``"positive"``, ``"hyperbolic"``, ``"trigonometric"``, ``"optimal"``, and the
+        fitted ``"saderf"``; ``"sderf"`` and ``"aderf"`` with ``"gaussian"``); data
+        constants are fitted on ``X``, as the transformer fits them.
     n_components : int or sequence of int, default=(16, 32, 64, 128, 256, 512)
         Output widths (even, for the paired maps).
     projection : {"orthogonal", "gaussian", "simplex"}, default="orthogonal"
