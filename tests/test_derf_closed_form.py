@@ -7,6 +7,8 @@ import math
 import naive
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from favorkern.diagnostics import convergence, empirical_mse, theoretical_mse, variance_study
 from favorkern.feature_maps import feature_map_names, get_feature_map
@@ -112,6 +114,34 @@ def test_closed_form_matches_gauss_hermite_quadrature(name):
         got = theoretical_mse(x, y, feature_map=name, n_components=2, projection="gaussian",
                               gamma=GAMMA, constants=constants)  # fmt: skip
         assert got == pytest.approx((second - kernel**2) / 2, rel=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+    a_scale=st.floats(0.0, 3.0),
+    norm=st.floats(0.01, 30.0),
+    m=st.integers(1, 512),
+)
+def test_any_valid_constants_match_the_printed_formula(d, seed, a_scale, norm, m):
+    # Random orthogonal R, A <= 0 (or up to just below 1/8), a well-conditioned T_q
+    # with T_k = T_q^-T, pairs up to |x| = 30: the log-space closed form equals the
+    # full-matrix formula everywhere (where the MSE itself overflows too).
+    rng = np.random.default_rng(seed)
+    R = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    a = -a_scale * rng.random(d)
+    if seed % 2:
+        a[0] = 0.12  # one direction near the finite-variance edge A < 1/8
+    Tq = np.eye(d) + 0.3 * rng.normal(size=(d, d))
+    c = {"rotation": R, "A": a, "query_transform": Tq, "key_transform": np.linalg.inv(Tq).T}
+    x, y = rng.normal(size=(2, 3, d))
+    x *= norm / np.linalg.norm(x, axis=1, keepdims=True)
+    A, B1, B2 = naive.derf_full_matrices(c, 1.0, "aderf")
+    got = theoretical_mse(x, y, feature_map="aderf", n_components=m, projection="gaussian",
+                          constants=c, log=True)  # fmt: skip
+    np.testing.assert_allclose(got, naive.derf_log_mse_paper(x, y, A, B1, B2, m),
+                               rtol=1e-8, atol=1e-8)  # fmt: skip
 
 
 def test_sderf_reduces_to_gerf_and_to_positive():
@@ -222,6 +252,9 @@ def _aderf_constants():
          "not finite"),
         ("aderf", "aderf_bad", {}, ValueError, "query_transform\\^T key_transform = I"),
         ("saderf", {"psi": np.ones(4), "A": 0.2}, {}, ValueError, "A must be a finite number"),
+        ("positive", {"A": -0.1}, {}, ValueError, r"keys \['A'\] that feature map 'positive'"),
+        ("saderf", {"psi": np.ones(4), "A": 0.0, "rotation": np.eye(4)}, {}, ValueError,
+         "does not use"),
     ],
 )  # fmt: skip
 def test_bad_constants_are_named(name, constants, kwargs, error, match):

@@ -181,6 +181,12 @@ def theoretical_mse(
                 f"{type(constants).__name__}"
             )
         constants = dict(constants)
+        unknown = sorted(set(constants) - set(fmap.data_constants))
+        if unknown:
+            raise ValueError(
+                f"constants has keys {unknown} that feature map {fmap.name!r} does not use "
+                f"(its data constants: {list(fmap.data_constants)})"
+            )
     elif A is not None or fmap.data_constants == ("A",):
         constants = {"A": A}
     else:
