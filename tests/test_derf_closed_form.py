@@ -31,8 +31,9 @@ def fitted(name, Q, K, gamma=GAMMA):
 
 def test_the_fitted_maps_declare_closed_forms():
     names = feature_map_names(closed_form=True)
-    for name in ("saderf", "sderf", "aderf"):
+    for name in ("saderf", "sderf", "aderf", "whitened"):
         assert name in names
+    assert "fitted" not in names  # not an unbiased estimator: no variance formula
     assert get_feature_map("sderf").closed_form_projections("chi") == ("gaussian",)
     assert get_feature_map("aderf").closed_form_projections("fixed") == ()
     assert get_feature_map("saderf").closed_form_projections("chi") == (
@@ -46,7 +47,8 @@ def test_the_fitted_maps_declare_closed_forms():
 @pytest.mark.parametrize(
     "name, projection",
     [("sderf", "gaussian"), ("aderf", "gaussian"), ("saderf", "gaussian"),
-     ("saderf", "orthogonal"), ("saderf", "simplex")],
+     ("saderf", "orthogonal"), ("saderf", "simplex"), ("whitened", "gaussian"),
+     ("whitened", "orthogonal")],
 )  # fmt: skip
 def test_closed_form_matches_monte_carlo(name, projection):
     Q, K = anisotropic_sets(0)
@@ -175,6 +177,20 @@ def test_saderf_is_the_optimal_closed_form_on_the_rescaled_pair(projection):
                            projection=projection, gamma=GAMMA, A=c["A"])  # fmt: skip
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert not np.allclose(c["psi"], 1.0)
+
+
+def test_whitened_is_the_optimal_closed_form_on_the_whitened_pair():
+    Q, K = anisotropic_sets(15)
+    c = fitted("whitened", Q, K)
+    x, y = Q[:5], K[:5]
+    got = theoretical_mse(x, y, feature_map="whitened", n_components=8, gamma=GAMMA,
+                          constants=c)  # fmt: skip
+    xt, yt = x @ c["query_transform"].T, y @ c["key_transform"].T
+    want = theoretical_mse(xt, yt, feature_map="optimal", n_components=8, gamma=GAMMA, A=c["A"])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    bad = dict(c, key_transform=2 * c["key_transform"])  # q.k doubled: another kernel
+    with pytest.raises(ValueError, match="change the inner products"):
+        theoretical_mse(x, y, feature_map="whitened", n_components=8, constants=bad)
 
 
 def test_fitted_maps_lower_the_mean_closed_form_mse_on_anisotropic_pairs():

@@ -41,7 +41,8 @@ def theoretical_mse(
     feature_map : str or FeatureMap
         A registered map with a closed form (``"positive"``, ``"hyperbolic"``,
         ``"trigonometric"`` with the softmax kernel, ``"optimal"``: GERF with parameter
-        ``A``; ``"saderf"``, ``"sderf"`` and ``"aderf"`` at fitted ``constants``; see
+        ``A``; ``"saderf"``, ``"whitened"``, ``"sderf"`` and ``"aderf"`` at fitted
+        ``constants``; see
         :func:`favorkern.feature_maps.feature_map_names` with ``closed_form=True``).
         The map's own ``pair_geometry`` and ``log_mse`` give the formula.
     n_components : int
@@ -69,8 +70,8 @@ def theoretical_mse(
         The map's fitted data constants, as its ``fit`` returns them (for
         ``gamma``: ``fmap.fit(X, Y, input_scale=sqrt(gamma))``), the same for every
         pair.  Required by the maps that transform or rotate their inputs
-        (``"saderf"``, ``"sderf"``, ``"aderf"``); for ``"optimal"`` it may hold
-        ``A``.
+        (``"saderf"``, ``"whitened"``, ``"sderf"``, ``"aderf"``); for ``"optimal"``
+        it may hold ``A``.
     log : bool, default=False
         Return ``log(MSE)``, computed in log space: finite where the MSE itself
         overflows float64 (``-inf`` where the MSE is exactly zero).
@@ -111,7 +112,8 @@ def theoretical_mse(
 
     SADERF (THEORY.md 6.2) is GERF on the rescaled pair ``(psi x, y / psi)``, which
     keeps ``x.y``: the GERF closed forms at the fitted ``A``, with ``|z|^2`` that of
-    the rescaled pair, for every projection above.
+    the rescaled pair, for every projection above; the same holds for the whitened
+    map on its pair ``(T_q x, T_k y)``.
 
     SDERF and ADERF (full-matrix dense-exponential features, THEORY.md 6.2; iid
     rows only): after the fitted transform (ADERF: ``T_q`` on ``x``, ``T_k`` on

@@ -148,7 +148,17 @@ class FeatureMap:
 
         if type(self).prepare is not FeatureMap.prepare:
             constants = check_constants(self, constants)
-            x, y = self.prepare(x, "query", constants), self.prepare(y, "key", constants)
+            px, py = self.prepare(x, "query", constants), self.prepare(y, "key", constants)
+            # The closed forms compare with exp(x'.y'): prepare must keep every x.y.
+            scale = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            gap = np.abs(np.einsum("ij,ij->i", px, py) - np.einsum("ij,ij->i", x, y))
+            if np.any(gap > 1e-6 * scale):
+                raise ValueError(
+                    f"the constants of feature map {self.name!r} change the inner products "
+                    "x.y of the pairs, so its features estimate another kernel; the closed "
+                    "form needs constants that keep them (as fit() returns)"
+                )
+            x, y = px, py
         return PairGeometry.of(x, y, gamma)
 
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
