@@ -102,3 +102,80 @@ def hybrid_attention(Q, K, V, phi_q, phi_k, *, window, n_global=0, causal=False,
         if weights.sum() != 0:
             out[i] = weights @ V / weights.sum()
     return out
+
+
+def _sym_sqrt(M):
+    values, vectors = np.linalg.eigh(0.5 * (M + M.T))
+    return (vectors * np.sqrt(values)) @ vectors.T
+
+
+def derf_full_matrices(constants, gamma, kind):
+    """The dense-exponential parameters ``(A, B1, B2)`` (FAVOR#'s full-matrix form) of
+    fitted SDERF/ADERF/SADERF constants, for unscaled inputs (``x' = sqrt(gamma) x``).
+
+    ``A = R^T diag(a) R`` (a genuinely dense matrix), ``B_k = (I - 4A)^(1/2) T_k
+    sqrt(gamma)``, with ``T_k`` the query/key transforms (identity for SDERF, the
+    ``psi`` rescaling for SADERF, where ``A = a I``).
+    """
+    if kind == "saderf":
+        psi = np.asarray(constants["psi"], dtype=np.float64)
+        d = psi.size
+        A = float(constants["A"]) * np.eye(d)
+        Tq, Tk = np.diag(psi), np.diag(1.0 / psi)
+    else:
+        R = np.asarray(constants["rotation"], dtype=np.float64)
+        d = R.shape[0]
+        A = R.T @ np.diag(np.asarray(constants["A"], dtype=np.float64)) @ R
+        Tq = np.asarray(constants.get("query_transform", np.eye(d)), dtype=np.float64)
+        Tk = np.asarray(constants.get("key_transform", np.eye(d)), dtype=np.float64)
+    root = _sym_sqrt(np.eye(d) - 4.0 * A)
+    return A, root @ Tq * np.sqrt(gamma), root @ Tk * np.sqrt(gamma)
+
+
+def derf_feature(w, x, A, B):
+    """``f(w, x) = D exp(w^T A w + w^T B x + x^T C x)``, ``C = -B^T (I-4A)^-1 B / 2``,
+    ``D = det(I - 4A)^(1/4)``: rows of ``w`` (n, d), one input ``x`` (d,)."""
+    d = A.shape[0]
+    inv = np.linalg.inv(np.eye(d) - 4.0 * A)
+    C = -0.5 * B.T @ inv @ B
+    D = np.linalg.det(np.eye(d) - 4.0 * A) ** 0.25
+    return D * np.exp(np.einsum("ni,ij,nj->n", w, A, w) + w @ (B @ x) + x @ C @ x)
+
+
+def derf_log_mse_paper(x, y, A, B1, B2, m):
+    """log MSE of ``m`` iid rows from the printed FAVOR# variance (THEORY.md 6.2):
+    ``D^4 det(I-8A)^(-1/2) exp(2x^T(C1 + B1^T(I-8A)^-1 B1)x + 2y^T(...)y
+    + 4x^T B1^T(I-8A)^-1 B2 y) - SM^2``, the exponent kept in log space."""
+    d = A.shape[0]
+    I = np.eye(d)
+    inv4, inv8 = np.linalg.inv(I - 4.0 * A), np.linalg.inv(I - 8.0 * A)
+    C1, C2 = -0.5 * B1.T @ inv4 @ B1, -0.5 * B2.T @ inv4 @ B2
+    log_d4 = np.linalg.slogdet(I - 4.0 * A)[1]
+    log_det8 = np.linalg.slogdet(I - 8.0 * A)[1]
+    out = []
+    for xi, yi in zip(np.atleast_2d(x), np.atleast_2d(y), strict=True):
+        log_second = (
+            log_d4
+            - 0.5 * log_det8
+            + 2 * xi @ (C1 + B1.T @ inv8 @ B1) @ xi
+            + 2 * yi @ (C2 + B2.T @ inv8 @ B2) @ yi
+            + 4 * xi @ B1.T @ inv8 @ B2 @ yi
+        )
+        log_kernel = xi @ B1.T @ inv4 @ B2 @ yi  # = gamma x.y when B1^T (I-4A)^-1 B2 = gamma I
+        out.append(log_second + np.log(-np.expm1(2 * log_kernel - log_second)) - np.log(m))
+    return np.array(out)
+
+
+def gaussian_expectation(fn, d, n_nodes=48):
+    """``E[fn(w)]``, ``w ~ N(0, I_d)``, by a tensor grid of Gauss-Hermite nodes.
+
+    ``fn`` maps an ``(n, d)`` array of nodes to ``n`` values.
+    """
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
+    weights = weights / np.sqrt(2.0 * np.pi)
+    grids = np.meshgrid(*([nodes] * d), indexing="ij")
+    w = np.stack([g.ravel() for g in grids], axis=1)
+    wts = np.ones(len(w))
+    for axis_weights in np.meshgrid(*([weights] * d), indexing="ij"):
+        wts = wts * axis_weights.ravel()
+    return float(wts @ fn(w))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_option
-from ..feature_maps import PairGeometry, feature_map_names, same_block_pairs
+from ..feature_maps import feature_map_names, same_block_pairs
 from ._common import NORMS, PROJECTIONS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["theoretical_mse"]
@@ -29,6 +29,7 @@ def theoretical_mse(
     norms="chi",
     gamma=1.0,
     A=None,
+    constants=None,
     log=False,
 ):
     """Closed-form mean squared error of ``phi(x).phi(y)`` as an estimate of ``exp(gamma x.y)``.
@@ -40,8 +41,10 @@ def theoretical_mse(
     feature_map : str or FeatureMap
         A registered map with a closed form (``"positive"``, ``"hyperbolic"``,
         ``"trigonometric"`` with the softmax kernel, ``"optimal"``: GERF with parameter
-        ``A``; see :func:`favorkern.feature_maps.feature_map_names` with
-        ``closed_form=True``).  The map's own ``log_mse`` gives the formula.
+        ``A``; ``"saderf"``, ``"whitened"``, ``"sderf"`` and ``"aderf"`` at fitted
+        ``constants``; see
+        :func:`favorkern.feature_maps.feature_map_names` with ``closed_form=True``).
+        The map's own ``pair_geometry`` and ``log_mse`` give the formula.
     n_components : int
         Output width of the map, as in the transformers: ``m = n_components``
         projections for one output per projection, ``n_components / 2`` for the
@@ -62,7 +65,13 @@ def theoretical_mse(
         GERF parameter of ``features="optimal"`` (< 1/8, where the variance is
         finite); ``None`` takes each pair's own optimum
         ``A* = (d - 2|z|^2 - sqrt((2|z|^2 + d)^2 + 8 d |z|^2)) / (16 d)``.
-        Ignored by the other maps.
+        Ignored by the other maps; give either ``A`` or ``constants``, not both.
+    constants : dict or None, default=None
+        The map's fitted data constants, as its ``fit`` returns them (for
+        ``gamma``: ``fmap.fit(X, Y, input_scale=sqrt(gamma))``), the same for every
+        pair.  Required by the maps that transform or rotate their inputs
+        (``"saderf"``, ``"whitened"``, ``"sderf"``, ``"aderf"``); for ``"optimal"``
+        it may hold ``A``.
     log : bool, default=False
         Return ``log(MSE)``, computed in log space: finite where the MSE itself
         overflows float64 (``-inf`` where the MSE is exactly zero).
@@ -101,6 +110,21 @@ def theoretical_mse(
     ``c = -1/(d-1)`` over independent chi_d norms (2-D Gauss-Laguerre quadrature);
     the hyperbolic map averages ``c`` and ``-c``.
 
+    SADERF (THEORY.md 6.2) is GERF on the rescaled pair ``(psi x, y / psi)``, which
+    keeps ``x.y``: the GERF closed forms at the fitted ``A``, with ``|z|^2`` that of
+    the rescaled pair, for every projection above; the same holds for the whitened
+    map on its pair ``(T_q x, T_k y)``.
+
+    SDERF and ADERF (full-matrix dense-exponential features, THEORY.md 6.2; iid
+    rows only): after the fitted transform (ADERF: ``T_q`` on ``x``, ``T_k`` on
+    ``y``) and the rotation ``R``, the features are a GERF per direction ``l`` with
+    parameter ``A_l``, and with ``z = R (x~' + y~')`` the second moment factorizes:
+    ``Var1 = SM^2 (e^t - 1)``,
+    ``t = sum_l [log(1 + 16 A_l^2 / (1 - 8 A_l)) / 2 + z_l^2 / (1 - 8 A_l)]``, a sum of
+    non-negative terms.  With orthogonal blocks the per-row variance is the same
+    and a same-block covariance is added, which has no closed form for unequal
+    ``A_l`` (measure it with :func:`empirical_mse`).
+
     For ``norms="fixed"`` (THEORY.md 4) the moments are ``0F1(; d/2; .)`` values:
     ``E exp(w.z) = 0F1(; d/2; d |z|^2/4)`` and so on, and the bias ``SMREG - SM`` is
     added squared.  Performer Theorem 2 (orthogonal never worse for positive
@@ -123,6 +147,19 @@ def theoretical_mse(
     inf
     >>> round(theoretical_mse(big, big, feature_map="positive", n_components=4, log=True), 1)
     9598.6
+
+    The fitted maps take their constants (SDERF: iid rows):
+
+    >>> from favorkern.feature_maps import get_feature_map
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K = rng.normal(size=(2, 200, 4)) * [[2.0, 1.0, 0.5, 0.1]]
+    >>> c = get_feature_map("sderf").fit(Q, K, input_scale=0.5)
+    >>> sderf = theoretical_mse(Q[:3], K[:3], feature_map="sderf", n_components=64,
+    ...                         projection="gaussian", gamma=0.25, constants=c)
+    >>> positive = theoretical_mse(Q[:3], K[:3], feature_map="positive", n_components=64,
+    ...                            projection="gaussian", gamma=0.25)
+    >>> bool(sderf.mean() < positive.mean())
+    True
     """
     x, y, scalar = check_pairs(x, y)
     fmap, m = check_width(feature_map, n_components)
@@ -137,6 +174,25 @@ def theoretical_mse(
     if not isinstance(log, (bool, np.bool_)):
         raise TypeError(f"log must be a bool, got {type(log).__name__}: {log!r}")
     A = check_a(A)
+    if constants is not None:
+        if A is not None:
+            raise ValueError("give the GERF parameter as A or in constants, not both")
+        if not hasattr(constants, "keys"):
+            raise TypeError(
+                f"constants must be a dict of fitted constants (the map's fit()), got "
+                f"{type(constants).__name__}"
+            )
+        constants = dict(constants)
+        unknown = sorted(set(constants) - set(fmap.data_constants))
+        if unknown:
+            raise ValueError(
+                f"constants has keys {unknown} that feature map {fmap.name!r} does not use "
+                f"(its data constants: {list(fmap.data_constants)})"
+            )
+    elif A is not None or fmap.data_constants == ("A",):
+        constants = {"A": A}
+    else:
+        constants = {}
     if projection not in fmap.closed_form_projections(norms):
         raise ValueError(
             f"feature_map={fmap.name!r} with norms={norms!r} has closed forms for projection "
@@ -144,8 +200,10 @@ def theoretical_mse(
         )
     d = x.shape[1]
     P = same_block_pairs(m, d, projection)
-    geometry = PairGeometry.of(x, y, gamma)
-    constants = {"A": A} if "A" in fmap.data_constants else {}
+    value = constants.get("A")
+    if value is not None and np.ndim(value) == 0:  # GERF's one A (SDERF's is per direction)
+        constants["A"] = check_a(value[()] if isinstance(value, np.ndarray) else value)
+    geometry = fmap.pair_geometry(x, y, gamma, constants)
     values = fmap.log_mse(geometry, m=m, P=P, d=d, projection=projection, norms=norms,
                           constants=constants)  # fmt: skip
     if not log:

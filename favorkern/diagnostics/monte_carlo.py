@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 
 from .._validation import check_float_array, check_int, check_option
-from ..feature_maps import apply_feature_map
+from ..feature_maps import apply_feature_map, check_constants
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
@@ -144,6 +144,7 @@ def empirical_mse(
     n_groups=20,
     projections=None,
     A=None,
+    constants=None,
     random_state=None,
 ):
     """Monte-Carlo MSE of the random-feature estimate of ``exp(gamma x.y)``.
@@ -183,6 +184,9 @@ def empirical_mse(
         GERF parameter of ``feature_map="optimal"``.  ``None``: maps with data
         constants fit them on each pair by themselves (for ``"optimal"`` the pair's own
         ``A*``, as :func:`theoretical_mse` takes it), on the same draws.
+    constants : dict or None, default=None
+        Fitted data constants (the map's ``fit``, as :func:`theoretical_mse` takes
+        them), the same for every pair; give either ``A`` or ``constants``.
     random_state : int, RandomState instance or None, default=None
         Seed of the draws.
 
@@ -239,6 +243,11 @@ def empirical_mse(
 
     run = partial(_empirical, fmap=fmap, m=m, gamma=gamma, n_groups=n_groups, rng=rng,
                   projection=projection, norms=norms, n_trials=n_trials)  # fmt: skip
+    if constants is not None:
+        if A is not None:
+            raise ValueError("give the GERF parameter as A or in constants, not both")
+        constants = check_constants(fmap, constants)
+        return _as_output(run(x, y, projections=projections, constants=constants), scalar)
     if not fmap.data_constants:
         return _as_output(run(x, y, projections=projections, constants=None), scalar)
     if A is not None and fmap.data_constants == ("A",):

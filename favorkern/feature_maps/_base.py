@@ -134,12 +134,40 @@ class FeatureMap:
         """
         raise NotImplementedError(f"feature map {self.name!r} does not define spec()")
 
+    def pair_geometry(self, x, y, gamma, constants):
+        """The geometry :meth:`log_mse` reads, of pairs ``(x, y)`` (float64 rows, unscaled).
+
+        The default is the :class:`~favorkern.feature_maps.PairGeometry` of the pairs
+        as the features see them: for a map with its own :meth:`prepare`, of
+        ``prepare(x, "query")`` and ``prepare(y, "key")`` at the fitted ``constants``
+        (which must then be complete, :func:`check_constants`), else of ``x`` and ``y``.
+        A map whose closed form needs more than norms and inner products (a basis of
+        its own, say) returns a subclass carrying it.
+        """
+        from ._variance import PairGeometry
+
+        if type(self).prepare is not FeatureMap.prepare:
+            constants = check_constants(self, constants)
+            px, py = self.prepare(x, "query", constants), self.prepare(y, "key", constants)
+            # The closed forms compare with exp(x'.y'): prepare must keep every x.y.
+            scale = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            gap = np.abs(np.einsum("ij,ij->i", px, py) - np.einsum("ij,ij->i", x, y))
+            if np.any(gap > 1e-6 * scale):
+                raise ValueError(
+                    f"the constants of feature map {self.name!r} change the inner products "
+                    "x.y of the pairs, so its features estimate another kernel; the closed "
+                    "form needs constants that keep them (as fit() returns)"
+                )
+            x, y = px, py
+        return PairGeometry.of(x, y, gamma)
+
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
         """log of the closed-form MSE of ``phi(x).phi(y)`` against ``exp(x'.y')``.
 
-        ``geometry`` is a :class:`~favorkern.feature_maps.PairGeometry`; ``m``
-        projections with ``P`` same-block pairs.  Maps without a closed form raise
-        ``NotImplementedError``; see :attr:`has_closed_form`.
+        ``geometry`` is what :meth:`pair_geometry` built (a
+        :class:`~favorkern.feature_maps.PairGeometry`); ``m`` projections with ``P``
+        same-block pairs.  Maps without a closed form raise ``NotImplementedError``;
+        see :attr:`has_closed_form`.
         """
         raise NotImplementedError(f"feature map {self.name!r} has no closed-form MSE")
 

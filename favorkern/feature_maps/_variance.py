@@ -66,6 +66,62 @@ class PairGeometry:
         )
 
 
+@dataclass(frozen=True)
+class BasisPairGeometry(PairGeometry):
+    """:class:`PairGeometry` plus the components ``z`` of ``x' + y'`` in a map's own basis.
+
+    ``z`` has shape ``(n_pairs, d)``; the scalar fields are those of the same pairs
+    (``s`` is ``|z|^2`` when the basis is orthonormal).  Built by the full-matrix
+    dense-exponential maps (:meth:`SderfFeatureMap.pair_geometry
+    <favorkern.feature_maps.SderfFeatureMap.pair_geometry>`), whose variance is a
+    sum over the directions of their basis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps._variance import BasisPairGeometry
+    >>> x, y = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    >>> g = BasisPairGeometry.of(x, y, 1.0, basis=np.array([[0.0, 1.0], [1.0, 0.0]]))
+    >>> g.z.tolist(), float(g.s[0])
+    ([[1.0, 1.0]], 2.0)
+    """
+
+    z: np.ndarray = None
+
+    @classmethod
+    def of(cls, x, y, gamma, basis=None):
+        """Geometry of ``x' = sqrt(gamma) x``, ``y'``; ``z = basis @ (x' + y')`` per row."""
+        base = PairGeometry.of(x, y, gamma)
+        total = np.sqrt(gamma) * (x + y)
+        z = total if basis is None else total @ np.asarray(basis, dtype=np.float64).T
+        return cls(base.a, base.b, base.ip, base.s, base.delta, z)
+
+
+def derf_log_rel_var(z, a):
+    """``t`` with ``Var1 / SM^2 = e^t - 1`` for a per-direction GERF (THEORY.md 6.2).
+
+    Per direction ``l`` of the map's basis, with ``z_l`` the component of ``x' + y'``,
+    ``E[(f(x) f(y))^2] / SM^2`` factorizes into
+    ``(1 - 4a_l)(1 - 8a_l)^(-1/2) exp(z_l^2 / (1 - 8a_l))``, so
+    ``t = sum_l [log1p(16 a_l^2 / (1 - 8a_l)) / 2 + z_l^2 / (1 - 8a_l)]``: a sum of
+    non-negative terms (``(1 - 4a)^2 = (1 - 8a) + 16a^2``), with no cancellation.
+    Equal ``a_l = A`` gives :func:`gerf_log_rel_var`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps._variance import derf_log_rel_var, gerf_log_rel_var
+    >>> z = np.array([[0.3, -0.4, 1.2]])
+    >>> bool(np.isclose(derf_log_rel_var(z, np.full(3, -0.2))[0],
+    ...                 gerf_log_rel_var(np.sum(z**2), 3, -0.2)))
+    True
+    """
+    a = np.asarray(a, dtype=np.float64)
+    denominator = 1.0 - 8.0 * a
+    per_direction = 0.5 * np.log1p(16.0 * a * (a / denominator)) + z * z / denominator
+    return per_direction.sum(axis=-1)
+
+
 def same_block_pairs(m: int, d: int, projection: str) -> int:
     """``P = k d (d - 1) + r (r - 1)`` ordered same-block pairs for ``m = k d + r``; 0 iid.
 
@@ -205,13 +261,13 @@ def gerf_log_rel_var(s, d, A):
 
     ``E[(f(x) f(y))^2] = (1-4A)^d (1-8A)^{-d/2} exp(2(1-4A)|z|^2/(1-8A) - |x|^2 - |y|^2)``,
     divided by ``SM^2 = exp(2 x.y)``; ``A = 0`` gives ``t = |z|^2`` (positive features).
+    Written as ``(d/2) log1p(16 A^2 / (1 - 8A)) + |z|^2 / (1 - 8A)``: two non-negative
+    terms, so ``t >= 0`` holds in floating point too.
     """
-    return (
-        d * np.log1p(-4.0 * A)
-        - 0.5 * d * np.log1p(-8.0 * A)
-        + 2.0 * (1.0 - 4.0 * A) * s / (1.0 - 8.0 * A)
-        - s
-    )
+    A = np.asarray(A, dtype=np.float64)
+    denominator = 1.0 - 8.0 * A
+    # 16 A (A / (1 - 8A)): the ratio is bounded, so a huge |A| does not overflow A^2
+    return 0.5 * d * np.log1p(16.0 * A * (A / denominator)) + s / denominator
 
 
 def simplex_deficit(s, d, sign=1.0):
@@ -267,7 +323,8 @@ def exp_map_log_mse(geom, log_rel_var, deficit, m, P):
     with np.errstate(over="ignore", invalid="ignore"):
         correction = np.log1p(np.maximum(-(P / m) * deficit * np.exp(-log_rel_var), -1.0))
     out = 2 * geom.ip + log_rel_var - np.log(m) + correction
-    return np.where(geom.s > 0, out, -np.inf)
+    # Var1 = 0 (z = 0 at A = 0) gives MSE = 0; at z = 0 with A != 0 it does not vanish.
+    return np.where(np.isneginf(log_rel_var), -np.inf, out)
 
 
 def fixed_exp_log_mse(geom, m, P, d, second_moment):

@@ -48,8 +48,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._parallel import blas_single_thread
-from ._base import FeatureMap
+from ._base import FeatureMap, check_constants
 from ._evaluate import FeatureMapSpec, sorf_projector
+from ._variance import BasisPairGeometry, derf_log_rel_var, log_expm1
 from .optimal import optimal_gerf_a
 
 __all__ = [
@@ -158,24 +159,45 @@ def balancing_transform(X, Y, ridge=DEFAULT_RIDGE):
 def derf_log_second_moment(x, y, constants, input_scale, kind):
     """``log E[(phi(x).phi(y))^2]`` for one projection row (iid ``w``), per pair.
 
-    ``Var1 = exp(this) - exp(2 x'.y')``; the MSE of ``m`` iid rows is ``Var1 / m``.
-    Per direction ``l`` of the transformed, rotated, scaled pair ``(u, v)``:
+    ``Var1 = exp(this) - exp(2 x'.y')``; the MSE of ``m`` iid rows is ``Var1 / m``
+    (:func:`favorkern.diagnostics.theoretical_mse` gives it in log space).  Per
+    direction ``l`` of the transformed, rotated, scaled pair ``(u, v)``:
     ``log(1 - 4a) - log(1 - 8a)/2 + 2(1 - 4a)(u + v)^2/(1 - 8a) - u^2 - v^2``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps.derf import derf_log_second_moment
+    >>> c = {"rotation": np.eye(2), "A": np.zeros(2)}   # positive features
+    >>> x, y = np.array([0.5, 0.0]), np.array([0.0, 0.5])
+    >>> bool(np.isclose(derf_log_second_moment(x, y, c, 1.0, "sderf")[0], 0.5))
+    True
     """
     fmap = SderfFeatureMap() if kind == "sderf" else AderfFeatureMap()
-    x = fmap.prepare(np.atleast_2d(np.asarray(x, dtype=np.float64)), "query", constants)
-    y = fmap.prepare(np.atleast_2d(np.asarray(y, dtype=np.float64)), "key", constants)
-    R = np.asarray(constants["rotation"], dtype=np.float64)
-    u, v = input_scale * x @ R.T, input_scale * y @ R.T
-    a = np.asarray(constants["A"], dtype=np.float64)
-    terms = (
-        np.log1p(-4 * a)
-        - 0.5 * np.log1p(-8 * a)
-        + 2 * (1 - 4 * a) * (u + v) ** 2 / (1 - 8 * a)
-        - u**2
-        - v**2
-    )
-    return terms.sum(axis=1)
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    geometry = fmap.pair_geometry(x, y, input_scale**2, constants)
+    return 2.0 * geometry.ip + derf_log_rel_var(geometry.z, np.asarray(constants["A"]))
+
+
+# Tolerance of the checks that a given rotation is orthogonal and that the key
+# transform is the inverse transpose of the query transform (fitted constants meet
+# both to rounding; beyond it the features would estimate another kernel).
+_CONSTANT_RTOL = 1e-6
+
+
+def _check_square(constants, key, d, name):
+    M = np.asarray(constants[key], dtype=np.float64)
+    if M.shape != (d, d):
+        raise ValueError(
+            f"constant {key!r} of feature map {name!r} must have shape ({d}, {d}) for "
+            f"{d}-dimensional inputs, got {M.shape}"
+        )
+    return M
+
+
+def _off_identity(M):
+    return float(np.max(np.abs(M - np.eye(len(M))))) if M.size else 0.0
 
 
 class SderfFeatureMap(FeatureMap):
@@ -231,6 +253,55 @@ class SderfFeatureMap(FeatureMap):
             projection, input_scale, constants["A"], np.asarray(constants["rotation"])
         )
 
+    def checked_constants(self, constants, d) -> dict:
+        """Fitted ``constants`` validated for ``d``-dimensional inputs (a ``ValueError`` else).
+
+        ``rotation`` must be an orthogonal ``d x d`` matrix and ``A`` hold ``d``
+        entries below 1/8 (where the variance is finite); see also
+        :meth:`AderfFeatureMap.checked_constants`.
+        """
+        constants = check_constants(self, constants)
+        R = _check_square(constants, "rotation", d, self.name)
+        if _off_identity(R @ R.T) > _CONSTANT_RTOL:
+            raise ValueError(
+                f"constant 'rotation' of feature map {self.name!r} must be an orthogonal "
+                f"matrix (R R^T = I), got |R R^T - I|_max = {_off_identity(R @ R.T):.3g}"
+            )
+        a = np.asarray(constants["A"], dtype=np.float64)
+        if a.shape != (d,):
+            raise ValueError(
+                f"constant 'A' of feature map {self.name!r} must have shape ({d},), got {a.shape}"
+            )
+        if np.any(a >= 0.125):
+            raise ValueError(
+                f"constant 'A' of feature map {self.name!r} must be < 1/8 in every entry "
+                f"(finite variance), got max {a.max()}"
+            )
+        return constants
+
+    def pair_geometry(self, x, y, gamma, constants):
+        """:class:`~favorkern.feature_maps._variance.BasisPairGeometry` in the fitted basis.
+
+        The pairs go through :meth:`prepare`, then their scaled sums are expressed in
+        the basis of the rows of ``rotation``, where the features are a GERF per
+        direction with parameter ``A[l]``.
+        """
+        constants = self.checked_constants(constants, x.shape[1])
+        x, y = self.prepare(x, "query", constants), self.prepare(y, "key", constants)
+        return BasisPairGeometry.of(x, y, gamma, basis=constants["rotation"])
+
+    def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
+        # Var1 / SM^2 = e^t - 1 with t a sum over the basis directions (THEORY.md 6.2);
+        # iid rows only (closed_form_projections), so MSE = Var1 / m.
+        t = derf_log_rel_var(geometry.z, np.asarray(constants["A"], dtype=np.float64))
+        return 2.0 * geometry.ip + log_expm1(t) - np.log(m)
+
+    def closed_form_projections(self, norms):
+        # Orthogonal blocks keep Var1 / m and add a same-block covariance that, for
+        # unequal entries of A, is a Fisher-Bingham-type integral over pairs of
+        # orthonormal directions: no closed form.
+        return ("gaussian",) if norms == "chi" else ()
+
 
 class AderfFeatureMap(SderfFeatureMap):
     """ADERF (FAVOR#, asymmetric): a balancing transform of queries and keys, then SDERF.
@@ -275,6 +346,21 @@ class AderfFeatureMap(SderfFeatureMap):
             T, T_key = balancing_transform(X, Y, self.ridge)
             rotation, a = _rotation_and_a(X @ T.T, Y @ T_key.T, input_scale)
         return {"query_transform": T, "key_transform": T_key, "rotation": rotation, "A": a}
+
+    def checked_constants(self, constants, d) -> dict:
+        """As :meth:`SderfFeatureMap.checked_constants`, and ``key_transform`` must be
+        the inverse transpose of ``query_transform`` (``T_q^T T_k = I``: ``q.k`` kept)."""
+        constants = super().checked_constants(constants, d)
+        Tq = _check_square(constants, "query_transform", d, self.name)
+        Tk = _check_square(constants, "key_transform", d, self.name)
+        gap = _off_identity(Tq.T @ Tk)
+        if gap > _CONSTANT_RTOL:
+            raise ValueError(
+                f"constants 'query_transform' and 'key_transform' of feature map {self.name!r} "
+                f"must satisfy query_transform^T key_transform = I (logits kept), got "
+                f"|T_q^T T_k - I|_max = {gap:.3g}"
+            )
+        return constants
 
     def prepare(self, X, side, constants):
         key = "query_transform" if side == "query" else "key_transform"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import FeatureMap
 from .optimal import OptimalFeatureMap, homogeneity_sum_sq, optimal_gerf_a
 
 __all__ = ["SaderfFeatureMap", "saderf_scales"]
@@ -64,5 +63,5 @@ class SaderfFeatureMap(OptimalFeatureMap):
         psi = np.asarray(constants["psi"]).astype(X.dtype, copy=False)
         return np.ascontiguousarray(X * psi if side == "query" else X / psi)
 
-    # The optimal map's closed form does not hold after the rescaling: none here.
-    log_mse = FeatureMap.log_mse
+    # The closed form is the optimal map's (any A, iid, orthogonal or simplex rows) on
+    # the rescaled pair: pair_geometry (the base's) prepares the pair with psi first.

@@ -19,7 +19,7 @@ import numpy as np
 from .._parallel import blas_single_thread
 from ._base import FeatureMap, linear_prepare
 from .derf import DEFAULT_RIDGE, _dense
-from .optimal import homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
+from .optimal import OptimalFeatureMap, homogeneity_sum_sq, optimal_gerf_a, optimal_positive_spec
 
 __all__ = ["WhitenedFeatureMap", "whitening_transform"]
 
@@ -136,3 +136,8 @@ class WhitenedFeatureMap(FeatureMap):
     ):
         A = 0.0 if constants is None else float(constants["A"])
         return optimal_positive_spec(projection, input_scale, A, 0.5, sorf=sorf)
+
+    # GERF (isotropic w) on the prepared pair, which keeps q.k: the optimal map's closed
+    # forms at the fitted A hold (FeatureMap.pair_geometry prepares the pairs first).
+    log_mse = OptimalFeatureMap.log_mse
+    closed_form_projections = OptimalFeatureMap.closed_form_projections
