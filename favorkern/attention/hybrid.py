@@ -10,6 +10,16 @@ positions, and the first ``n_global`` keys) and the rest ``F_i``; the output is
 Pretrained heads put most of their mass on recent tokens and on the first token (an
 "attention sink"); those weights become exact, and random features only carry the
 long tail, where their relative error matters less.
+
+Optionally ``E_i`` also holds query ``i``'s ``n_top`` keys of largest logit among a
+fixed number of candidates: the far keys of largest score ``u.k_j`` for a direction
+``u`` (the mean query of the head).  The score depends on the key alone, so the
+candidate pool is kept in one streaming pass (causal: the best ``n_candidates``
+keys that left the window so far) and a row's cost stays independent of ``L``; the
+random-feature part subtracts the chosen keys' estimates, so no key counts twice.
+This is the sparse-plus-low-rank split of Scatterbrain (Chen et al., 2021) with a
+cheap key-only filter in place of its hashing, and exact top-k selection (Gupta et
+al., 2021) among the filtered keys instead of among all keys.
 """
 
 from __future__ import annotations
@@ -115,7 +125,20 @@ def hybrid_attention(
     Notes
     -----
     Time ``O(L (m + window + n_global) (d + dv))``; memory ``O(chunk (chunk + window
-    + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.
+    + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.  Top
+    keys add ``O(L (n_candidates d + n_top (m + dv)))`` time and ``O(n_candidates
+    (chunk + m) + chunk n_top m)`` memory (causal: the block's own far keys are
+    candidates too, up to ``chunk`` more).
+
+    Top keys: row ``i``'s far keys are those it may attend to outside its window and
+    the first ``n_global``.  Its candidates are the ``n_candidates`` far keys of
+    largest ``candidate_query . k_j`` (ties: the earlier key), its top keys the
+    ``n_top`` candidates of largest logit (exact ties broken arbitrarily, but the
+    same in every run).  Both depend on keys ``j <= i`` only in causal mode.  The
+    estimate is exact when ``n_top`` and ``n_candidates`` cover every key.  How much
+    the top keys gain depends on how well one direction ranks the keys a head's
+    queries attend to; pretrained heads' queries share a large mean, which makes the
+    mean query of calibration text a reasonable filter.
 
     Bidirectional: the key state over all non-global keys is accumulated first; each
     query block then subtracts the feature products of its window keys (in float64)
@@ -153,6 +176,20 @@ def hybrid_attention(
     True
     >>> full = hybrid_attention(Q, K, V, window=300, causal=True, random_state=0)
     >>> bool(np.allclose(full, exact))
+    True
+
+    A head whose queries lean on a few distant keys: the top keys make them exact.
+
+    >>> Q[:, 0] += 2.0
+    >>> K[::37, 0] += 6.0
+    >>> exact = softmax_attention(Q, K, V, causal=True)
+    >>> u = np.eye(16)[0]  # scores keys by their first coordinate
+    >>> plain = hybrid_attention(Q, K, V, window=16, causal=True, n_components=64,
+    ...                          random_state=0)
+    >>> top = hybrid_attention(Q, K, V, window=16, n_top=8, n_candidates=32,
+    ...                        candidate_query=u, causal=True, n_components=64,
+    ...                        random_state=0)
+    >>> bool(err(top) < 0.5 * err(plain))
     True
     """
     causal = check_bool(causal, "causal")
