@@ -18,12 +18,17 @@ Estimators: ``positive`` (FAVOR+), ``optimal`` (FAVOR++), ``saderf``, ``sderf``,
 ``aderf`` (FAVOR#), ``whitened`` (queries whitened, then GERF), ``fitted``
 (distilled linear maps; a fitted kernel, not an unbiased estimator), and
 ``hybrid w/g [map]``: exact softmax on the last ``w`` keys and the first ``g`` keys,
-random features of ``map`` elsewhere.
+random features of ``map`` elsewhere; ``top n/c``: also each query's ``n`` keys of
+largest logit among ``c`` candidates, the far keys scored by the head's mean query
+on the calibration text.  ``--only`` (part 1) and ``--downstream-only`` (part 2)
+select rows by label.
 
 Usage (from the repository root)::
 
     python benchmarks/study_real_attention.py                      # part 1
     python benchmarks/study_real_attention.py --skip-errors --downstream
+    python benchmarks/study_real_attention.py --skip-errors --downstream --tokens 2048 \
+        --downstream-only "hybrid 64/1" "hybrid 64/1 top 32/256"
 """
 
 from __future__ import annotations
