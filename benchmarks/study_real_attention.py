@@ -69,6 +69,8 @@ EXTRA_HYBRIDS = (
     ("hybrid 128/1", 128, 1, "positive", 0, None),
     ("hybrid 64/1 aderf", 64, 1, "aderf", 0, None),
     ("hybrid 128/1 top 32/256", 128, 1, "positive", 32, 256),
+    ("hybrid 64/1 top 64/512", 64, 1, "positive", 64, 512),
+    ("hybrid 128/1 top 64/512", 128, 1, "positive", 64, 512),
 )
 DOWNSTREAM = ("positive", "aderf", "fitted") + tuple(h[0] for h in HYBRIDS + EXTRA_HYBRIDS)
 
