@@ -67,6 +67,17 @@ def test_top_keys_match_oracle_at_block_boundaries(L):
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
 
 
+def test_top_keys_with_fewer_queries_than_keys_match_oracle():
+    Q, K, V, u = _case(12, L=260)
+    W, phi_q, phi_k = _features(Q[:70], K)
+    for candidate_query in (u, None):
+        options = dict(window=0, n_global=0, n_top=6, n_candidates=40,
+                       candidate_query=candidate_query)  # fmt: skip
+        ref = naive.hybrid_top_attention(Q[:70], K, V, phi_q, phi_k, **options)
+        out = hybrid_attention(Q[:70], K, V, projection_matrix=W, **options)
+        np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_top_keys_with_a_data_map_match_oracle(causal):
     Q, K, V, u = _case(2, L=200)

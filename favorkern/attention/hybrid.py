@@ -126,15 +126,15 @@ def hybrid_attention(
     -----
     Time ``O(L (m + window + n_global) (d + dv))``; memory ``O(chunk (chunk + window
     + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.  Top
-    keys add ``O(L (n_candidates d + n_top (m + dv)))`` time and ``O(n_candidates
-    (chunk + m) + chunk n_top m)`` memory (causal: the block's own far keys are
-    candidates too, up to ``chunk`` more).
+    keys add ``O(L (n_candidates d + n_top (m + dv)))`` time and ``O((n_candidates +
+    window) (chunk + m) + chunk n_top m)`` memory (causal: the block's own far keys
+    are candidates too, up to ``chunk`` more).
 
     Top keys: row ``i``'s far keys are those it may attend to outside its window and
     the first ``n_global``.  Its candidates are the ``n_candidates`` far keys of
     largest ``candidate_query . k_j`` (ties: the earlier key), its top keys the
     ``n_top`` candidates of largest logit (exact ties broken arbitrarily, but the
-    same in every run).  Both depend on keys ``j <= i`` only in causal mode.  The
+    same in every run).  In causal mode both depend on keys ``j <= i`` only.  The
     estimate is exact when ``n_top`` and ``n_candidates`` cover every key.  How much
     the top keys gain depends on how well one direction ranks the keys a head's
     queries attend to; pretrained heads' queries share a large mean, which makes the
