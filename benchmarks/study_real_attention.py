@@ -18,12 +18,17 @@ Estimators: ``positive`` (FAVOR+), ``optimal`` (FAVOR++), ``saderf``, ``sderf``,
 ``aderf`` (FAVOR#), ``whitened`` (queries whitened, then GERF), ``fitted``
 (distilled linear maps; a fitted kernel, not an unbiased estimator), and
 ``hybrid w/g [map]``: exact softmax on the last ``w`` keys and the first ``g`` keys,
-random features of ``map`` elsewhere.
+random features of ``map`` elsewhere; ``top n/c``: also each query's ``n`` keys of
+largest logit among ``c`` candidates, the far keys scored by the head's mean query
+on the calibration text.  ``--only`` (part 1) and ``--downstream-only`` (part 2)
+select rows by label.
 
 Usage (from the repository root)::
 
     python benchmarks/study_real_attention.py                      # part 1
     python benchmarks/study_real_attention.py --skip-errors --downstream
+    python benchmarks/study_real_attention.py --skip-errors --downstream --tokens 2048 \
+        --downstream-only "hybrid 64/1" "hybrid 64/1 top 32/256"
 """
 
 from __future__ import annotations
@@ -45,29 +50,29 @@ from favorkern.feature_maps import FittedFeatureMap, get_feature_map
 DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
 SIZES = (64, 128, 256, 512)
 MAPS = ("positive", "optimal", "saderf", "sderf", "aderf", "whitened", "fitted")
-# (label, window, n_global, map)
+# (label, window, n_global, map, n_top, n_candidates); n_top > 0: each query also
+# takes its n_top keys of largest logit among n_candidates far keys scored by the
+# head's mean calibration query.
 HYBRIDS = (
-    ("hybrid 16/1", 16, 1, "positive"),
-    ("hybrid 32/1", 32, 1, "positive"),
-    ("hybrid 64/1", 64, 1, "positive"),
-    ("hybrid 16/1 aderf", 16, 1, "aderf"),
+    ("hybrid 16/1", 16, 1, "positive", 0, None),
+    ("hybrid 32/1", 32, 1, "positive", 0, None),
+    ("hybrid 64/1", 64, 1, "positive", 0, None),
+    ("hybrid 16/1 aderf", 16, 1, "aderf", 0, None),
+    ("hybrid 16/1 top 8/64", 16, 1, "positive", 8, 64),
+    ("hybrid 16/1 top 16/128", 16, 1, "positive", 16, 128),
+    ("hybrid 32/1 top 16/128", 32, 1, "positive", 16, 128),
+    ("hybrid 64/1 top 16/128", 64, 1, "positive", 16, 128),
+    ("hybrid 64/1 top 32/256", 64, 1, "positive", 32, 256),
 )
 # Wider windows, for the downstream measure only.
 EXTRA_HYBRIDS = (
-    ("hybrid 128/1", 128, 1, "positive"),
-    ("hybrid 64/1 aderf", 64, 1, "aderf"),
+    ("hybrid 128/1", 128, 1, "positive", 0, None),
+    ("hybrid 64/1 aderf", 64, 1, "aderf", 0, None),
+    ("hybrid 128/1 top 32/256", 128, 1, "positive", 32, 256),
+    ("hybrid 64/1 top 64/512", 64, 1, "positive", 64, 512),
+    ("hybrid 128/1 top 64/512", 128, 1, "positive", 64, 512),
 )
-DOWNSTREAM = (
-    ("positive", None),
-    ("aderf", None),
-    ("hybrid 16/1", HYBRIDS[0]),
-    ("hybrid 32/1", HYBRIDS[1]),
-    ("hybrid 64/1", HYBRIDS[2]),
-    ("hybrid 16/1 aderf", HYBRIDS[3]),
-    ("fitted", None),
-    ("hybrid 128/1", EXTRA_HYBRIDS[0]),
-    ("hybrid 64/1 aderf", EXTRA_HYBRIDS[1]),
-)
+DOWNSTREAM = ("positive", "aderf", "fitted") + tuple(h[0] for h in HYBRIDS + EXTRA_HYBRIDS)
 
 
 class Estimator:
@@ -86,14 +91,22 @@ class Estimator:
         self.seed = seed
 
     def fit(self, q, k):
-        if not self.fmap.data_constants:
-            return None
-        return self.fmap.fit(q.astype(np.float64), k.astype(np.float64),
-                             input_scale=math.sqrt(self.gamma))  # fmt: skip
+        """Calibration state: the map's constants, and the mean query for top keys."""
+        constants = None
+        if self.fmap.data_constants:
+            constants = self.fmap.fit(q.astype(np.float64), k.astype(np.float64),
+                                      input_scale=math.sqrt(self.gamma))  # fmt: skip
+        if self.hybrid and self.hybrid[4]:
+            return constants, q.astype(np.float64).mean(axis=0)
+        return constants, None
 
-    def __call__(self, q, k, v, constants):
+    def __call__(self, q, k, v, state):
+        constants, direction = state
         if self.hybrid:
-            _, window, n_global, _ = self.hybrid
+            _, window, n_global, _, n_top, n_candidates = self.hybrid
+            top = {}
+            if n_top:
+                top = dict(n_top=n_top, n_candidates=n_candidates, candidate_query=direction)
             return hybrid_attention(
                 q,
                 k,
@@ -105,13 +118,15 @@ class Estimator:
                 feature_map=self.fmap,
                 projection_matrix=self.proj.matrix,
                 constants=constants,
+                **top,
             )
         return dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
                          "favor", constants=constants)  # fmt: skip
 
 
-def labels():
-    return list(MAPS) + [h[0] for h in HYBRIDS]
+def labels(only=None):
+    every = list(MAPS) + [h[0] for h in HYBRIDS]
+    return [label for label in every if only is None or label in only]
 
 
 def part_errors(args):
@@ -129,7 +144,7 @@ def part_errors(args):
     start = time.perf_counter()
     for li, layer in enumerate(layers):
         for m in args.sizes:
-            for label in labels():
+            for label in labels(args.only):
                 est = Estimator(label, m, gamma, seed=args.seed, fitted_iter=args.fitted_iter,
                                 fitted_rows=args.fitted_rows)  # fmt: skip
                 per_head = []
@@ -175,7 +190,7 @@ def part_errors(args):
         print(f"\nmedian relative row error, causal, m = {m} (per layer: median over heads)")
         print("| estimator | " + " | ".join(f"layer {x}" for x in layers) + " | median |")
         print("|---|" + "---:|" * (len(layers) + 1))
-        for label in labels():
+        for label in labels(args.only):
             row = errors[(label, m)]
             print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in row)
                   + f" | **{np.median(row):.3f}** |")  # fmt: skip
@@ -185,7 +200,7 @@ def part_errors(args):
     )
     print("| estimator | " + " | ".join(f"m = {m}" for m in args.sizes) + " |")
     print("|---|" + "---:|" * len(args.sizes))
-    for label in labels():
+    for label in labels(args.only):
         cells = []
         for m in args.sizes:
             cell = f"{1e3 * np.median(times[(label, m)]):.2f}"
@@ -210,8 +225,16 @@ def part_downstream(args):
     import torch
 
     docs = ra.texts()
-    cal_doc = next(d for d in docs if d.split == "calibration")
-    eval_docs = [d for d in docs if d.split == "evaluation"][: args.texts]
+
+    def long_enough(doc):
+        return len(tokenizer(doc.text, add_special_tokens=False)["input_ids"]) >= args.tokens
+
+    # The first texts of each split with at least --tokens tokens.
+    cal_doc = next((d for d in docs if d.split == "calibration" and long_enough(d)), None)
+    eval_docs = [d for d in docs if d.split == "evaluation" and long_enough(d)][: args.texts]
+    if cal_doc is None or len(eval_docs) < args.texts:
+        print(f"error: --tokens {args.tokens}: too few texts that long", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     cal = ra.capture(model, tokenizer, cal_doc.text, args.tokens)
     gamma = cal.scaling
@@ -219,7 +242,7 @@ def part_downstream(args):
     group = n_heads // cal.k.shape[1]
     m = args.downstream_m
     configs = []
-    for label, _ in DOWNSTREAM:
+    for label in DOWNSTREAM:
         if args.downstream_only and label not in args.downstream_only:
             continue
         est = Estimator(label, m, gamma, seed=args.seed)
@@ -254,13 +277,16 @@ def part_downstream(args):
         exact_top = exact.argmax(axis=-1)
         exact_ppl.append(np.exp(-np.mean(exact_lp[np.arange(len(targets)), targets])))
         for label, est, constants in configs:
+            t0 = time.perf_counter()
             with ra.linearize(model, attention_fn(est, constants)):
                 with torch.no_grad():
                     logits = model(inputs, use_cache=False).logits[0].double().numpy()
+            seconds = time.perf_counter() - t0
             lp = log_softmax(logits)
             results[label].append((
                 np.mean(logits.argmax(axis=-1) == exact_top),
                 np.exp(-np.mean(lp[np.arange(len(targets)), targets])),
+                seconds,
             ))  # fmt: skip
         print(f"  {doc.name} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     names = [d.name for d in eval_docs]
@@ -270,13 +296,14 @@ def part_downstream(args):
     )
     print(f"exact model perplexity: {' / '.join(f'{p:.2f}' for p in exact_ppl)}")
     print(f"{time.perf_counter() - start:.0f} s; load average {os.getloadavg()[0]:.2f}")
-    print("| attention | top-1 agreement | perplexity |")
-    print("|---|---|---|")
+    print("| attention | top-1 agreement | perplexity | s per forward pass |")
+    print("|---|---|---|---:|")
     for label, _, _ in configs:
-        top1, ppl = np.array(results[label]).T
+        top1, ppl, seconds = np.array(results[label]).T
         print(
             f"| {label} | {np.mean(top1):.3f} ({' / '.join(f'{x:.3f}' for x in top1)}) | "
-            f"{np.mean(ppl):.1f} ({' / '.join(f'{x:.1f}' for x in ppl)}) |"
+            f"{np.mean(ppl):.1f} ({' / '.join(f'{x:.1f}' for x in ppl)}) | "
+            f"{np.median(seconds):.1f} |"
         )
     return 0
 
@@ -288,6 +315,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fitted-iter", type=int, default=50)
     parser.add_argument("--fitted-rows", type=int, default=128)
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="part 1: only these estimators (labels)"
+    )
     parser.add_argument("--skip-errors", action="store_true", help="skip part 1")
     parser.add_argument("--downstream", action="store_true", help="run part 2 (needs the model)")
     parser.add_argument("--downstream-m", type=int, default=256)
@@ -302,6 +332,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if any(m < 1 for m in args.sizes):
         parser.error(f"--sizes must be positive, got {args.sizes}")
+    known = set(labels()) | set(DOWNSTREAM)
+    for option in ("only", "downstream_only"):
+        unknown = sorted(set(getattr(args, option) or ()) - known)
+        if unknown:
+            parser.error(f"--{option.replace('_', '-')}: unknown labels {unknown}")
     if not args.skip_errors:
         if not os.path.isfile(args.capture):
             parser.error(f"--capture: no such file {args.capture!r}")

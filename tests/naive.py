@@ -179,3 +179,44 @@ def gaussian_expectation(fn, d, n_nodes=48):
     for axis_weights in np.meshgrid(*([weights] * d), indexing="ij"):
         wts = wts * axis_weights.ravel()
     return float(wts @ fn(w))
+
+
+def hybrid_top_attention(
+    Q, K, V, phi_q, phi_k, *, window, n_global=0, n_top, n_candidates, candidate_query=None,
+    causal=False, gamma=None,
+):  # fmt: skip
+    """:func:`hybrid_attention` plus each row's ``n_top`` exact keys, one row at a time.
+
+    Row ``i``'s far keys are the allowed keys outside its window and the first
+    ``n_global``; its candidates the ``n_candidates`` far keys of largest
+    ``candidate_query . k_j`` (ties: the earlier key; ``candidate_query`` None: the
+    mean query); of these, the ``n_top`` of largest logit are exact as well.
+    """
+    Q, K, V, phi_q, phi_k = (np.asarray(X, dtype=np.float64) for X in (Q, K, V, phi_q, phi_k))
+    gamma = 1.0 / np.sqrt(Q.shape[1]) if gamma is None else gamma
+    u = Q.mean(axis=0) if candidate_query is None else np.asarray(candidate_query, float)
+    scores = K @ u
+    out = np.zeros((Q.shape[0], V.shape[1]))
+    for i in range(Q.shape[0]):
+        exact = np.zeros(K.shape[0], dtype=bool)
+        far = []
+        for j in range(K.shape[0]):
+            if causal and j > i:
+                continue
+            near = (0 <= i - j < window) if causal else abs(i - j) < window
+            if near or j < n_global:
+                exact[j] = True
+            else:
+                far.append(j)
+        far.sort(key=lambda j: (-scores[j], j))
+        candidates = far[:n_candidates]
+        candidates.sort(key=lambda j: -gamma * Q[i] @ K[j])
+        exact[candidates[:n_top]] = True
+        weights = np.zeros(K.shape[0])
+        for j in range(K.shape[0]):
+            if causal and j > i:
+                continue
+            weights[j] = np.exp(gamma * Q[i] @ K[j]) if exact[j] else phi_q[i] @ phi_k[j]
+        if weights.sum() != 0:
+            out[i] = weights @ V / weights.sum()
+    return out

@@ -10,6 +10,16 @@ positions, and the first ``n_global`` keys) and the rest ``F_i``; the output is
 Pretrained heads put most of their mass on recent tokens and on the first token (an
 "attention sink"); those weights become exact, and random features only carry the
 long tail, where their relative error matters less.
+
+Optionally ``E_i`` also holds query ``i``'s ``n_top`` keys of largest logit among a
+fixed number of candidates: the far keys of largest score ``u.k_j`` for a direction
+``u`` (the mean query of the head).  The score depends on the key alone, so the
+candidate pool is kept in one streaming pass (causal: the best ``n_candidates``
+keys that left the window so far) and a row's cost stays independent of ``L``; the
+random-feature part subtracts the chosen keys' estimates, so no key counts twice.
+This is the sparse-plus-low-rank split of Scatterbrain (Chen et al., 2021) with a
+cheap key-only filter in place of its hashing, and exact top-k selection (Gupta et
+al., 2021) among the filtered keys instead of among all keys.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from .._parallel import blas_single_thread
 from .._validation import (
     check_attention_inputs,
     check_bool,
+    check_float_array,
     check_int,
     check_logit_scale,
     check_option,
@@ -45,6 +56,9 @@ def hybrid_attention(
     *,
     window=64,
     n_global=0,
+    n_top=0,
+    n_candidates=None,
+    candidate_query=None,
     causal=False,
     n_components=None,
     feature_map="positive",
@@ -70,6 +84,19 @@ def hybrid_attention(
     n_global : int, default=0
         The first ``n_global`` keys are exact for every query (causal: once
         reached), e.g. ``1`` for a head's attention sink at token 0.
+    n_top : int, default=0
+        Besides the window and the global keys, each query takes exactly the
+        ``n_top`` keys of largest logit among its candidates.  0: none.
+    n_candidates : int or None, default=None
+        Candidates per query (with ``n_top > 0``; 256 if None): the ``n_candidates``
+        keys outside the query's window and the global keys (causal: among its far
+        keys ``j <= i - window``) of largest score ``candidate_query . k_j``.  A
+        fixed budget, so time stays linear in ``L``.
+    candidate_query : array-like of shape (d,) or (..., d), default=None
+        The direction that scores keys for the candidate sets (with ``n_top > 0``),
+        broadcast over the leading dimensions of Q, e.g. the mean query of each
+        head on calibration text.  None: the mean of the head's queries, which
+        depends on every token and so needs ``causal=False``.
     causal : bool, default=False
         Output ``i`` uses keys ``0..i`` only.
     n_components : int or None, default=None
@@ -98,7 +125,20 @@ def hybrid_attention(
     Notes
     -----
     Time ``O(L (m + window + n_global) (d + dv))``; memory ``O(chunk (chunk + window
-    + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.
+    + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.  Top
+    keys add ``O(L (n_candidates d + n_top (m + dv)))`` time and ``O((n_candidates +
+    window) (chunk + m) + chunk n_top m)`` memory (causal: the block's own far keys
+    are candidates too, up to ``chunk`` more).
+
+    Top keys: row ``i``'s far keys are those it may attend to outside its window and
+    the first ``n_global``.  Its candidates are the ``n_candidates`` far keys of
+    largest ``candidate_query . k_j`` (ties: the earlier key), its top keys the
+    ``n_top`` candidates of largest logit (exact ties broken arbitrarily, but the
+    same in every run).  In causal mode both depend on keys ``j <= i`` only.  The
+    estimate is exact when ``n_top`` and ``n_candidates`` cover every key.  How much
+    the top keys gain depends on how well one direction ranks the keys a head's
+    queries attend to; pretrained heads' queries share a large mean, which makes the
+    mean query of calibration text a reasonable filter.
 
     Bidirectional: the key state over all non-global keys is accumulated first; each
     query block then subtracts the feature products of its window keys (in float64)
@@ -137,6 +177,20 @@ def hybrid_attention(
     >>> full = hybrid_attention(Q, K, V, window=300, causal=True, random_state=0)
     >>> bool(np.allclose(full, exact))
     True
+
+    A head whose queries lean on a few distant keys: the top keys make them exact.
+
+    >>> Q[:, 0] += 2.0
+    >>> K[::37, 0] += 6.0
+    >>> exact = softmax_attention(Q, K, V, causal=True)
+    >>> u = np.eye(16)[0]  # scores keys by their first coordinate
+    >>> plain = hybrid_attention(Q, K, V, window=16, causal=True, n_components=64,
+    ...                          random_state=0)
+    >>> top = hybrid_attention(Q, K, V, window=16, n_top=8, n_candidates=32,
+    ...                        candidate_query=u, causal=True, n_components=64,
+    ...                        random_state=0)
+    >>> bool(err(top) < 0.5 * err(plain))
+    True
     """
     causal = check_bool(causal, "causal")
     Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal)
@@ -164,15 +218,61 @@ def hybrid_attention(
             "outputs would depend on later tokens: pass fitted constants or causal=False"
         )
     frozen = None if constants is None else check_constants(fmap, constants)
+    directions = _check_top(n_top, n_candidates, candidate_query, causal, batch, d)
+    top_keys = None
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     # Small products: threaded BLAS costs more than it gains (and much more under load).
     with blas_single_thread():
         for q, k, v, _, idx in heads(Q, K, V, mask, batch):
-            _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal)
+            if directions is not None:
+                u = directions[idx] if directions.ndim > 1 else directions
+                top_keys = (n_top, 256 if n_candidates is None else n_candidates, u)
+            _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal,
+                      top_keys)  # fmt: skip
     return out
 
 
-def _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal):
+def _check_top(n_top, n_candidates, candidate_query, causal, batch, d):
+    """Validate the top-k options; the scoring directions (batch + (d,), or (d,)) or None."""
+    n_top = check_int(n_top, "n_top", min_value=0)
+    if n_top == 0:
+        for name, value in (("n_candidates", n_candidates), ("candidate_query", candidate_query)):
+            if value is not None:
+                raise ValueError(f"{name} is used only with n_top > 0, got n_top=0")
+        return None
+    if n_candidates is not None:
+        n_candidates = check_int(n_candidates, "n_candidates", min_value=1)
+        if n_candidates < n_top:
+            raise ValueError(f"n_candidates must be at least n_top={n_top}, got {n_candidates}")
+    if candidate_query is None:
+        if causal:
+            raise ValueError(
+                "n_top > 0 with causal=True needs candidate_query (e.g. the mean query of "
+                "calibration text): the default, the mean of all queries, would make "
+                "outputs depend on later tokens"
+            )
+        return _MEAN_QUERY
+    u = check_float_array(candidate_query, "candidate_query", min_ndim=1, dtype=np.float64)
+    if u.shape[-1] != d:
+        raise ValueError(
+            f"candidate_query must have the feature dimension d = {d} of Q, got shape {u.shape}"
+        )
+    if u.ndim == 1:
+        return u
+    try:
+        return np.ascontiguousarray(np.broadcast_to(u, batch + (d,)))
+    except ValueError:
+        raise ValueError(
+            f"the leading dimensions of candidate_query {u.shape[:-1]} do not broadcast to "
+            f"those of Q, K and V {batch}"
+        ) from None
+
+
+# Marker: score keys by the mean of the head's own queries.
+_MEAN_QUERY = np.empty(0)
+
+
+def _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal, top_keys):
     """One (batch, head): constants, features, then the causal or bidirectional pass."""
     q64, k64, v64 = (np.asarray(X, dtype=np.float64) for X in (q, k, v))
     head_constants = frozen
@@ -184,8 +284,10 @@ def _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, ca
     features = attention_features(fmap, proj, gamma, np.float64, head_constants)
     qf = fmap.prepare(q64, "query", head_constants)
     kf = fmap.prepare(k64, "key", head_constants)
+    if top_keys is not None and top_keys[2].size == 0:
+        top_keys = (top_keys[0], top_keys[1], q64.mean(axis=0))
     run = _causal_head if causal else _bidirectional_head
-    out[idx] = run(q64, k64, v64, qf, kf, features.spec, gamma, window, n_global)
+    out[idx] = run(q64, k64, v64, qf, kf, features.spec, gamma, window, n_global, top_keys)
 
 
 def _logits(X, spec):
@@ -195,11 +297,18 @@ def _logits(X, spec):
     return out
 
 
-def _finish(num_far, den_far, far_log, exact_logits, exact_mask, v_exact):
-    """Combine far (at scale ``exp(-far_log)``) and exact terms per row; normalize."""
+def _finish(num_far, den_far, far_log, exact_logits, exact_mask, v_exact, chosen=None):
+    """Combine far (at scale ``exp(-far_log)``) and exact terms per row; normalize.
+
+    ``chosen``: ``(logits, valid, values)`` of each row's own exact keys, shapes
+    (rows, n), (rows, n) and (rows, n, dv), or None.
+    """
     with np.errstate(invalid="ignore"):
         s = np.where(exact_mask, exact_logits, -np.inf)
     row_max = s.max(axis=1) if s.shape[1] else np.full(s.shape[0], -np.inf)
+    if chosen is not None:
+        t = np.where(chosen[1], chosen[0], -np.inf)
+        row_max = np.maximum(row_max, t.max(axis=1))
     c = np.maximum(far_log, row_max)
     c = np.where(np.isfinite(c), c, 0.0)
     with np.errstate(under="ignore"):
@@ -207,11 +316,43 @@ def _finish(num_far, den_far, far_log, exact_logits, exact_mask, v_exact):
         weights = np.exp(s - c[:, None])
     num = num_far * far_scale[:, None] + weights @ v_exact
     den = den_far * far_scale + weights.sum(axis=1)
+    if chosen is not None:
+        with np.errstate(under="ignore"):
+            tw = np.exp(t - c[:, None])
+        num += np.einsum("rn,rnc->rc", tw, chosen[2])
+        den += tw.sum(axis=1)
     den[den <= 0] = np.inf
     return num / den[:, None]
 
 
-def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global):
+def _rank_order(scores, positions):
+    """``positions`` sorted by score, largest first, ties by position (a total order)."""
+    return positions[np.lexsort((positions, -scores[positions]))]
+
+
+def _choose(q_rows, k, cols, allowed, by_score, n_top, n_candidates, gamma):
+    """Each row's ``n_top`` keys of largest logit among its candidates.
+
+    ``cols``: key positions (columns); ``allowed`` (rows, cols): the keys a row may
+    take; ``by_score``: column indices in candidate-score order.  A row's candidates
+    are its first ``n_candidates`` allowed columns in that order.  Returns column
+    indices (rows, n), whether each is taken, and the logits of the taken keys.
+    """
+    in_order = allowed[:, by_score]
+    candidate = np.zeros_like(allowed)
+    candidate[:, by_score] = in_order & (np.cumsum(in_order, axis=1) <= n_candidates)
+    logits = gamma * (q_rows @ k[cols].T)
+    masked = np.where(candidate, logits, -np.inf)
+    n_cols = cols.size
+    if n_cols > n_top:
+        index = np.argpartition(masked, n_cols - n_top, axis=1)[:, n_cols - n_top :]
+    else:
+        index = np.broadcast_to(np.arange(n_cols), (q_rows.shape[0], n_cols))
+    taken = np.take_along_axis(candidate, index, axis=1)
+    return index, taken, np.take_along_axis(logits, index, axis=1)
+
+
+def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
     L, dv = q.shape[0], v.shape[1]
     n_global = min(n_global, k.shape[0])
     out = np.empty((L, dv))
@@ -232,6 +373,14 @@ def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global):
         S += phi.T @ v[start:stop]
         z += phi.sum(axis=0)
     reach = max(window - 1, 0)
+    if top_keys is not None:
+        n_top, n_candidates, u = top_keys
+        # A row's candidates are its first n_candidates non-window keys in score
+        # order, so among the best n_candidates + 2 window - 1 keys of all.
+        pool = _rank_order(k @ u, np.arange(n_global, k.shape[0]))
+        pool = pool[: n_candidates + max(2 * window - 1, 0)]
+        by_score = np.arange(pool.size)
+        phi_pool = np.exp(_logits(kf[pool], spec) - b) if pool.size else None
     for start in range(0, L, _CHUNK):
         stop = min(L, start + _CHUNK)
         Fq = _logits(qf[start:stop], spec)
@@ -252,16 +401,29 @@ def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global):
             num -= G @ v[lo:hi]
             den -= G.sum(axis=1)
             np.maximum(den, 0.0, out=den)
+        chosen = None
+        if top_keys is not None and pool.size:
+            allowed = np.abs(rows[:, None] - pool[None, :]) >= window
+            index, taken, chosen_logits = _choose(
+                q[start:stop], k, pool, allowed, by_score, n_top, n_candidates, gamma
+            )
+            chosen_v = v[pool[index]]
+            # Remove the chosen keys' estimates, as for the window.
+            G = np.einsum("rm,rnm->rn", phi_q, phi_pool[index]) * taken
+            num -= np.einsum("rn,rnc->rc", G, chosen_v)
+            den -= G.sum(axis=1)
+            np.maximum(den, 0.0, out=den)
+            chosen = (chosen_logits, taken, chosen_v)
         keys = np.concatenate([np.arange(n_global), band])
         exact_mask = np.concatenate(
             [np.ones((stop - start, n_global), dtype=bool), in_window], axis=1
         )
         logits = gamma * (q[start:stop] @ k[keys].T)
-        out[start:stop] = _finish(num, den, a + b, logits, exact_mask, v[keys])
+        out[start:stop] = _finish(num, den, a + b, logits, exact_mask, v[keys], chosen)
     return out
 
 
-def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global):
+def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
     L, dv = q.shape[0], v.shape[1]
     n_global = min(n_global, L)
     n_out = spec.weights.shape[0]
@@ -270,6 +432,13 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global):
     S, z, B = np.zeros((n_out, dv)), np.zeros(n_out), -np.inf
     lag = max(window, 1)  # row i's far keys: j <= i - lag (window 0: all keys j <= i)
     next_key = n_global
+    if top_keys is not None:
+        n_top, n_candidates, u = top_keys
+        scores = k @ u
+        # Candidate pool: the best n_candidates state keys by score (position order),
+        # with their feature logits; a row's candidates are the best n_candidates of
+        # the pool and the block's far keys it reaches.
+        pool, pool_F = np.zeros(0, dtype=int), np.zeros((0, n_out))
     for start in range(0, L, _CHUNK):
         stop = min(L, start + _CHUNK)
         rows = np.arange(start, stop)
@@ -303,6 +472,27 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global):
             G = (phi_q @ phi_k.T) * pair
             num += G @ v[p_lo:p_hi]
             den += G.sum(axis=1)
+        chosen = None
+        if top_keys is not None and pool.size + part.size:
+            cols = np.concatenate([pool, part])
+            allowed = np.concatenate([np.ones((stop - start, pool.size), dtype=bool), reach], 1)
+            by_score = np.lexsort((cols, -scores[cols]))
+            index, taken, chosen_logits = _choose(
+                q[start:stop], k, cols, allowed, by_score, n_top, n_candidates, gamma
+            )
+            kmax_pool = pool_F.max(axis=1) if pool.size else np.zeros(0)
+            phi_cols = np.concatenate([np.exp(pool_F - kmax_pool[:, None]), phi_k])
+            kmax_cols = np.concatenate([kmax_pool, kmax])
+            b_safe = np.where(ok, b_rows, 0.0)
+            # Remove the chosen keys' estimates (state or block part) at row scale b_i.
+            with np.errstate(invalid="ignore", under="ignore"):
+                scale = np.exp(np.where(taken, kmax_cols[index] - b_safe[:, None], -np.inf))
+            G = np.einsum("rm,rnm->rn", phi_q, phi_cols[index]) * scale
+            chosen_v = v[cols[index]]
+            num -= np.einsum("rn,rnc->rc", G, chosen_v)
+            den -= G.sum(axis=1)
+            np.maximum(den, 0.0, out=den)
+            chosen = (chosen_logits, taken, chosen_v)
         # Exact keys: globals j < n_global (j <= i) and the window (i - window < j <= i).
         lo = max(n_global, start - window + 1)
         band = np.arange(lo, stop) if window else np.zeros(0, dtype=int)
@@ -311,8 +501,12 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global):
         exact_mask = (delta >= 0) & ((keys[None, :] < n_global) | (delta < window))
         logits = gamma * (q[start:stop] @ k[keys].T)
         far_log = np.where(ok, a + np.where(ok, b_rows, 0.0), -np.inf)
-        out[start:stop] = _finish(num, den, far_log, logits, exact_mask, v[keys])
-        # Move the block's far keys into the state.
+        out[start:stop] = _finish(num, den, far_log, logits, exact_mask, v[keys], chosen)
+        # Move the block's far keys into the state (and the best into the pool).
+        if top_keys is not None and part.size:
+            merged = np.concatenate([pool, part])
+            keep = np.sort(np.lexsort((merged, -scores[merged]))[:n_candidates])
+            pool, pool_F = merged[keep], np.concatenate([pool_F, Fk])[keep]
         if part.size:
             top = float(kmax.max())
             if top > B:
