@@ -25,10 +25,11 @@ al., 2021) among the filtered keys instead of among all keys.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
-from .._parallel import blas_single_thread
+from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
     check_bool,
@@ -40,7 +41,7 @@ from .._validation import (
 from ..feature_maps import check_constants, get_feature_map
 from ..feature_maps._evaluate import projection_logits
 from ..projections import PROJECTION_KINDS
-from .common import heads
+from .common import heads, run_parallel
 from .favor import DEFAULT_N_COMPONENTS, attention_features, resolve_projection
 
 __all__ = ["hybrid_attention"]
@@ -221,14 +222,17 @@ def hybrid_attention(
     directions = _check_top(n_top, n_candidates, candidate_query, causal, batch, d)
     top_keys = None
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
-    # Small products: threaded BLAS costs more than it gains (and much more under load).
+    tasks = []
+    for q, k, v, _, idx in heads(Q, K, V, mask, batch):
+        if directions is not None:
+            u = directions[idx] if directions.ndim > 1 else directions
+            top_keys = (n_top, 256 if n_candidates is None else n_candidates, u)
+        tasks.append(partial(_one_head, q, k, v, idx, out, fmap, proj, gamma, frozen, window,
+                             n_global, causal, top_keys))  # fmt: skip
+    # Small products: threaded BLAS costs more than it gains (and much more under load);
+    # the heads run on favorkern's threads instead, each writing its own rows of out.
     with blas_single_thread():
-        for q, k, v, _, idx in heads(Q, K, V, mask, batch):
-            if directions is not None:
-                u = directions[idx] if directions.ndim > 1 else directions
-                top_keys = (n_top, 256 if n_candidates is None else n_candidates, u)
-            _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, causal,
-                      top_keys)  # fmt: skip
+        run_parallel(tasks, n_threads() if len(tasks) > 1 else 1)
     return out
 
 
@@ -319,10 +323,15 @@ def _finish(num_far, den_far, far_log, exact_logits, exact_mask, v_exact, chosen
     if chosen is not None:
         with np.errstate(under="ignore"):
             tw = np.exp(t - c[:, None])
-        num += np.einsum("rn,rnc->rc", tw, chosen[2])
+        num += _row_combination(tw, chosen[2])
         den += tw.sum(axis=1)
     den[den <= 0] = np.inf
     return num / den[:, None]
+
+
+def _row_combination(weights, values):
+    """``sum_n weights[r, n] values[r, n, :]`` per row (batched products)."""
+    return np.matmul(weights[:, np.newaxis, :], values)[:, 0, :]
 
 
 def _rank_order(scores, positions):
@@ -409,8 +418,8 @@ def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys
             )
             chosen_v = v[pool[index]]
             # Remove the chosen keys' estimates, as for the window.
-            G = np.einsum("rm,rnm->rn", phi_q, phi_pool[index]) * taken
-            num -= np.einsum("rn,rnc->rc", G, chosen_v)
+            G = np.take_along_axis(phi_q @ phi_pool.T, index, axis=1) * taken
+            num -= _row_combination(G, chosen_v)
             den -= G.sum(axis=1)
             np.maximum(den, 0.0, out=den)
             chosen = (chosen_logits, taken, chosen_v)
@@ -438,7 +447,8 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
         # Candidate pool: the best n_candidates state keys by score (position order),
         # with their feature logits; a row's candidates are the best n_candidates of
         # the pool and the block's far keys it reaches.
-        pool, pool_F = np.zeros(0, dtype=int), np.zeros((0, n_out))
+        pool = np.zeros(0, dtype=int)
+        pool_phi, pool_kmax = np.zeros((0, n_out)), np.zeros(0)  # features / exp(max), max
     for start in range(0, L, _CHUNK):
         stop = min(L, start + _CHUNK)
         rows = np.arange(start, stop)
@@ -480,16 +490,17 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
             index, taken, chosen_logits = _choose(
                 q[start:stop], k, cols, allowed, by_score, n_top, n_candidates, gamma
             )
-            kmax_pool = pool_F.max(axis=1) if pool.size else np.zeros(0)
-            phi_cols = np.concatenate([np.exp(pool_F - kmax_pool[:, None]), phi_k])
-            kmax_cols = np.concatenate([kmax_pool, kmax])
+            phi_cols = np.concatenate([pool_phi, phi_k])
+            kmax_cols = np.concatenate([pool_kmax, kmax])
             b_safe = np.where(ok, b_rows, 0.0)
             # Remove the chosen keys' estimates (state or block part) at row scale b_i.
             with np.errstate(invalid="ignore", under="ignore"):
                 scale = np.exp(np.where(taken, kmax_cols[index] - b_safe[:, None], -np.inf))
-            G = np.einsum("rm,rnm->rn", phi_q, phi_cols[index]) * scale
+            # one product with every column, then the chosen ones: faster than gathering
+            # each row's (n, m) features
+            G = np.take_along_axis(phi_q @ phi_cols.T, index, axis=1) * scale
             chosen_v = v[cols[index]]
-            num -= np.einsum("rn,rnc->rc", G, chosen_v)
+            num -= _row_combination(G, chosen_v)
             den -= G.sum(axis=1)
             np.maximum(den, 0.0, out=den)
             chosen = (chosen_logits, taken, chosen_v)
@@ -506,7 +517,9 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
         if top_keys is not None and part.size:
             merged = np.concatenate([pool, part])
             keep = np.sort(np.lexsort((merged, -scores[merged]))[:n_candidates])
-            pool, pool_F = merged[keep], np.concatenate([pool_F, Fk])[keep]
+            pool = merged[keep]
+            pool_phi = np.concatenate([pool_phi, phi_k])[keep]
+            pool_kmax = np.concatenate([pool_kmax, kmax])[keep]
         if part.size:
             top = float(kmax.max())
             if top > B:
