@@ -15,6 +15,15 @@ the machine's load.  Three tables:
    * ``performer``: performer-pytorch's ``FastAttention`` (bidirectional) on the same
      inputs and the same projection, torch on all cores (when installed; up to
      2^peer-max-exp);
+   * ``fast-transformers``: the forward pass of fast-transformers'
+     ``CausalLinearAttention`` with a FAVOR feature map, on the same inputs and the
+     same projection (when installed; up to 2^peer-max-exp): positive features of
+     the queries and keys computed as its ``Favor`` map does (``x sqrt(gamma)``,
+     ``|x|^2``, ``x W^T``, ``exp(u - |x|^2/2 - log(m)/2)``; the ``exp(+u)`` half
+     only, so that the map is favorkern's positive one with m = 256 features),
+     the normalizer ``1 / (phi(q_i) . cumsum phi(k) + eps)``, its compiled CPU
+     kernel ``causal_dot_product`` and the final scaling; tensors already in its
+     (N, H, L, D) kernel layout (no permutes), torch on all cores;
    * ratios and time per token.
 
 2. Many heads: (1, 12) heads of d = 32 at L = 512 ... 4096 against one head of d = 64
@@ -89,6 +98,38 @@ def performer(Q, K, V, W):
     return run
 
 
+def fast_transformers_causal(Q, K, V, W):
+    """fast-transformers' causal linear attention with positive features, or None.
+
+    The steps of ``CausalLinearAttention.forward`` with a ``Favor`` feature map (see
+    the module docstring); ``causal_dot_product`` is its compiled CPU kernel.
+    """
+    try:
+        import torch
+        from fast_transformers.causal_product import causal_dot_product
+    except ImportError:
+        return None
+    d, m = Q.shape[-1], W.shape[0]
+    omega = torch.from_numpy(np.ascontiguousarray(W.T, dtype=np.float32))
+    scale = float(d) ** -0.25  # sqrt(softmax_temp), softmax_temp = 1 / sqrt(d)
+    log_m = 0.5 * float(np.log(m))
+    q, k, v = (torch.from_numpy(X.reshape((1, 1) + X.shape[-2:])) for X in (Q, K, V))
+
+    def features(x):
+        x = x * scale
+        offset = torch.einsum("...d,...d->...", x, x).unsqueeze(-1) * 0.5 + log_m
+        return torch.exp(x.matmul(omega) - offset)
+
+    def run():
+        with torch.no_grad():
+            fq, fk = features(q), features(k)
+            z = 1 / (torch.einsum("nhli,nhli->nhl", fq, fk.cumsum(2)) + 1e-6)
+            out = causal_dot_product(fq, fk, v)
+            return out * z[..., None]
+
+    return run
+
+
 def floor_products(Q, K, V, W, split=False):
     """The four products of bidirectional FAVOR, with preallocated outputs.
 
@@ -154,6 +195,9 @@ def bench(args):
         peer = performer(Q, K, V, W) if exp <= args.peer_max_exp else None
         if peer is not None:
             fns["performer"] = peer
+        peer = fast_transformers_causal(Q, K, V, W) if exp <= args.peer_max_exp else None
+        if peer is not None:
+            fns["fast-transformers"] = peer
         row = round_robin(fns, args.repeats)
         row["floor"] = min(row.pop("floor BLAS"), row.pop("floor split"))
         row["L"] = length
@@ -167,7 +211,8 @@ def print_row(row, methods, header):
     cols = ["L", "floor ms", "bidir ms", "bidir/floor", "causal ms", "causal/bidir"]
     if methods:
         cols += ["chunked ms", "recurrent ms"]
-    cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir", "bidir us/tok"]
+    cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir"]
+    cols += ["ft-causal ms", "ft/causal", "bidir us/tok"]
     if header:
         print(" ".join(f"{c:>12}" for c in cols))
     L = row["L"]
@@ -184,6 +229,10 @@ def print_row(row, methods, header):
     for key, ratio in (
         ("exact", row.get("exact", 0) and row["bidir"] / row.get("exact", 1)),
         ("performer", row.get("performer", 0) and row.get("performer", 0) / row["bidir"]),
+        (
+            "fast-transformers",
+            row.get("fast-transformers", 0) and row.get("fast-transformers", 0) / row["causal"],
+        ),
     ):
         if key in row:
             values += [f"{row[key] * 1e3:12.2f}", f"{ratio:12.2f}"]
@@ -208,6 +257,13 @@ def summary(rows):
         print(f"performer-pytorch / bidir, least: {min(peers):.2f}")
     else:
         print("performer-pytorch not installed: skipped")
+    peers = [row["fast-transformers"] / row["causal"] for row in rows if "fast-transformers" in row]
+    if peers:
+        print(
+            f"fast-transformers/causal (its causal kernel / favorkern causal), least: {min(peers):.2f}"
+        )
+    else:
+        print("fast-transformers not installed: skipped")
     slower = [row["L"] for row in rows if "exact" in row and row["bidir"] >= row["exact"]]
     print(f"L where favor is not faster than exact: {slower or 'none'}")
 
@@ -319,7 +375,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument("--methods", action="store_true", help="also time both causal methods")
     parser.add_argument("--memory", action="store_true", help="peak RSS instead of timings")
-    parser.add_argument("--peer-max-exp", type=int, default=18, help="performer-pytorch up to")
+    parser.add_argument(
+        "--peer-max-exp", type=int, default=18, help="performer-pytorch and fast-transformers up to"
+    )
     parser.add_argument(
         "--tables",
         default="sweep,heads,crossover",
