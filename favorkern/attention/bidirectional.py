@@ -4,6 +4,11 @@ Pass 1 streams over key chunks and accumulates the :class:`~.state.KeyState`
 ``S = phi(K)^T V``, ``z = phi(K)^T 1`` with an online key stabilizer (the state is
 rescaled when the running maximum grows, as flash attention does); pass 2 emits
 ``phi(Q) S / phi(Q) z`` chunk by chunk.  Memory O(chunk x m + m x dv) per worker.
+
+float32 exp maps subtract the stabilizer and take the ``exp`` in one fused pass
+(:func:`favorkern._numba.vmath.exp_shifted_f32`; numpy needs two), the same
+arithmetic as :meth:`~.features.AttentionFeatures.key_finish` and
+:meth:`~.features.AttentionFeatures.queries` up to the last ulp of ``exp``.
 """
 
 from __future__ import annotations
@@ -19,18 +24,54 @@ from .state import KeyState, merge
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
 
 
-def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
+def _fused(fmap) -> bool:
+    """True where the fused float32 shift-and-exp kernel replaces numpy's two passes."""
+    return fmap.kind == "exp" and fmap.dtype == np.float32
+
+
+def _key_finish(fmap, features, row_log, shift, const, bounded) -> None:
+    """:meth:`~.features.AttentionFeatures.key_finish`, fused for float32 exp maps."""
+    if _fused(fmap):
+        from .._numba.vmath import exp_shifted_f32
+
+        offset = (shift + const).astype(fmap.dtype)
+        # the clip of features._clamp_rounding, inside the same pass
+        clip = bool(offset.size) and float(np.max(np.abs(offset))) * np.finfo(fmap.dtype).eps > 1.0
+        if exp_shifted_f32(features, offset, clip):
+            return
+    fmap.key_finish(features, row_log, shift, const, bounded=bounded)
+
+
+def _queries(fmap, q, features, window) -> None:
+    """:meth:`~.features.AttentionFeatures.queries`, the shift fused with the exp for
+    float32 exp maps (numpy's own ``exp`` where no shift is needed: measured as fast)."""
+    if not _fused(fmap):
+        fmap.queries(q, features, window)
+        return
+    from .._numba.vmath import exp_shifted_f32
+
+    fmap._product(q, features)
+    row_max = features.max(axis=1)
+    if window is not None and window[0] <= row_max.min() and row_max.max() <= window[1]:
+        np.exp(features, out=features)
+    elif not exp_shifted_f32(features, row_max):
+        features -= row_max[:, np.newaxis]
+        np.exp(features, out=features)
+
+
+def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeyState:
     """The key state of keys ``start:stop`` of one head, with an online maximum ``c``.
 
     ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
-    terms over all keys).
+    terms over all keys).  ``buffers``: a :class:`~.features.Buffers` to reuse.
     """
     state = KeyState(
         np.zeros((fmap.n_out, v.shape[1]), dtype=fmap.dtype),
         np.zeros(fmap.n_out, dtype=np.float64),
         -np.inf,
     )
-    buffers = Buffers(fmap)
+    if buffers is None:
+        buffers = Buffers(fmap)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
@@ -40,22 +81,26 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
             continue  # every key of the chunk is masked
         if chunk_max > state.c:
             state.rescale(chunk_max)
-        fmap.key_finish(features, row_log, shift, state.c, bounded=masked is None)
+        _key_finish(fmap, features, row_log, shift, state.c, masked is None)
         if masked is not None:
             features[masked] = 0.0
         state.add(features, v[a:b], buffers.ones(b - a))
     return state
 
 
-def emit(fmap, q, state: KeyState, out, start, stop, chunk) -> None:
-    """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
-    buffers = Buffers(fmap)
+def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None:
+    """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``.
+
+    ``buffers``: a :class:`~.features.Buffers` to reuse.
+    """
+    if buffers is None:
+        buffers = Buffers(fmap)
     S, z = state.S, state.z
     window = fmap.query_window(S, z) if fmap.kind == "exp" else None
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        fmap.queries(q[a:b], features, window)
+        _queries(fmap, q[a:b], features, window)
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
@@ -70,25 +115,28 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
     if len(heads) >= workers:
 
         def head_task(q, k, v, m, idx):
-            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
+            buffers = Buffers(fmap)
+            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk, buffers)
             # one state: no merge, only z to the features' dtype
-            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk)
+            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk, buffers)
 
         run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
         return
+    # one feature buffer per share, reused by its keys and then its queries
+    buffers = [Buffers(fmap) for _ in range(workers)]
     for q, k, v, m, idx in heads:
         parts = run_parallel(
             [
-                partial(accumulate_keys, fmap, k, v, m, a, b, chunk)
-                for a, b in split(k.shape[0], workers)
+                partial(accumulate_keys, fmap, k, v, m, a, b, chunk, buffers[w])
+                for w, (a, b) in enumerate(split(k.shape[0], workers))
             ],
             workers,
         )
         state = merge(parts, fmap.dtype)
         run_parallel(
             [
-                partial(emit, fmap, q, state, out[idx], a, b, chunk)
-                for a, b in split(q.shape[0], workers)
+                partial(emit, fmap, q, state, out[idx], a, b, chunk, buffers[w])
+                for w, (a, b) in enumerate(split(q.shape[0], workers))
             ],
             workers,
         )
