@@ -24,6 +24,9 @@ the machine's load.  Three tables:
      the normalizer ``1 / (phi(q_i) . cumsum phi(k) + eps)``, its compiled CPU
      kernel ``causal_dot_product`` and the final scaling; tensors already in its
      (N, H, L, D) kernel layout (no permutes), torch on all cores;
+   * ``base``: with ``--baseline DIR``, the bidirectional ``favor_attention`` of
+     another checkout (``DIR/favorkern``, imported under another name) on the same
+     inputs, round-robin with the others: before/after figures in one run;
    * ratios and time per token.
 
 2. Many heads: (1, 12) heads of d = 32 at L = 512 ... 4096 against one head of d = 64
@@ -42,6 +45,7 @@ Usage::
     python benchmarks/bench_attention.py                    # all tables, 2^10 .. 2^20
     python benchmarks/bench_attention.py --max-exp 16 --repeats 5 --methods
     python benchmarks/bench_attention.py --memory --max-exp 20
+    python benchmarks/bench_attention.py --tables sweep --max-exp 14 --baseline ../base
 
 Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
 """
@@ -170,10 +174,29 @@ def floor_products(Q, K, V, W, split=False):
     return run
 
 
+def load_baseline(directory):
+    """``favor_attention`` of the checkout in ``directory``, imported as another package."""
+    import importlib.util
+    import os
+
+    init = os.path.join(os.path.abspath(directory), "favorkern", "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"--baseline: no favorkern package in {directory!r}")
+    name = "favorkern_baseline"
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[os.path.dirname(init)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.favor_attention
+
+
 def bench(args):
     from favorkern import draw_projection, favor_attention, softmax_attention
 
     W = draw_projection(M, D, random_state=0)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for exp in range(args.min_exp, args.max_exp + 1):
         length = 2**exp
@@ -185,6 +208,8 @@ def bench(args):
             "bidir": partial(favor_attention, *qkv, projection_matrix=W),
             "causal": partial(favor_attention, *qkv, projection_matrix=W, causal=True),
         }
+        if baseline is not None:
+            fns["base"] = partial(baseline, *qkv, projection_matrix=W)
         if args.methods:
             for method in ("chunked", "recurrent"):
                 fns[method] = partial(
@@ -202,13 +227,15 @@ def bench(args):
         row["floor"] = min(row.pop("floor BLAS"), row.pop("floor split"))
         row["L"] = length
         rows.append(row)
-        print_row(row, args.methods, header=len(rows) == 1)
+        print_row(row, args.methods, header=len(rows) == 1, base=baseline is not None)
         sys.stdout.flush()
     summary(rows)
 
 
-def print_row(row, methods, header):
+def print_row(row, methods, header, base=False):
     cols = ["L", "floor ms", "bidir ms", "bidir/floor", "causal ms", "causal/bidir"]
+    if base:
+        cols += ["base ms", "base/floor"]
     if methods:
         cols += ["chunked ms", "recurrent ms"]
     cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir"]
@@ -224,6 +251,8 @@ def print_row(row, methods, header):
         f"{row['causal'] * 1e3:12.2f}",
         f"{row['causal'] / row['bidir']:12.2f}",
     ]
+    if base:
+        values += [f"{row['base'] * 1e3:12.2f}", f"{row['base'] / row['floor']:12.2f}"]
     if methods:
         values += [f"{row['chunked'] * 1e3:12.2f}", f"{row['recurrent'] * 1e3:12.2f}"]
     for key, ratio in (
@@ -251,6 +280,9 @@ def summary(rows):
         else float("nan")
     )
     print(f"bidir / floor, worst:  {worst_floor:.2f}")
+    if any("base" in row for row in rows):
+        worst_base = max(row["base"] / row["floor"] for row in rows)
+        print(f"baseline bidir / floor, worst:  {worst_base:.2f}")
     print(f"causal / bidir, worst at L >= 2^12: {worst_causal:.2f}")
     peers = [row["performer"] / row["bidir"] for row in rows if "performer" in row]
     if peers:
@@ -377,6 +409,9 @@ def main(argv=None):
     parser.add_argument("--memory", action="store_true", help="peak RSS instead of timings")
     parser.add_argument(
         "--peer-max-exp", type=int, default=18, help="performer-pytorch and fast-transformers up to"
+    )
+    parser.add_argument(
+        "--baseline", default=None, help="checkout whose bidirectional favor_attention to time too"
     )
     parser.add_argument(
         "--tables",
