@@ -206,3 +206,25 @@ def test_fused_float32_bidirectional_matches_the_naive_oracle(mask, threads, mon
             Q[h], K[h], V[h], W, key_padding_mask=None if key_mask is None else key_mask[h]
         )
         np.testing.assert_allclose(got[h], oracle, rtol=1e-3, atol=1e-4)
+
+
+def test_zero_row_warning_counts_whole_zero_rows_only():
+    """The zero-row check reads the first column first: rows that merely start with 0
+    are not counted, whole zero rows are (also in batched outputs)."""
+    import warnings
+
+    from favorkern._warnings import FeatureUnderflowWarning
+    from favorkern.attention.favor import warn_zero_rows
+    from favorkern.feature_maps import get_feature_map
+
+    out = np.ones((2, 3, 10, 4), dtype=np.float32)
+    out[..., 0] = 0.0  # every row starts with 0 ...
+    out[0, 1, [2, 7]] = 0.0  # ... three rows are 0 entirely
+    out[1, 2, 5] = 0.0
+    V = np.ones((2, 3, 10, 4), dtype=np.float32)
+    with pytest.warns(FeatureUnderflowWarning, match="3 of 60 attention output rows are 0"):
+        warn_zero_rows(get_feature_map("positive"), out, V, None, False)
+    out[..., 0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_zero_rows(get_feature_map("positive"), out, V, None, False)
