@@ -228,3 +228,25 @@ def test_zero_row_warning_counts_whole_zero_rows_only():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_zero_rows(get_feature_map("positive"), out, V, None, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_underflowed_rows_are_found_in_every_row_block(dtype):
+    """Rows whose features all underflow, spread over many row blocks (and threads):
+    the warning counts each of them once and they are exactly 0; the other rows match
+    the naive features."""
+    from favorkern import PositiveRandomFeatures
+    from favorkern._warnings import FeatureUnderflowWarning
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(scale=0.1, size=(6000, 8))
+    huge = np.array([3, 1500, 2999, 4100, 5999])
+    X[huge] *= 400.0  # exp(-|x|^2 / 2) far below the smallest float
+    est = PositiveRandomFeatures(256, random_state=0).fit(X[:100])
+    with pytest.warns(FeatureUnderflowWarning, match=f"{huge.size} of 6000 rows"):
+        phi = est.transform(X.astype(dtype))
+    assert phi.dtype == dtype
+    np.testing.assert_array_equal(phi[huge], 0.0)
+    rest = np.setdiff1d(np.arange(6000), huge)
+    ref = apply_feature_map(X[rest[:200]], est._spec())
+    np.testing.assert_allclose(phi[rest[:200]], ref, rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -352,16 +352,25 @@ def _apply_block_augmented(
     _finish_cos(Xb, out_b, spec)
 
 
-def _check_underflow(out) -> None:
+def _underflow_candidates(out_b, start=0) -> np.ndarray:
+    """Rows (offset by ``start``) whose first feature is not positive: the only ones
+    that can have underflowed whole (or hold NaN), for :func:`_check_underflow`."""
+    return np.flatnonzero(~(out_b[:, 0] > 0)) + start
+
+
+def _check_underflow(out, candidates=None) -> None:
     """Warn once if whole rows of exp-map features underflowed to 0.
 
-    Cheap: only rows whose first feature is not positive are inspected.  NaN there
-    comes from ``inf - inf`` in an exponent whose ``-a |x|^2`` term overflowed; the
-    exponent is then below any float, so the feature is 0.
+    Cheap: only rows whose first feature is not positive are inspected
+    (``candidates``: those rows, found block by block while each block was still in
+    cache; else by one strided pass over the first column).  NaN there comes from
+    ``inf - inf`` in an exponent whose ``-a |x|^2`` term overflowed; the exponent is
+    then below any float, so the feature is 0.
     """
     if not out.size:
         return
-    candidates = np.flatnonzero(~(out[:, 0] > 0))
+    if candidates is None:
+        candidates = _underflow_candidates(out)
     if not candidates.size:
         return
     rows = out[candidates]
@@ -408,23 +417,29 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
         weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype)
         scratch = threading.local()
         may_overflow = spec.func == "exp" and _may_overflow(spec, dtype)
+        found = []  # underflow candidates per block (list.append is thread-safe)
 
         def block(start, stop):
-            _apply_block_augmented(
-                X[start:stop], out[start:stop], spec, weights_aug, scratch, may_overflow
-            )
-
-    else:
-        weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
-        if sp.issparse(X):
-            # Sparse products do not gain from the row-block pool; one pass is simplest.
-            apply_block(X, out, spec, weights_t)
+            out_b = out[start:stop]
+            _apply_block_augmented(X[start:stop], out_b, spec, weights_aug, scratch, may_overflow)
             if spec.func == "exp":
-                _check_underflow(out)
-            return out
+                found.append(_underflow_candidates(out_b, start))
 
-        def block(start, stop):
-            apply_block(X[start:stop], out[start:stop], spec, weights_t)
+        run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
+        if spec.func == "exp":
+            _check_underflow(out, np.concatenate(found) if found else np.empty(0, np.intp))
+        return out
+
+    weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
+    if sp.issparse(X):
+        # Sparse products do not gain from the row-block pool; one pass is simplest.
+        apply_block(X, out, spec, weights_t)
+        if spec.func == "exp":
+            _check_underflow(out)
+        return out
+
+    def block(start, stop):
+        apply_block(X[start:stop], out[start:stop], spec, weights_t)
 
     run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
     if spec.func == "exp":
