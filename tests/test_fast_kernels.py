@@ -183,10 +183,11 @@ def test_fused_exp_declines_what_it_does_not_handle():
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("mask", [False, True])
-def test_fused_float32_bidirectional_matches_the_naive_oracle(mask, threads, monkeypatch):
-    """float32 bidirectional attention (shift and exp fused) against the float64
-    naive estimate with the same projection; one head split over threads or not,
-    large logits included (the stabilizers must keep everything finite)."""
+def test_float32_bidirectional_matches_the_naive_oracle(mask, threads, monkeypatch):
+    """float32 bidirectional attention (feature buffers shared by keys and queries)
+    against the float64 naive estimate with the same projection; one head split over
+    threads or not, large logits included (the stabilizers must keep everything
+    finite)."""
     from favorkern import draw_projection, favor_attention
 
     monkeypatch.setenv("FAVORKERN_NUM_THREADS", threads)

@@ -4,11 +4,6 @@ Pass 1 streams over key chunks and accumulates the :class:`~.state.KeyState`
 ``S = phi(K)^T V``, ``z = phi(K)^T 1`` with an online key stabilizer (the state is
 rescaled when the running maximum grows, as flash attention does); pass 2 emits
 ``phi(Q) S / phi(Q) z`` chunk by chunk.  Memory O(chunk x m + m x dv) per worker.
-
-float32 exp maps subtract the stabilizer and take the ``exp`` in one fused pass
-(:func:`favorkern._numba.vmath.exp_shifted_f32`; numpy needs two), the same
-arithmetic as :meth:`~.features.AttentionFeatures.key_finish` and
-:meth:`~.features.AttentionFeatures.queries` up to the last ulp of ``exp``.
 """
 
 from __future__ import annotations
@@ -22,41 +17,6 @@ from .features import Buffers, masked_row_log
 from .state import KeyState, merge
 
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
-
-
-def _fused(fmap) -> bool:
-    """True where the fused float32 shift-and-exp kernel replaces numpy's two passes."""
-    return fmap.kind == "exp" and fmap.dtype == np.float32
-
-
-def _key_finish(fmap, features, row_log, shift, const, bounded) -> None:
-    """:meth:`~.features.AttentionFeatures.key_finish`, fused for float32 exp maps."""
-    if _fused(fmap):
-        from .._numba.vmath import exp_shifted_f32
-
-        offset = (shift + const).astype(fmap.dtype)
-        # the clip of features._clamp_rounding, inside the same pass
-        clip = bool(offset.size) and float(np.max(np.abs(offset))) * np.finfo(fmap.dtype).eps > 1.0
-        if exp_shifted_f32(features, offset, clip):
-            return
-    fmap.key_finish(features, row_log, shift, const, bounded=bounded)
-
-
-def _queries(fmap, q, features, window) -> None:
-    """:meth:`~.features.AttentionFeatures.queries`, the shift fused with the exp for
-    float32 exp maps (numpy's own ``exp`` where no shift is needed: measured as fast)."""
-    if not _fused(fmap):
-        fmap.queries(q, features, window)
-        return
-    from .._numba.vmath import exp_shifted_f32
-
-    fmap._product(q, features)
-    row_max = features.max(axis=1)
-    if window is not None and window[0] <= row_max.min() and row_max.max() <= window[1]:
-        np.exp(features, out=features)
-    elif not exp_shifted_f32(features, row_max):
-        features -= row_max[:, np.newaxis]
-        np.exp(features, out=features)
 
 
 def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeyState:
@@ -81,7 +41,7 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
             continue  # every key of the chunk is masked
         if chunk_max > state.c:
             state.rescale(chunk_max)
-        _key_finish(fmap, features, row_log, shift, state.c, masked is None)
+        fmap.key_finish(features, row_log, shift, state.c, bounded=masked is None)
         if masked is not None:
             features[masked] = 0.0
         state.add(features, v[a:b], buffers.ones(b - a))
@@ -100,7 +60,7 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> Non
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        _queries(fmap, q[a:b], features, window)
+        fmap.queries(q[a:b], features, window)
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
