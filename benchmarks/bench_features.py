@@ -77,15 +77,17 @@ def blocked_product(X, W_t):
 
 
 def pool_blocks(n_rows, rows_per_block, block_fn):
-    """``block_fn(start, stop)`` over blocks of ``rows_per_block`` rows, interleaved over
-    favorkern's pool with BLAS on one thread (as the evaluator, with its own block size)."""
+    """``block_fn(start, stop)`` over blocks of ``rows_per_block`` rows, one contiguous
+    range of blocks per thread of favorkern's pool with BLAS on one thread (as the
+    evaluator's ``run_row_blocks``, with its own block size)."""
     from favorkern._parallel import blas_single_thread, executor, n_threads
 
     bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
     workers = n_threads()
+    edges = [len(bounds) * w // workers for w in range(workers + 1)]
 
     def work(w):
-        for start, stop in bounds[w::workers]:
+        for start, stop in bounds[edges[w] : edges[w + 1]]:
             block_fn(start, stop)
 
     with blas_single_thread():
@@ -149,7 +151,7 @@ def ideas(X, m):
         "idea: fused shift": variant("fused shift"),
         "idea: sub+exp": variant("sub+exp"),
     }
-    for rows in (256, 1024, 4096):
+    for rows in (256, 1024, 2048, 4096, 8192):
         fns[f"idea: blocks {rows}"] = variant("blocks", rows)
     for name, fn in fns.items():
         got = fn()[:4096]
