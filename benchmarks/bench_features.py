@@ -48,16 +48,24 @@ def median_time(fn, repeats):
 
 
 def round_robin(fns, repeats):
-    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn."""
+    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn.
+
+    Each round runs the contestants in a new (seeded) random order: one timed
+    right after a contestant that ran BLAS on all threads (whose idle threads keep
+    spinning for a while) was measured up to 1.6x slower than the same function
+    elsewhere in the round, so no contestant may keep its place or its neighbours.
+    """
     for fn in fns.values():
-        fn()  # warm-up (compilation, thread pool)
-    times = {name: [] for name in fns}
+        fn()  # warm-up (compilation, page faults, thread pool)
+    names = list(fns)
+    times = {name: [] for name in names}
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in order.permutation(names):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: float(statistics.median(t)) for name, t in times.items()}
 
 
 def blocked_product(X, W_t):
