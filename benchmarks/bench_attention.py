@@ -15,6 +15,18 @@ the machine's load.  Three tables:
    * ``performer``: performer-pytorch's ``FastAttention`` (bidirectional) on the same
      inputs and the same projection, torch on all cores (when installed; up to
      2^peer-max-exp);
+   * ``fast-transformers``: the forward pass of fast-transformers'
+     ``CausalLinearAttention`` with a FAVOR feature map, on the same inputs and the
+     same projection (when installed; up to 2^peer-max-exp): positive features of
+     the queries and keys computed as its ``Favor`` map does (``x sqrt(gamma)``,
+     ``|x|^2``, ``x W^T``, ``exp(u - |x|^2/2 - log(m)/2)``; the ``exp(+u)`` half
+     only, so that the map is favorkern's positive one with m = 256 features),
+     the normalizer ``1 / (phi(q_i) . cumsum phi(k) + eps)``, its compiled CPU
+     kernel ``causal_dot_product`` and the final scaling; tensors already in its
+     (N, H, L, D) kernel layout (no permutes), torch on all cores;
+   * ``base``: with ``--baseline DIR``, the bidirectional ``favor_attention`` of
+     another checkout (``DIR/favorkern``, imported under another name) on the same
+     inputs, round-robin with the others: before/after figures in one run;
    * ratios and time per token.
 
 2. Many heads: (1, 12) heads of d = 32 at L = 512 ... 4096 against one head of d = 64
@@ -33,6 +45,7 @@ Usage::
     python benchmarks/bench_attention.py                    # all tables, 2^10 .. 2^20
     python benchmarks/bench_attention.py --max-exp 16 --repeats 5 --methods
     python benchmarks/bench_attention.py --memory --max-exp 20
+    python benchmarks/bench_attention.py --tables sweep --max-exp 14 --baseline ../base
 
 Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
 """
@@ -52,14 +65,22 @@ D, M = 64, 256
 
 
 def round_robin(fns, repeats):
-    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn."""
+    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn.
+
+    Each round runs the contestants in a new (seeded) random order: one timed
+    right after a contestant that ran BLAS on all threads (whose idle threads keep
+    spinning for a while) was measured up to 1.6x slower than the same function
+    elsewhere in the round, so no contestant may keep its place or its neighbours.
+    """
     for fn in fns.values():
         fn()  # warm-up (compilation, page faults, thread pool)
-    times = {name: [] for name in fns}
+    names = list(fns)
+    times = {name: [] for name in names}
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in order.permutation(names):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -85,6 +106,38 @@ def performer(Q, K, V, W):
     def run():
         with torch.no_grad():
             attention(q, k, v)
+
+    return run
+
+
+def fast_transformers_causal(Q, K, V, W):
+    """fast-transformers' causal linear attention with positive features, or None.
+
+    The steps of ``CausalLinearAttention.forward`` with a ``Favor`` feature map (see
+    the module docstring); ``causal_dot_product`` is its compiled CPU kernel.
+    """
+    try:
+        import torch
+        from fast_transformers.causal_product import causal_dot_product
+    except ImportError:
+        return None
+    d, m = Q.shape[-1], W.shape[0]
+    omega = torch.from_numpy(np.ascontiguousarray(W.T, dtype=np.float32))
+    scale = float(d) ** -0.25  # sqrt(softmax_temp), softmax_temp = 1 / sqrt(d)
+    log_m = 0.5 * float(np.log(m))
+    q, k, v = (torch.from_numpy(X.reshape((1, 1) + X.shape[-2:])) for X in (Q, K, V))
+
+    def features(x):
+        x = x * scale
+        offset = torch.einsum("...d,...d->...", x, x).unsqueeze(-1) * 0.5 + log_m
+        return torch.exp(x.matmul(omega) - offset)
+
+    def run():
+        with torch.no_grad():
+            fq, fk = features(q), features(k)
+            z = 1 / (torch.einsum("nhli,nhli->nhl", fq, fk.cumsum(2)) + 1e-6)
+            out = causal_dot_product(fq, fk, v)
+            return out * z[..., None]
 
     return run
 
@@ -129,10 +182,29 @@ def floor_products(Q, K, V, W, split=False):
     return run
 
 
+def load_baseline(directory):
+    """``favor_attention`` of the checkout in ``directory``, imported as another package."""
+    import importlib.util
+    import os
+
+    init = os.path.join(os.path.abspath(directory), "favorkern", "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"--baseline: no favorkern package in {directory!r}")
+    name = "favorkern_baseline"
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[os.path.dirname(init)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.favor_attention
+
+
 def bench(args):
     from favorkern import draw_projection, favor_attention, softmax_attention
 
     W = draw_projection(M, D, random_state=0)
+    baseline = load_baseline(args.baseline) if args.baseline else None
     rows = []
     for exp in range(args.min_exp, args.max_exp + 1):
         length = 2**exp
@@ -144,6 +216,8 @@ def bench(args):
             "bidir": partial(favor_attention, *qkv, projection_matrix=W),
             "causal": partial(favor_attention, *qkv, projection_matrix=W, causal=True),
         }
+        if baseline is not None:
+            fns["base"] = partial(baseline, *qkv, projection_matrix=W)
         if args.methods:
             for method in ("chunked", "recurrent"):
                 fns[method] = partial(
@@ -154,20 +228,26 @@ def bench(args):
         peer = performer(Q, K, V, W) if exp <= args.peer_max_exp else None
         if peer is not None:
             fns["performer"] = peer
+        peer = fast_transformers_causal(Q, K, V, W) if exp <= args.peer_max_exp else None
+        if peer is not None:
+            fns["fast-transformers"] = peer
         row = round_robin(fns, args.repeats)
         row["floor"] = min(row.pop("floor BLAS"), row.pop("floor split"))
         row["L"] = length
         rows.append(row)
-        print_row(row, args.methods, header=len(rows) == 1)
+        print_row(row, args.methods, header=len(rows) == 1, base=baseline is not None)
         sys.stdout.flush()
     summary(rows)
 
 
-def print_row(row, methods, header):
+def print_row(row, methods, header, base=False):
     cols = ["L", "floor ms", "bidir ms", "bidir/floor", "causal ms", "causal/bidir"]
+    if base:
+        cols += ["base ms", "base/floor"]
     if methods:
         cols += ["chunked ms", "recurrent ms"]
-    cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir", "bidir us/tok"]
+    cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir"]
+    cols += ["ft-causal ms", "ft/causal", "bidir us/tok"]
     if header:
         print(" ".join(f"{c:>12}" for c in cols))
     L = row["L"]
@@ -179,11 +259,17 @@ def print_row(row, methods, header):
         f"{row['causal'] * 1e3:12.2f}",
         f"{row['causal'] / row['bidir']:12.2f}",
     ]
+    if base:
+        values += [f"{row['base'] * 1e3:12.2f}", f"{row['base'] / row['floor']:12.2f}"]
     if methods:
         values += [f"{row['chunked'] * 1e3:12.2f}", f"{row['recurrent'] * 1e3:12.2f}"]
     for key, ratio in (
         ("exact", row.get("exact", 0) and row["bidir"] / row.get("exact", 1)),
         ("performer", row.get("performer", 0) and row.get("performer", 0) / row["bidir"]),
+        (
+            "fast-transformers",
+            row.get("fast-transformers", 0) and row.get("fast-transformers", 0) / row["causal"],
+        ),
     ):
         if key in row:
             values += [f"{row[key] * 1e3:12.2f}", f"{ratio:12.2f}"]
@@ -202,12 +288,22 @@ def summary(rows):
         else float("nan")
     )
     print(f"bidir / floor, worst:  {worst_floor:.2f}")
+    if any("base" in row for row in rows):
+        worst_base = max(row["base"] / row["floor"] for row in rows)
+        print(f"baseline bidir / floor, worst:  {worst_base:.2f}")
     print(f"causal / bidir, worst at L >= 2^12: {worst_causal:.2f}")
     peers = [row["performer"] / row["bidir"] for row in rows if "performer" in row]
     if peers:
         print(f"performer-pytorch / bidir, least: {min(peers):.2f}")
     else:
         print("performer-pytorch not installed: skipped")
+    peers = [row["fast-transformers"] / row["causal"] for row in rows if "fast-transformers" in row]
+    if peers:
+        print(
+            f"fast-transformers/causal (its causal kernel / favorkern causal), least: {min(peers):.2f}"
+        )
+    else:
+        print("fast-transformers not installed: skipped")
     slower = [row["L"] for row in rows if "exact" in row and row["bidir"] >= row["exact"]]
     print(f"L where favor is not faster than exact: {slower or 'none'}")
 
@@ -319,7 +415,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument("--methods", action="store_true", help="also time both causal methods")
     parser.add_argument("--memory", action="store_true", help="peak RSS instead of timings")
-    parser.add_argument("--peer-max-exp", type=int, default=18, help="performer-pytorch up to")
+    parser.add_argument(
+        "--peer-max-exp", type=int, default=18, help="performer-pytorch and fast-transformers up to"
+    )
+    parser.add_argument(
+        "--baseline", default=None, help="checkout whose bidirectional favor_attention to time too"
+    )
     parser.add_argument(
         "--tables",
         default="sweep,heads,crossover",

@@ -10,6 +10,18 @@ and to the bare product ``X @ W.T`` of the same output width into a fresh array:
 better of BLAS on all threads and row blocks over favorkern's thread pool (BLAS on one
 thread each).  The contestants of a dtype are timed round-robin (one run of each in
 turn), so the ratios share the machine's load.
+
+``--baseline DIR`` also times each map's ``transform`` from the checkout in ``DIR``
+(imported under another name), round-robin with the others: before/after in one
+run.  ``--ideas`` adds variants of the float32 positive map's evaluation (same
+rows, same pool, same output), to measure where the time of an exp-type map goes:
+
+* ``numba exp``: the augmented product, then the numba float32 ``exp``
+  (``favorkern._numba.vmath.exp_shifted_f32``) instead of numpy's;
+* ``fused shift``: the bare product ``X W^T``, then ``exp(. - a |x|^2 + log s)``
+  in one numba pass (no augmented input);
+* ``sub+exp``: the bare product, then numpy's subtract and ``exp`` (two passes);
+* ``blocks R``: the augmented product and numpy's ``exp`` over blocks of R rows.
 """
 
 from __future__ import annotations
@@ -36,16 +48,24 @@ def median_time(fn, repeats):
 
 
 def round_robin(fns, repeats):
-    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn."""
+    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn.
+
+    Each round runs the contestants in a new (seeded) random order: one timed
+    right after a contestant that ran BLAS on all threads (whose idle threads keep
+    spinning for a while) was measured up to 1.6x slower than the same function
+    elsewhere in the round, so no contestant may keep its place or its neighbours.
+    """
     for fn in fns.values():
-        fn()  # warm-up (compilation, thread pool)
-    times = {name: [] for name in fns}
+        fn()  # warm-up (compilation, page faults, thread pool)
+    names = list(fns)
+    times = {name: [] for name in names}
+    order = np.random.default_rng(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        for name in order.permutation(names):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: float(statistics.median(t)) for name, t in times.items()}
 
 
 def blocked_product(X, W_t):
@@ -64,6 +84,110 @@ def blocked_product(X, W_t):
     return run
 
 
+def pool_blocks(n_rows, rows_per_block, block_fn):
+    """``block_fn(start, stop)`` over blocks of ``rows_per_block`` rows, one contiguous
+    range of blocks per thread of favorkern's pool with BLAS on one thread (as the
+    evaluator's ``run_row_blocks``, with its own block size)."""
+    from favorkern._parallel import blas_single_thread, executor, n_threads
+
+    bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
+    workers = n_threads()
+    edges = [len(bounds) * w // workers for w in range(workers + 1)]
+
+    def work(w):
+        for start, stop in bounds[edges[w] : edges[w + 1]]:
+            block_fn(start, stop)
+
+    with blas_single_thread():
+        pool = executor(workers)
+        for future in [pool.submit(work, w) for w in range(workers)]:
+            future.result()
+
+
+def ideas(X, m):
+    """Variants of the float32 positive map's evaluation (see the module docstring)."""
+    import threading
+
+    from favorkern._numba.vmath import exp_shifted_f32
+    from favorkern.feature_maps import _evaluate as E
+    from favorkern.features import RandomFeatures
+
+    spec = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])._spec()
+    aug = E._augmented_weights(spec, X.dtype)
+    W_t = np.ascontiguousarray(spec.weights.astype(X.dtype).T)
+    log_scale = X.dtype.type(spec.log_scale)
+    n, d = X.shape
+
+    def variant(kind, rows_per_block=1024):
+        def run():
+            out = np.empty((n, m), dtype=X.dtype)
+            scratch = threading.local()
+
+            def block(a, b):
+                Xb, o = X[a:b], out[a:b]
+                if kind in ("numba exp", "blocks"):
+                    x = E._augmented_input(b - a, d, "exp", X.dtype, scratch)
+                    x[:, :d] = Xb
+                    sq = np.einsum("ij,ij->i", Xb, Xb)
+                    sq *= X.dtype.type(-spec.sq_coef)
+                    x[:, d] = sq
+                    np.matmul(x, aug, out=o)
+                    if kind == "blocks":
+                        np.exp(o, out=o)
+                    else:
+                        exp_shifted_f32(o)
+                    return
+                np.matmul(Xb, W_t, out=o)
+                shift = np.einsum("ij,ij->i", Xb, Xb)
+                shift *= X.dtype.type(spec.sq_coef)
+                shift -= log_scale
+                if kind == "fused shift":
+                    exp_shifted_f32(o, shift)
+                else:
+                    o -= shift[:, np.newaxis]
+                    np.exp(o, out=o)
+
+            pool_blocks(n, rows_per_block, block)
+            return out
+
+        return run
+
+    reference = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])
+    expected = reference.transform(X[:4096])
+    fns = {
+        "idea: numba exp": variant("numba exp"),
+        "idea: fused shift": variant("fused shift"),
+        "idea: sub+exp": variant("sub+exp"),
+    }
+    for rows in (256, 1024, 2048, 4096, 8192):
+        fns[f"idea: blocks {rows}"] = variant("blocks", rows)
+    for name, fn in fns.items():
+        got = fn()[:4096]
+        np.testing.assert_allclose(got, expected, rtol=2e-6, err_msg=name)
+    return fns
+
+
+def load_baseline(directory):
+    """The ``favorkern.features`` module of the checkout in ``directory``, imported as
+    another package."""
+    import importlib
+    import importlib.util
+    import sys
+
+    init = os.path.join(os.path.abspath(directory), "favorkern", "__init__.py")
+    if not os.path.isfile(init):
+        raise SystemExit(f"--baseline: no favorkern package in {directory!r}")
+    name = "favorkern_baseline"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[os.path.dirname(init)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(name + ".features")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -71,6 +195,11 @@ def main(argv=None):
     parser.add_argument("--m", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--structured", action="store_true", help="structured vs dense")
+    parser.add_argument("--baseline", default=None, help="checkout whose transforms to time too")
+    parser.add_argument("--ideas", action="store_true", help="float32 positive-map variants")
+    parser.add_argument(
+        "--maps", default=None, help="comma-separated map names (default: every registered map)"
+    )
     args = parser.parse_args(argv)
     if args.structured:
         return structured(args)
@@ -81,6 +210,7 @@ def main(argv=None):
         (i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
     ]
     print(f"n={args.n} d={args.d} m={args.m} cores={os.cpu_count()} blas={blas}")
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     print(f"median of {args.repeats} runs; ratios against baselines timed in the same run\n")
     header = f"{'dtype':<8} {'method':<36} {'time [ms]':>10} {'/ RBFSampler':>13} {'/ bare':>10}"
     print(header)
@@ -90,6 +220,8 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     worst = {}
+    base = load_baseline(args.baseline) if args.baseline else None
+    names = args.maps.split(",") if args.maps else feature_map_names()
     for dtype in (np.float32, np.float64):
         X = rng.normal(scale=0.5 / np.sqrt(args.d), size=(args.n, args.d)).astype(dtype)
         W_t = np.ascontiguousarray(rng.normal(size=(args.m, args.d)).astype(dtype).T)
@@ -99,11 +231,18 @@ def main(argv=None):
             "bare product, row blocks": blocked_product(X, W_t),
             "RBFSampler": lambda X=X: rbf.transform(X),
         }
-        for name in feature_map_names():
+        for name in names:
             for kernel in get_feature_map(name).kernels or ("softmax",):
                 est = RandomFeatures(name, n_components=args.m, kernel=kernel, random_state=0)
                 est.fit(X[:1000])
                 methods[f"{name} {kernel}"] = lambda X=X, est=est: est.transform(X)
+                if base is not None:
+                    old = base.RandomFeatures(
+                        name, n_components=args.m, kernel=kernel, random_state=0
+                    ).fit(X[:1000])
+                    methods[f"{name} {kernel} (baseline)"] = lambda X=X, e=old: e.transform(X)
+        if args.ideas and dtype == np.float32:
+            methods.update(ideas(X, args.m))
         times = round_robin(methods, args.repeats)
         bare = min(times["bare product, BLAS threads"], times["bare product, row blocks"])
         for name, t in times.items():
@@ -114,7 +253,12 @@ def main(argv=None):
                 f"{t / times['RBFSampler']:>13.2f} {t / bare:>10.2f}"
             )
         print()
-    over = {k: v for k, v in worst.items() if v > 1.3 and k[1] != "RBFSampler"}
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
+    over = {
+        k: v
+        for k, v in worst.items()
+        if v > 1.3 and k[1] != "RBFSampler" and "(baseline)" not in k[1] and "idea" not in k[1]
+    }
     print(
         "maps above 1.3x the bare product:",
         ", ".join(f"{d} {n} ({r:.2f})" for (d, n), r in over.items()) or "none",

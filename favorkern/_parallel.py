@@ -178,11 +178,14 @@ def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn) -> None:
         for start in range(0, n_rows, rows_per_block):
             block_fn(start, min(n_rows, start + rows_per_block))
         return
-    # Interleaved chunks of blocks per worker; each worker reuses its cache-sized blocks.
+    # One contiguous range of blocks per worker: interleaved blocks of a fresh output
+    # share its (huge) pages between the threads, whose first-touch faults then
+    # contend (measured 1.6x slower for a float32 product into a fresh 200 MB array).
     bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
+    edges = [len(bounds) * w // workers for w in range(workers + 1)]
 
     def work(worker):
-        for start, stop in bounds[worker::workers]:
+        for start, stop in bounds[edges[worker] : edges[worker + 1]]:
             block_fn(start, stop)
 
     with blas_single_thread():

@@ -118,3 +118,136 @@ def test_unshifted_query_features_are_the_shifted_ones_times_a_row_factor(dtype,
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=rtol)
     assert np.all(np.isfinite(unshifted @ S)) and np.all(unshifted @ z > 0)
+
+
+def _exp_ulp_error_f32(got, x):
+    """Error of float32 ``got`` against the correctly rounded ``exp(x)``, in ulp of it
+    (subnormal results: in units of the smallest subnormal)."""
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64))
+    with np.errstate(over="ignore"):
+        ref = exact.astype(np.float32)
+    finite = np.isfinite(ref)
+    ulp = np.spacing(np.maximum(ref[finite], np.finfo(np.float32).smallest_subnormal))
+    return np.abs(got[finite].astype(np.float64) - exact[finite]) / ulp.astype(np.float64)
+
+
+def test_float32_exp_is_within_1_ulp_over_its_whole_range():
+    from favorkern._numba.vmath import exp_shifted_f32
+
+    x = np.linspace(-105.0, 89.0, 1_000_003, dtype=np.float32).reshape(1, -1)
+    got = x.copy()
+    assert exp_shifted_f32(got)
+    # 1 ulp of the correctly rounded result (numpy's own float32 exp reaches 2.4 here)
+    assert _exp_ulp_error_f32(got, x).max() <= 1.01
+    with np.errstate(over="ignore"):
+        ref = np.exp(x)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))  # same overflow threshold
+    np.testing.assert_array_equal(got == 0, ref == 0)  # same underflow threshold
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.float32, (4, 9), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+    arrays(np.float32, 4, elements=st.floats(-100, 100, width=32)),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fused_shifted_exp_is_numpy_subtract_then_exp(x, offset, clip, transposed):
+    """``exp(x - offset[:, None])`` (clipped at 0 if asked) in one pass: NaN, inf and
+    the overflow and underflow thresholds as numpy's, values within 1 ulp."""
+    from favorkern._numba.vmath import exp_shifted_f32
+
+    got = np.asfortranarray(x) if transposed else x.copy()
+    assert exp_shifted_f32(got, offset, clip)
+    with np.errstate(all="ignore"):
+        exponent = x - offset[:, np.newaxis]
+        if clip:
+            exponent = np.minimum(exponent, 0.0)
+        ref = np.exp(exponent)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    np.testing.assert_array_equal(got == 0, ref == 0)
+    assert _exp_ulp_error_f32(got, exponent).max(initial=0.0) <= 1.01
+
+
+def test_fused_exp_declines_what_it_does_not_handle():
+    from favorkern._numba.vmath import exp_shifted_f32
+
+    x = np.zeros((4, 6))
+    assert not exp_shifted_f32(x)  # float64: numpy's exp
+    strided = np.zeros((4, 12), dtype=np.float32)[:, ::2]
+    assert not exp_shifted_f32(strided, np.zeros(4, dtype=np.float32))
+    np.testing.assert_array_equal(strided, 0.0)  # untouched
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_float32_bidirectional_matches_the_naive_oracle(mask, threads, monkeypatch):
+    """float32 bidirectional attention (feature buffers shared by keys and queries)
+    against the float64 naive estimate with the same projection; one head split over
+    threads or not, large logits included (the stabilizers must keep everything
+    finite)."""
+    from favorkern import draw_projection, favor_attention
+
+    monkeypatch.setenv("FAVORKERN_NUM_THREADS", threads)
+    rng = np.random.default_rng(3)
+    n_heads = 1 if threads == "2" else 2  # one head: its keys and queries split over threads
+    Q, K, V = rng.normal(scale=0.6, size=(3, n_heads, 3000, 16))
+    Q[:, :, :5] *= 8.0  # a few large query and key norms
+    K[:, :, -5:] *= 8.0
+    key_mask = rng.random((n_heads, 3000)) < 0.2 if mask else None
+    W = draw_projection(64, 16, random_state=0)
+    got = favor_attention(
+        *(a.astype(np.float32) for a in (Q, K, V)), projection_matrix=W, key_padding_mask=key_mask
+    )
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    for h in range(n_heads):
+        oracle = naive.favor_attention(
+            Q[h], K[h], V[h], W, key_padding_mask=None if key_mask is None else key_mask[h]
+        )
+        np.testing.assert_allclose(got[h], oracle, rtol=1e-3, atol=1e-4)
+
+
+def test_zero_row_warning_counts_whole_zero_rows_only():
+    """The zero-row check reads the first column first: rows that merely start with 0
+    are not counted, whole zero rows are (also in batched outputs)."""
+    import warnings
+
+    from favorkern._warnings import FeatureUnderflowWarning
+    from favorkern.attention.favor import warn_zero_rows
+    from favorkern.feature_maps import get_feature_map
+
+    out = np.ones((2, 3, 10, 4), dtype=np.float32)
+    out[..., 0] = 0.0  # every row starts with 0 ...
+    out[0, 1, [2, 7]] = 0.0  # ... three rows are 0 entirely
+    out[1, 2, 5] = 0.0
+    V = np.ones((2, 3, 10, 4), dtype=np.float32)
+    with pytest.warns(FeatureUnderflowWarning, match="3 of 60 attention output rows are 0"):
+        warn_zero_rows(get_feature_map("positive"), out, V, None, False)
+    out[..., 0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_zero_rows(get_feature_map("positive"), out, V, None, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_underflowed_rows_are_found_in_every_row_block(dtype):
+    """Rows whose features all underflow, spread over many row blocks (and threads):
+    the warning counts each of them once and they are exactly 0; the other rows match
+    the naive features."""
+    from favorkern import PositiveRandomFeatures
+    from favorkern._warnings import FeatureUnderflowWarning
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(scale=0.1, size=(6000, 8))
+    huge = np.array([3, 1500, 2999, 4100, 5999])
+    X[huge] *= 400.0  # exp(-|x|^2 / 2) far below the smallest float
+    est = PositiveRandomFeatures(256, random_state=0).fit(X[:100])
+    with pytest.warns(FeatureUnderflowWarning, match=f"{huge.size} of 6000 rows"):
+        phi = est.transform(X.astype(dtype))
+    assert phi.dtype == dtype
+    np.testing.assert_array_equal(phi[huge], 0.0)
+    rest = np.setdiff1d(np.arange(6000), huge)
+    ref = apply_feature_map(X[rest[:200]], est._spec())
+    np.testing.assert_allclose(phi[rest[:200]], ref, rtol=1e-5 if dtype == np.float32 else 1e-12)

@@ -19,18 +19,19 @@ from .state import KeyState, merge
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
 
 
-def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
+def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeyState:
     """The key state of keys ``start:stop`` of one head, with an online maximum ``c``.
 
     ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
-    terms over all keys).
+    terms over all keys).  ``buffers``: a :class:`~.features.Buffers` to reuse.
     """
     state = KeyState(
         np.zeros((fmap.n_out, v.shape[1]), dtype=fmap.dtype),
         np.zeros(fmap.n_out, dtype=np.float64),
         -np.inf,
     )
-    buffers = Buffers(fmap)
+    if buffers is None:
+        buffers = Buffers(fmap)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
@@ -47,9 +48,13 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk) -> KeyState:
     return state
 
 
-def emit(fmap, q, state: KeyState, out, start, stop, chunk) -> None:
-    """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``."""
-    buffers = Buffers(fmap)
+def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None:
+    """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``.
+
+    ``buffers``: a :class:`~.features.Buffers` to reuse.
+    """
+    if buffers is None:
+        buffers = Buffers(fmap)
     S, z = state.S, state.z
     window = fmap.query_window(S, z) if fmap.kind == "exp" else None
     for a in range(start, stop, chunk):
@@ -70,25 +75,28 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
     if len(heads) >= workers:
 
         def head_task(q, k, v, m, idx):
-            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
+            buffers = Buffers(fmap)
+            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk, buffers)
             # one state: no merge, only z to the features' dtype
-            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk)
+            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk, buffers)
 
         run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
         return
+    # one feature buffer per share, reused by its keys and then its queries
+    buffers = [Buffers(fmap) for _ in range(workers)]
     for q, k, v, m, idx in heads:
         parts = run_parallel(
             [
-                partial(accumulate_keys, fmap, k, v, m, a, b, chunk)
-                for a, b in split(k.shape[0], workers)
+                partial(accumulate_keys, fmap, k, v, m, a, b, chunk, buffers[w])
+                for w, (a, b) in enumerate(split(k.shape[0], workers))
             ],
             workers,
         )
         state = merge(parts, fmap.dtype)
         run_parallel(
             [
-                partial(emit, fmap, q, state, out[idx], a, b, chunk)
-                for a, b in split(q.shape[0], workers)
+                partial(emit, fmap, q, state, out[idx], a, b, chunk, buffers[w])
+                for w, (a, b) in enumerate(split(q.shape[0], workers))
             ],
             workers,
         )

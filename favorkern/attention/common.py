@@ -63,7 +63,11 @@ def heads(Q, K, V, mask, batch):
 
 
 def run_parallel(tasks, workers):
-    """Run the callables ``tasks``, interleaved over ``workers`` pool threads."""
+    """Run the callables ``tasks``, interleaved over ``workers`` pool threads.
+
+    The calling thread only waits: running the first share on it instead measured
+    10-25% slower (bidirectional attention, L = 2^10 ... 2^15, d = 64, 2 threads).
+    """
     if workers <= 1 or len(tasks) <= 1:
         return [task() for task in tasks]
     workers = min(workers, len(tasks))

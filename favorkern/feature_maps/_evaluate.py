@@ -14,6 +14,7 @@ Numba is not used here: its ``exp`` is scalar on this stack, numpy's is SIMD.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,10 +208,22 @@ def _finish_cos(Xb, out_b, spec: FeatureMapSpec, cos_done=False) -> None:
     out_b *= np.exp(log_scale).astype(dtype)
 
 
-def _exp_checked(out_b, spec: FeatureMapSpec) -> None:
-    """``exp`` of the exponents in place; checks for overflow only where it is possible."""
-    log_max = float(np.log(np.finfo(out_b.dtype).max))
-    if spec.logit_bound + float(np.max(spec.log_scale)) >= log_max:
+def _may_overflow(spec: FeatureMapSpec, dtype) -> bool:
+    """True unless the exponent's bound proves that ``exp`` cannot overflow ``dtype``."""
+    log_max = float(np.log(np.finfo(dtype).max))
+    return spec.logit_bound + float(np.max(spec.log_scale)) >= log_max
+
+
+def _exp_checked(out_b, spec: FeatureMapSpec, may_overflow=None) -> None:
+    """``exp`` of the exponents in place; checks for overflow only where it is possible.
+
+    ``may_overflow``: :func:`_may_overflow`, computed once per call by callers that
+    evaluate many blocks (it costs more than a small block's ``exp`` check).
+    """
+    if may_overflow is None:
+        may_overflow = _may_overflow(spec, out_b.dtype)
+    if may_overflow:
+        log_max = float(np.log(np.finfo(out_b.dtype).max))
         peak = float(out_b.max()) if out_b.size else -np.inf
         if peak >= log_max:
             _warn_overflow(_overflow_message(out_b.dtype, f"an exponent ({peak:.3g})"))
@@ -271,23 +284,41 @@ def _paired_weights(spec: FeatureMapSpec, dtype):
     return np.ascontiguousarray(aug[:, :p]), np.ascontiguousarray(aug[:, 2 * p :])
 
 
-def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None:
+def _augmented_input(rows, d, func, dtype, scratch=None):
+    """A ``(rows, d + 2)`` buffer for ``[x, -a |x|^2, 1]`` with the constant column(s) set.
+
+    ``scratch`` (a ``threading.local``) keeps one buffer per thread across blocks: a
+    fresh one of a few hundred KiB is page-faulted on every block (measured 2-3x
+    the cost of filling it).
+    """
+    buf = None if scratch is None else getattr(scratch, "x_aug", None)
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != d + 2 or buf.dtype != dtype:
+        buf = np.empty((rows, d + 2), dtype=dtype)
+        if func != "exp":
+            buf[:, d] = 0.0
+        buf[:, d + 1] = 1.0
+        if scratch is not None:
+            scratch.x_aug = buf
+    return buf[:rows]
+
+
+def _apply_block_augmented(
+    Xb, out_b, spec: FeatureMapSpec, weights_aug, scratch=None, may_overflow=None
+) -> None:
     """:func:`apply_block` for dense blocks of exp and cos maps without a projector.
 
     ``weights_aug`` is :func:`_augmented_weights`, or :func:`_paired_weights` for a
     spec with pairs: one product per pair, the partner derived elementwise.
+    ``scratch``: see :func:`_augmented_input`; ``may_overflow``: see :func:`_exp_checked`.
     """
     dtype = out_b.dtype
     rows, d = Xb.shape
-    x_aug = np.empty((rows, d + 2), dtype=dtype)
+    x_aug = _augmented_input(rows, d, spec.func, dtype, scratch)
     x_aug[:, :d] = Xb
     if spec.func == "exp":
         sq = np.einsum("ij,ij->i", Xb, Xb)
         sq *= dtype.type(-spec.sq_coef)
         x_aug[:, d] = sq
-    else:
-        x_aug[:, d] = 0.0
-    x_aug[:, d + 1] = 1.0
     p = spec.pairs
     if p:
         first, rest = weights_aug
@@ -300,7 +331,7 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
             twice = x_aug[:, d] + dtype.type(log_pair)
             twice *= dtype.type(2.0)
             np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
-            _exp_checked(out_b, spec)
+            _exp_checked(out_b, spec, may_overflow)
             return
         if np.ndim(spec.log_scale) == 0:
             # the row factor and the constant output scale ride along in the kernel
@@ -315,22 +346,31 @@ def _apply_block_augmented(Xb, out_b, spec: FeatureMapSpec, weights_aug) -> None
         return
     np.matmul(x_aug, weights_aug, out=out_b)
     if spec.func == "exp":
-        _exp_checked(out_b, spec)
+        _exp_checked(out_b, spec, may_overflow)
         return
     # cos: the phases are in; apply_block's remaining steps (row factor, scale).
     _finish_cos(Xb, out_b, spec)
 
 
-def _check_underflow(out) -> None:
+def _underflow_candidates(out_b, start=0) -> np.ndarray:
+    """Rows (offset by ``start``) whose first feature is not positive: the only ones
+    that can have underflowed whole (or hold NaN), for :func:`_check_underflow`."""
+    return np.flatnonzero(~(out_b[:, 0] > 0)) + start
+
+
+def _check_underflow(out, candidates=None) -> None:
     """Warn once if whole rows of exp-map features underflowed to 0.
 
-    Cheap: only rows whose first feature is not positive are inspected.  NaN there
-    comes from ``inf - inf`` in an exponent whose ``-a |x|^2`` term overflowed; the
-    exponent is then below any float, so the feature is 0.
+    Cheap: only rows whose first feature is not positive are inspected
+    (``candidates``: those rows, found block by block while each block was still in
+    cache; else by one strided pass over the first column).  NaN there comes from
+    ``inf - inf`` in an exponent whose ``-a |x|^2`` term overflowed; the exponent is
+    then below any float, so the feature is 0.
     """
     if not out.size:
         return
-    candidates = np.flatnonzero(~(out[:, 0] > 0))
+    if candidates is None:
+        candidates = _underflow_candidates(out)
     if not candidates.size:
         return
     rows = out[candidates]
@@ -375,21 +415,31 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     out = np.empty((X.shape[0], n_out), dtype=dtype)
     if spec.projector is None and spec.func in ("exp", "cos") and not sp.issparse(X):
         weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype)
+        scratch = threading.local()
+        may_overflow = spec.func == "exp" and _may_overflow(spec, dtype)
+        found = []  # underflow candidates per block (list.append is thread-safe)
 
         def block(start, stop):
-            _apply_block_augmented(X[start:stop], out[start:stop], spec, weights_aug)
-
-    else:
-        weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
-        if sp.issparse(X):
-            # Sparse products do not gain from the row-block pool; one pass is simplest.
-            apply_block(X, out, spec, weights_t)
+            out_b = out[start:stop]
+            _apply_block_augmented(X[start:stop], out_b, spec, weights_aug, scratch, may_overflow)
             if spec.func == "exp":
-                _check_underflow(out)
-            return out
+                found.append(_underflow_candidates(out_b, start))
 
-        def block(start, stop):
-            apply_block(X[start:stop], out[start:stop], spec, weights_t)
+        run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
+        if spec.func == "exp":
+            _check_underflow(out, np.concatenate(found) if found else np.empty(0, np.intp))
+        return out
+
+    weights_t = np.ascontiguousarray(spec.weights.astype(dtype, copy=False).T)
+    if sp.issparse(X):
+        # Sparse products do not gain from the row-block pool; one pass is simplest.
+        apply_block(X, out, spec, weights_t)
+        if spec.func == "exp":
+            _check_underflow(out)
+        return out
+
+    def block(start, stop):
+        apply_block(X[start:stop], out[start:stop], spec, weights_t)
 
     run_row_blocks(X.shape[0], n_out, dtype.itemsize, block)
     if spec.func == "exp":
