@@ -24,9 +24,10 @@ the machine's load.  Three tables:
      the normalizer ``1 / (phi(q_i) . cumsum phi(k) + eps)``, its compiled CPU
      kernel ``causal_dot_product`` and the final scaling; tensors already in its
      (N, H, L, D) kernel layout (no permutes), torch on all cores;
-   * ``base``: with ``--baseline DIR``, the bidirectional ``favor_attention`` of
-     another checkout (``DIR/favorkern``, imported under another name) on the same
-     inputs, round-robin with the others: before/after figures in one run;
+   * ``base`` and ``base causal``: with ``--baseline DIR``, the bidirectional and
+     causal ``favor_attention`` of another checkout (``DIR/favorkern``, imported
+     under another name) on the same inputs, round-robin with the others:
+     before/after figures in one run;
    * ratios and time per token.
 
 2. Many heads: (1, 12) heads of d = 32 at L = 512 ... 4096 against one head of d = 64
@@ -218,6 +219,7 @@ def bench(args):
         }
         if baseline is not None:
             fns["base"] = partial(baseline, *qkv, projection_matrix=W)
+            fns["base causal"] = partial(baseline, *qkv, projection_matrix=W, causal=True)
         if args.methods:
             for method in ("chunked", "recurrent"):
                 fns[method] = partial(
@@ -243,7 +245,7 @@ def bench(args):
 def print_row(row, methods, header, base=False):
     cols = ["L", "floor ms", "bidir ms", "bidir/floor", "causal ms", "causal/bidir"]
     if base:
-        cols += ["base ms", "base/floor"]
+        cols += ["base ms", "base/floor", "base causal", "bcausal/bidir"]
     if methods:
         cols += ["chunked ms", "recurrent ms"]
     cols += ["exact ms", "bidir/exact", "performer ms", "perf/bidir"]
@@ -261,6 +263,10 @@ def print_row(row, methods, header, base=False):
     ]
     if base:
         values += [f"{row['base'] * 1e3:12.2f}", f"{row['base'] / row['floor']:12.2f}"]
+        values += [
+            f"{row['base causal'] * 1e3:12.2f}",
+            f"{row['base causal'] / row['bidir']:12.2f}",
+        ]
     if methods:
         values += [f"{row['chunked'] * 1e3:12.2f}", f"{row['recurrent'] * 1e3:12.2f}"]
     for key, ratio in (
@@ -291,6 +297,9 @@ def summary(rows):
     if any("base" in row for row in rows):
         worst_base = max(row["base"] / row["floor"] for row in rows)
         print(f"baseline bidir / floor, worst:  {worst_base:.2f}")
+        long = [row["base causal"] / row["bidir"] for row in rows if row["L"] >= 2**12]
+        if long:
+            print(f"baseline causal / bidir, worst at L >= 2^12: {max(long):.2f}")
     print(f"causal / bidir, worst at L >= 2^12: {worst_causal:.2f}")
     peers = [row["performer"] / row["bidir"] for row in rows if "performer" in row]
     if peers:
