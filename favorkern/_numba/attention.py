@@ -73,28 +73,3 @@ def causal_recurrence(
             inverse = 1.0 / denominator
             for c in range(width):
                 target[c] = numerator[c] * inverse
-
-
-_PREFIX_SIGNATURES = [
-    nb.void(nb.types.Array(dtype, 3, "C"), nb.types.Array(dtype, 3, "C"))
-    for dtype in (nb.float32, nb.float64)
-]
-
-
-@nb.njit(_PREFIX_SIGNATURES, **JIT_OPTIONS)
-def prefix_sum(states, normalizers):
-    """In place ``X[g] += X[g - 1]`` over the leading axis of both arrays.
-
-    One call for a whole group of chunk states: numpy's ``cumsum`` over a leading
-    axis runs its inner loop along that axis (measured 10x slower), and a Python loop
-    costs two calls per chunk.
-    """
-    for g in range(1, states.shape[0]):
-        previous, current = states[g - 1], states[g]
-        for i in range(states.shape[1]):
-            for j in range(states.shape[2]):
-                current[i, j] += previous[i, j]
-        previous_z, current_z = normalizers[g - 1], normalizers[g]
-        for i in range(normalizers.shape[1]):
-            for j in range(normalizers.shape[2]):
-                current_z[i, j] += previous_z[i, j]

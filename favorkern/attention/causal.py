@@ -98,12 +98,6 @@ _GROUP_ROWS = 1024
 _MIN_PIPELINED_GROUPS = 4
 
 
-def _prefix_sum():
-    from .._numba.attention import prefix_sum  # numba only once needed
-
-    return prefix_sum
-
-
 class _Groups:
     """Groups of chunks of causal attention for one head, and their buffers.
 
@@ -219,7 +213,9 @@ class _Groups:
         S[0], z[0, :, 0] = state.S, state.z
         before = np.empty(n)
         if state.c > -np.inf and ends[-1] == state.c:  # no key raised the maximum
-            _prefix_sum()(S, z)
+            for g in range(1, n + 1):  # numpy's cumsum over axis 0 is 10x slower
+                S[g] += S[g - 1]
+                z[g] += z[g - 1]
             before[:] = state.c
         else:
             c = state.c
