@@ -305,14 +305,14 @@ def summary(rows):
     if peers:
         print(f"performer-pytorch / bidir, least: {min(peers):.2f}")
     else:
-        print("performer-pytorch not installed: skipped")
+        print("performer-pytorch not timed (not installed, or --peer-max-exp below --min-exp)")
     peers = [row["fast-transformers"] / row["causal"] for row in rows if "fast-transformers" in row]
     if peers:
         print(
             f"fast-transformers/causal (its causal kernel / favorkern causal), least: {min(peers):.2f}"
         )
     else:
-        print("fast-transformers not installed: skipped")
+        print("fast-transformers not timed (not installed, or --peer-max-exp below --min-exp)")
     slower = [row["L"] for row in rows if "exact" in row and row["bidir"] >= row["exact"]]
     print(f"L where favor is not faster than exact: {slower or 'none'}")
 
