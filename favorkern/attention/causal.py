@@ -85,7 +85,10 @@ def causal_chunked(
         pipelined = workers >= 2 and len(spans) >= _MIN_PIPELINED_GROUPS
         rows = max(n_chunks * size for _, n_chunks, size in spans)
         groups = _Groups(fmap, q, k, v, mask, out, state, rows, chunk, pipelined)
-        groups.run_pipelined(spans) if pipelined else groups.run(spans)
+        if pipelined:
+            groups.run_pipelined(spans)
+        else:
+            groups.run(spans)
     if target is not out:
         target[start:n] = out[start:n]
     return state
@@ -161,7 +164,7 @@ class _Groups:
         """Query features of the group ``span`` into query set ``qs``.
 
         Always shifted by their row maxima: skipping the shift where it is safe
-        (:meth:`~.features.AttentionFeatures.query_window`) would hang on a bound of
+        (:meth:`~.features.AttentionFeatures.query_window`) would depend on a bound of
         later states, and so let later tokens change the rounding of earlier outputs.
         """
         a, n, chunk = span
