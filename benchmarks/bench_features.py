@@ -84,26 +84,6 @@ def blocked_product(X, W_t):
     return run
 
 
-def pool_blocks(n_rows, rows_per_block, block_fn):
-    """``block_fn(start, stop)`` over blocks of ``rows_per_block`` rows, one contiguous
-    range of blocks per thread of favorkern's pool with BLAS on one thread (as the
-    evaluator's ``run_row_blocks``, with its own block size)."""
-    from favorkern._parallel import blas_single_thread, executor, n_threads
-
-    bounds = [(s, min(n_rows, s + rows_per_block)) for s in range(0, n_rows, rows_per_block)]
-    workers = n_threads()
-    edges = [len(bounds) * w // workers for w in range(workers + 1)]
-
-    def work(w):
-        for start, stop in bounds[edges[w] : edges[w + 1]]:
-            block_fn(start, stop)
-
-    with blas_single_thread():
-        pool = executor(workers)
-        for future in [pool.submit(work, w) for w in range(workers)]:
-            future.result()
-
-
 def ideas(X, m):
     """Variants of the float32 positive map's evaluation (see the module docstring)."""
     import threading
@@ -147,7 +127,7 @@ def ideas(X, m):
                     o -= shift[:, np.newaxis]
                     np.exp(o, out=o)
 
-            pool_blocks(n, rows_per_block, block)
+            E.run_row_blocks(n, m, X.dtype.itemsize, block, rows_per_block=rows_per_block)
             return out
 
         return run

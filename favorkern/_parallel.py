@@ -167,12 +167,14 @@ def blas_single_thread():
         _release_blas_limit()
 
 
-def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn) -> None:
+def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn, rows_per_block=None):
     """Call ``block_fn(start, stop)`` over row blocks, in parallel when it pays.
 
-    ``row_cost`` is the number of output elements per row (sets the block size).
+    ``row_cost`` is the number of output elements per row (sets the block size, unless
+    ``rows_per_block`` is given).
     """
-    rows_per_block = max(16, _BLOCK_BYTES // max(1, row_cost * itemsize))
+    if rows_per_block is None:
+        rows_per_block = max(16, _BLOCK_BYTES // max(1, row_cost * itemsize))
     workers = n_threads()
     if workers == 1 or n_rows * row_cost < _PARALLEL_MIN_ELEMENTS:
         for start in range(0, n_rows, rows_per_block):
