@@ -220,3 +220,21 @@ def hybrid_top_attention(
         if weights.sum() != 0:
             out[i] = weights @ V / weights.sum()
     return out
+
+
+def fitted_map_features(name, Q, K, W, gamma):
+    """A data map's constants fitted on ``Q, K`` and its materialized features of both.
+
+    Returns ``(constants, phi_q, phi_k)`` from favorkern's own spec: the input of the
+    hybrid oracles for maps whose features depend on fitted constants.
+    """
+    import math
+
+    from favorkern.feature_maps import apply_feature_map, get_feature_map
+
+    fmap = get_feature_map(name)
+    constants = fmap.fit(Q, K, input_scale=math.sqrt(gamma))
+    spec = fmap.spec(W, n_components=W.shape[0], input_scale=math.sqrt(gamma), constants=constants)
+    phi_q = apply_feature_map(fmap.prepare(Q, "query", constants), spec)
+    phi_k = apply_feature_map(fmap.prepare(K, "key", constants), spec)
+    return constants, phi_q, phi_k

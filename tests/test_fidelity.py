@@ -229,12 +229,8 @@ def test_hybrid_with_a_data_map_matches_oracle(causal):
     Q, K, V = _hybrid_case(1, L=200)
     K = K * np.linspace(2.0, 0.3, 8)
     gamma = 0.4
-    fmap = get_feature_map("aderf")
-    c = fmap.fit(Q, K, input_scale=math.sqrt(gamma))
     W = draw_projection(16, 8, random_state=1)
-    spec = fmap.spec(W, n_components=16, input_scale=math.sqrt(gamma), constants=c)
-    phi_q = apply_feature_map(fmap.prepare(Q, "query", c), spec)
-    phi_k = apply_feature_map(fmap.prepare(K, "key", c), spec)
+    c, phi_q, phi_k = naive.fitted_map_features("aderf", Q, K, W, gamma)
     ref = naive.hybrid_attention(Q, K, V, phi_q, phi_k, window=10, n_global=1, causal=causal,
                                  gamma=gamma)  # fmt: skip
     out = hybrid_attention(Q, K, V, window=10, n_global=1, causal=causal, gamma=gamma,

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from favorkern import draw_projection, hybrid_attention, softmax_attention
-from favorkern.feature_maps import apply_feature_map, get_feature_map
 
 
 def _case(seed, L=300, d=8, dv=5, scale=0.7):
@@ -83,12 +82,8 @@ def test_top_keys_with_a_data_map_match_oracle(causal):
     Q, K, V, u = _case(2, L=200)
     K = K * np.linspace(2.0, 0.3, 8)
     gamma = 0.4
-    fmap = get_feature_map("aderf")
-    c = fmap.fit(Q, K, input_scale=math.sqrt(gamma))
     W = draw_projection(16, 8, random_state=1)
-    spec = fmap.spec(W, n_components=16, input_scale=math.sqrt(gamma), constants=c)
-    phi_q = apply_feature_map(fmap.prepare(Q, "query", c), spec)
-    phi_k = apply_feature_map(fmap.prepare(K, "key", c), spec)
+    c, phi_q, phi_k = naive.fitted_map_features("aderf", Q, K, W, gamma)
     options = dict(window=10, n_global=1, n_top=4, n_candidates=30, candidate_query=u,
                    causal=causal, gamma=gamma)  # fmt: skip
     ref = naive.hybrid_top_attention(Q, K, V, phi_q, phi_k, **options)
