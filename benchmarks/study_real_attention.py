@@ -141,6 +141,7 @@ def part_errors(args):
     errors = {}  # (label, m) -> list per layer of median over heads
     times = {}  # (label, m) -> list of call times
     fit_times = {}
+    in_sample = {}  # (label, m, layer index) -> per head, on the calibration text
     start = time.perf_counter()
     for li, layer in enumerate(layers):
         for m in args.sizes:
@@ -164,6 +165,17 @@ def part_errors(args):
                     approx = est(q, k, v, constants)
                     times.setdefault((label, m), []).append(time.perf_counter() - t0)
                     per_head.append(np.median(ra.relative_row_errors(approx, exact)))
+                    if args.in_sample:
+                        # the same constants on the text they were fitted on
+                        vc = cap["v"][cal, li, kv]
+                        cal_qkv = [np.ascontiguousarray(X, dtype=np.float32) for X in (qc, kc, vc)]
+                        exact_cal = softmax_attention(
+                            *(X.astype(np.float64) for X in cal_qkv), causal=True, gamma=gamma
+                        )
+                        approx_cal = est(*cal_qkv, constants)
+                        in_sample.setdefault((label, m, li), []).append(
+                            np.median(ra.relative_row_errors(approx_cal, exact_cal))
+                        )
                 errors.setdefault((label, m), []).append(float(np.median(per_head)))
         print(f"  layer {layer} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
               flush=True)  # fmt: skip
@@ -194,6 +206,21 @@ def part_errors(args):
             row = errors[(label, m)]
             print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in row)
                   + f" | **{np.median(row):.3f}** |")  # fmt: skip
+    if args.in_sample:
+        for m in args.sizes:
+            print(
+                f"\nin sample against held out, m = {m}: median relative row error on the "
+                "calibration text (the constants' own) and on the evaluation text"
+            )
+            print("| estimator | calibration | evaluation |")
+            print("|---|---:|---:|")
+            for label in labels(args.only):
+                per_layer = [
+                    float(np.median(in_sample[(label, m, li)])) for li in range(len(layers))
+                ]
+                print(
+                    f"| {label} | {np.median(per_layer):.3f} | {np.median(errors[(label, m)]):.3f} |"
+                )
     print(
         f"\ntime per call (ms, one head, L = {L}, median over heads and layers; exact "
         f"softmax_attention: {1e3 * np.median(t_exact):.2f} ms); fit time in brackets"
@@ -317,6 +344,11 @@ def main(argv=None):
     parser.add_argument("--fitted-rows", type=int, default=128)
     parser.add_argument(
         "--only", nargs="*", default=None, help="part 1: only these estimators (labels)"
+    )
+    parser.add_argument(
+        "--in-sample",
+        action="store_true",
+        help="part 1: also the errors on the calibration text the constants were fitted on",
     )
     parser.add_argument("--skip-errors", action="store_true", help="skip part 1")
     parser.add_argument("--downstream", action="store_true", help="run part 2 (needs the model)")
