@@ -50,7 +50,7 @@ from .attention.common import feature_chunk_rows
 from .attention.favor import attention_features, resolve_projection
 from .attention.features import AttentionFeatures
 from .attention.state import KeyState, exclusive_scan, merge
-from .feature_maps import apply_feature_map, get_feature_map
+from .feature_maps import apply_feature_map, check_constants, get_feature_map
 
 __all__ = [
     "transform",
@@ -692,6 +692,7 @@ def favor_attention(
 
 def _constants_graph(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants):
     """The graph of one set of constants (or none) for every head of the inputs."""
+    constants = check_constants(fmap, constants)
     if fmap.data_constants:
         # asymmetric maps transform queries and keys blockwise
         Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)

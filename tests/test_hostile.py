@@ -1082,3 +1082,77 @@ def test_dask_causal_sharp_logits_float64_agree_and_float32_warns(dask_sync):
                          random_state=0).compute()  # fmt: skip
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-9)
+
+
+# -- constants, continued calls and broadcast decoding ----------------------------------
+
+
+@pytest.mark.parametrize("constants", [{"A": 0.3}, {"A": 0.25}, {"A": "abc"}, "x"])
+def test_bad_constants_are_refused_everywhere(constants):
+    """A GERF parameter beyond 1/4 made every output NaN silently (hybrid and dask)."""
+    import dask.array as da
+
+    import favorkern.dask as fd
+    from favorkern import hybrid_attention
+
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.standard_normal((3, 40, 8))
+    error = TypeError if isinstance(constants, str) else ValueError
+    with pytest.raises(error, match="constant"):
+        hybrid_attention(Q, K, V, feature_map="optimal", constants=constants, causal=True,
+                         window=2, random_state=0)  # fmt: skip
+    blocks = [da.from_array(X, chunks=(20, 8)) for X in (Q, K, V)]
+    with pytest.raises(error, match="constant"):
+        fd.favor_attention(*blocks, causal=True, feature_map="optimal", constants=constants,
+                           random_state=0)  # fmt: skip
+
+
+def test_constants_for_a_map_without_them_are_refused():
+    from favorkern import hybrid_attention
+
+    Q, K, V = np.random.default_rng(1).standard_normal((3, 20, 8))
+    with pytest.raises(ValueError, match="has no fitted constants"):
+        hybrid_attention(Q, K, V, constants={"foo": 1}, causal=True, window=2, random_state=0)
+
+
+def test_continued_calls_return_and_warn_as_documented():
+    """initial_state alone returns the output only; underflowed rows warn in every path."""
+    from favorkern import FavorAttention, favor_attention
+    from favorkern._warnings import FeatureUnderflowWarning
+
+    Q, K, V = np.random.default_rng(2).standard_normal((3, 50, 8))
+    W = FavorAttention(n_components=32, random_state=0).fit(8).projection_
+    _, state = favor_attention(Q, K, V, causal=True, projection_matrix=W, return_state=True)
+    out = favor_attention(Q, K, V, causal=True, projection_matrix=W, initial_state=state)
+    assert isinstance(out, np.ndarray)
+    with pytest.warns(FeatureUnderflowWarning):
+        favor_attention(Q, K * 1e200, V, causal=True, random_state=0, return_state=True)
+    layer = FavorAttention(n_components=64, causal=True, random_state=0).fit(8)
+    with pytest.warns(FeatureUnderflowWarning):
+        layer.step(Q, K * 1e200, V)
+    with pytest.warns(FeatureUnderflowWarning):
+        _, state = layer.step(Q[:5], K[:5] * 1e200, V[:5])
+    with pytest.warns(FeatureUnderflowWarning):
+        layer.step(Q[5:6], K[5:6] * 1e200, V[5:6], state)  # the one-token path
+
+
+def test_step_broadcasts_one_token_like_a_block():
+    """One token with broadcast leading dimensions gave a numba typing error."""
+    from favorkern import FavorAttention
+
+    layer = FavorAttention(n_components=32, causal=True, random_state=0).fit(8)
+    rng = np.random.default_rng(3)
+    Q, K, V = rng.standard_normal((3, 2, 10, 8))
+    V = V[..., :4]
+    for q, k, v in ((Q[:1, :1], K[:1, :1], V[:1, :1]), (Q[:, :1], K[:1, :1], V[:1, :1])):
+        a, b = (
+            layer.initial_state(batch_shape=(2,), dv=4),
+            layer.initial_state(batch_shape=(2,), dv=4),
+        )
+        got, _ = layer.step(q, k, v, a)
+        full = [np.ascontiguousarray(np.broadcast_to(X, (2, 1, X.shape[-1]))) for X in (q, k, v)]
+        want, _ = layer.step(*full, b)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(a.keys.S, b.keys.S)
+    with pytest.raises(TypeError, match="DecodingState"):
+        layer.step(Q[:, :1], K[:, :1], V[:, :1], "x")

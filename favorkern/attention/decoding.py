@@ -335,7 +335,8 @@ def resolve_decode_shapes(q_shape, k_shape, v_shape, mask_shape, state):
 def _rows(X, shape, n):
     """``X`` broadcast to ``shape`` as ``n`` rows (a view when no broadcasting is needed)."""
     if X.shape != shape:
-        X = np.broadcast_to(X, shape)
+        # a copy, C-ordered: reshaping a broadcast view can give any layout
+        return np.ascontiguousarray(np.broadcast_to(X, shape).reshape(n, shape[-1]))
     return X.reshape(n, shape[-1])
 
 
@@ -356,7 +357,7 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
     k_rows = _rows(K, batch + (1, d), n_kv)
     v_rows = _rows(V, batch + (1, dv), n_kv)
     if not (v_rows.flags.c_contiguous and v_rows.flags.writeable):
-        v_rows = np.array(v_rows)  # the kernel takes C-contiguous, mutable arrays
+        v_rows = np.array(v_rows, order="C")  # the kernel takes C-contiguous, mutable arrays
     if hf.shared is not None:
         fmap = hf.shared
         fmap.queries(hf.prepare(q_rows, "query", None), qf)

@@ -301,7 +301,8 @@ def favor_attention(
             )
         hf = head_features(fmap, proj, gamma, Q.dtype, {}, None)
         out, state = continue_from_state(hf, Q, K, V, mask, initial_state)
-        result = (out, state)
+        warn_zero_rows_continued(fmap, out, V, mask, stacklevel=3)
+        result = (out, state) if return_state else (out,)
     else:
         result = (dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
         warn_zero_rows(fmap, result[0], V, mask, causal)
@@ -350,6 +351,24 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
             FeatureUnderflowWarning,
             stacklevel=stacklevel,
         )
+
+
+def warn_zero_rows_continued(fmap, out, V, mask, stacklevel=3) -> None:
+    """:func:`warn_zero_rows` for a call that continues a state (causal).
+
+    With grouped query heads the outputs have more heads than ``V`` and the mask; the
+    exclusion of all-zero values and masked keys is then per key/value head and not
+    broadcastable, so those calls are not checked.
+    """
+    if not fmap.nonnegative or out.size == 0 or not (out[..., 0] == 0).any():
+        return  # the common case, first: this runs after every decoding step
+    try:
+        np.broadcast_shapes(out.shape[:-2], V.shape[:-2])
+        if mask is not None:
+            np.broadcast_shapes(out.shape[:-2], mask.shape[:-1])
+    except ValueError:
+        return
+    warn_zero_rows(fmap, out, V, mask, True, stacklevel=stacklevel + 1)
 
 
 def check_continuation(

@@ -38,6 +38,7 @@ from .favor import (
     head_features,
     resolve_projection,
     warn_zero_rows,
+    warn_zero_rows_continued,
 )
 
 __all__ = ["FavorAttention"]
@@ -395,10 +396,15 @@ class FavorAttention:
         ):
             return self._step_checked(q, k, v, state, gamma, key_padding_mask)
         if q.shape[-2] != 1:
-            return self._step_block(hf, q, k, v, key_padding_mask, state)
-        return decode(hf, q, k, v, key_padding_mask, state), state
+            out, state = self._step_block(hf, q, k, v, key_padding_mask, state)
+        else:
+            out = decode(hf, q, k, v, key_padding_mask, state)
+        warn_zero_rows_continued(get_feature_map(self.feature_map), out, v, key_padding_mask)
+        return out, state
 
     def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
+        if state is not None and not isinstance(state, DecodingState):
+            raise TypeError(f"state must be a DecodingState (or None), got {type(state).__name__}")
         q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
         d = q.shape[-1]
         if not hasattr(self, "projection_") and get_feature_map(self.feature_map).data_constants:
@@ -412,11 +418,15 @@ class FavorAttention:
         dtype = q.dtype if state is None else state.dtype
         hf = self._decoder(dtype, gamma)
         if state is None:
-            return continue_from_state(hf, q, k, v, mask, None)
-        check_state(state, hf, q.dtype)
-        if q.shape[-2] != 1:
-            return self._step_block(hf, q, k, v, mask, state)
-        return decode(hf, q, k, v, mask, state), state
+            out, state = continue_from_state(hf, q, k, v, mask, None)
+        else:
+            check_state(state, hf, q.dtype)
+            if q.shape[-2] != 1:
+                out, state = self._step_block(hf, q, k, v, mask, state)
+            else:
+                out = decode(hf, q, k, v, mask, state)
+        warn_zero_rows_continued(get_feature_map(self.feature_map), out, v, mask, stacklevel=4)
+        return out, state
 
     def _step_block(self, hf, q, k, v, mask, state):
         return continue_from_state(hf, q, k, v, mask, state)

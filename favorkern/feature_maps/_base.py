@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 __all__ = [
@@ -366,7 +368,19 @@ def check_constants(feature_map: FeatureMap, constants) -> dict:
     ...
     ValueError: feature map 'optimal' needs its fitted constants ['A']; fit them on data first
     """
-    constants = {} if constants is None else dict(constants)
+    if constants is None:
+        constants = {}
+    elif not isinstance(constants, Mapping):
+        raise TypeError(
+            f"constants must be a dict of the fitted constants of feature map "
+            f"{feature_map.name!r}, got {type(constants).__name__}"
+        )
+    constants = dict(constants)
+    if constants and not feature_map.data_constants:
+        raise ValueError(
+            f"feature map {feature_map.name!r} has no fitted constants, got constants with "
+            f"keys {sorted(map(str, constants))}"
+        )
     missing = [key for key in feature_map.data_constants if key not in constants]
     if missing:
         raise ValueError(
@@ -374,8 +388,21 @@ def check_constants(feature_map: FeatureMap, constants) -> dict:
             "them on data first"
         )
     for key, value in constants.items():
-        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+        try:
+            values = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"constant {key!r} of feature map {feature_map.name!r} must be numeric, got "
+                f"{value!r}"
+            ) from None
+        if not np.all(np.isfinite(values)):
             raise ValueError(
                 f"constant {key!r} of feature map {feature_map.name!r} is not finite: {value!r}"
+            )
+        if key == "A" and "A" in feature_map.data_constants and np.any(values >= 0.25):
+            # the GERF family: (1 - 4A)^(d/4) and sqrt(1 - 4A) need A < 1/4
+            raise ValueError(
+                f"constant 'A' of feature map {feature_map.name!r} must be below 1/4 (the "
+                f"features are not defined beyond), got {value!r}"
             )
     return constants
