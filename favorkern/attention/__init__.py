@@ -23,7 +23,7 @@ Stabilizers (THEORY.md section 7): each query's features are divided by their ow
 maximum (a per-query factor cancels in the normalized output); keys share one
 constant per (batch, head), which also cancels.  In causal mode the key constant
 of output ``i`` is the running maximum over keys ``0..i`` only, so no output
-depends on a later token, not even through rounding or underflow.
+depends on the values of a later token, not even through rounding or underflow.
 """
 
 from __future__ import annotations

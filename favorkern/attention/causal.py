@@ -2,7 +2,10 @@
 
 Both carry one :class:`~.state.KeyState` through the sequence.  The key stabilizer
 of output ``i`` is the running maximum over keys ``0..i`` only, so no output
-depends on a later token, not even through rounding or underflow.
+depends on the values of a later token, not even through rounding or underflow.
+(The chunks follow the sequence from its start, so a prefix computed alone shares
+the chunking, but its shorter last chunk takes other product shapes: its rows may
+differ from the longer sequence's in the last bits.)
 """
 
 from __future__ import annotations

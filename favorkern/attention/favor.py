@@ -379,7 +379,9 @@ def check_continuation(
     check_bool(return_error, "return_error")
     check_int(n_error_rows, "n_error_rows")
     if warn_error is not None and (
-        isinstance(warn_error, bool) or not isinstance(warn_error, numbers.Real) or warn_error < 0
+        isinstance(warn_error, bool)
+        or not isinstance(warn_error, numbers.Real)
+        or not warn_error >= 0  # NaN too
     ):
         raise ValueError(f"warn_error must be a number >= 0 or None, got {warn_error!r}")
     if initial_state is not None and not isinstance(initial_state, DecodingState):
