@@ -57,33 +57,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from functools import partial
 
 import numpy as np
+from timing import load_checkout, round_robin
 
 D, M = 64, 256
-
-
-def round_robin(fns, repeats):
-    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn.
-
-    Each round runs the contestants in a new (seeded) random order: one timed
-    right after a contestant that ran BLAS on all threads (whose idle threads keep
-    spinning for a while) was measured up to 1.6x slower than the same function
-    elsewhere in the round, so no contestant may keep its place or its neighbours.
-    """
-    for fn in fns.values():
-        fn()  # warm-up (compilation, page faults, thread pool)
-    names = list(fns)
-    times = {name: [] for name in names}
-    order = np.random.default_rng(0)
-    for _ in range(repeats):
-        for name in order.permutation(names):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def inputs(length, seed=0, d=D, batch=()):
@@ -183,29 +162,11 @@ def floor_products(Q, K, V, W, split=False):
     return run
 
 
-def load_baseline(directory):
-    """``favor_attention`` of the checkout in ``directory``, imported as another package."""
-    import importlib.util
-    import os
-
-    init = os.path.join(os.path.abspath(directory), "favorkern", "__init__.py")
-    if not os.path.isfile(init):
-        raise SystemExit(f"--baseline: no favorkern package in {directory!r}")
-    name = "favorkern_baseline"
-    spec = importlib.util.spec_from_file_location(
-        name, init, submodule_search_locations=[os.path.dirname(init)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module.favor_attention
-
-
 def bench(args):
     from favorkern import draw_projection, favor_attention, softmax_attention
 
     W = draw_projection(M, D, random_state=0)
-    baseline = load_baseline(args.baseline) if args.baseline else None
+    baseline = load_checkout(args.baseline).favor_attention if args.baseline else None
     rows = []
     for exp in range(args.min_exp, args.max_exp + 1):
         length = 2**exp

@@ -27,12 +27,14 @@ rows, same pool, same output), to measure where the time of an exp-type map goes
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import time
 
 import numpy as np
 from sklearn.kernel_approximation import RBFSampler
+from timing import load_checkout, round_robin
 
 from favorkern import PositiveRandomFeatures
 
@@ -45,27 +47,6 @@ def median_time(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def round_robin(fns, repeats):
-    """Median seconds of each of ``fns`` (a dict), timed one run of each in turn.
-
-    Each round runs the contestants in a new (seeded) random order: one timed
-    right after a contestant that ran BLAS on all threads (whose idle threads keep
-    spinning for a while) was measured up to 1.6x slower than the same function
-    elsewhere in the round, so no contestant may keep its place or its neighbours.
-    """
-    for fn in fns.values():
-        fn()  # warm-up (compilation, page faults, thread pool)
-    names = list(fns)
-    times = {name: [] for name in names}
-    order = np.random.default_rng(0)
-    for _ in range(repeats):
-        for name in order.permutation(names):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(statistics.median(t)) for name, t in times.items()}
 
 
 def blocked_product(X, W_t):
@@ -147,27 +128,6 @@ def ideas(X, m):
     return fns
 
 
-def load_baseline(directory):
-    """The ``favorkern.features`` module of the checkout in ``directory``, imported as
-    another package."""
-    import importlib
-    import importlib.util
-    import sys
-
-    init = os.path.join(os.path.abspath(directory), "favorkern", "__init__.py")
-    if not os.path.isfile(init):
-        raise SystemExit(f"--baseline: no favorkern package in {directory!r}")
-    name = "favorkern_baseline"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, init, submodule_search_locations=[os.path.dirname(init)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return importlib.import_module(name + ".features")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -200,7 +160,9 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     worst = {}
-    base = load_baseline(args.baseline) if args.baseline else None
+    base = None
+    if args.baseline:
+        base = importlib.import_module(load_checkout(args.baseline).__name__ + ".features")
     names = args.maps.split(",") if args.maps else feature_map_names()
     for dtype in (np.float32, np.float64):
         X = rng.normal(scale=0.5 / np.sqrt(args.d), size=(args.n, args.d)).astype(dtype)
