@@ -301,7 +301,7 @@ def favor_attention(
             )
         hf = head_features(fmap, proj, gamma, Q.dtype, {}, None)
         out, state = continue_from_state(hf, Q, K, V, mask, initial_state)
-        warn_zero_rows_continued(fmap, out, V, mask, stacklevel=3)
+        warn_zero_rows(fmap, out, V, mask, True)
         result = (out, state) if return_state else (out,)
     else:
         result = (dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
@@ -332,6 +332,12 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
     zero[first] = ~out[first].any(axis=-1)
     if not zero.any():
         return
+    if not _fits(V.shape[:-2] + (1,), zero.shape) or (
+        mask is not None and not _fits(mask.shape[:-1] + (1,), zero.shape)
+    ):
+        # continued calls with grouped query heads: the outputs have more heads than V
+        # and the mask, so the exclusions below cannot be matched to them
+        return
     if mask is not None:
         visible = ~mask
         seen = np.logical_or.accumulate(visible, axis=-1) if causal else visible.any(-1)[..., None]
@@ -353,22 +359,12 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
         )
 
 
-def warn_zero_rows_continued(fmap, out, V, mask, stacklevel=3) -> None:
-    """:func:`warn_zero_rows` for a call that continues a state (causal).
-
-    With grouped query heads the outputs have more heads than ``V`` and the mask; the
-    exclusion of all-zero values and masked keys is then per key/value head and not
-    broadcastable, so those calls are not checked.
-    """
-    if not fmap.nonnegative or out.size == 0 or not (out[..., 0] == 0).any():
-        return  # the common case, first: this runs after every decoding step
+def _fits(shape, target) -> bool:
+    """True where ``shape`` broadcasts to ``target``."""
     try:
-        np.broadcast_shapes(out.shape[:-2], V.shape[:-2])
-        if mask is not None:
-            np.broadcast_shapes(out.shape[:-2], mask.shape[:-1])
+        return np.broadcast_shapes(shape, target) == tuple(target)
     except ValueError:
-        return
-    warn_zero_rows(fmap, out, V, mask, True, stacklevel=stacklevel + 1)
+        return False
 
 
 def check_continuation(

@@ -38,7 +38,6 @@ from .favor import (
     head_features,
     resolve_projection,
     warn_zero_rows,
-    warn_zero_rows_continued,
 )
 
 __all__ = ["FavorAttention"]
@@ -399,7 +398,7 @@ class FavorAttention:
             out, state = self._step_block(hf, q, k, v, key_padding_mask, state)
         else:
             out = decode(hf, q, k, v, key_padding_mask, state)
-        warn_zero_rows_continued(get_feature_map(self.feature_map), out, v, key_padding_mask)
+        warn_zero_rows(get_feature_map(self.feature_map), out, v, key_padding_mask, True)
         return out, state
 
     def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
@@ -425,7 +424,7 @@ class FavorAttention:
                 out, state = self._step_block(hf, q, k, v, mask, state)
             else:
                 out = decode(hf, q, k, v, mask, state)
-        warn_zero_rows_continued(get_feature_map(self.feature_map), out, v, mask, stacklevel=4)
+        warn_zero_rows(get_feature_map(self.feature_map), out, v, mask, True, stacklevel=4)
         return out, state
 
     def _step_block(self, hf, q, k, v, mask, state):
