@@ -10,6 +10,11 @@ from ..feature_maps._evaluate import apply_block
 
 __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
 
+# Exp maps take their logits in base 2 (projection rows scaled by log2(e)) and
+# evaluate features by exp2: numpy's float32 exp2 measured 1.75x faster than exp
+# (float64 1.2x), and within 1 ulp where exp is within 2.4.
+_LOG2E = 1.0 / float(np.log(2.0))
+
 
 class AttentionFeatures:
     """One feature map (a :class:`~favorkern.feature_maps.FeatureMapSpec`) with the
@@ -20,6 +25,11 @@ class AttentionFeatures:
     caller's key constant and ``key_logits`` returns ``log`` of each key's largest
     feature magnitude (exp maps) or of its row factor (trigonometric), from which the
     caller chooses ``c_j``.
+
+    Exp maps without a structured projection work in base 2: the pre-features that
+    ``key_logits`` writes and ``key_finish`` turns into features are ``log2(e)``
+    times the natural logits (``unit``), while every returned log (``row_log``, the
+    shift, the constants) stays natural.
     """
 
     def __init__(self, spec, dtype):
@@ -38,8 +48,14 @@ class AttentionFeatures:
         self.column_log = None
         # Structured (SORF) projections: X W^T by fast Walsh-Hadamard transforms.
         self.projector = spec.projector
+        # Product units per natural log unit, and the exponential of product units.
+        self.unit = _LOG2E if self.kind == "exp" and self.projector is None else 1.0
+        self._exp = np.exp2 if self.unit != 1.0 else np.exp
+        scaled = self.weights if self.unit == 1.0 else (spec.weights * self.unit).astype(dtype)
+        self._proj = np.ascontiguousarray(scaled)
+        self._proj_t = np.ascontiguousarray(scaled.T)
         if self.kind == "exp" and log_scale.ndim:
-            self.column_log = (log_scale - self.log_const).astype(self.dtype)
+            self.column_log = ((log_scale - self.log_const) * self.unit).astype(self.dtype)
 
     def empty(self, size, rows=False):
         """A (size, n_out) feature buffer.
@@ -53,19 +69,21 @@ class AttentionFeatures:
         return np.empty((size, self.n_out), dtype=self.dtype)
 
     def _product(self, X, out):
-        """``out = X @ W.T (+ column log-scales)`` for a row- or feature-major ``out``."""
+        """``out = unit * (X @ W.T (+ column log-scales))`` for a row- or feature-major
+        ``out``."""
         if self.projector is not None:
             self.projector(X, out)
         elif out.flags.c_contiguous:
-            np.matmul(X, self.weights_t, out=out)
+            np.matmul(X, self._proj_t, out=out)
         else:
-            np.matmul(self.weights, X.T, out=out.T)
+            np.matmul(self._proj, X.T, out=out.T)
         if self.column_log is not None:
             out += self.column_log
 
     def query_window(self, S, z):
         """``(low, high)``: where every row maximum of a chunk's query product lies in
-        this range, :meth:`queries` may skip the shift by the row maximum.
+        this range (in product units, ``unit`` per natural log), :meth:`queries` may
+        skip the shift by the row maximum.
 
         Query features need a per-row constant only to stay representable (it cancels
         in ``phi(q) S / phi(q) z``).  With row maxima in ``[low, high]`` the largest
@@ -77,7 +95,7 @@ class AttentionFeatures:
         log_max, log_tiny = float(np.log(info.max)), float(np.log(info.tiny))
         magnitude = max(float(np.abs(S).max(initial=0.0)), float(np.abs(z).max(initial=0.0)), 1.0)
         high = min(0.25 * log_max, log_max - float(np.log(self.n_out * magnitude)) - 8.0)
-        return 0.25 * log_tiny, high
+        return 0.25 * log_tiny * self.unit, high * self.unit
 
     def queries(self, X, out, window=None):
         """Query features (up to a positive per-row factor) of the rows ``X`` into ``out``.
@@ -92,16 +110,16 @@ class AttentionFeatures:
             row_max = out.max(axis=1)
             if window is None or not (window[0] <= row_max.min() and row_max.max() <= window[1]):
                 out -= row_max[:, np.newaxis]
-            np.exp(out, out=out)
+            self._exp(out, out=out)
         else:
             apply_block(X, out, self.plain, self.weights_t)
 
     def key_logits(self, X, out):
         """Write the key pre-features into ``out``; return ``(row_log, shift)``.
 
-        Exp maps: ``out = X W^T`` and ``shift = a |x|^2 - log s`` (the logits of
-        :func:`favorkern._feature_maps.projection_logits` are ``out - shift``), so
-        ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
+        Exp maps: ``out = unit * X W^T`` and ``shift = a |x|^2 - log s`` (the logits
+        of :func:`favorkern._feature_maps.projection_logits` are ``out / unit -
+        shift``), so ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
         ``row_log`` the log of the row factor, ``shift`` None.
         """
         if self.kind == "exp":
@@ -109,7 +127,11 @@ class AttentionFeatures:
             shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
             shift *= self.spec.sq_coef
             shift -= self.log_const
-            return out.max(axis=1) - shift, shift
+            row_log = out.max(axis=1).astype(np.float64)
+            if self.unit != 1.0:
+                row_log /= self.unit
+            row_log -= shift
+            return row_log, shift
         apply_block(X, out, self.plain, self.weights_t)
         if self.kind == "cos":
             sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
@@ -123,14 +145,17 @@ class AttentionFeatures:
         cannot overflow (saves the ``errstate`` context, about 20 us per call).
         """
         if self.kind == "exp":
-            offset = (shift + const).astype(self.dtype)
+            offset = shift + const
+            if self.unit != 1.0:
+                offset *= self.unit
+            offset = offset.astype(self.dtype)
             out -= offset[:, np.newaxis]
             _clamp_rounding(out, offset)
             if bounded:
-                np.exp(out, out=out)
+                self._exp(out, out=out)
                 return
             with np.errstate(over="ignore"):
-                np.exp(out, out=out)
+                self._exp(out, out=out)
         elif self.kind == "cos":
             with np.errstate(over="ignore"):
                 out *= np.exp(np.minimum(row_log - const, 0.0)).astype(self.dtype)[:, np.newaxis]
