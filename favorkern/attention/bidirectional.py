@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 
 from .common import normalize, run_parallel, split
-from .features import Buffers, masked_row_log
+from .features import Buffers
 from .state import KeyState, merge
 
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
@@ -24,9 +24,14 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
 
     ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
     terms over all keys).  ``buffers``: a :class:`~.features.Buffers` to reuse.
+
+    Each key's stabilizer ``exp(scale_log_j - c)`` (:meth:`~.features.
+    AttentionFeatures.key_parts`) weights its value row: ``S += phi^T (w v)``,
+    ``z += phi^T w``.
     """
+    dtype = fmap.dtype
     state = KeyState(
-        np.zeros((fmap.n_out, v.shape[1]), dtype=fmap.dtype),
+        np.zeros((fmap.n_out, v.shape[1]), dtype=dtype),
         np.zeros(fmap.n_out, dtype=np.float64),
         -np.inf,
     )
@@ -35,16 +40,27 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        row_log, shift, masked = masked_row_log(fmap, k, mask, a, b, features)
+        row_log, scale_log = fmap.key_parts(k[a:b], features)
+        masked = None if mask is None else mask[a:b]
+        if masked is not None and masked.any():
+            row_log[masked] = -np.inf
+        else:
+            masked = None
         chunk_max = float(row_log.max())
         if chunk_max == -np.inf:
             continue  # every key of the chunk is masked
         if chunk_max > state.c:
             state.rescale(chunk_max)
-        fmap.key_finish(features, row_log, shift, state.c, bounded=masked is None)
+        scale_log -= state.c
+        weight = np.exp(scale_log, out=scale_log).astype(dtype)
         if masked is not None:
-            features[masked] = 0.0
-        state.add(features, v[a:b], buffers.ones(b - a))
+            weight[masked] = 0.0
+            features[masked] = 0.0  # a masked key's features may be inf or NaN
+        values = buffers.values(b - a, v.shape[1])
+        np.multiply(v[a:b], weight[:, np.newaxis], out=values)
+        product = buffers.array(state.S.shape, "state")
+        state.S += np.matmul(features.T, values, out=product)
+        state.z += features.T @ weight
     return state
 
 
@@ -57,30 +73,35 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> Non
         buffers = Buffers(fmap)
     S, z = state.S, state.z
     window = fmap.query_window(S, z) if fmap.kind == "exp" else None
+    inside = fmap.logits_inside(q[start:stop], window)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        fmap.queries(q[a:b], features, window)
+        fmap.queries(q[a:b], features, window, inside)
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
 
 
+def _heads_task(fmap, heads, out, chunk):
+    """Whole heads one after the other, on one feature buffer."""
+    buffers = Buffers(fmap)
+    for q, k, v, m, idx in heads:
+        state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk, buffers)
+        # one state: no merge, only z to the features' dtype
+        emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk, buffers)
+
+
 def bidirectional(fmap, heads, out, chunk, workers) -> None:
     """Bidirectional attention of every (batch, head) of ``heads`` into ``out``.
 
-    With at least one head per worker each thread runs whole heads; otherwise the
-    keys of a head are split over the threads and their states merged.
+    With at least one head per worker each thread runs whole heads (one task per
+    thread, interleaved heads); otherwise the keys of a head are split over the
+    threads and their states merged.
     """
     if len(heads) >= workers:
-
-        def head_task(q, k, v, m, idx):
-            buffers = Buffers(fmap)
-            state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk, buffers)
-            # one state: no merge, only z to the features' dtype
-            emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk, buffers)
-
-        run_parallel([lambda h=h: head_task(*h) for h in heads], workers)
+        shares = [heads[w::workers] for w in range(workers)]
+        run_parallel([partial(_heads_task, fmap, share, out, chunk) for share in shares], workers)
         return
     # one feature buffer per share, reused by its keys and then its queries
     buffers = [Buffers(fmap) for _ in range(workers)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 import numpy as np
 
@@ -14,6 +15,10 @@ __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
 # evaluate features by exp2: numpy's float32 exp2 measured 1.75x faster than exp
 # (float64 1.2x), and within 1 ulp where exp is within 2.4.
 _LOG2E = 1.0 / float(np.log(2.0))
+
+# Keys whose row maxima of the bare product lie in [0, _KEY_WINDOW] (natural logs)
+# skip the shift pass of :meth:`AttentionFeatures.key_parts` (see there).
+_KEY_WINDOW = 16.0
 
 
 class AttentionFeatures:
@@ -35,13 +40,8 @@ class AttentionFeatures:
     def __init__(self, spec, dtype):
         self.kind = "exp" if spec.func == "exp" else ("cos" if spec.func == "cos" else "relu")
         self.spec = spec
-        # For cos and relu maps the per-row factor and the constant scale cancel or are
-        # applied by key_finish; the plain spec evaluates only f(w.x' + b).
-        self.plain = replace(spec, row_log_coef=0.0, log_scale=0.0)
         self.n_out = spec.weights.shape[0]
         self.dtype = np.dtype(dtype)
-        self.weights = np.ascontiguousarray(spec.weights, dtype=dtype)
-        self.weights_t = np.ascontiguousarray(self.weights.T)
         # Exp maps: log s_j = log_const + column_log[j]; GERF's A |w_j|^2 makes it vary.
         log_scale = np.asarray(spec.log_scale, dtype=np.float64)
         self.log_const = float(log_scale.max()) if log_scale.ndim else float(log_scale)
@@ -51,11 +51,35 @@ class AttentionFeatures:
         # Product units per natural log unit, and the exponential of product units.
         self.unit = _LOG2E if self.kind == "exp" and self.projector is None else 1.0
         self._exp = np.exp2 if self.unit != 1.0 else np.exp
-        scaled = self.weights if self.unit == 1.0 else (spec.weights * self.unit).astype(dtype)
-        self._proj = np.ascontiguousarray(scaled)
-        self._proj_t = np.ascontiguousarray(scaled.T)
+        # The rows of the feature-major product; the other layouts are made on first
+        # use (a call builds its features anew, and each copy costs ~10 us).
+        self._proj = np.ascontiguousarray(
+            spec.weights if self.unit == 1.0 else spec.weights * self.unit, dtype=dtype
+        )
         if self.kind == "exp" and log_scale.ndim:
             self.column_log = ((log_scale - self.log_const) * self.unit).astype(self.dtype)
+
+    @cached_property
+    def weights(self):
+        """The projection rows ``w_j`` (n_out, d) in the features' dtype."""
+        if self.unit == 1.0:
+            return self._proj
+        return np.ascontiguousarray(self.spec.weights, dtype=self.dtype)
+
+    @cached_property
+    def weights_t(self):
+        """``weights.T``, C-contiguous."""
+        return np.ascontiguousarray(self.weights.T)
+
+    @cached_property
+    def _proj_t(self):
+        return np.ascontiguousarray(self._proj.T)
+
+    @cached_property
+    def plain(self):
+        """For cos and relu maps the per-row factor and the constant scale cancel or are
+        applied by key_finish; the plain spec evaluates only ``f(w.x' + b)``."""
+        return replace(self.spec, row_log_coef=0.0, log_scale=0.0)
 
     def empty(self, size, rows=False):
         """A (size, n_out) feature buffer.
@@ -97,19 +121,43 @@ class AttentionFeatures:
         high = min(0.25 * log_max, log_max - float(np.log(self.n_out * magnitude)) - 8.0)
         return 0.25 * log_tiny * self.unit, high * self.unit
 
-    def queries(self, X, out, window=None):
+    @cached_property
+    def _logit_radius(self):
+        """``max_j |w_j|`` (product units) and the largest ``|column_log|``."""
+        norms = np.sqrt(np.einsum("ij,ij->i", self._proj, self._proj, dtype=np.float64))
+        column = 0.0 if self.column_log is None else float(np.abs(self.column_log).max())
+        return float(norms.max(initial=0.0)), column
+
+    def logits_inside(self, X, window) -> bool:
+        """True when every product logit of the rows ``X`` lies in ``window``, by the
+        bound ``|w_j . x| <= |w_j| |x|``: :meth:`queries` then needs no row maximum.
+
+        One pass over ``X`` (``d`` per row) instead of one over the features (``m``).
+        """
+        if window is None or self.kind != "exp" or X.shape[0] == 0:
+            return False
+        norm, column = self._logit_radius
+        sq = float(np.einsum("ij,ij->i", X, X).max())
+        radius = (norm * np.sqrt(sq) + column) * 1.001  # rounding of the products
+        return window[0] <= -radius and radius <= window[1]
+
+    def queries(self, X, out, window=None, inside=False):
         """Query features (up to a positive per-row factor) of the rows ``X`` into ``out``.
 
         ``window``: :meth:`query_window` of the state the features will meet; exp maps
         then skip the shift pass where the chunk's row maxima lie inside it.
+        ``inside``: :meth:`logits_inside` holds for ``X`` (no row maxima needed).
         """
         if self.kind == "exp":
             # exp(w.x' - a|x'|^2 + log s - max): the last three terms are one per-row
             # constant, so the row maximum of the bare product is the same stabilizer.
             self._product(X, out)
-            row_max = out.max(axis=1)
-            if window is None or not (window[0] <= row_max.min() and row_max.max() <= window[1]):
-                out -= row_max[:, np.newaxis]
+            if not inside:
+                row_max = out.max(axis=1)
+                if window is None or not (
+                    window[0] <= row_max.min() and row_max.max() <= window[1]
+                ):
+                    out -= row_max[:, np.newaxis]
             self._exp(out, out=out)
         else:
             apply_block(X, out, self.plain, self.weights_t)
@@ -137,6 +185,42 @@ class AttentionFeatures:
             sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
             return sq * self.spec.row_log_coef + self.log_const, None
         return np.zeros(X.shape[0]), None
+
+    def key_parts(self, X, out):
+        """Key features of the rows ``X`` up to a per-key factor: ``(row_log, scale_log)``.
+
+        ``phi(k_j) = out_j exp(scale_log_j)``, ``row_log`` as :meth:`key_logits`
+        returns it.  A state built from these (``S += out^T (w v)``, ``z += out^T w``
+        with ``w_j = exp(scale_log_j - c)``) takes the stabilizer per key as a weight
+        of its value row, ``dv`` products instead of a pass over ``m`` features.
+        ``w_j <= 1`` for ``c >= row_log_j``: with ``scale_log = row_log`` (``out`` is
+        divided by its row maximum, every feature ``<= 1``), or where every row
+        maximum ``u_j`` of the bare product lies in ``[0, 16]``: ``out`` is then
+        ``exp(u)`` (at most ``e^16``) and ``scale_log_j = row_log_j - u_j``, without
+        the shift pass.  A key whose largest feature lies more than ``87 - u_j``
+        (instead of 87) natural logs below ``exp(c)`` then has ``w_j`` below the
+        smallest normal float (float32): contributions below ``e^-71`` of the largest
+        key's.
+        """
+        if self.kind != "exp":
+            row_log, _ = self.key_logits(X, out)
+            return row_log, row_log
+        self._product(X, out)
+        shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
+        shift *= self.spec.sq_coef
+        shift -= self.log_const
+        row_max = out.max(axis=1)
+        lead = row_max.astype(np.float64)
+        if self.unit != 1.0:
+            lead /= self.unit
+        row_log = lead - shift
+        if 0.0 <= row_max.min() and row_max.max() <= _KEY_WINDOW * self.unit:
+            shift *= -1.0
+            self._exp(out, out=out)
+            return row_log, shift
+        out -= row_max[:, np.newaxis]
+        self._exp(out, out=out)
+        return row_log, row_log
 
     def key_finish(self, out, row_log, shift, const, bounded=False):
         """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite.
@@ -196,6 +280,17 @@ class Buffers:
         key = (size, slot)
         if key not in self._cache:
             self._cache[key] = self._fmap.empty(size)
+        return self._cache[key]
+
+    def values(self, size, width):
+        """A (size, width) buffer for weighted value rows."""
+        return self.array((size, width), "values")
+
+    def array(self, shape, name):
+        """A buffer of ``shape`` in the features' dtype, one per ``name``."""
+        key = (shape, name)
+        if key not in self._cache:
+            self._cache[key] = np.empty(shape, dtype=self._fmap.dtype)
         return self._cache[key]
 
     def ones(self, size):
