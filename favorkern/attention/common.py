@@ -56,10 +56,20 @@ def head(X, index, n_trailing):
 
 def heads(Q, K, V, mask, batch):
     """One (q, k, v, mask, out_index) tuple per (batch, head)."""
-    return [
-        (head(Q, idx, 2), head(K, idx, 2), head(V, idx, 2), head(mask, idx, 1), idx)
-        for idx in np.ndindex(*batch)
-    ]
+    batch = tuple(batch)
+    indices = list(np.ndindex(*batch))
+    columns = [_head_slices(X, n, batch, indices) for X, n in ((Q, 2), (K, 2), (V, 2), (mask, 1))]
+    return list(zip(*columns, indices, strict=True))
+
+
+def _head_slices(X, n_trailing, batch, indices):
+    """``head(X, idx, n_trailing)`` for every index: an array whose leading dimensions
+    are ``batch`` itself is split by one reshape (a view), not one lookup per head."""
+    if X is None:
+        return [None] * len(indices)
+    if X.shape[: X.ndim - n_trailing] == batch and X.flags.c_contiguous:
+        return list(X.reshape((len(indices),) + X.shape[X.ndim - n_trailing :]))
+    return [head(X, idx, n_trailing) for idx in indices]
 
 
 def run_parallel(tasks, workers):

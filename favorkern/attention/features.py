@@ -124,9 +124,9 @@ class AttentionFeatures:
     @cached_property
     def _logit_radius(self):
         """``max_j |w_j|`` (product units) and the largest ``|column_log|``."""
-        norms = np.sqrt(np.einsum("ij,ij->i", self._proj, self._proj, dtype=np.float64))
+        sq = np.einsum("ij,ij->i", self._proj, self._proj)
         column = 0.0 if self.column_log is None else float(np.abs(self.column_log).max())
-        return float(norms.max(initial=0.0)), column
+        return float(np.sqrt(sq.max(initial=0.0))), column
 
     def logits_inside(self, X, window) -> bool:
         """True when every product logit of the rows ``X`` lies in ``window``, by the
