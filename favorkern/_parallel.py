@@ -62,7 +62,7 @@ def n_threads() -> int:
     >>> n_threads() >= 1
     True
     """
-    cores = max(1, os.cpu_count() or 1)
+    cores = _cpu_count()
     text = os.environ.get(ENV_THREADS, "").strip()
     if not text:
         return cores
@@ -85,6 +85,17 @@ def n_threads() -> int:
         )
         return cores
     return value
+
+
+_cores = None
+
+
+def _cpu_count() -> int:
+    """``os.cpu_count()`` (at least 1), read once: it reads /sys on every call (5 us)."""
+    global _cores
+    if _cores is None:
+        _cores = max(1, os.cpu_count() or 1)
+    return _cores
 
 
 def executor(workers: int) -> ThreadPoolExecutor:

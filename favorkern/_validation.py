@@ -118,8 +118,11 @@ def check_attention_shapes(q_shape, k_shape, v_shape, causal, mask_shape=None) -
                 f"got shape {tuple(mask_shape)}"
             )
         shapes["key_padding_mask"] = tuple(mask_shape[:-1])
+    leads = list(shapes.values())
+    if all(lead == leads[0] for lead in leads):
+        return tuple(leads[0])  # nothing to broadcast (np.broadcast_shapes takes ~10 us)
     try:
-        return tuple(np.broadcast_shapes(*shapes.values()))
+        return tuple(np.broadcast_shapes(*leads))
     except ValueError:
         detail = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
         name = "key_padding_mask" if mask_shape is not None else "Q, K and V"
