@@ -47,6 +47,7 @@ Usage::
     python benchmarks/bench_attention.py --max-exp 16 --repeats 5 --methods
     python benchmarks/bench_attention.py --memory --max-exp 20
     python benchmarks/bench_attention.py --tables sweep --max-exp 14 --baseline ../base
+    python benchmarks/bench_attention.py --tables sweep,heads --max-exp 14 --cpu  # 1 thread
 
 Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
 """
@@ -55,12 +56,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from functools import partial
 
 import numpy as np
-from timing import load_checkout, round_robin
+from timing import load_checkout
+from timing import round_robin as wall_round_robin
+
+#: Set by ``--cpu``: time CPU seconds of the process instead of wall seconds.
+CPU_TIME = False
+
+
+def round_robin(fns, repeats):
+    """:func:`timing.round_robin`, or with ``--cpu`` the same schedule timed in CPU
+    seconds (``time.process_time``, every thread of the process)."""
+    if not CPU_TIME:
+        return wall_round_robin(fns, repeats)
+    spent = {name: [] for name in fns}
+
+    def timed(name, fn):
+        def run():
+            start = time.process_time()
+            fn()
+            spent[name].append(time.process_time() - start)
+
+        return run
+
+    wall_round_robin({name: timed(name, fn) for name, fn in fns.items()}, repeats)
+    # the first run of each is round_robin's warm-up
+    return {name: float(np.median(t[1:])) for name, t in spent.items()}
+
 
 D, M = 64, 256
 
@@ -351,8 +379,6 @@ print(json.dumps({{"cold_kib": cold, "before_kib": before, "after_kib": after}})
 
 
 def memory(args):
-    import os
-
     bench_dir = os.path.dirname(os.path.abspath(__file__))
     # inputs+out: peak RSS with the inputs and an output-sized array resident, before
     # any attention call; warm-up: after one call at L = 4096 (thread pool, buffers,
@@ -392,6 +418,12 @@ def main(argv=None):
         "--baseline", default=None, help="checkout whose bidirectional favor_attention to time too"
     )
     parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="one thread (FAVORKERN_NUM_THREADS=1, BLAS at one thread) timed in CPU "
+        "seconds: the least noisy comparison on a loaded machine",
+    )
+    parser.add_argument(
         "--tables",
         default="sweep,heads,crossover",
         help="comma-separated tables to print: sweep, heads, crossover",
@@ -402,8 +434,14 @@ def main(argv=None):
     if args.memory:
         memory(args)
         return
-    import os
+    if args.cpu:
+        global CPU_TIME
+        from threadpoolctl import threadpool_limits
 
+        CPU_TIME = True
+        os.environ["FAVORKERN_NUM_THREADS"] = "1"
+        threadpool_limits(1)  # for the rest of the run
+        print("one thread, CPU seconds (--cpu)")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     tables = set(args.tables.split(","))
     if "sweep" in tables:

@@ -29,7 +29,8 @@ class AttentionFeatures:
     ``key_logits`` + ``key_finish`` write ``phi(k_j) exp(-c_j)`` where ``c_j`` is the
     caller's key constant and ``key_logits`` returns ``log`` of each key's largest
     feature magnitude (exp maps) or of its row factor (trigonometric), from which the
-    caller chooses ``c_j``.
+    caller chooses ``c_j``.  ``key_parts`` writes key features up to a per-key factor
+    that the caller applies to the value rows (bidirectional states).
 
     Exp maps without a structured projection work in base 2: the pre-features that
     ``key_logits`` writes and ``key_finish`` turns into features are ``log2(e)``
