@@ -307,32 +307,53 @@ def summary(rows):
 
 
 def many_heads(args):
-    """Time per FLOP of 12 heads of d = 32 against one head of d = 64 at L = 2^16."""
+    """Time per FLOP of 12 heads of d = 32 against one head of d = 64 at L = 2^16.
+
+    With ``--baseline``, the other checkout's calls run in the same round robin, each
+    against its own one-head figure (``base per-FLOP``).
+    """
     from favorkern import draw_projection, favor_attention
 
     heads, d_small = 12, 32
     W64 = draw_projection(M, D, random_state=0)
     W32 = draw_projection(M, d_small, random_state=0)
+    baseline = load_checkout(args.baseline).favor_attention if args.baseline else None
+    calls = {"": favor_attention} if baseline is None else {"": favor_attention, "base ": baseline}
     big = inputs(2**16)
-    fns = {"one head d=64 L=65536": partial(favor_attention, *big, projection_matrix=W64)}
-    flops = {"one head d=64 L=65536": 2**16 * 4 * M * (D + D)}
-    for exp in range(9, 13):
-        name = f"12 heads d=32 L={2**exp}"
-        qkv = inputs(2**exp, d=d_small, batch=(1, heads))
-        fns[name] = partial(favor_attention, *qkv, projection_matrix=W32)
-        flops[name] = heads * 2**exp * 4 * M * (d_small + d_small)
+    fns, flops = {}, {}
+    for prefix, fn in calls.items():
+        fns[prefix + "one head d=64 L=65536"] = partial(fn, *big, projection_matrix=W64)
+        flops[prefix + "one head d=64 L=65536"] = 2**16 * 4 * M * (D + D)
+        for exp in range(9, 13):
+            name = f"{prefix}12 heads d=32 L={2**exp}"
+            qkv = inputs(2**exp, d=d_small, batch=(1, heads))
+            fns[name] = partial(fn, *qkv, projection_matrix=W32)
+            flops[name] = heads * 2**exp * 4 * M * (d_small + d_small)
     times = round_robin(fns, args.repeats)
-    base = times["one head d=64 L=65536"] / flops["one head d=64 L=65536"]
+    one = {
+        prefix: times[prefix + "one head d=64 L=65536"] / (2**16 * 4 * M * (D + D))
+        for prefix in calls
+    }
     print(
         f"\n{'case':<26} {'ms':>9} {'ns/token/head':>14} {'GFLOP/s':>8} {'per-FLOP / one head':>20}"
+        + (f" {'base per-FLOP':>14}" if baseline is not None else "")
     )
-    for name, t in times.items():
+    for name in [n for n in fns if not n.startswith("base ")]:
+        t = times[name]
         n_tokens = flops[name] / (4 * M * (D + D) if "d=64" in name else 4 * M * 2 * d_small)
-        print(
+        line = (
             f"{name:<26} {t * 1e3:9.2f} {t / n_tokens * 1e9:14.1f} {flops[name] / t / 1e9:8.1f} "
-            f"{t / flops[name] / base:20.2f}"
+            f"{t / flops[name] / one['']:20.2f}"
         )
+        if baseline is not None:
+            line += f" {times['base ' + name] / flops[name] / one['base ']:14.2f}"
+        print(line)
     print("per-FLOP ratio: 12 heads of d = 32 against one head of d = 64")
+    if baseline is not None:
+        print(
+            "one head d=64 L=65536, this checkout / baseline: "
+            f"{times['one head d=64 L=65536'] / times['base one head d=64 L=65536']:.2f}"
+        )
 
 
 def crossover(args):
