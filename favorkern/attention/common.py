@@ -30,7 +30,10 @@ PARALLEL_MIN_WORK = 1 << 18
 # (d + dv) and (Lq + Lk) m exps: the same per-element mix, so their ratio is
 # Lq Lk / ((Lq + Lk) m) times a constant, measured with bench_attention.py's
 # crossover table (d = 64, m = 256, float32, 2 threads): exact is faster up to about
-# L = 2 * EXACT_CROSSOVER * m for Lq = Lk.
+# L = 2 * EXACT_CROSSOVER * m for Lq = Lk.  Re-measured with base-2 features and value
+# weighted key states: exact / favor 0.66 at L = 512 and 1.17 at 768 (one thread, CPU
+# time: 0.92 and 1.38; load 3.5), a crossover near L = 680 and 560, so the rule's
+# L = 666 stands.
 EXACT_CROSSOVER = 1.3
 
 
