@@ -73,11 +73,11 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> Non
         buffers = Buffers(fmap)
     S, z = state.S, state.z
     window = fmap.query_window(S, z) if fmap.kind == "exp" else None
-    inside = fmap.logits_inside(q[start:stop], window)
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        fmap.queries(q[a:b], features, window, inside)
+        # per chunk: the rows are read into cache for the product right after
+        fmap.queries(q[a:b], features, window, fmap.logits_inside(q[a:b], window))
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
