@@ -1107,6 +1107,49 @@ def test_bad_constants_are_refused_everywhere(constants):
                            random_state=0)  # fmt: skip
 
 
+_D = 6
+
+
+def _wrong_shape_constants():
+    """(map, constants with one constant of the wrong shape, its name, projection)."""
+    from favorkern.feature_maps import get_feature_map
+
+    rng = np.random.default_rng(3)
+    Q, K = rng.standard_normal((2, 30, _D)) * 0.3
+    cases = []
+    for name, key, bad in [
+        ("optimal", "A", np.full(3, -0.1)),
+        ("optimal", "A", [[-0.1]]),
+        ("saderf", "psi", np.ones(_D - 2)),
+        ("sderf", "A", np.zeros(_D + 1)),
+        ("sderf", "rotation", np.eye(_D - 1)),
+        ("aderf", "query_transform", np.eye(_D)[:, :3]),
+        ("whitened", "key_transform", np.eye(_D + 2)),
+        ("whitened", "A", np.zeros(2)),
+    ]:
+        constants = dict(get_feature_map(name).fit(Q, K, input_scale=0.5))
+        constants[key] = bad
+        projection = "gaussian" if name in ("sderf", "aderf") else "orthogonal"
+        cases.append(pytest.param(name, constants, key, projection, id=f"{name}-{key}"))
+    return cases
+
+
+@pytest.mark.parametrize("name, constants, key, projection", _wrong_shape_constants())
+def test_constants_of_the_wrong_shape_name_the_constant(name, constants, key, projection):
+    """Constants of another shape reached numpy (broadcast, reshape and scalar errors)."""
+    from favorkern.diagnostics import empirical_mse
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((2, 3, _D)) * 0.3
+    match = f"constant '{key}' of feature map '{name}' must"
+    with pytest.raises(ValueError, match=match):
+        theoretical_mse(x, y, feature_map=name, n_components=16, projection=projection,
+                        constants=constants)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        empirical_mse(x, y, feature_map=name, n_components=16, n_trials=20,
+                      projection=projection, constants=constants)  # fmt: skip
+
+
 def test_constants_for_a_map_without_them_are_refused():
     from favorkern import hybrid_attention
 
