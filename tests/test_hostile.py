@@ -782,6 +782,55 @@ def test_softmax_attention_float32_overflowing_logits_is_finite_and_exact(causal
     np.testing.assert_array_equal(out, _one_hot_reference(Q, K, V, causal).astype(np.float32))
 
 
+def _huge_values(dtype, L=600, d=8):
+    """Q, K and values within a factor L of the dtype's max (one column small, one of
+    alternating sign), and the values over their scale."""
+    rng = np.random.default_rng(11)
+    Q, K = (rng.standard_normal((L, d)).astype(dtype) * 0.3 for _ in range(2))
+    big = float(np.finfo(dtype).max) * 0.9
+    unit = rng.uniform(0.5, 1.0, (L, 4))
+    unit[:, 1] = rng.standard_normal(L) * 1e-3  # a column of small values stays exact
+    unit[::2, 2] *= -1
+    V = (unit * [big, 1.0, big, big]).astype(dtype)
+    return Q, K, V, unit, np.array([big, 1.0, big, big])
+
+
+def _attention_of_huge_values():
+    from favorkern import hybrid_attention
+
+    yield "exact", lambda Q, K, V: softmax_attention(Q, K, V)
+    yield "exact-causal", lambda Q, K, V: softmax_attention(Q, K, V, causal=True)
+    yield "hybrid", lambda Q, K, V: hybrid_attention(Q, K, V, causal=True, window=4,
+                                                     n_components=64, random_state=0)  # fmt: skip
+    yield "hybrid-bidir", lambda Q, K, V: hybrid_attention(Q, K, V, window=4, n_components=64,
+                                                           random_state=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("name", "attend"), list(_attention_of_huge_values()))
+def test_values_near_the_dtype_max_give_finite_outputs(name, attend, dtype):
+    """The sums of values within a factor L of the max overflowed (inf, NaN outputs),
+    though every output is a weighted mean of values."""
+    Q, K, V, unit, scale = _huge_values(dtype)
+    out = attend(Q, K, V)
+    assert out.dtype == dtype and np.isfinite(out).all()
+    # the same call on values of order 1, scaled back (powers of two: exact)
+    expected = attend(Q, K, unit.astype(dtype)).astype(np.float64) * scale
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max(0))
+
+
+def test_values_whose_sums_a_state_cannot_hold_are_refused():
+    from favorkern import FavorAttention
+
+    Q, K, V, _, _ = _huge_values(np.float32)
+    layer = FavorAttention(n_components=64, causal=True, random_state=0).fit(8)
+    with pytest.raises(ValueError, match="key state's sums over .* would overflow float32"):
+        layer.step(Q, K, V)
+    _, state = layer.step(Q, K, V.astype(np.float64))  # float64 holds them
+    assert np.isfinite(state.S).all()
+
+
 def test_softmax_attention_overflow_respects_the_mask():
     Q, K, V = _qkv(shape=(16, 4), scale=1e19, dtype=np.float32)
     mask = np.zeros(16, dtype=bool)
@@ -1105,6 +1154,49 @@ def test_bad_constants_are_refused_everywhere(constants):
     with pytest.raises(error, match="constant"):
         fd.favor_attention(*blocks, causal=True, feature_map="optimal", constants=constants,
                            random_state=0)  # fmt: skip
+
+
+_D = 6
+
+
+def _wrong_shape_constants():
+    """(map, constants with one constant of the wrong shape, its name, projection)."""
+    from favorkern.feature_maps import get_feature_map
+
+    rng = np.random.default_rng(3)
+    Q, K = rng.standard_normal((2, 30, _D)) * 0.3
+    cases = []
+    for name, key, bad in [
+        ("optimal", "A", np.full(3, -0.1)),
+        ("optimal", "A", [[-0.1]]),
+        ("saderf", "psi", np.ones(_D - 2)),
+        ("sderf", "A", np.zeros(_D + 1)),
+        ("sderf", "rotation", np.eye(_D - 1)),
+        ("aderf", "query_transform", np.eye(_D)[:, :3]),
+        ("whitened", "key_transform", np.eye(_D + 2)),
+        ("whitened", "A", np.zeros(2)),
+    ]:
+        constants = dict(get_feature_map(name).fit(Q, K, input_scale=0.5))
+        constants[key] = bad
+        projection = "gaussian" if name in ("sderf", "aderf") else "orthogonal"
+        cases.append(pytest.param(name, constants, key, projection, id=f"{name}-{key}"))
+    return cases
+
+
+@pytest.mark.parametrize("name, constants, key, projection", _wrong_shape_constants())
+def test_constants_of_the_wrong_shape_name_the_constant(name, constants, key, projection):
+    """Constants of another shape reached numpy (broadcast, reshape and scalar errors)."""
+    from favorkern.diagnostics import empirical_mse
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((2, 3, _D)) * 0.3
+    match = f"constant '{key}' of feature map '{name}' must"
+    with pytest.raises(ValueError, match=match):
+        theoretical_mse(x, y, feature_map=name, n_components=16, projection=projection,
+                        constants=constants)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        empirical_mse(x, y, feature_map=name, n_components=16, n_trials=20,
+                      projection=projection, constants=constants)  # fmt: skip
 
 
 def test_constants_for_a_map_without_them_are_refused():

@@ -31,6 +31,7 @@ import numpy as np
 from . import causal as causal_module
 from .common import run_parallel
 from .state import KeyState
+from .values import check_state_values
 
 __all__ = ["DecodingState", "HeadFeatures", "decode", "resolve_decode_shapes"]
 
@@ -449,6 +450,7 @@ def decode(hf, Q, K, V, mask, state, workers=1):
     """
     out_batch, group = hf.shapes(Q, K, V, mask, state)
     T = Q.shape[-2]
+    check_state_values(V, (state.n_tokens + T) * hf.n_out)
     out = np.empty(out_batch + (T, state.dv), dtype=state.dtype)
     if T == 1:
         _token(hf, Q, K, V, mask, state, out_batch, group, out)

@@ -7,6 +7,7 @@ import numpy as np
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_attention_inputs, check_logit_scale
 from .common import heads, normalize, run_parallel
+from .values import scaled_values, unscale
 
 __all__ = ["softmax_attention"]
 
@@ -75,7 +76,9 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     thread; each row subtracts its maximum score before ``exp``.  Where a score
     ``gamma q.k`` overflows the dtype, that chunk is recomputed in float64 from
     unit-scaled ``Q`` and ``K`` (the result is finite for finite input and keeps
-    the dtype of the inputs).
+    the dtype of the inputs).  Value columns whose sums could overflow (values within
+    a factor ``Lk`` of the dtype's largest number) are divided by a power of two
+    before the sums and the outputs multiplied back, which is exact.
 
     Parameters
     ----------
@@ -116,6 +119,7 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
     gamma = check_logit_scale(gamma, Q.shape[-1])
     n_queries, n_keys = Q.shape[-2], K.shape[-2]
+    V, exponents = scaled_values(V, n_keys)
     out = np.empty(batch + (n_queries, V.shape[-1]), dtype=Q.dtype)
     rows = max(1, min(n_queries, _EXACT_CHUNK_ELEMENTS // n_keys))
     if out.size // max(1, V.shape[-1]) == n_queries:  # one head: a chunk per thread at least
@@ -135,4 +139,4 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     # threads, or on a busy machine, measured up to 10x slower).
     with blas_single_thread():
         run_parallel(tasks, workers)
-    return out
+    return unscale(out, exponents)

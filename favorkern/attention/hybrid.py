@@ -43,6 +43,7 @@ from ..feature_maps._evaluate import projection_logits
 from ..projections import PROJECTION_KINDS
 from .common import heads, run_parallel
 from .favor import DEFAULT_N_COMPONENTS, attention_features, resolve_projection
+from .values import scaled_values, unscale
 
 __all__ = ["hybrid_attention"]
 
@@ -218,9 +219,10 @@ def hybrid_attention(
             f"feature_map={fmap.name!r} fits its constants on all tokens of Q and K, so "
             "outputs would depend on later tokens: pass fitted constants or causal=False"
         )
-    frozen = None if constants is None else check_constants(fmap, constants)
+    frozen = None if constants is None else check_constants(fmap, constants, d)
     directions = _check_top(n_top, n_candidates, candidate_query, causal, batch, d)
     top_keys = None
+    V, exponents = scaled_values(V, K.shape[-2] * proj.n_components)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     tasks = []
     for q, k, v, _, idx in heads(Q, K, V, mask, batch):
@@ -233,7 +235,7 @@ def hybrid_attention(
     # the heads run on favorkern's threads instead, each writing its own rows of out.
     with blas_single_thread():
         run_parallel(tasks, n_threads() if len(tasks) > 1 else 1)
-    return out
+    return unscale(out, exponents)
 
 
 def _check_top(n_top, n_candidates, candidate_query, causal, batch, d):

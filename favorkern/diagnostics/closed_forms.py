@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._validation import check_option
-from ..feature_maps import feature_map_names, same_block_pairs
+from ..feature_maps import check_constants, feature_map_names, same_block_pairs
 from ._common import NORMS, PROJECTIONS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["theoretical_mse"]
@@ -189,6 +189,7 @@ def theoretical_mse(
                 f"constants has keys {unknown} that feature map {fmap.name!r} does not use "
                 f"(its data constants: {list(fmap.data_constants)})"
             )
+        constants = check_constants(fmap, constants, x.shape[1])
     elif A is not None or fmap.data_constants == ("A",):
         constants = {"A": A}
     else:

@@ -246,7 +246,7 @@ def empirical_mse(
     if constants is not None:
         if A is not None:
             raise ValueError("give the GERF parameter as A or in constants, not both")
-        constants = check_constants(fmap, constants)
+        constants = check_constants(fmap, constants, x.shape[1])
         return _as_output(run(x, y, projections=projections, constants=constants), scalar)
     if not fmap.data_constants:
         return _as_output(run(x, y, projections=projections, constants=None), scalar)

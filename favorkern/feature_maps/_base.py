@@ -45,6 +45,10 @@ class FeatureMap:
         Names of constants fitted on data by :meth:`fit` (empty for data-free maps).
         Attention fits them per (batch, head) on the current queries and keys, so a
         map with data constants is bidirectional only unless they are fitted once.
+    constant_shapes : dict
+        The shape of each data constant, as a tuple whose entries are ``"d"`` (the
+        input dimension), ``"m"`` (any length) or an integer; ``()`` for a number.
+        :func:`check_constants` refuses constants of another shape.
     summary : str
         One line for listings (the command line, the docs).
 
@@ -77,6 +81,7 @@ class FeatureMap:
     kernels: tuple = ("softmax", "rbf")
     nonnegative: bool = True
     data_constants: tuple = ()
+    constant_shapes: Mapping = {}
     summary: str = ""
 
     def n_projections(self, n_components: int) -> int:
@@ -149,7 +154,7 @@ class FeatureMap:
         from ._variance import PairGeometry
 
         if type(self).prepare is not FeatureMap.prepare:
-            constants = check_constants(self, constants)
+            constants = check_constants(self, constants, x.shape[1])
             px, py = self.prepare(x, "query", constants), self.prepare(y, "key", constants)
             # The closed forms compare with exp(x'.y'): prepare must keep every x.y.
             scale = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
@@ -355,8 +360,11 @@ def linear_prepare(X, side: str, constants: dict):
         return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
 
 
-def check_constants(feature_map: FeatureMap, constants) -> dict:
+def check_constants(feature_map: FeatureMap, constants, d=None) -> dict:
     """``constants`` as a dict holding every data constant of the map, or a ``ValueError``.
+
+    Each constant must be numeric, finite and of the shape the map declares in
+    :attr:`FeatureMap.constant_shapes`, with ``d`` (when given) the input dimension.
 
     Examples
     --------
@@ -367,6 +375,10 @@ def check_constants(feature_map: FeatureMap, constants) -> dict:
     Traceback (most recent call last):
     ...
     ValueError: feature map 'optimal' needs its fitted constants ['A']; fit them on data first
+    >>> check_constants(get_feature_map("optimal"), {"A": [-0.1, -0.2]})
+    Traceback (most recent call last):
+    ...
+    ValueError: constant 'A' of feature map 'optimal' must be a number, got shape (2,)
     """
     if constants is None:
         constants = {}
@@ -405,4 +417,27 @@ def check_constants(feature_map: FeatureMap, constants) -> dict:
                 f"constant 'A' of feature map {feature_map.name!r} must be below 1/4 (the "
                 f"features are not defined beyond), got {value!r}"
             )
+        expected = feature_map.constant_shapes.get(key)
+        if expected is not None:
+            _check_shape(feature_map.name, key, values.shape, tuple(expected), d)
     return constants
+
+
+def _check_shape(name, key, shape, expected, d):
+    """A ``ValueError`` unless ``shape`` matches the template ``expected``."""
+    fits = len(shape) == len(expected) and all(
+        e == "m" or (e == "d" and (d is None or s == d)) or s == e
+        for s, e in zip(shape, expected, strict=True)
+    )
+    if fits:
+        return
+    if not expected:
+        raise ValueError(
+            f"constant {key!r} of feature map {name!r} must be a number, got shape {shape}"
+        )
+    words = ", ".join(str(d) if e == "d" and d is not None else str(e) for e in expected)
+    words += "," if len(expected) == 1 else ""
+    inputs = "" if d is None else f" for {d}-dimensional inputs"
+    raise ValueError(
+        f"constant {key!r} of feature map {name!r} must have shape ({words}){inputs}, got {shape}"
+    )

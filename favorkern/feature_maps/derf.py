@@ -224,6 +224,7 @@ class SderfFeatureMap(FeatureMap):
     name = "sderf"
     kernels = ("softmax",)
     data_constants = ("rotation", "A")
+    constant_shapes = {"rotation": ("d", "d"), "A": ("d",)}
     summary = "SDERF (FAVOR#): GERF per eigendirection of the pair moment, unbiased"
 
     def fit(self, X, Y=None, *, input_scale=1.0):
@@ -260,7 +261,7 @@ class SderfFeatureMap(FeatureMap):
         entries below 1/8 (where the variance is finite); see also
         :meth:`AderfFeatureMap.checked_constants`.
         """
-        constants = check_constants(self, constants)
+        constants = check_constants(self, constants, d)
         R = _check_square(constants, "rotation", d, self.name)
         if _off_identity(R @ R.T) > _CONSTANT_RTOL:
             raise ValueError(
@@ -327,6 +328,12 @@ class AderfFeatureMap(SderfFeatureMap):
 
     name = "aderf"
     data_constants = ("query_transform", "key_transform", "rotation", "A")
+    constant_shapes = {
+        "query_transform": ("d", "d"),
+        "key_transform": ("d", "d"),
+        "rotation": ("d", "d"),
+        "A": ("d",),
+    }
     summary = "ADERF (FAVOR#): balancing transform of q and k, then SDERF, unbiased"
 
     def __init__(self, ridge=DEFAULT_RIDGE):

@@ -117,6 +117,11 @@ class FittedFeatureMap(FeatureMap):
 
     kernels = ("softmax",)
     data_constants = ("query_transform", "key_transform", "projection")
+    constant_shapes = {
+        "query_transform": ("d", "d"),
+        "key_transform": ("d", "d"),
+        "projection": ("m", "d"),
+    }
     summary = "positive features after fitted linear maps of q and k: fitted, biased"
 
     def __init__(self, n_components=256, *, causal=True, n_rows=256, l2=1e-3, max_iter=100,

@@ -119,6 +119,7 @@ class OptimalFeatureMap(FeatureMap):
 
     name = "optimal"
     data_constants = ("A",)
+    constant_shapes = {"A": ()}
     summary = "GERF with the fitted A*: FAVOR++, non-negative, unbiased"
 
     def fit(self, X, Y=None, *, input_scale=1.0):

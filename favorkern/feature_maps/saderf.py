@@ -46,6 +46,7 @@ class SaderfFeatureMap(OptimalFeatureMap):
 
     name = "saderf"
     data_constants = ("psi", "A")
+    constant_shapes = {"psi": ("d",), "A": ()}
     summary = "SADERF (FAVOR#): per-dimension rescaling of q and k, then GERF"
 
     def fit(self, X, Y=None, *, input_scale=1.0):

@@ -93,6 +93,7 @@ class WhitenedFeatureMap(FeatureMap):
 
     kernels = ("softmax",)
     data_constants = ("query_transform", "key_transform", "A")
+    constant_shapes = {"query_transform": ("d", "d"), "key_transform": ("d", "d"), "A": ()}
     summary = "whitened q (logits kept), then GERF: unbiased"
 
     def __init__(self, side="query", base="optimal", name=None, ridge=DEFAULT_RIDGE):

@@ -1,0 +1,70 @@
+"""Values near the largest float: exact power-of-two scaling of their columns.
+
+Every attention output row is a weighted mean of value rows, so it is finite for
+finite values; its sums are not.  Sums of ``n`` weighted values with weights at most
+1 (every stabilized weight and feature is) stay below ``n max|v|``, which overflows
+for values within a factor ``n`` of the dtype's largest number.  Such columns are
+divided by a power of two before the sums and the outputs multiplied back: both are
+exact, and the columns' relative precision is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["scaled_values", "unscale", "check_state_values"]
+
+
+def _limit(dtype, n_terms) -> float:
+    # a margin of 4: the sums' own rounding and the normalizer's division
+    return float(np.finfo(dtype).max) / (4.0 * max(1, n_terms))
+
+
+def _peak(V, extremes) -> float:
+    lo, hi = (float(V.min()), float(V.max())) if extremes is None else extremes
+    return max(hi, -lo)
+
+
+def scaled_values(V, n_terms, extremes=None):
+    """``(V', exponents)``: ``V' = V 2^-e`` per column where sums of ``n_terms`` of its
+    values could overflow, else ``(V, None)`` (no copy).
+
+    ``extremes``: ``(V.min(), V.max())`` when the caller has them (saves a pass).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> V = np.array([[3e38, 1.0], [1e38, 2.0]], dtype=np.float32)
+    >>> scaled, e = scaled_values(V, 1000)
+    >>> e.tolist()  # the first column's sums would reach 1000 * 3e38
+    [12.0, 0.0]
+    >>> bool(np.all(unscale(scaled.copy(), e) == V))
+    True
+    >>> scaled_values(V[:, 1:], 1000)[1] is None
+    True
+    """
+    if V.size == 0 or _peak(V, extremes) <= _limit(V.dtype, n_terms):
+        return V, None
+    peak = np.abs(V).max(axis=tuple(range(V.ndim - 1)))
+    with np.errstate(divide="ignore"):
+        exponents = np.maximum(np.ceil(np.log2(peak / _limit(V.dtype, n_terms))), 0.0)
+    return V * np.exp2(-exponents).astype(V.dtype), exponents
+
+
+def unscale(out, exponents):
+    """``out`` (the attention of :func:`scaled_values`'s values) times ``2^e`` per column,
+    in place; returns ``out``."""
+    if exponents is not None:
+        out *= np.exp2(exponents).astype(out.dtype)
+    return out
+
+
+def check_state_values(V, n_terms, extremes=None) -> None:
+    """A ``ValueError`` where sums of ``n_terms`` values of ``V`` could overflow: a key
+    state carried between calls holds those sums in ``V``'s dtype."""
+    if V.size and _peak(V, extremes) > _limit(V.dtype, n_terms):
+        raise ValueError(
+            f"V has values up to {_peak(V, extremes):.3g}: the key state's sums over "
+            f"{n_terms} keys would overflow {V.dtype}. Outputs scale with V, so divide V by "
+            "a power of two (and multiply the outputs back), or pass float64 values"
+        )
