@@ -70,10 +70,21 @@ def default_batch_size(n_components):
     return max(64, BLOCK_BYTES // (8 * int(n_components)))
 
 
-def _as_targets(Y):
-    """Targets as a float64 (n, t) array (a 1-D target becomes one column)."""
-    Y = np.asarray(Y, dtype=np.float64)
-    return Y[:, np.newaxis] if Y.ndim == 1 else Y
+def _as_targets(Y, n_rows=None):
+    """Targets as a float64 (n, t) array (a 1-D target becomes one column), finite and
+    with ``n_rows`` rows when given, else a ``ValueError`` naming ``Y``."""
+    try:
+        Y = np.asarray(Y, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"Y must be numeric targets, got {type(Y).__name__}") from None
+    Y = Y[:, np.newaxis] if Y.ndim == 1 else Y
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be 1-D or 2-D (n,) or (n, t), got shape {Y.shape}")
+    if n_rows is not None and Y.shape[0] != n_rows:
+        raise ValueError(f"Y must have {n_rows} rows like X, got shape {Y.shape}")
+    if Y.size and not (np.isfinite(Y.min()) and np.isfinite(Y.max())):
+        raise ValueError("the targets y contain NaN or infinity")
+    return Y
 
 
 def _check_alphas(alphas):
@@ -235,7 +246,7 @@ class RidgeStatistics:
         if Z.ndim != 2:
             raise ValueError(f"Z must be a 2-D array of features, got shape {Z.shape}")
         Y = _as_targets(Y)
-        if Y.ndim != 2 or Y.shape[0] != Z.shape[0]:
+        if Y.shape[0] != Z.shape[0]:
             raise ValueError(f"Y must have {Z.shape[0]} rows like Z, got shape {Y.shape}")
         weights = _check_sample_weight(sample_weight, Z.shape[0])
         n, m = Z.shape
@@ -301,8 +312,8 @@ class RidgeStatistics:
         -------
         statistics : RidgeStatistics
         """
-        Y = _as_targets(Y)
         n = X.shape[0]
+        Y = _as_targets(Y, n)
         weights = _check_sample_weight(sample_weight, n)
         if batch_size is None:
             batch_size = default_batch_size(_width(features))
@@ -703,7 +714,7 @@ class RidgeSolver:
             Sums of squared leave-one-out errors over the rows of ``X``.
         """
         alphas = _check_alphas(alphas)
-        Y = _as_targets(Y)
+        Y = _as_targets(Y, X.shape[0])
         weights = _check_sample_weight(sample_weight, X.shape[0])
         if batch_size is None:
             batch_size = default_batch_size(self.statistics.n_components)

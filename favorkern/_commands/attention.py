@@ -20,7 +20,7 @@ import numpy as np
 
 from ..feature_maps import feature_map_names
 from ..projections import PROJECTION_KINDS
-from ._args import int_at_least, positive_float
+from ._args import int_at_least, positive_float, seed
 from ._files import UsageError, load_array
 from ._progress import progress
 
@@ -59,7 +59,7 @@ def add_arguments(parser):
         default="float32",
         help="floating-point type of the computation (files are converted)",
     )
-    data.add_argument("--seed", type=int, default=0, help="seed of the inputs and projection")
+    data.add_argument("--seed", type=seed, default=0, help="seed of the inputs and projection")
 
     model = parser.add_argument_group("attention")
     model.add_argument(
