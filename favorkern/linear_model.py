@@ -82,9 +82,20 @@ def _as_targets(Y, n_rows=None):
         raise ValueError(f"Y must be 1-D or 2-D (n,) or (n, t), got shape {Y.shape}")
     if n_rows is not None and Y.shape[0] != n_rows:
         raise ValueError(f"Y must have {n_rows} rows like X, got shape {Y.shape}")
-    if Y.size and not (np.isfinite(Y.min()) and np.isfinite(Y.max())):
-        raise ValueError("the targets y contain NaN or infinity")
+    if Y.size:
+        low, high = float(Y.min()), float(Y.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("the targets y contain NaN or infinity")
+        if max(high, -low) > _MAX_TARGET:
+            raise ValueError(
+                f"the targets y reach {max(high, -low):.3g}: sums of their squares would "
+                "overflow float64; divide y by a power of ten (the coefficients scale with it)"
+            )
     return Y
+
+
+# Targets beyond this have squares whose sums over rows can overflow float64.
+_MAX_TARGET = 1e150
 
 
 def _check_alphas(alphas):
@@ -931,6 +942,10 @@ class _BaseRandomFeatureRidge(BaseEstimator):
                 std[start:stop] = np.sqrt(np.multiply.outer(scale, self._noise))
         return out, std
 
+    def __sklearn_is_fitted__(self):
+        # solved, not merely validated (a failed first partial_fit leaves n_features_in_)
+        return hasattr(self, "_coef")
+
     def _store_common(self, solver, coef, alpha):
         """Float64 solution and posterior pieces used by the blockwise predictions."""
         self._coef = coef
@@ -1342,15 +1357,19 @@ class RandomFeatureRidgeClassifier(ClassifierMixin, _BaseRandomFeatureRidge):
             classes = np.unique(np.asarray(classes))
             if classes.size < 2:
                 raise ValueError(f"classes must list at least two labels, got {classes!r}")
-            self.classes_ = classes
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(
                 f"classes={np.unique(classes).tolist()} differs from the classes of the first "
                 f"call, {self.classes_.tolist()}"
             )
+        else:
+            classes = self.classes_
         weights = _check_sample_weight(sample_weight, X.shape[0])
+        targets = encode_labels(y, classes)  # raises on labels outside classes
+        # only once every check has passed: a failed first call leaves no fitted state
+        self.classes_ = classes
         self._dtype = X.dtype
-        return self._partial_fit_encoded(X, encode_labels(y, self.classes_), weights, first)
+        return self._partial_fit_encoded(X, targets, weights, first)
 
     def _init_targets(self, y, classes):
         if classes is None:

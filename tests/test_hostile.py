@@ -1363,3 +1363,22 @@ def test_python_dash_m_favorkern_runs_the_command_line():
     result = subprocess.run([sys.executable, "-m", "favorkern", "--version"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0 and result.stdout.startswith("favorkern")
+
+
+def test_ridge_targets_beyond_float64_squares_and_failed_first_partial_fit():
+    from sklearn.exceptions import NotFittedError
+
+    from favorkern import RandomFeatureRidge, RandomFeatureRidgeClassifier
+    from favorkern.diagnostics import empirical_mse
+
+    X = np.random.default_rng(5).normal(size=(50, 3))
+    with pytest.raises(ValueError, match="sums of their squares would overflow"):
+        RandomFeatureRidge(alphas=[0.1, 1.0, 10.0]).fit(X, X.sum(axis=1) * 1e160)
+    model = RandomFeatureRidgeClassifier()
+    with pytest.raises(ValueError, match="labels not in classes"):
+        model.partial_fit(X[:3], ["a", "b", "c"], classes=[0, 1, 2])
+    assert not hasattr(model, "classes_")
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    with pytest.raises(ValueError, match="n_trials must be"):
+        empirical_mse(X[:2], X[2:4], feature_map="positive", n_components=8, n_trials=1)

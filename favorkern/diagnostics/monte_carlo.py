@@ -243,7 +243,7 @@ def empirical_mse(
                 f"{n_components} and d={d}, got {projections.shape}"
             )
         n_trials = projections.shape[0]
-    n_trials = check_int(n_trials, "n_trials")
+    n_trials = check_int(n_trials, "n_trials", min_value=2)  # a spread needs two
     n_groups = min(check_int(n_groups, "n_groups"), n_trials)
     rng = check_random_state(random_state)
 
