@@ -1348,12 +1348,20 @@ def test_regression_arguments_name_what_is_wrong():
 
 
 @pytest.mark.parametrize("value", ["-1", str(2**32), "1.5"])
-def test_cli_seed_out_of_range_names_the_option(capsys, tmp_path, value):
+def test_cli_seed_out_of_range_names_the_option(capsys, value):
     with pytest.raises(SystemExit) as exit_info:
-        main(["attention", "--seed", value, "--out", str(tmp_path / "out")])
+        main(["attention", "--seed", value])
     assert exit_info.value.code == 2
     assert "argument --seed" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+
+
+def test_cli_sigma_beyond_the_dtype_is_a_usage_error(capsys):
+    """It printed overflow RuntimeWarnings, then 'Q contains NaN or infinity'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = main(["attention", "--sigma", "1e300", "--lengths", "16"])
+    assert status == 2
+    assert "--sigma 1e+300 makes inputs beyond the float32 range" in capsys.readouterr().err
 
 
 def test_python_dash_m_favorkern_runs_the_command_line():

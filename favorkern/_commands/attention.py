@@ -171,6 +171,12 @@ def _inputs(args):
     lengths = args.lengths or [256, 1024, 4096]
     rng = np.random.default_rng(args.seed)
     longest = max(lengths)
+    # standard normal draws stay below 10 in magnitude for any length used here
+    if args.sigma * 10.0 > float(np.finfo(dtype).max):
+        raise UsageError(
+            f"--sigma {args.sigma:g} makes inputs beyond the {np.dtype(dtype).name} range; "
+            "use a smaller --sigma or --dtype float64"
+        )
     Q = (rng.standard_normal((longest, args.d)) * args.sigma).astype(dtype)
     K = (rng.standard_normal((longest, args.d)) * args.sigma).astype(dtype)
     V = rng.standard_normal((longest, dv)).astype(dtype)
