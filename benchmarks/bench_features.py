@@ -74,7 +74,8 @@ def ideas(X, m):
     from favorkern.features import RandomFeatures
 
     spec = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])._spec()
-    aug = E._augmented_weights(spec, X.dtype)
+    # natural-log exponents (the evaluator's augmented weights are in base 2)
+    aug = (E._augmented_weights(spec, np.float64) / E._LOG2E).astype(X.dtype)
     W_t = np.ascontiguousarray(spec.weights.astype(X.dtype).T)
     log_scale = X.dtype.type(spec.log_scale)
     n, d = X.shape

@@ -126,20 +126,43 @@ def load_dataset(data="diabetes", *, target=None, n_samples=None, random_state=0
     return X, y, f"{label} (n={X.shape[0]}, d={X.shape[1]})"
 
 
+def _read_frame(path, parquet):
+    """The table in ``path`` (Parquet by its suffix, else CSV), or a ``ValueError``."""
+    import pandas as pd
+
+    if parquet:
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("reading Parquet needs pyarrow; install it or convert to CSV") from exc
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path} is empty: a CSV file needs a header row and data") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable CSV text file: {exc}") from None
+
+
 def _read_csv(path, target):
     import pandas as pd
 
-    if not path.lower().endswith(".csv") and not os.path.exists(path):
+    parquet = path.lower().endswith(_PARQUET_SUFFIXES)
+    if not (path.lower().endswith(".csv") or parquet) and not os.path.exists(path):
         raise ValueError(
-            f"unknown data set {path!r}: use one of {sorted(DATASETS)} or the path of a .csv file"
+            f"unknown data set {path!r}: use one of {sorted(DATASETS)} or the path of a .csv "
+            "or .parquet file"
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    frame = pd.read_csv(path)
+    frame = _read_frame(path, parquet)
     columns = ", ".join(repr(str(c)) for c in frame.columns)
     if target is None:
         raise ValueError(
-            f"a CSV file needs --target COLUMN (target=...); its columns are {columns}"
+            f"a data file needs --target COLUMN (target=...); its columns are {columns}"
         )
     if target not in frame.columns:
         raise ValueError(f"target column {target!r} not found in {path}; its columns are {columns}")

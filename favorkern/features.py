@@ -24,6 +24,7 @@ from .feature_maps import (
     GeneralizedFeatureMap,
     apply_feature_map,
     check_constants,
+    fit_constants,
     get_feature_map,
     input_scale,
 )
@@ -150,7 +151,7 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     def _fit_constants(self, fmap, X, scale) -> dict:
         """Data constants of the map (subclasses may fix them by parameter)."""
-        return fmap.fit(X, input_scale=scale)
+        return fit_constants(fmap, X, input_scale=scale, projection=self.projection_)
 
     def _n_projections(self) -> int:
         return self._get_feature_map().n_projections(self.n_components)

@@ -58,7 +58,8 @@ def exact_kernel(X, Y=None, *, kernel="softmax", gamma=1.0):
 
     ``"softmax"``: ``K[i, j] = exp(gamma * X[i] . Y[j])`` (:func:`softmax_kernel`);
     ``"rbf"``: ``K[i, j] = exp(-gamma * |X[i] - Y[j]|^2)``
-    (:func:`sklearn.metrics.pairwise.rbf_kernel`).
+    (:func:`sklearn.metrics.pairwise.rbf_kernel`; where its expansion
+    ``|x|^2 + |y|^2 - 2 x.y`` overflows, from the differences themselves).
 
     Parameters
     ----------
@@ -88,7 +89,21 @@ def exact_kernel(X, Y=None, *, kernel="softmax", gamma=1.0):
 
     gamma = check_positive_real(gamma, "gamma")
     X, Y = _pair(X, Y)
-    return rbf_kernel(X, Y, gamma=gamma)
+    # The expansion |x|^2 + |y|^2 - 2 x.y loses gamma eps |x|^2 in the exponent (and
+    # overflows at huge norms): beyond a small loss, the differences themselves.
+    peak = max(
+        float(np.einsum("ij,ij->i", A, A, dtype=np.float64).max(initial=0.0)) for A in (X, Y)
+    )
+    if 4.0 * gamma * peak * np.finfo(np.float64).eps <= _RBF_EXPANSION_LOSS:
+        return rbf_kernel(X, Y, gamma=gamma)
+    from scipy.spatial.distance import cdist
+
+    with np.errstate(over="ignore"):  # |x - y|^2 = inf gives 0, as it should
+        return np.exp(-gamma * cdist(X, Y, "sqeuclidean")).astype(np.result_type(X, Y))
+
+
+# Largest loss in the rbf exponent tolerated from the expansion of |x - y|^2.
+_RBF_EXPANSION_LOSS = 1e-8
 
 
 def approximate_kernel(X, Y=None, *, features):

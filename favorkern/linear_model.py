@@ -70,10 +70,32 @@ def default_batch_size(n_components):
     return max(64, BLOCK_BYTES // (8 * int(n_components)))
 
 
-def _as_targets(Y):
-    """Targets as a float64 (n, t) array (a 1-D target becomes one column)."""
-    Y = np.asarray(Y, dtype=np.float64)
-    return Y[:, np.newaxis] if Y.ndim == 1 else Y
+def _as_targets(Y, n_rows=None):
+    """Targets as a float64 (n, t) array (a 1-D target becomes one column), finite and
+    with ``n_rows`` rows when given, else a ``ValueError`` naming ``Y``."""
+    try:
+        Y = np.asarray(Y, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"Y must be numeric targets, got {type(Y).__name__}") from None
+    Y = Y[:, np.newaxis] if Y.ndim == 1 else Y
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be 1-D or 2-D (n,) or (n, t), got shape {Y.shape}")
+    if n_rows is not None and Y.shape[0] != n_rows:
+        raise ValueError(f"Y must have {n_rows} rows like X, got shape {Y.shape}")
+    if Y.size:
+        low, high = float(Y.min()), float(Y.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError("the targets y contain NaN or infinity")
+        if max(high, -low) > _MAX_TARGET:
+            raise ValueError(
+                f"the targets y reach {max(high, -low):.3g}: sums of their squares would "
+                "overflow float64; divide y by a power of ten (the coefficients scale with it)"
+            )
+    return Y
+
+
+# Targets beyond this have squares whose sums over rows can overflow float64.
+_MAX_TARGET = 1e150
 
 
 def _check_alphas(alphas):
@@ -235,7 +257,7 @@ class RidgeStatistics:
         if Z.ndim != 2:
             raise ValueError(f"Z must be a 2-D array of features, got shape {Z.shape}")
         Y = _as_targets(Y)
-        if Y.ndim != 2 or Y.shape[0] != Z.shape[0]:
+        if Y.shape[0] != Z.shape[0]:
             raise ValueError(f"Y must have {Z.shape[0]} rows like Z, got shape {Y.shape}")
         weights = _check_sample_weight(sample_weight, Z.shape[0])
         n, m = Z.shape
@@ -301,8 +323,8 @@ class RidgeStatistics:
         -------
         statistics : RidgeStatistics
         """
-        Y = _as_targets(Y)
         n = X.shape[0]
+        Y = _as_targets(Y, n)
         weights = _check_sample_weight(sample_weight, n)
         if batch_size is None:
             batch_size = default_batch_size(_width(features))
@@ -703,7 +725,7 @@ class RidgeSolver:
             Sums of squared leave-one-out errors over the rows of ``X``.
         """
         alphas = _check_alphas(alphas)
-        Y = _as_targets(Y)
+        Y = _as_targets(Y, X.shape[0])
         weights = _check_sample_weight(sample_weight, X.shape[0])
         if batch_size is None:
             batch_size = default_batch_size(self.statistics.n_components)
@@ -919,6 +941,10 @@ class _BaseRandomFeatureRidge(BaseEstimator):
                 scale = 1.0 + self._intercept_variance + leverage
                 std[start:stop] = np.sqrt(np.multiply.outer(scale, self._noise))
         return out, std
+
+    def __sklearn_is_fitted__(self):
+        # solved, not merely validated (a failed first partial_fit leaves n_features_in_)
+        return hasattr(self, "_coef")
 
     def _store_common(self, solver, coef, alpha):
         """Float64 solution and posterior pieces used by the blockwise predictions."""
@@ -1331,15 +1357,19 @@ class RandomFeatureRidgeClassifier(ClassifierMixin, _BaseRandomFeatureRidge):
             classes = np.unique(np.asarray(classes))
             if classes.size < 2:
                 raise ValueError(f"classes must list at least two labels, got {classes!r}")
-            self.classes_ = classes
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(
                 f"classes={np.unique(classes).tolist()} differs from the classes of the first "
                 f"call, {self.classes_.tolist()}"
             )
+        else:
+            classes = self.classes_
         weights = _check_sample_weight(sample_weight, X.shape[0])
+        targets = encode_labels(y, classes)  # raises on labels outside classes
+        # only once every check has passed: a failed first call leaves no fitted state
+        self.classes_ = classes
         self._dtype = X.dtype
-        return self._partial_fit_encoded(X, encode_labels(y, self.classes_), weights, first)
+        return self._partial_fit_encoded(X, targets, weights, first)
 
     def _init_targets(self, y, classes):
         if classes is None:

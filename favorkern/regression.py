@@ -286,8 +286,12 @@ def select_gamma_alpha(
     if gammas is None:
         gammas = 2.0 ** _GAMMA_EXPONENTS[kernel] / X.shape[1]
     gammas = [check_positive_real(float(g), "gamma") for g in np.ravel(gammas)]
+    if not gammas:
+        raise ValueError("gammas must hold at least one value")
     alphas = _ALPHAS if alphas is None else np.ravel(alphas)
     alphas = np.array([check_positive_real(float(a), "alpha") for a in alphas])
+    if not alphas.size:
+        raise ValueError("alphas must hold at least one value")
     folds = list(KFold(cv, shuffle=True, random_state=rng).split(X))
     errors = np.zeros((len(gammas), len(alphas)))
     with blas_single_thread():  # eigh of a few hundred rows: threads only contend
@@ -436,6 +440,8 @@ def compare_regression(
     import pandas as pd
 
     check_option(kernel, "kernel", KERNELS)
+    if isinstance(methods, str):  # one method, not its letters
+        methods = [methods]
     for method in methods:
         check_option(method, "method", METHODS)
     widths = [check_int(m, "n_components") for m in np.ravel(n_components)]

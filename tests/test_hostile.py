@@ -817,7 +817,9 @@ def test_values_near_the_dtype_max_give_finite_outputs(name, attend, dtype):
     # the same call on values of order 1, scaled back (powers of two: exact)
     expected = attend(Q, K, unit.astype(dtype)).astype(np.float64) * scale
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(out, expected, rtol=rtol, atol=rtol * np.abs(expected).max(0))
+    # error relative to each column's largest output
+    error = np.abs(out - expected) / np.abs(expected).max(axis=0)
+    assert error.max() < rtol
 
 
 def test_values_whose_sums_a_state_cannot_hold_are_refused():
@@ -1248,3 +1250,143 @@ def test_step_broadcasts_one_token_like_a_block():
         np.testing.assert_array_equal(a.keys.S, b.keys.S)
     with pytest.raises(TypeError, match="DecodingState"):
         layer.step(Q[:, :1], K[:, :1], V[:, :1], "x")
+
+
+# -- targets, the fitted map, rbf at huge norms, data files, argument errors -------------
+
+
+def test_targets_with_nan_or_wrong_length_are_refused_in_every_ridge_path(dask_sync):
+    """NaN targets gave a model of NaN coefficients (dask, statistics) without an error."""
+    import dask.array as da
+
+    import favorkern.dask as fd
+    from favorkern import RandomFeatureRidge
+    from favorkern.linear_model import RidgeStatistics
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3))
+    y = X.sum(axis=1)
+    features = PositiveRandomFeatures(16, random_state=0).fit(X)
+    for bad in (np.nan, np.inf):
+        y_bad = y.copy()
+        y_bad[45] = bad
+        with pytest.raises(ValueError, match="targets y contain NaN or infinity"):
+            fd.fit(RandomFeatureRidge(alphas=[0.1, 1.0]), da.from_array(X, chunks=20),
+                   da.from_array(y_bad, chunks=20)).coef_  # fmt: skip
+        with pytest.raises(ValueError, match="targets y contain NaN or infinity"):
+            RidgeStatistics.from_features(features, X, y_bad)
+    with pytest.raises(ValueError, match="must have 50 rows like X"):
+        RidgeStatistics.from_features(features, X, y[:-1])
+
+
+def test_the_fitted_map_honours_the_callers_projection():
+    """It drew 256 rows from its own seed whatever n_components, random_state and
+    projection the transformer or layer was given."""
+    from favorkern import FavorAttention, RandomFeatures
+    from favorkern.diagnostics import empirical_mse
+    from favorkern.feature_maps import feature_map_names
+
+    X = np.random.default_rng(1).normal(size=(40, 3))
+    one = RandomFeatures("fitted", n_components=16, random_state=1).fit(X)
+    assert one.transform(X).shape == (40, 16)
+    two = RandomFeatures("fitted", n_components=16, random_state=2, projection="gaussian")
+    assert not np.array_equal(one.transform(X), two.fit(X).transform(X))
+    # one input set: the identity maps, so the positive map with the transformer's rows
+    positive = RandomFeatures("positive", n_components=16, random_state=1).fit(X)
+    np.testing.assert_allclose(one.transform(X), positive.transform(X), rtol=1e-12)
+    Q, K = np.random.default_rng(2).normal(size=(2, 30, 4))
+    layer = FavorAttention(feature_map="fitted", n_components=8, random_state=3).fit(Q, K)
+    np.testing.assert_array_equal(layer.constants_["projection"], layer.projection_)
+    assert "fitted" not in feature_map_names(random=True)
+    with pytest.raises(ValueError, match="fits its projection to data"):
+        empirical_mse(X[:2], X[2:4], feature_map="fitted", n_components=16, n_trials=10)
+
+
+def test_rbf_kernel_at_huge_norms_is_finite_and_exact():
+    from scipy.spatial.distance import cdist
+
+    from favorkern import exact_kernel
+
+    for scale, dtype in [(1e200, np.float64), (1e150, np.float64), (1e30, np.float32)]:
+        X = np.array([[scale, 0.0], [scale, 1.0], [0.0, 0.0], [-scale, 2.0]], dtype=dtype)
+        K = exact_kernel(X, kernel="rbf", gamma=0.5)
+        assert K.dtype == dtype and np.isfinite(K).all()
+        with np.errstate(over="ignore"):
+            expected = np.exp(-0.5 * cdist(X, X, "sqeuclidean"))
+        np.testing.assert_allclose(K, expected, rtol=1e-6)
+        assert K[0, 1] == pytest.approx(np.exp(-0.5), rel=1e-6)
+
+
+def test_data_files_that_cannot_be_read_give_clear_errors(tmp_path):
+    from favorkern.datasets import load_dataset
+
+    parquet = tmp_path / "table.parquet"
+    parquet.write_text("a,y\n1,2\n")  # a CSV under a Parquet name: not read as CSV
+    with pytest.raises(ValueError, match="Parquet"):
+        load_dataset(str(parquet), target="y")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        load_dataset(str(empty), target="y")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x93NUMPY\x01\x00")
+    with pytest.raises(ValueError, match="not a readable CSV text file"):
+        load_dataset(str(binary), target="y")
+
+
+def test_regression_arguments_name_what_is_wrong():
+    from favorkern.regression import compare_regression, select_gamma_alpha
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(60, 3)), rng.normal(size=60)
+    result = compare_regression(X, y, n_components=[8], methods="RBFSampler", cv_samples=40)
+    assert set(result["method"]) == {"RBFSampler"}
+    with pytest.raises(ValueError, match="gammas must hold at least one value"):
+        select_gamma_alpha(X, y, gammas=[])
+    with pytest.raises(ValueError, match="alphas must hold at least one value"):
+        select_gamma_alpha(X, y, alphas=[])
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**32), "1.5"])
+def test_cli_seed_out_of_range_names_the_option(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attention", "--seed", value])
+    assert exit_info.value.code == 2
+    assert "argument --seed" in capsys.readouterr().err
+
+
+def test_cli_sigma_beyond_the_dtype_is_a_usage_error(capsys):
+    """It printed overflow RuntimeWarnings, then 'Q contains NaN or infinity'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status = main(["attention", "--sigma", "1e300", "--lengths", "16"])
+    assert status == 2
+    assert "--sigma 1e+300 makes inputs beyond the float32 range" in capsys.readouterr().err
+
+
+def test_python_dash_m_favorkern_runs_the_command_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "favorkern", "--version"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0 and result.stdout.startswith("favorkern")
+
+
+def test_ridge_targets_beyond_float64_squares_and_failed_first_partial_fit():
+    from sklearn.exceptions import NotFittedError
+
+    from favorkern import RandomFeatureRidge, RandomFeatureRidgeClassifier
+    from favorkern.diagnostics import empirical_mse
+
+    X = np.random.default_rng(5).normal(size=(50, 3))
+    with pytest.raises(ValueError, match="sums of their squares would overflow"):
+        RandomFeatureRidge(alphas=[0.1, 1.0, 10.0]).fit(X, X.sum(axis=1) * 1e160)
+    model = RandomFeatureRidgeClassifier()
+    with pytest.raises(ValueError, match="labels not in classes"):
+        model.partial_fit(X[:3], ["a", "b", "c"], classes=[0, 1, 2])
+    assert not hasattr(model, "classes_")
+    with pytest.raises(NotFittedError):
+        model.predict(X)
+    with pytest.raises(ValueError, match="n_trials must be"):
+        empirical_mse(X[:2], X[2:4], feature_map="positive", n_components=8, n_trials=1)

@@ -9,7 +9,7 @@ import math
 def int_list(text):
     """``"16,32,64"`` -> ``[16, 32, 64]``, every value >= 1."""
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers such as 16,64,256, got {text!r}"
@@ -18,6 +18,17 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
     _reject_duplicates(values, text)
     return values
+
+
+def seed(text):
+    """An argparse type: a random seed, an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32 - 1], got {value}")
+    return value
 
 
 def _reject_duplicates(values, text):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..feature_maps import feature_map_names
 from ..projections import PROJECTION_KINDS
-from ._args import int_at_least, positive_float
+from ._args import int_at_least, positive_float, seed
 from ._files import UsageError, load_array
 from ._progress import progress
 
@@ -59,7 +59,7 @@ def add_arguments(parser):
         default="float32",
         help="floating-point type of the computation (files are converted)",
     )
-    data.add_argument("--seed", type=int, default=0, help="seed of the inputs and projection")
+    data.add_argument("--seed", type=seed, default=0, help="seed of the inputs and projection")
 
     model = parser.add_argument_group("attention")
     model.add_argument(
@@ -171,6 +171,12 @@ def _inputs(args):
     lengths = args.lengths or [256, 1024, 4096]
     rng = np.random.default_rng(args.seed)
     longest = max(lengths)
+    # standard normal draws stay below 10 in magnitude for any length used here
+    if args.sigma * 10.0 > float(np.finfo(dtype).max):
+        raise UsageError(
+            f"--sigma {args.sigma:g} makes inputs beyond the {np.dtype(dtype).name} range; "
+            "use a smaller --sigma or --dtype float64"
+        )
     Q = (rng.standard_normal((longest, args.d)) * args.sigma).astype(dtype)
     K = (rng.standard_normal((longest, args.d)) * args.sigma).astype(dtype)
     V = rng.standard_normal((longest, dv)).astype(dtype)

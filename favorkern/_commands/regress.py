@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._args import fraction, int_at_least, int_list, positive_float
+from ._args import fraction, int_at_least, int_list, positive_float, seed
 from ._files import OutputDir, UsageError, check_input_file, write_text
 from ._progress import progress
 
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest training set on which exact KernelRidge is run",
     )
     parser.add_argument("--test-size", type=fraction, default=0.25, help="held-out fraction")
-    parser.add_argument("--seed", type=int, default=0, help="seed of split, subsamples, features")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of split, subsamples, features")
     parser.add_argument(
         "--stream",
         action="store_true",

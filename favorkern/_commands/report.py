@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 
+from ._args import seed
 from ._files import OutputDir
 from ._progress import progress
 
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller studies (under two minutes)")
     # Seconds-long smoke run for the test suite; not part of the documented interface.
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of every random draw")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

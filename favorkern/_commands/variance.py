@@ -17,7 +17,7 @@ import argparse
 import time
 
 from ..feature_maps import feature_map_names
-from ._args import int_at_least, int_list, names
+from ._args import int_at_least, int_list, names, seed
 from ._files import OutputDir, write_text
 from ._progress import progress
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trials", type=int_at_least(2), default=2000, help="Monte-Carlo trials per setting"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the draws")
     parser.add_argument("--out", default="variance-out", metavar="DIR", help="output directory")
     parser.add_argument(
         "--overwrite",
@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=names,
         default=["positive", "hyperbolic", "trigonometric", "optimal"],
         help="feature maps of the registry, comma-separated (those estimating the softmax "
-        "kernel: " + ", ".join(feature_map_names(kernel="softmax")) + "); optimal runs at "
+        "kernel: "
+        + ", ".join(feature_map_names(kernel="softmax", random=True))
+        + "); optimal runs at "
         "each pair's own A*",
     )
     parser.add_argument(

@@ -38,7 +38,7 @@ from .._validation import (
     check_logit_scale,
     check_option,
 )
-from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps import check_constants, fit_constants, get_feature_map
 from ..feature_maps._evaluate import projection_logits
 from ..projections import PROJECTION_KINDS
 from .common import heads, run_parallel
@@ -284,8 +284,9 @@ def _one_head(q, k, v, idx, out, fmap, proj, gamma, frozen, window, n_global, ca
     head_constants = frozen
     if head_constants is None:
         head_constants = check_constants(
-            fmap, fmap.fit(q64, k64, input_scale=math.sqrt(gamma)) if fmap.data_constants
-            else {}
+            fmap,
+            fit_constants(fmap, q64, k64, input_scale=math.sqrt(gamma), projection=proj.matrix)
+            if fmap.data_constants else {}
         )  # fmt: skip
     features = attention_features(fmap, proj, gamma, np.float64, head_constants)
     qf = fmap.prepare(q64, "query", head_constants)

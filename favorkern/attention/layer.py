@@ -22,7 +22,7 @@ from .._validation import (
     check_logit_scale,
     check_option,
 )
-from ..feature_maps import get_feature_map
+from ..feature_maps import fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS
 from .decoding import DecodingState, HeadFeatures, decode
 from .favor import (
@@ -43,7 +43,7 @@ from .favor import (
 __all__ = ["FavorAttention"]
 
 
-def _fit_constants(fmap, Q, K, gamma):
+def _fit_constants(fmap, Q, K, gamma, projection):
     """Constants of ``fmap`` fitted on calibration data: shared, or one set per head.
 
     2-D ``Q``, ``K``: one set.  Otherwise the axis -3 holds the heads (``K`` may have
@@ -53,7 +53,7 @@ def _fit_constants(fmap, Q, K, gamma):
     scale = math.sqrt(gamma)
     d = Q.shape[-1]
     if Q.ndim == 2 and K.ndim == 2:
-        return fmap.fit(Q, K, input_scale=scale), None
+        return fit_constants(fmap, Q, K, input_scale=scale, projection=projection), None
     if Q.ndim < 3 or K.ndim < 3:
         raise ValueError(
             f"Q and K must both be 2-D (one set of constants) or both have a head axis (-3), "
@@ -69,7 +69,7 @@ def _fit_constants(fmap, Q, K, gamma):
     for h in range(n_kv):
         q = Q[..., h * group : (h + 1) * group, :, :].reshape(-1, d)
         k = K[..., h, :, :].reshape(-1, d)
-        head_constants.append(fmap.fit(q, k, input_scale=scale))
+        head_constants.append(fit_constants(fmap, q, k, input_scale=scale, projection=projection))
     return None, head_constants
 
 
@@ -206,7 +206,7 @@ class FavorAttention:
         if arrays is not None:
             gamma = check_logit_scale(gamma, d)
             if fmap.data_constants:
-                shared, per_head = _fit_constants(fmap, *arrays, gamma)
+                shared, per_head = _fit_constants(fmap, *arrays, gamma, self.projection_)
             else:
                 shared, per_head = {}, None
             self._shared_constants, self._head_constants = shared, per_head

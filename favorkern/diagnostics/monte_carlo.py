@@ -12,7 +12,7 @@ from functools import partial
 import numpy as np
 
 from .._validation import check_float_array, check_int, check_option
-from ..feature_maps import apply_feature_map, check_constants
+from ..feature_maps import apply_feature_map, check_constants, feature_map_names
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
@@ -218,6 +218,12 @@ def empirical_mse(
 
     x, y, scalar = check_pairs(x, y)
     fmap, m = check_width(feature_map, n_components)
+    if fmap.fit_takes_projection:
+        raise ValueError(
+            f"feature_map={fmap.name!r} fits its projection to data, so a Monte-Carlo "
+            "estimate over random projections does not apply; maps with random "
+            f"projections: {list(feature_map_names(random=True))}"
+        )
     if "softmax" not in fmap.kernels:
         raise ValueError(
             f"feature_map={fmap.name!r} does not estimate the softmax kernel exp(gamma x.y)"
@@ -237,7 +243,7 @@ def empirical_mse(
                 f"{n_components} and d={d}, got {projections.shape}"
             )
         n_trials = projections.shape[0]
-    n_trials = check_int(n_trials, "n_trials")
+    n_trials = check_int(n_trials, "n_trials", min_value=2)  # a spread needs two
     n_groups = min(check_int(n_groups, "n_groups"), n_trials)
     rng = check_random_state(random_state)
 

@@ -146,7 +146,9 @@ def variance_study(
     sizes = parse_sizes(n_components, "n_components")
     if len(set(sizes)) != len(sizes):
         raise ValueError(f"n_components must not repeat a width, got {sizes}")
-    kinds = parse_options(feature_maps, "feature_maps", feature_map_names(kernel="softmax"))
+    kinds = parse_options(
+        feature_maps, "feature_maps", feature_map_names(kernel="softmax", random=True)
+    )
     maps = {kind: get_feature_map(kind) for kind in kinds}
     for kind in kinds:
         for size in sizes:

@@ -8,6 +8,7 @@ import numpy as np
 
 __all__ = [
     "FeatureMap",
+    "fit_constants",
     "register_feature_map",
     "unregister_feature_map",
     "get_feature_map",
@@ -49,6 +50,11 @@ class FeatureMap:
         The shape of each data constant, as a tuple whose entries are ``"d"`` (the
         input dimension), ``"m"`` (any length) or an integer; ``()`` for a number.
         :func:`check_constants` refuses constants of another shape.
+    fit_takes_projection : bool
+        :meth:`fit` takes the caller's projection (``projection=``, the matrix the
+        transformer or attention layer drew from its ``n_components``,
+        ``projection`` and ``random_state``) and fits its constants around it; the
+        callers pass it through :func:`fit_constants`.
     summary : str
         One line for listings (the command line, the docs).
 
@@ -82,6 +88,7 @@ class FeatureMap:
     nonnegative: bool = True
     data_constants: tuple = ()
     constant_shapes: Mapping = {}
+    fit_takes_projection: bool = False
     summary: str = ""
 
     def n_projections(self, n_components: int) -> int:
@@ -309,7 +316,7 @@ def get_feature_map(feature_map, name: str = "feature_map") -> FeatureMap:
     )
 
 
-def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple:
+def feature_map_names(*, kernel=None, closed_form=None, data_free=None, random=None) -> tuple:
     """Names of the registered maps, in registration order, optionally filtered.
 
     Parameters
@@ -320,6 +327,10 @@ def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple
         Only maps with (True) or without (False) a closed-form MSE.
     data_free : bool or None
         Only maps without (True) or with (False) data-fitted constants.
+    random : bool or None
+        Only maps whose projection is random (True: Monte-Carlo estimates over
+        projections apply) or fitted around data (False,
+        :attr:`FeatureMap.fit_takes_projection`).
 
     Examples
     --------
@@ -334,6 +345,8 @@ def feature_map_names(*, kernel=None, closed_form=None, data_free=None) -> tuple
         if closed_form is not None and fmap.has_closed_form != closed_form:
             continue
         if data_free is not None and (not fmap.data_constants) != data_free:
+            continue
+        if random is not None and fmap.fit_takes_projection == random:
             continue
         names.append(name)
     return tuple(names)
@@ -358,6 +371,14 @@ def linear_prepare(X, side: str, constants: dict):
     T = np.asarray(constants["query_transform" if side == "query" else "key_transform"])
     with blas_single_thread():  # a small product: threads only cost
         return np.ascontiguousarray(X @ T.T.astype(X.dtype, copy=False))
+
+
+def fit_constants(feature_map: FeatureMap, X, Y=None, *, input_scale, projection=None) -> dict:
+    """``feature_map.fit(X, Y, input_scale=...)``, with the caller's ``projection`` for a
+    map that fits its constants around it (:attr:`FeatureMap.fit_takes_projection`)."""
+    if feature_map.fit_takes_projection and projection is not None:
+        return feature_map.fit(X, Y, input_scale=input_scale, projection=projection)
+    return feature_map.fit(X, Y, input_scale=input_scale)
 
 
 def check_constants(feature_map: FeatureMap, constants, d=None) -> dict:

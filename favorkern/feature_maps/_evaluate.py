@@ -10,6 +10,9 @@ and the constants; :func:`apply_feature_map` evaluates it over row blocks, in
 parallel threads with BLAS pinned to one thread (measured faster than letting
 BLAS thread a single large product and then running numpy's exp on one core).
 Numba is not used here: its ``exp`` is scalar on this stack, numpy's is SIMD.
+The dense path of exp maps works in base 2 (augmented weights scaled by
+``log2(e)``, then ``exp2``): numpy's float32 ``exp2`` measured 1.7x faster than its
+``exp``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._parallel import run_row_blocks
+
+_LOG2E = 1.0 / float(np.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -214,21 +219,29 @@ def _may_overflow(spec: FeatureMapSpec, dtype) -> bool:
     return spec.logit_bound + float(np.max(spec.log_scale)) >= log_max
 
 
-def _exp_checked(out_b, spec: FeatureMapSpec, may_overflow=None) -> None:
+def _exp_checked(out_b, spec: FeatureMapSpec, may_overflow=None, base2=False) -> None:
     """``exp`` of the exponents in place; checks for overflow only where it is possible.
 
     ``may_overflow``: :func:`_may_overflow`, computed once per call by callers that
     evaluate many blocks (it costs more than a small block's ``exp`` check).
+    ``base2``: the exponents are in base 2 (``exp2`` of them).
     """
+    exp = np.exp2 if base2 else np.exp
     if may_overflow is None:
         may_overflow = _may_overflow(spec, out_b.dtype)
     if may_overflow:
         log_max = float(np.log(np.finfo(out_b.dtype).max))
         peak = float(out_b.max()) if out_b.size else -np.inf
+        if base2:
+            peak /= _LOG2E
         if peak >= log_max:
             _warn_overflow(_overflow_message(out_b.dtype, f"an exponent ({peak:.3g})"))
-    with np.errstate(over="ignore"):
-        np.exp(out_b, out=out_b)
+            with np.errstate(over="ignore"):
+                exp(out_b, out=out_b)
+            return
+    # no exponent reaches log(max): no overflow to silence (the errstate context
+    # costs about 20 us per block)
+    exp(out_b, out=out_b)
 
 
 def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
@@ -262,9 +275,9 @@ def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
 def _augmented_weights(spec: FeatureMapSpec, dtype):
     """``(d + 2, n_out)``: ``W^T``, a row of ones, the per-output constants.
 
-    Multiplied by ``[x, -a |x|^2, 1]`` it gives the whole exponent (exp maps) or the
-    phase-shifted projection (cos maps) in the one BLAS call, saving an elementwise
-    pass over the output.
+    Multiplied by ``[x, -a |x|^2, 1]`` it gives the whole exponent (exp maps, in base
+    2: times ``log2(e)``) or the phase-shifted projection (cos maps) in the one BLAS
+    call, saving an elementwise pass over the output.
     """
     n_out, d = spec.weights.shape
     aug = np.empty((d + 2, n_out), dtype=np.float64)
@@ -272,6 +285,7 @@ def _augmented_weights(spec: FeatureMapSpec, dtype):
     aug[d] = 1.0
     if spec.func == "exp":
         aug[d + 1] = spec.log_scale
+        aug *= _LOG2E
     else:
         aug[d + 1] = 0.0 if spec.offset is None else spec.offset
     return np.ascontiguousarray(aug, dtype=dtype)
@@ -329,9 +343,9 @@ def _apply_block_augmented(
             # partner: -w.x - a|x|^2 + log s = 2 (log s - a|x|^2) - (w.x - a|x|^2 + log s)
             log_pair = float(np.ravel(spec.log_scale)[0])
             twice = x_aug[:, d] + dtype.type(log_pair)
-            twice *= dtype.type(2.0)
+            twice *= dtype.type(2.0 * _LOG2E)
             np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
-            _exp_checked(out_b, spec, may_overflow)
+            _exp_checked(out_b, spec, may_overflow, base2=True)
             return
         if np.ndim(spec.log_scale) == 0:
             # the row factor and the constant output scale ride along in the kernel
@@ -346,7 +360,7 @@ def _apply_block_augmented(
         return
     np.matmul(x_aug, weights_aug, out=out_b)
     if spec.func == "exp":
-        _exp_checked(out_b, spec, may_overflow)
+        _exp_checked(out_b, spec, may_overflow, base2=True)
         return
     # cos: the phases are in; apply_block's remaining steps (row factor, scale).
     _finish_cos(Xb, out_b, spec)

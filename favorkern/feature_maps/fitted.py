@@ -75,8 +75,10 @@ class FittedFeatureMap(FeatureMap):
     """Positive features after linear maps of q and k fitted by attention distillation.
 
     A kernel fitted to data, **not an unbiased estimator** of ``exp(gamma q.k)``
-    (see the module docstring).  ``fit(Q, K)`` draws its own projection ``W``
-    (``random_state``) and minimizes, with L-BFGS and analytic gradients, the
+    (see the module docstring).  ``fit(Q, K, projection=W)`` keeps the caller's
+    projection ``W`` (the transformers and attention pass the one they drew from
+    their ``n_components``, ``projection`` and ``random_state``; without it the map
+    draws its own from the parameters below) and minimizes, with L-BFGS and analytic gradients, the
     cross-entropy between the softmax attention weights of ``Q`` and ``K`` (one
     sequence: query ``i`` and key ``i`` are the same position; causal weights if
     ``causal``) and the linear attention weights of the features, over ``n_rows``
@@ -88,7 +90,8 @@ class FittedFeatureMap(FeatureMap):
     Parameters
     ----------
     n_components : int, default=256
-        Output width; the projection in the constants has this many rows.
+        Output width of a projection the map draws itself (``fit`` without
+        ``projection``).
     causal : bool, default=True
         Fit causal attention weights (keys ``j <= i``).
     n_rows : int, default=256
@@ -98,9 +101,9 @@ class FittedFeatureMap(FeatureMap):
     max_iter : int, default=100
         L-BFGS iterations.
     projection : {"orthogonal", "gaussian"}, default="orthogonal"
-        Kind of ``W``.
+        Kind of a ``W`` the map draws itself.
     random_state : int or None, default=0
-        Seed of ``W`` and of the sampled rows.
+        Seed of the sampled rows (and of a ``W`` the map draws itself).
     name : str, default="fitted"
 
     Examples
@@ -117,6 +120,7 @@ class FittedFeatureMap(FeatureMap):
 
     kernels = ("softmax",)
     data_constants = ("query_transform", "key_transform", "projection")
+    fit_takes_projection = True
     constant_shapes = {
         "query_transform": ("d", "d"),
         "key_transform": ("d", "d"),
@@ -135,7 +139,7 @@ class FittedFeatureMap(FeatureMap):
         self.random_state = random_state
         self.name = name
 
-    def fit(self, X, Y=None, *, input_scale=1.0):
+    def fit(self, X, Y=None, *, input_scale=1.0, projection=None):
         # scipy.optimize is imported here: it pulls heavy modules into ``import favorkern``.
         from scipy.optimize import minimize
         from sklearn.utils import check_random_state
@@ -146,7 +150,15 @@ class FittedFeatureMap(FeatureMap):
         Y = X if Y is None else _dense(Y, "Y")
         d = X.shape[1]
         rng = check_random_state(self.random_state)
-        W = draw_projection(self.n_components, d, projection=self.projection, random_state=rng)
+        if projection is None:
+            W = draw_projection(self.n_components, d, projection=self.projection, random_state=rng)
+        else:
+            W = np.asarray(projection, dtype=np.float64)
+            if W.ndim != 2 or W.shape[1] != d:
+                raise ValueError(
+                    f"projection must have shape (n_components, {d}) for {d}-dimensional "
+                    f"inputs, got {W.shape}"
+                )
         if Y is X or X.shape[0] == 0 or Y.shape[0] == 0:
             # One input set (a transformer applies one map to all rows, no prepare):
             # the identity maps, i.e. the positive map with W.
