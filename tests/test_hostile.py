@@ -798,6 +798,11 @@ def _huge_values(dtype, L=600, d=8):
 def _attention_of_huge_values():
     from favorkern import hybrid_attention
 
+    yield "favor", lambda Q, K, V: favor_attention(Q, K, V, method="favor", random_state=0)
+    yield "favor-causal", lambda Q, K, V: favor_attention(Q, K, V, causal=True, method="favor",
+                                                          random_state=0)  # fmt: skip
+    yield "recurrent", lambda Q, K, V: favor_attention(Q, K, V, causal=True, method="recurrent",
+                                                       random_state=0)  # fmt: skip
     yield "exact", lambda Q, K, V: softmax_attention(Q, K, V)
     yield "exact-causal", lambda Q, K, V: softmax_attention(Q, K, V, causal=True)
     yield "hybrid", lambda Q, K, V: hybrid_attention(Q, K, V, causal=True, window=4,

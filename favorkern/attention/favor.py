@@ -24,7 +24,7 @@ from .._validation import (
     check_logit_scale,
     check_option,
 )
-from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps import check_constants, fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
@@ -32,6 +32,7 @@ from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, head
 from .decoding import DecodingState, HeadFeatures, decode
 from .exact import softmax_attention
 from .features import AttentionFeatures
+from .values import scaled_values, unscale
 
 __all__ = [
     "favor_attention",
@@ -507,9 +508,10 @@ def _favor_adaptive(Q, K, V, mask, batch, fmap, proj, gamma, method):
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     for q, k, v, m, idx in heads(Q, K, V, mask, batch):
         keys = k if m is None else k[~m]
-        constants = fmap.fit(
-            q.astype(np.float64), keys.astype(np.float64), input_scale=math.sqrt(gamma)
-        )
+        constants = fit_constants(
+            fmap, q.astype(np.float64), keys.astype(np.float64), input_scale=math.sqrt(gamma),
+            projection=proj.matrix,
+        )  # fmt: skip
         out[idx] = _favor(q, k, v, m, (), fmap, proj, gamma, False, method, constants)
     return out
 
@@ -519,6 +521,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     Q = fmap.prepare(Q, "query", constants)
     K = fmap.prepare(K, "key", constants)
     features = attention_features(fmap, proj, gamma, Q.dtype, constants)
+    V, exponents = scaled_values(V, K.shape[-2] * features.n_out)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     head_list = heads(Q, K, V, mask, batch)
     work = len(head_list) * (Q.shape[-2] + K.shape[-2]) * features.n_out
@@ -531,7 +534,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
         else:
             chunk = feature_chunk_rows(features.n_out, Q.dtype)
             bidirectional(features, head_list, out, chunk, workers)
-    return out
+    return unscale(out, exponents)
 
 
 def dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
