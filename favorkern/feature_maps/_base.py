@@ -375,7 +375,21 @@ def linear_prepare(X, side: str, constants: dict):
 
 def fit_constants(feature_map: FeatureMap, X, Y=None, *, input_scale, projection=None) -> dict:
     """``feature_map.fit(X, Y, input_scale=...)``, with the caller's ``projection`` for a
-    map that fits its constants around it (:attr:`FeatureMap.fit_takes_projection`)."""
+    map that fits its constants around it (:attr:`FeatureMap.fit_takes_projection`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern import draw_projection
+    >>> from favorkern.feature_maps import fit_constants, get_feature_map
+    >>> Q, K = np.random.default_rng(0).normal(size=(2, 40, 4))
+    >>> W = draw_projection(8, 4, random_state=0)
+    >>> c = fit_constants(get_feature_map("fitted"), Q, K, input_scale=0.5, projection=W)
+    >>> bool(np.array_equal(c["projection"], W))
+    True
+    >>> sorted(fit_constants(get_feature_map("optimal"), Q, K, input_scale=0.5, projection=W))
+    ['A']
+    """
     if feature_map.fit_takes_projection and projection is not None:
         return feature_map.fit(X, Y, input_scale=input_scale, projection=projection)
     return feature_map.fit(X, Y, input_scale=input_scale)
