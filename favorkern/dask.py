@@ -432,8 +432,18 @@ def _group_state(recipe, k_blocks, v_blocks, m_blocks):
 def _group_prefixes(recipe, k_blocks, v_blocks, m_blocks):
     """:func:`~favorkern.attention.state.exclusive_scan` of the states of consecutive
     key chunks: entry ``i`` the state of the group's chunks before chunk ``i`` (``None``
-    for the first), the last entry the group's total."""
-    return tuple(exclusive_scan(_chunk_states(recipe, k_blocks, v_blocks, m_blocks)))
+    for the first), the last entry the group's total.
+
+    The prefixes before the last entry carry ``S`` in the features' dtype (the dtype
+    it is used in; ``z`` and ``c`` stay float64): they travel to the workers of the
+    group's output tasks, the total (float64) only to the scan across groups.
+    """
+    prefixes = exclusive_scan(_chunk_states(recipe, k_blocks, v_blocks, m_blocks))
+    dtype = recipe[2]
+    for i in range(1, len(prefixes) - 1):
+        state = prefixes[i]
+        prefixes[i] = KeyState(state.S.astype(dtype, copy=False), state.z, state.c)
+    return tuple(prefixes)
 
 
 def _entry(container, index):
