@@ -566,6 +566,8 @@ class _Tasks:
         def prefixes_of(offset, group):
             if len(group) == 1:
                 return [offset]
+            if len(group) == 2 and offset == (None, None):
+                return [offset, group[0]]  # the second's prefix is the first
             # the last member's own state is not needed: its prefix ends before it
             keys, indices = zip(*group[:-1], strict=True)
             scan = self.add(_scan_entries, *offset, list(keys), list(indices))
