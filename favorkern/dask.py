@@ -17,7 +17,9 @@ work itself.
   in a tree and every query chunk emits ``phi(Q_c) S / phi(Q_c) z``; causal attention
   takes an exclusive prefix scan of the states (a tree of depth ``2 log16(chunks)``)
   and every chunk then runs the in-memory chunked causal algorithm from its carried
-  state, all chunks in parallel.
+  state, all chunks in parallel.  One task computes the states of consecutive key
+  chunks of up to ``2^14`` rows together (merged, or scanned within the group for
+  causal attention), so that short chunks cost about one task each: their output.
 
 The chunk-level pieces (the key state and its merge and scan, query emission, the
 causal chunk from a carried state) are those of :mod:`favorkern.attention`
@@ -664,6 +666,10 @@ def favor_attention(
       number of chunks) gives each chunk the state of all earlier keys, whose
       constant is the maximum over earlier keys only; each chunk then computes its
       outputs in parallel (the in-memory chunked algorithm from that state).
+
+    Consecutive key chunks of up to ``2^14`` rows share one task for their states
+    (and their merge, or their scan), so the graph has about one task per query
+    chunk: chunks of a few thousand rows cost little more than long ones.
 
     Parameters
     ----------
