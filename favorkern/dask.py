@@ -431,21 +431,43 @@ def _group_state(recipe, k_blocks, v_blocks, m_blocks):
     return states[0] if len(states) == 1 else merge(states)
 
 
-def _group_prefixes(recipe, k_blocks, v_blocks, m_blocks):
-    """:func:`~favorkern.attention.state.exclusive_scan` of the states of consecutive
-    key chunks: entry ``i`` the state of the group's chunks before chunk ``i`` (``None``
-    for the first), the last entry the group's total.
+class _GroupPrefixes:
+    """The exclusive prefix states of a group of key chunks, stacked.
 
-    The prefixes before the last entry carry ``S`` in the features' dtype (the dtype
-    it is used in; ``z`` and ``c`` stay float64): they travel to the workers of the
-    group's output tasks, the total (float64) only to the scan across groups.
+    Entry ``i`` is the state of the group's chunks before chunk ``i`` (``None`` for
+    the first), the last entry the group's total.  The prefixes travel to the
+    workers of the group's output tasks: stacked, they are three arrays to send
+    rather than three per chunk, and ``S`` is in the features' dtype (the dtype it
+    is used in; ``z`` and ``c`` stay float64).  The total (float64) goes to the
+    scan across groups.
     """
-    prefixes = exclusive_scan(_chunk_states(recipe, k_blocks, v_blocks, m_blocks))
-    dtype = recipe[2]
-    for i in range(1, len(prefixes) - 1):
-        state = prefixes[i]
-        prefixes[i] = KeyState(state.S.astype(dtype, copy=False), state.z, state.c)
-    return tuple(prefixes)
+
+    def __init__(self, states, dtype):
+        first = states[0]
+        count = len(states) - 1
+        self.S = np.empty((count,) + first.S.shape, dtype=dtype)
+        self.z = np.empty((count,) + first.z.shape)
+        self.c = np.empty((count,) + np.shape(first.c))
+        running = first
+        for i, state in enumerate(states[1:]):
+            self.S[i], self.z[i], self.c[i] = running.S, running.z, running.c
+            running = merge([running, state])
+        self.total = running
+
+    def __len__(self):
+        return len(self.S) + 2
+
+    def __getitem__(self, index):
+        if index == 0:
+            return None
+        if index == len(self) - 1:
+            return self.total
+        return KeyState(self.S[index - 1], self.z[index - 1], self.c[index - 1, ...])
+
+
+def _group_prefixes(recipe, k_blocks, v_blocks, m_blocks):
+    """The :class:`_GroupPrefixes` of consecutive key chunks (from no offset)."""
+    return _GroupPrefixes(_chunk_states(recipe, k_blocks, v_blocks, m_blocks), recipe[2])
 
 
 def _entry(container, index):
