@@ -77,11 +77,14 @@ _FEATURE_MAPS_MAX = 8
 # machine), and a merge of m x dv states costs microseconds.
 _REDUCTION_FAN_IN = 16
 _SCAN_FAN_IN = 16
-# Rows of consecutive key chunks whose states one task computes: a task costs about
-# 1-2 ms of scheduler and worker time besides its work (a LocalCluster of 2 workers),
-# the key state of 2^14 rows about 15 ms (m = 256, d = dv = 64); chunks this long
-# keep a task each.
+# Consecutive key chunks whose states one task computes: a task costs about 2 ms of
+# CPU besides its work (scheduler and worker; no-op tasks on a LocalCluster of 2
+# workers), the key state of 2^14 rows about 14 ms (m = 256, d = dv = 64, one head):
+# chunks of this many rows (times the heads of a block) keep a task each.  The float64
+# states a group task holds (and, causal, the prefixes it sends to the output tasks)
+# are bounded too: at most _GROUP_STATE_BYTES of them (64 chunks at m = 256, dv = 64).
 _GROUP_ROWS = 1 << 14
+_GROUP_STATE_BYTES = 1 << 23
 
 
 def local_cluster(n_workers=2, threads_per_worker=1, **kwargs):
@@ -406,12 +409,15 @@ def _merge(*parts):
     return merge(parts)
 
 
-def _row_groups(rows):
+def _row_groups(rows, heads=1, state_bytes=0):
     """Ranges ``(a, b)`` of consecutive chunks (of ``rows`` rows each) whose key states
-    one task computes: as many chunks as fit in ``_GROUP_ROWS`` rows, at least one."""
+    one task computes: as many chunks as fit in ``_GROUP_ROWS`` rows times ``heads``
+    and in ``_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
+    max_chunks = max(1, _GROUP_STATE_BYTES // state_bytes) if state_bytes > 0 else len(rows)
     groups, start, total = [], 0, 0
     for i, size in enumerate(rows):
-        if i > start and total + size > _GROUP_ROWS:
+        full = (total + size) * heads > _GROUP_ROWS or i - start >= max_chunks
+        if i > start and full:
             groups.append((start, i))
             start, total = i, 0
         total += size
@@ -854,7 +860,9 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
     out_name = f"favorkern-attention-{token}"
     outputs = {}
     n_lead = Q.ndim - 2
-    groups = _row_groups(K.chunks[-2])
+    heads = math.prod(max(sizes) for sizes in K.chunks[:-2])
+    state_bytes = heads * spec.weights.shape[0] * V.shape[-1] * 8
+    groups = _row_groups(K.chunks[-2], heads, state_bytes)
     for lead in np.ndindex(*Q.numblocks[:n_lead]):
         keys = [(K.name, *lead, j, 0) for j in range(K.numblocks[-2])]
         values = [(V.name, *lead, j, 0) for j in range(V.numblocks[-2])]

@@ -273,27 +273,31 @@ def test_causal_ignores_later_chunks():
     np.testing.assert_array_equal(outs[0][:24], outs[1][:24])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     rows=st.lists(st.integers(1, 40), min_size=1, max_size=30),
     limit=st.integers(1, 64),
+    heads=st.integers(1, 3),
+    state_bytes=st.integers(0, 5),
 )
-def test_row_groups_are_consecutive_and_full(rows, limit):
-    """Groups cover the chunks in order, hold at most the row limit (or one chunk), and
-    each takes as many chunks as fit."""
-    original = favorkern_dask._GROUP_ROWS
-    favorkern_dask._GROUP_ROWS = limit
+def test_row_groups_are_consecutive_and_full(rows, limit, heads, state_bytes):
+    """Groups cover the chunks in order, hold at most the row limit (times the heads) and
+    the state bytes (or one chunk), and each takes as many chunks as fit."""
+    original = favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES
+    favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = limit, 12
     try:
-        groups = favorkern_dask._row_groups(rows)
+        groups = favorkern_dask._row_groups(rows, heads, state_bytes)
     finally:
-        favorkern_dask._GROUP_ROWS = original
+        favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = original
+    max_chunks = 12 // state_bytes if state_bytes else len(rows)
     assert groups[0][0] == 0 and groups[-1][1] == len(rows)
     assert all(a < b for a, b in groups)
     assert all(prev[1] == nxt[0] for prev, nxt in zip(groups[:-1], groups[1:], strict=True))
     for a, b in groups:
-        assert b - a == 1 or sum(rows[a:b]) <= limit
-        if b < len(rows):
-            assert sum(rows[a : b + 1]) > limit  # the next chunk did not fit
+        fits = sum(rows[a:b]) * heads <= limit and b - a <= max_chunks
+        assert b - a == 1 or fits
+        if b < len(rows):  # the next chunk did not fit
+            assert sum(rows[a : b + 1]) * heads > limit or b + 1 - a > max_chunks
 
 
 def _layer_tasks(out):
@@ -309,27 +313,31 @@ def _layer_tasks(out):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize(
-    ("length", "rows", "states", "merges"),
+    ("shape", "rows", "m", "states", "merges"),
     [
         # one group: no merge (causal: no scan either, the group's prefixes suffice)
-        (1 << 12, 1 << 6, (1, 1), (0, 0)),
+        ((1 << 12, 8), 1 << 6, 8, (1, 1), (0, 0)),
         # four groups of 2^14 rows: one merge of four (causal: one scan; the last
         # chunk's own state is never computed, its group task still is)
-        (1 << 16, 1 << 8, (4, 4), (1, 1)),
+        ((1 << 16, 8), 1 << 8, 8, (4, 4), (1, 1)),
         # chunks of the group size keep a task each: the in-memory shape of the graph
-        (1 << 16, 1 << 14, (4, 3), (1, 1)),
+        ((1 << 16, 8), 1 << 14, 8, (4, 3), (1, 1)),
         # 40 groups: a tree of depth 2 (bidirectional), a two-level scan (causal:
         # 2 group totals, 1 scan of them, 3 scans from their offsets)
-        (40 << 14, 1 << 13, (40, 40), (4, 6)),
+        ((40 << 14, 8), 1 << 13, 8, (40, 40), (4, 6)),
+        # m = 256, dv = 64: 64 chunk states (8 MiB) per group, not 2^14 rows of them
+        ((1 << 15, 64), 1 << 7, 256, (4, 4), (1, 1)),
+        # four heads per block: 2^14 rows of heads per group
+        ((4, 1 << 14, 8), 1 << 8, 8, (4, 4), (1, 1)),
     ],
 )
-def test_attention_graph_has_one_task_per_output_chunk(causal, length, rows, states, merges):
-    X = da.zeros((length, 8), chunks=(rows, 8))
-    out = favor_attention(X, X, X, causal=causal, n_components=8, random_state=0)
+def test_attention_graph_has_one_task_per_output_chunk(causal, shape, rows, m, states, merges):
+    X = da.zeros(shape, chunks=shape[:-2] + (rows, shape[-1]))
+    out = favor_attention(X, X, X, causal=causal, n_components=m, random_state=0)
     # the graph as scheduled: tasks no output depends on are culled
     out = dask.optimize(out)[0]
     kinds = _layer_tasks(out)
-    assert kinds["attention"] == length // rows
+    assert kinds["attention"] == shape[-2] // rows
     assert kinds["key-state"] == states[causal]
     assert kinds["merge"] == merges[causal]
 
