@@ -872,12 +872,17 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
             for g, (a, b) in enumerate(groups):
                 # the last chunk's own state is not needed: its prefix ends before it
                 stop = b - 1 if g == len(groups) - 1 else b
-                group = None
-                if stop > a:
+                group, total = None, stop - a
+                if stop == a + 1 and b == stop:  # a chunk alone: its state is the total
+                    group, total = (
+                        states.add(_chunk_state, name, keys[a], values[a], masks[a]),
+                        None,
+                    )
+                elif stop > a:
                     group = states.add(
                         _group_prefixes, name, keys[a:stop], values[a:stop], masks[a:stop]
                     )
-                offsets.append((group, stop - a) if b == stop else (None, None))
+                offsets.append((group, total) if b == stop else (None, None))
                 local.extend([(None, None)] + [(group, i) for i in range(1, b - a)])
             offsets = merges.exclusive_scan(offsets)
             for g, (a, b) in enumerate(groups):
@@ -894,7 +899,9 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
                     )
         else:
             parts = [
-                states.add(_group_state, name, keys[a:b], values[a:b], masks[a:b])
+                states.add(_chunk_state, name, keys[a], values[a], masks[a])
+                if b == a + 1
+                else states.add(_group_state, name, keys[a:b], values[a:b], masks[a:b])
                 for a, b in groups
             ]
             total = merges.merge_tree(parts)
