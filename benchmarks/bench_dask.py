@@ -19,8 +19,8 @@ Table 1, at L = 2^log2-length (default 2^20):
 
 Table 2, the overhead per chunk: at a fixed L (default 2^16) the total work is
 constant, so the growth of the time with the number of chunks is the scheduling
-overhead; its least-squares slope is reported per chunk (a chunk costs one
-key-state task, about two merges, one output task and the assembly).
+overhead; its least-squares slope is reported per chunk (a chunk costs one output
+task; the key states of consecutive chunks up to 2^14 rows share a task).
 
 Usage::
 

@@ -17,7 +17,9 @@ work itself.
   in a tree and every query chunk emits ``phi(Q_c) S / phi(Q_c) z``; causal attention
   takes an exclusive prefix scan of the states (a tree of depth ``2 log16(chunks)``)
   and every chunk then runs the in-memory chunked causal algorithm from its carried
-  state, all chunks in parallel.
+  state, all chunks in parallel.  One task computes the states of consecutive key
+  chunks of up to ``2^14`` rows together (merged, or scanned within the group for
+  causal attention), so that short chunks cost about one task each: their output.
 
 The chunk-level pieces (the key state and its merge and scan, query emission, the
 causal chunk from a carried state) are those of :mod:`favorkern.attention`
@@ -75,6 +77,14 @@ _FEATURE_MAPS_MAX = 8
 # machine), and a merge of m x dv states costs microseconds.
 _REDUCTION_FAN_IN = 16
 _SCAN_FAN_IN = 16
+# Consecutive key chunks whose states one task computes: a task costs about 2 ms of
+# CPU besides its work (scheduler and worker; no-op tasks on a LocalCluster of 2
+# workers), the key state of 2^14 rows about 14 ms (m = 256, d = dv = 64, one head):
+# chunks of this many rows (times the heads of a block) keep a task each.  The float64
+# states a group task holds (and, causal, the prefixes it sends to the output tasks)
+# are bounded too: at most _GROUP_STATE_BYTES of them (64 chunks at m = 256, dv = 64).
+_GROUP_ROWS = 1 << 14
+_GROUP_STATE_BYTES = 1 << 23
 
 
 def local_cluster(n_workers=2, threads_per_worker=1, **kwargs):
@@ -399,6 +409,96 @@ def _merge(*parts):
     return merge(parts)
 
 
+def _row_groups(rows, heads=1, state_bytes=0):
+    """Ranges ``(a, b)`` of consecutive chunks (of ``rows`` rows each) whose key states
+    one task computes: as many chunks as fit in ``_GROUP_ROWS`` rows times ``heads``
+    and in ``_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
+    max_chunks = max(1, _GROUP_STATE_BYTES // state_bytes) if state_bytes > 0 else len(rows)
+    groups, start, total = [], 0, 0
+    for i, size in enumerate(rows):
+        full = (total + size) * heads > _GROUP_ROWS or i - start >= max_chunks
+        if i > start and full:
+            groups.append((start, i))
+            start, total = i, 0
+        total += size
+    groups.append((start, len(rows)))
+    return groups
+
+
+def _chunk_states(recipe, k_blocks, v_blocks, m_blocks):
+    return [
+        _chunk_state(recipe, k, v, m) for k, v, m in zip(k_blocks, v_blocks, m_blocks, strict=True)
+    ]
+
+
+def _group_state(recipe, k_blocks, v_blocks, m_blocks):
+    """The merged :class:`~favorkern.attention.state.KeyState` of consecutive key chunks."""
+    states = _chunk_states(recipe, k_blocks, v_blocks, m_blocks)
+    return states[0] if len(states) == 1 else merge(states)
+
+
+class _GroupPrefixes:
+    """The exclusive prefix states of a group of key chunks, stacked.
+
+    Entry ``i`` is the state of the group's chunks before chunk ``i`` (``None`` for
+    the first), the last entry the group's total.  The prefixes travel to the
+    workers of the group's output tasks: stacked, they are three arrays to send
+    rather than three per chunk, and ``S`` is in the features' dtype (the dtype it
+    is used in; ``z`` and ``c`` stay float64).  The total (float64) goes to the
+    scan across groups.
+    """
+
+    def __init__(self, states, dtype):
+        first = states[0]
+        count = len(states) - 1
+        self.S = np.empty((count,) + first.S.shape, dtype=dtype)
+        self.z = np.empty((count,) + first.z.shape)
+        self.c = np.empty((count,) + np.shape(first.c))
+        running = first
+        for i, state in enumerate(states[1:]):
+            self.S[i], self.z[i], self.c[i] = running.S, running.z, running.c
+            running = merge([running, state])
+        self.total = running
+
+    def __len__(self):
+        return len(self.S) + 2
+
+    def __getitem__(self, index):
+        if index == 0:
+            return None
+        if index == len(self) - 1:
+            return self.total
+        return KeyState(self.S[index - 1], self.z[index - 1], self.c[index - 1, ...])
+
+
+def _group_prefixes(recipe, k_blocks, v_blocks, m_blocks):
+    """The :class:`_GroupPrefixes` of consecutive key chunks (from no offset)."""
+    return _GroupPrefixes(_chunk_states(recipe, k_blocks, v_blocks, m_blocks), recipe[2])
+
+
+def _entry(container, index):
+    """Entry ``index`` of another task's result (the result itself if ``index`` is None)."""
+    if container is None:
+        return None
+    return container if index is None else container[index]
+
+
+def _merge_entries(containers, indices):
+    """:func:`~favorkern.attention.state.merge` of states that are entries of other
+    tasks' results; ``None`` entries (no keys) contribute nothing."""
+    states = [s for s in map(_entry, containers, indices) if s is not None]
+    if not states:
+        return None
+    return states[0] if len(states) == 1 else merge(states)
+
+
+def _scan_entries(offset, offset_index, containers, indices):
+    """:func:`~favorkern.attention.state.exclusive_scan` of entries of other tasks'
+    results, from the state ``offset[offset_index]`` (none if ``offset`` is None)."""
+    states = list(map(_entry, containers, indices))
+    return tuple(exclusive_scan(states, offset=_entry(offset, offset_index)))
+
+
 def _head_state(total, idx, dtype):
     """One head's state of a stacked state, in ``dtype`` (``None`` if it holds no key)."""
     if total is None:
@@ -443,26 +543,20 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
     return out
 
 
-def _exclusive_prefixes(offset, offset_index, *parts):
-    """:func:`favorkern.attention.state.exclusive_scan` of ``parts`` from an offset.
-
-    The offset is ``offset[offset_index]`` (an entry of another group's prefixes), or
-    none when ``offset`` is None.
-    """
-    start = None if offset is None else offset[offset_index]
-    return tuple(exclusive_scan(parts, offset=start))
-
-
-def _causal_block_of(recipe, q_block, k_block, v_block, prefixes, index, m_block=None):
-    """:func:`_causal_block` from entry ``index`` of a group's prefixes (None: no keys)."""
-    return _causal_block(
-        recipe, q_block, k_block, v_block, None if prefixes is None else prefixes[index], m_block
-    )
+def _causal_block_of(
+    recipe, q_block, k_block, v_block, offset, offset_index, local, local_index, m_block=None
+):
+    """:func:`_causal_block` from the state of all earlier chunks: the state before the
+    chunk's group (``offset[offset_index]``) merged with the chunk's prefix within its
+    group (``local[local_index]``); ``None`` containers hold no keys."""
+    prefix = _merge_entries([offset, local], [offset_index, local_index])
+    return _causal_block(recipe, q_block, k_block, v_block, prefix, m_block)
 
 
 class _Tasks:
     """Builds the tasks of one graph layer: raw ``(function, *args)`` tuples under keys
-    ``(name, *index)``; arguments that are keys are references to other tasks."""
+    ``(name, *index)``; arguments that are keys (also inside lists) are references to
+    other tasks."""
 
     def __init__(self, name):
         self.name = name
@@ -484,27 +578,40 @@ class _Tasks:
             ]
         return parts[0]
 
-    def exclusive_scan(self, parts):
-        """``(key, index)`` of the exclusive prefix state of each of ``parts``: entry
-        ``index`` of the tuple under ``key`` (``(None, 0)`` for the first: no keys).
+    def exclusive_scan(self, entries):
+        """The exclusive prefix state of each of ``entries``, as an entry.
 
-        A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` states are merged into
-        group totals, the totals scanned recursively, and one task per group then runs
-        its members' prefixes sequentially from the group's offset.  Depth
+        An entry ``(key, index)`` is entry ``index`` of the result of task ``key``
+        (the result itself if ``index`` is None; ``(None, None)``: no keys).  The
+        value of the last entry is never read (it may be ``(None, None)``).
+
+        A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` entries are merged
+        into group totals, the totals scanned recursively, and one task per group
+        then runs its members' prefixes sequentially from the group's offset.  Depth
         ``2 log_f(n)`` (every level is a hop between workers), about ``2n`` merges of
         ``m x dv`` states; consumers index the group's tuple themselves (no task per
         prefix).
         """
 
         def prefixes_of(offset, group):
+            if len(group) == 1:
+                return [offset]
+            if len(group) == 2 and offset == (None, None):
+                return [offset, group[0]]  # the second's prefix is the first
             # the last member's own state is not needed: its prefix ends before it
-            scan = self.add(_exclusive_prefixes, *offset, *group[:-1])
-            return [(scan, i) for i in range(len(group))]
+            keys, indices = zip(*group[:-1], strict=True)
+            scan = self.add(_scan_entries, *offset, list(keys), list(indices))
+            # the first member's prefix is the offset itself: no wait for the scan
+            return [offset] + [(scan, i) for i in range(1, len(group))]
 
-        if len(parts) <= _SCAN_FAN_IN:
-            return prefixes_of((None, 0), parts)
-        groups = [parts[i : i + _SCAN_FAN_IN] for i in range(0, len(parts), _SCAN_FAN_IN)]
-        offsets = self.exclusive_scan([self.add(_merge, *group) for group in groups])
+        if len(entries) <= _SCAN_FAN_IN:
+            return prefixes_of((None, None), entries)
+        groups = [entries[i : i + _SCAN_FAN_IN] for i in range(0, len(entries), _SCAN_FAN_IN)]
+        totals = []
+        for group in groups[:-1]:
+            keys, indices = zip(*group, strict=True)
+            totals.append((self.add(_merge_entries, list(keys), list(indices)), None))
+        offsets = self.exclusive_scan(totals + [(None, None)])
         prefixes = []
         for offset, group in zip(offsets, groups, strict=True):
             prefixes.extend(prefixes_of(offset, group))
@@ -587,6 +694,10 @@ def favor_attention(
       number of chunks) gives each chunk the state of all earlier keys, whose
       constant is the maximum over earlier keys only; each chunk then computes its
       outputs in parallel (the in-memory chunked algorithm from that state).
+
+    Consecutive key chunks of up to ``2^14`` rows share one task for their states
+    (and their merge, or their scan), so the graph has about one task per query
+    chunk: chunks of a few thousand rows cost little more than long ones.
 
     Parameters
     ----------
@@ -729,10 +840,14 @@ def _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
 
 
 def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
-    """The attention graph: chunk states, merges (tree or scan) and outputs.
+    """The attention graph: key states, merges (tree or scan) and outputs.
 
     Raw tasks in one graph layer rather than one delayed call (and one layer) per
     chunk: building, optimizing and scheduling the graph then costs little per chunk.
+    One task computes the key states of consecutive chunks up to ``_GROUP_ROWS``
+    rows (:func:`_row_groups`) and merges them (bidirectional) or scans them
+    (causal: the prefixes within the group, which each output task merges with the
+    state before the group); every query chunk is one output task.
     """
     mask_name = None if mask is None else mask.name
     token = tokenize(spec, dtype, Q.name, K.name, V.name, causal, mask_name)
@@ -745,27 +860,50 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
     out_name = f"favorkern-attention-{token}"
     outputs = {}
     n_lead = Q.ndim - 2
+    heads = math.prod(max(sizes) for sizes in K.chunks[:-2])
+    state_bytes = heads * spec.weights.shape[0] * V.shape[-1] * 8
+    groups = _row_groups(K.chunks[-2], heads, state_bytes)
     for lead in np.ndindex(*Q.numblocks[:n_lead]):
         keys = [(K.name, *lead, j, 0) for j in range(K.numblocks[-2])]
         values = [(V.name, *lead, j, 0) for j in range(V.numblocks[-2])]
         masks = [None if mask is None else (mask.name, *lead, j) for j in range(K.numblocks[-2])]
-        parts = [
-            states.add(_chunk_state, name, k, v, m)
-            for k, v, m in zip(keys, values, masks, strict=True)
-        ]
         if causal:
-            prefixes = merges.exclusive_scan(parts)
-            for i in range(Q.numblocks[-2]):
-                outputs[(out_name, *lead, i, 0)] = (
-                    _causal_block_of,
-                    name,
-                    (Q.name, *lead, i, 0),
-                    keys[i],
-                    values[i],
-                    *prefixes[i],
-                    masks[i],
-                )
+            offsets, local = [], []
+            for g, (a, b) in enumerate(groups):
+                # the last chunk's own state is not needed: its prefix ends before it
+                stop = b - 1 if g == len(groups) - 1 else b
+                group, total = None, stop - a
+                if stop == a + 1 and b == stop:  # a chunk alone: its state is the total
+                    group, total = (
+                        states.add(_chunk_state, name, keys[a], values[a], masks[a]),
+                        None,
+                    )
+                elif stop > a:
+                    group = states.add(
+                        _group_prefixes, name, keys[a:stop], values[a:stop], masks[a:stop]
+                    )
+                offsets.append((group, total) if b == stop else (None, None))
+                local.extend([(None, None)] + [(group, i) for i in range(1, b - a)])
+            offsets = merges.exclusive_scan(offsets)
+            for g, (a, b) in enumerate(groups):
+                for i in range(a, b):
+                    outputs[(out_name, *lead, i, 0)] = (
+                        _causal_block_of,
+                        name,
+                        (Q.name, *lead, i, 0),
+                        keys[i],
+                        values[i],
+                        *offsets[g],
+                        *local[i],
+                        masks[i],
+                    )
         else:
+            parts = [
+                states.add(_chunk_state, name, keys[a], values[a], masks[a])
+                if b == a + 1
+                else states.add(_group_state, name, keys[a:b], values[a:b], masks[a:b])
+                for a, b in groups
+            ]
             total = merges.merge_tree(parts)
             for i in range(Q.numblocks[-2]):
                 outputs[(out_name, *lead, i, 0)] = (_emit_block, name, (Q.name, *lead, i, 0), total)

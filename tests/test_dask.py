@@ -11,8 +11,11 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 
 import dask  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import favorkern  # noqa: E402
+import favorkern.dask as favorkern_dask  # noqa: E402
 from favorkern import (  # noqa: E402
     GeneralizedRandomFeatures,
     HyperbolicRandomFeatures,
@@ -270,6 +273,125 @@ def test_causal_ignores_later_chunks():
     np.testing.assert_array_equal(outs[0][:24], outs[1][:24])
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.integers(1, 40), min_size=1, max_size=30),
+    limit=st.integers(1, 64),
+    heads=st.integers(1, 3),
+    state_bytes=st.integers(0, 5),
+)
+def test_row_groups_are_consecutive_and_full(rows, limit, heads, state_bytes):
+    """Groups cover the chunks in order, hold at most the row limit (times the heads) and
+    the state bytes (or one chunk), and each takes as many chunks as fit."""
+    original = favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES
+    favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = limit, 12
+    try:
+        groups = favorkern_dask._row_groups(rows, heads, state_bytes)
+    finally:
+        favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = original
+    max_chunks = 12 // state_bytes if state_bytes else len(rows)
+    assert groups[0][0] == 0 and groups[-1][1] == len(rows)
+    assert all(a < b for a, b in groups)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(groups[:-1], groups[1:], strict=True))
+    for a, b in groups:
+        fits = sum(rows[a:b]) * heads <= limit and b - a <= max_chunks
+        assert b - a == 1 or fits
+        if b < len(rows):  # the next chunk did not fit
+            assert sum(rows[a : b + 1]) * heads > limit or b + 1 - a > max_chunks
+
+
+def _layer_tasks(out):
+    """Tasks of the attention layer by kind (key states, merges or scans, outputs)."""
+    layer = out.__dask_graph__().layers[out.name]
+    kinds = {"key-state": 0, "merge": 0, "attention": 0}
+    for key in layer:
+        for kind in kinds:
+            if key[0].startswith(f"favorkern-{kind}-"):
+                kinds[kind] += 1
+    return kinds
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize(
+    ("shape", "rows", "m", "states", "merges"),
+    [
+        # one group: no merge (causal: no scan either, the group's prefixes suffice)
+        ((1 << 12, 8), 1 << 6, 8, (1, 1), (0, 0)),
+        # four groups of 2^14 rows: one merge of four (causal: one scan; the last
+        # chunk's own state is never computed, its group task still is)
+        ((1 << 16, 8), 1 << 8, 8, (4, 4), (1, 1)),
+        # chunks of the group size keep a task each: the in-memory shape of the graph
+        ((1 << 16, 8), 1 << 14, 8, (4, 3), (1, 1)),
+        # 40 groups: a tree of depth 2 (bidirectional), a two-level scan (causal:
+        # 2 group totals, 1 scan of them, 3 scans from their offsets)
+        ((40 << 14, 8), 1 << 13, 8, (40, 40), (4, 6)),
+        # m = 256, dv = 64: 64 chunk states (8 MiB) per group, not 2^14 rows of them
+        ((1 << 15, 64), 1 << 7, 256, (4, 4), (1, 1)),
+        # four heads per block: 2^14 rows of heads per group
+        ((4, 1 << 14, 8), 1 << 8, 8, (4, 4), (1, 1)),
+    ],
+)
+def test_attention_graph_has_one_task_per_output_chunk(causal, shape, rows, m, states, merges):
+    X = da.zeros(shape, chunks=shape[:-2] + (rows, shape[-1]))
+    out = favor_attention(X, X, X, causal=causal, n_components=m, random_state=0)
+    # the graph as scheduled: tasks no output depends on are culled
+    out = dask.optimize(out)[0]
+    kinds = _layer_tasks(out)
+    assert kinds["attention"] == shape[-2] // rows
+    assert kinds["key-state"] == states[causal]
+    assert kinds["merge"] == merges[causal]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("group_rows", "rows"),
+    [(1, 1), (2, 1), (5, 3), (12, (3, 10, 1, 23)), (20, 6), (10**6, 4)],
+    ids=str,
+)
+def test_grouped_key_states_match_in_memory(monkeypatch, causal, dtype, group_rows, rows):
+    """Key states of several chunks per task (also more than 16 groups, uneven chunks,
+    a masked batch entry, heads): the in-memory result."""
+    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", group_rows)
+    rng = np.random.default_rng(9)
+    Q, K, V = _inputs(rng, (2, 2, 37), dtype)
+    mask = rng.random((2, 1, 37)) < 0.3
+    mask[1] = True  # a batch entry whose keys are all ignored
+    W = draw_projection(16, 8, random_state=0)
+    ref = favorkern.favor_attention(
+        Q, K, V, causal=causal, projection_matrix=W, key_padding_mask=mask
+    )
+    out = favor_attention(
+        *(_chunked(X, rows, lead=(1, 2)) for X in (Q, K, V)),
+        causal=causal,
+        projection_matrix=W,
+        key_padding_mask=mask,
+    )
+    got = _compute_blocks(out)
+    assert _relative_error(got, ref) <= TOL[dtype]
+    assert not got[1].any()
+
+
+def test_grouped_causal_ignores_later_chunks(monkeypatch):
+    """Prefixes within a group come from earlier chunks only: bit-identical outputs."""
+    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", 24)
+    rng = np.random.default_rng(6)
+    Q, K, V = _inputs(rng, (64,), np.float32, d=8)
+    W = draw_projection(16, 8, random_state=0)
+    K2, V2 = K.copy(), V.copy()
+    K2[41:] *= 30.0  # dominant future keys, inside the second group of chunks
+    V2[41:] = 1e6
+    outs = [
+        favor_attention(
+            *(da.from_array(X, chunks=(4, X.shape[1])) for X in (Q, k, v)),
+            causal=True,
+            projection_matrix=W,
+        ).compute(scheduler="sync")
+        for k, v in ((K, V), (K2, V2))
+    ]
+    np.testing.assert_array_equal(outs[0][:40], outs[1][:40])
+
+
 def test_attention_errors():
     Q = da.ones((10, 4), chunks=(5, 4))
     V = da.ones((10, 3), chunks=(5, 3))
@@ -345,6 +467,23 @@ def test_cluster_attention(client, causal):
     )
     got = client.compute(out).result()
     assert got.dtype == np.float32
+    assert _relative_error(got, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_cluster_attention_grouped_chunks(client, monkeypatch, causal):
+    """Several chunks per key-state task, group results fetched across workers."""
+    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", 64)
+    rng = np.random.default_rng(10)
+    Q, K, V = _inputs(rng, (2, 500), np.float32, d=16, dv=8)
+    ref = favorkern.favor_attention(Q, K, V, causal=causal, n_components=64, random_state=0)
+    out = favor_attention(
+        *(da.from_array(X, chunks=(1, 20, X.shape[-1])) for X in (Q, K, V)),
+        causal=causal,
+        n_components=64,
+        random_state=0,
+    )
+    got = client.compute(out).result()
     assert _relative_error(got, ref) <= 1e-4
 
 
