@@ -360,6 +360,11 @@ class DaskTransformer(TransformerMixin, BaseEstimator):
             return False
         return True
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = self.estimator.__sklearn_tags__().input_tags.sparse
+        return tags
+
 
 # -- attention: chunk states ----------------------------------------------------------
 
@@ -757,7 +762,10 @@ def favor_attention(
 
     Notes
     -----
-    ``method`` is not supported here.  Each task holds one
+    ``method`` is not supported here, nor the exact power-of-two scaling of value
+    columns near the dtype's largest number that the in-memory function applies:
+    values within a factor ``Lk m`` of it can overflow the sums here (divide V by a
+    power of two and multiply the output back).  Each task holds one
     chunk of Q, K, V and its features, ``O(chunk x (d + m))`` per head, and the
     states are ``m x dv`` per head and chunk.  Stabilizers cancel in the normalized
     output, so the result equals the in-memory one; the causal key constant of row
