@@ -35,6 +35,26 @@ def check_option(value, name: str, options) -> str:
     return value
 
 
+def check_seed(random_state, name: str = "random_state"):
+    """``sklearn.utils.check_random_state`` with an error that names ``name``.
+
+    Examples
+    --------
+    >>> from favorkern._validation import check_seed
+    >>> int(check_seed(0).randint(10)) == int(check_seed(0).randint(10))
+    True
+    """
+    from sklearn.utils import check_random_state
+
+    try:
+        return check_random_state(random_state)
+    except ValueError:
+        raise TypeError(
+            f"{name} must be None, an int or a numpy.random.RandomState (scikit-learn's "
+            f"convention), got {type(random_state).__name__}: {random_state!r}"
+        ) from None
+
+
 def check_float_array(X, name: str, *, ndim=None, min_ndim=None, allow_empty=False, dtype=None):
     """Convert ``X`` to a C-contiguous float32/float64 array and check it.
 

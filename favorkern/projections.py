@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from ._parallel import blas_single_thread
-from ._validation import check_int, check_option
+from ._validation import check_int, check_option, check_seed
 
 __all__ = ["draw_projection", "PROJECTION_KINDS", "NORM_KINDS"]
 
@@ -222,7 +221,7 @@ def draw_projection(
     d = check_int(n_dims, "n_dims")
     kind = check_option(projection, "projection", PROJECTION_KINDS)
     check_option(norms, "norms", NORM_KINDS)
-    rng = check_random_state(random_state)
+    rng = check_seed(random_state)
 
     if kind == "gaussian":
         projection = rng.standard_normal((m, d))

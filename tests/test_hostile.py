@@ -1395,3 +1395,32 @@ def test_ridge_targets_beyond_float64_squares_and_failed_first_partial_fit():
         model.predict(X)
     with pytest.raises(ValueError, match="n_trials must be"):
         empirical_mse(X[:2], X[2:4], feature_map="positive", n_components=8, n_trials=1)
+
+
+def test_generator_seeds_are_refused_by_name():
+    """numpy's message did not name random_state."""
+    from favorkern import FavorAttention
+
+    gen = np.random.default_rng(0)
+    Q = np.ones((4, 4))
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy"):
+        draw_projection(8, 4, random_state=gen)
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy"):
+        favor_attention(Q, Q, Q, random_state=gen)
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy"):
+        FavorAttention(random_state=gen).fit(4)
+
+
+def test_variance_study_leaves_exact_pairs_undefined():
+    """A closed-form MSE of exactly 0 gave ratio inf and z ~ 5 from rounding noise."""
+    from favorkern.diagnostics import variance_study
+
+    x = np.array([[0.3, 0.1, 0.2], [0.2, -0.1, 0.4]])
+    y = np.array([-x[0], x[1] * 0.5])  # the first pair: y = -x, exact for positive features
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        study = variance_study(x, y, feature_maps="positive", n_components=[8],
+                               projection="gaussian", n_trials=200, random_state=0)  # fmt: skip
+    exact = study["theoretical_mse"] == 0
+    assert exact.sum() == 1 and study.loc[exact, ["ratio", "z"]].isna().all(axis=None)
+    assert np.isfinite(study.loc[~exact, ["ratio", "z"]].to_numpy()).all()

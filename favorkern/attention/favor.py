@@ -12,7 +12,6 @@ import math
 import numbers
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from .._parallel import blas_single_thread, n_threads
 from .._validation import (
@@ -23,6 +22,7 @@ from .._validation import (
     check_int,
     check_logit_scale,
     check_option,
+    check_seed,
 )
 from ..feature_maps import check_constants, fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
@@ -79,7 +79,7 @@ def resolve_projection(
     fmap, projection_matrix, n_components, d, projection, random_state
 ) -> AttentionProjection:
     """The projection of a call: ``projection_matrix`` checked, or a fresh draw."""
-    rng = check_random_state(random_state)
+    rng = check_seed(random_state)
     if projection_matrix is None:
         n_components = check_int(
             DEFAULT_N_COMPONENTS if n_components is None else n_components, "n_components"
@@ -469,7 +469,7 @@ def error_seed(random_state):
     """A seed for the rows sampled by the error estimate, independent of the projection."""
     if random_state is None or isinstance(random_state, numbers.Integral):
         return random_state
-    return int(check_random_state(random_state).randint(2**31))
+    return int(check_seed(random_state).randint(2**31))
 
 
 def estimate_error(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):

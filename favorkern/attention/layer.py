@@ -12,7 +12,6 @@ import math
 import numbers
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from .._validation import (
     check_attention_arrays,
@@ -21,6 +20,7 @@ from .._validation import (
     check_int,
     check_logit_scale,
     check_option,
+    check_seed,
 )
 from ..feature_maps import fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS
@@ -197,7 +197,7 @@ class FavorAttention:
                 )
             d = Q.shape[-1]
             arrays = (Q, K)
-        self._rng = check_random_state(self.random_state)
+        self._rng = check_seed(self.random_state)
         for name in ("constants_", "_shared_constants", "_head_constants"):
             self.__dict__.pop(name, None)
         self._draw(d)

@@ -128,7 +128,9 @@ def variance_study(
         ``feature_map, projection, n_components, pair, norm_x, norm_y, angle, kernel,
         empirical_mse, se, mom, mom_low, mom_high, theoretical_mse, ratio, z``
         where ``ratio = empirical_mse / theoretical_mse`` and
-        ``z = (empirical_mse - theoretical_mse) / se``.
+        ``z = (empirical_mse - theoretical_mse) / se``; both are NaN where the
+        closed-form MSE is exactly 0 (the estimator is exact there, e.g. positive
+        features at ``y = -x``, and the Monte-Carlo MSE is rounding noise).
 
     Examples
     --------
@@ -173,6 +175,8 @@ def variance_study(
     with np.errstate(divide="ignore", invalid="ignore"):
         study["ratio"] = study["empirical_mse"] / study["theoretical_mse"]
         study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
+    exact = study["theoretical_mse"] == 0
+    study.loc[exact, ["ratio", "z"]] = np.nan
     columns = ["feature_map", "projection", "n_components", "pair", "norm_x", "norm_y", "angle"]
     return study[columns + [c for c in study.columns if c not in columns]]
 
