@@ -26,6 +26,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(causal_module, "_RECURRENT_CHUNK_BYTES", 16 * 32 * 8)
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
     monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
+    monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
     monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)

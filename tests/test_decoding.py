@@ -24,6 +24,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
     monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
+    monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
     monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
 
 
