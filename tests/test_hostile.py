@@ -1424,3 +1424,16 @@ def test_variance_study_leaves_exact_pairs_undefined():
     exact = study["theoretical_mse"] == 0
     assert exact.sum() == 1 and study.loc[exact, ["ratio", "z"]].isna().all(axis=None)
     assert np.isfinite(study.loc[~exact, ["ratio", "z"]].to_numpy()).all()
+
+
+def test_convergence_at_huge_norms_has_no_nan():
+    """The exact kernel overflowed float64, so every relative error was inf / inf."""
+    from favorkern.diagnostics import convergence
+
+    X = np.random.default_rng(7).normal(size=(5, 3)) * 30.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureUnderflowWarning)
+        table = convergence(X, n_components=[16], n_repeats=2, random_state=0)
+    columns = ["max_rel_error", "mean_rel_error", "theoretical_rel_rmse"]
+    assert not table[columns].isna().any(axis=None)
+    assert (table["max_rel_error"] >= 0).all()
