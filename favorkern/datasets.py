@@ -291,10 +291,12 @@ def _file_chunks(path, target, n_samples, chunksize):
             )
         if frame.shape[1] < 2:
             raise ValueError(f"{path} has no feature columns besides the target {target!r}")
+        # as the in-memory reader: bool features are numbers, a bool target is not
         bad = [
             str(c)
             for c in frame.columns
-            if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
+            if not pd.api.types.is_numeric_dtype(frame[c])
+            or (c == target and pd.api.types.is_bool_dtype(frame[c]))
         ]
         missing = [str(c) for c in frame.columns if frame[c].isna().any()]
         if bad or missing:

@@ -1437,3 +1437,15 @@ def test_convergence_at_huge_norms_has_no_nan():
     columns = ["max_rel_error", "mean_rel_error", "theoretical_rel_rmse"]
     assert not table[columns].isna().any(axis=None)
     assert (table["max_rel_error"] >= 0).all()
+
+
+def test_bool_feature_columns_read_alike_in_memory_and_streamed(tmp_path):
+    from favorkern.datasets import iter_chunks, load_dataset
+
+    path = tmp_path / "bools.csv"
+    rows = "\n".join(f"{i % 2 == 0},{i * 0.1},{i * 0.5}" for i in range(30))
+    path.write_text("flag,a,y\n" + rows + "\n")
+    X, y, _ = load_dataset(str(path), target="y")
+    chunks = list(iter_chunks(str(path), target="y", chunksize=7))
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), X)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), y)
