@@ -449,13 +449,13 @@ def test_cluster_workers_single_threaded(client):
     assert all(report == ("1", 1, 1) for report in reports.values())
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
-def test_cluster_attention(client, causal):
-    rng = np.random.default_rng(7)
-    Q, K, V = _inputs(rng, (2, 300), np.float32, d=16, dv=8)
+def _assert_cluster_matches(client, causal, seed, length, chunks):
+    """float32 attention on the cluster against the in-memory function."""
+    rng = np.random.default_rng(seed)
+    Q, K, V = _inputs(rng, (2, length), np.float32, d=16, dv=8)
     ref = favorkern.favor_attention(Q, K, V, causal=causal, n_components=64, random_state=0)
     out = favor_attention(
-        *(da.from_array(X, chunks=(1, (40, 100, 1, 59, 100), X.shape[-1])) for X in (Q, K, V)),
+        *(da.from_array(X, chunks=(1, chunks, X.shape[-1])) for X in (Q, K, V)),
         causal=causal,
         n_components=64,
         random_state=0,
@@ -466,20 +466,15 @@ def test_cluster_attention(client, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_cluster_attention(client, causal):
+    _assert_cluster_matches(client, causal, seed=7, length=300, chunks=(40, 100, 1, 59, 100))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 def test_cluster_attention_grouped_chunks(client, monkeypatch, causal):
     """Several chunks per key-state task, group results fetched across workers."""
     monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", 64)
-    rng = np.random.default_rng(10)
-    Q, K, V = _inputs(rng, (2, 500), np.float32, d=16, dv=8)
-    ref = favorkern.favor_attention(Q, K, V, causal=causal, n_components=64, random_state=0)
-    out = favor_attention(
-        *(da.from_array(X, chunks=(1, 20, X.shape[-1])) for X in (Q, K, V)),
-        causal=causal,
-        n_components=64,
-        random_state=0,
-    )
-    got = client.compute(out).result()
-    assert _relative_error(got, ref) <= 1e-4
+    _assert_cluster_matches(client, causal, seed=10, length=500, chunks=20)
 
 
 def test_cluster_transform(client):
