@@ -1449,3 +1449,29 @@ def test_bool_feature_columns_read_alike_in_memory_and_streamed(tmp_path):
     chunks = list(iter_chunks(str(path), target="y", chunksize=7))
     np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), X)
     np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), y)
+
+
+@pytest.mark.parametrize("gap", [85.0, 90.0])
+def test_window_keys_far_below_an_earlier_chunk_keep_their_precision(monkeypatch, gap):
+    """Keys inside the [0, 16] window after a chunk whose keys set the constant 85-90
+    logs higher: their float32 weights were subnormal, so queries attending to them got
+    1e-2 errors or zero rows (and the result depended on the keys' order)."""
+    import favorkern.attention.common as common_module
+
+    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 4 * 4)  # 16-row key chunks
+    r = 20.0
+    W = r * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    n = 64
+    a = r - np.sqrt(r * r - 2 * (15.5 + gap))  # r a - a^2 / 2 = 15.5 + gap
+    K = np.zeros((2 * n, 2))
+    K[:n, 0] = a
+    K[n:, 1] = 15.5 / r
+    V = np.random.default_rng(0).uniform(0.5, 1.5, size=(2 * n, 3))
+    Q = np.array([[0.0, 8.0], [0.0, 7.0]])  # they see the second half only
+    expected = favor_attention(Q, K, V, projection_matrix=W, gamma=1.0)
+    for keys in (slice(None), slice(None, None, -1)):  # both orders of the keys
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FeatureUnderflowWarning)
+            got = favor_attention(*(X.astype(np.float32) for X in (Q, K[keys], V[keys])),
+                                  projection_matrix=W, gamma=1.0)  # fmt: skip
+        np.testing.assert_allclose(got, expected, rtol=2e-5)

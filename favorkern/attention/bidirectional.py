@@ -52,6 +52,8 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
         if chunk_max > state.c:
             state.rescale(chunk_max)
         scale_log -= state.c
+        if scale_log is not row_log:
+            _leave_window_near_underflow(features, row_log, scale_log, state.c, masked, dtype)
         weight = np.exp(scale_log, out=scale_log).astype(dtype)
         if masked is not None:
             weight[masked] = 0.0
@@ -81,6 +83,32 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> Non
         block = out[a:b]
         np.matmul(features, S, out=block)
         normalize(block, features @ z)
+
+
+def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dtype):
+    """Keys of the window shortcut (features ``exp(u)``, ``u <= 16``, the rest in their
+    weight) whose weights come near the smallest normal float: those rows are divided
+    by their maxima instead and their weights set to ``exp(row_log - c)``, in place.
+
+    Their weights would lose bits (a key 71-87 natural logs below the largest one of
+    another chunk, in float32), and with them the outputs of queries that attend
+    mostly to those keys.
+    """
+    floor = float(np.log(np.finfo(dtype).tiny)) + _WEIGHT_MARGIN
+    low = scale_log < floor
+    if masked is not None:
+        low &= ~masked
+    if not low.any():
+        return
+    rows = np.flatnonzero(low)
+    lead = row_log[rows] - const - scale_log[rows]  # each row's largest u (natural)
+    features[rows] *= np.exp(-lead).astype(dtype)[:, np.newaxis]
+    scale_log[rows] = row_log[rows] - const
+
+
+# Weights within this many natural logs of the smallest normal float leave the window
+# shortcut: the 16 of the window plus a float32 mantissa's 17.
+_WEIGHT_MARGIN = 33.0
 
 
 def _heads_task(fmap, heads, out, chunk):

@@ -198,10 +198,10 @@ class AttentionFeatures:
         divided by its row maximum, every feature ``<= 1``), or where every row
         maximum ``u_j`` of the bare product lies in ``[0, 16]``: ``out`` is then
         ``exp(u)`` (at most ``e^16``) and ``scale_log_j = row_log_j - u_j``, without
-        the shift pass.  A key whose largest feature lies more than ``87 - u_j``
-        (instead of 87) natural logs below ``exp(c)`` then has ``w_j`` below the
-        smallest normal float (float32): contributions below ``e^-71`` of the largest
-        key's.
+        the shift pass.  Such a key's weight is smaller by ``e^{u_j}``; where it comes
+        near the smallest normal float, the caller divides the row by its maximum
+        instead (:func:`~.bidirectional.accumulate_keys`), so no key loses precision
+        to the shortcut.
         """
         if self.kind != "exp":
             row_log, _ = self.key_logits(X, out)
