@@ -832,7 +832,7 @@ def test_values_whose_sums_a_state_cannot_hold_are_refused():
 
     Q, K, V, _, _ = _huge_values(np.float32)
     layer = FavorAttention(n_components=64, causal=True, random_state=0).fit(8)
-    with pytest.raises(ValueError, match="key state's sums over .* would overflow float32"):
+    with pytest.raises(ValueError, match="key state's sums of .* terms .* would overflow float32"):
         layer.step(Q, K, V)
     _, state = layer.step(Q, K, V.astype(np.float64))  # float64 holds them
     assert np.isfinite(state.S).all()
@@ -1475,3 +1475,18 @@ def test_window_keys_far_below_an_earlier_chunk_keep_their_precision(monkeypatch
             got = favor_attention(*(X.astype(np.float32) for X in (Q, K[keys], V[keys])),
                                   projection_matrix=W, gamma=1.0)  # fmt: skip
         np.testing.assert_allclose(got, expected, rtol=2e-5)
+
+
+def test_fitted_map_constants_follow_their_projection():
+    """redraw() and a hand-set projection_ silently kept constants fitted around the old
+    projection (the outputs did not change)."""
+    from favorkern import FavorAttention
+
+    Q, K = np.random.default_rng(2).normal(size=(2, 30, 4))
+    layer = FavorAttention(feature_map="fitted", n_components=8, random_state=3).fit(Q, K)
+    with pytest.raises(ValueError, match="fitted around the old projection"):
+        layer.redraw()
+    layer.projection_ = layer.projection_ * 2.0
+    with pytest.raises(ValueError, match="fitted around the old projection"):
+        layer(Q, K, K)
+    FavorAttention(feature_map="optimal", n_components=8, random_state=3).fit(Q, K).redraw()

@@ -243,10 +243,14 @@ class FavorAttention:
     def redraw(self):
         """Draw a new projection for the same ``d``; returns ``self``.
 
-        Fitted constants stay (they do not depend on the projection).
+        Fitted constants stay (they do not depend on the projection), except those of a
+        map fitted around its projection (``feature_map="fitted"``): redrawing it
+        needs a new fit: ``fit(Q, K)`` again instead, with another ``random_state`` for
+        another projection.
         """
         if not hasattr(self, "projection_"):
             raise ValueError("FavorAttention has no projection yet: call it or fit(d) first")
+        self._refuse_fitted_projection_change("redraw()")
         self._draw(self.projection_.shape[1])
         return self
 
@@ -258,9 +262,19 @@ class FavorAttention:
         self.projection_ = self._projection.matrix
         self._decoders = {}
 
+    def _refuse_fitted_projection_change(self, what):
+        fmap = get_feature_map(self.feature_map)
+        if fmap.fit_takes_projection and getattr(self, "constants_", None):
+            raise ValueError(
+                f"{what} would leave the constants of feature_map={fmap.name!r} fitted "
+                "around the old projection: fit(Q, K) again instead (set another random_state "
+                "for another projection)"
+            )
+
     def _current_projection(self, fmap, d):
         proj = self._projection
         if proj.matrix is not self.projection_:  # projection_ was replaced by hand
+            self._refuse_fitted_projection_change("replacing projection_")
             proj = resolve_projection(fmap, self.projection_, None, d, self.projection, self._rng)
             self._projection = proj
             self._decoders = {}

@@ -66,7 +66,8 @@ def check_state_values(V, n_terms, extremes=None) -> None:
     if V.size and np.isfinite(_peak(V, extremes)) and _peak(V, extremes) > _limit(V.dtype, n_terms):
         wider = " (or pass float64 values)" if V.dtype == np.float32 else ""
         raise ValueError(
-            f"V has values up to {_peak(V, extremes):.3g}: the key state's sums over "
-            f"{n_terms} keys would overflow {V.dtype}. Outputs scale with V, so divide V by "
+            f"V has values up to {_peak(V, extremes):.3g}: the key state's sums of "
+            f"{n_terms} terms (keys times features) would overflow {V.dtype}. Outputs "
+            "scale with V, so divide V by "
             f"a power of two and multiply the outputs back{wider}"
         )

@@ -11,8 +11,9 @@ different kernel, chosen to reproduce the *attention weights* with this ``W``,
 not ``exp(q'.k')``.  It can beat unbiased estimators on data like the
 calibration data and be worse elsewhere.
 
-The fitted constants include the projection; the projection drawn by a caller is
-not used (its shape must match).
+The fitted constants include the projection: the one the caller drew (the
+transformers and attention pass theirs to ``fit``), around which ``T_q`` and ``T_k``
+are fitted.  Features use the constants' projection (the caller's must have its shape).
 """
 
 from __future__ import annotations
