@@ -803,6 +803,12 @@ def _attention_of_huge_values():
                                                           random_state=0)  # fmt: skip
     yield "recurrent", lambda Q, K, V: favor_attention(Q, K, V, causal=True, method="recurrent",
                                                        random_state=0)  # fmt: skip
+    yield "relu", lambda Q, K, V: favor_attention(10 * Q, 10 * K, V, feature_map="relu",
+                                                  n_components=8, random_state=0)  # fmt: skip
+    yield "relu-recurrent", lambda Q, K, V: favor_attention(
+        10 * Q, 10 * K, V, feature_map="relu", causal=True, method="recurrent",
+        n_components=8, random_state=0,
+    )  # fmt: skip
     yield "exact", lambda Q, K, V: softmax_attention(Q, K, V)
     yield "exact-causal", lambda Q, K, V: softmax_attention(Q, K, V, causal=True)
     yield "hybrid", lambda Q, K, V: hybrid_attention(Q, K, V, causal=True, window=4,

@@ -521,7 +521,9 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     Q = fmap.prepare(Q, "query", constants)
     K = fmap.prepare(K, "key", constants)
     features = attention_features(fmap, proj, gamma, Q.dtype, constants)
-    V, exponents = scaled_values(V, K.shape[-2] * features.n_out)
+    # exp and cos features are at most 1 after their stabilizers; others are unbounded
+    bounded = features.kind in ("exp", "cos")
+    V, exponents = scaled_values(V, K.shape[-2] * features.n_out, unit=not bounded)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     head_list = heads(Q, K, V, mask, batch)
     work = len(head_list) * (Q.shape[-2] + K.shape[-2]) * features.n_out

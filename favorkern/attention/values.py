@@ -25,11 +25,13 @@ def _peak(V, extremes) -> float:
     return max(hi, -lo)
 
 
-def scaled_values(V, n_terms, extremes=None):
+def scaled_values(V, n_terms, extremes=None, *, unit=False):
     """``(V', exponents)``: ``V' = V 2^-e`` per column where sums of ``n_terms`` of its
     values could overflow, else ``(V, None)`` (no copy).
 
     ``extremes``: ``(V.min(), V.max())`` when the caller has them (saves a pass).
+    ``unit``: for weights without a bound (features of a map other than exp and cos),
+    bring every column above 1 in magnitude to at most 1.
 
     Examples
     --------
@@ -37,25 +39,27 @@ def scaled_values(V, n_terms, extremes=None):
     >>> V = np.array([[3e38, 1.0], [1e38, 2.0]], dtype=np.float32)
     >>> scaled, e = scaled_values(V, 1000)
     >>> e.tolist()  # the first column's sums would reach 1000 * 3e38
-    [12.0, 0.0]
+    [12, 0]
     >>> bool(np.all(unscale(scaled.copy(), e) == V))
     True
     >>> scaled_values(V[:, 1:], 1000)[1] is None
     True
     """
-    if V.size == 0 or _peak(V, extremes) <= _limit(V.dtype, n_terms):
+    limit = 1.0 if unit else _limit(V.dtype, n_terms)
+    if V.size == 0 or _peak(V, extremes) <= limit:
         return V, None
     peak = np.abs(V).max(axis=tuple(range(V.ndim - 1)))
     with np.errstate(divide="ignore"):
-        exponents = np.maximum(np.ceil(np.log2(peak / _limit(V.dtype, n_terms))), 0.0)
-    return V * np.exp2(-exponents).astype(V.dtype), exponents
+        exponents = np.maximum(np.ceil(np.log2(peak / limit)), 0.0).astype(np.int32)
+    # ldexp: exact, also where 2^e itself is beyond the dtype (e up to 1024 + 149)
+    return np.ldexp(V, -exponents).astype(V.dtype, copy=False), exponents
 
 
 def unscale(out, exponents):
     """``out`` (the attention of :func:`scaled_values`'s values) times ``2^e`` per column,
     in place; returns ``out``."""
     if exponents is not None:
-        out *= np.exp2(exponents).astype(out.dtype)
+        np.ldexp(out, exponents, out=out)
     return out
 
 
