@@ -524,6 +524,18 @@ def _emit_block(recipe, q_block, total):
         q = q_block[idx]
         state = KeyState(total.S[idx].astype(fmap.dtype), total.z[idx].astype(fmap.dtype), 0.0)
         emit(fmap, q, state, out[idx], 0, q.shape[0], chunk)
+    return _finite_output(out)
+
+
+def _finite_output(out):
+    """``out``, or a ``ValueError`` where its sums overflowed (finite inputs: values near
+    the dtype's max, which this graph does not scale as the in-memory function does)."""
+    if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())):
+        raise ValueError(
+            f"attention outputs overflowed {out.dtype}: V has values too close to the "
+            "largest number for sums over the keys; divide V by a power of two and multiply "
+            "the output back (favorkern.favor_attention does so by itself)"
+        )
     return out
 
 
@@ -545,7 +557,7 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
         chunk = causal_chunk_rows(fmap.n_out)
         causal_chunked(fmap, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
-    return out
+    return _finite_output(out)
 
 
 def _causal_block_of(
@@ -764,8 +776,8 @@ def favor_attention(
     -----
     ``method`` is not supported here, nor the exact power-of-two scaling of value
     columns near the dtype's largest number that the in-memory function applies:
-    values within a factor ``Lk m`` of it can overflow the sums here (divide V by a
-    power of two and multiply the output back).  Each task holds one
+    where values within a factor ``Lk m`` of it overflow the sums, computing raises a
+    ``ValueError`` (divide V by a power of two and multiply the output back).  Each task holds one
     chunk of Q, K, V and its features, ``O(chunk x (d + m))`` per head, and the
     states are ``m x dv`` per head and chunk.  Stabilizers cancel in the normalized
     output, so the result equals the in-memory one; the causal key constant of row

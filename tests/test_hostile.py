@@ -1496,3 +1496,20 @@ def test_fitted_map_constants_follow_their_projection():
     with pytest.raises(ValueError, match="fitted around the old projection"):
         layer(Q, K, K)
     FavorAttention(feature_map="optimal", n_components=8, random_state=3).fit(Q, K).redraw()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dask_attention_of_values_near_the_max_is_a_clear_error(dask_sync, causal):
+    """Every output was inf or NaN, silently."""
+    import dask.array as da
+
+    import favorkern.dask as fd
+
+    Q, K = np.random.default_rng(0).normal(size=(2, 64, 4))
+    V = np.full((64, 2), 1e308)
+    out = fd.favor_attention(*(da.from_array(X, chunks=(16, X.shape[1])) for X in (Q, K, V)),
+                             causal=causal, random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match="attention outputs overflowed float64"):
+            out.compute()
