@@ -897,18 +897,43 @@ def test_favor_attention_optimal_at_huge_gamma_is_finite():
 
 
 def test_favor_attention_sharp_logits_warn_with_the_zero_row_count():
-    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0, dtype=np.float32)
+    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0)
     with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0") as caught:
-        out = favor_attention(Q, K, V, gamma=100.0, n_components=64, random_state=0)
+        out = favor_attention(Q, K, V, gamma=1e4, n_components=64, random_state=0)
     zero = int(np.count_nonzero(~out.any(axis=-1)))
     assert zero > 0 and f"{zero} of 128 attention output rows" in str(caught[0].message)
     assert len([w for w in caught if issubclass(w.category, FeatureUnderflowWarning)]) == 1
 
 
 def test_favor_attention_object_warns_like_the_function():
-    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0, dtype=np.float32)
+    Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0)
     with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0"):
-        FavorAttention(64, random_state=0)(Q, K, V, gamma=100.0)
+        FavorAttention(64, random_state=0)(Q, K, V, gamma=1e4)
+
+
+@pytest.mark.parametrize("feature_map", ["optimal", "saderf", "sderf"])
+def test_float32_rows_lost_to_its_exponent_range_come_from_float64(feature_map):
+    """Where float32 lost every feature product of some rows (zero rows, warned), float64
+    keeps them: the call is made in float64 and cast back (GERF-family maps reached
+    float32's range at input scale 20, d = 8)."""
+    from favorkern import FavorAttention
+
+    rng = np.random.default_rng(4)
+    Q, K = rng.normal(scale=20.0, size=(2, 50, 8))
+    V = rng.normal(size=(50, 4))
+    W = draw_projection(32, 8, random_state=0)
+    Q32, K32, V32 = (X.astype(np.float32) for X in (Q, K, V))
+    Q, K, V = (X.astype(np.float64) for X in (Q32, K32, V32))  # the same values in float64
+    expected = favor_attention(Q, K, V, feature_map=feature_map, projection_matrix=W)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatureUnderflowWarning)
+        got = favor_attention(Q32, K32, V32, feature_map=feature_map, projection_matrix=W)
+        layer = FavorAttention(feature_map=feature_map, random_state=0)
+        via_layer = layer(Q32, K32, V32)
+    assert got.dtype == np.float32 and via_layer.dtype == np.float32
+    atol = 1e-6 * np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(via_layer, layer(Q, K, V), rtol=1e-5, atol=atol)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -1130,13 +1155,11 @@ def test_dask_causal_float32_within_1e4_at_moderate_logits(dask_sync, rows):
 
 def test_dask_causal_sharp_logits_float64_agree_and_float32_warns(dask_sync):
     # The documented regime: at gamma |q||k| ~ 3600 float32 normalizers are subnormal
-    # (warned in memory); float64 input gives the tight agreement back.
+    # (in memory float32 then computes in float64); float64 input gives the tight
+    # agreement back.
     from favorkern.dask import favor_attention as dask_attention
 
     Q, K, V = _qkv(shape=(2, 256, 16), scale=30.0)
-    with pytest.warns(FeatureUnderflowWarning):
-        favor_attention(*(X.astype(np.float32) for X in (Q, K, V)), causal=True,
-                        n_components=64, random_state=0)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FeatureUnderflowWarning)
         expected = favor_attention(Q, K, V, causal=True, n_components=64, random_state=0)

@@ -252,14 +252,20 @@ def favor_attention(
 
     No epsilon is added to the features.  The only guard: where the normalizer
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
-    product underflowed, e.g. for huge norms in float32), the output row is 0.
+    product underflowed), the output row is 0.  Where float32 inputs lose whole rows
+    that way, the call is made again in float64 (whose exponents reach 8x further) and
+    cast back; only rows that float64 loses too stay 0, with a
+    ``FeatureUnderflowWarning``.  Values near the dtype's largest number are divided
+    by powers of two per column for the sums and the outputs multiplied back (exact).
 
-    Causal ``method="favor"`` always uses the chunked products (256-row chunks; the
-    recurrence measured no faster here): with at least one (batch, head) per worker
-    thread each thread runs whole heads; otherwise each head is split into one
-    contiguous range per thread, the ranges' key states are computed in parallel and
-    prefix-merged (each range starts from the state of the keys before it), and the
-    ranges then run in parallel.  ``method="recurrent"`` runs the numba recurrence,
+    Causal ``method="favor"`` always uses the chunked products (chunks of 32 rows, 64
+    from 512 features, taken in groups; the recurrence measured slower here): with at
+    least one (batch, head) per worker thread each thread runs whole heads; on two
+    threads one head runs as a pipeline (one thread on a group's keys while the other
+    maps the next group's queries and emits the previous group); on more, each head is
+    split into one contiguous range per thread, the ranges' key states are computed in
+    parallel and prefix-merged (each range starts from the state of the keys before
+    it), and the ranges then run in parallel.  ``method="recurrent"`` runs the numba recurrence,
     heads one after the other with the value columns split over threads (or whole
     heads per thread).
 
@@ -305,8 +311,12 @@ def favor_attention(
         warn_zero_rows(fmap, out, V, mask, True)
         result = (out, state) if return_state else (out,)
     else:
-        result = (dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method),)
-        warn_zero_rows(fmap, result[0], V, mask, causal)
+        out, computed = float64_where_float32_underflows(
+            lambda q, k, v: dispatch(q, k, v, mask, batch, fmap, proj, gamma, causal, method),
+            fmap, Q, K, V, mask, causal,
+        )  # fmt: skip
+        warn_zero_rows(fmap, out, V, mask, causal, computed=computed)
+        result = (out,)
     if return_error:
         result += (
             estimate_error(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
@@ -314,8 +324,8 @@ def favor_attention(
     return result[0] if len(result) == 1 else result
 
 
-def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
-    """Warn once if output rows are exactly 0 because every feature product underflowed.
+def zero_rows(fmap, out, V, mask, causal) -> int:
+    """How many output rows are exactly 0 because every feature product underflowed.
 
     Cheap when nothing is wrong: only the first column is read (a strided quarter of
     the output's cache lines at dv = 64), and only rows whose first entry is 0 are
@@ -325,34 +335,56 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
     ``phi(q_i) . phi(k_j)`` underflowed.
     """
     if not fmap.nonnegative or out.size == 0:
-        return
+        return 0
     first = out[..., 0] == 0  # (..., Lq): a zero row starts with 0
     if not first.any():
-        return
+        return 0
     zero = first
     zero[first] = ~out[first].any(axis=-1)
     if not zero.any():
-        return
+        return 0
     if not _fits(V.shape[:-2] + (1,), zero.shape) or (
         mask is not None and not _fits(mask.shape[:-1] + (1,), zero.shape)
     ):
         # continued calls with grouped query heads: the outputs have more heads than V
         # and the mask, so the exclusions below cannot be matched to them
-        return
+        return 0
     if mask is not None:
         visible = ~mask
         seen = np.logical_or.accumulate(visible, axis=-1) if causal else visible.any(-1)[..., None]
         zero &= np.broadcast_to(seen, zero.shape) if causal else seen
     zero &= np.asarray(V.any(axis=(-2, -1)))[..., np.newaxis]
-    count = int(np.count_nonzero(zero))
+    return int(np.count_nonzero(zero))
+
+
+def float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal):
+    """``(run(Q, K, V), dtype computed in)``; where float32's exponent range lost every
+    feature product of some rows (:func:`zero_rows`), the same call in float64, cast
+    back to float32.
+
+    float64 holds logits 8x further apart (maps whose exponents spread with the data,
+    such as GERF's fitted ``A``, reach float32's limit at moderate norms)."""
+    out = run(Q, K, V)
+    if out.dtype == np.float32 and zero_rows(fmap, out, V, mask, causal):
+        out = run(*(X.astype(np.float64) for X in (Q, K, V))).astype(np.float32)
+        out.flags.writeable = True
+        return out, np.dtype(np.float64)
+    return out, out.dtype
+
+
+def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3, computed=None) -> None:
+    """Warn once if output rows are exactly 0 because every feature product underflowed
+    (:func:`zero_rows`); ``computed``: the dtype the features were computed in."""
+    count = zero_rows(fmap, out, V, mask, causal)
+    computed = out.dtype if computed is None else np.dtype(computed)
     if count:
         import warnings
 
         from .._warnings import FeatureUnderflowWarning
 
         warnings.warn(
-            f"{count} of {zero.size} attention output rows are 0: every feature product "
-            f"phi(q).phi(k) of those queries underflowed in {out.dtype.name} (logits too "
+            f"{count} of {out[..., 0].size} attention output rows are 0: every feature product "
+            f"phi(q).phi(k) of those queries underflowed in {computed.name} (logits too "
             "large for this feature map). Lower gamma, scale Q and K down, use float64, or "
             "softmax_attention for these heads.",
             FeatureUnderflowWarning,

@@ -35,6 +35,7 @@ from .favor import (
     dispatch_per_head,
     error_seed,
     estimate_error,
+    float64_where_float32_underflows,
     head_features,
     resolve_projection,
     warn_zero_rows,
@@ -487,18 +488,20 @@ class FavorAttention:
         if continued:
             hf = self._decoder(Q.dtype if initial_state is None else initial_state.dtype, gamma)
             result = continue_from_state(hf, Q, K, V, mask, initial_state)
-        elif getattr(self, "_head_constants", None) is not None:
-            result = (
-                dispatch_per_head(
-                    Q, K, V, mask, batch, fmap, proj, scale, causal, method, self._head_constants
-                ),
-            )
         else:
+            per_head = getattr(self, "_head_constants", None)
             constants = getattr(self, "_shared_constants", None)
-            out = dispatch(Q, K, V, mask, batch, fmap, proj, scale, causal, method, constants)
+
+            def run(q, k, v):
+                if per_head is not None:
+                    return dispatch_per_head(
+                        q, k, v, mask, batch, fmap, proj, scale, causal, method, per_head
+                    )
+                return dispatch(q, k, v, mask, batch, fmap, proj, scale, causal, method, constants)
+
+            out, computed = float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal)
             result = (out,)
-        if not continued:
-            warn_zero_rows(fmap, result[0], V, mask, causal, stacklevel=3)
+            warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3, computed=computed)
         if return_error:
             seed = int(self._error_rng.integers(2**31))
             estimate = estimate_error(
