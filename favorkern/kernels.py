@@ -92,7 +92,8 @@ def exact_kernel(X, Y=None, *, kernel="softmax", gamma=1.0):
     # The expansion |x|^2 + |y|^2 - 2 x.y loses gamma eps |x|^2 in the exponent (and
     # overflows at huge norms): beyond a small loss, the differences themselves.
     peak = max(
-        float(np.einsum("ij,ij->i", A, A, dtype=np.float64).max(initial=0.0)) for A in (X, Y)
+        float(np.einsum("ij,ij->i", A, A, dtype=np.float64).max(initial=0.0))
+        for A in ((X,) if Y is X else (X, Y))
     )
     if 4.0 * gamma * peak * np.finfo(np.float64).eps <= _RBF_EXPANSION_LOSS:
         return rbf_kernel(X, Y, gamma=gamma)

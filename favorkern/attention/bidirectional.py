@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 
 from .common import normalize, run_parallel, split
-from .features import Buffers
+from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
 
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
@@ -107,8 +107,8 @@ def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dt
 
 
 # Weights within this many natural logs of the smallest normal float leave the window
-# shortcut: the 16 of the window plus a float32 mantissa's 17.
-_WEIGHT_MARGIN = 33.0
+# shortcut: the window's span plus a float32 mantissa's 17.
+_WEIGHT_MARGIN = _KEY_WINDOW + 17.0
 
 
 def _heads_task(fmap, heads, out, chunk):

@@ -311,11 +311,10 @@ def favor_attention(
         warn_zero_rows(fmap, out, V, mask, True)
         result = (out, state) if return_state else (out,)
     else:
-        out, computed = float64_where_float32_underflows(
+        out = float64_where_float32_underflows(
             lambda q, k, v: dispatch(q, k, v, mask, batch, fmap, proj, gamma, causal, method),
             fmap, Q, K, V, mask, causal,
         )  # fmt: skip
-        warn_zero_rows(fmap, out, V, mask, causal, computed=computed)
         result = (out,)
     if return_error:
         result += (
@@ -357,26 +356,31 @@ def zero_rows(fmap, out, V, mask, causal) -> int:
     return int(np.count_nonzero(zero))
 
 
-def float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal):
-    """``(run(Q, K, V), dtype computed in)``; where float32's exponent range lost every
-    feature product of some rows (:func:`zero_rows`), the same call in float64, cast
-    back to float32.
+def float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal, stacklevel=4):
+    """``run(Q, K, V)``, warning as :func:`warn_zero_rows` does; where float32's exponent
+    range lost every feature product of some rows (:func:`zero_rows`), the same call in
+    float64, cast back to float32 (the warning then counts the rows float64 lost).
 
     float64 holds logits 8x further apart (maps whose exponents spread with the data,
     such as GERF's fitted ``A``, reach float32's limit at moderate norms)."""
     out = run(Q, K, V)
-    if out.dtype == np.float32 and zero_rows(fmap, out, V, mask, causal):
-        out = run(*(X.astype(np.float64) for X in (Q, K, V))).astype(np.float32)
-        out.flags.writeable = True
-        return out, np.dtype(np.float64)
-    return out, out.dtype
+    count, computed = zero_rows(fmap, out, V, mask, causal), out.dtype
+    if count and out.dtype == np.float32:
+        out = run(*(X.astype(np.float64) for X in (Q, K, V)))
+        count, computed = zero_rows(fmap, out, V, mask, causal), out.dtype
+        out = out.astype(np.float32)
+    _warn_zero_rows(count, out, computed, stacklevel)
+    return out
 
 
-def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3, computed=None) -> None:
+def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
     """Warn once if output rows are exactly 0 because every feature product underflowed
-    (:func:`zero_rows`); ``computed``: the dtype the features were computed in."""
-    count = zero_rows(fmap, out, V, mask, causal)
-    computed = out.dtype if computed is None else np.dtype(computed)
+    (:func:`zero_rows`)."""
+    _warn_zero_rows(zero_rows(fmap, out, V, mask, causal), out, out.dtype, stacklevel + 1)
+
+
+def _warn_zero_rows(count, out, computed, stacklevel) -> None:
+    """The warning of ``count`` zero rows of ``out``, features computed in ``computed``."""
     if count:
         import warnings
 
@@ -384,9 +388,9 @@ def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3, computed=None) -> N
 
         warnings.warn(
             f"{count} of {out[..., 0].size} attention output rows are 0: every feature product "
-            f"phi(q).phi(k) of those queries underflowed in {computed.name} (logits too "
-            "large for this feature map). Lower gamma, scale Q and K down, use float64, or "
-            "softmax_attention for these heads.",
+            f"phi(q).phi(k) of those queries underflowed in {np.dtype(computed).name} (logits "
+            "too large for this feature map). Lower gamma, scale Q and K down, use float64, "
+            "or softmax_attention for these heads.",
             FeatureUnderflowWarning,
             stacklevel=stacklevel,
         )

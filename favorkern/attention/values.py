@@ -66,11 +66,14 @@ def unscale(out, exponents):
 def check_state_values(V, n_terms, extremes=None) -> None:
     """A ``ValueError`` where sums of ``n_terms`` values of ``V`` could overflow: a key
     state carried between calls holds those sums in ``V``'s dtype."""
+    if not V.size:
+        return
+    peak = _peak(V, extremes)
     # non-finite values are the finiteness check's to report
-    if V.size and np.isfinite(_peak(V, extremes)) and _peak(V, extremes) > _limit(V.dtype, n_terms):
+    if np.isfinite(peak) and peak > _limit(V.dtype, n_terms):
         wider = " (or pass float64 values)" if V.dtype == np.float32 else ""
         raise ValueError(
-            f"V has values up to {_peak(V, extremes):.3g}: the key state's sums of "
+            f"V has values up to {peak:.3g}: the key state's sums of "
             f"{n_terms} terms (keys times features) would overflow {V.dtype}. Outputs "
             "scale with V, so divide V by "
             f"a power of two and multiply the outputs back{wider}"
