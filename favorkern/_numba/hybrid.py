@@ -22,22 +22,21 @@ _SIGNATURES = [
         nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top)
         nb.types.Array(nb.boolean, 2, "C"),  # taken (rows, n_top)
         nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top)
-        nb.types.Array(dtype, 2, "C"),  # v_cols (n, dv)
+        nb.types.Array(dtype, 2, "C"),  # v1_cols (n, dv + 1): values and a 1
         nb.types.Array(dtype, 1, "C"),  # far_scale (rows,)
-        nb.types.Array(dtype, 2, "C"),  # num (rows, dv)
-        nb.types.Array(dtype, 1, "C"),  # den (rows,)
+        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer
     )
     for dtype in (nb.float32, nb.float64)
 ]
 
 
 @nb.njit(_SIGNATURES, **JIT_OPTIONS)
-def top_terms(psi_q, psi_cols, r_cols, b, index, taken, exact, v_cols, far_scale, num, den):
-    """``num_i += sum_t (exact_it - est_it) v_j``, ``den_i`` alike, over the taken keys
+def top_terms(psi_q, psi_cols, r_cols, b, index, taken, exact, v1_cols, far_scale, nd):
+    """``nd_i += sum_t (exact_it - est_it) (v_j, 1)`` over the taken keys
     ``j = index[i, t]``: each key's exact weight replaces its feature estimate
     ``est_it = psi_q_i . psi_j exp(r_j - b_i) far_scale_i``."""
     rows, m = psi_q.shape
-    dv = v_cols.shape[1]
+    width = v1_cols.shape[1]
     for i in range(rows):
         for t in range(index.shape[1]):
             if not taken[i, t]:
@@ -47,6 +46,5 @@ def top_terms(psi_q, psi_cols, r_cols, b, index, taken, exact, v_cols, far_scale
             for f in range(m):
                 dot += psi_q[i, f] * psi_cols[j, f]
             w = exact[i, t] - dot * math.exp(r_cols[j] - b[i]) * far_scale[i]
-            for c in range(dv):
-                num[i, c] += w * v_cols[j, c]
-            den[i] += w
+            for c in range(width):
+                nd[i, c] += w * v1_cols[j, c]
