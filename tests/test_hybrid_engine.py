@@ -170,3 +170,18 @@ def test_no_lookahead(window, n_top):
     changed = hybrid_attention(Q, K, V, **options)
     np.testing.assert_array_equal(out[:200], changed[:200])
     assert not np.allclose(out[200:], changed[200:])
+
+
+@pytest.mark.parametrize("feature_map", naive.FEATURE_MAPS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_huge_inputs_give_no_nan_for_any_map(feature_map, dtype):
+    # products of unbounded (relu) features of norm-1e18 rows overflowed float32
+    rng = np.random.default_rng(9)
+    Q, K = rng.normal(size=(2, 150, 8)) * 1e18
+    V = rng.normal(size=(150, 4))
+    Q, K, V = (X.astype(dtype) for X in (Q, K, V))
+    for causal in (False, True):
+        out = hybrid_attention(Q, K, V, window=8, n_global=1, n_top=3, n_candidates=10,
+                               candidate_query=np.ones(8), causal=causal,
+                               feature_map=feature_map, random_state=0)  # fmt: skip
+        assert not np.isnan(out).any()

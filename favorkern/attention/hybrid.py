@@ -225,14 +225,11 @@ def hybrid_attention(
     tops, n_candidates, directions = check_top(
         n_top, n_candidates, candidate_query, causal, batch, d, n_heads
     )
-    bounded = fmap.spec_kind if hasattr(fmap, "spec_kind") else None
     shared = None
     if frozen is not None or not fmap.data_constants:
         shared = attention_features(fmap, proj, gamma, Q.dtype, frozen or {})
-        bounded = shared.kind in ("exp", "cos")
-    else:
-        bounded = True  # data maps are exp maps
-    V, exponents = scaled_values(V, K.shape[-2] * proj.n_components, unit=not bounded)
+    # every feature the engine uses is at most 1 in magnitude (see stable_features)
+    V, exponents = scaled_values(V, K.shape[-2] * proj.n_components)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     tasks = []
     for q, k, v, m, idx in heads(Q, K, V, mask, batch):

@@ -43,8 +43,8 @@ class TopKeys:
 def stable_features(feat, X, buf):
     """``psi`` (written into ``buf``) and ``r`` (float64) with ``phi(x) = exp(r) psi``.
 
-    Exp and cos maps: ``|psi| <= 1`` (``r`` the largest logit, or the row factor);
-    other maps: ``psi`` the map's plain values and ``r`` its constant log scale.
+    ``|psi| <= 1``: exp maps divide by the largest feature, cos maps by their row
+    factor, other maps by their largest magnitude.
     """
     if feat.kind == "exp":
         # exp(w.x' - a|x'|^2 + log s): the row maximum of the bare product is the
@@ -61,7 +61,13 @@ def stable_features(feat, X, buf):
         return buf, r
     r, _ = feat.key_logits(X, buf)
     if feat.kind == "relu":
-        r = r + feat.log_const
+        # unbounded values: divided by their row maximum (its log joins r), so that
+        # products of huge rows cannot overflow
+        peak = np.abs(buf).max(axis=1)
+        positive = peak > 0
+        if positive.any():
+            buf[positive] /= peak[positive, np.newaxis]
+        r = np.where(positive, np.log(np.where(positive, peak, 1.0)), 0.0) + feat.log_const
     return buf, r
 
 
