@@ -185,3 +185,22 @@ def test_huge_inputs_give_no_nan_for_any_map(feature_map, dtype):
                                candidate_query=np.ones(8), causal=causal,
                                feature_map=feature_map, random_state=0)  # fmt: skip
         assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window,n_global", [(9, 1), (70, 3), (1, 0)])
+def test_long_sequences_cross_groups(causal, window, n_global):
+    # groups of 512 rows made of full 64-row blocks take the strided band products
+    L = 1100
+    Q, K, V = _case(12, L=L)
+    mask = np.random.default_rng(12).random(L) < 0.05
+    W = draw_projection(16, 8, random_state=12)
+    u = np.ones(8)
+    for top in ({}, dict(n_top=3, n_candidates=9, candidate_query=u)):
+        options = dict(window=window, n_global=n_global, causal=causal, **top)
+        ref = _oracle(Q, K, V, W, mask=mask, **options)
+        out = hybrid_attention(Q, K, V, projection_matrix=W, key_padding_mask=mask, **options)
+        assert _relative(out, ref) < 1e-6
+        out32 = hybrid_attention(*(X.astype(np.float32) for X in (Q, K, V)), projection_matrix=W,
+                                 key_padding_mask=mask, **options)  # fmt: skip
+        assert _relative(out32, ref) < 1e-4

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["hybrid_head", "stable_features", "TopKeys"]
+__all__ = ["hybrid_head", "stable_features", "far_groups", "exact_terms", "finish", "TopKeys"]
 
 # Query rows per block: the exact band is (rows x (rows + window)) and the far part's
 # masked product (rows x rows); 64 measured fastest at window 64, m = 256.
 CHUNK = 64
+# Rows per group: one feature product for a group's queries and one for its keys.
+GROUP = 512
 
 
 class TopKeys:
@@ -76,143 +78,186 @@ def _exp(x, dtype):
         return np.exp(x).astype(dtype, copy=False)
 
 
-# Largest spread of row constants folded into one key scale (fast path of far_blocks):
-# exp(spread) must stay far below the dtype's largest number.
-_SPREAD = {np.dtype(np.float32): 60.0, np.dtype(np.float64): 600.0}
+def _pattern(cache, key, make, dtype):
+    """A 0/-inf pattern (``make()`` gives where it is 0), made once per call and shape."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = np.where(make(), 0.0, -np.inf).astype(dtype)
+    return value
 
 
-class _Masks:
-    """0/1 and 0/-inf block patterns, made once per shape."""
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
+    """Causal far sums of one head, computed in groups of blocks of queries.
 
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self._cache = {}
+    Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
+    ones, whose sum is the normalizer) over the unmasked keys ``key_lo <= j < key_hi``
+    with ``j <= i - lag``.  Yields per group ``(start, stop, psi_q, a, nd, b, parts)``:
+    the query features ``psi_q`` and row logs ``a``, the sums ``nd`` at scale
+    ``exp(-(a_i + b_i))``, ``b_i`` the running maximum of ``r_j`` over the keys row
+    ``i`` reaches (``-inf`` where none), and per block ``(start, stop, lo, psi, r)``:
+    its own far keys ``lo ..`` before they entered the state.
 
-    def get(self, key, make):
-        value = self._cache.get(key)
-        if value is None:
-            value = self._cache[key] = make()
-        return value
-
-
-def far_blocks(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, keep=None):
-    """Causal far sums of one head in blocks of queries.
-
-    Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values with a column of
-    ones, so the last column is the normalizer) over the unmasked keys ``key_lo <= j
-    < key_hi`` with ``j <= i - lag``.  Yields ``(start, stop, psi_q, a, nd, b, part)``:
-    the block's query features ``psi_q`` and row logs ``a``, its sums ``nd`` at scale
-    ``exp(-(a_i + b_i))`` (``b_i = -inf`` where no key is reached) and ``part = (lo,
-    psi, r)``, the block's own far keys ``lo ..`` with their features and logs.
-    ``keep(lo, psi, r)`` is called after each block (the top-key pool).
+    The features of a group's queries and keys are one product each; per block of
+    ``chunk`` rows: the state's product, the masked product with the block's own far
+    keys at ``exp(r_j - b_i)``, and the state's update.  The state's constant is the
+    running maximum of the keys in it, so no output depends on a later token.
     """
-    L, dtype = q.shape[0], feat.dtype
-    width = v1.shape[1]
-    S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_k (v_j, 1) exp(r_j - B)
+    L, dtype, width = q.shape[0], feat.dtype, v1.shape[1]
+    S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
     B = -np.inf
-    spread = _SPREAD[np.dtype(dtype)]
-    nxt = key_lo  # the state holds keys key_lo .. nxt - 1
-    qbuf, kbuf = feat.empty(chunk), feat.empty(chunk + 1)
-    # row i' of a block reaches key j' of its part iff i' > j' when the part starts
-    # at start - lag + 1 (every block but the first ones)
-    tri = np.tril(np.ones((chunk, chunk), dtype=dtype), -1)
-    for s in range(0, L, chunk):
-        e = min(L, s + chunk)
-        psi_q, a = stable_features(feat, q[s:e], qbuf[: e - s])
-        lo, hi = nxt, min(key_hi, max(nxt, e - lag + 1))
-        n = hi - lo
-        rows = np.arange(s, e)
-        b = np.full(e - s, B)
-        psi_k = r = None
-        if n > 0:
-            psi_k, r = stable_features(feat, k[lo:hi], kbuf[:n])
-            if mask is not None:
-                hidden = mask[lo:hi]
-                if hidden.any():
-                    r = np.where(hidden, -np.inf, r)
-                    psi_k[hidden] = 0.0
-            n_reach = np.clip(rows - lag - lo + 1, 0, n)
-            has = n_reach > 0
-            if has.any():
-                prefix = np.maximum.accumulate(r)
-                b[has] = np.maximum(B, prefix[n_reach[has] - 1])
-        finite = np.isfinite(b)
-        b_safe = np.where(finite, b, 0.0)
-        if np.isfinite(B):
-            nd = psi_q @ S
-            nd *= _exp(np.where(finite, B - b_safe, -np.inf), dtype)[:, None]
-        else:
-            nd = np.zeros((e - s, width), dtype=dtype)
-        top = -np.inf if n == 0 else float(r.max())
-        B_new = max(B, top)
-        weighted = None
-        if top > -np.inf:
-            wk = _exp(r - B_new, dtype)
-            weighted = v1[lo:hi] * wk[:, None]
-            if has.any():
-                G = psi_q @ psi_k.T
-                if float(B_new - b_safe[has].min()) <= spread:
-                    # exp(r_j - b_i) = exp(r_j - B_new) exp(B_new - b_i): the key part
-                    # is in ``weighted``
-                    G *= _exp(np.where(has, B_new - b_safe, -np.inf), dtype)[:, None]
-                    if lo == s - lag + 1:
-                        G *= tri[: e - s, :n]
-                    else:
-                        G *= (rows[:, None] - lag) >= np.arange(lo, hi)[None, :]
-                    nd += G @ weighted
+    nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
+    qbuf, kbuf = feat.empty(group), feat.empty(group + 1)
+    # row i' of a full block reaches key j' of its part iff i' > j'
+    strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
+    for gs in range(0, L, group):
+        ge = min(L, gs + group)
+        psi_q, a = stable_features(feat, q[gs:ge], qbuf[: ge - gs])
+        klo, khi = nxt, min(key_hi, max(nxt, ge - lag + 1))
+        rows = np.arange(gs, ge)
+        b = np.full(ge - gs, B)
+        if khi > klo:
+            psi_k, r = stable_features(feat, k[klo:khi], kbuf[: khi - klo])
+            if mask is not None and mask[klo:khi].any():
+                hidden = mask[klo:khi]
+                r = np.where(hidden, -np.inf, r)
+                psi_k[hidden] = 0.0
+            running = np.maximum(np.maximum.accumulate(r), B)
+            last = rows - lag - klo  # each row's last reached key, from klo
+            has = last >= 0
+            b[has] = running[np.minimum(last[has], khi - klo - 1)]
+        nd = np.empty((ge - gs, width), dtype=dtype)
+        parts = []
+        for s in range(gs, ge, chunk):
+            e = min(ge, s + chunk)
+            rb, pq = b[s - gs : e - gs], psi_q[s - gs : e - gs]
+            if np.isfinite(B):
+                out = pq @ S
+                out *= _exp(B - rb, dtype)[:, None]
+            else:
+                out = np.zeros((e - s, width), dtype=dtype)
+            lo, hi = nxt, min(key_hi, max(nxt, e - lag + 1))
+            if hi > lo:
+                pk, rk = psi_k[lo - klo : hi - klo], r[lo - klo : hi - klo]
+                D = rk[None, :] - np.where(np.isfinite(rb), rb, 0.0)[:, None]
+                if lo == s - lag + 1 and e - s == chunk == hi - lo:
+                    D += strict
                 else:
-                    reach = (rows[:, None] - lag) >= np.arange(lo, hi)[None, :]
-                    G *= _exp(np.where(reach, r[None, :] - b_safe[:, None], -np.inf), dtype)
-                    nd += G @ v1[lo:hi]
-        yield s, e, psi_q, a, nd, b, (lo, psi_k, r)
-        if weighted is not None:
-            if B_new > B and np.isfinite(B):
-                S *= dtype.type(np.exp(B - B_new))
-            B = B_new
-            S += psi_k.T @ weighted
-        if n > 0:
-            if keep is not None:
-                keep(lo, psi_k, r)
-            nxt = hi
+                    D[(np.arange(s, e)[:, None] - lag) < np.arange(lo, hi)[None, :]] = -np.inf
+                G = pq @ pk.T
+                G *= _exp(D, dtype)
+                out += G @ v1[lo:hi]
+                top = float(rk.max())
+                if top > -np.inf:
+                    if top > B:
+                        if np.isfinite(B):
+                            S *= dtype.type(np.exp(B - top))
+                        B = top
+                    S += pk.T @ (v1[lo:hi] * _exp(rk - B, dtype)[:, None])
+                parts.append((s, e, lo, pk, rk))
+                nxt = hi
+            else:
+                parts.append((s, e, lo, None, None))
+            nd[s - gs : e - gs] = out
+        yield gs, ge, psi_q, a, nd, b, parts
 
 
-def _exact_logits(q_blk, k, mask, gamma, keys, allowed):
-    """Logits ``gamma q.k`` of ``keys`` (positions) for a block, ``-inf`` where not allowed.
-
-    ``allowed``: a bool array, or a cached 0/-inf array added as it is."""
-    s = q_blk @ k[keys].T
-    s *= s.dtype.type(gamma)
-    if allowed.dtype == bool:
-        s[~allowed] = -np.inf
-    else:
-        s += allowed
-    if mask is not None:
-        hidden = mask[keys]
-        if hidden.any():
-            s[:, hidden] = -np.inf
-    return s
+def _strided(X, start, n_blocks, step, width):
+    """``n_blocks`` overlapping row windows ``X[start + t step : + width]`` (a view)."""
+    X = X[start:]
+    shape = (n_blocks, width) + X.shape[1:]
+    return np.lib.stride_tricks.as_strided(
+        X, shape, (step * X.strides[0],) + X.strides, writeable=False
+    )
 
 
-def _finish(nd, a, b, s, v1_ex, top=None):
-    """The row outputs from far sums ``nd`` (at ``exp(a + b)``), exact logits ``s`` of
-    the values ``v1_ex`` and the top keys' terms (``top``: adds them)."""
-    dtype = nd.dtype
+def _hide(logits, mask, keys):
+    """``-inf`` on the columns of masked keys (``keys``: positions, or a (blocks,
+    width) strided view of the mask)."""
+    if mask is None:
+        return logits
+    hidden = mask[keys] if not isinstance(keys, tuple) else _strided(mask, *keys)
+    if not hidden.any():
+        return logits
+    if hidden.ndim == 1:
+        logits[:, hidden] = -np.inf
+        return logits
+    return np.where(hidden[:, None, :], -np.inf, logits)
+
+
+def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
+    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values)``,
+    logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or 3-D ``(blocks, chunk,
+    band)`` for a run of full blocks whose bands are overlapping views of K and V."""
+    terms = []
+    Lk, rows, gamma = k.shape[0], np.arange(gs, ge), q.dtype.type(gamma)
+    n_glob = min(g, ge) if causal else g
+    if n_glob:
+        s = q[gs:ge] @ k[:n_glob].T
+        s *= gamma
+        if causal and gs < n_glob:
+            s[rows[:, None] < np.arange(n_glob)[None, :]] = -np.inf
+        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob]))
+    if not window:
+        return terms
+    before, after = window - 1, (0 if causal else window - 1)
+    lo, hi = max(g, gs - before), min(Lk, ge + after)
+    R = ge - gs
+    if R % chunk == 0 and lo == gs - before and hi == ge + after:
+        n_blocks, width = R // chunk, chunk + before + after
+        bands = _strided(k, lo, n_blocks, chunk, width)
+        s = q[gs:ge].reshape(n_blocks, chunk, -1) @ bands.transpose(0, 2, 1)
+        s *= gamma
+        # row i' of a block and key j' of its band are i' + before - j' apart
+        s += _pattern(cache, ("band", chunk, width, causal), lambda: _near(
+            np.arange(chunk)[:, None] + before - np.arange(width)[None, :], window, causal,
+        ), q.dtype)  # fmt: skip
+        s = _hide(s, mask, (lo, n_blocks, chunk, width))
+        terms.append((s, _strided(v1, lo, n_blocks, chunk, width)))
+        return terms
+    keys = np.arange(lo, hi)
+    s = q[gs:ge] @ k[lo:hi].T
+    s *= gamma
+    s[~_near(rows[:, None] - keys[None, :], window, causal)] = -np.inf
+    terms.append((_hide(s, mask, keys), v1[lo:hi]))
+    return terms
+
+
+def _near(delta, window, causal):
+    """Whether a row and a key ``delta`` positions before it are in the window."""
+    return ((delta >= 0) & (delta < window)) if causal else (np.abs(delta) < window)
+
+
+def finish(nd, a, b, terms, chosen=()):
+    """The output rows from far sums ``nd`` (at ``exp(a + b)``), exact ``terms`` and
+    top keys ``chosen`` (``(offset, _Chosen)`` per block)."""
+    dtype, R = nd.dtype, nd.shape[0]
     finite = np.isfinite(b)
     far_log = np.where(finite, a + np.where(finite, b, 0.0), -np.inf)
-    row_max = s.max(axis=1).astype(np.float64) if s.shape[1] else np.full(len(a), -np.inf)
-    c = np.maximum(far_log, row_max)
-    if top is not None:
-        c = np.maximum(c, top.row_max)
-    c = np.where(np.isfinite(c), c, 0.0)
+    c = far_log.copy()
+    for s, _ in terms:
+        if s.size:
+            np.maximum(c, s.max(axis=-1).reshape(R), out=c)
+    for offset, top in chosen:
+        part = c[offset : offset + top.row_max.size]
+        np.maximum(part, top.row_max, out=part)
+    c[~np.isfinite(c)] = 0.0
     far_scale = _exp(far_log - c, dtype)
     nd *= far_scale[:, None]
-    if s.shape[1]:
-        s -= c.astype(dtype)[:, None]
+    c_typed = c.astype(dtype)
+    for s, values in terms:
+        if not s.size:
+            continue
+        if s.ndim == 3:
+            s -= c_typed.reshape(s.shape[0], s.shape[1], 1)
+        else:
+            s -= c_typed[:, None]
         with np.errstate(under="ignore"):
             np.exp(s, out=s)
-        nd += s @ v1_ex
-    if top is not None:
-        top.add(nd, c, far_scale)
+        product = s @ values
+        nd += product.reshape(R, -1)
+    for offset, top in chosen:
+        n = top.row_max.size
+        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n])
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
@@ -252,7 +297,7 @@ class _Chosen:
         top_terms(
             np.ascontiguousarray(self.psi_q), np.ascontiguousarray(self.psi_cols, dtype=dtype),
             np.ascontiguousarray(self.r_cols, dtype=np.float64), b, self.index, self.taken,
-            exact, self.v1_cols, far_scale, nd,
+            exact, self.v1_cols, np.ascontiguousarray(far_scale), nd,
         )  # fmt: skip
 
 
@@ -264,47 +309,36 @@ def with_ones(v):
     return v1
 
 
-def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None, chunk=CHUNK):
+def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
+                chunk=CHUNK, group=GROUP):  # fmt: skip
     """The hybrid attention of one head (prepared ``q``, ``k``), in ``v``'s dtype."""
     v1 = with_ones(v)
-    if causal:
-        return _causal(feat, q, k, v1, mask, gamma, window, n_global, top, chunk)
-    return _bidirectional(feat, q, k, v1, mask, gamma, window, n_global, top, chunk)
+    run = _causal if causal else _bidirectional
+    return run(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group)
 
 
-def _causal(feat, q, k, v1, mask, gamma, window, n_global, top, chunk):
+def _causal(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group):
     L = q.shape[0]
     g = min(n_global, L)
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
-    masks = _Masks(v1.dtype)
+    cache = {}
     pool = _CausalPool(top, feat) if top is not None else None
-    blocks = far_blocks(feat, q, k, v1, mask, g, L, window, chunk,
-                        keep=None if pool is None else pool.keep)  # fmt: skip
-    for s, e, psi_q, a, nd, b, part in blocks:
-        lo = max(g, s - window + 1)
-        band = np.arange(lo, e) if window else np.zeros(0, dtype=np.intp)
-        keys = np.concatenate([np.arange(min(g, e)), band])
-        if s >= g and lo == s - window + 1:
-            # every global key allowed, the band's pattern fixed by its shape
-            allowed = masks.get(("causal", e - s, g, window), lambda: _bias(
-                _causal_allowed(np.arange(s, e), keys, g, window), v1.dtype))  # fmt: skip
-        else:
-            allowed = _causal_allowed(np.arange(s, e), keys, g, window)
-        s_ex = _exact_logits(q[s:e], k, mask, gamma, keys, allowed)
-        chosen = None
+    for gs, ge, psi_q, a, nd, b, parts in far_groups(
+        feat, q, k, v1, mask, g, L, window, chunk, group
+    ):
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
+        chosen = []
         if pool is not None:
-            chosen = pool.choose(q[s:e], k, v1, np.arange(s, e), window, part, gamma, psi_q, b)
-        out[s:e] = _finish(nd, a, b, s_ex, v1[keys], chosen)
+            for s, e, lo, psi_k, r in parts:
+                blk = slice(s - gs, e - gs)
+                found = pool.choose(q[s:e], k, v1, np.arange(s, e), window, lo, psi_k, r,
+                                    gamma, psi_q[blk], b[blk])  # fmt: skip
+                if found is not None:
+                    chosen.append((s - gs, found))
+                if psi_k is not None:
+                    pool.keep(lo, psi_k, r)
+        out[gs:ge] = finish(nd, a, b, terms, chosen)
     return out
-
-
-def _causal_allowed(rows, keys, g, window):
-    delta = rows[:, None] - keys[None, :]
-    return (delta >= 0) & ((keys[None, :] < g) | (delta < window))
-
-
-def _bias(allowed, dtype):
-    return np.where(allowed, 0.0, -np.inf).astype(dtype)
 
 
 class _CausalPool:
@@ -316,8 +350,7 @@ class _CausalPool:
         self.psi = np.zeros((0, feat.n_out), dtype=feat.dtype)
         self.r = np.zeros(0)
 
-    def choose(self, q_blk, k, v1, rows, window, part, gamma, psi_q, b):
-        lo, psi_k, r = part
+    def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
         n = 0 if psi_k is None else psi_k.shape[0]
         cols = np.concatenate([self.cols, np.arange(lo, lo + n)])
         if cols.size == 0:
@@ -346,66 +379,54 @@ class _CausalPool:
         self.r = np.concatenate([self.r, r[visible]])[keep]
 
 
-def _bidirectional(feat, q, k, v1, mask, gamma, window, n_global, top, chunk):
-    L = q.shape[0]
-    Lk = k.shape[0]
+def _bidirectional(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group):
+    L, Lk = q.shape[0], k.shape[0]
     g = min(n_global, Lk)
-    masks = _Masks(v1.dtype)
+    cache = {}
     pool = _bidirectional_pool(top, k, mask, g, window, feat) if top is not None else None
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
-    for s, e, psi_q, a, nd, b in _bidirectional_far(feat, q, k, v1, mask, g, window, chunk):
-        rows = np.arange(s, e)
-        if window:
-            lo, hi = max(g, s - window + 1), min(Lk, e + window - 1)
-            band = np.arange(lo, hi)
-        else:
-            lo = hi = 0
-            band = np.zeros(0, dtype=np.intp)
-        keys = np.concatenate([np.arange(g), band])
-
-        def make():
-            return (keys[None, :] < g) | (np.abs(rows[:, None] - keys[None, :]) < window)
-
-        if lo == s - window + 1 and hi == e + window - 1:
-            allowed = masks.get(("bi", e - s, g, window), lambda: _bias(make(), v1.dtype))
-        else:
-            allowed = make()
-        s_ex = _exact_logits(q[s:e], k, mask, gamma, keys, allowed)
-        chosen = None
+    for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, q, k, v1, mask, g, window, chunk,
+                                                      group):  # fmt: skip
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
+        chosen = []
         if pool is not None and pool[0].size:
             cols, psi_cols, r_cols = pool
-            allowed_c = np.abs(rows[:, None] - cols[None, :]) >= window
             by_score = np.arange(cols.size)
-            chosen = _Chosen(q[s:e], k, v1, cols, allowed_c, by_score, top, gamma,
-                             np.ascontiguousarray(psi_q), psi_cols, r_cols, b)  # fmt: skip
-        out[s:e] = _finish(nd, a, b, s_ex, v1[keys], chosen)
+            for s in range(gs, ge, chunk):
+                e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
+                allowed = np.abs(np.arange(s, e)[:, None] - cols[None, :]) >= window
+                chosen.append((s - gs, _Chosen(
+                    q[s:e], k, v1, cols, allowed, by_score, top, gamma,
+                    np.ascontiguousarray(psi_q[blk]), psi_cols, r_cols, b[blk],
+                )))  # fmt: skip
+        out[gs:ge] = finish(nd, a, b, terms, chosen)
     return out
 
 
-def _bidirectional_far(feat, q, k, v1, mask, g, window, chunk):
-    """Far sums of every query block (keys ``j >= g`` with ``|i - j| >= window``), in
+def _bidirectional_far(feat, q, k, v1, mask, g, window, chunk, group):
+    """Far sums of every query group (keys ``j >= g`` with ``|i - j| >= window``), in
     the order of the rows: ``(start, stop, psi_q, a, nd, b)``."""
     L, dtype = q.shape[0], v1.dtype
     Lk = k.shape[0]
     if window == 0:
         # every key is far: one state over all of them (Lq may differ from Lk)
-        S, B = _state_of(feat, k, v1, mask, g, Lk, chunk)
-        buf = feat.empty(chunk)
-        for s in range(0, L, chunk):
-            e = min(L, s + chunk)
+        S, B = _state_of(feat, k, v1, mask, g, Lk, group)
+        buf = feat.empty(group)
+        for s in range(0, L, group):
+            e = min(L, s + group)
             psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
             yield s, e, psi_q, a, psi_q @ S, np.full(e - s, B)
         return
     # forward: g <= j <= i - window, kept per row
     fwd = np.empty((L, v1.shape[1]), dtype=dtype)
     fwd_b = np.empty(L)
-    for s, e, _, _, nd, b, _ in far_blocks(feat, q, k, v1, mask, g, Lk, window, chunk):
+    for s, e, _, _, nd, b, _ in far_groups(feat, q, k, v1, mask, g, Lk, window, chunk, group):
         fwd[s:e], fwd_b[s:e] = nd, b
     # backward: j >= i + window, the same pass over the reversed sequence (query i and
     # key i are one position, so both reverse alike); keys g .. Lk - 1 are the
     # reversed 0 .. Lk - 1 - g
     rmask = None if mask is None else mask[::-1]
-    back = far_blocks(feat, q[::-1], k[::-1], v1[::-1], rmask, 0, Lk - g, window, chunk)
+    back = far_groups(feat, q[::-1], k[::-1], v1[::-1], rmask, 0, Lk - g, window, chunk, group)
     for rs, re_, psi_r, a_r, nd_b, b_b, _ in back:
         s, e = L - re_, L - rs
         b_b, b_f = b_b[::-1], fwd_b[s:e]
