@@ -74,8 +74,9 @@ def stable_features(feat, X, buf):
 
 
 def _exp(x, dtype):
-    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
-        return np.exp(x).astype(dtype, copy=False)
+    """``exp(x)`` in ``dtype`` for ``x <= 0`` (or ``-inf``): no overflow to guard."""
+    x = np.asarray(x).astype(dtype)
+    return np.exp(x, out=x)
 
 
 def _pattern(cache, key, make, dtype):
@@ -125,6 +126,12 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
             last = rows - lag - klo  # each row's last reached key, from klo
             has = last >= 0
             b[has] = running[np.minimum(last[has], khi - klo - 1)]
+        if klo == gs - lag + 1 and khi - klo == ge - gs and (ge - gs) % chunk == 0:
+            nd, parts, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, klo, gs,
+                                          chunk, strict)  # fmt: skip
+            nxt = khi
+            yield gs, ge, psi_q, a, nd, b, parts
+            continue
         nd = np.empty((ge - gs, width), dtype=dtype)
         parts = []
         for s in range(gs, ge, chunk):
@@ -159,6 +166,43 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
                 parts.append((s, e, lo, None, None))
             nd[s - gs : e - gs] = out
         yield gs, ge, psi_q, a, nd, b, parts
+
+
+def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
+    """:func:`far_groups` for a group of full blocks whose parts tile its keys: every
+    block's products at once (batched), the states before the blocks by one prefix
+    pass over the blocks' own states.  Returns ``(nd, parts, S, B)``."""
+    R, dtype = psi_q.shape[0], S.dtype
+    n, m, width = R // chunk, S.shape[0], S.shape[1]
+    pq = psi_q.reshape(n, chunk, m)
+    pk = psi_k.reshape(n, chunk, m)
+    rk = r.reshape(n, chunk)
+    rb = b.reshape(n, chunk)
+    vb = v1.reshape(n, chunk, width)
+    # B_t: the state's constant before block t (the running maximum of its keys)
+    ends = np.maximum(np.maximum.accumulate(rk.max(axis=1)), B)
+    consts = np.concatenate([[B], ends])
+    safe = np.where(np.isfinite(consts), consts, 0.0)
+    own = np.matmul(pk.transpose(0, 2, 1), vb * _exp(rk - safe[1:, None], dtype)[:, :, None])
+    states = np.empty((n + 1, m, width), dtype=dtype)
+    states[0] = S
+    for t in range(n):
+        if np.isfinite(consts[t]):
+            np.multiply(states[t], dtype.type(np.exp(consts[t] - safe[t + 1])), out=states[t + 1])
+            states[t + 1] += own[t]
+        else:
+            states[t + 1] = own[t]
+    nd = np.matmul(pq, states[:n])
+    finite = np.isfinite(rb)
+    b_safe = np.where(finite, rb, 0.0)
+    nd *= _exp(np.where(np.isfinite(consts[:n, None]), consts[:n, None] - b_safe, -np.inf),
+               dtype)[:, :, None]  # fmt: skip
+    G = np.matmul(pq, pk.transpose(0, 2, 1))
+    G *= _exp(rk[:, None, :] - b_safe[:, :, None] + strict, dtype)
+    nd += np.matmul(G, vb)
+    parts = [(gs + t * chunk, gs + (t + 1) * chunk, klo + t * chunk, pk[t], rk[t])
+             for t in range(n)]  # fmt: skip
+    return nd.reshape(R, width), parts, states[n], float(consts[n])
 
 
 def _strided(X, start, n_blocks, step, width):
