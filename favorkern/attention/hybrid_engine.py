@@ -69,7 +69,8 @@ def stable_features(feat, X, buf):
         positive = peak > 0
         if positive.any():
             buf[positive] /= peak[positive, np.newaxis]
-        r = np.where(positive, np.log(np.where(positive, peak, 1.0)), 0.0) + feat.log_const
+        r = np.where(positive, np.log(np.where(positive, peak, 1.0).astype(np.float64)), 0.0)
+        r += feat.log_const
     return buf, r
 
 
@@ -271,7 +272,7 @@ def _near(delta, window, causal):
     return ((delta >= 0) & (delta < window)) if causal else (np.abs(delta) < window)
 
 
-def finish(nd, a, b, terms, chosen=()):
+def finish(nd, a, b, terms, chosen=(), v1=None):
     """The output rows from far sums ``nd`` (at ``exp(a + b)``), exact ``terms`` and
     top keys ``chosen`` (``(offset, _Chosen)`` per block)."""
     dtype, R = nd.dtype, nd.shape[0]
@@ -301,48 +302,38 @@ def finish(nd, a, b, terms, chosen=()):
         nd += product.reshape(R, -1)
     for offset, top in chosen:
         n = top.row_max.size
-        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n])
+        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n],
+                v1)
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
 
 
 class _Chosen:
-    """A block's top keys: exact terms and removal of their far estimates."""
+    """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
+    exact terms replace their far estimates."""
 
-    def __init__(self, q_blk, k, v1, cols, allowed, by_score, top, gamma, psi_q, psi_cols,
-                 r_cols, b):  # fmt: skip
-        n_top, n_candidates = top.n_top, top.n_candidates
-        in_order = allowed[:, by_score]
-        candidate = np.zeros_like(allowed)
-        candidate[:, by_score] = in_order & (np.cumsum(in_order, axis=1) <= n_candidates)
+    def __init__(self, q_blk, k, cols, allowed, order, top, gamma, psi_q, pools, r_cols, b):
+        from .._numba.hybrid import select_top
+
         logits = q_blk @ k[cols].T
         logits *= logits.dtype.type(gamma)
-        logits[~candidate] = -np.inf
-        n_cols = cols.size
-        if n_cols > n_top:
-            index = np.argpartition(logits, n_cols - n_top, axis=1)[:, n_cols - n_top :]
-        else:
-            index = np.broadcast_to(np.arange(n_cols), (q_blk.shape[0], n_cols))
-        self.index = np.array(index, dtype=np.int64, order="C")  # writable: numba
-        self.taken = np.take_along_axis(candidate, self.index, axis=1)
-        self.logits = np.take_along_axis(logits, self.index, axis=1)
-        self.row_max = self.logits.max(axis=1).astype(np.float64)
-        self.psi_q, self.psi_cols, self.r_cols, self.b = psi_q, psi_cols, r_cols, b
-        self.v1_cols = np.ascontiguousarray(v1[cols])
+        rows = q_blk.shape[0]
+        self.index = np.empty((rows, top.n_top), dtype=np.int64)
+        self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
+        select_top(logits, order, allowed, top.n_candidates, self.index, self.logits)
+        self.row_max = self.logits[:, 0].astype(np.float64)
+        self.psi_q, self.pools, self.b = psi_q, pools, b
+        self.r_cols = np.ascontiguousarray(r_cols, dtype=np.float64)
+        self.cols = cols
 
-    def add(self, nd, c, far_scale):
+    def add(self, nd, c, far_scale, v1):
         from .._numba.hybrid import top_terms
 
-        dtype = nd.dtype
-        exact = _exp(self.logits.astype(np.float64) - c[:, None], dtype)
-        exact[~self.taken] = 0.0
         b = np.where(np.isfinite(self.b), self.b, 0.0)
-        top_terms(
-            np.ascontiguousarray(self.psi_q), np.ascontiguousarray(self.psi_cols, dtype=dtype),
-            np.ascontiguousarray(self.r_cols, dtype=np.float64), b, self.index, self.taken,
-            exact, self.v1_cols, np.ascontiguousarray(far_scale), nd,
-        )  # fmt: skip
+        top_terms(self.psi_q, self.pools[0], self.pools[1], self.r_cols, self.cols, b,
+                  np.ascontiguousarray(c), self.index, self.logits, v1,
+                  np.ascontiguousarray(far_scale), nd)  # fmt: skip
 
 
 def with_ones(v):
@@ -381,7 +372,7 @@ def _causal(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group):
                     chosen.append((s - gs, found))
                 if psi_k is not None:
                     pool.keep(lo, psi_k, r)
-        out[gs:ge] = finish(nd, a, b, terms, chosen)
+        out[gs:ge] = finish(nd, a, b, terms, chosen, v1)
     return out
 
 
@@ -390,25 +381,26 @@ class _CausalPool:
 
     def __init__(self, top, feat):
         self.top = top
-        self.cols = np.zeros(0, dtype=np.intp)
+        self.cols = np.zeros(0, dtype=np.int64)
         self.psi = np.zeros((0, feat.n_out), dtype=feat.dtype)
         self.r = np.zeros(0)
 
     def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
         n = 0 if psi_k is None else psi_k.shape[0]
-        cols = np.concatenate([self.cols, np.arange(lo, lo + n)])
+        cols = np.concatenate([self.cols, np.arange(lo, lo + n, dtype=np.int64)])
         if cols.size == 0:
             return None
         reach = (rows[:, None] - window) >= np.arange(lo, lo + n)[None, :]
         if n:
             reach &= np.isfinite(r)[None, :]  # masked keys
-        allowed = np.concatenate([np.ones((rows.size, self.cols.size), dtype=bool), reach], 1)
+        allowed = np.ones((rows.size, cols.size), dtype=bool)
+        allowed[:, self.cols.size :] = reach
         scores = self.top.scores
-        by_score = np.lexsort((cols, -scores[cols]))
-        psi_cols = self.psi if n == 0 else np.concatenate([self.psi, psi_k])
+        order = np.lexsort((cols, -scores[cols])).astype(np.int64)
+        part = psi_k if n else self.psi[:0]
         r_cols = self.r if n == 0 else np.concatenate([self.r, r])
-        return _Chosen(q_blk, k, v1, cols, allowed, by_score, self.top, gamma, psi_q,
-                       psi_cols, r_cols, b)  # fmt: skip
+        return _Chosen(q_blk, k, cols, allowed, order, self.top, gamma, psi_q,
+                       (self.psi, part), r_cols, b)  # fmt: skip
 
     def keep(self, lo, psi_k, r):
         visible = np.isfinite(r)
@@ -419,7 +411,7 @@ class _CausalPool:
         scores = self.top.scores
         keep = np.sort(np.lexsort((merged, -scores[merged]))[: self.top.n_candidates])
         self.cols = merged[keep]
-        self.psi = np.concatenate([self.psi, psi_k[visible]])[keep]
+        self.psi = np.ascontiguousarray(np.concatenate([self.psi, psi_k[visible]])[keep])
         self.r = np.concatenate([self.r, r[visible]])[keep]
 
 
@@ -435,15 +427,15 @@ def _bidirectional(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, gr
         chosen = []
         if pool is not None and pool[0].size:
             cols, psi_cols, r_cols = pool
-            by_score = np.arange(cols.size)
+            order = np.arange(cols.size, dtype=np.int64)
             for s in range(gs, ge, chunk):
                 e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
                 allowed = np.abs(np.arange(s, e)[:, None] - cols[None, :]) >= window
                 chosen.append((s - gs, _Chosen(
-                    q[s:e], k, v1, cols, allowed, by_score, top, gamma,
-                    np.ascontiguousarray(psi_q[blk]), psi_cols, r_cols, b[blk],
+                    q[s:e], k, cols, allowed, order, top, gamma, psi_q[blk],
+                    (psi_cols, psi_cols[:0]), r_cols, b[blk],
                 )))  # fmt: skip
-        out[gs:ge] = finish(nd, a, b, terms, chosen)
+        out[gs:ge] = finish(nd, a, b, terms, chosen, v1)
     return out
 
 
@@ -516,7 +508,7 @@ def _bidirectional_pool(top, k, mask, g, window, feat):
         positions = positions[~mask[g:]]
     scores = top.scores
     order = positions[np.lexsort((positions, -scores[positions]))]
-    cols = order[: top.n_candidates + max(2 * window - 1, 0)]
+    cols = order[: top.n_candidates + max(2 * window - 1, 0)].astype(np.int64)
     psi = feat.empty(cols.size, rows=True)
     psi, r = stable_features(feat, np.ascontiguousarray(k[cols]), psi)
     return cols, psi, r
