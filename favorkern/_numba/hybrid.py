@@ -64,9 +64,9 @@ def select_top(logits, order, allowed, n_candidates, index, chosen):
 
 _TERMS = [
     nb.void(
-        nb.types.Array(dtype, 2, "A"),  # psi_q (rows, m)
+        nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
         nb.types.Array(dtype, 2, "C"),  # psi_pool (n_pool, m)
-        nb.types.Array(dtype, 2, "A"),  # psi_part (n_part, m): columns n_pool ..
+        nb.types.Array(dtype, 2, "C"),  # psi_part (n_part, m): columns n_pool ..
         nb.types.Array(nb.float64, 1, "C"),  # r_cols (n_cols,)
         nb.types.Array(nb.int64, 1, "C"),  # cols (n_cols,): positions
         nb.types.Array(nb.float64, 1, "C"),  # b (rows,)

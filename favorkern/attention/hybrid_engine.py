@@ -331,7 +331,9 @@ class _Chosen:
         from .._numba.hybrid import top_terms
 
         b = np.where(np.isfinite(self.b), self.b, 0.0)
-        top_terms(self.psi_q, self.pools[0], self.pools[1], self.r_cols, self.cols, b,
+        # row-major copies: the kernel reads features along rows
+        psi_q, part = (np.ascontiguousarray(X) for X in (self.psi_q, self.pools[1]))
+        top_terms(psi_q, self.pools[0], part, self.r_cols, self.cols, b,
                   np.ascontiguousarray(c), self.index, self.logits, v1,
                   np.ascontiguousarray(far_scale), nd)  # fmt: skip
 
