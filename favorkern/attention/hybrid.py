@@ -335,6 +335,7 @@ def _one_head(q, k, v, mask, idx, out, fmap, proj, gamma, frozen, shared, window
         ))  # fmt: skip
         features = attention_features(fmap, proj, gamma, q.dtype, constants)
     constants = constants or {}
+    q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
     qf = np.ascontiguousarray(fmap.prepare(q, "query", constants), dtype=q.dtype)
     kf = np.ascontiguousarray(fmap.prepare(k, "key", constants), dtype=q.dtype)
     top = None
@@ -343,5 +344,6 @@ def _one_head(q, k, v, mask, idx, out, fmap, proj, gamma, frozen, shared, window
             u = q.astype(np.float64).mean(axis=0)
         top = TopKeys(n_top, n_candidates, k.astype(np.float64) @ u)
     out[idx] = hybrid_head(
-        features, qf, kf, np.ascontiguousarray(v), mask, gamma, window, n_global, causal, top,
+        features, q, k, np.ascontiguousarray(v), mask, gamma, window, n_global, causal, top,
+        (qf, kf),
     )  # fmt: skip

@@ -347,21 +347,26 @@ def with_ones(v):
 
 
 def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
-                chunk=CHUNK, group=GROUP):  # fmt: skip
-    """The hybrid attention of one head (prepared ``q``, ``k``), in ``v``'s dtype."""
+                prepared=None, chunk=CHUNK, group=GROUP):  # fmt: skip
+    """The hybrid attention of one head, in ``v``'s dtype.
+
+    ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
+    None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
+    """
     v1 = with_ones(v)
+    qf, kf = (q, k) if prepared is None else prepared
     run = _causal if causal else _bidirectional
-    return run(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group)
+    return run(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
 
 
-def _causal(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group):
+def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
     L = q.shape[0]
     g = min(n_global, L)
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
     cache = {}
     pool = _CausalPool(top, feat) if top is not None else None
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
-        feat, q, k, v1, mask, g, L, window, chunk, group
+        feat, qf, kf, v1, mask, g, L, window, chunk, group
     ):
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
         chosen = []
@@ -417,13 +422,13 @@ class _CausalPool:
         self.r = np.concatenate([self.r, r[visible]])[keep]
 
 
-def _bidirectional(feat, q, k, v1, mask, gamma, window, n_global, top, chunk, group):
+def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
     L, Lk = q.shape[0], k.shape[0]
     g = min(n_global, Lk)
     cache = {}
-    pool = _bidirectional_pool(top, k, mask, g, window, feat) if top is not None else None
+    pool = _bidirectional_pool(top, kf, mask, g, window, feat) if top is not None else None
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
-    for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, q, k, v1, mask, g, window, chunk,
+    for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
                                                       group):  # fmt: skip
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
         chosen = []
@@ -501,16 +506,16 @@ def _state_of(feat, k, v1, mask, lo, hi, chunk):
     return S, B
 
 
-def _bidirectional_pool(top, k, mask, g, window, feat):
+def _bidirectional_pool(top, kf, mask, g, window, feat):
     """The keys any row may take, in score order (a row's candidates are its first
     ``n_candidates`` outside its window, so among the best ``n_candidates + 2 window - 1``),
     with their features and logs."""
-    positions = np.arange(g, k.shape[0])
+    positions = np.arange(g, kf.shape[0])
     if mask is not None:
         positions = positions[~mask[g:]]
     scores = top.scores
     order = positions[np.lexsort((positions, -scores[positions]))]
     cols = order[: top.n_candidates + max(2 * window - 1, 0)].astype(np.int64)
     psi = feat.empty(cols.size, rows=True)
-    psi, r = stable_features(feat, np.ascontiguousarray(k[cols]), psi)
+    psi, r = stable_features(feat, np.ascontiguousarray(kf[cols]), psi)
     return cols, psi, r
