@@ -83,8 +83,10 @@ def test_block_edges_and_masks(L, causal):
     mask = rng.random(L) < 0.3
     W = draw_projection(16, 8, random_state=2)
     u = np.ones(8)
-    for options in (dict(window=9, n_global=1),
-                    dict(window=64, n_global=0, n_top=3, n_candidates=7, candidate_query=u)):
+    for options in (
+        dict(window=9, n_global=1),
+        dict(window=64, n_global=0, n_top=3, n_candidates=7, candidate_query=u),
+    ):
         ref = _oracle(Q, K, V, W, mask=mask, causal=causal, **options)
         out = hybrid_attention(Q, K, V, projection_matrix=W, key_padding_mask=mask,
                                causal=causal, **options)  # fmt: skip

@@ -302,8 +302,7 @@ def finish(nd, a, b, terms, chosen=(), v1=None):
         nd += product.reshape(R, -1)
     for offset, top in chosen:
         n = top.row_max.size
-        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n],
-                v1)
+        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n], v1)
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
