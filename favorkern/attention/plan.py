@@ -80,6 +80,8 @@ __all__ = [
     "resolve_projection",
     "attention_features",
     "zero_row_mask",
+    "fill_lost_rows",
+    "warn_lost_rows",
     "warn_zero_rows",
     "ATTENTION_METHODS",
     "DEFAULT_N_COMPONENTS",
@@ -303,18 +305,14 @@ def head_groups(n_heads, head_constants):
     [(slice(0, 2, None), {'A': 0}), (slice(2, 4, None), {'A': 1})]
     """
     n_sets = len(head_constants)
-    if n_heads is None:
-        if n_sets != 1:
-            raise ValueError(
-                f"the constants were fitted for {n_sets} heads, but the inputs have no head "
-                "axis (-3)"
-            )
-        yield (Ellipsis, slice(None), slice(None)), head_constants[0]
-        return
-    if n_heads % n_sets:
+    if n_heads is None or n_heads % n_sets:
+        if n_heads is None and n_sets == 1:
+            yield (Ellipsis, slice(None), slice(None)), head_constants[0]
+            return
+        heads = "no head axis" if n_heads is None else f"{n_heads} heads (axis -3)"
         raise ValueError(
-            f"the constants were fitted for {n_sets} heads, but the inputs have {n_heads} "
-            "heads (axis -3); the count must be a multiple"
+            f"constants has {n_sets} per-head sets, but the inputs have {heads}; the "
+            "number of heads must be a multiple of the number of sets"
         )
     group = n_heads // n_sets
     for h, constants in enumerate(head_constants):
@@ -332,15 +330,35 @@ def run_plan(plan: AttentionPlan, Q, K, V, mask, batch, *, stacklevel=3):
     too stay 0, with a :class:`~favorkern._warnings.FeatureUnderflowWarning`.
     """
     out = _run_arrays(plan, Q, K, V, mask, batch)
-    zero = zero_row_mask(plan.feature_map, out, V, mask, plan.causal)
+    wide = [X.astype(np.float64) for X in (Q, K, V)] if out.dtype == np.float32 else None
+    count, computed = fill_lost_rows(
+        plan.feature_map, out, lambda: _run_arrays(plan, *wide, mask, batch),
+        V=V, mask=mask, causal=plan.causal,
+    )  # fmt: skip
+    warn_lost_rows(count, out, computed, stacklevel)
+    return out
+
+
+def fill_lost_rows(feature_map, out, recompute, *, V=None, mask=None, causal=False, by_design=None):
+    """The float32 fallback: rows of ``out`` lost to float32's exponent range
+    (:func:`zero_row_mask`) are taken from ``recompute()``, the same attention in
+    float64, in place; returns ``(count, computed)``, the rows still 0 and the dtype
+    they were computed in (for :func:`warn_lost_rows`).
+
+    Each row is chosen by its own float32 output, which no later token changes, so
+    causal outputs stay causal.  ``V``, ``mask`` and ``causal`` tell rows that are 0 by
+    design (see :func:`zero_row_mask`); or ``by_design``, a boolean array
+    broadcasting to ``out.shape[:-1]``, marks them directly (chunks of a dask graph,
+    which see their own values only).
+    """
+    zero = zero_row_mask(feature_map, out, V, mask, causal, by_design)
     computed = out.dtype
     if zero is not None and out.dtype == np.float32:
-        wide = _run_arrays(plan, *(X.astype(np.float64) for X in (Q, K, V)), mask, batch)
+        wide = recompute()
         out[zero] = wide[zero]
-        zero = zero_row_mask(plan.feature_map, out, V, mask, plan.causal)
+        zero = zero_row_mask(feature_map, out, V, mask, causal, by_design)
         computed = np.dtype(np.float64)
-    _warn_zero_rows(0 if zero is None else int(np.count_nonzero(zero)), out, computed, stacklevel)
-    return out
+    return (0 if zero is None else int(np.count_nonzero(zero))), computed
 
 
 def run_continuation(head_features: HeadFeatures, Q, K, V, mask, state):
@@ -462,7 +480,7 @@ def _run_favor(plan, Q, K, V, mask, batch, constants, causal=None):
     return unscale(out, exponents)
 
 
-def zero_row_mask(feature_map, out, V, mask, causal):
+def zero_row_mask(feature_map, out, V, mask, causal, by_design=None):
     """Output rows that are exactly 0 because every feature product underflowed, as a
     boolean array of shape ``out.shape[:-1]``, or None where there is none.
 
@@ -471,7 +489,9 @@ def zero_row_mask(feature_map, out, V, mask, causal):
     inspected whole.  Rows whose visible keys are all masked are 0 by definition, and
     heads whose values are all 0 give 0 rows legitimately: neither is counted.  Only
     for the non-negative maps, whose normalizer is 0 exactly when every product
-    ``phi(q_i) . phi(k_j)`` underflowed.
+    ``phi(q_i) . phi(k_j)`` underflowed.  ``by_design``: a boolean array broadcasting
+    to ``out.shape[:-1]`` marking the rows that are 0 by design, instead of reading
+    them from ``V`` and ``mask``.
     """
     if not feature_map.nonnegative or out.size == 0:
         return None
@@ -482,6 +502,9 @@ def zero_row_mask(feature_map, out, V, mask, causal):
     zero[first] = ~out[first].any(axis=-1)
     if not zero.any():
         return None
+    if by_design is not None:
+        zero &= ~np.broadcast_to(by_design, zero.shape)
+        return zero if zero.any() else None
     if not _fits(V.shape[:-2] + (1,), zero.shape) or (
         mask is not None and not _fits(mask.shape[:-1] + (1,), zero.shape)
     ):
@@ -501,11 +524,12 @@ def warn_zero_rows(feature_map, out, V, mask, causal, stacklevel=3) -> None:
     (:func:`zero_row_mask`)."""
     zero = zero_row_mask(feature_map, out, V, mask, causal)
     count = 0 if zero is None else int(np.count_nonzero(zero))
-    _warn_zero_rows(count, out, out.dtype, stacklevel)
+    warn_lost_rows(count, out, out.dtype, stacklevel)
 
 
-def _warn_zero_rows(count, out, computed, stacklevel) -> None:
-    """The warning of ``count`` zero rows of ``out``, features computed in ``computed``."""
+def warn_lost_rows(count, out, computed, stacklevel=2) -> None:
+    """The warning of ``count`` zero rows of ``out``, features computed in ``computed``
+    (``stacklevel`` as for :func:`warnings.warn` called by the caller)."""
     if count:
         warnings.warn(
             f"{count} of {out[..., 0].size} attention output rows are 0: every feature product "
