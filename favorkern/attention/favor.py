@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
 from .._validation import (
     check_attention_arrays,
     check_attention_inputs,
@@ -25,19 +23,15 @@ from .decoding import DecodingState
 from .plan import (
     ATTENTION_METHODS,
     DEFAULT_N_COMPONENTS,
-    AttentionPlan,
     AttentionProjection,
+    attend,
     attention_features,
     plan_attention,
     resolve_projection,
-    run_continuation,
-    run_plan,
-    warn_zero_rows,
 )
 
 __all__ = [
     "favor_attention",
-    "attend",
     "check_continuation",
     "AttentionProjection",
     "resolve_projection",
@@ -249,28 +243,6 @@ def check_call_arrays(Q, K, V, causal, key_padding_mask, continued):
     return check_attention_inputs(Q, K, V, causal, key_padding_mask)
 
 
-def attend(plan: AttentionPlan, Q, K, V, mask, batch, initial_state, return_state, error,
-           head_features=None):  # fmt: skip
-    """Run a checked call: the plan on the arrays, or (``batch`` None) the continuation of
-    ``initial_state``; with ``error = (n_rows, warn_error, seed)`` the error estimate.
-
-    ``head_features``: the plan's :class:`~.decoding.HeadFeatures` when the caller
-    holds them (built from the plan if None).
-    """
-    if batch is None:
-        if head_features is None:
-            dtype = Q.dtype if initial_state is None else initial_state.dtype
-            head_features = plan.head_features(dtype)
-        out, state = run_continuation(head_features, Q, K, V, mask, initial_state)
-        warn_zero_rows(plan.feature_map, out, V, mask, True, stacklevel=4)
-        result = (out, state) if return_state else (out,)
-    else:
-        result = (run_plan(plan, Q, K, V, mask, batch, stacklevel=4),)
-    if error is not None:
-        result += (estimate_error(Q, K, V, result[0], plan, mask, *error),)
-    return result[0] if len(result) == 1 else result
-
-
 def check_continuation(
     causal, initial_state, return_state, return_error, n_error_rows, warn_error
 ) -> bool:
@@ -304,13 +276,3 @@ def error_seed(random_state):
     if random_state is None or isinstance(random_state, numbers.Integral):
         return random_state
     return int(check_seed(random_state).randint(2**31))
-
-
-def estimate_error(Q, K, V, out, plan, mask, n_rows, warn_error, seed):
-    from .error import estimate_checked
-
-    return estimate_checked(
-        Q, K, V, out, causal=plan.causal, gamma=plan.gamma, key_padding_mask=mask,
-        n_rows=n_rows, warn_error=warn_error, random_state=np.random.default_rng(seed),
-        _stacklevel=5,
-    )  # fmt: skip

@@ -24,9 +24,10 @@ from .._validation import (
 from ..feature_maps import fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS
 from .decoding import DecodingState, HeadFeatures, decode
-from .favor import DEFAULT_WARN_ERROR, attend, check_call_arrays, check_continuation, error_seed
+from .favor import DEFAULT_WARN_ERROR, check_call_arrays, check_continuation, error_seed
 from .plan import (
     AttentionPlan,
+    attend,
     check_state,
     head_groups,
     plan_attention,

@@ -74,6 +74,7 @@ __all__ = [
     "AttentionProjection",
     "plan_attention",
     "run_plan",
+    "attend",
     "run_continuation",
     "check_state",
     "head_groups",
@@ -401,6 +402,38 @@ def check_state(state, head_features: HeadFeatures, dtype):
             f"the state holds {state.dtype} but the inputs are {np.dtype(dtype)}: create the "
             f"state with dtype={np.dtype(dtype).name} or convert the inputs"
         )
+
+
+def attend(plan: AttentionPlan, Q, K, V, mask, batch, initial_state, return_state, error,
+           head_features=None):  # fmt: skip
+    """Run a checked call: the plan on the arrays, or (``batch`` None) the continuation of
+    ``initial_state``; with ``error = (n_rows, warn_error, seed)`` the error estimate.
+
+    ``head_features``: the plan's :class:`~.decoding.HeadFeatures` when the caller
+    holds them (built from the plan if None).
+    """
+    if batch is None:
+        if head_features is None:
+            dtype = Q.dtype if initial_state is None else initial_state.dtype
+            head_features = plan.head_features(dtype)
+        out, state = run_continuation(head_features, Q, K, V, mask, initial_state)
+        warn_zero_rows(plan.feature_map, out, V, mask, True, stacklevel=4)
+        result = (out, state) if return_state else (out,)
+    else:
+        result = (run_plan(plan, Q, K, V, mask, batch, stacklevel=4),)
+    if error is not None:
+        result += (_estimate_error(Q, K, V, result[0], plan, mask, *error),)
+    return result[0] if len(result) == 1 else result
+
+
+def _estimate_error(Q, K, V, out, plan, mask, n_rows, warn_error, seed):
+    from .error import estimate_checked
+
+    return estimate_checked(
+        Q, K, V, out, causal=plan.causal, gamma=plan.gamma, key_padding_mask=mask,
+        n_rows=n_rows, warn_error=warn_error, random_state=np.random.default_rng(seed),
+        _stacklevel=5,
+    )  # fmt: skip
 
 
 def _run_arrays(plan, Q, K, V, mask, batch):

@@ -45,17 +45,17 @@ _GROUP_STATE_BYTES = 1 << 23
 # -- attention: chunk states ----------------------------------------------------------
 
 
-def _feature_map(recipe, dtype=None):
+def _features(recipe, dtype=None):
     """The attention feature map of ``recipe = (key, spec, dtype, state_dtype)`` in
     ``dtype`` (the recipe's if None), cached per process."""
     dtype = np.dtype(recipe[2] if dtype is None else dtype)
     key = (recipe[0], dtype)
-    fmap = _FEATURE_MAPS.get(key)
-    if fmap is None:
+    phi = _FEATURE_MAPS.get(key)
+    if phi is None:
         if len(_FEATURE_MAPS) >= _FEATURE_MAPS_MAX:
             _FEATURE_MAPS.clear()
-        fmap = _FEATURE_MAPS[key] = AttentionFeatures(recipe[1], dtype)
-    return fmap
+        phi = _FEATURE_MAPS[key] = AttentionFeatures(recipe[1], dtype)
+    return phi
 
 
 def _heads_of(block):
@@ -70,20 +70,20 @@ def _chunk_state(recipe, k_block, v_block, m_block=None):
     the recipe's state dtype (float64 where float32 outputs may need the float64
     fallback: the keys float32 loses are then still in the state).
     """
-    fmap = _feature_map(recipe, recipe[3])
-    k_block = checked_block(k_block, "K").astype(fmap.dtype, copy=False)
-    v_block = checked_block(v_block, "V").astype(fmap.dtype, copy=False)
+    phi = _features(recipe, recipe[3])
+    k_block = checked_block(k_block, "K").astype(phi.dtype, copy=False)
+    v_block = checked_block(v_block, "V").astype(phi.dtype, copy=False)
     lead = k_block.shape[:-2]
     state = KeyState(
-        np.zeros(lead + (fmap.n_out, v_block.shape[-1])),
-        np.zeros(lead + (fmap.n_out,)),
+        np.zeros(lead + (phi.n_out, v_block.shape[-1])),
+        np.zeros(lead + (phi.n_out,)),
         np.full(lead, -np.inf),
     )
-    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
+    chunk = feature_chunk_rows(phi.n_out, phi.dtype)
     for idx in _heads_of(k_block):
         k, v = k_block[idx], v_block[idx]
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        part = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
+        part = accumulate_keys(phi, k, v, m, 0, k.shape[0], chunk)
         state.S[idx], state.z[idx] = part.S, part.z
         state.c[idx] = part.c
     return state
@@ -211,14 +211,14 @@ def _emit_block(recipe, q_block, total):
 
 
 def _emit_rows(recipe, q_block, total, dtype):
-    fmap = _feature_map(recipe, dtype)
-    q_block = q_block.astype(fmap.dtype, copy=False)
-    out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=fmap.dtype)
-    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
+    phi = _features(recipe, dtype)
+    q_block = q_block.astype(phi.dtype, copy=False)
+    out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=phi.dtype)
+    chunk = feature_chunk_rows(phi.n_out, phi.dtype)
     for idx in _heads_of(q_block):
         q = q_block[idx]
-        state = KeyState(total.S[idx].astype(fmap.dtype), total.z[idx].astype(fmap.dtype), 0.0)
-        emit(fmap, q, state, out[idx], 0, q.shape[0], chunk)
+        state = KeyState(total.S[idx].astype(phi.dtype), total.z[idx].astype(phi.dtype), 0.0)
+        emit(phi, q, state, out[idx], 0, q.shape[0], chunk)
     return out
 
 
@@ -257,17 +257,17 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
 
 
 def _causal_rows(recipe, q_block, k_block, v_block, prefix, m_block, dtype):
-    fmap = _feature_map(recipe, dtype)
+    phi = _features(recipe, dtype)
     q_block, k_block, v_block = (
-        X.astype(fmap.dtype, copy=False) for X in (q_block, k_block, v_block)
+        X.astype(phi.dtype, copy=False) for X in (q_block, k_block, v_block)
     )
-    out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=fmap.dtype)
-    chunk = causal_chunk_rows(fmap.n_out)
+    out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=phi.dtype)
+    chunk = causal_chunk_rows(phi.n_out)
     for idx in _heads_of(q_block):
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
-        initial = _head_state(prefix, idx, fmap.dtype)
+        initial = _head_state(prefix, idx, phi.dtype)
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        causal_chunked(fmap, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
+        causal_chunked(phi, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
     return out
 
 
