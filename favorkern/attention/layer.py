@@ -28,6 +28,7 @@ from .favor import DEFAULT_WARN_ERROR, check_call_arrays, check_continuation, er
 from .plan import (
     AttentionPlan,
     attend,
+    check_constants_argument,
     check_state,
     head_groups,
     plan_attention,
@@ -86,11 +87,19 @@ class FavorAttention:
     ----------
     feature_map : str or FeatureMap, default="positive"
         A map of the registry (see :func:`favor_attention`).
-    n_components : int, default=256
-        Output width of the feature map (paired maps use ``ceil(n_components / 2)``
-        projections).
+    n_components : int or None, default=None
+        Output width of the feature map (256 if None; with ``projection_matrix``, its
+        rows times the map's outputs per projection).  Paired maps use
+        ``ceil(n_components / 2)`` projections.
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of projection (:func:`favorkern.draw_projection`).
+    projection_matrix : array-like of shape (n_projections, d), default=None
+        Hold these projections instead of drawing them (then :meth:`redraw` is an
+        error).
+    constants : dict, sequence of dicts or None, default=None
+        Frozen data constants, as for :func:`favor_attention` (one set shared by every
+        head, or one per group of heads): held as if fitted, so adaptive maps work
+        causally without :meth:`fit` with data (which is then an error).
     causal : bool, default=False
         Default for the ``causal`` argument of calls.
     random_state : int, RandomState instance or None, default=None
@@ -144,15 +153,19 @@ class FavorAttention:
     def __init__(
         self,
         feature_map="positive",
-        n_components=256,
+        n_components=None,
         *,
         projection="orthogonal",
+        projection_matrix=None,
+        constants=None,
         causal=False,
         random_state=None,
     ):
-        self.n_components = n_components
         self.feature_map = feature_map
+        self.n_components = n_components
         self.projection = projection
+        self.projection_matrix = projection_matrix
+        self.constants = constants
         self.causal = causal
         self.random_state = random_state
 
@@ -176,9 +189,18 @@ class FavorAttention:
         -------
         self : FavorAttention
         """
-        check_int(self.n_components, "n_components")
+        if self.n_components is not None:
+            check_int(self.n_components, "n_components")
         fmap = get_feature_map(self.feature_map)
         check_option(self.projection, "projection", PROJECTION_KINDS)
+        given = check_constants_argument(fmap, self.constants)
+        if self.constants is not None and not (
+            isinstance(Q, numbers.Integral) and not isinstance(Q, bool)
+        ):
+            raise ValueError(
+                "constants were given to FavorAttention: fit(Q, K) would replace them; "
+                "call fit(d), or leave constants=None to fit them on Q and K"
+            )
         if isinstance(Q, numbers.Integral) and not isinstance(Q, bool):
             if K is not None:
                 raise ValueError("fit(d) takes no K; pass calibration queries Q to fit with keys")
@@ -199,21 +221,27 @@ class FavorAttention:
         self._draw(d)
         # drawn after the projection, so seeded projections stay as they were
         self._error_rng = np.random.default_rng(error_seed(self._rng))
-        if arrays is not None:
+        if self.constants is not None:
+            self._freeze(fmap, *given)
+        elif arrays is not None:
             gamma = check_logit_scale(gamma, d)
             if fmap.data_constants:
                 shared, per_head = _fit_constants(fmap, *arrays, gamma, self.projection_)
             else:
                 shared, per_head = {}, None
-            self._shared_constants, self._head_constants = shared, per_head
-            if per_head is None:
-                self.constants_ = dict(shared)
-            else:
-                self.constants_ = {
-                    key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
-                    for key in fmap.data_constants
-                }
+            self._freeze(fmap, shared, per_head)
         return self
+
+    def _freeze(self, fmap, shared, per_head):
+        """Hold ``shared`` (one set) or ``per_head`` constants as the frozen ones."""
+        self._shared_constants, self._head_constants = shared, per_head
+        if per_head is None:
+            self.constants_ = dict(shared)
+        else:
+            self.constants_ = {
+                key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
+                for key in fmap.data_constants
+            }
 
     def frozen_constants(self, head=None):
         """The frozen constants for one head (a dict for ``fmap.spec``), or None.
@@ -246,6 +274,8 @@ class FavorAttention:
         """
         if not hasattr(self, "projection_"):
             raise ValueError("FavorAttention has no projection yet: call it or fit(d) first")
+        if self.projection_matrix is not None:
+            raise ValueError("projection_matrix was given: redraw() has nothing to draw")
         self._refuse_fitted_projection_change("redraw()")
         self._draw(self.projection_.shape[1])
         return self
@@ -267,7 +297,7 @@ class FavorAttention:
     def _draw(self, d):
         fmap = get_feature_map(self.feature_map)
         self._projection = resolve_projection(
-            fmap, None, self.n_components, d, self.projection, self._rng
+            fmap, self.projection_matrix, self.n_components, d, self.projection, self._rng
         )
         self.projection_ = self._projection.matrix
 

@@ -78,6 +78,7 @@ __all__ = [
     "run_continuation",
     "check_state",
     "head_groups",
+    "check_constants_argument",
     "resolve_projection",
     "attention_features",
     "zero_row_mask",
@@ -237,8 +238,9 @@ class AttentionPlan:
         return HeadFeatures(fmap, make, self.constants or {}, self.head_constants, self.fingerprint)
 
 
-def _check_constants_argument(fmap, constants):
-    """``(shared, per_head)`` from a dict, a sequence of dicts or None."""
+def check_constants_argument(fmap, constants):
+    """``(shared, per_head)`` from a dict, a sequence of dicts (one per group of heads)
+    or None, each set checked by :func:`~favorkern.feature_maps.check_constants`."""
     if constants is None:
         return None, None
     if isinstance(constants, Mapping):
@@ -278,7 +280,7 @@ def plan_attention(
     fmap = get_feature_map(feature_map)
     check_option(method, "method", ATTENTION_METHODS)
     gamma = check_logit_scale(gamma, d)
-    shared, per_head = _check_constants_argument(fmap, constants)
+    shared, per_head = check_constants_argument(fmap, constants)
     if causal and fmap.data_constants and shared is None and per_head is None:
         raise ValueError(
             f"feature_map={fmap.name!r} fits its constants on all tokens of Q and K, so "
@@ -331,11 +333,13 @@ def run_plan(plan: AttentionPlan, Q, K, V, mask, batch, *, stacklevel=3):
     too stay 0, with a :class:`~favorkern._warnings.FeatureUnderflowWarning`.
     """
     out = _run_arrays(plan, Q, K, V, mask, batch)
-    wide = [X.astype(np.float64) for X in (Q, K, V)] if out.dtype == np.float32 else None
+
+    def wide():  # only where float32 lost rows
+        return _run_arrays(plan, *(X.astype(np.float64) for X in (Q, K, V)), mask, batch)
+
     count, computed = fill_lost_rows(
-        plan.feature_map, out, lambda: _run_arrays(plan, *wide, mask, batch),
-        V=V, mask=mask, causal=plan.causal,
-    )  # fmt: skip
+        plan.feature_map, out, wide, V=V, mask=mask, causal=plan.causal
+    )
     warn_lost_rows(count, out, computed, stacklevel)
     return out
 
