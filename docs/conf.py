@@ -58,7 +58,7 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"getting_started": [], "benchmarks": [], "theory": []}
+html_sidebars = {"getting_started": [], "benchmarks": [], "theory": [], "paper_map": []}
 
 # -- examples gallery ---------------------------------------------------------------
 # Executed: every example, each well under 60 s here, except the cluster example over

@@ -30,8 +30,8 @@ class MonteCarloMSE:
     mse : float or ndarray (n_pairs,)
         Mean over trials of ``(phi(x).phi(y) - k(x, y))^2``.
     se : float or ndarray
-        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (THEORY.md
-        7.5) both ``mse`` and ``se`` are typically *too small*.
+        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (see
+        :ref:`theory-heavy-tails`) both ``mse`` and ``se`` are typically *too small*.
     mom : float or ndarray
         Median of the means of ``n_groups`` groups of trials.
     mom_low, mom_high : float or ndarray
@@ -198,7 +198,7 @@ def empirical_mse(
     Notes
     -----
     For exp-type features a single projection's squared error has kurtosis of
-    order ``e^{4 |z|^2}`` (THEORY.md 7.5): trust ``mse +- se`` only where
+    order ``e^{4 |z|^2}`` (:ref:`theory-heavy-tails`): trust ``mse +- se`` only where
     ``e^{4 |z|^2} / m`` is moderate; elsewhere prefer :func:`theoretical_mse` and
     read the median-of-means interval as a robust lower-side summary.
 
