@@ -209,6 +209,8 @@ class _Groups:
                 k3[g] *= np.exp(np.minimum(f3[g] - f3[g, -1], 0.0)).astype(dtype)[:, np.newaxis]
         ones = self.ones[:rows].reshape(n, chunk, 1)
         kt = k3.transpose(0, 2, 1)
+        # each chunk's own (K_c')^T V_c and (K_c')^T 1; _prefix sums them into the
+        # prefix sums S_i, z_i of Performer eq. 11 at the chunk boundaries
         np.matmul(kt, v3, out=self.S[ss][1 : n + 1])
         np.matmul(kt, ones, out=self.z[ss][1 : n + 1])
         before = self._prefix(ss, const[chunk - 1 :: chunk])
@@ -250,6 +252,8 @@ class _Groups:
         rows = n * chunk
         q3 = self.query[qs][:rows].reshape(n, chunk, m)
         inter, den_inter = self.inter[:rows], self.den_inter[:rows]
+        # eq. 11 split at the chunk start: q_i'^T S_i = q_i'^T S_before + the masked
+        # in-chunk product tril(Q_c' K_c'^T) V_c (and the same for q_i'^T z_i)
         np.matmul(q3, self.S[ss][:n], out=inter.reshape(n, chunk, dv))
         np.matmul(q3, self.z[ss][:n], out=den_inter.reshape(n, chunk, 1))
         if rescale:
@@ -267,7 +271,7 @@ class _Groups:
         )
         block += inter
         den += den_inter[:, 0]
-        normalize(block, den)
+        normalize(block, den)  # D^-1, D_ii = q_i'^T z_i
 
 
 def _recurrent_features(fmap, q, k, mask, a, b, query_buf, key_buf, carried, queries=True):
