@@ -14,6 +14,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._parallel import executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
@@ -25,11 +26,7 @@ __all__ = [
     "causal_chunked",
     "causal_chunk_rows",
     "causal_key_features",
-    "CAUSAL_CHUNK_ROWS",
 ]
-
-# The recurrent kernel amortizes one thread-pool round trip per chunk.
-_RECURRENT_CHUNK_BYTES = 1 << 21
 
 
 def causal_key_features(fmap, k, mask, start, stop, buf, carried):
@@ -74,9 +71,11 @@ def causal_chunked(
     target = out
     if not out.flags.c_contiguous:
         out = np.empty(out.shape, dtype=out.dtype)
-    per_group = max(1, (_PIPELINED_GROUP_ROWS if workers >= 2 else _GROUP_ROWS) // chunk)
+    group_rows = _config.CAUSAL_PIPELINED_GROUP_ROWS if workers >= 2 else _config.CAUSAL_GROUP_ROWS
+    per_group = max(1, group_rows // chunk)
+    min_groups = _config.CAUSAL_MIN_PIPELINED_GROUPS
     if workers >= 2:  # short sequences: smaller groups, enough to fill the pipeline
-        per_group = max(1, min(per_group, (n - start) // (chunk * _MIN_PIPELINED_GROUPS)))
+        per_group = max(1, min(per_group, (n - start) // (chunk * min_groups)))
     spans = []  # (first row, chunks, rows per chunk)
     a = start
     while n - a >= chunk:
@@ -85,7 +84,7 @@ def causal_chunked(
     if a < n:  # the last, shorter chunk
         spans.append((a, 1, n - a))
     if spans:
-        pipelined = workers >= 2 and len(spans) >= _MIN_PIPELINED_GROUPS
+        pipelined = workers >= 2 and len(spans) >= min_groups
         rows = max(n_chunks * size for _, n_chunks, size in spans)
         groups = _Groups(fmap, q, k, v, mask, out, state, rows, chunk, pipelined)
         if pipelined:
@@ -95,16 +94,6 @@ def causal_chunked(
     if target is not out:
         target[start:n] = out[start:n]
     return state
-
-
-# Rows per group: measured best at 512-1024 (d = 64, m = 256, float32, one thread,
-# L = 65536; 256 is 8% slower); it bounds the buffers.
-_GROUP_ROWS = 1024
-# Pipelined (two threads): half the hand-offs between the threads; measured 3-12%
-# faster than 1024 rows at L = 2^16..2^18 (4096 no better), for about 8 MiB more buffers.
-_PIPELINED_GROUP_ROWS = 2048
-# Fewer groups than this leave the pipeline's two stages mostly idle.
-_MIN_PIPELINED_GROUPS = 4
 
 
 class _Groups:
@@ -344,12 +333,10 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
 # against bidirectional attention, L = 16384-65536): 32 rows best up to m = 256 (m =
 # 256: 1.46x, against 1.53x at 64 rows and 2.06x for the earlier 256-row chunks taken
 # one at a time), 64 rows from m = 512 (m = 1024: 1.61x against 1.86x).
-CAUSAL_CHUNK_ROWS = 32
-
-
 def causal_chunk_rows(n_out) -> int:
     """Rows per chunk of :func:`causal_chunked` for ``n_out`` features (measured rule)."""
-    return CAUSAL_CHUNK_ROWS if n_out <= 256 else 2 * CAUSAL_CHUNK_ROWS
+    rows = _config.CAUSAL_CHUNK_ROWS
+    return rows if n_out <= 256 else 2 * rows
 
 
 def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
@@ -405,7 +392,7 @@ def causal(fmap, heads, out, workers, method) -> None:
             for q, k, v, m, idx in heads:
                 _causal_scan(fmap, q, k, v, m, out[idx], chunk, workers)
         return
-    chunk = max(64, _RECURRENT_CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
+    chunk = max(64, _config.RECURRENT_CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
     if len(heads) >= workers:
         run_parallel(
             [

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_arrays,
@@ -28,7 +29,7 @@ from ..feature_maps import check_constants, fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
-from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, heads
+from .common import exact_is_faster, feature_chunk_rows, heads
 from .decoding import DecodingState, HeadFeatures, decode
 from .exact import softmax_attention
 from .features import AttentionFeatures
@@ -449,7 +450,7 @@ def continue_from_state(hf, Q, K, V, mask, state):
     else:
         check_state(state, hf, Q.dtype)
     work = prod_shape(state.batch_shape) * Q.shape[-2] * hf.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     with blas_single_thread():
         out = decode(hf, Q, K, V, mask, state, workers)
     return out, state
@@ -563,7 +564,7 @@ def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=No
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     head_list = heads(Q, K, V, mask, batch)
     work = len(head_list) * (Q.shape[-2] + K.shape[-2]) * features.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     with blas_single_thread():  # the parallelism is ours, see softmax_attention
         if causal:
             if method != "chunked" and not V.flags.writeable:

@@ -11,14 +11,13 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._validation import check_float_array, check_int, check_option
 from ..feature_maps import apply_feature_map, check_constants, feature_map_names
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
 
-# Elements per chunk of Monte-Carlo trials (features plus stacked weights), cache-friendly.
-_MC_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -309,7 +308,7 @@ def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, p
     if projections is not None:
         n_trials = projections.shape[0]
     # per trial: 2n x n_out features plus the n_out x d stacked weights (and a transpose)
-    chunk = max(1, min(n_trials, _MC_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
+    chunk = max(1, min(n_trials, _config.MONTE_CARLO_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
     estimates = np.empty((n, n_trials), dtype=np.float64)
     for lo in range(0, n_trials, chunk):
         hi = min(n_trials, lo + chunk)

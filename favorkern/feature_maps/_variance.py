@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from .. import _config
+
 # Gauss-Laguerre nodes for the simplex covariance (a 2-D expectation over chi norms).
 _SIMPLEX_NODES = 96
 # Poisson windows: mean +- (12 sqrt(mean) + 40) holds all but ~e^-70 of the mass.
@@ -23,8 +25,6 @@ _WINDOW_PAD = 40
 # Beyond this Poisson mean the window would be large and the orthogonal correction is
 # negligible against the iid term (it is bounded by one unit of it); the mean is clipped.
 _MAX_POISSON_MEAN = 1.0e6
-# Elements per temporary array in the windowed sums.
-_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def poisson_expectation(lam, log_abs_g, sign_g=None):
     start = np.maximum(0.0, np.floor(lam - half)).astype(np.int64)
     width = int(2 * half.max()) + 1 if lam.size else 1
     out = np.empty(lam.shape, dtype=np.float64)
-    step = max(1, _CHUNK_ELEMENTS // width)
+    step = max(1, _config.VARIANCE_CHUNK_ELEMENTS // width)
     offsets = np.arange(width)
     for lo in range(0, lam.size, step):
         hi = min(lam.size, lo + step)
