@@ -29,20 +29,13 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
-from .._validation import (
-    check_attention_inputs,
-    check_bool,
-    check_float_array,
-    check_int,
-    check_logit_scale,
-    check_option,
-)
-from ..feature_maps import check_constants, fit_constants, get_feature_map
-from ..projections import PROJECTION_KINDS
-from .common import PARALLEL_MIN_WORK, heads, run_parallel
-from .favor import DEFAULT_N_COMPONENTS, attention_features, resolve_projection, warn_zero_rows
+from .._validation import check_attention_inputs, check_bool, check_float_array, check_int
+from ..feature_maps import check_constants, fit_constants
+from .common import heads, run_parallel
 from .hybrid_engine import TopKeys, hybrid_head
+from .plan import head_groups, plan_attention, warn_zero_rows
 from .values import scaled_values, unscale
 
 __all__ = ["hybrid_attention", "DEFAULT_N_CANDIDATES"]
@@ -206,48 +199,40 @@ def hybrid_attention(
             f"when window > 0 or n_global > 0, got {Q.shape[-2]} and {K.shape[-2]}"
         )
     d = Q.shape[-1]
-    fmap = get_feature_map(feature_map)
-    gamma = check_logit_scale(gamma, d)
-    if projection_matrix is None:
-        check_option(projection, "projection", PROJECTION_KINDS)
-    proj = resolve_projection(
-        fmap, projection_matrix,
-        DEFAULT_N_COMPONENTS if n_components is None and projection_matrix is None
-        else n_components,
-        d, projection, random_state,
+    plan = plan_attention(
+        feature_map, d, n_components=n_components, projection=projection,
+        projection_matrix=projection_matrix, gamma=gamma, causal=causal, constants=constants,
+        random_state=random_state,
     )  # fmt: skip
-    if fmap.data_constants and constants is None and causal:
-        raise ValueError(
-            f"feature_map={fmap.name!r} fits its constants on all tokens of Q and K, so "
-            "outputs would depend on later tokens: pass fitted constants or causal=False"
-        )
-    frozen = None if constants is None else check_constants(fmap, constants, d)
     tops, n_candidates, directions = check_top(
         n_top, n_candidates, candidate_query, causal, batch, d, n_heads
     )
-    shared = None
-    if frozen is not None or not fmap.data_constants:
-        shared = attention_features(fmap, proj, gamma, Q.dtype, frozen or {})
+    sets = _constant_sets(plan, batch, n_heads)
     # every feature the engine uses is at most 1 in magnitude (see stable_features)
-    V, exponents = scaled_values(V, K.shape[-2] * proj.n_components)
+    V, exponents = scaled_values(V, K.shape[-2] * plan.n_components)
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
+    shared = {}
     tasks = []
     for q, k, v, m, idx in heads(Q, K, V, mask, batch):
         h = idx[-1] if idx else 0
         u = None
         if tops[h]:
             u = directions[idx] if directions is not None and directions.ndim > 1 else directions
+        head_set = sets[h]
+        if head_set is not None and id(head_set) not in shared:
+            shared[id(head_set)] = plan.features(Q.dtype, head_set)
+        features = None if head_set is None else shared[id(head_set)]
         tasks.append(partial(
-            _one_head, q, k, v, m, idx, out, fmap, proj, gamma, frozen, shared, int(windows[h]),
-            n_global, causal, int(tops[h]), n_candidates, u,
+            _one_head, q, k, v, m, idx, out, plan, head_set, features, int(windows[h]),
+            n_global, int(tops[h]), n_candidates, u,
         ))  # fmt: skip
-    work = len(tasks) * (Q.shape[-2] + K.shape[-2]) * proj.n_components
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    work = len(tasks) * (Q.shape[-2] + K.shape[-2]) * plan.n_components
+    workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     # Small products: threaded BLAS costs more than it gains (and much more under load);
     # the heads run on favorkern's threads instead, each writing its own rows of out.
     with blas_single_thread():
         run_parallel(tasks, workers)
-    warn_zero_rows(fmap, out, V, mask, causal)
+    warn_zero_rows(plan.feature_map, out, V, mask, causal)
     return unscale(out, exponents)
 
 
@@ -322,19 +307,31 @@ def check_top(n_top, n_candidates, candidate_query, causal, batch, d, n_heads):
 _MEAN_QUERY = np.empty(0)
 
 
-def _one_head(q, k, v, mask, idx, out, fmap, proj, gamma, frozen, shared, window, n_global,
-              causal, n_top, n_candidates, u):  # fmt: skip
+def _constant_sets(plan, batch, n_heads):
+    """Per head (axis -3): its frozen constants ({} for data-free maps), or None where
+    the map fits them on the head's own tokens."""
+    if plan.head_constants is not None:
+        sets = [None] * n_heads
+        for selector, constants in head_groups(n_heads if batch else None, plan.head_constants):
+            for h in range(n_heads)[selector[-3]]:
+                sets[h] = constants
+        return sets
+    if plan.constants is not None or not plan.feature_map.data_constants:
+        return [plan.constants or {}] * n_heads
+    return [None] * n_heads
+
+
+def _one_head(q, k, v, mask, idx, out, plan, constants, features, window, n_global, n_top,
+              n_candidates, u):  # fmt: skip
     """One (batch, head): constants, features, then the engine."""
-    features = shared
-    constants = frozen
+    fmap, gamma = plan.feature_map, plan.gamma
     if features is None:
         keys = k if mask is None else k[~mask]
         constants = check_constants(fmap, fit_constants(
             fmap, q.astype(np.float64), keys.astype(np.float64), input_scale=math.sqrt(gamma),
-            projection=proj.matrix,
+            projection=plan.projection.matrix,
         ))  # fmt: skip
-        features = attention_features(fmap, proj, gamma, q.dtype, constants)
-    constants = constants or {}
+        features = plan.features(q.dtype, constants)
     q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
     qf = np.ascontiguousarray(fmap.prepare(q, "query", constants), dtype=q.dtype)
     kf = np.ascontiguousarray(fmap.prepare(k, "key", constants), dtype=q.dtype)
@@ -344,6 +341,6 @@ def _one_head(q, k, v, mask, idx, out, fmap, proj, gamma, frozen, shared, window
             u = q.astype(np.float64).mean(axis=0)
         top = TopKeys(n_top, n_candidates, k.astype(np.float64) @ u)
     out[idx] = hybrid_head(
-        features, q, k, np.ascontiguousarray(v), mask, gamma, window, n_global, causal, top,
-        (qf, kf),
+        features, q, k, np.ascontiguousarray(v), mask, gamma, window, n_global, plan.causal, top,
+        (qf, kf), _config.HYBRID_CHUNK_ROWS, _config.HYBRID_GROUP_ROWS,
     )  # fmt: skip

@@ -26,10 +26,9 @@ import numpy as np
 
 __all__ = ["hybrid_head", "stable_features", "far_groups", "exact_terms", "finish", "TopKeys"]
 
-# Query rows per block: the exact band is (rows x (rows + window)) and the far part's
-# masked product (rows x rows); 64 measured fastest at window 64, m = 256.
+# Defaults of the block and group sizes (the public entry points pass
+# favorkern._config's HYBRID_CHUNK_ROWS and HYBRID_GROUP_ROWS).
 CHUNK = 64
-# Rows per group: one feature product for a group's queries and one for its keys.
 GROUP = 512
 
 

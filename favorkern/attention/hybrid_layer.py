@@ -19,9 +19,9 @@ import numpy as np
 
 from .._validation import check_attention_arrays, check_float_array, check_logit_scale, check_seed
 from ..feature_maps import check_constants, fit_constants, get_feature_map
-from .favor import DEFAULT_N_COMPONENTS, AttentionProjection, attention_features, resolve_projection
 from .hybrid import hybrid_attention, per_head
 from .hybrid_engine import stable_features
+from .plan import DEFAULT_N_COMPONENTS, AttentionProjection, plan_attention, resolve_projection
 
 __all__ = ["HybridAttention", "HybridState"]
 
@@ -421,18 +421,14 @@ class HybridAttention:
         if fmap.data_constants and not hasattr(self, "constants_"):
             raise ValueError(f"feature_map={fmap.name!r} needs fit(Q, K) first (its constants)")
         constants = getattr(self, "constants_", {})
-        proj = self._projection(d)
-        feat = attention_features(fmap, proj, gamma, dtype, constants)
+        plan = plan_attention(fmap, d, gamma=gamma, causal=True, constants=constants or None,
+                              drawn=self._projection(d))  # fmt: skip
+        feat = plan.features(dtype, constants)
         digest = hashlib.blake2b(digest_size=12)
-        digest.update(f"{fmap.name}|{id(fmap)}|{proj.n_components}|{gamma!r}|{window}|"
-                      f"{n_global}|{n_top}|{n_candidates}".encode())  # fmt: skip
-        for array in (
-            [proj.matrix]
-            + [proj.draws[k] for k in sorted(proj.draws)]
-            + [constants[k] for k in sorted(constants)]
-            + ([self.candidate_query_] if n_top else [])
-        ):
-            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        digest.update(f"{plan.fingerprint}|{id(fmap)}|{window}|{n_global}|{n_top}|"
+                      f"{n_candidates}".encode())  # fmt: skip
+        if n_top:
+            digest.update(np.ascontiguousarray(self.candidate_query_, dtype=np.float64).tobytes())
         decoder = _Decoder(fmap, feat, constants, gamma, int(window), int(n_global), int(n_top),
                            n_candidates, self.candidate_query_ if n_top else None,
                            digest.hexdigest())  # fmt: skip
