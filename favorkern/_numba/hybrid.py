@@ -16,11 +16,10 @@ from . import JIT_OPTIONS
 
 _SELECT = [
     nb.void(
-        nb.types.Array(dtype, 2, "C"),  # logits (rows, n_cols)
-        nb.types.Array(nb.int64, 1, "C"),  # order (n_cols,): columns by score, best first
-        nb.types.Array(nb.boolean, 2, "C"),  # allowed (rows, n_cols)
+        nb.types.Array(dtype, 2, "C"),  # logits (rows, n_cols), columns in score order
+        nb.types.Array(nb.boolean, 2, "C"),  # allowed (rows, n_cols), the same order
         nb.int64,  # n_candidates
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top), out
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top), out: column positions
         nb.types.Array(dtype, 2, "C"),  # chosen logits (rows, n_top), out (-inf: none)
     )
     for dtype in (nb.float32, nb.float64)
@@ -28,17 +27,18 @@ _SELECT = [
 
 
 @nb.njit(_SELECT, **JIT_OPTIONS)
-def select_top(logits, order, allowed, n_candidates, index, chosen):
-    """Per row, its candidates (the first ``n_candidates`` allowed columns of
-    ``order``) and among them the ``n_top`` of largest logit (ties: the better score)."""
+def select_top(logits, allowed, n_candidates, index, chosen):
+    """Per row, its candidates (its first ``n_candidates`` allowed columns) and among
+    them the ``n_top`` of largest logit (ties: the earlier column), best first."""
     rows, n_top = index.shape
+    n_cols = logits.shape[1]
     for i in range(rows):
         filled = 0
         seen = 0
-        for t in range(order.shape[0]):
+        low = -math.inf  # the smallest logit kept once the list is full
+        for j in range(n_cols):
             if seen == n_candidates:
                 break
-            j = order[t]
             if not allowed[i, j]:
                 continue
             seen += 1
@@ -46,7 +46,7 @@ def select_top(logits, order, allowed, n_candidates, index, chosen):
             if filled < n_top:
                 p = filled
                 filled += 1
-            elif x > chosen[i, n_top - 1]:
+            elif x > low:
                 p = n_top - 1
             else:
                 continue
@@ -57,6 +57,8 @@ def select_top(logits, order, allowed, n_candidates, index, chosen):
                 p -= 1
             chosen[i, p] = x
             index[i, p] = j
+            if filled == n_top:
+                low = chosen[i, n_top - 1]
         for p in range(filled, n_top):
             chosen[i, p] = -math.inf
             index[i, p] = 0
@@ -67,14 +69,11 @@ _TERMS = [
         nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
         nb.types.Array(dtype, 2, "C"),  # psi_pool (n_pool, m)
         nb.types.Array(dtype, 2, "C"),  # psi_part (n_part, m): columns n_pool ..
-        nb.types.Array(nb.float64, 1, "C"),  # r_cols (n_cols,)
-        nb.types.Array(nb.int64, 1, "C"),  # cols (n_cols,): positions
-        nb.types.Array(nb.float64, 1, "C"),  # b (rows,)
-        nb.types.Array(nb.float64, 1, "C"),  # c (rows,)
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top)
-        nb.types.Array(dtype, 2, "C"),  # chosen logits (rows, n_top)
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): feature rows
+        nb.types.Array(nb.int64, 2, "C"),  # positions (rows, n_top): rows of v1
+        nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top): exact weights, 0 if none
+        nb.types.Array(dtype, 2, "C"),  # scale (rows, n_top): of the estimates
         nb.types.Array(dtype, 2, "C"),  # v1 (L, dv + 1): values and a 1
-        nb.types.Array(dtype, 1, "C"),  # far_scale (rows,)
         nb.types.Array(dtype, 2, "A"),  # nd (rows, dv + 1): sums and normalizer
     )
     for dtype in (nb.float32, nb.float64)
@@ -82,26 +81,27 @@ _TERMS = [
 
 
 @nb.njit(_TERMS, **JIT_OPTIONS)
-def top_terms(psi_q, psi_pool, psi_part, r_cols, cols, b, c, index, chosen, v1, far_scale, nd):
-    """``nd_i += sum_t (exp(s_it - c_i) - est_it) v1_j`` over the chosen keys: each
-    key's exact weight replaces its feature estimate ``est_it = psi_q_i . psi_j
-    exp(r_j - b_i) far_scale_i`` (both at the row's scale ``exp(-c_i)``)."""
+def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd):
+    """``nd_i += sum_t (exact_it - est_it) v1_p`` over the chosen keys (feature row
+    ``j = index[i, t]``, position ``p = positions[i, t]``; ``exact_it = scale_it = 0``
+    where none): each key's exact weight replaces its feature estimate ``est_it =
+    psi_q_i . psi_j scale_it``."""
     rows, m = psi_q.shape
     n_pool = psi_pool.shape[0]
     width = v1.shape[1]
     for i in range(rows):
         for t in range(index.shape[1]):
-            if chosen[i, t] == -math.inf:
+            if scale[i, t] == 0 and exact[i, t] == 0:
                 continue
             j = index[i, t]
-            dot = 0.0
+            dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
             if j < n_pool:
                 for f in range(m):
                     dot += psi_q[i, f] * psi_pool[j, f]
             else:
                 for f in range(m):
                     dot += psi_q[i, f] * psi_part[j - n_pool, f]
-            w = math.exp(chosen[i, t] - c[i]) - dot * math.exp(r_cols[j] - b[i]) * far_scale[i]
-            row = cols[j]
+            w = exact[i, t] - dot * scale[i, t]
+            row = positions[i, t]
             for col in range(width):
                 nd[i, col] += w * v1[row, col]

@@ -706,6 +706,6 @@ class _Decoder:
         valid = A["pool_pos"] >= 0
         index = np.empty((q.shape[0], self.n_top), dtype=np.int64)
         chosen = np.empty((q.shape[0], self.n_top), dtype=logits.dtype)
-        order = np.arange(self.n_candidates, dtype=np.int64)
-        select_top(np.ascontiguousarray(logits), order, valid, self.n_candidates, index, chosen)
+        # the pool is kept in score order: its slots are the candidates in order
+        select_top(np.ascontiguousarray(logits), valid, self.n_candidates, index, chosen)
         return index, chosen
