@@ -678,20 +678,18 @@ class _Decoder:
         if chosen is not None:
             index, logits = chosen
             flat = nd.reshape(N * group, -1)
-            pick = index[:, :, None]
-            P = np.take_along_axis(A["pool_psi"], pick, axis=1)  # (Nq, n_top, m)
-            est = np.einsum("qm,qtm->qt", psi_q, P)
-            r = np.take_along_axis(A["pool_r"], index, axis=1)
+            heads = np.arange(N * group)[:, None]
+            P = A["pool_psi"][heads, index]  # (Nq, n_top, m)
+            est = np.matmul(P, psi_q[:, :, None])[:, :, 0]
+            taken = logits > -np.inf
             b = B.reshape(-1)[:, None]
             with np.errstate(invalid="ignore", over="ignore"):
-                est *= np.exp(
-                    np.where(logits > -np.inf, r - np.where(np.isfinite(b), b, 0), -np.inf)
-                )
+                est *= np.exp(np.where(taken, A["pool_r"][heads, index] - np.where(
+                    np.isfinite(b), b, 0), -np.inf)).astype(dtype)  # fmt: skip
             est *= far_scale.reshape(-1)[:, None]
             exact = np.exp(logits - c.reshape(-1)[:, None].astype(dtype))
-            weight = np.where(logits > -np.inf, exact - est, 0).astype(dtype)
-            values = np.take_along_axis(A["pool_v"], pick, axis=1)
-            flat[:, :-1] += np.einsum("qt,qtv->qv", weight, values)
+            weight = np.where(taken, exact - est, 0).astype(dtype)
+            flat[:, :-1] += np.matmul(weight[:, None, :], A["pool_v"][heads, index])[:, 0]
             flat[:, -1] += weight.sum(axis=1)
         den = nd[:, :, -1]
         den[den == 0] = np.inf
@@ -702,7 +700,7 @@ class _Decoder:
         ``-inf`` where a slot is not taken."""
         from .._numba.hybrid import select_top
 
-        logits = np.einsum("qd,qkd->qk", q, A["pool_k"]) * gamma
+        logits = np.matmul(A["pool_k"], q[:, :, None])[:, :, 0] * gamma
         valid = A["pool_pos"] >= 0
         index = np.empty((q.shape[0], self.n_top), dtype=np.int64)
         chosen = np.empty((q.shape[0], self.n_top), dtype=logits.dtype)
