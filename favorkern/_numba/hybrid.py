@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numba as nb
+import numpy as np
 
 from . import JIT_OPTIONS
 
@@ -105,3 +106,119 @@ def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd)
             row = positions[i, t]
             for col in range(width):
                 nd[i, col] += w * v1[row, col]
+
+
+def _emit_signature(dtype):
+    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
+    b2 = nb.types.Array(nb.boolean, 2, "C")
+    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
+    return nb.void(
+        f2, d1, f2,  # psi_q (Nq, m), a (Nq,), q (Nq, d)
+        f3, d1,  # S (N, m, dv + 1), B (N,)
+        f3, f3, b2,  # glob_k (N, g, d), glob_v (N, g, dv), glob_hidden (N, g)
+        f3, f3, b2,  # win_k (N, w, d), win_v (N, w, dv), win_hidden (N, w)
+        f3, f3, f3, d2, nb.types.Array(nb.int64, 2, "C"),  # pool k, v, psi, r, pos
+        nb.int64, nb.float64, f2,  # n_top, gamma, out (Nq, dv)
+    )  # fmt: skip
+
+
+@nb.njit([_emit_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
+                pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out):  # fmt: skip
+    """One decoding step's outputs for every query head (``Nq = N group`` heads, query
+    head ``h`` reading key/value head ``h // group``): far sums ``psi_q S`` at
+    ``exp(a + B)``, exact terms of the global and window keys that are not hidden, and
+    the ``n_top`` pooled keys of largest logit (pool slots in score order), whose
+    estimates are replaced by their exact terms; all at one constant per row."""
+    n_q, m = psi_q.shape
+    group = n_q // S.shape[0]
+    width = S.shape[2]
+    dv = width - 1
+    n_glob, n_win, n_pool = glob_k.shape[1], win_k.shape[1], pool_k.shape[1]
+    d = q.shape[1]
+    logit_g = np.empty(n_glob)
+    logit_w = np.empty(n_win)
+    top_logit = np.empty(max(n_top, 1))
+    top_slot = np.empty(max(n_top, 1), dtype=np.int64)
+    nd = np.empty(width)
+    for h in range(n_q):
+        n = h // group
+        c = -math.inf
+        far_log = a[h] + B[n] if B[n] > -math.inf else -math.inf
+        c = max(c, far_log)
+        for j in range(n_glob):
+            logit_g[j] = -math.inf
+            if not glob_hidden[n, j]:
+                s = 0.0
+                for f in range(d):
+                    s += q[h, f] * glob_k[n, j, f]
+                logit_g[j] = gamma * s
+                c = max(c, logit_g[j])
+        for j in range(n_win):
+            logit_w[j] = -math.inf
+            if not win_hidden[n, j]:
+                s = 0.0
+                for f in range(d):
+                    s += q[h, f] * win_k[n, j, f]
+                logit_w[j] = gamma * s
+                c = max(c, logit_w[j])
+        filled = 0
+        for j in range(n_pool if n_top > 0 else 0):
+            if pool_pos[h, j] < 0:
+                continue
+            s = 0.0
+            for f in range(d):
+                s += q[h, f] * pool_k[h, j, f]
+            x = gamma * s
+            if filled < n_top:
+                p = filled
+                filled += 1
+            elif x > top_logit[n_top - 1]:
+                p = n_top - 1
+            else:
+                continue
+            while p > 0 and top_logit[p - 1] < x:
+                top_logit[p] = top_logit[p - 1]
+                top_slot[p] = top_slot[p - 1]
+                p -= 1
+            top_logit[p] = x
+            top_slot[p] = j
+        if filled:
+            c = max(c, top_logit[0])
+        if c == -math.inf:
+            c = 0.0
+        far_scale = math.exp(far_log - c) if far_log > -math.inf else 0.0
+        for col in range(width):
+            nd[col] = 0.0
+        if far_scale > 0.0:
+            for f in range(m):
+                p_f = psi_q[h, f]
+                for col in range(width):
+                    nd[col] += p_f * S[n, f, col]
+            for col in range(width):
+                nd[col] *= far_scale
+        for j in range(n_glob):
+            if logit_g[j] > -math.inf:
+                w = math.exp(logit_g[j] - c)
+                for col in range(dv):
+                    nd[col] += w * glob_v[n, j, col]
+                nd[dv] += w
+        for j in range(n_win):
+            if logit_w[j] > -math.inf:
+                w = math.exp(logit_w[j] - c)
+                for col in range(dv):
+                    nd[col] += w * win_v[n, j, col]
+                nd[dv] += w
+        for t in range(filled):
+            j = top_slot[t]
+            dot = 0.0
+            for f in range(m):
+                dot += psi_q[h, f] * pool_psi[h, j, f]
+            est = dot * math.exp(pool_r[h, j] - B[n]) * far_scale if far_scale > 0.0 else 0.0
+            w = math.exp(top_logit[t] - c) - est
+            for col in range(dv):
+                nd[col] += w * pool_v[h, j, col]
+            nd[dv] += w
+        den = nd[dv]
+        for col in range(dv):
+            out[h, col] = nd[col] / den if den != 0.0 else 0.0

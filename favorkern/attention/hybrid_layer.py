@@ -641,69 +641,20 @@ class _Decoder:
                 row[p] = value
 
     def _emit(self, state, q, out):
-        """Outputs of the new token for every query head: ``q`` (N, group, d)."""
+        """Outputs of the new token for every query head: ``q`` (N, group, d); the
+        features here, the rest in one compiled pass over the heads
+        (:func:`~favorkern._numba.hybrid.hybrid_emit`)."""
+        from .._numba.hybrid import hybrid_emit
+
         A, feat, dtype = state.arrays, self.feat, state.dtype
         N, group, d = q.shape
-        gamma = dtype.type(self.gamma)
-        qf = np.ascontiguousarray(
-            self.fmap.prepare(q.reshape(N * group, d), "query", self.constants), dtype=dtype
-        )
+        flat = np.ascontiguousarray(q.reshape(N * group, d))
+        qf = np.ascontiguousarray(self.fmap.prepare(flat, "query", self.constants), dtype=dtype)
         psi_q, a = stable_features(feat, qf, feat.empty(N * group, rows=True))
-        nd = np.matmul(psi_q.reshape(N, group, -1), A["S"])  # (N, group, dv + 1)
-        B = np.repeat(A["B"], group).reshape(N, group)
-        far_log = np.where(
-            np.isfinite(B), a.reshape(N, group) + np.where(np.isfinite(B), B, 0), -np.inf
-        )
-        terms = []
-        for key, hidden, values in (("glob_k", "glob_hidden", "glob_v"),
-                                    ("win_k", "win_hidden", "win_v")):  # fmt: skip
-            if A[key].shape[1]:
-                s = np.matmul(q, A[key].transpose(0, 2, 1)) * gamma
-                s[np.broadcast_to(A[hidden][:, None, :], s.shape)] = -np.inf
-                terms.append((s, A[values]))
-        c = far_log.copy()
-        for s, _ in terms:
-            np.maximum(c, s.max(axis=-1), out=c)
-        chosen = None
-        if self.n_top:
-            chosen = self._choose(A, q.reshape(N * group, d), gamma)
-            np.maximum(c, chosen[1][:, 0].reshape(N, group), out=c)
-        c[~np.isfinite(c)] = 0.0
-        far_scale = np.exp(far_log - c).astype(dtype)
-        nd *= far_scale[:, :, None]
-        for s, values in terms:
-            weights = np.exp(s - c[:, :, None].astype(dtype))
-            nd[:, :, :-1] += np.matmul(weights, values)
-            nd[:, :, -1] += weights.sum(axis=-1)
-        if chosen is not None:
-            index, logits = chosen
-            flat = nd.reshape(N * group, -1)
-            heads = np.arange(N * group)[:, None]
-            P = A["pool_psi"][heads, index]  # (Nq, n_top, m)
-            est = np.matmul(P, psi_q[:, :, None])[:, :, 0]
-            taken = logits > -np.inf
-            b = B.reshape(-1)[:, None]
-            with np.errstate(invalid="ignore", over="ignore"):
-                est *= np.exp(np.where(taken, A["pool_r"][heads, index] - np.where(
-                    np.isfinite(b), b, 0), -np.inf)).astype(dtype)  # fmt: skip
-            est *= far_scale.reshape(-1)[:, None]
-            exact = np.exp(logits - c.reshape(-1)[:, None].astype(dtype))
-            weight = np.where(taken, exact - est, 0).astype(dtype)
-            flat[:, :-1] += np.matmul(weight[:, None, :], A["pool_v"][heads, index])[:, 0]
-            flat[:, -1] += weight.sum(axis=1)
-        den = nd[:, :, -1]
-        den[den == 0] = np.inf
-        out[:] = nd[:, :, :-1] / den[:, :, None]
-
-    def _choose(self, A, q, gamma):
-        """Each query head's top keys among its pool: ``(index, logits)``, logits
-        ``-inf`` where a slot is not taken."""
-        from .._numba.hybrid import select_top
-
-        logits = np.matmul(A["pool_k"], q[:, :, None])[:, :, 0] * gamma
-        valid = A["pool_pos"] >= 0
-        index = np.empty((q.shape[0], self.n_top), dtype=np.int64)
-        chosen = np.empty((q.shape[0], self.n_top), dtype=logits.dtype)
-        # the pool is kept in score order: its slots are the candidates in order
-        select_top(np.ascontiguousarray(logits), valid, self.n_candidates, index, chosen)
-        return index, chosen
+        result = np.empty((N * group, out.shape[-1]), dtype=dtype)
+        hybrid_emit(
+            psi_q, a, flat, A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"],
+            A["win_k"], A["win_v"], A["win_hidden"], A["pool_k"], A["pool_v"], A["pool_psi"],
+            A["pool_r"], A["pool_pos"], self.n_top, float(self.gamma), result,
+        )  # fmt: skip
+        out[:] = result.reshape(out.shape)
