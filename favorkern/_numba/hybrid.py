@@ -222,3 +222,69 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
         den = nd[dv]
         for col in range(dv):
             out[h, col] = nd[col] / den if den != 0.0 else 0.0
+
+
+def _absorb_signature(dtype):
+    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
+    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
+    return nb.void(
+        f2, d1, f2, f2, nb.types.Array(nb.boolean, 1, "C"),  # psi, r, k, v (N, .), hidden
+        nb.int64, f3, d1,  # position, S (N, m, dv + 1), B (N,)
+        d2, f3, f3, f3, d2, d2, nb.types.Array(nb.int64, 2, "C"),  # u, pool k v psi r score pos
+    )  # fmt: skip
+
+
+@nb.njit([_absorb_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def hybrid_absorb(psi, r, k, v, hidden, position, S, B, u, pool_k, pool_v, pool_psi, pool_r,
+                  pool_score, pool_pos):  # fmt: skip
+    """Key ``position`` of every key/value head leaves the window: ``S <- S e^{B - B'}
+    + psi (v, 1) e^{r - B'}`` with ``B' = max(B, r)``, and for every query head (``u``
+    its scoring direction, ``Nq = N group`` rows) the key enters the pool of the
+    ``n_candidates`` best scores (slots kept in score order; ties: the earlier key)
+    when its score beats the worst kept.  Hidden keys change nothing."""
+    N, m, width = S.shape
+    dv = width - 1
+    n_q, n_pool = pool_pos.shape
+    group = n_q // N
+    d = k.shape[1]
+    for n in range(N):
+        if hidden[n]:
+            continue
+        new = max(B[n], r[n])
+        shrink = math.exp(B[n] - new) if B[n] > -math.inf else 0.0
+        w = math.exp(r[n] - new)
+        for f in range(m):
+            p_f = psi[n, f] * w
+            for col in range(dv):
+                S[n, f, col] = S[n, f, col] * shrink + p_f * v[n, col]
+            S[n, f, dv] = S[n, f, dv] * shrink + p_f
+        B[n] = new
+        for g in range(group if n_pool > 0 else 0):
+            h = n * group + g
+            score = 0.0
+            for f in range(d):
+                score += u[h, f] * k[n, f]
+            rank = 0
+            while rank < n_pool and pool_pos[h, rank] >= 0 and pool_score[h, rank] >= score:
+                rank += 1
+            if rank == n_pool:
+                continue
+            for j in range(n_pool - 1, rank, -1):  # shift the worse slots down by one
+                pool_score[h, j] = pool_score[h, j - 1]
+                pool_pos[h, j] = pool_pos[h, j - 1]
+                pool_r[h, j] = pool_r[h, j - 1]
+                for f in range(d):
+                    pool_k[h, j, f] = pool_k[h, j - 1, f]
+                for f in range(dv):
+                    pool_v[h, j, f] = pool_v[h, j - 1, f]
+                for f in range(m):
+                    pool_psi[h, j, f] = pool_psi[h, j - 1, f]
+            pool_score[h, rank] = score
+            pool_pos[h, rank] = position
+            pool_r[h, rank] = r[n]
+            for f in range(d):
+                pool_k[h, rank, f] = k[n, f]
+            for f in range(dv):
+                pool_v[h, rank, f] = v[n, f]
+            for f in range(m):
+                pool_psi[h, rank, f] = psi[n, f]

@@ -604,41 +604,26 @@ class _Decoder:
         self._emit(state, q, out)
 
     def _to_far(self, state, k, v, hidden, pos, u):
-        """Key ``pos`` (per head) joins the random-feature state and the candidate pool."""
+        """Key ``pos`` (per head) joins the random-feature state and the candidate pool
+        (features here, the rest by :func:`~favorkern._numba.hybrid.hybrid_absorb`)."""
+        from .._numba.hybrid import hybrid_absorb
+
         A, feat, dtype = state.arrays, self.feat, state.dtype
+        k = np.ascontiguousarray(k)
         kf = np.ascontiguousarray(self.fmap.prepare(k, "key", self.constants), dtype=dtype)
         psi, r = stable_features(feat, kf, feat.empty(k.shape[0], rows=True))
-        r = np.where(hidden, -np.inf, r)
-        psi[hidden] = 0.0
-        B = A["B"]
-        new = np.maximum(B, r)
-        safe = np.where(np.isfinite(new), new, 0.0)
-        with np.errstate(invalid="ignore"):
-            shrink = np.where(np.isfinite(B), np.exp(B - safe), 0.0).astype(dtype)
-        S = A["S"]
-        S *= shrink[:, None, None]
-        weight = np.exp(r - safe).astype(dtype)
-        v1 = np.concatenate([v, np.ones((v.shape[0], 1), dtype=dtype)], axis=1) * weight[:, None]
-        S += psi[:, :, None] * v1[:, None, :]
-        B[:] = new
-        if self.n_top:
-            self._pool_insert(state, k, v, psi, r, hidden, pos, u)
+        hybrid_absorb(
+            psi, np.ascontiguousarray(r, dtype=np.float64), k, np.ascontiguousarray(v),
+            np.ascontiguousarray(hidden), pos, A["S"], A["B"], self._directions(u, state),
+            A["pool_k"], A["pool_v"], A["pool_psi"], A["pool_r"], A["pool_score"],
+            A["pool_pos"],
+        )  # fmt: skip
 
-    def _pool_insert(self, state, k, v, psi, r, hidden, pos, u):
-        A = state.arrays
-        group = u.shape[1]
-        scores = np.einsum("ngd,nd->ng", u, k.astype(np.float64)).reshape(-1)
-        # rank among the pool (best score first, ties: the earlier key, so after them)
-        rank = (A["pool_score"] >= scores[:, None]).sum(axis=1)
-        heads = np.flatnonzero((rank < self.n_candidates) & ~np.repeat(hidden, group))
-        for h in heads:
-            n, p = h // group, rank[h]
-            for name, value in (("pool_k", k[n]), ("pool_v", v[n]), ("pool_psi", psi[n]),
-                                ("pool_r", r[n]), ("pool_score", scores[h]),
-                                ("pool_pos", pos)):  # fmt: skip
-                row = A[name][h]
-                row[p + 1 :] = row[p:-1].copy()
-                row[p] = value
+    def _directions(self, u, state):
+        """The scoring direction of every query head, (Nq, d) float64 (empty without top keys)."""
+        if u is None:
+            return np.zeros((0, state.config["d"]))
+        return np.array(u.reshape(-1, u.shape[-1]), dtype=np.float64, order="C")  # writable
 
     def _emit(self, state, q, out):
         """Outputs of the new token for every query head: ``q`` (N, group, d); the
