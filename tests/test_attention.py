@@ -11,7 +11,7 @@ import pytest
 import favorkern.attention as attention_module
 from favorkern import FavorAttention, _config, draw_projection, favor_attention, softmax_attention
 from favorkern.attention import causal as causal_module
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 
 FEATURES = naive.FEATURE_MAPS
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
@@ -236,7 +236,7 @@ def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
 @pytest.mark.parametrize("workers", [1, 2, 3, 4])
 def test_causal_on_any_number_of_threads(small_chunks, monkeypatch, workers):
     """One thread, the two-thread pipeline and ranges over more threads: one answer."""
-    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: workers)
     rng = np.random.default_rng(22)
     Q, K, V = _inputs(rng, (203,), (203,))
     mask = rng.random(203) < 0.1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from favorkern import FavorAttention, _config, favor_attention
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 from favorkern.attention.decoding import DecodingState
 from favorkern.feature_maps import get_feature_map
 
@@ -291,9 +291,9 @@ def test_bad_decoding_input_is_a_clear_error():
 def test_docstring_examples():
     import doctest
 
-    from favorkern.attention import decoding
+    from favorkern.attention import decoding, favor
 
-    for module in (decoding, favor_module):
+    for module in (decoding, favor, plan_module):
         assert doctest.testmod(module).failed == 0
 
 
