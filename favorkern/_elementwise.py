@@ -304,7 +304,9 @@ def chosen_kernels() -> dict:
     """
     return {
         f"{what} {dtype.name}": getattr(kernel, "name", kernel)
-        for (what, dtype), kernel in sorted(_chosen.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+        for (what, dtype), kernel in sorted(
+            _chosen.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))
+        )
     }
 
 

@@ -64,7 +64,11 @@ def _inputs(dtype, base2, seed=0):
         low, high = (-155.0, 130.0) if base2 else (-106.0, 90.0)
     else:
         low, high = (-1080.0, 1026.0) if base2 else (-748.0, 711.0)
-    parts = [rng.uniform(low, high, 200_000), rng.uniform(-30, 30, 200_000), rng.uniform(-1, 1, 50_000)]
+    parts = [
+        rng.uniform(low, high, 200_000),
+        rng.uniform(-30, 30, 200_000),
+        rng.uniform(-1, 1, 50_000),
+    ]
     return np.concatenate(parts).astype(dtype)
 
 
@@ -97,10 +101,44 @@ def test_every_exp_kernel_follows_numpy_on_special_values(name, dtype):
     kernel = ExpKernel(name)
     info = np.finfo(dtype)
     specials = np.array(
-        [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, info.max, -info.max,
-         info.tiny, -info.tiny, info.smallest_subnormal, info.eps, 88.72, 88.73, -87.33,
-         -103.9, -104.1, 127.99, 128.0, 128.01, -149.0, -150.0, -151.0, 709.78, 709.79,
-         -745.13, -745.14, 1023.99, 1024.0, -1074.0, -1075.0, -1076.0, 3e8, -3e8],
+        [
+            np.nan,
+            -np.nan,
+            np.inf,
+            -np.inf,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            info.max,
+            -info.max,
+            info.tiny,
+            -info.tiny,
+            info.smallest_subnormal,
+            info.eps,
+            88.72,
+            88.73,
+            -87.33,
+            -103.9,
+            -104.1,
+            127.99,
+            128.0,
+            128.01,
+            -149.0,
+            -150.0,
+            -151.0,
+            709.78,
+            709.79,
+            -745.13,
+            -745.14,
+            1023.99,
+            1024.0,
+            -1074.0,
+            -1075.0,
+            -1076.0,
+            3e8,
+            -3e8,
+        ],
         dtype=np.float64,
     )
     with np.errstate(over="ignore"):
@@ -126,7 +164,9 @@ def test_every_exp_kernel_follows_numpy_on_special_values(name, dtype):
     st.booleans(),
     st.integers(0, 2**32 - 1),
 )
-def test_shifted_exp_is_numpy_subtract_clip_then_exp(name, dtype, rows, cols, clip, transposed, seed):
+def test_shifted_exp_is_numpy_subtract_clip_then_exp(
+    name, dtype, rows, cols, clip, transposed, seed
+):
     rng = np.random.default_rng(seed)
     kernel = ExpKernel(name)
     # exponents within +-60: normal results (the ranges' ends are tested above)
@@ -143,8 +183,13 @@ def test_shifted_exp_is_numpy_subtract_clip_then_exp(name, dtype, rows, cols, cl
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(EXP_KERNELS), st.sampled_from([np.float32, np.float64]),
-       st.integers(0, 6), st.integers(0, 5), st.integers(0, 2**32 - 1))
+@given(
+    st.sampled_from(EXP_KERNELS),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(0, 6),
+    st.integers(0, 5),
+    st.integers(0, 2**32 - 1),
+)
 def test_exp_pairs_are_the_exp_of_u_and_of_total_minus_u(name, dtype, p, extra, seed):
     rng = np.random.default_rng(seed)
     kernel = ExpKernel(name)
