@@ -357,3 +357,104 @@ def exp2_pairs(a, p, total):
             row[j] = _exp2(u)
         for j in range(2 * p, row.shape[0]):
             row[j] = _exp2(row[j])
+
+
+# -- row maximum, shift and exp in one pass per block of rows ------------------------
+# Features of one token (a row of the features) are shifted by their maximum unless
+# it lies in [low, high]: the maxima of a block are found while the block is in L1,
+# then read again for the exp, instead of a pass for the maxima over all rows, one
+# for the shift and one for the exp.
+
+
+@njit(**_OPTIONS)
+def _is_larger(v, m):
+    """``v > m``, or ``v`` NaN: the running maximum propagates NaN as numpy's does."""
+    return v > m or v != v
+
+
+@njit(**_OPTIONS)
+def _column_maxima(f, j0, j1, row_max):
+    """``row_max[j] = max_i f[i, j]`` for ``j0 <= j < j1`` (vectorized over ``j``)."""
+    for j in range(j0, j1):
+        row_max[j] = f[0, j]
+    for i in range(1, f.shape[0]):
+        row = f[i]
+        for j in range(j0, j1):
+            v = row[j]
+            row_max[j] = v if _is_larger(v, row_max[j]) else row_max[j]
+
+
+@njit(**_OPTIONS)
+def _shifts(row_max, applied, j0, j1, low, high):
+    zero = row_max.dtype.type(0.0)
+    for j in range(j0, j1):
+        m = row_max[j]
+        applied[j] = zero if (low <= m and m <= high) else m
+
+
+@njit(**_OPTIONS)
+def exp_max_columns(f, low, high, block, row_max, applied):
+    """Feature-major ``f`` (features x tokens, C-contiguous): for each token ``j``
+    ``row_max[j] = max_i f[i, j]``, ``applied[j]`` 0 if that lies in ``[low, high]``
+    else ``row_max[j]``, and ``f[:, j] = exp(f[:, j] - applied[j])``; ``block``
+    tokens at a time."""
+    n = f.shape[1]
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        _column_maxima(f, j0, j1, row_max)
+        _shifts(row_max, applied, j0, j1, low, high)
+        for i in range(f.shape[0]):
+            row = f[i]
+            for j in range(j0, j1):
+                row[j] = _exp(row[j] - applied[j])
+
+
+@njit(**_OPTIONS)
+def exp2_max_columns(f, low, high, block, row_max, applied):
+    """:func:`exp_max_columns` in base 2."""
+    n = f.shape[1]
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        _column_maxima(f, j0, j1, row_max)
+        _shifts(row_max, applied, j0, j1, low, high)
+        for i in range(f.shape[0]):
+            row = f[i]
+            for j in range(j0, j1):
+                row[j] = _exp2(row[j] - applied[j])
+
+
+@njit(**_OPTIONS)
+def _row_maximum(row):
+    m = row[0]
+    for j in range(1, row.shape[0]):
+        v = row[j]
+        m = v if _is_larger(v, m) else m
+    return m
+
+
+@njit(**_OPTIONS)
+def exp_max_rows(a, low, high, row_max, applied):
+    """Row-major ``a`` (tokens x features): :func:`exp_max_columns` by rows."""
+    zero = a.dtype.type(0.0)
+    for i in range(a.shape[0]):
+        row = a[i]
+        m = _row_maximum(row)
+        shift = zero if (low <= m and m <= high) else m
+        row_max[i] = m
+        applied[i] = shift
+        for j in range(row.shape[0]):
+            row[j] = _exp(row[j] - shift)
+
+
+@njit(**_OPTIONS)
+def exp2_max_rows(a, low, high, row_max, applied):
+    """:func:`exp_max_rows` in base 2."""
+    zero = a.dtype.type(0.0)
+    for i in range(a.shape[0]):
+        row = a[i]
+        m = _row_maximum(row)
+        shift = zero if (low <= m and m <= high) else m
+        row_max[i] = m
+        applied[i] = shift
+        for j in range(row.shape[0]):
+            row[j] = _exp2(row[j] - shift)
