@@ -67,9 +67,6 @@ NUMBA_MIN_WORK = 1 << 16
 # evaluators' blocks do), best of this many rounds of every candidate in turn.
 _TIMING_SHAPE = (64, 1024)
 _TIMING_ROUNDS = 5
-# Rows of a feature-major block whose maxima are taken while it is in L1 (half of a
-# 32 KiB L1 data cache)
-_MAX_BLOCK_BYTES = 1 << 14
 
 
 class ExpKernel:
@@ -116,14 +113,8 @@ class ExpKernel:
         from ._numba import elementwise as E
 
         if self.base2:
-            return (
-                E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs,
-                E.exp2_max_rows, E.exp2_max_columns,
-            )  # fmt: skip
-        return (
-            E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs,
-            E.exp_max_rows, E.exp_max_columns,
-        )  # fmt: skip
+            return E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs
+        return E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs
 
     def exp(self, a) -> None:
         """``a = base ** a`` in place (any float array; overflow gives ``inf``)."""
@@ -139,7 +130,7 @@ class ExpKernel:
         the exponents are clipped at 0 after the subtraction (one pass with numba)."""
         if self.numba and a.ndim == 2 and a.dtype in (np.float32, np.float64):
             offset = np.ascontiguousarray(offset, dtype=a.dtype)
-            _, rows, columns = self._numba()[:3]
+            _, rows, columns, _ = self._numba()
             if a.flags.c_contiguous:
                 rows(a, offset, bool(clip))
                 return
@@ -150,36 +141,6 @@ class ExpKernel:
         if clip:
             np.minimum(a, 0.0, out=a)
         (np.exp2 if self.base2 else np.exp)(a, out=a)
-
-    def exp_max_shifted(self, a, low=np.inf, high=-np.inf):
-        """Shift each row of the 2-D ``a`` by its maximum unless that lies in ``[low,
-        high]``, then ``a = base ** a`` in place; returns ``(row_max, applied)``.
-
-        ``applied`` is each row's shift (0 or its maximum).  With numba the maxima of
-        a block of rows are taken while it is in cache, and shift and exp fused
-        (feature-major ``a``: blocks of :data:`_MAX_BLOCK_BYTES`); the defaults of
-        ``low, high`` shift every row.  A NaN maximum makes the row NaN, as numpy.
-        """
-        n = a.shape[0]
-        if self.numba and a.ndim == 2 and a.dtype in (np.float32, np.float64) and a.size:
-            row_max = np.empty(n, dtype=a.dtype)
-            applied = np.empty(n, dtype=a.dtype)
-            low, high = a.dtype.type(low), a.dtype.type(high)
-            fns = self._numba()
-            if a.T.flags.c_contiguous and not a.flags.c_contiguous:
-                block = max(8, _MAX_BLOCK_BYTES // (a.shape[1] * a.itemsize))
-                fns[5](a.T, low, high, block, row_max, applied)
-                return row_max, applied
-            if a.flags.c_contiguous:
-                fns[4](a, low, high, row_max, applied)
-                return row_max, applied
-        row_max = a.max(axis=1) if a.size else np.zeros(n, dtype=a.dtype)
-        inside = (low <= row_max) & (row_max <= high)
-        applied = np.where(inside, 0, row_max).astype(a.dtype, copy=False)
-        if not inside.all():
-            a -= applied[:, np.newaxis]
-        (np.exp2 if self.base2 else np.exp)(a, out=a)
-        return row_max, applied
 
     def exp_pairs(self, a, p, total) -> None:
         """``a[:, :p], a[:, p:2p] = base ** u, base ** (total - u)`` for ``u = a[:, :p]``

@@ -187,15 +187,16 @@ class AttentionFeatures:
         """
         if self.kind == "exp":
             # exp(w.x' - a|x'|^2 + log s - max): the last three terms are one per-row
-            # constant, so the row maximum of the bare product is the same stabilizer;
-            # rows whose maximum lies in the window keep their logits (the factor
-            # cancels either way).
+            # constant, so the row maximum of the bare product is the same stabilizer.
             self._product(X, out)
-            if inside:
-                self.kernel.exp(out)
-                return
-            low, high = (np.inf, -np.inf) if window is None else window
-            self.kernel.exp_max_shifted(out, low, high)
+            if not inside:
+                row_max = out.max(axis=1)
+                if window is None or not (
+                    window[0] <= row_max.min() and row_max.max() <= window[1]
+                ):
+                    self.kernel.exp_shifted(out, row_max)
+                    return
+            self.kernel.exp(out)
         else:
             apply_block(X, out, self.plain, self.weights_t)
 
@@ -231,15 +232,13 @@ class AttentionFeatures:
         with ``w_j = exp(scale_log_j - c)``) takes the stabilizer per key as a weight
         of its value row, ``dv`` products instead of a pass over ``m`` features.
         ``w_j <= 1`` for ``c >= row_log_j``: with ``scale_log = row_log`` (``out`` is
-        divided by its row maximum, every feature ``<= 1``), or where the row
-        maximum ``u_j`` of the bare product lies in ``[0, 16]``: that row of ``out`` is
-        then ``exp(u)`` (at most ``e^16``) and ``scale_log_j = row_log_j - u_j``,
-        without the shift.  The maxima, the shift and the exp take one pass over
-        the features (:meth:`~favorkern._elementwise.ExpKernel.exp_max_shifted`).
-        Such a key's weight is smaller by ``e^{u_j}``; where it comes near the
-        smallest normal float, the caller divides the row by its maximum instead
-        (:func:`~.bidirectional.accumulate_keys`), so no key loses precision to the
-        shortcut.
+        divided by its row maximum, every feature ``<= 1``), or where every row
+        maximum ``u_j`` of the bare product lies in ``[0, 16]``: ``out`` is then
+        ``exp(u)`` (at most ``e^16``) and ``scale_log_j = row_log_j - u_j``, without
+        the shift pass.  Such a key's weight is smaller by ``e^{u_j}``; where it comes
+        near the smallest normal float, the caller divides the row by its maximum
+        instead (:func:`~.bidirectional.accumulate_keys`), so no key loses precision
+        to the shortcut.
         """
         if self.kind != "exp":
             row_log, _ = self.key_logits(X, out)
@@ -248,19 +247,17 @@ class AttentionFeatures:
         shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
         shift *= self.spec.sq_coef
         shift -= self.log_const
-        row_max, applied = self.kernel.exp_max_shifted(out, 0.0, _KEY_WINDOW * self.unit)
+        row_max = out.max(axis=1)
         lead = row_max.astype(np.float64)
         if self.unit != 1.0:
             lead /= self.unit
         row_log = lead - shift
-        if not np.any(applied != row_max):
-            return row_log, row_log  # every row divided by its maximum
-        # phi(k_j) = out_j exp(applied_j - shift_j) in natural units
-        scale_log = applied.astype(np.float64)
-        if self.unit != 1.0:
-            scale_log /= self.unit
-        scale_log -= shift
-        return row_log, scale_log
+        if 0.0 <= row_max.min() and row_max.max() <= _KEY_WINDOW * self.unit:
+            shift *= -1.0
+            self.kernel.exp(out)
+            return row_log, shift
+        self.kernel.exp_shifted(out, row_max)
+        return row_log, row_log
 
     def key_finish(self, out, row_log, shift, const, bounded=False):
         """Turn ``key_logits`` output into ``phi(k_j) exp(-c_j)``; ``const`` finite.
