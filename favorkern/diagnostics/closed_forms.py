@@ -168,6 +168,11 @@ def theoretical_mse(
             f"feature_map={fmap.name!r} has no closed-form MSE; maps with one: "
             f"{list(feature_map_names(closed_form=True))}"
         )
+    if projection in ("sobol", "halton", "structured"):
+        raise ValueError(
+            f"projection={projection!r} has no closed-form MSE (its rows are dependent in a "
+            "way no formula covers); measure it with favorkern.diagnostics.empirical_mse"
+        )
     check_option(projection, "projection", PROJECTIONS)
     check_option(norms, "norms", NORMS)
     gamma = check_gamma(gamma)

@@ -102,10 +102,17 @@ def draw_trials(n_trials, m, d, projection, norms, rng):
     it returns independent Haar blocks with independent row norms, and each trial
     takes ``ceil(m / d)`` consecutive blocks truncated to ``m`` rows -- exactly the
     distribution of a separate ``draw_projection(m, d)`` call (last block partial).
+    Quasi-Monte Carlo kinds (``"sobol"``, ``"halton"``) draw one randomized point set
+    per trial: consecutive points of one sequence would make the trials dependent.
     """
 
-    from ..projections import draw_projection, padded_dims  # sklearn: imported on use
+    from ..projections import QMC_KINDS, draw_projection, padded_dims  # imported on use
 
+    if projection in QMC_KINDS:
+        return np.stack(
+            [draw_projection(m, d, projection=projection, norms=norms, random_state=rng)
+             for _ in range(n_trials)]
+        )  # fmt: skip
     if projection == "gaussian":
         W = draw_projection(n_trials * m, d, projection="gaussian", norms=norms, random_state=rng)
         return W.reshape(n_trials, m, d)
@@ -165,8 +172,10 @@ def empirical_mse(
     n_components : int
         Output width per trial, as in :func:`theoretical_mse` (a multiple of the
         map's outputs per projection).
-    projection : {"gaussian", "orthogonal", "simplex", "structured"}, default="orthogonal"
-        Projection kind (``"structured"``: SORF, which has no closed form).
+    projection : {"gaussian", "orthogonal", "simplex", "structured", "sobol", "halton"}, \
+default="orthogonal"
+        Projection kind (``"structured"``: SORF; ``"sobol"``, ``"halton"``: randomized
+        quasi-Monte Carlo; none of these three has a closed form).
     norms : {"chi", "fixed"}, default="chi"
         Row norms (see :func:`favorkern.draw_projection`).
     gamma : float, default=1.0
