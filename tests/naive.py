@@ -238,3 +238,17 @@ def fitted_map_features(name, Q, K, W, gamma):
     phi_q = apply_feature_map(fmap.prepare(Q, "query", constants), spec)
     phi_k = apply_feature_map(fmap.prepare(K, "key", constants), spec)
     return constants, phi_q, phi_k
+
+
+def naive_taylor_features(X, gamma):
+    """``[1, x', x'_i x'_j (i < j), x'_i^2 / sqrt(2)]`` row by row, ``x' = sqrt(gamma) x``,
+    in the order of ``np.triu_indices`` (the second-order Taylor map)."""
+    rows = []
+    for x in np.asarray(X, dtype=np.float64) * np.sqrt(gamma):
+        d = len(x)
+        row = [1.0, *x]
+        for i in range(d):
+            for j in range(i, d):
+                row.append(x[i] * x[j] * (np.sqrt(0.5) if i == j else 1.0))
+        rows.append(row)
+    return np.array(rows)

@@ -206,6 +206,9 @@ default="orthogonal"
 
     Notes
     -----
+    A deterministic map (``"taylor"``) gives the same estimate on every draw: its
+    ``mse`` is the exact squared error, with ``se = 0``.
+
     For exp-type features a single projection's squared error has kurtosis of
     order ``e^{4 |z|^2}`` (THEORY.md 7.5): trust ``mse +- se`` only where
     ``e^{4 |z|^2} / m`` is moderate; elsewhere prefer :func:`theoretical_mse` and
@@ -242,6 +245,13 @@ default="orthogonal"
     gamma = check_gamma(gamma)
     A = check_a(A)
     n, d = x.shape
+    if getattr(fmap, "deterministic", False):
+        n_trials = check_int(n_trials, "n_trials", min_value=2)
+        return _as_output(
+            _deterministic(x, y, fmap, m, gamma, min(check_int(n_groups, "n_groups"), n_trials),
+                           n_trials, constants),  # fmt: skip
+            scalar,
+        )
     if projections is not None:
         projections = np.asarray(projections)
         if projections.dtype.kind not in "iuf":
@@ -302,6 +312,24 @@ def _as_output(result, scalar):
     if not scalar:
         return result
     return replace(result, **{name: output(getattr(result, name), True) for name in _PER_PAIR})
+
+
+def _deterministic(x, y, fmap, m, gamma, n_groups, n_trials, constants) -> MonteCarloMSE:
+    """The exact error of a deterministic map (every trial gives the same estimate)."""
+    from ..projections import draw_projection
+
+    constants = check_constants(fmap, constants, x.shape[1]) if fmap.data_constants else {}
+    kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
+    W = draw_projection(fmap.n_projections(m), x.shape[1], projection="gaussian", random_state=0)
+    spec = fmap.spec(W, n_components=m * fmap.outputs_per_projection,
+                     input_scale=float(np.sqrt(gamma)), constants=constants)  # fmt: skip
+    phi = apply_feature_map(np.ascontiguousarray(np.concatenate([x, y])), spec)
+    estimate = np.einsum("ij,ij->i", phi[: x.shape[0]], phi[x.shape[0] :])
+    mse = (estimate - kernel) ** 2
+    zero = np.zeros_like(mse)
+    return MonteCarloMSE(mse=mse, se=zero, mom=mse, mom_low=mse, mom_high=mse, mom_coverage=1.0,
+                         mean=estimate, mean_se=zero, kernel=kernel, n_trials=n_trials,
+                         n_groups=n_groups)  # fmt: skip
 
 
 def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, projection, norms,

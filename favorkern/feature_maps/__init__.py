@@ -9,15 +9,18 @@ registered with :func:`register_feature_map` works in all of them by its name.
 Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
 ``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
 ``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
-attention distillation: a kernel fitted to data, not an unbiased estimator).
+attention distillation: a kernel fitted to data, not an unbiased estimator); then
+``"taylor"`` (the deterministic second-order Taylor map of Based).
 
 Examples
 --------
 >>> from favorkern.feature_maps import feature_map_names
 >>> feature_map_names()[:6]
 ('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf')
->>> feature_map_names()[6:]
+>>> feature_map_names()[6:10]
 ('sderf', 'aderf', 'whitened', 'fitted')
+>>> feature_map_names()[10:]
+('taylor',)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from .hyperbolic import HyperbolicFeatureMap
 from .optimal import OptimalFeatureMap
 from .positive import PositiveFeatureMap
 from .saderf import SaderfFeatureMap
+from .taylor import TaylorFeatureMap
 from .trigonometric import TrigonometricFeatureMap
 from .whitened import WhitenedFeatureMap
 
@@ -59,6 +63,10 @@ for _builtin in (
     WhitenedFeatureMap(),
     FittedFeatureMap(),
 ):
+    register_feature_map(_builtin)
+del _builtin
+# Maps beyond the random-projection families (registered after them, in this order).
+for _builtin in (TaylorFeatureMap(),):
     register_feature_map(_builtin)
 del _builtin
 
@@ -88,4 +96,5 @@ __all__ = [
     "AderfFeatureMap",
     "WhitenedFeatureMap",
     "FittedFeatureMap",
+    "TaylorFeatureMap",
 ]
