@@ -220,6 +220,13 @@ def hybrid_attention(
             "outputs would depend on later tokens: pass fitted constants or causal=False"
         )
     frozen = None if constants is None else check_constants(fmap, constants, d)
+    if not fmap.data_constants and attention_features(fmap, proj, gamma, np.float64).kind != "exp":
+        # the far part is computed as exp of the feature logits: other maps would be
+        # silently evaluated as exponentials
+        raise ValueError(
+            f"hybrid_attention needs an exp-type feature map (positive, hyperbolic, optimal, "
+            f"the FAVOR# maps, whitened, fitted); feature_map={fmap.name!r} is not one"
+        )
     directions = _check_top(n_top, n_candidates, candidate_query, causal, batch, d)
     top_keys = None
     V, exponents = scaled_values(V, K.shape[-2] * proj.n_components)
