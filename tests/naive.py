@@ -252,3 +252,24 @@ def naive_taylor_features(X, gamma):
                 row.append(x[i] * x[j] * (np.sqrt(0.5) if i == j else 1.0))
         rows.append(row)
     return np.array(rows)
+
+
+def naive_hrf_estimate(x, y, W, m, n, gamma, lambda_kind, sigma):
+    """Hybrid random features' estimate pair by pair: ``lam A + (1 - lam) B`` from the
+    rows ``W = [positive (m), trigonometric (m / 2), weight (n)]`` (float64 loops)."""
+    out = []
+    for a, b in zip(np.asarray(x, float), np.asarray(y, float), strict=True):
+        xa, yb = np.sqrt(gamma) * a, np.sqrt(gamma) * b
+        pos = np.mean([np.exp(w @ xa - xa @ xa / 2) * np.exp(w @ yb - yb @ yb / 2)
+                       for w in W[:m]])  # fmt: skip
+        trig = np.exp((xa @ xa + yb @ yb) / 2) * np.mean(
+            [np.cos(w @ xa - w @ yb) for w in W[m : m + m // 2]]
+        )
+        V = W[m + m // 2 : m + m // 2 + n]
+        if lambda_kind == "angular":
+            lam = 0.5 - 0.5 * np.mean([np.sign(v @ a or 1.0) * np.sign(v @ b or 1.0) for v in V])
+            out.append(lam * pos + (1 - lam) * trig)
+        else:
+            lam = np.mean([np.cos(sigma * v @ (xa - yb)) for v in V])
+            out.append((1 - lam) * pos + lam * trig)
+    return np.array(out)

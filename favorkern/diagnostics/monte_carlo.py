@@ -252,13 +252,15 @@ default="orthogonal"
                            n_trials, constants),  # fmt: skip
             scalar,
         )
+    stacked = getattr(fmap, "stacked_trials", True)
+    rows = m if stacked else fmap.n_projections(n_components)
     if projections is not None:
         projections = np.asarray(projections)
         if projections.dtype.kind not in "iuf":
             raise TypeError(f"projections must be a numeric array, got dtype {projections.dtype}")
-        if projections.ndim != 3 or projections.shape[1:] != (m, d):
+        if projections.ndim != 3 or projections.shape[1:] != (rows, d):
             raise ValueError(
-                f"projections must have shape (n_trials, {m}, {d}) for n_components="
+                f"projections must have shape (n_trials, {rows}, {d}) for n_components="
                 f"{n_components} and d={d}, got {projections.shape}"
             )
         n_trials = projections.shape[0]
@@ -266,6 +268,14 @@ default="orthogonal"
     n_groups = min(check_int(n_groups, "n_groups"), n_trials)
     rng = check_random_state(random_state)
 
+    if not stacked:
+        if projections is None:
+            projections = draw_trials(n_trials, rows, d, projection, norms, rng)
+        constants = check_constants(fmap, constants, d) if fmap.data_constants else {}
+        return _as_output(
+            _per_trial(x, y, fmap, n_components, gamma, n_groups, projections, constants),
+            scalar,
+        )
     run = partial(_empirical, fmap=fmap, m=m, gamma=gamma, n_groups=n_groups, rng=rng,
                   projection=projection, norms=norms, n_trials=n_trials)  # fmt: skip
     if constants is not None:
@@ -330,6 +340,38 @@ def _deterministic(x, y, fmap, m, gamma, n_groups, n_trials, constants) -> Monte
     return MonteCarloMSE(mse=mse, se=zero, mom=mse, mom_low=mse, mom_high=mse, mom_coverage=1.0,
                          mean=estimate, mean_se=zero, kernel=kernel, n_trials=n_trials,
                          n_groups=n_groups)  # fmt: skip
+
+
+def _per_trial(x, y, fmap, n_components, gamma, n_groups, projections, constants):
+    """Monte Carlo one trial at a time, queries and keys prepared apart (maps whose
+    trials cannot be stacked into one projection, :attr:`stacked_trials`)."""
+    n = x.shape[0]
+    kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
+    px = np.ascontiguousarray(fmap.prepare(x, "query", constants))
+    py = np.ascontiguousarray(fmap.prepare(y, "key", constants))
+    estimates = np.empty((n, projections.shape[0]))
+    for t, W in enumerate(projections):
+        spec = fmap.spec(np.ascontiguousarray(W, dtype=np.float64), n_components=n_components,
+                         input_scale=float(np.sqrt(gamma)), constants=constants)  # fmt: skip
+        estimates[:, t] = np.einsum("ij,ij->i", apply_feature_map(px, spec),
+                                    apply_feature_map(py, spec))  # fmt: skip
+    return _summary(estimates, kernel, n_groups)
+
+
+def _summary(estimates, kernel, n_groups) -> MonteCarloMSE:
+    """The :class:`MonteCarloMSE` of ``estimates`` (pairs x trials) of ``kernel``."""
+    n, n_trials = estimates.shape
+    squared = (estimates - kernel[:, None]) ** 2
+    groups = np.array_split(squared, n_groups, axis=1)
+    mom, low, high, coverage = mom_interval(np.stack([g.mean(axis=1) for g in groups], axis=1))
+    return MonteCarloMSE(
+        mse=squared.mean(axis=1),
+        se=squared.std(axis=1, ddof=1) / np.sqrt(n_trials),
+        mom=mom, mom_low=low, mom_high=high, mom_coverage=coverage,
+        mean=estimates.mean(axis=1),
+        mean_se=estimates.std(axis=1, ddof=1) / np.sqrt(n_trials),
+        kernel=kernel, n_trials=n_trials, n_groups=n_groups,
+    )  # fmt: skip
 
 
 def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, projection, norms,

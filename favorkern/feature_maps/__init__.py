@@ -10,7 +10,8 @@ Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
 ``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
 ``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
 attention distillation: a kernel fitted to data, not an unbiased estimator); then
-``"taylor"`` (the deterministic second-order Taylor map of Based).
+``"taylor"`` (the deterministic second-order Taylor map of Based), ``"hrf"`` and
+``"hrf_gaussian"`` (hybrid random features, asymmetric: attention only).
 
 Examples
 --------
@@ -20,7 +21,7 @@ Examples
 >>> feature_map_names()[6:10]
 ('sderf', 'aderf', 'whitened', 'fitted')
 >>> feature_map_names()[10:]
-('taylor',)
+('taylor', 'hrf', 'hrf_gaussian')
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ._variance import PairGeometry, same_block_pairs
 from .derf import AderfFeatureMap, SderfFeatureMap
 from .fitted import FittedFeatureMap
 from .generalized import GeneralizedFeatureMap
+from .hrf import HybridFeatureMap
 from .hyperbolic import HyperbolicFeatureMap
 from .optimal import OptimalFeatureMap
 from .positive import PositiveFeatureMap
@@ -66,7 +68,7 @@ for _builtin in (
     register_feature_map(_builtin)
 del _builtin
 # Maps beyond the random-projection families (registered after them, in this order).
-for _builtin in (TaylorFeatureMap(),):
+for _builtin in (TaylorFeatureMap(), HybridFeatureMap(), HybridFeatureMap("gaussian", 1)):
     register_feature_map(_builtin)
 del _builtin
 
@@ -97,4 +99,5 @@ __all__ = [
     "WhitenedFeatureMap",
     "FittedFeatureMap",
     "TaylorFeatureMap",
+    "HybridFeatureMap",
 ]
