@@ -273,3 +273,26 @@ def naive_hrf_estimate(x, y, W, m, n, gamma, lambda_kind, sigma):
             lam = np.mean([np.cos(sigma * v @ (xa - yb)) for v in V])
             out.append((1 - lam) * pos + lam * trig)
     return np.array(out)
+
+
+def naive_tensor_sketch(X, C):
+    """``[1, TS_1(x), TS_2(x) / sqrt(2), ...]`` by explicit circular convolutions of the
+    count sketches ``C`` (``(p, D, d)``) of the already scaled rows ``X``."""
+    p, D, _ = C.shape
+    rows = []
+    for x in np.asarray(X, dtype=np.float64):
+        row = [1.0]
+        conv = C[0] @ x
+        row.extend(conv)
+        fact = 1.0
+        for k in range(1, p):
+            sketch = C[k] @ x
+            new = np.zeros(D)
+            for a in range(D):
+                for b in range(D):
+                    new[(a + b) % D] += conv[a] * sketch[b]
+            conv = new
+            fact *= k + 1
+            row.extend(conv / np.sqrt(fact))
+        rows.append(row)
+    return np.array(rows)

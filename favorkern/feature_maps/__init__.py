@@ -11,7 +11,8 @@ Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
 ``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
 attention distillation: a kernel fitted to data, not an unbiased estimator); then
 ``"taylor"`` (the deterministic second-order Taylor map of Based), ``"hrf"`` and
-``"hrf_gaussian"`` (hybrid random features, asymmetric: attention only).
+``"hrf_gaussian"`` (hybrid random features, asymmetric: attention only) and
+``"tensorsketch"`` (TensorSketch of the exponential's series to degree 3).
 
 Examples
 --------
@@ -21,7 +22,7 @@ Examples
 >>> feature_map_names()[6:10]
 ('sderf', 'aderf', 'whitened', 'fitted')
 >>> feature_map_names()[10:]
-('taylor', 'hrf', 'hrf_gaussian')
+('taylor', 'hrf', 'hrf_gaussian', 'tensorsketch')
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from .hyperbolic import HyperbolicFeatureMap
 from .optimal import OptimalFeatureMap
 from .positive import PositiveFeatureMap
 from .saderf import SaderfFeatureMap
+from .sketch import TensorSketchFeatureMap
 from .taylor import TaylorFeatureMap
 from .trigonometric import TrigonometricFeatureMap
 from .whitened import WhitenedFeatureMap
@@ -68,7 +70,12 @@ for _builtin in (
     register_feature_map(_builtin)
 del _builtin
 # Maps beyond the random-projection families (registered after them, in this order).
-for _builtin in (TaylorFeatureMap(), HybridFeatureMap(), HybridFeatureMap("gaussian", 1)):
+for _builtin in (
+    TaylorFeatureMap(),
+    HybridFeatureMap(),
+    HybridFeatureMap("gaussian", 1),
+    TensorSketchFeatureMap(),
+):
     register_feature_map(_builtin)
 del _builtin
 
@@ -100,4 +107,5 @@ __all__ = [
     "FittedFeatureMap",
     "TaylorFeatureMap",
     "HybridFeatureMap",
+    "TensorSketchFeatureMap",
 ]
