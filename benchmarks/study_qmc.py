@@ -14,6 +14,9 @@ Three parts (numpy only):
 3. **Unbiasedness**: the mean of the estimate against ``k`` in standard errors, for
    the QMC rows as drawn and for the same rows orthogonalized within blocks of
    ``d`` (Gram-Schmidt, norms kept), which is *not* what ``draw_projection`` does.
+4. **Hybrid random features over angles** (``|x| = |y| = 1``): closed-form relative
+   MSE of ``hrf`` against positive and trigonometric features at the same output
+   width and at HRF's base width, over 181 angles, with a Monte-Carlo check.
 
 Usage (from the repository root)::
 
@@ -61,48 +64,63 @@ def relative_mse(kind, x, y, m, trials, seed, feature_map="positive"):
 
 def part_ratio(dims, m, trials, seed, norms, cosines):
     print(f"\n## Relative MSE at m = {m}, positive features, randomly rotated pairs")
-    print(f"norms {norms}, cosines {cosines}, {trials} trials per kind\n")
-    print("| d | kind | mean rel. MSE | ratio to orthogonal | per-pair ratio (min-max) |")
-    print("|---|---|---|---|---|")
+    print(f"cosines {cosines}, {trials} trials per kind; ratio = mean relative MSE over the")
+    print("pairs of one norm against orthogonal's (the median per-pair ratio beside it)\n")
+    print("| d | norm | kind | mean rel. MSE | ratio to orthogonal | median per-pair ratio |")
+    print("|---|---|---|---|---|---|")
     for d in dims:
         x, y = rotated_pairs(d, norms, cosines, np.random.default_rng(seed + d))
         ortho, _ = relative_mse("orthogonal", x, y, m, trials, seed)
-        for kind in KINDS:
-            rel = ortho if kind == "orthogonal" else relative_mse(kind, x, y, m, trials, seed)[0]
-            per = rel / ortho
-            print(
-                f"| {d} | {kind} | {rel.mean():.3g} | {rel.mean() / ortho.mean():.3f} | "
-                f"{per.min():.3f}-{per.max():.3f} |"
-            )
+        rel = {k: relative_mse(k, x, y, m, trials, seed)[0] for k in KINDS if k != "orthogonal"}
+        rel["orthogonal"] = ortho
+        groups = np.repeat(np.arange(len(norms)), len(cosines))
+        for g, r in enumerate(norms):
+            # pairs with y = -x have zero MSE for every kind (the estimator is exact)
+            sel = (groups == g) & (ortho > 1e-20)
+            for kind in KINDS:
+                ratio = rel[kind][sel].mean() / ortho[sel].mean()
+                per = np.median(rel[kind][sel] / ortho[sel])
+                print(f"| {d} | {r} | {kind} | {rel[kind][sel].mean():.3g} | {ratio:.3f} | "
+                      f"{per:.3f} |")  # fmt: skip
 
 
 def part_convergence(d, widths, trials, seed, norms, cosines, plot=None):
-    print(f"\n## Convergence in m at d = {d} (pair-averaged relative MSE)\n")
+    print(f"\n## Convergence in m at d = {d} (relative MSE averaged over the pairs of a norm)")
     x, y = rotated_pairs(d, norms, cosines, np.random.default_rng(seed + 1000 + d))
-    table = {}
-    for kind in KINDS:
-        table[kind] = [relative_mse(kind, x, y, m, trials, seed)[0].mean() for m in widths]
-    print("| m | " + " | ".join(KINDS) + " |")
-    print("|---" * (len(KINDS) + 1) + "|")
-    for i, m in enumerate(widths):
-        print(f"| {m} | " + " | ".join(f"{table[k][i]:.3g}" for k in KINDS) + " |")
-    slopes = {k: np.polyfit(np.log(widths), np.log(table[k]), 1)[0] for k in KINDS}
-    print("| slope | " + " | ".join(f"{slopes[k]:.2f}" for k in KINDS) + " |")
+    groups = np.repeat(np.arange(len(norms)), len(cosines))
+    runs = {
+        kind: [relative_mse(kind, x, y, m, trials, seed)[0] for m in widths] for kind in KINDS
+    }
+    tables = {}
+    for g, r in enumerate(norms):
+        sel = groups == g
+        sel &= runs["orthogonal"][0] > 1e-20  # y = -x: every kind is exact
+        table = {k: np.array([rel[sel].mean() for rel in runs[k]]) for k in KINDS}
+        slopes = {k: np.polyfit(np.log(widths), np.log(table[k]), 1)[0] for k in KINDS}
+        tables[r] = (table, slopes)
+        print(f"\nnorm |x| = |y| = {r}\n")
+        print("| m | " + " | ".join(KINDS) + " |")
+        print("|---" * (len(KINDS) + 1) + "|")
+        for i, m in enumerate(widths):
+            print(f"| {m} | " + " | ".join(f"{table[k][i]:.3g}" for k in KINDS) + " |")
+        print("| slope | " + " | ".join(f"{slopes[k]:.2f}" for k in KINDS) + " |")
     if plot:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for k in KINDS:
-            ax.loglog(widths, table[k], "o-", label=f"{k} (slope {slopes[k]:.2f})")
-        ax.set_xlabel("m (features)")
-        ax.set_ylabel("mean relative MSE")
-        ax.set_title(f"positive features, d = {d}")
-        ax.legend()
+        fig, axes = plt.subplots(1, len(norms), figsize=(4 * len(norms), 3.8), squeeze=False)
+        for ax, r in zip(axes[0], norms, strict=True):
+            table, slopes = tables[r]
+            for k in KINDS:
+                ax.loglog(widths, table[k], "o-", label=f"{k} ({slopes[k]:.2f})")
+            ax.set_xlabel("m (features)")
+            ax.set_title(f"|x| = |y| = {r}, d = {d}")
+            ax.legend(fontsize=8, title="slope", title_fontsize=8)
+        axes[0][0].set_ylabel("mean relative MSE (positive features)")
         fig.tight_layout()
-        fig.savefig(plot, dpi=120)
+        fig.savefig(plot, dpi=110)
         print(f"\nplot: {plot}")
 
 
@@ -140,6 +158,54 @@ def part_bias(d, m, trials, seed):
                 print(f"| {label} | {name} | {mc.mean / mc.kernel - 1:+.2e} | {z:+.1f} |")
 
 
+def part_angles(d, width, trials, seed):
+    """Hybrid random features against positive and trigonometric over the angle."""
+    from favorkern.diagnostics import theoretical_mse
+    from favorkern.feature_maps.hrf import hrf_layout
+
+    print(f"\n## Relative MSE over angles, |x| = |y| = 1, d = {d}, iid rows (closed forms)\n")
+    angles = np.linspace(0.0, np.pi, 181)
+    x = np.zeros((angles.size, d))
+    y = np.zeros((angles.size, d))
+    x[:, 0] = 1.0
+    y[:, 0], y[:, 1] = np.cos(angles), np.sin(angles)
+    k2 = np.exp(2 * np.cos(angles))
+    m_base = hrf_layout(width)[0]
+
+    def rel(name, n):
+        return theoretical_mse(x, y, feature_map=name, n_components=n, projection="gaussian") / k2
+
+    rows = {
+        f"positive, m = {width}": rel("positive", width),
+        f"trigonometric, m = {width}": rel("trigonometric", width),
+        f"hrf (angular), width {width} (base m = {m_base})": rel("hrf", width),
+        f"hrf_gaussian, width {width}": rel("hrf_gaussian", width),
+        f"positive, m = {m_base}": rel("positive", m_base),
+        f"trigonometric, m = {m_base}": rel("trigonometric", m_base),
+    }
+    base = np.minimum(rows[f"positive, m = {width}"], rows[f"trigonometric, m = {width}"])
+    print("| estimator | max over angles | at angle (deg) | angles below both base maps |")
+    print("|---|---|---|---|")
+    for label, r in rows.items():
+        below = np.mean(r[1:-1] < base[1:-1])
+        worst = int(np.argmax(r))
+        print(f"| {label} | {r.max():.4g} | {np.degrees(angles[worst]):.0f} | {below:.0%} |")
+    print(f"\nMonte Carlo check of the hrf closed form (width {width}, {trials} trials):\n")
+    print("| angle (deg) | closed form | Monte Carlo | se | mean bias / se |")
+    print("|---|---|---|---|---|")
+    pick = [0, 30, 60, 90, 120, 150, 180]
+    mc = empirical_mse(x[pick], y[pick], feature_map="hrf", n_components=width,
+                       projection="gaussian", n_trials=trials, random_state=seed)  # fmt: skip
+    closed = theoretical_mse(x[pick], y[pick], feature_map="hrf", n_components=width,
+                             projection="gaussian")  # fmt: skip
+    for i, a in enumerate(pick):
+        if closed[i] == 0:  # exact estimator: the Monte Carlo sees rounding only
+            print(f"| {a} | 0 (exact) | {mc.mse[i]:.2g} (rounding) | - | - |")
+            continue
+        z = (mc.mean[i] - mc.kernel[i]) / mc.mean_se[i]
+        print(f"| {a} | {closed[i]:.4g} | {mc.mse[i]:.4g} | {mc.se[i]:.2g} | {z:+.1f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 64])
@@ -151,7 +217,10 @@ def main(argv=None):
     parser.add_argument("--cosines", type=float, nargs="+", default=[1.0, 0.5, 0.0, -0.5, -1.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ratio", "convergence", "bias"])
+    parser.add_argument("--angle-width", type=int, default=256)
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["ratio", "convergence", "bias", "angles"]
+    )
     args = parser.parse_args(argv)
     start = time.process_time()
     if "ratio" not in args.skip:
@@ -161,6 +230,8 @@ def main(argv=None):
                          args.cosines, args.plot)  # fmt: skip
     if "bias" not in args.skip:
         part_bias(args.dims[0], args.m, args.bias_trials, args.seed)
+    if "angles" not in args.skip:
+        part_angles(args.dims[0], args.angle_width, args.bias_trials, args.seed)
     print(f"\nCPU time {time.process_time() - start:.1f} s")
 
 
