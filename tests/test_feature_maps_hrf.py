@@ -114,3 +114,17 @@ def test_closed_form_helper_matches_registry():
         theoretical_mse(x, y, feature_map="hrf", n_components=128, projection="gaussian"),
         rtol=1e-12,
     )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dask_attention_matches_in_memory(causal):
+    da = pytest.importorskip("dask.array")
+    from favorkern.dask import favor_attention as dask_attention
+
+    rng = np.random.default_rng(4)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 40, 4))
+    blocks = [da.from_array(X, chunks=(2, 16, 4)) for X in (Q, K, V)]
+    kw = dict(feature_map="hrf", n_components=256, projection="gaussian", causal=causal,
+              random_state=0)  # fmt: skip
+    got = dask_attention(*blocks, **kw).compute()
+    np.testing.assert_allclose(got, favor_attention(Q, K, V, **kw), rtol=1e-10, atol=1e-12)

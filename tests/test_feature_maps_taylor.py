@@ -131,3 +131,16 @@ _SETS_WIDTH_ONE = (
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_dask_attention_matches_in_memory():
+    da = pytest.importorskip("dask.array")
+    from favorkern.dask import favor_attention as dask_attention
+
+    rng = np.random.default_rng(5)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 40, 4))
+    blocks = [da.from_array(X, chunks=(2, 16, 4)) for X in (Q, K, V)]
+    for causal in (False, True):
+        got = dask_attention(*blocks, feature_map="taylor", n_components=15, causal=causal)
+        expected = favor_attention(Q, K, V, feature_map="taylor", n_components=15, causal=causal)
+        np.testing.assert_allclose(got.compute(), expected, rtol=1e-10, atol=1e-12)
