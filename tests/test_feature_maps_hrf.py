@@ -128,3 +128,14 @@ def test_dask_attention_matches_in_memory(causal):
               random_state=0)  # fmt: skip
     got = dask_attention(*blocks, **kw).compute()
     np.testing.assert_allclose(got, favor_attention(Q, K, V, **kw), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_features_too_large_for_products_warn():
+    from favorkern.feature_maps import FeatureOverflowWarning
+
+    rng = np.random.default_rng(6)
+    Q, K, V = rng.normal(size=(3, 12, 4)).astype(np.float32)
+    Q *= 6.0  # |q'|^2 ~ 140: exp(|q'|^2 / 2) beyond 2^56, below the float32 range
+    with pytest.warns(FeatureOverflowWarning, match="hybrid random features reach"):
+        favor_attention(Q, K, V, feature_map="hrf", n_components=256, gamma=1.0,
+                        projection="gaussian", random_state=0)  # fmt: skip

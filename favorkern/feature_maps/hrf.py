@@ -124,11 +124,39 @@ class _HrfFunction:
         sq = np.einsum("ij,ij->i", x, x)
         flag = u[:, d]
         start = d + 1
-        return hrf_features(
+        out = hrf_features(
             sq, flag, u[:, start : start + m], u[:, start + m : start + m + half],
             u[:, start + m + half : start + m + half + self.n],
             lambda_kind=self.lambda_kind, n_lambda=self.n, n_out=self.n_out,
         )  # fmt: skip
+        _warn_large(out)
+        return out
+
+
+# Features beyond this fraction of the dtype's range (2^56 in float32) make the
+# products and sums of attention overflow; exp(|x'|^2 / 2) gets there at |x'|^2 ~ 78.
+_LARGE_EXPONENT = 0.44
+
+
+def _warn_large(out):
+    """Warn when features are so large that their products can overflow the dtype."""
+    if not out.size:
+        return
+    info = np.finfo(out.dtype)
+    peak = float(np.nanmax(np.abs(out)))
+    if peak > info.max**_LARGE_EXPONENT:
+        import warnings
+
+        from ._evaluate import FeatureOverflowWarning
+
+        warnings.warn(
+            f"hybrid random features reach {peak:.3g} in {out.dtype.name}: their products "
+            "(attention's sums of phi(q).phi(k)) may overflow, since the trigonometric "
+            "part grows as exp(|x'|^2 / 2); use float64 input, lower gamma or scale the "
+            "inputs down",
+            FeatureOverflowWarning,
+            stacklevel=3,
+        )
 
 
 class HybridFeatureMap(FeatureMap):
