@@ -39,7 +39,7 @@ import numpy as np
 from ._base import FeatureMap
 from ._evaluate import FeatureMapSpec
 
-__all__ = ["HybridFeatureMap", "hrf_layout", "hrf_mse", "hrf_log_mse", "hrf_features"]
+__all__ = ["HybridFeatureMap", "hrf_layout", "hrf_mse", "hrf_log_mse"]
 
 LAMBDA_KINDS = ("angular", "gaussian")
 
@@ -77,7 +77,7 @@ def _coefficients(lambda_kind, n):
     return (1.0, -1.0 / n), (0.0, 1.0 / n)
 
 
-def hrf_features(sq, flag, u_pos, u_trig, u_lam, *, lambda_kind, n_lambda, n_out):
+def _hrf_features(sq, flag, u_pos, u_trig, u_lam, *, lambda_kind, n_lambda, n_out):
     """HRF features from the projections (rows ``(n_samples, .)``), in ``u_pos``'s dtype.
 
     ``sq = |x'|^2``; ``flag`` is +1 for queries and -1 for keys (the sign of the
@@ -124,7 +124,7 @@ class _HrfFunction:
         sq = np.einsum("ij,ij->i", x, x)
         flag = u[:, d]
         start = d + 1
-        out = hrf_features(
+        out = _hrf_features(
             sq, flag, u[:, start : start + m], u[:, start + m : start + m + half],
             u[:, start + m + half : start + m + half + self.n],
             lambda_kind=self.lambda_kind, n_lambda=self.n, n_out=self.n_out,
@@ -300,7 +300,19 @@ class HybridFeatureMap(FeatureMap):
 
 
 def hrf_log_mse(geometry, *, n_components, lambda_kind="angular", n_lambda=3, sigma=1.0):
-    """``log`` of the closed-form MSE (iid rows) from a pair geometry (scaled pairs)."""
+    """``log`` of the closed-form MSE (iid rows) from a pair geometry (scaled pairs).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import PairGeometry
+    >>> from favorkern.feature_maps.hrf import hrf_log_mse, hrf_mse
+    >>> x, y = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
+    >>> g = PairGeometry.of(x, y, 1.0)
+    >>> bool(np.isclose(np.exp(hrf_log_mse(g, n_components=64))[0],
+    ...                 hrf_mse(x, y, n_components=64)[0]))
+    True
+    """
     from ._variance import log_expm1
 
     a, b, ip, s, delta = geometry.a, geometry.b, geometry.ip, geometry.s, geometry.delta
