@@ -28,6 +28,7 @@ _LAZY = {
     "ApproximationWarning": "_warnings",
     "FeatureOverflowWarning": "feature_maps",
     "hybrid_attention": "attention",
+    "NystroemFeatures": "nystroem",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }
@@ -40,6 +41,7 @@ _SUBMODULES = {
     "features",
     "kernels",
     "linear_model",
+    "nystroem",
     "plotting",
     "projections",
     "regression",
