@@ -237,7 +237,7 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         (see :func:`nystroem_kernel`).
     gamma : float, default=1.0
         Kernel scale, > 0.
-    landmarks : {"uniform", "kmeans", "leverage"} or array-like of shape (n_landmarks, n_features), default="leverage"
+    landmarks : {"uniform", "kmeans", "leverage"} or array-like, default="leverage"
         ``"uniform"``: ``m`` distinct rows drawn uniformly, as
         :class:`sklearn.kernel_approximation.Nystroem` draws them (the same
         ``random_state`` gives the same rows and the same features);
@@ -245,8 +245,9 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         ``"leverage"``: ``m`` rows sampled by recursive ridge leverage scores
         (:func:`recursive_leverage_sample`).  ``"kmeans"`` and ``"leverage"`` look at
         a uniform subsample of at most ``max(8192, 32 m)`` rows, so that ``fit`` costs
-        ``O(m^2)`` per such row at most.  An array gives the landmarks themselves;
-        the width is then its number of rows and ``n_components`` is not read.
+        ``O(m^2)`` per such row at most.  An array of shape ``(n_landmarks,
+        n_features)`` gives the landmarks themselves; the width is then its number of
+        rows and ``n_components`` is not read.
     random_state : int, RandomState instance or None, default=None
         Seed of the landmark choice.
 

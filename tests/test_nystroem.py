@@ -73,9 +73,7 @@ def test_uniform_softmax_equals_sklearn_with_the_kernel_as_callable():
 
     ours = NystroemFeatures(30, kernel="softmax", gamma=0.7, landmarks="uniform", random_state=1)
     theirs = Nystroem(softmax, n_components=30, random_state=1)
-    np.testing.assert_allclose(
-        ours.fit_transform(X), theirs.fit_transform(X), rtol=0, atol=1e-10
-    )
+    np.testing.assert_allclose(ours.fit_transform(X), theirs.fit_transform(X), rtol=0, atol=1e-10)
 
 
 def test_sparse_input_gives_the_dense_features():
@@ -115,7 +113,8 @@ def test_relu_kernel_closed_form_and_monte_carlo():
     assert K[0, 2] == pytest.approx(0.0, abs=1e-12)  # opposite: relu(u) relu(-u) = 0
     assert np.all(K[3] == 0)
     X = _data(6, 3)
-    Z = GeneralizedRandomFeatures(2**16, function="relu", gamma=2.0, random_state=0).fit_transform(X)
+    relu = GeneralizedRandomFeatures(2**16, function="relu", gamma=2.0, random_state=0)
+    Z = relu.fit_transform(X)
     exact = nystroem_kernel(X, X, kernel="relu", gamma=2.0)
     # Monte Carlo with 2^16 features: standard error ~ |x'||y'| / 256.
     assert np.abs(Z @ Z.T - exact).max() < 0.05 * np.abs(exact).max()
@@ -142,7 +141,8 @@ def test_leverage_beats_uniform_on_uneven_density():
     K = rbf_kernel(X, gamma=1.0)
 
     def error(landmarks, seed):
-        Z = NystroemFeatures(100, gamma=1.0, landmarks=landmarks, random_state=seed).fit_transform(X)
+        est = NystroemFeatures(100, gamma=1.0, landmarks=landmarks, random_state=seed)
+        Z = est.fit_transform(X)
         return np.trace(K - Z @ Z.T)  # the nuclear norm: K - Z Z^T is positive semidefinite
 
     # Measured: 83 against 136 (seeds 0-2).
