@@ -29,6 +29,7 @@ _LAZY = {
     "FeatureOverflowWarning": "feature_maps",
     "hybrid_attention": "attention",
     "NystroemFeatures": "nystroem",
+    "RandomFeatureLogisticRegression": "linear_model",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }
