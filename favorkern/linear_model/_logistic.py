@@ -233,7 +233,7 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
         sets ``coef_``, ``intercept_``, ``n_iter_``, ``n_passes_`` and ``features_``.
         """
         if not weight_sum > 0:
-            raise ValueError("sample_weight sums to 0: there is nothing to fit")
+            raise ValueError("sample_weight sums to zero: there is nothing to fit")
         n_rows = 1 if self.classes_.size == 2 else self.classes_.size
         probe = features.transform(np.zeros((1, self.n_features_in_)))
         width = probe.shape[1]
