@@ -305,11 +305,11 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     >>> from sklearn.metrics.pairwise import rbf_kernel
     >>> from favorkern import NystroemFeatures
     >>> X = np.random.default_rng(0).normal(size=(500, 3))
-    >>> nys = NystroemFeatures(100, gamma=0.2, random_state=0).fit(X)
+    >>> nys = NystroemFeatures(100, gamma=0.2, landmarks="kmeans", random_state=0).fit(X)
     >>> Z = nys.transform(X)
     >>> Z.shape
     (500, 100)
-    >>> bool(np.abs(Z @ Z.T - rbf_kernel(X, gamma=0.2)).max() < 0.01)
+    >>> bool(np.abs(Z @ Z.T - rbf_kernel(X, gamma=0.2)).max() < 0.05)
     True
     """
 
