@@ -194,6 +194,52 @@ def run(dataset, widths, seed, n_friedman, Cs, only):
     return rows
 
 
+def summarize(rows):
+    """Markdown tables (one per data set and score) and the comparisons with scikit-learn."""
+    import collections
+
+    lines = []
+    by_dataset = collections.defaultdict(list)
+    for row in rows:
+        by_dataset[row["dataset"]].append(row)
+    for dataset, group in by_dataset.items():
+        classify = dataset in CLASSIFICATION
+        widths = sorted({r["m"] for r in group if r["method"] != "exact"})
+        exact = [r for r in group if r["method"] == "exact"]
+        for score in ("accuracy", "log_loss") if classify else ("r2",):
+            cells = collections.defaultdict(list)
+            times = collections.defaultdict(list)
+            for r in group:
+                cells[r["method"], r["m"]].append(r[score])
+                times[r["method"], r["m"]].append(r.get("fit_s", np.nan))
+            names = list(dict.fromkeys(r["method"] for r in group if r["method"] != "exact"))
+            n_train = group[0]["n_train"]
+            lines += [f"\n{dataset} (n_train {n_train}), {score}, median over seeds (fit CPU s)\n"]
+            lines += ["| method | " + " | ".join(f"m={m}" for m in widths) + " |"]
+            lines += ["|---" * (len(widths) + 1) + "|"]
+            for name in names:
+                row = [
+                    f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f})"
+                    for m in widths
+                ]
+                lines += [f"| {name} | " + " | ".join(row) + " |"]
+            if exact:
+                e = exact[0]
+                lines += [f"| exact (n={e['m']}) | {np.median([x[score] for x in exact]):.4f} "
+                          f"({np.median([x['fit_s'] for x in exact]):.2f}) |"]  # fmt: skip
+            better = (lambda a, b: a <= b) if score == "log_loss" else (lambda a, b: a >= b)
+            for m in widths:
+                med = {n: float(np.median(cells[n, m])) for n in names if cells[n, m]}
+                fk = {n: v for n, v in med.items() if n.startswith("fk")}
+                best = min(fk, key=fk.get) if score == "log_loss" else max(fk, key=fk.get)
+                sk = {n: v for n, v in med.items() if n.startswith("sk")}
+                met = all(better(fk[best], v) for v in sk.values())
+                lines += [f"  m={m}: best favorkern {best} {fk[best]:.4f}; "
+                          + ", ".join(f"{n} {v:.4f}" for n, v in sk.items())
+                          + f" -> {'met' if met else 'NOT met'}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(REGRESSION + CLASSIFICATION))
@@ -203,7 +249,12 @@ def main(argv=None):
     parser.add_argument("--Cs", nargs="+", type=float, default=[1.0, 10.0, 100.0])
     parser.add_argument("--only", nargs="*", default=None, help="substrings of method names")
     parser.add_argument("--out", default=None, help="write the rows as JSON lines here")
+    parser.add_argument("--summarize", nargs="+", default=None, help="JSON lines files: tables")
     args = parser.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for path in args.summarize for line in open(path)]
+        print(summarize(rows))
+        return
     print(f"load {os.getloadavg()}", flush=True)
     rows = []
     for dataset in args.datasets:
