@@ -91,8 +91,17 @@ def test_refused_where_features_must_be_symmetric():
     X = np.ones((3, 4))
     with pytest.raises(ValueError, match="different features"):
         RandomFeatures("hrf", n_components=64).fit(X)
-    with pytest.raises(ValueError, match="exp-type"):
-        hybrid_attention(X[None], X[None], X[None], window=1, feature_map="hrf")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_hybrid_attention_without_exact_keys_is_favor_attention(causal):
+    rng = np.random.default_rng(5)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 12, 4))
+    kwargs = dict(feature_map="hrf", n_components=64, causal=causal, random_state=0)
+    np.testing.assert_allclose(
+        hybrid_attention(Q, K, V, window=0, **kwargs), favor_attention(Q, K, V, **kwargs),
+        rtol=1e-9, atol=1e-12,
+    )  # fmt: skip
 
 
 def test_parameters_are_checked():

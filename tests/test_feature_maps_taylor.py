@@ -100,8 +100,21 @@ def test_attention_bidirectional_causal_and_hybrid():
     causal = favor_attention(Q, K, V, feature_map="taylor", n_components=n, gamma=gamma,
                              causal=True)  # fmt: skip
     np.testing.assert_allclose(causal, expected_causal, rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="hybrid_attention needs an exp-type feature map"):
-        hybrid_attention(Q, K, V, window=3, feature_map="taylor", n_components=n, gamma=gamma)
+    # hybrid: exact exp(gamma q.k) inside the window, the Taylor weights outside
+    L = Q.shape[-2]
+    i, j = np.arange(L)[:, None], np.arange(L)[None]
+    for is_causal, near, allowed in (
+        (False, abs(i - j) < 3, np.ones((L, L), dtype=bool)),
+        (True, (i - j >= 0) & (i - j < 3), j <= i),
+    ):
+        weights = np.where(near, np.exp(logits), A) * allowed
+        hybrid = hybrid_attention(
+            Q, K, V, window=3, feature_map="taylor", n_components=n, gamma=gamma,
+            causal=is_causal,
+        )  # fmt: skip
+        np.testing.assert_allclose(
+            hybrid, weights @ V / weights.sum(-1, keepdims=True), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_dask_transform_matches():
