@@ -157,3 +157,13 @@ def test_dask_attention_matches_in_memory():
         got = dask_attention(*blocks, feature_map="taylor", n_components=15, causal=causal)
         expected = favor_attention(Q, K, V, feature_map="taylor", n_components=15, causal=causal)
         np.testing.assert_allclose(got.compute(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_variance_study_rows_are_the_exact_error():
+    from favorkern.diagnostics import variance_study
+
+    study = variance_study(n_components=[160], feature_maps=["taylor"], projection="gaussian",
+                           n_trials=20)  # fmt: skip
+    np.testing.assert_allclose(study["empirical_mse"], study["theoretical_mse"], rtol=1e-6,
+                               atol=1e-25)  # fmt: skip
+    assert study["z"].isna().all() and (study["se"] == 0).all()

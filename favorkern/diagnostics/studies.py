@@ -177,6 +177,8 @@ def variance_study(
         study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
     exact = study["theoretical_mse"] == 0
     study.loc[exact, ["ratio", "z"]] = np.nan
+    # deterministic maps (taylor): no spread, the "Monte Carlo" is the exact error
+    study.loc[study["se"] == 0, "z"] = np.nan
     columns = ["feature_map", "projection", "n_components", "pair", "norm_x", "norm_y", "angle"]
     return study[columns + [c for c in study.columns if c not in columns]]
 
