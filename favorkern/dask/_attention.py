@@ -513,9 +513,10 @@ def favor_attention(
     chunk states, merged in float64, round differently from the in-memory state:
     such rows differ by about as much as either result differs from float64; use
     float64 inputs there.  Rows that float32 loses entirely (every feature product
-    underflowed) are computed again in float64 and cast back, as in memory (the key
-    states of non-negative maps are kept in float64 for that); rows float64 loses too
-    stay 0 with a ``FeatureUnderflowWarning`` from the task of their chunk.
+    underflowed, or their normalizer is subnormal) are computed again in float64 and
+    cast back, as in memory (key chunks whose keys float32's range may have lost are
+    computed with float64 features for that); rows float64 loses too stay 0 with a
+    ``FeatureUnderflowWarning`` from the task of their chunk.
 
     Examples
     --------
