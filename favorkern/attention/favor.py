@@ -20,26 +20,9 @@ from .._validation import (
 )
 from ..feature_maps import get_feature_map
 from .decoding import DecodingState
-from .plan import (
-    ATTENTION_METHODS,
-    DEFAULT_N_COMPONENTS,
-    AttentionProjection,
-    attend,
-    attention_features,
-    plan_attention,
-    resolve_projection,
-)
+from .plan import ATTENTION_METHODS, attend, plan_attention
 
-__all__ = [
-    "favor_attention",
-    "check_continuation",
-    "AttentionProjection",
-    "resolve_projection",
-    "attention_features",
-    "DecodingState",
-    "ATTENTION_METHODS",
-    "DEFAULT_N_COMPONENTS",
-]
+__all__ = ["favor_attention", "check_call_arrays", "check_continuation", "error_seed"]
 
 #: Default ``warn_error``: the estimated median relative row error above which an
 #: :class:`~favorkern._warnings.ApproximationWarning` is emitted.
