@@ -249,7 +249,7 @@ def map_features(feature_map, Q, K, W, gamma, *, random_state=0, constants=None)
     """
     import math
 
-    from favorkern.attention.favor import resolve_projection
+    from favorkern.attention.plan import resolve_projection
     from favorkern.feature_maps import apply_feature_map, get_feature_map
 
     fmap = get_feature_map(feature_map)
