@@ -81,6 +81,9 @@ ERROR_PARALLEL_MIN_WORK = 1 << 22
 TRANSFORM_BLOCK_BYTES = 1 << 20
 #: Output elements below which a transform runs on one thread (the pool costs more).
 TRANSFORM_PARALLEL_MIN_ELEMENTS = 1 << 17
+#: Exponentials per call below which numpy's exp kernels are used while numba is not
+#: loaded: loading numba costs what about 2^30 exponentials save (2^16: one chunk).
+NUMBA_MIN_WORK = 1 << 16
 #: Structured (Walsh-Hadamard) projections beat the BLAS product from this padded
 #: dimension on: 0.4x its time at d = 1024, 1.5x at 256 (float32, bench_features.py).
 SORF_MIN_PADDED_DIMS = 512

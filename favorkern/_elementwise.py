@@ -11,7 +11,7 @@ for the sin/cos of trigonometric maps.
 Loading numba costs about 2 s once per process (import and compiler start, the
 kernels themselves come from numba's cache), more than a small call takes in all:
 the numba candidates take part only when numba is already loaded or when the call
-that asks evaluates at least :data:`NUMBA_MIN_WORK` exponentials; until then the
+that asks evaluates at least ``favorkern._config.NUMBA_MIN_WORK`` exponentials; until then the
 choice is among numpy's kernels.
 
 Every candidate is within 1 ulp of the correctly rounded result for normal
@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from . import _config
+
 __all__ = [
     "EXP_KERNELS",
     "ENV_EXP",
@@ -45,7 +47,6 @@ __all__ = [
     "SINCOS_KERNELS",
     "ExpKernel",
     "LOG2E",
-    "NUMBA_MIN_WORK",
     "chosen_kernels",
     "exp_kernel",
     "sincos_kernel",
@@ -57,11 +58,6 @@ ENV_EXP = "FAVORKERN_EXP"
 ENV_SINCOS = "FAVORKERN_SINCOS"
 EXP_KERNELS = ("numpy-exp", "numpy-exp2", "numba-exp", "numba-exp2")
 SINCOS_KERNELS = ("numpy", "numba")
-
-# Calls evaluating fewer exponentials keep to numpy's kernels while numba is not
-# loaded: 2^16 is one feature chunk of attention at m = 256 in float32 (a 4 x 3 call
-# evaluates 1024; loading numba costs what about 2^30 exponentials save).
-NUMBA_MIN_WORK = 1 << 16
 
 # The timing: this many elements (a feature block that stays in L2, as the
 # evaluators' blocks do), best of this many rounds of every candidate in turn.
@@ -204,7 +200,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     dtype : float32 or float64
     work : int, optional
         How many exponentials the asking call evaluates.  Below
-        :data:`NUMBA_MIN_WORK`, while numba is not loaded, the choice is among
+        ``favorkern._config.NUMBA_MIN_WORK``, while numba is not loaded, the choice is among
         numpy's kernels (timed once too); None counts as large.
 
     Returns
@@ -231,7 +227,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     if kernel is not None:
         return kernel
     candidates = EXP_KERNELS
-    if work is not None and work < NUMBA_MIN_WORK and "numba" not in sys.modules:
+    if work is not None and work < _config.NUMBA_MIN_WORK and "numba" not in sys.modules:
         key, candidates = ("exp (numpy)", dtype), EXP_KERNELS[:2]
         kernel = _chosen.get(key)
         if kernel is not None:

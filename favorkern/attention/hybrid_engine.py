@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
+
 __all__ = ["hybrid_head", "stable_features", "far_groups", "exact_terms", "finish", "TopKeys"]
-
-# Defaults of the block and group sizes (the public entry points pass
-# favorkern._config's HYBRID_CHUNK_ROWS and HYBRID_GROUP_ROWS).
-CHUNK = 64
-GROUP = 512
-
 
 class TopKeys:
     """Top-key settings of one head: ``n_top`` of ``n_candidates`` by ``scores``."""
@@ -345,12 +341,14 @@ def with_ones(v):
 
 
 def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
-                prepared=None, chunk=CHUNK, group=GROUP):  # fmt: skip
+                prepared=None, chunk=None, group=None):  # fmt: skip
     """The hybrid attention of one head, in ``v``'s dtype.
 
     ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
     None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
     """
+    chunk = _config.HYBRID_CHUNK_ROWS if chunk is None else chunk
+    group = _config.HYBRID_GROUP_ROWS if group is None else group
     v1 = with_ones(v)
     qf, kf = (q, k) if prepared is None else prepared
     run = _causal if causal else _bidirectional
