@@ -110,15 +110,26 @@ class ExpKernel:
         return self if not self.base2 else ExpKernel(self.name[:-1])
 
     def _numba(self):
-        from ._numba import elementwise as E
+        fns = self.__dict__.get("_fns")
+        if fns is None:  # the import once per kernel: it costs ~15 us per call
+            from ._numba import elementwise as E
 
-        if self.base2:
-            return E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs
-        return E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs
+            if self.base2:
+                fns = (E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs)
+            else:
+                fns = (E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs)
+            self._fns = fns
+        return fns
+
+    def __getstate__(self):  # numba dispatchers stay out of pickles (dask)
+        return {"name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["name"])
 
     def exp(self, a) -> None:
         """``a = base ** a`` in place (any float array; overflow gives ``inf``)."""
-        if self.numba and a.dtype in (np.float32, np.float64):
+        if self.numba and _native(a):
             flat = _flat(a)
             if flat is not None:
                 self._numba()[0](flat)
@@ -128,7 +139,7 @@ class ExpKernel:
     def exp_shifted(self, a, offset, clip=False) -> None:
         """``a = base ** (a - offset[:, None])`` in place for a 2-D ``a``; with ``clip``
         the exponents are clipped at 0 after the subtraction (one pass with numba)."""
-        if self.numba and a.ndim == 2 and a.dtype in (np.float32, np.float64):
+        if self.numba and a.ndim == 2 and _native(a):
             offset = np.ascontiguousarray(offset, dtype=a.dtype)
             _, rows, columns, _ = self._numba()
             if a.flags.c_contiguous:
@@ -145,11 +156,16 @@ class ExpKernel:
     def exp_pairs(self, a, p, total) -> None:
         """``a[:, :p], a[:, p:2p] = base ** u, base ** (total - u)`` for ``u = a[:, :p]``
         and ``base ** a`` for the columns from ``2p`` on (in place, row-major ``a``)."""
-        if self.numba and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
+        if self.numba and a.flags.c_contiguous and _native(a):
             self._numba()[3](a, p, np.ascontiguousarray(total, dtype=a.dtype))
             return
         np.subtract(total[:, np.newaxis], a[:, :p], out=a[:, p : 2 * p])
         (np.exp2 if self.base2 else np.exp)(a, out=a)
+
+
+def _native(a) -> bool:
+    """float32 or float64 (the numba kernels' dtypes)."""
+    return a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
 
 
 def _flat(a):

@@ -320,3 +320,17 @@ def test_trigonometric_transform_agrees_whichever_sincos_kernel_is_forced(fresh_
     np.testing.assert_allclose(
         results["numba"], results["numpy"], rtol=0, atol=4 * np.finfo(dtype).eps * scale
     )
+
+
+@pytest.mark.parametrize("name", EXP_KERNELS)
+def test_kernels_pickle_by_name_and_still_work(name):
+    import pickle
+
+    kernel = ExpKernel(name)
+    a = np.array([[0.0, 1.0]], dtype=np.float32)
+    kernel.exp(a.copy())  # resolves the numba functions of a numba kernel
+    again = pickle.loads(pickle.dumps(kernel))
+    assert again.name == name and again.unit == kernel.unit
+    b = a * np.float32(kernel.unit)
+    again.exp(b)
+    np.testing.assert_allclose(b, [[1.0, np.e]], rtol=1e-6)
