@@ -11,8 +11,9 @@ for the sin/cos of trigonometric maps.
 Loading numba costs about 2 s once per process (import and compiler start, the
 kernels themselves come from numba's cache), more than a small call takes in all:
 the numba candidates take part only when numba is already loaded or when the call
-that asks evaluates at least :data:`NUMBA_MIN_WORK` exponentials; until then the
-choice is among numpy's kernels.
+that asks evaluates at least ``favorkern._config.NUMBA_MIN_WORK`` exponentials;
+until then the choice is among numpy's kernels.  The tuning constants are in
+:mod:`favorkern._config`.
 
 Every candidate is within 1 ulp of the correctly rounded result for normal
 results (numpy's own, as measured on its SIMD paths), so the choice changes
@@ -38,6 +39,8 @@ import time
 
 import numpy as np
 
+from . import _config
+
 __all__ = [
     "EXP_KERNELS",
     "ENV_EXP",
@@ -45,7 +48,6 @@ __all__ = [
     "SINCOS_KERNELS",
     "ExpKernel",
     "LOG2E",
-    "NUMBA_MIN_WORK",
     "chosen_kernels",
     "exp_kernel",
     "sincos_kernel",
@@ -58,14 +60,7 @@ ENV_SINCOS = "FAVORKERN_SINCOS"
 EXP_KERNELS = ("numpy-exp", "numpy-exp2", "numba-exp", "numba-exp2")
 SINCOS_KERNELS = ("numpy", "numba")
 
-# Calls evaluating fewer exponentials keep to numpy's kernels while numba is not
-# loaded: 2^16 is one feature chunk of attention at m = 256 in float32 (a 4 x 3 call
-# evaluates 1024; loading numba costs what about 2^30 exponentials save).
-NUMBA_MIN_WORK = 1 << 16
-
-# The timing: this many elements (a feature block that stays in L2, as the
-# evaluators' blocks do), best of this many rounds of every candidate in turn.
-_TIMING_SHAPE = (64, 1024)
+# Every candidate is timed this many rounds, in turn; the best of each counts.
 _TIMING_ROUNDS = 5
 
 
@@ -209,7 +204,8 @@ def _time_candidates(candidates, sample):
 def _logits_sample(dtype):
     # logits as the features see them: shifted by their maximum, mostly in [-20, 0]
     rng = np.random.default_rng(0)
-    return (rng.standard_normal(_TIMING_SHAPE) * 4.0 - 6.0).astype(dtype)
+    shape = (64, max(1, _config.KERNEL_TIMING_ELEMENTS // 64))
+    return (rng.standard_normal(shape) * 4.0 - 6.0).astype(dtype)
 
 
 def exp_kernel(dtype, work=None) -> ExpKernel:
@@ -220,7 +216,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     dtype : float32 or float64
     work : int, optional
         How many exponentials the asking call evaluates.  Below
-        :data:`NUMBA_MIN_WORK`, while numba is not loaded, the choice is among
+        ``_config.NUMBA_MIN_WORK``, while numba is not loaded, the choice is among
         numpy's kernels (timed once too); None counts as large.
 
     Returns
@@ -247,7 +243,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     if kernel is not None:
         return kernel
     candidates = EXP_KERNELS
-    if work is not None and work < NUMBA_MIN_WORK and "numba" not in sys.modules:
+    if work is not None and work < _config.NUMBA_MIN_WORK and "numba" not in sys.modules:
         key, candidates = ("exp (numpy)", dtype), EXP_KERNELS[:2]
         kernel = _chosen.get(key)
         if kernel is not None:
@@ -291,8 +287,9 @@ def sincos_kernel(dtype) -> str:
                 from ._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
 
                 kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
-                half = _TIMING_SHAPE[1] // 2
-                ones = np.ones(_TIMING_SHAPE[0], dtype=dtype)
+                sample = _logits_sample(dtype)
+                half = sample.shape[1] // 2
+                ones = np.ones(sample.shape[0], dtype=dtype)
 
                 def with_numpy(a):
                     np.sin(a[:, :half], out=a[:, half:])
@@ -300,8 +297,7 @@ def sincos_kernel(dtype) -> str:
                     a *= ones[:, np.newaxis]
 
                 name = _time_candidates(
-                    {"numpy": with_numpy, "numba": lambda a: kernel(a, half, ones)},
-                    _logits_sample(dtype),
+                    {"numpy": with_numpy, "numba": lambda a: kernel(a, half, ones)}, sample
                 )
             _chosen[key] = name
     return _chosen[key]

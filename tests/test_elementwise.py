@@ -258,8 +258,9 @@ def test_the_timed_choice_is_one_of_the_candidates_and_kept(fresh_choices):
 def test_small_calls_keep_to_numpy_without_loading_numba():
     code = (
         "import sys, numpy as np\n"
-        "from favorkern._elementwise import exp_kernel, NUMBA_MIN_WORK\n"
-        "k = exp_kernel(np.float32, work=NUMBA_MIN_WORK - 1)\n"
+        "from favorkern import _config\n"
+        "from favorkern._elementwise import exp_kernel\n"
+        "k = exp_kernel(np.float32, work=_config.NUMBA_MIN_WORK - 1)\n"
         "assert k.name.startswith('numpy'), k\n"
         "assert 'numba' not in sys.modules\n"
     )

@@ -17,7 +17,7 @@ __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
 # this machine (favorkern._elementwise, shared with the transforms' evaluator),
 # and take their logits in its unit: projection rows scaled by log2(e) for the
 # base-2 kernels.  The kernel is chosen at the first product, whose size tells the
-# choice whether loading numba can pay (favorkern._elementwise.NUMBA_MIN_WORK).
+# choice whether loading numba can pay (favorkern._config.NUMBA_MIN_WORK).
 _CHOICE_LOCK = threading.Lock()
 
 # Keys whose row maxima of the bare product lie in [0, _KEY_WINDOW] (natural logs)
