@@ -78,7 +78,7 @@ def ideas(X, m):
     from favorkern.features import RandomFeatures
 
     spec = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])._spec()
-    # natural-log exponents (the evaluator's augmented weights are in base 2)
+    # natural-log exponents (unit 1: the chosen kernel may take base-2 ones)
     aug = E._augmented_weights(spec, X.dtype)
     chosen = exp_kernel(X.dtype).natural()
     W_t = np.ascontiguousarray(spec.weights.astype(X.dtype).T)

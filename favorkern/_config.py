@@ -91,6 +91,15 @@ SORF_MIN_PADDED_DIMS = 512
 #: 1.3-1.6x faster than min and max of the whole array (2^16 to 2^22 elements).
 FINITE_CHECK_BLOCK = 1 << 18
 
+# -- elementwise kernels (favorkern._elementwise) -----------------------------------
+#: Exponentials a call must evaluate before numba's kernels join the timed choice while
+#: numba is not loaded: loading it costs ~2 s once (what ~2^30 exponentials save);
+#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.
+NUMBA_MIN_WORK = 1 << 16
+#: Elements of the sample each candidate kernel is timed on at first use (a 256 KiB
+#: float32 block, in L2 as the evaluators' blocks are); best of 5 rounds each.
+KERNEL_TIMING_ELEMENTS = 1 << 16
+
 # -- diagnostics -----------------------------------------------------------------------
 #: Elements per temporary array of the closed forms' windowed Poisson sums (32 MiB): a
 #: memory bound; 2^20 and 2^24 within 11% of its time (2000 pairs, |z|^2 ~ 128).

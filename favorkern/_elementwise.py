@@ -11,8 +11,9 @@ for the sin/cos of trigonometric maps.
 Loading numba costs about 2 s once per process (import and compiler start, the
 kernels themselves come from numba's cache), more than a small call takes in all:
 the numba candidates take part only when numba is already loaded or when the call
-that asks evaluates at least ``favorkern._config.NUMBA_MIN_WORK`` exponentials; until then the
-choice is among numpy's kernels.
+that asks evaluates at least ``favorkern._config.NUMBA_MIN_WORK`` exponentials;
+until then the choice is among numpy's kernels.  The tuning constants are in
+:mod:`favorkern._config`.
 
 Every candidate is within 1 ulp of the correctly rounded result for normal
 results (numpy's own, as measured on its SIMD paths), so the choice changes
@@ -59,9 +60,7 @@ ENV_SINCOS = "FAVORKERN_SINCOS"
 EXP_KERNELS = ("numpy-exp", "numpy-exp2", "numba-exp", "numba-exp2")
 SINCOS_KERNELS = ("numpy", "numba")
 
-# The timing: this many elements (a feature block that stays in L2, as the
-# evaluators' blocks do), best of this many rounds of every candidate in turn.
-_TIMING_SHAPE = (64, 1024)
+# Every candidate is timed this many rounds, in turn; the best of each counts.
 _TIMING_ROUNDS = 5
 
 
@@ -106,15 +105,26 @@ class ExpKernel:
         return self if not self.base2 else ExpKernel(self.name[:-1])
 
     def _numba(self):
-        from ._numba import elementwise as E
+        fns = self.__dict__.get("_fns")
+        if fns is None:  # the import once per kernel: it costs ~15 us per call
+            from ._numba import elementwise as E
 
-        if self.base2:
-            return E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs
-        return E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs
+            if self.base2:
+                fns = (E.exp2_flat, E.exp2_rows, E.exp2_columns, E.exp2_pairs)
+            else:
+                fns = (E.exp_flat, E.exp_rows, E.exp_columns, E.exp_pairs)
+            self._fns = fns
+        return fns
+
+    def __getstate__(self):  # numba dispatchers stay out of pickles (dask)
+        return {"name": self.name}
+
+    def __setstate__(self, state):
+        self.__init__(state["name"])
 
     def exp(self, a) -> None:
         """``a = base ** a`` in place (any float array; overflow gives ``inf``)."""
-        if self.numba and a.dtype in (np.float32, np.float64):
+        if self.numba and _native(a):
             flat = _flat(a)
             if flat is not None:
                 self._numba()[0](flat)
@@ -124,7 +134,7 @@ class ExpKernel:
     def exp_shifted(self, a, offset, clip=False) -> None:
         """``a = base ** (a - offset[:, None])`` in place for a 2-D ``a``; with ``clip``
         the exponents are clipped at 0 after the subtraction (one pass with numba)."""
-        if self.numba and a.ndim == 2 and a.dtype in (np.float32, np.float64):
+        if self.numba and a.ndim == 2 and _native(a):
             offset = np.ascontiguousarray(offset, dtype=a.dtype)
             _, rows, columns, _ = self._numba()
             if a.flags.c_contiguous:
@@ -141,11 +151,16 @@ class ExpKernel:
     def exp_pairs(self, a, p, total) -> None:
         """``a[:, :p], a[:, p:2p] = base ** u, base ** (total - u)`` for ``u = a[:, :p]``
         and ``base ** a`` for the columns from ``2p`` on (in place, row-major ``a``)."""
-        if self.numba and a.flags.c_contiguous and a.dtype in (np.float32, np.float64):
+        if self.numba and a.flags.c_contiguous and _native(a):
             self._numba()[3](a, p, np.ascontiguousarray(total, dtype=a.dtype))
             return
         np.subtract(total[:, np.newaxis], a[:, :p], out=a[:, p : 2 * p])
         (np.exp2 if self.base2 else np.exp)(a, out=a)
+
+
+def _native(a) -> bool:
+    """float32 or float64 (the numba kernels' dtypes)."""
+    return a.dtype.kind == "f" and a.dtype.itemsize in (4, 8)
 
 
 def _flat(a):
@@ -189,7 +204,8 @@ def _time_candidates(candidates, sample):
 def _logits_sample(dtype):
     # logits as the features see them: shifted by their maximum, mostly in [-20, 0]
     rng = np.random.default_rng(0)
-    return (rng.standard_normal(_TIMING_SHAPE) * 4.0 - 6.0).astype(dtype)
+    shape = (64, max(1, _config.KERNEL_TIMING_ELEMENTS // 64))
+    return (rng.standard_normal(shape) * 4.0 - 6.0).astype(dtype)
 
 
 def exp_kernel(dtype, work=None) -> ExpKernel:
@@ -200,7 +216,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     dtype : float32 or float64
     work : int, optional
         How many exponentials the asking call evaluates.  Below
-        ``favorkern._config.NUMBA_MIN_WORK``, while numba is not loaded, the choice is among
+        ``_config.NUMBA_MIN_WORK``, while numba is not loaded, the choice is among
         numpy's kernels (timed once too); None counts as large.
 
     Returns
@@ -271,8 +287,9 @@ def sincos_kernel(dtype) -> str:
                 from ._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
 
                 kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
-                half = _TIMING_SHAPE[1] // 2
-                ones = np.ones(_TIMING_SHAPE[0], dtype=dtype)
+                sample = _logits_sample(dtype)
+                half = sample.shape[1] // 2
+                ones = np.ones(sample.shape[0], dtype=dtype)
 
                 def with_numpy(a):
                     np.sin(a[:, :half], out=a[:, half:])
@@ -280,8 +297,7 @@ def sincos_kernel(dtype) -> str:
                     a *= ones[:, np.newaxis]
 
                 name = _time_candidates(
-                    {"numpy": with_numpy, "numba": lambda a: kernel(a, half, ones)},
-                    _logits_sample(dtype),
+                    {"numpy": with_numpy, "numba": lambda a: kernel(a, half, ones)}, sample
                 )
             _chosen[key] = name
     return _chosen[key]

@@ -258,9 +258,9 @@ def test_the_timed_choice_is_one_of_the_candidates_and_kept(fresh_choices):
 def test_small_calls_keep_to_numpy_without_loading_numba():
     code = (
         "import sys, numpy as np\n"
-        "from favorkern._config import NUMBA_MIN_WORK\n"
+        "from favorkern import _config\n"
         "from favorkern._elementwise import exp_kernel\n"
-        "k = exp_kernel(np.float32, work=NUMBA_MIN_WORK - 1)\n"
+        "k = exp_kernel(np.float32, work=_config.NUMBA_MIN_WORK - 1)\n"
         "assert k.name.startswith('numpy'), k\n"
         "assert 'numba' not in sys.modules\n"
     )
@@ -321,3 +321,17 @@ def test_trigonometric_transform_agrees_whichever_sincos_kernel_is_forced(fresh_
     np.testing.assert_allclose(
         results["numba"], results["numpy"], rtol=0, atol=4 * np.finfo(dtype).eps * scale
     )
+
+
+@pytest.mark.parametrize("name", EXP_KERNELS)
+def test_kernels_pickle_by_name_and_still_work(name):
+    import pickle
+
+    kernel = ExpKernel(name)
+    a = np.array([[0.0, 1.0]], dtype=np.float32)
+    kernel.exp(a.copy())  # resolves the numba functions of a numba kernel
+    again = pickle.loads(pickle.dumps(kernel))
+    assert again.name == name and again.unit == kernel.unit
+    b = a * np.float32(kernel.unit)
+    again.exp(b)
+    np.testing.assert_allclose(b, [[1.0, np.e]], rtol=1e-6)
