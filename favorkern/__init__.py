@@ -29,6 +29,8 @@ _LAZY = {
     "FeatureOverflowWarning": "feature_maps",
     "hybrid_attention": "attention",
     "HybridAttention": "attention",
+    "NystroemFeatures": "nystroem",
+    "RandomFeatureLogisticRegression": "linear_model",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }
@@ -41,6 +43,7 @@ _SUBMODULES = {
     "features",
     "kernels",
     "linear_model",
+    "nystroem",
     "plotting",
     "projections",
     "regression",

@@ -3,9 +3,10 @@
 Each constant changes only how fast a result is computed and how much memory it
 takes, never the estimate (exact rounding may differ with the blocking, as with any
 BLAS).  Each carries the one line of measurement or reasoning behind its value
-(one thread, CPU time, AMD EPYC with AVX2 unless stated).  The code reads them at call
-time, as ``_config.NAME`` inside the function that uses them, so that
-:func:`override` reaches every reader::
+(one thread, CPU time, AMD EPYC with AVX2 unless stated; the sweeps of
+``benchmarks/bench_config.py`` ran at load 11-13 on 2 cores, medians of 5 rounds).
+The code reads them at call time, as ``_config.NAME`` inside the function that uses
+them, so that :func:`override` reaches every reader::
 
     from favorkern import _config
 
@@ -25,8 +26,8 @@ from contextlib import contextmanager
 __all__ = ["override", "TUNING_NAMES"]
 
 # -- attention ----------------------------------------------------------------------
-#: Bytes per feature buffer of one worker (512 KiB): large enough for efficient GEMMs,
-#: small enough to stay in L2 between the product and the elementwise exp passes.
+#: Bytes per feature buffer of one worker (512 KiB), in L2 between product and exp:
+#: 128 KiB 1.30x its time, 2 MiB 0.95x (L = 16384, d = dv = 64, m = 256, float32).
 ATTENTION_CHUNK_BYTES = 1 << 19
 #: Feature evaluations (tokens x width) below which FAVOR attention runs on one thread:
 #: a thread-pool round trip costs more than it saves there.
@@ -57,8 +58,8 @@ HYBRID_CHUNK_ROWS = 64
 HYBRID_GROUP_ROWS = 512
 
 # -- exact attention and its error estimate ------------------------------------------
-#: Scores per query chunk of exact softmax attention (4 MiB of float32): bounds the
-#: extra memory while the products stay GEMM-sized (not measured for speed).
+#: Scores per query chunk of exact softmax attention (4 MiB of float32): 2^16 1.36x its
+#: time, 2^18 1.06x, 2^22 1.02x (L = 4096, d = dv = 64, float32).
 EXACT_CHUNK_SCORES = 1 << 20
 #: Scores below which exact attention runs on one thread (the pool costs more; an
 #: estimate, not measured).
@@ -80,6 +81,9 @@ ERROR_PARALLEL_MIN_WORK = 1 << 22
 TRANSFORM_BLOCK_BYTES = 1 << 20
 #: Output elements below which a transform runs on one thread (the pool costs more).
 TRANSFORM_PARALLEL_MIN_ELEMENTS = 1 << 17
+#: Exponentials per call below which numpy's exp kernels are used while numba is not
+#: loaded: loading numba costs what about 2^30 exponentials save (2^16: one chunk).
+NUMBA_MIN_WORK = 1 << 16
 #: Structured (Walsh-Hadamard) projections beat the BLAS product from this padded
 #: dimension on: 0.4x its time at d = 1024, 1.5x at 256 (float32, bench_features.py).
 SORF_MIN_PADDED_DIMS = 512
@@ -87,11 +91,21 @@ SORF_MIN_PADDED_DIMS = 512
 #: 1.3-1.6x faster than min and max of the whole array (2^16 to 2^22 elements).
 FINITE_CHECK_BLOCK = 1 << 18
 
+# -- elementwise kernels (favorkern._elementwise) -----------------------------------
+#: Exponentials a call must evaluate before numba's kernels join the timed choice while
+#: numba is not loaded: loading it costs ~2 s once (what ~2^30 exponentials save);
+#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.
+NUMBA_MIN_WORK = 1 << 16
+#: Elements of the sample each candidate kernel is timed on at first use (a 256 KiB
+#: float32 block, in L2 as the evaluators' blocks are); best of 5 rounds each.
+KERNEL_TIMING_ELEMENTS = 1 << 16
+
 # -- diagnostics -----------------------------------------------------------------------
-#: Elements per temporary array of the closed forms' windowed Poisson sums (32 MiB):
-#: bounds memory for many pairs at large |z|^2.
+#: Elements per temporary array of the closed forms' windowed Poisson sums (32 MiB): a
+#: memory bound; 2^20 and 2^24 within 11% of its time (2000 pairs, |z|^2 ~ 128).
 VARIANCE_CHUNK_ELEMENTS = 1 << 22
-#: Elements per chunk of Monte-Carlo trials (features plus stacked weights, 8 MiB).
+#: Elements per chunk of Monte-Carlo trials (8 MiB): 2^18 1.07x its time, 2^22 1.14x
+#: (16 pairs, d = 16, m = 64, 2000 trials).
 MONTE_CARLO_CHUNK_ELEMENTS = 1 << 20
 
 # -- ridge -----------------------------------------------------------------------------

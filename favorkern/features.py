@@ -29,6 +29,7 @@ from .feature_maps import (
     input_scale,
 )
 from .feature_maps.generalized import FUNCTIONS
+from .feature_maps.trigonometric import FREQUENCIES, TrigonometricFeatureMap
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured
 
 __all__ = [
@@ -437,16 +438,25 @@ class TrigonometricRandomFeatures(_NamedRandomFeatures):
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
         Row lengths: ``"chi"`` unbiased, ``"fixed"`` the SMREG variant.
+    frequencies : {"paired", "distinct"}, default="paired"
+        ``"paired"``: ``cos`` and ``sin`` of ``n_components / 2`` directions, the least
+        kernel error per column.  ``"distinct"``: ``sqrt(2/m) cos(w_j.x' + b_j)`` of
+        ``m = n_components`` directions with uniform random phases ``b_j`` (as
+        :class:`sklearn.kernel_approximation.RBFSampler`, over ``projection``'s
+        directions): twice the frequencies for the same width, the better choice as
+        features of a regression (see the user guide's "Which features").
     random_state : int, RandomState instance or None, default=None
-        Seed of the projection and the phase.
+        Seed of the projection and the phases.
 
     Attributes
     ----------
     projection_ : ndarray of shape (n_projections, n_features_in_)
         The random projection ``W`` (float64), before gamma scaling;
-        ``n_projections = ceil(n_components / 2)``.
-    random_offset_ : ndarray of shape (n_components % 2,)
-        The random phase of the unpaired output (empty when ``n_components`` is even).
+        ``n_projections = ceil(n_components / 2)`` (``n_components`` for distinct
+        frequencies).
+    random_offset_ : ndarray of shape (n_components % 2,) or (n_components,)
+        The random phase of the unpaired output (empty when ``n_components`` is
+        even), or of every output for distinct frequencies.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -471,9 +481,43 @@ class TrigonometricRandomFeatures(_NamedRandomFeatures):
     >>> Z = trf.fit_transform(X)
     >>> bool(np.abs(Z @ Z.T - rbf_kernel(X, gamma=0.1)).max() < 0.05)
     True
+    >>> distinct = TrigonometricRandomFeatures(
+    ...     4096, kernel="rbf", gamma=0.1, frequencies="distinct", random_state=0)
+    >>> distinct.fit(X).projection_.shape, distinct.random_offset_.shape
+    ((4096, 8), (4096,))
     """
 
     _map_name = "trigonometric"
+    _parameter_constraints: dict = {
+        **_NamedRandomFeatures._parameter_constraints,
+        "frequencies": [StrOptions(set(FREQUENCIES))],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        gamma=1.0,
+        projection="orthogonal",
+        norms="chi",
+        frequencies="paired",
+        random_state=None,
+    ):
+        super().__init__(
+            n_components,
+            kernel=kernel,
+            gamma=gamma,
+            projection=projection,
+            norms=norms,
+            random_state=random_state,
+        )
+        self.frequencies = frequencies
+
+    def _get_feature_map(self):
+        if self.frequencies == "distinct":
+            return TrigonometricFeatureMap("distinct")
+        return get_feature_map(self._map_name)
 
     @property
     def random_offset_(self):

@@ -249,7 +249,7 @@ def map_features(feature_map, Q, K, W, gamma, *, random_state=0, constants=None)
     """
     import math
 
-    from favorkern.attention.favor import resolve_projection
+    from favorkern.attention.plan import resolve_projection
     from favorkern.feature_maps import apply_feature_map, get_feature_map
 
     fmap = get_feature_map(feature_map)
@@ -308,3 +308,71 @@ def naive_hybrid_attention(
         if weights.sum() != 0:
             out[i] = weights @ V / weights.sum()
     return out
+
+
+def naive_taylor_features(X, gamma):
+    """``[1, x', x'_i x'_j (i < j), x'_i^2 / sqrt(2)]`` row by row, ``x' = sqrt(gamma) x``,
+    in the order of ``np.triu_indices`` (the second-order Taylor map)."""
+    rows = []
+    for x in np.asarray(X, dtype=np.float64) * np.sqrt(gamma):
+        d = len(x)
+        row = [1.0, *x]
+        for i in range(d):
+            for j in range(i, d):
+                row.append(x[i] * x[j] * (np.sqrt(0.5) if i == j else 1.0))
+        rows.append(row)
+    return np.array(rows)
+
+
+def naive_hrf_estimate(x, y, W, m, n, gamma, lambda_kind, sigma):
+    """Hybrid random features' estimate pair by pair: ``lam A + (1 - lam) B`` from the
+    rows ``W = [positive (m), trigonometric (m / 2), weight (n)]`` (float64 loops)."""
+    out = []
+    for a, b in zip(np.asarray(x, float), np.asarray(y, float), strict=True):
+        xa, yb = np.sqrt(gamma) * a, np.sqrt(gamma) * b
+        pos = np.mean([np.exp(w @ xa - xa @ xa / 2) * np.exp(w @ yb - yb @ yb / 2)
+                       for w in W[:m]])  # fmt: skip
+        trig = np.exp((xa @ xa + yb @ yb) / 2) * np.mean(
+            [np.cos(w @ xa - w @ yb) for w in W[m : m + m // 2]]
+        )
+        V = W[m + m // 2 : m + m // 2 + n]
+        if lambda_kind == "angular":
+            lam = 0.5 - 0.5 * np.mean([np.sign(v @ a or 1.0) * np.sign(v @ b or 1.0) for v in V])
+            out.append(lam * pos + (1 - lam) * trig)
+        else:
+            lam = np.mean([np.cos(sigma * v @ (xa - yb)) for v in V])
+            out.append((1 - lam) * pos + lam * trig)
+    return np.array(out)
+
+
+def naive_tensor_sketch(X, C):
+    """``[1, TS_1(x), TS_2(x) / sqrt(2), ...]`` by explicit circular convolutions of the
+    count sketches ``C`` (``(p, D, d)``) of the already scaled rows ``X``."""
+    p, D, _ = C.shape
+    rows = []
+    for x in np.asarray(X, dtype=np.float64):
+        row = [1.0]
+        conv = C[0] @ x
+        row.extend(conv)
+        fact = 1.0
+        for k in range(1, p):
+            sketch = C[k] @ x
+            new = np.zeros(D)
+            for a in range(D):
+                for b in range(D):
+                    new[(a + b) % D] += conv[a] * sketch[b]
+            conv = new
+            fact *= k + 1
+            row.extend(conv / np.sqrt(fact))
+        rows.append(row)
+    return np.array(rows)
+
+
+#: Data-free maps of the registry whose oracles above are their own (their rows and
+#: widths do not follow favor_features' layout): name -> oracle.
+OWN_ORACLES = {
+    "taylor": naive_taylor_features,
+    "hrf": naive_hrf_estimate,
+    "hrf_gaussian": naive_hrf_estimate,
+    "tensorsketch": naive_tensor_sketch,
+}

@@ -42,7 +42,7 @@ def test_every_builtin_data_free_map_has_an_oracle():
         for name in fm.feature_map_names(data_free=True)
         if type(fm.get_feature_map(name)).__module__.startswith("favorkern.")
     }
-    assert builtin <= set(naive.FEATURE_MAPS)
+    assert builtin <= set(naive.FEATURE_MAPS) | set(naive.OWN_ORACLES)
 
 
 def _inputs(rng, q_shape, k_shape, d=8, dv=3, sigma=0.6):
@@ -205,7 +205,7 @@ def test_causal_prefix_is_independent_of_later_tokens(small_chunks, method, dtyp
 def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
     """The two-thread pipeline runs the same operations as one thread: bit-identical,
     with key constants that grow inside and across groups and with masked keys."""
-    from favorkern.attention.favor import AttentionProjection, attention_features
+    from favorkern.attention.plan import AttentionProjection, attention_features
     from favorkern.feature_maps import get_feature_map
 
     rng = np.random.default_rng(21)

@@ -8,7 +8,7 @@ from favorkern import _config, draw_projection, favor_attention
 from favorkern._validation import check_float_array
 from favorkern.attention import bidirectional as bidirectional_module
 from favorkern.attention import plan as plan_module
-from favorkern.attention.favor import AttentionProjection, attention_features
+from favorkern.attention.plan import AttentionProjection, attention_features
 from favorkern.feature_maps import get_feature_map
 
 GAMMA = 8**-0.5

@@ -2,8 +2,9 @@
 
 * :func:`softmax_attention` (:mod:`.exact`) is the O(L^2) reference, computed over
   query chunks.
-* :func:`favor_attention` (:mod:`.favor`) and :class:`FavorAttention`
-  (:mod:`.layer`) replace
+* :func:`favor_attention` (:mod:`.favor`), :class:`FavorAttention` (:mod:`.layer`)
+  and :func:`favorkern.dask.favor_attention` check their arguments, build one
+  :class:`~.plan.AttentionPlan` and run it (:mod:`.plan`).  They replace
   ``exp(gamma q.k)`` by ``phi(q).phi(k)`` with any map of
   :mod:`favorkern.feature_maps` and never hold more than a chunk of features per
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,

@@ -22,11 +22,14 @@ from .state import KeyState, merge
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
 
 
-def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None) -> KeyState:
+def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None, lost=None) -> KeyState:
     """The key state of keys ``start:stop`` of one head, with an online maximum ``c``.
 
     ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
     terms over all keys).  ``buffers``: a :class:`~.features.Buffers` to reuse.
+    ``lost``: a list; ``True`` is appended where the dtype's exponent range may have
+    lost a key (an exp feature of 0, or keys spread over more than the range), for a
+    caller that then computes the state again in float64.
 
     Each key's stabilizer ``exp(scale_log_j - c)`` (:meth:`~.features.
     AttentionFeatures.key_parts`) weights its value row: ``S += phi^T (w v)``,
@@ -40,6 +43,7 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None) -> KeySta
     )
     if buffers is None:
         buffers = Buffers(phi)
+    lowest = np.inf  # the smallest key log-scale, for ``lost``
     for a in range(start, stop, chunk):
         b = min(stop, a + chunk)
         features = buffers(b - a)
@@ -52,6 +56,8 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None) -> KeySta
         chunk_max = float(row_log.max())
         if chunk_max == -np.inf:
             continue  # every key of the chunk is masked
+        if lost is not None:
+            lowest = min(lowest, _check_lost(phi, features, row_log, masked, lost))
         if chunk_max > state.c:
             state.rescale(chunk_max)
         scale_log -= state.c
@@ -67,7 +73,24 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None) -> KeySta
         # S = (K')^T V and z = (K')^T 1_L of Performer eq. 4, summed over key chunks
         state.S += np.matmul(features.T, values, out=product)
         state.z += features.T @ weight
+    if lost is not None and state.c - lowest > _range(dtype):
+        lost.append(True)
     return state
+
+
+def _check_lost(phi, features, row_log, masked, lost) -> float:
+    """Append ``True`` to ``lost`` where an unmasked exp feature is 0 (exp features are
+    positive: a 0 underflowed); return the smallest unmasked ``row_log``."""
+    seen = row_log if masked is None else row_log[~masked]
+    if phi.kind == "exp" and not (features if masked is None else features[~masked]).all():
+        lost.append(True)
+    return float(seen.min())
+
+
+def _range(dtype) -> float:
+    """Natural logs between 1 and the dtype's smallest normal number, less a margin for
+    the features' own spread below their row maximum."""
+    return -float(np.log(np.finfo(dtype).tiny)) - 8.0
 
 
 def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None:

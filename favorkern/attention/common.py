@@ -96,7 +96,16 @@ def normalize(numerator, denominator):
     """``numerator / denominator`` in place; rows with a zero denominator become 0.
 
     The guard: no epsilon is added anywhere.  A denominator of exactly 0 (every key
-    masked, or every feature product underflowed) gives a zero output row.
+    masked, or every feature product underflowed) gives a zero output row.  In
+    float32 so does a subnormal one (the feature products underflowed all but a few
+    bits): such rows are lost like zero rows, and the float64 fallback of the plan
+    (:func:`~favorkern.attention.plan.fill_lost_rows`) computes them again.
     """
-    denominator[denominator == 0] = np.inf
+    if denominator.dtype == np.float32:
+        denominator[np.abs(denominator) < _FLOAT32_TINY] = np.inf
+    else:
+        denominator[denominator == 0] = np.inf
     numerator /= denominator[:, np.newaxis]
+
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)

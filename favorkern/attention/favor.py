@@ -20,26 +20,9 @@ from .._validation import (
 )
 from ..feature_maps import get_feature_map
 from .decoding import DecodingState
-from .plan import (
-    ATTENTION_METHODS,
-    DEFAULT_N_COMPONENTS,
-    AttentionProjection,
-    attend,
-    attention_features,
-    plan_attention,
-    resolve_projection,
-)
+from .plan import ATTENTION_METHODS, attend, plan_attention
 
-__all__ = [
-    "favor_attention",
-    "check_continuation",
-    "AttentionProjection",
-    "resolve_projection",
-    "attention_features",
-    "DecodingState",
-    "ATTENTION_METHODS",
-    "DEFAULT_N_COMPONENTS",
-]
+__all__ = ["favor_attention", "check_call_arrays", "check_continuation", "error_seed"]
 
 #: Default ``warn_error``: the estimated median relative row error above which an
 #: :class:`~favorkern._warnings.ApproximationWarning` is emitted.
@@ -184,11 +167,12 @@ def favor_attention(
 
     No epsilon is added to the features.  The only guard: where the normalizer
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
-    product underflowed), the output row is 0.  Where float32 inputs lose whole rows
-    that way, those rows (and only those: a row is chosen by its own output, which no
-    later token changes) are taken from the call made again in float64 (whose
-    exponents reach 8x further) and cast back; only rows that float64 loses too stay 0,
-    with a ``FeatureUnderflowWarning``.  Values near the dtype's largest number are divided
+    product underflowed), the output row is 0; in float32 also where it is subnormal
+    (all but a few bits underflowed).  Where float32 inputs lose rows that way, those
+    rows (and only those: a row is chosen by its own output, which no later token
+    changes) are taken from the call made again in float64 (whose exponents reach 8x
+    further) and cast back; only rows that float64 loses too stay 0, with a
+    ``FeatureUnderflowWarning``.  Values near the dtype's largest number are divided
     by powers of two per column for the sums and the outputs multiplied back (exact).
 
     Causal ``method="favor"`` always uses the chunked products (chunks of 32 rows, 64

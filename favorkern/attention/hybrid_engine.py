@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
+
 __all__ = [
     "hybrid_head",
     "stable_features",
@@ -33,11 +35,6 @@ __all__ = [
     "finish",
     "TopKeys",
 ]
-
-# Defaults of the block and group sizes (the public entry points pass
-# favorkern._config's HYBRID_CHUNK_ROWS and HYBRID_GROUP_ROWS).
-CHUNK = 64
-GROUP = 512
 
 
 class TopKeys:
@@ -61,7 +58,7 @@ def stable_features(feat, X, buf):
         feat._product(X, buf)
         top = buf.max(axis=1)
         buf -= top[:, np.newaxis]
-        feat._exp(buf, out=buf)
+        feat.kernel.exp(buf)
         sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
         r = top.astype(np.float64)
         if feat.unit != 1.0:
@@ -380,12 +377,14 @@ def with_ones(v):
 
 
 def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
-                prepared=None, chunk=CHUNK, group=GROUP):  # fmt: skip
+                prepared=None, chunk=None, group=None):  # fmt: skip
     """The hybrid attention of one head, in ``v``'s dtype.
 
     ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
     None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
     """
+    chunk = _config.HYBRID_CHUNK_ROWS if chunk is None else chunk
+    group = _config.HYBRID_GROUP_ROWS if group is None else group
     v1 = with_ones(v)
     qf, kf = (q, k) if prepared is None else prepared
     run = _causal if causal else _bidirectional

@@ -25,6 +25,8 @@ work itself.
   (:class:`~favorkern.RandomFeatureRidge` and the classifier) on dask arrays: each
   row chunk yields its sufficient statistics on a worker, merged in a tree; the
   ``m x m`` solve runs on the client.
+* :func:`fit_logistic` fits :class:`~favorkern.RandomFeatureLogisticRegression`: every
+  L-BFGS evaluation sums the row chunks' log-loss and gradient in a tree.
 
 The chunk-level pieces (the key state and its merge and scan, query emission, the
 causal chunk from a carried state) are those of :mod:`favorkern.attention`
@@ -39,6 +41,7 @@ each (dask already runs one task per worker thread): start them with
 
 from ._attention import favor_attention
 from ._cluster import WORKER_ENV, local_cluster
+from ._logistic import fit_logistic
 from ._ridge import fit, predict
 from ._transform import DaskTransformer, transform
 
@@ -48,6 +51,7 @@ __all__ = [
     "favor_attention",
     "fit",
     "predict",
+    "fit_logistic",
     "WORKER_ENV",
     "local_cluster",
 ]

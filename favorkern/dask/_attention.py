@@ -19,7 +19,7 @@ from ..attention.common import feature_chunk_rows
 from ..attention.features import AttentionFeatures
 from ..attention.plan import fill_lost_rows, head_groups, plan_attention, warn_lost_rows
 from ..attention.state import KeyState, exclusive_scan, merge
-from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps import FeatureMap, check_constants, get_feature_map
 from ._cluster import as_dask, check_last_axis, checked_block, tree_reduce
 from ._transform import reject_sparse
 
@@ -52,13 +52,14 @@ def _chunk_state(recipe, k_block, v_block, m_block=None):
     """The :class:`~favorkern.attention.state.KeyState` of one key chunk, every head, float64.
 
     ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...), each head's
-    from :func:`favorkern.attention.bidirectional.accumulate_keys`, with features in
-    the recipe's state dtype (float64 where float32 outputs may need the float64
-    fallback: the keys float32 loses are then still in the state).
+    from :func:`favorkern.attention.bidirectional.accumulate_keys`.  Where float32
+    outputs may need the float64 fallback (non-negative maps), a head whose keys
+    float32's exponent range may have lost is computed again with float64 features:
+    the fallback of the output rows then finds them in the state.
     """
-    phi = _features(recipe, recipe[3])
-    k_block = checked_block(k_block, "K").astype(phi.dtype, copy=False)
-    v_block = checked_block(v_block, "V").astype(phi.dtype, copy=False)
+    phi = _features(recipe)
+    k_block = checked_block(k_block, "K")
+    v_block = checked_block(v_block, "V")
     lead = k_block.shape[:-2]
     state = KeyState(
         np.zeros(lead + (phi.n_out, v_block.shape[-1])),
@@ -69,7 +70,13 @@ def _chunk_state(recipe, k_block, v_block, m_block=None):
     for idx in _heads_of(k_block):
         k, v = k_block[idx], v_block[idx]
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        part = accumulate_keys(phi, k, v, m, 0, k.shape[0], chunk)
+        lost = [] if recipe[3] != phi.dtype else None
+        part = accumulate_keys(phi, k, v, m, 0, k.shape[0], chunk, lost=lost)
+        if lost:
+            wide = _features(recipe, recipe[3])
+            k, v = k.astype(wide.dtype), v.astype(wide.dtype)
+            rows = feature_chunk_rows(wide.n_out, wide.dtype)
+            part = accumulate_keys(wide, k, v, m, 0, k.shape[0], rows)
         state.S[idx], state.z[idx] = part.S, part.z
         state.c[idx] = part.c
     return state
@@ -496,9 +503,10 @@ def favor_attention(
     chunk states, merged in float64, round differently from the in-memory state:
     such rows differ by about as much as either result differs from float64; use
     float64 inputs there.  Rows that float32 loses entirely (every feature product
-    underflowed) are computed again in float64 and cast back, as in memory (the key
-    states of non-negative maps are kept in float64 for that); rows float64 loses too
-    stay 0 with a ``FeatureUnderflowWarning`` from the task of their chunk.
+    underflowed, or their normalizer is subnormal) are computed again in float64 and
+    cast back, as in memory (key chunks whose keys float32's range may have lost are
+    computed with float64 features for that); rows float64 loses too stay 0 with a
+    ``FeatureUnderflowWarning`` from the task of their chunk.
 
     Examples
     --------
@@ -543,10 +551,14 @@ def _constants_graph(plan, Q, K, V, mask, dtype, constants):
     """The graph of one set of constants (or none) for every head of the inputs."""
     fmap = plan.feature_map
     constants = check_constants(fmap, constants)
-    if fmap.data_constants:
-        # asymmetric maps transform queries and keys blockwise
-        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)
-        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype)
+    if fmap.data_constants or type(fmap).prepare is not FeatureMap.prepare:
+        # asymmetric maps transform queries and keys blockwise (hybrid random features
+        # add a side column: the last axis, one chunk, may change its width)
+        width = fmap.prepare(np.zeros((1, Q.shape[-1]), dtype=dtype), "query", constants)
+        chunks = Q.chunks[:-1] + ((width.shape[-1],),)
+        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype, chunks=chunks)
+        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype,
+                         chunks=K.chunks[:-1] + ((width.shape[-1],),))  # fmt: skip
     spec = plan.features(dtype, constants).spec
     return _favor_graph(Q, K, V, spec, plan.causal, dtype, mask, fmap)
 
@@ -566,8 +578,9 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask, feature_map):
     name = f"favorkern-features-{tokenize(spec, dtype, feature_map)}"
     # One graph key for the map's spec (its projection): fetched once per worker, the
     # evaluator built once per process.
-    # Key states in float64 where float32 outputs can lose rows to their exponent range
-    # (non-negative maps): the float64 fallback of those rows needs the keys float32 lost.
+    # Where float32 outputs can lose rows to their exponent range (non-negative maps),
+    # the states (and the prefixes sent to the output tasks) are float64 and hold the
+    # keys float32 lost, for the float64 fallback of those rows.
     wide = dtype == np.float32 and feature_map.nonnegative
     state_dtype = np.dtype(np.float64) if wide else dtype
     recipe = dask.delayed((name, spec, dtype, state_dtype, feature_map), name=name)

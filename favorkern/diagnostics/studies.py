@@ -177,6 +177,8 @@ def variance_study(
         study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
     exact = study["theoretical_mse"] == 0
     study.loc[exact, ["ratio", "z"]] = np.nan
+    # deterministic maps (taylor): no spread, the "Monte Carlo" is the exact error
+    study.loc[study["se"] == 0, "z"] = np.nan
     columns = ["feature_map", "projection", "n_components", "pair", "norm_x", "norm_y", "angle"]
     return study[columns + [c for c in study.columns if c not in columns]]
 
@@ -217,6 +219,8 @@ def _study_rows(x, y, fmap, width, projection, norms, gamma, draws):
     import pandas as pd
 
     m = width // fmap.outputs_per_projection
+    if not getattr(fmap, "stacked_trials", True):
+        m = fmap.n_projections(width)  # maps that read their own layout of rows
     mc = empirical_mse(
         x, y, feature_map=fmap, n_components=width, gamma=gamma, projections=draws[:, :m]
     )

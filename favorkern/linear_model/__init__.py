@@ -12,14 +12,18 @@ of the Bayesian model in feature space (the random-feature Gaussian process).
 
 The estimators are :class:`RandomFeatureRidge` and
 :class:`RandomFeatureRidgeClassifier`; :func:`favorkern.dask.fit` runs the same
-pieces on dask workers.
+pieces on dask workers.  :class:`RandomFeatureLogisticRegression` minimizes the
+log-loss by L-BFGS, one pass over the row blocks per evaluation
+(:func:`favorkern.dask.fit_logistic` on dask).
 """
 
+from ._logistic import RandomFeatureLogisticRegression
 from ._ridge import RandomFeatureRidge, RandomFeatureRidgeClassifier, encode_labels
 from ._solver import RidgeSolver
 from ._statistics import RidgeStatistics, default_batch_size
 
 __all__ = [
+    "RandomFeatureLogisticRegression",
     "RandomFeatureRidge",
     "RandomFeatureRidgeClassifier",
     "RidgeStatistics",

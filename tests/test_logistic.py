@@ -1,0 +1,151 @@
+"""RandomFeatureLogisticRegression against scikit-learn's LogisticRegression on the
+materialized features, streamed over blocks, weighted, and the estimator checks."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris, make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
+
+from favorkern import (
+    NystroemFeatures,
+    RandomFeatureLogisticRegression,
+    TrigonometricRandomFeatures,
+)
+from favorkern.linear_model._logistic import logistic_block
+
+TIGHT = dict(tol=1e-10, max_iter=5000)
+
+
+def _expected_failures(estimator):
+    if estimator.features is None:
+        return {}
+    # Landmarks are chosen on the first block: repeating rows instead of weighting them
+    # changes which rows that block holds, hence the features.
+    reason = "data-dependent features fitted on the first block of rows"
+    return {
+        "check_sample_weight_equivalence_on_dense_data": reason,
+        "check_sample_weight_equivalence_on_sparse_data": reason,
+    }
+
+
+@parametrize_with_checks(
+    [
+        RandomFeatureLogisticRegression(),
+        RandomFeatureLogisticRegression(NystroemFeatures(10, gamma=0.5), batch_size=7),
+    ],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
+
+
+def test_param_validation():
+    check_param_validation("RandomFeatureLogisticRegression", RandomFeatureLogisticRegression())
+
+
+def _features(m=48):
+    return TrigonometricRandomFeatures(m, kernel="rbf", gamma=0.2, random_state=0)
+
+
+def _reference(model, X, y, sample_weight=None):
+    Z = model.features_.transform(X)
+    ref = LogisticRegression(C=model.C, tol=1e-12, max_iter=20000)
+    return ref.fit(Z, y, sample_weight=sample_weight), Z
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+@pytest.mark.parametrize("batch_size", [None, 37])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_equals_sklearn_on_the_materialized_features(n_classes, batch_size, weighted):
+    X, y = make_classification(
+        400, 6, n_informative=4, n_classes=n_classes, n_clusters_per_class=1, random_state=0
+    )
+    weights = np.random.default_rng(0).uniform(0, 3, len(y)) if weighted else None
+    model = RandomFeatureLogisticRegression(_features(), C=2.0, batch_size=batch_size, **TIGHT)
+    model.fit(X, y, sample_weight=weights)
+    ref, Z = _reference(model, X, y, weights)
+    assert model.coef_.shape == ref.coef_.shape
+    np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(Z), atol=1e-7)
+    np.testing.assert_allclose(model.predict_log_proba(X), ref.predict_log_proba(Z), atol=1e-6)
+    np.testing.assert_array_equal(model.predict(X), ref.predict(Z))
+    if n_classes == 2:
+        np.testing.assert_allclose(model.intercept_, ref.intercept_, atol=1e-6)
+        np.testing.assert_allclose(model.decision_function(X), ref.decision_function(Z), atol=1e-6)
+
+
+def test_string_labels_and_iris_with_nystroem():
+    X, y = load_iris(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    model = RandomFeatureLogisticRegression(
+        NystroemFeatures(30, gamma=0.3, random_state=0), C=5.0, **TIGHT
+    ).fit(X, names)
+    ref, Z = _reference(model, X, names)
+    np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-6)
+    assert model.classes_.tolist() == names[[0, 50, 100]].tolist()
+    assert model.score(X, names) > 0.95
+
+
+def test_block_gradient_against_finite_differences():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(20, 4))
+    for n_rows, labels in ((1, rng.integers(0, 2, 20)), (3, rng.integers(0, 3, 20))):
+        coef, intercept, weights = rng.normal(size=(n_rows, 4)), rng.normal(size=n_rows), None
+        weights = rng.uniform(size=20)
+        loss, g, g0 = logistic_block(Z, labels, weights, coef, intercept)
+        step = 1e-6
+        for i in range(n_rows):
+            for j in range(4):
+                shifted = coef.copy()
+                shifted[i, j] += step
+                numeric = (logistic_block(Z, labels, weights, shifted, intercept)[0] - loss) / step
+                assert numeric == pytest.approx(g[i, j], abs=1e-4)
+            moved = intercept.copy()
+            moved[i] += step
+            numeric = (logistic_block(Z, labels, weights, coef, moved)[0] - loss) / step
+            assert numeric == pytest.approx(g0[i], abs=1e-4)
+
+
+def test_features_are_fitted_on_the_first_block_and_kept_when_one_block():
+    X, y = make_classification(300, 4, random_state=1)
+    model = RandomFeatureLogisticRegression(
+        NystroemFeatures(20, random_state=0), batch_size=100
+    ).fit(X, y)
+    first = NystroemFeatures(20, random_state=0).fit(X[:100])
+    np.testing.assert_array_equal(model.features_.landmarks_, first.landmarks_)
+    one_block = RandomFeatureLogisticRegression(NystroemFeatures(20, random_state=0)).fit(X, y)
+    assert one_block.n_passes_ >= one_block.n_iter_[0]
+
+
+def test_random_state_seeds_the_features():
+    X, y = make_classification(200, 4, random_state=2)
+    a = RandomFeatureLogisticRegression(random_state=3).fit(X, y)
+    b = RandomFeatureLogisticRegression(random_state=3).fit(X, y)
+    np.testing.assert_array_equal(a.features_.projection_, b.features_.projection_)
+    c = RandomFeatureLogisticRegression(
+        TrigonometricRandomFeatures(kernel="rbf"), random_state=3
+    ).fit(X, y)
+    np.testing.assert_array_equal(a.features_.projection_, c.features_.projection_)
+    kept = RandomFeatureLogisticRegression(
+        TrigonometricRandomFeatures(kernel="rbf", random_state=5), random_state=3
+    ).fit(X, y)
+    assert kept.features_.random_state == 5
+
+
+def test_not_converged_warns_and_bad_input_is_refused():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = make_classification(200, 4, random_state=2)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        RandomFeatureLogisticRegression(max_iter=2, tol=0).fit(X, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        RandomFeatureLogisticRegression().fit(X, np.zeros(200))
+    with pytest.raises(ValueError, match="sample_weight"):
+        RandomFeatureLogisticRegression().fit(X, y, sample_weight=-np.ones(200))
+    with pytest.raises(ValueError, match="sums to zero"):
+        RandomFeatureLogisticRegression().fit(X, y, sample_weight=np.zeros(200))
+    with pytest.raises(ValueError, match="C"):
+        RandomFeatureLogisticRegression(C=0).fit(X, y)
