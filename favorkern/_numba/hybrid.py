@@ -18,9 +18,13 @@ from . import JIT_OPTIONS
 _SELECT = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # logits (rows, n_cols), columns in score order
-        nb.types.Array(nb.boolean, 2, "C"),  # allowed (rows, n_cols), the same order
+        nb.types.Array(nb.int64, 1, "C"),  # positions (n_cols,) of the columns' keys
+        nb.types.Array(nb.boolean, 1, "C"),  # visible (n_cols,): not masked
+        nb.int64,  # first: the position of row 0
+        nb.int64,  # window
+        nb.boolean,  # causal
         nb.int64,  # n_candidates
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top), out: column positions
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top), out: columns
         nb.types.Array(dtype, 2, "C"),  # chosen logits (rows, n_top), out (-inf: none)
     )
     for dtype in (nb.float32, nb.float64)
@@ -28,19 +32,25 @@ _SELECT = [
 
 
 @nb.njit(_SELECT, **JIT_OPTIONS)
-def select_top(logits, allowed, n_candidates, index, chosen):
-    """Per row, its candidates (its first ``n_candidates`` allowed columns) and among
-    them the ``n_top`` of largest logit (ties: the earlier column), best first."""
+def select_top(logits, positions, visible, first, window, causal, n_candidates, index, chosen):
+    """Per row ``i`` (position ``first + i``), its candidates (its first
+    ``n_candidates`` columns whose key it may take: visible, and ``j <= i - window``
+    causal or ``|i - j| >= window`` bidirectional) and among them the ``n_top`` of
+    largest logit (ties: the earlier column), best first."""
     rows, n_top = index.shape
     n_cols = logits.shape[1]
     for i in range(rows):
+        row = first + i
         filled = 0
         seen = 0
         low = -math.inf  # the smallest logit kept once the list is full
         for j in range(n_cols):
             if seen == n_candidates:
                 break
-            if not allowed[i, j]:
+            if not visible[j]:
+                continue
+            gap = row - positions[j]
+            if (causal and gap < window) or (not causal and abs(gap) < window):
                 continue
             seen += 1
             x = logits[i, j]

@@ -335,10 +335,12 @@ def finish(nd, far_log, c, terms, top=None):
 class _Chosen:
     """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
     exact terms replace their far estimates.  ``cols``: the pooled keys' positions,
-    in score order (best first); ``pools``: their features, the first rows in ``pools[0]``
-    and the rest in ``pools[1]``; ``order``: the row of each column in them."""
+    in score order (best first), ``visible`` whether each is unmasked; ``first``: the
+    block's first row; ``pools``: their features, the first rows in ``pools[0]`` and
+    the rest in ``pools[1]``; ``order``: the row of each column in them."""
 
-    def __init__(self, q_blk, k, cols, allowed, order, top, gamma, psi_q, pools, r_cols, b):
+    def __init__(self, q_blk, k, cols, visible, first, window, causal, order, top, gamma,
+                 psi_q, pools, r_cols, b):  # fmt: skip
         from .._numba.hybrid import select_top
 
         logits = q_blk @ k[cols].T
@@ -346,7 +348,8 @@ class _Chosen:
         rows = q_blk.shape[0]
         index = np.empty((rows, top.n_top), dtype=np.int64)
         self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
-        select_top(logits, allowed, top.n_candidates, index, self.logits)
+        select_top(logits, cols, visible, first, window, causal, top.n_candidates, index,
+                   self.logits)  # fmt: skip
         self.index = np.ascontiguousarray(order[index])  # rows of the features
         self.row_max = self.logits[:, 0].astype(np.float64)
         self.positions = np.ascontiguousarray(cols[index])
@@ -438,16 +441,11 @@ class _CausalPool:
             return None
         # feature rows: slots 0 .. used - 1, then the part's rows after all the slots
         rows_of = np.concatenate([np.arange(used), self.cols.size + np.arange(n)])
-        allowed = np.ones((rows.size, cols.size), dtype=bool)
-        if n:
-            reach = (rows[:, None] - window) >= np.arange(lo, lo + n)[None, :]
-            reach &= np.isfinite(r)[None, :]  # masked keys
-            allowed[:, used:] = reach
         order = np.lexsort((cols, -self.top.scores[cols]))
         part = psi_k if n else self.psi[:0]
-        r_cols = np.concatenate([self.r[:used], r]) if n else self.r[:used]
-        return _Chosen(q_blk, k, cols[order], np.ascontiguousarray(allowed[:, order]),
-                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols[order],
+        r_cols = (np.concatenate([self.r[:used], r]) if n else self.r[:used])[order]
+        return _Chosen(q_blk, k, cols[order], np.isfinite(r_cols), int(rows[0]), window, True,
+                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols,
                        b)  # fmt: skip
 
     def keep(self, lo, psi_k, r):
@@ -488,12 +486,12 @@ def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, c
             extra = _TopRows(nd, far_log, c)
             cols, psi_cols, r_cols = pool
             order = np.arange(cols.size, dtype=np.int64)
+            visible = np.ones(cols.size, dtype=bool)
             for s in range(gs, ge, chunk):
                 e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
-                allowed = np.abs(np.arange(s, e)[:, None] - cols[None, :]) >= window
                 extra.add(s - gs, _Chosen(
-                    q[s:e], k, cols, allowed, order, top, gamma, psi_q[blk],
-                    (psi_cols, psi_cols[:0]), r_cols, b[blk],
+                    q[s:e], k, cols, visible, s, window, False, order, top, gamma,
+                    psi_q[blk], (psi_cols, psi_cols[:0]), r_cols, b[blk],
                 ), v1)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
