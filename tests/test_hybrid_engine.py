@@ -206,3 +206,23 @@ def test_long_sequences_cross_groups(causal, window, n_global):
         out32 = hybrid_attention(*(X.astype(np.float32) for X in (Q, K, V)), projection_matrix=W,
                                  key_padding_mask=mask, **options)  # fmt: skip
         assert _relative(out32, ref) < 1e-4
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_per_head_constant_sets_equal_single_heads(causal):
+    import math as _math
+
+    from favorkern.feature_maps import get_feature_map
+
+    Q, K, V = _case(13, L=90, heads=2)
+    fmap = get_feature_map("aderf")
+    W = draw_projection(16, 8, random_state=13)
+    gamma = 1 / _math.sqrt(8)
+    sets = [fmap.fit(Q[h], K[h], input_scale=_math.sqrt(gamma)) for h in range(2)]
+    options = dict(window=6, n_global=1, causal=causal, feature_map="aderf", projection_matrix=W)
+    out = hybrid_attention(Q, K, V, constants=sets, **options)
+    for h in range(2):
+        ref = hybrid_attention(Q[h], K[h], V[h], constants=sets[h], **options)
+        assert _relative(out[h], ref) < 1e-12
+    with pytest.raises(ValueError, match="per-head sets"):
+        hybrid_attention(Q, K, V, constants=sets * 2 + sets[:1], **options)

@@ -74,17 +74,20 @@ def hybrid_attention(
         Keys; query ``i`` and key ``i`` are the same position.
     V : array-like of shape (..., L, dv)
         Values.
-    window : int, default=64
+    window : int or array-like of int, default=64
         Exact keys around each query: ``0 <= i - j < window`` (causal) or
-        ``|i - j| < window`` (bidirectional).  0: no window.
+        ``|i - j| < window`` (bidirectional).  0: no window.  An array: one window per
+        head (axis -3), so that a model spends exact keys where a head needs them.
     n_global : int, default=0
         The first ``n_global`` keys are exact for every query (causal: once
         reached), e.g. ``1`` for a head's attention sink at token 0.
-    n_top : int, default=0
+    n_top : int or array-like of int, default=0
         Besides the window and the global keys, each query takes exactly the
-        ``n_top`` keys of largest logit among its candidates.  0: none.
+        ``n_top`` keys of largest logit among its candidates.  0: none.  An array: one
+        per head (axis -3).
     n_candidates : int or None, default=None
-        Candidates per query (with ``n_top > 0``; 256 if None): the ``n_candidates``
+        Candidates per query (with ``n_top > 0``; 256 if None, which refuses an
+        ``n_top`` above 256): the ``n_candidates``
         keys outside the query's window and the global keys (causal: among its far
         keys ``j <= i - window``) of largest score ``candidate_query . k_j``.  A
         fixed budget, so time stays linear in ``L``.
@@ -110,6 +113,9 @@ def hybrid_attention(
     constants : dict or None, default=None
         Frozen data constants of the map (e.g. from ``fmap.fit`` on calibration
         queries and keys), used for every (batch, head).
+    key_padding_mask : array-like of bool, shape (..., L), default=None
+        True marks a key to ignore (in the window, the global keys, the candidates and
+        the far sums alike).  A row whose keys are all ignored is 0.
     random_state : int, RandomState instance or None, default=None
         Seed of the drawn projection.
 
@@ -120,11 +126,13 @@ def hybrid_attention(
 
     Notes
     -----
-    Time ``O(L (m + window + n_global) (d + dv))``; memory ``O(chunk (chunk + window
-    + n_global) + m dv)`` per head, independent of ``L``.  Computed in float64.  Top
-    keys add ``O(L (n_candidates d + n_top (m + dv)))`` time and ``O((n_candidates +
-    window) (chunk + m) + chunk n_top m)`` memory (causal: the block's own far keys
-    are candidates too, up to ``chunk`` more).
+    Time ``O(L (m + window + n_global) (d + dv))``; memory ``O(group (m + window +
+    n_global) + m dv)`` per head (groups of ``HYBRID_GROUP_ROWS`` query rows),
+    independent of ``L``.  float32 inputs are computed in float32 (logits and
+    stabilizers in float64 where they meet).  Top keys add ``O(L (n_candidates +
+    chunk) d + L n_top (m + dv))`` time and ``O(n_candidates m)`` memory (bidirectional:
+    ``n_candidates + 2 window - 1`` pooled keys).  The heads run on favorkern's
+    threads.
 
     Top keys: row ``i``'s far keys are those it may attend to outside its window and
     the first ``n_global``.  Its candidates are the ``n_candidates`` far keys of
@@ -136,14 +144,21 @@ def hybrid_attention(
     queries attend to; pretrained heads' queries share a large mean, which makes the
     mean query of calibration text a reasonable filter.
 
-    Bidirectional: the key state over all non-global keys is accumulated first; each
-    query block then subtracts the feature products of its window keys (in float64)
-    and adds their exact values.  Causal: one pass over query blocks; the state holds
-    the keys that are far for the whole block, the block's remaining far keys are a
-    masked product.  Stabilizers: per query, the row maximum of its feature logits;
-    per key, one constant (bidirectional: over all keys; causal: the running maximum
-    over the far keys of row ``i``, so no output depends on a later token); exact and
-    estimated terms of a row share one constant.  Rows whose normalizer vanishes are 0.
+    Causal: the far keys of row ``i`` (``n_global <= j <= i - window``) are a causal
+    FAVOR pass whose keys lag the queries by ``window`` positions: per block of
+    queries, a state of the keys far for the whole block and a masked product with the
+    block's own far keys; the window and global keys are one dense product per block
+    (a batched product over overlapping views for a group of blocks).  Bidirectional:
+    the same pass forward and over the reversed sequence (``j >= i + window``), or one
+    state of every key for ``window=0``.  No window key is added and then subtracted.
+    The top keys' exact terms, and the removal of their estimates, are a compiled
+    kernel per block.  Stabilizers: ``phi(x) = exp(r(x)) psi(x)`` with ``|psi| <= 1``
+    (the row's largest logit, the cos map's row factor, or the largest value of an
+    unbounded map); row ``i``'s far sums are kept at ``exp(a_i + b_i)``, ``b_i`` the
+    running maximum of ``r`` over the far keys it reaches (so no output depends on a
+    later token, not even through rounding), and its exact and far terms share one
+    constant.  Rows whose normalizer vanishes are 0, with a
+    ``FeatureUnderflowWarning`` for the non-negative maps.
 
     With ``window=0`` and ``n_global=0`` this is :func:`favor_attention`'s estimate;
     with ``window >= L`` it is exact softmax attention.  Not an unbiased estimator

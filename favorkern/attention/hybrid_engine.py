@@ -26,7 +26,16 @@ import numpy as np
 
 from .. import _config
 
-__all__ = ["hybrid_head", "stable_features", "far_groups", "exact_terms", "finish", "TopKeys"]
+__all__ = [
+    "hybrid_head",
+    "stable_features",
+    "far_groups",
+    "exact_terms",
+    "row_constants",
+    "finish",
+    "TopKeys",
+]
+
 
 class TopKeys:
     """Top-key settings of one head: ``n_top`` of ``n_candidates`` by ``scores``."""
@@ -83,7 +92,7 @@ def _pattern(cache, key, make, dtype):
     return value
 
 
-def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_major=False):
     """Causal far sums of one head, computed in groups of blocks of queries.
 
     Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
@@ -103,7 +112,8 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
     S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
     B = -np.inf
     nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
-    qbuf, kbuf = feat.empty(group), feat.empty(group + 1)
+    # row-major features where the top keys gather them by rows
+    qbuf, kbuf = feat.empty(group, rows=row_major), feat.empty(group + 1, rows=row_major)
     # row i' of a full block reaches key j' of its part iff i' > j'
     strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
     for gs in range(0, L, group):
@@ -267,22 +277,42 @@ def _near(delta, window, causal):
     return ((delta >= 0) & (delta < window)) if causal else (np.abs(delta) < window)
 
 
-def finish(nd, a, b, terms, chosen=(), v1=None):
-    """The output rows from far sums ``nd`` (at ``exp(a + b)``), exact ``terms`` and
-    top keys ``chosen`` (``(offset, _Chosen)`` per block)."""
-    dtype, R = nd.dtype, nd.shape[0]
+def row_constants(nd, a, b, terms):
+    """``(far_log, c)``: each row's far scale ``a + b`` and its constant ``c``, the
+    largest of it and the row's exact logits (-inf where a row has no term)."""
+    R = nd.shape[0]
     finite = np.isfinite(b)
     far_log = np.where(finite, a + np.where(finite, b, 0.0), -np.inf)
     c = far_log.copy()
     for s, _ in terms:
         if s.size:
             np.maximum(c, s.max(axis=-1).reshape(R), out=c)
-    for offset, top in chosen:
-        part = c[offset : offset + top.row_max.size]
-        np.maximum(part, top.row_max, out=part)
+    return far_log, c
+
+
+class _TopRows:
+    """The top keys' terms of a group, added block by block as they are chosen (the
+    causal pool changes after each block) at each row's final constant."""
+
+    def __init__(self, nd, far_log, c):
+        self.nd = np.zeros_like(nd)
+        self.far_log, self.c = far_log, c
+
+    def add(self, offset, chosen, v1):
+        rows = slice(offset, offset + chosen.row_max.size)
+        c = self.c[rows]
+        np.maximum(c, chosen.row_max, out=c)
+        safe = np.where(np.isfinite(c), c, 0.0)
+        chosen.add(self.nd[rows], safe, _exp(self.far_log[rows] - safe, self.nd.dtype), v1)
+
+
+def finish(nd, far_log, c, terms, top=None):
+    """The output rows from far sums ``nd`` (at ``exp(far_log)``), exact ``terms``, the
+    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms (a
+    :class:`_TopRows`, already at the rows' constants)."""
+    dtype, R = nd.dtype, nd.shape[0]
     c[~np.isfinite(c)] = 0.0
-    far_scale = _exp(far_log - c, dtype)
-    nd *= far_scale[:, None]
+    nd *= _exp(far_log - c, dtype)[:, None]
     c_typed = c.astype(dtype)
     for s, values in terms:
         if not s.size:
@@ -295,9 +325,8 @@ def finish(nd, a, b, terms, chosen=(), v1=None):
             np.exp(s, out=s)
         product = s @ values
         nd += product.reshape(R, -1)
-    for offset, top in chosen:
-        n = top.row_max.size
-        top.add(nd[offset : offset + n], c[offset : offset + n], far_scale[offset : offset + n], v1)
+    if top is not None:
+        nd += top.nd
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
@@ -305,7 +334,9 @@ def finish(nd, a, b, terms, chosen=(), v1=None):
 
 class _Chosen:
     """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
-    exact terms replace their far estimates."""
+    exact terms replace their far estimates.  ``cols``: the pooled keys' positions,
+    in score order (best first); ``pools``: their features, the first rows in ``pools[0]``
+    and the rest in ``pools[1]``; ``order``: the row of each column in them."""
 
     def __init__(self, q_blk, k, cols, allowed, order, top, gamma, psi_q, pools, r_cols, b):
         from .._numba.hybrid import select_top
@@ -313,23 +344,28 @@ class _Chosen:
         logits = q_blk @ k[cols].T
         logits *= logits.dtype.type(gamma)
         rows = q_blk.shape[0]
-        self.index = np.empty((rows, top.n_top), dtype=np.int64)
+        index = np.empty((rows, top.n_top), dtype=np.int64)
         self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
-        select_top(logits, order, allowed, top.n_candidates, self.index, self.logits)
+        select_top(logits, allowed, top.n_candidates, index, self.logits)
+        self.index = np.ascontiguousarray(order[index])  # rows of the features
         self.row_max = self.logits[:, 0].astype(np.float64)
+        self.positions = np.ascontiguousarray(cols[index])
         self.psi_q, self.pools, self.b = psi_q, pools, b
-        self.r_cols = np.ascontiguousarray(r_cols, dtype=np.float64)
-        self.cols = cols
+        self.r = np.asarray(r_cols, dtype=np.float64)[index]
 
     def add(self, nd, c, far_scale, v1):
         from .._numba.hybrid import top_terms
 
+        dtype = nd.dtype
+        taken = self.logits > -np.inf
         b = np.where(np.isfinite(self.b), self.b, 0.0)
+        # both at the row's scale exp(-c_i); r_j <= b_i for every far key
+        exact = _exp(np.where(taken, self.logits - c[:, None], -np.inf), dtype)
+        scale = _exp(np.where(taken, self.r - b[:, None], -np.inf), dtype)
+        scale *= far_scale[:, None]
         # row-major copies: the kernel reads features along rows
         psi_q, part = (np.ascontiguousarray(X) for X in (self.psi_q, self.pools[1]))
-        top_terms(psi_q, self.pools[0], part, self.r_cols, self.cols, b,
-                  np.ascontiguousarray(c), self.index, self.logits, v1,
-                  np.ascontiguousarray(far_scale), nd)  # fmt: skip
+        top_terms(psi_q, self.pools[0], part, self.index, self.positions, exact, scale, v1, nd)
 
 
 def with_ones(v):
@@ -362,60 +398,79 @@ def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, g
     cache = {}
     pool = _CausalPool(top, feat) if top is not None else None
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
-        feat, qf, kf, v1, mask, g, L, window, chunk, group
+        feat, qf, kf, v1, mask, g, L, window, chunk, group, row_major=pool is not None
     ):
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
-        chosen = []
+        far_log, c = row_constants(nd, a, b, terms)
+        extra = None
         if pool is not None:
+            extra = _TopRows(nd, far_log, c)
             for s, e, lo, psi_k, r in parts:
                 blk = slice(s - gs, e - gs)
                 found = pool.choose(q[s:e], k, v1, np.arange(s, e), window, lo, psi_k, r,
                                     gamma, psi_q[blk], b[blk])  # fmt: skip
                 if found is not None:
-                    chosen.append((s - gs, found))
+                    extra.add(s - gs, found, v1)
                 if psi_k is not None:
                     pool.keep(lo, psi_k, r)
-        out[gs:ge] = finish(nd, a, b, terms, chosen, v1)
+        out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
 
 class _CausalPool:
-    """The best ``n_candidates`` keys by score among those that left every window."""
+    """The best ``n_candidates`` keys by score among those that left every window, in
+    fixed slots (a key entering takes a leaving key's slot: only entering features are
+    copied).  Empty slots have position -1."""
 
     def __init__(self, top, feat):
         self.top = top
-        self.cols = np.zeros(0, dtype=np.int64)
-        self.psi = np.zeros((0, feat.n_out), dtype=feat.dtype)
-        self.r = np.zeros(0)
+        n = top.n_candidates
+        self.cols = np.full(n, -1, dtype=np.int64)
+        self.psi = np.zeros((n, feat.n_out), dtype=feat.dtype)
+        self.r = np.full(n, -np.inf)
+        self.used = 0  # slots filled so far (they fill in order)
 
     def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
         n = 0 if psi_k is None else psi_k.shape[0]
-        cols = np.concatenate([self.cols, np.arange(lo, lo + n, dtype=np.int64)])
+        used = self.used
+        cols = np.concatenate([self.cols[:used], np.arange(lo, lo + n, dtype=np.int64)])
         if cols.size == 0:
             return None
-        reach = (rows[:, None] - window) >= np.arange(lo, lo + n)[None, :]
-        if n:
-            reach &= np.isfinite(r)[None, :]  # masked keys
+        # feature rows: slots 0 .. used - 1, then the part's rows after all the slots
+        rows_of = np.concatenate([np.arange(used), self.cols.size + np.arange(n)])
         allowed = np.ones((rows.size, cols.size), dtype=bool)
-        allowed[:, self.cols.size :] = reach
-        scores = self.top.scores
-        order = np.lexsort((cols, -scores[cols])).astype(np.int64)
+        if n:
+            reach = (rows[:, None] - window) >= np.arange(lo, lo + n)[None, :]
+            reach &= np.isfinite(r)[None, :]  # masked keys
+            allowed[:, used:] = reach
+        order = np.lexsort((cols, -self.top.scores[cols]))
         part = psi_k if n else self.psi[:0]
-        r_cols = self.r if n == 0 else np.concatenate([self.r, r])
-        return _Chosen(q_blk, k, cols, allowed, order, self.top, gamma, psi_q,
-                       (self.psi, part), r_cols, b)  # fmt: skip
+        r_cols = np.concatenate([self.r[:used], r]) if n else self.r[:used]
+        return _Chosen(q_blk, k, cols[order], np.ascontiguousarray(allowed[:, order]),
+                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols[order],
+                       b)  # fmt: skip
 
     def keep(self, lo, psi_k, r):
-        visible = np.isfinite(r)
-        new = np.arange(lo, lo + r.size)[visible]
-        if new.size == 0:
+        visible = np.flatnonzero(np.isfinite(r))
+        if visible.size == 0:
             return
-        merged = np.concatenate([self.cols, new])
-        scores = self.top.scores
-        keep = np.sort(np.lexsort((merged, -scores[merged]))[: self.top.n_candidates])
-        self.cols = merged[keep]
-        self.psi = np.ascontiguousarray(np.concatenate([self.psi, psi_k[visible]])[keep])
-        self.r = np.concatenate([self.r, r[visible]])[keep]
+        used, size = self.used, self.cols.size
+        merged = np.concatenate([self.cols[:used], lo + visible])
+        best = np.lexsort((merged, -self.top.scores[merged]))[:size]
+        entering = best[best >= used] - used  # indices into visible
+        if used + entering.size <= size:  # free slots first
+            slots = np.arange(used, used + entering.size)
+            self.used = used + entering.size
+        else:
+            kept = np.zeros(used, dtype=bool)
+            kept[best[best < used]] = True
+            free = np.flatnonzero(~kept)
+            slots = np.concatenate([free, np.arange(used, size)])[: entering.size]
+            self.used = size
+        rows = visible[entering]
+        self.cols[slots] = lo + rows
+        self.psi[slots] = psi_k[rows]
+        self.r[slots] = r[rows]
 
 
 def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
@@ -427,18 +482,20 @@ def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, c
     for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
                                                       group):  # fmt: skip
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
-        chosen = []
+        far_log, c = row_constants(nd, a, b, terms)
+        extra = None
         if pool is not None and pool[0].size:
+            extra = _TopRows(nd, far_log, c)
             cols, psi_cols, r_cols = pool
             order = np.arange(cols.size, dtype=np.int64)
             for s in range(gs, ge, chunk):
                 e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
                 allowed = np.abs(np.arange(s, e)[:, None] - cols[None, :]) >= window
-                chosen.append((s - gs, _Chosen(
+                extra.add(s - gs, _Chosen(
                     q[s:e], k, cols, allowed, order, top, gamma, psi_q[blk],
                     (psi_cols, psi_cols[:0]), r_cols, b[blk],
-                )))  # fmt: skip
-        out[gs:ge] = finish(nd, a, b, terms, chosen, v1)
+                ), v1)  # fmt: skip
+        out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
 

@@ -604,108 +604,42 @@ class _Decoder:
         self._emit(state, q, out)
 
     def _to_far(self, state, k, v, hidden, pos, u):
-        """Key ``pos`` (per head) joins the random-feature state and the candidate pool."""
+        """Key ``pos`` (per head) joins the random-feature state and the candidate pool
+        (features here, the rest by :func:`~favorkern._numba.hybrid.hybrid_absorb`)."""
+        from .._numba.hybrid import hybrid_absorb
+
         A, feat, dtype = state.arrays, self.feat, state.dtype
+        k = np.ascontiguousarray(k)
         kf = np.ascontiguousarray(self.fmap.prepare(k, "key", self.constants), dtype=dtype)
         psi, r = stable_features(feat, kf, feat.empty(k.shape[0], rows=True))
-        r = np.where(hidden, -np.inf, r)
-        psi[hidden] = 0.0
-        B = A["B"]
-        new = np.maximum(B, r)
-        safe = np.where(np.isfinite(new), new, 0.0)
-        with np.errstate(invalid="ignore"):
-            shrink = np.where(np.isfinite(B), np.exp(B - safe), 0.0).astype(dtype)
-        S = A["S"]
-        S *= shrink[:, None, None]
-        weight = np.exp(r - safe).astype(dtype)
-        v1 = np.concatenate([v, np.ones((v.shape[0], 1), dtype=dtype)], axis=1) * weight[:, None]
-        S += psi[:, :, None] * v1[:, None, :]
-        B[:] = new
-        if self.n_top:
-            self._pool_insert(state, k, v, psi, r, hidden, pos, u)
+        hybrid_absorb(
+            psi, np.ascontiguousarray(r, dtype=np.float64), k, np.ascontiguousarray(v),
+            np.ascontiguousarray(hidden), pos, A["S"], A["B"], self._directions(u, state),
+            A["pool_k"], A["pool_v"], A["pool_psi"], A["pool_r"], A["pool_score"],
+            A["pool_pos"],
+        )  # fmt: skip
 
-    def _pool_insert(self, state, k, v, psi, r, hidden, pos, u):
-        A = state.arrays
-        group = u.shape[1]
-        scores = np.einsum("ngd,nd->ng", u, k.astype(np.float64)).reshape(-1)
-        # rank among the pool (best score first, ties: the earlier key, so after them)
-        rank = (A["pool_score"] >= scores[:, None]).sum(axis=1)
-        heads = np.flatnonzero((rank < self.n_candidates) & ~np.repeat(hidden, group))
-        for h in heads:
-            n, p = h // group, rank[h]
-            for name, value in (("pool_k", k[n]), ("pool_v", v[n]), ("pool_psi", psi[n]),
-                                ("pool_r", r[n]), ("pool_score", scores[h]),
-                                ("pool_pos", pos)):  # fmt: skip
-                row = A[name][h]
-                row[p + 1 :] = row[p:-1].copy()
-                row[p] = value
+    def _directions(self, u, state):
+        """The scoring direction of every query head, (Nq, d) float64 (empty without top keys)."""
+        if u is None:
+            return np.zeros((0, state.config["d"]))
+        return np.array(u.reshape(-1, u.shape[-1]), dtype=np.float64, order="C")  # writable
 
     def _emit(self, state, q, out):
-        """Outputs of the new token for every query head: ``q`` (N, group, d)."""
+        """Outputs of the new token for every query head: ``q`` (N, group, d); the
+        features here, the rest in one compiled pass over the heads
+        (:func:`~favorkern._numba.hybrid.hybrid_emit`)."""
+        from .._numba.hybrid import hybrid_emit
+
         A, feat, dtype = state.arrays, self.feat, state.dtype
         N, group, d = q.shape
-        gamma = dtype.type(self.gamma)
-        qf = np.ascontiguousarray(
-            self.fmap.prepare(q.reshape(N * group, d), "query", self.constants), dtype=dtype
-        )
+        flat = np.ascontiguousarray(q.reshape(N * group, d))
+        qf = np.ascontiguousarray(self.fmap.prepare(flat, "query", self.constants), dtype=dtype)
         psi_q, a = stable_features(feat, qf, feat.empty(N * group, rows=True))
-        nd = np.matmul(psi_q.reshape(N, group, -1), A["S"])  # (N, group, dv + 1)
-        B = np.repeat(A["B"], group).reshape(N, group)
-        far_log = np.where(
-            np.isfinite(B), a.reshape(N, group) + np.where(np.isfinite(B), B, 0), -np.inf
-        )
-        terms = []
-        for key, hidden, values in (("glob_k", "glob_hidden", "glob_v"),
-                                    ("win_k", "win_hidden", "win_v")):  # fmt: skip
-            if A[key].shape[1]:
-                s = np.matmul(q, A[key].transpose(0, 2, 1)) * gamma
-                s[np.broadcast_to(A[hidden][:, None, :], s.shape)] = -np.inf
-                terms.append((s, A[values]))
-        c = far_log.copy()
-        for s, _ in terms:
-            np.maximum(c, s.max(axis=-1), out=c)
-        chosen = None
-        if self.n_top:
-            chosen = self._choose(A, q.reshape(N * group, d), gamma)
-            np.maximum(c, chosen[1][:, 0].reshape(N, group), out=c)
-        c[~np.isfinite(c)] = 0.0
-        far_scale = np.exp(far_log - c).astype(dtype)
-        nd *= far_scale[:, :, None]
-        for s, values in terms:
-            weights = np.exp(s - c[:, :, None].astype(dtype))
-            nd[:, :, :-1] += np.matmul(weights, values)
-            nd[:, :, -1] += weights.sum(axis=-1)
-        if chosen is not None:
-            index, logits = chosen
-            flat = nd.reshape(N * group, -1)
-            pick = index[:, :, None]
-            P = np.take_along_axis(A["pool_psi"], pick, axis=1)  # (Nq, n_top, m)
-            est = np.einsum("qm,qtm->qt", psi_q, P)
-            r = np.take_along_axis(A["pool_r"], index, axis=1)
-            b = B.reshape(-1)[:, None]
-            with np.errstate(invalid="ignore", over="ignore"):
-                est *= np.exp(
-                    np.where(logits > -np.inf, r - np.where(np.isfinite(b), b, 0), -np.inf)
-                )
-            est *= far_scale.reshape(-1)[:, None]
-            exact = np.exp(logits - c.reshape(-1)[:, None].astype(dtype))
-            weight = np.where(logits > -np.inf, exact - est, 0).astype(dtype)
-            values = np.take_along_axis(A["pool_v"], pick, axis=1)
-            flat[:, :-1] += np.einsum("qt,qtv->qv", weight, values)
-            flat[:, -1] += weight.sum(axis=1)
-        den = nd[:, :, -1]
-        den[den == 0] = np.inf
-        out[:] = nd[:, :, :-1] / den[:, :, None]
-
-    def _choose(self, A, q, gamma):
-        """Each query head's top keys among its pool: ``(index, logits)``, logits
-        ``-inf`` where a slot is not taken."""
-        from .._numba.hybrid import select_top
-
-        logits = np.einsum("qd,qkd->qk", q, A["pool_k"]) * gamma
-        valid = A["pool_pos"] >= 0
-        index = np.empty((q.shape[0], self.n_top), dtype=np.int64)
-        chosen = np.empty((q.shape[0], self.n_top), dtype=logits.dtype)
-        order = np.arange(self.n_candidates, dtype=np.int64)
-        select_top(np.ascontiguousarray(logits), order, valid, self.n_candidates, index, chosen)
-        return index, chosen
+        result = np.empty((N * group, out.shape[-1]), dtype=dtype)
+        hybrid_emit(
+            psi_q, a, flat, A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"],
+            A["win_k"], A["win_v"], A["win_hidden"], A["pool_k"], A["pool_v"], A["pool_psi"],
+            A["pool_r"], A["pool_pos"], self.n_top, float(self.gamma), result,
+        )  # fmt: skip
+        out[:] = result.reshape(out.shape)
