@@ -28,6 +28,7 @@ from .feature_maps import (
     get_feature_map,
     input_scale,
 )
+from .feature_maps._base import map_spec
 from .feature_maps.generalized import FUNCTIONS
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured
 
@@ -212,7 +213,8 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _spec(self):
         """The fitted map's :class:`~favorkern.feature_maps.FeatureMapSpec`."""
         fmap, kernel, scale, n_components = self._fitted_map
-        return fmap.spec(
+        return map_spec(
+            fmap,
             self.projection_,
             n_components=n_components,
             input_scale=scale,

@@ -25,6 +25,7 @@ from .._validation import (
     check_seed,
 )
 from ..feature_maps import check_constants, fit_constants, get_feature_map
+from ..feature_maps._base import map_identity, map_spec
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
@@ -111,7 +112,8 @@ def resolve_projection(
 
 def attention_features(fmap, proj: AttentionProjection, gamma, dtype, constants=None):
     """The :class:`~.features.AttentionFeatures` of ``fmap`` for logits ``gamma q.k``."""
-    spec = fmap.spec(
+    spec = map_spec(
+        fmap,
         proj.matrix,
         n_components=proj.n_components,
         input_scale=math.sqrt(gamma),
@@ -463,6 +465,13 @@ def check_state(state, hf, dtype):
     if not isinstance(state, DecodingState):
         raise TypeError(f"state must be a DecodingState, got {type(state).__name__}")
     if state.fingerprint != hf.fingerprint:
+        made, here = state.fingerprint.split("|")[0], hf.fingerprint.split("|")[0]
+        if made != here:
+            raise ValueError(
+                f"the state was made with the feature map {made or 'of no attention'}, but "
+                f"this attention uses {here} (a map replaced under its name is another "
+                "map): continue the state with the attention and map that created it"
+            )
         raise ValueError(
             "the state was made by another attention (projection, feature map, constants or "
             "gamma differ): continue it with the attention that created it"
@@ -475,18 +484,29 @@ def check_state(state, hf, dtype):
 
 
 def _fingerprint(fmap, proj, gamma, constants, head_constants) -> str:
-    """A short hash of everything the features of a state depend on."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{fmap.name}|{proj.n_components}|{float(gamma)!r}".encode())
-    digest.update(np.ascontiguousarray(proj.matrix, dtype=np.float64).tobytes())
+    """``identity|m=...|projection=...|...``: what the features of a state depend on.
+
+    The map's identity (:func:`~favorkern.feature_maps._base.map_identity`, the
+    object, not only its name), the output width ``m`` (which a stored state's arrays
+    must have), a short hash of the projection and its draws, and one of the logit
+    scale and the constants.
+    """
+    drawn = hashlib.blake2b(digest_size=8)
+    drawn.update(f"{proj.n_components}|{proj.matrix.shape}".encode())
+    drawn.update(np.ascontiguousarray(proj.matrix, dtype=np.float64).tobytes())
     for key in sorted(proj.draws):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(proj.draws[key], dtype=np.float64).tobytes())
+        drawn.update(key.encode())
+        drawn.update(np.ascontiguousarray(proj.draws[key], dtype=np.float64).tobytes())
+    rest = hashlib.blake2b(digest_size=8)
+    rest.update(f"{float(gamma)!r}".encode())
     for group in [constants] + list(head_constants or []):
         for key in sorted(group):
-            digest.update(key.encode())
-            digest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
-    return digest.hexdigest()
+            rest.update(key.encode())
+            rest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
+    return (
+        f"{map_identity(fmap)}|m={proj.n_components}|projection={drawn.hexdigest()}|"
+        f"{rest.hexdigest()}"
+    )
 
 
 def head_features(fmap, proj, gamma, dtype, constants, head_constants) -> HeadFeatures:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from .._warnings import FeatureUnderflowWarning
 from ._base import (
     FeatureMap,
+    _register_builtin,
     check_constants,
     feature_map_names,
     fit_constants,
@@ -59,7 +60,7 @@ for _builtin in (
     WhitenedFeatureMap(),
     FittedFeatureMap(),
 ):
-    register_feature_map(_builtin)
+    _register_builtin(_builtin)
 del _builtin
 
 __all__ = [
