@@ -12,6 +12,7 @@ from functools import partial
 
 import numpy as np
 
+from .._parallel import check_cancelled
 from .common import normalize, run_parallel, split
 from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
@@ -38,6 +39,7 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
     if buffers is None:
         buffers = Buffers(fmap)
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         row_log, scale_log = fmap.key_parts(k[a:b], features)
@@ -76,6 +78,7 @@ def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> Non
     S, z = state.S, state.z
     window = fmap.query_window(S, z) if fmap.kind == "exp" else None
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         # per chunk: the rows are read into cache for the product right after
