@@ -13,7 +13,7 @@ from favorkern import FavorAttention, draw_projection, favor_attention, softmax_
 from favorkern.attention import causal as causal_module
 from favorkern.attention import common as common_module
 from favorkern.attention import exact as exact_module
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 
 FEATURES = naive.FEATURE_MAPS
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
@@ -27,7 +27,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
     monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
     monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(plan_module, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
     monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)
 
@@ -235,7 +235,7 @@ def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
 @pytest.mark.parametrize("workers", [1, 2, 3, 4])
 def test_causal_on_any_number_of_threads(small_chunks, monkeypatch, workers):
     """One thread, the two-thread pipeline and ranges over more threads: one answer."""
-    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: workers)
     rng = np.random.default_rng(22)
     Q, K, V = _inputs(rng, (203,), (203,))
     mask = rng.random(203) < 0.1

@@ -8,7 +8,7 @@ from favorkern import draw_projection, favor_attention
 from favorkern._validation import check_float_array
 from favorkern.attention import bidirectional as bidirectional_module
 from favorkern.attention import common as common_module
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 from favorkern.attention.favor import AttentionProjection, attention_features
 from favorkern.feature_maps import get_feature_map
 
@@ -106,10 +106,10 @@ def test_heads_over_threads_match_one_thread(monkeypatch, workers):
     rng = np.random.default_rng(8)
     W = draw_projection(32, 8, random_state=8)
     Q, K, V = (rng.normal(scale=0.5, size=(2, 5, 37, 8)) for _ in range(3))
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(favor_module, "n_threads", lambda: 1)
+    monkeypatch.setattr(plan_module, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: 1)
     one = favor_attention(Q, K, V, projection_matrix=W)
-    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: workers)
     calls = []
     real = bidirectional_module.run_parallel
     monkeypatch.setattr(

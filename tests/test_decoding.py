@@ -10,7 +10,7 @@ import pytest
 from favorkern import FavorAttention, favor_attention
 from favorkern.attention import causal as causal_module
 from favorkern.attention import common as common_module
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 from favorkern.attention.decoding import DecodingState
 from favorkern.feature_maps import get_feature_map
 
@@ -25,7 +25,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
     monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
     monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(plan_module, "PARALLEL_MIN_WORK", 0)
 
 
 def _assert_close(got, ref, dtype):
@@ -290,9 +290,9 @@ def test_bad_decoding_input_is_a_clear_error():
 def test_docstring_examples():
     import doctest
 
-    from favorkern.attention import decoding
+    from favorkern.attention import decoding, favor
 
-    for module in (decoding, favor_module):
+    for module in (decoding, favor, plan_module):
         assert doctest.testmod(module).failed == 0
 
 

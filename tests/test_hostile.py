@@ -908,7 +908,7 @@ def test_favor_attention_sharp_logits_warn_with_the_zero_row_count():
 def test_favor_attention_object_warns_like_the_function():
     Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0)
     with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0"):
-        FavorAttention(64, random_state=0)(Q, K, V, gamma=1e4)
+        FavorAttention(n_components=64, random_state=0)(Q, K, V, gamma=1e4)
 
 
 @pytest.mark.parametrize("feature_map", ["optimal", "saderf", "sderf"])
@@ -1081,7 +1081,7 @@ def test_dask_per_head_frozen_constants_match_in_memory(dask_sync):
     from favorkern.dask import favor_attention as dask_attention
 
     Q, K, V = _qkv(shape=(2, 3, 40, 8), scale=0.5)
-    att = FavorAttention(32, feature_map="optimal", random_state=0).fit(Q, K)
+    att = FavorAttention(n_components=32, feature_map="optimal", random_state=0).fit(Q, K)
     assert att.constants_["A"].shape == (3,)  # one A per head
     sets = [att.frozen_constants(h) for h in range(3)]
     out = dask_attention(*_chunked(dask_sync, Q, K, V), feature_map="optimal", constants=sets,
