@@ -208,10 +208,8 @@ def _refuse_options_that_do_not_apply(args) -> None:
     ]
     if given:
         which = "with --stream" if args.stream else "without --stream"
-        verb = "does" if len(given) == 1 else "do"
-        raise UsageError(
-            f"{', '.join(given)} {verb} not apply {which}; leave {'it' if verb == 'does' else 'them'} out"
-        )
+        verb, them = ("does", "it") if len(given) == 1 else ("do", "them")
+        raise UsageError(f"{', '.join(given)} {verb} not apply {which}; leave {them} out")
 
 
 def _options(message: str) -> str:
