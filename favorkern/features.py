@@ -6,7 +6,7 @@ by name; the named classes are the same estimator with the map fixed.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from sklearn.base import (
@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import int_interval
 from .feature_maps import (
     FeatureMap,
     GeneralizedFeatureMap,
@@ -105,7 +106,7 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     _parameter_constraints: dict = {
         "feature_map": [str, FeatureMap],
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [int_interval(1)],
         "kernel": [StrOptions(set(KERNELS))],
         "gamma": [Interval(Real, 0.0, None, closed="neither")],
         "projection": [StrOptions(set(PROJECTION_KINDS))],

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._validation import int_interval
 from ._statistics import (
     RidgeStatistics,
     as_targets,
@@ -31,7 +32,7 @@ class _BaseRandomFeatureRidge(BaseEstimator):
         "features": [HasMethods(["fit", "transform"]), None],
         "alphas": ["array-like", Interval(Real, 0, None, closed="neither")],
         "fit_intercept": ["boolean"],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [int_interval(1), None],
     }
 
     def __init__(self, features=None, *, alphas=(1.0,), fit_intercept=True, batch_size=None):
