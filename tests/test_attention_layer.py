@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
+import favorkern
 from favorkern import FavorAttention, RandomFeatures
 
 
@@ -46,3 +47,30 @@ def test_pickled_layer_keeps_its_projection():
     np.testing.assert_array_equal(again.projection_, layer.projection_)
     np.testing.assert_array_equal(again(Q, K, V), out)
     assert not hasattr(FavorAttention(), "projection_")
+
+
+def test_projection_matrix_and_constants_as_favor_attention():
+    """The core parameters of favor_attention: a given projection and frozen constants."""
+    rng = np.random.default_rng(3)
+    Q, K, V = rng.normal(scale=0.5, size=(3, 2, 30, 8))
+    W = rng.normal(size=(16, 8))
+    constants = [{"A": -0.05}, {"A": -0.1}]
+    layer = FavorAttention("optimal", projection_matrix=W, constants=constants, causal=True)
+    expected = favorkern.favor_attention(
+        Q, K, V, causal=True, feature_map="optimal", projection_matrix=W, constants=constants
+    )
+    np.testing.assert_allclose(layer(Q, K, V), expected, rtol=1e-12)
+    assert layer.n_components is None
+    np.testing.assert_array_equal(layer.projection_, W)
+    np.testing.assert_array_equal(layer.constants_["A"], [-0.05, -0.1])
+    state = layer.initial_state((2,), 8)
+    steps = [
+        layer.step(Q[:, t : t + 1], K[:, t : t + 1], V[:, t : t + 1], state)[0] for t in range(30)
+    ]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        layer.redraw()
+    with pytest.raises(ValueError, match="fit\\(Q, K\\) would replace them"):
+        layer.fit(Q, K)
+    with pytest.raises(ValueError, match="n_components=32 needs 32 projections"):
+        FavorAttention(n_components=32, projection_matrix=W)(Q, K, V)

@@ -96,7 +96,8 @@ def test_closed_form_second_moment_matches_monte_carlo(name):
 
 
 def test_derf_reduces_to_gerf_for_isotropic_a():
-    # THEORY 6.2: A = a I, B = sqrt(1 - 4a) I is the GERF of section 6.1.
+    # :ref:`theory-favor-sharp`: A = a I, B = sqrt(1 - 4a) I is the GERF of
+    # :ref:`theory-favor-plus-plus`.
     W = draw_projection(16, 3, random_state=0)
     a = -0.2
     constants = {"rotation": np.eye(3), "A": np.full(3, a)}

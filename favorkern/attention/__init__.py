@@ -2,8 +2,9 @@
 
 * :func:`softmax_attention` (:mod:`.exact`) is the O(L^2) reference, computed over
   query chunks.
-* :func:`favor_attention` (:mod:`.favor`) and :class:`FavorAttention`
-  (:mod:`.layer`) replace
+* :func:`favor_attention` (:mod:`.favor`), :class:`FavorAttention` (:mod:`.layer`)
+  and :func:`favorkern.dask.favor_attention` check their arguments, build one
+  :class:`~.plan.AttentionPlan` and run it (:mod:`.plan`).  They replace
   ``exp(gamma q.k)`` by ``phi(q).phi(k)`` with any map of
   :mod:`favorkern.feature_maps` and never hold more than a chunk of features per
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
@@ -19,7 +20,7 @@
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
 
-Stabilizers (THEORY.md section 7): each query's features are divided by their own
+Stabilizers (:ref:`theory-stabilizers`): each query's features are divided by their own
 maximum (a per-query factor cancels in the normalized output); keys share one
 constant per (batch, head), which also cancels.  In causal mode the key constant
 of output ``i`` is the running maximum over keys ``0..i`` only, so no output

@@ -66,6 +66,7 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None) -> KeySta
         values = buffers.values(b - a, v.shape[1])
         np.multiply(v[a:b], weight[:, np.newaxis], out=values)
         product = buffers.array(state.S.shape, "state")
+        # S = (K')^T V and z = (K')^T 1_L of Performer eq. 4, summed over key chunks
         state.S += np.matmul(features.T, values, out=product)
         state.z += features.T @ weight
     return state
@@ -87,8 +88,8 @@ def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None
         # per chunk: the rows are read into cache for the product right after
         phi.queries(q[a:b], features, window, phi.logits_inside(q[a:b], window))
         block = out[a:b]
-        np.matmul(features, S, out=block)
-        normalize(block, features @ z)
+        np.matmul(features, S, out=block)  # Q' ((K')^T V), eq. 4's numerator
+        normalize(block, features @ z)  # D^-1, D_ii = q_i'^T z
 
 
 def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dtype):

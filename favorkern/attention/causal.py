@@ -17,6 +17,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._parallel import check_cancelled, executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
@@ -28,11 +29,7 @@ __all__ = [
     "causal_chunked",
     "causal_chunk_rows",
     "causal_key_features",
-    "CAUSAL_CHUNK_ROWS",
 ]
-
-# The recurrent kernel amortizes one thread-pool round trip per chunk.
-_RECURRENT_CHUNK_BYTES = 1 << 21
 
 
 def causal_key_features(phi, k, mask, start, stop, buf, carried):
@@ -77,9 +74,11 @@ def causal_chunked(
     target = out
     if not out.flags.c_contiguous:
         out = np.empty(out.shape, dtype=out.dtype)
-    per_group = max(1, (_PIPELINED_GROUP_ROWS if workers >= 2 else _GROUP_ROWS) // chunk)
+    group_rows = _config.CAUSAL_PIPELINED_GROUP_ROWS if workers >= 2 else _config.CAUSAL_GROUP_ROWS
+    per_group = max(1, group_rows // chunk)
+    min_groups = _config.CAUSAL_MIN_PIPELINED_GROUPS
     if workers >= 2:  # short sequences: smaller groups, enough to fill the pipeline
-        per_group = max(1, min(per_group, (n - start) // (chunk * _MIN_PIPELINED_GROUPS)))
+        per_group = max(1, min(per_group, (n - start) // (chunk * min_groups)))
     spans = []  # (first row, chunks, rows per chunk)
     a = start
     while n - a >= chunk:
@@ -88,7 +87,7 @@ def causal_chunked(
     if a < n:  # the last, shorter chunk
         spans.append((a, 1, n - a))
     if spans:
-        pipelined = workers >= 2 and len(spans) >= _MIN_PIPELINED_GROUPS
+        pipelined = workers >= 2 and len(spans) >= min_groups
         rows = max(n_chunks * size for _, n_chunks, size in spans)
         groups = _Groups(phi, q, k, v, mask, out, state, rows, chunk, pipelined)
         if pipelined:
@@ -98,16 +97,6 @@ def causal_chunked(
     if target is not out:
         target[start:n] = out[start:n]
     return state
-
-
-# Rows per group: measured best at 512-1024 (d = 64, m = 256, float32, one thread,
-# L = 65536; 256 is 8% slower); it bounds the buffers.
-_GROUP_ROWS = 1024
-# Pipelined (two threads): half the hand-offs between the threads; measured 3-12%
-# faster than 1024 rows at L = 2^16..2^18 (4096 no better), for about 8 MiB more buffers.
-_PIPELINED_GROUP_ROWS = 2048
-# Fewer groups than this leave the pipeline's two stages mostly idle.
-_MIN_PIPELINED_GROUPS = 4
 
 
 class _Groups:
@@ -214,6 +203,8 @@ class _Groups:
                 k3[g] *= np.exp(np.minimum(f3[g] - f3[g, -1], 0.0)).astype(dtype)[:, np.newaxis]
         ones = self.ones[:rows].reshape(n, chunk, 1)
         kt = k3.transpose(0, 2, 1)
+        # each chunk's own (K_c')^T V_c and (K_c')^T 1; _prefix sums them into the
+        # prefix sums S_i, z_i of Performer eq. 11 at the chunk boundaries
         np.matmul(kt, v3, out=self.S[ss][1 : n + 1])
         np.matmul(kt, ones, out=self.z[ss][1 : n + 1])
         before = self._prefix(ss, const[chunk - 1 :: chunk])
@@ -255,6 +246,8 @@ class _Groups:
         rows = n * chunk
         q3 = self.query[qs][:rows].reshape(n, chunk, m)
         inter, den_inter = self.inter[:rows], self.den_inter[:rows]
+        # eq. 11 split at the chunk start: q_i'^T S_i = q_i'^T S_before + the masked
+        # in-chunk product tril(Q_c' K_c'^T) V_c (and the same for q_i'^T z_i)
         np.matmul(q3, self.S[ss][:n], out=inter.reshape(n, chunk, dv))
         np.matmul(q3, self.z[ss][:n], out=den_inter.reshape(n, chunk, 1))
         if rescale:
@@ -272,7 +265,7 @@ class _Groups:
         )
         block += inter
         den += den_inter[:, 0]
-        normalize(block, den)
+        normalize(block, den)  # D^-1, D_ii = q_i'^T z_i
 
 
 def _recurrent_features(phi, q, k, mask, a, b, query_buf, key_buf, carried, queries=True):
@@ -346,12 +339,10 @@ def _causal_recurrent(phi, q, k, v, mask, out, chunk, column_blocks, workers):
 # against bidirectional attention, L = 16384-65536): 32 rows best up to m = 256 (m =
 # 256: 1.46x, against 1.53x at 64 rows and 2.06x for the earlier 256-row chunks taken
 # one at a time), 64 rows from m = 512 (m = 1024: 1.61x against 1.86x).
-CAUSAL_CHUNK_ROWS = 32
-
-
 def causal_chunk_rows(n_out) -> int:
     """Rows per chunk of :func:`causal_chunked` for ``n_out`` features (measured rule)."""
-    return CAUSAL_CHUNK_ROWS if n_out <= 256 else 2 * CAUSAL_CHUNK_ROWS
+    rows = _config.CAUSAL_CHUNK_ROWS
+    return rows if n_out <= 256 else 2 * rows
 
 
 def _causal_scan(phi, q, k, v, mask, out, chunk, workers):
@@ -407,7 +398,7 @@ def causal(phi, heads, out, workers, method) -> None:
             for q, k, v, m, idx in heads:
                 _causal_scan(phi, q, k, v, m, out[idx], chunk, workers)
         return
-    chunk = max(64, _RECURRENT_CHUNK_BYTES // (phi.n_out * phi.dtype.itemsize))
+    chunk = max(64, _config.RECURRENT_CHUNK_BYTES // (phi.n_out * phi.dtype.itemsize))
     if len(heads) >= workers:
         run_parallel(
             [

@@ -98,7 +98,7 @@ def favor_attention(
         ``"positive"`` ``exp(w.x - |x|^2/2)`` (FAVOR+); ``"hyperbolic"``
         ``exp(+-w.x - |x|^2/2)``; ``"trigonometric"`` ``exp(|x|^2/2) [cos w.x,
         sin w.x]`` (can be negative: its normalizer ``D`` can be <= 0, giving sign
-        flips or huge values, THEORY.md section 7.7); ``"relu"`` ``max(w.x, 0)``
+        flips or huge values, :ref:`theory-trig-denominator`); ``"relu"`` ``max(w.x, 0)``
         (generalized attention, which does *not* estimate softmax attention);
         ``"optimal"`` GERF / OPRF (FAVOR++) with ``A*`` from the homogeneity
         heuristic on the current Q and K of each (batch, head); ``"saderf"``

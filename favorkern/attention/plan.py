@@ -56,6 +56,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale, check_option, check_seed
 from .._warnings import FeatureUnderflowWarning
@@ -64,7 +65,7 @@ from ..feature_maps._base import map_identity, map_spec
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
-from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, heads
+from .common import exact_is_faster, feature_chunk_rows, heads
 from .decoding import DecodingState, HeadFeatures, decode
 from .exact import softmax_attention
 from .features import AttentionFeatures
@@ -402,7 +403,7 @@ def run_continuation(head_features: HeadFeatures, Q, K, V, mask, state):
     else:
         check_state(state, head_features, Q.dtype)
     work = math.prod(state.batch_shape) * Q.shape[-2] * head_features.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     with blas_single_thread():
         out = decode(head_features, Q, K, V, mask, state, workers)
     return out, state
@@ -527,7 +528,7 @@ def _run_favor(plan, Q, K, V, mask, batch, constants, causal=None):
     out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
     head_list = heads(Q, K, V, mask, batch)
     work = len(head_list) * (Q.shape[-2] + K.shape[-2]) * phi.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
+    workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     with blas_single_thread():  # the parallelism is ours, see softmax_attention
         if causal:
             method = plan.method

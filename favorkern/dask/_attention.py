@@ -11,6 +11,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from .. import _config
 from .._validation import check_attention_shapes, check_bool
 from ..attention.bidirectional import accumulate_keys, emit
 from ..attention.causal import causal_chunk_rows, causal_chunked
@@ -25,21 +26,6 @@ from ._transform import reject_sparse
 # Attention feature maps built in this process, by graph key (tasks receive the map's
 # spec, a frozen dataclass of arrays; the evaluator is built once per process).
 _FEATURE_MAPS: dict = {}
-_FEATURE_MAPS_MAX = 8
-
-# Fan-in of the bidirectional tree reduction and of the causal prefix scan of chunk
-# states: each level of the tree is a hop between workers (tens of ms on a loaded
-# machine), and a merge of m x dv states costs microseconds.
-_REDUCTION_FAN_IN = 16
-_SCAN_FAN_IN = 16
-# Consecutive key chunks whose states one task computes: a task costs about 2 ms of
-# CPU besides its work (scheduler and worker; no-op tasks on a LocalCluster of 2
-# workers), the key state of 2^14 rows about 14 ms (m = 256, d = dv = 64, one head):
-# chunks of this many rows (times the heads of a block) keep a task each.  The float64
-# states a group task holds (and, causal, the prefixes it sends to the output tasks)
-# are bounded too: at most _GROUP_STATE_BYTES of them (64 chunks at m = 256, dv = 64).
-_GROUP_ROWS = 1 << 14
-_GROUP_STATE_BYTES = 1 << 23
 
 
 # -- attention: chunk states ----------------------------------------------------------
@@ -52,7 +38,7 @@ def _features(recipe, dtype=None):
     key = (recipe[0], dtype)
     phi = _FEATURE_MAPS.get(key)
     if phi is None:
-        if len(_FEATURE_MAPS) >= _FEATURE_MAPS_MAX:
+        if len(_FEATURE_MAPS) >= _config.DASK_FEATURE_MAPS_CACHED:
             _FEATURE_MAPS.clear()
         phi = _FEATURE_MAPS[key] = AttentionFeatures(recipe[1], dtype)
     return phi
@@ -96,12 +82,13 @@ def _merge(*parts):
 
 def _row_groups(rows, heads=1, state_bytes=0):
     """Ranges ``(a, b)`` of consecutive chunks (of ``rows`` rows each) whose key states
-    one task computes: as many chunks as fit in ``_GROUP_ROWS`` rows times ``heads``
-    and in ``_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
-    max_chunks = max(1, _GROUP_STATE_BYTES // state_bytes) if state_bytes > 0 else len(rows)
+    one task computes: as many chunks as fit in ``DASK_GROUP_ROWS`` rows times ``heads``
+    and in ``DASK_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
+    state_limit = _config.DASK_GROUP_STATE_BYTES
+    max_chunks = max(1, state_limit // state_bytes) if state_bytes > 0 else len(rows)
     groups, start, total = [], 0, 0
     for i, size in enumerate(rows):
-        full = (total + size) * heads > _GROUP_ROWS or i - start >= max_chunks
+        full = (total + size) * heads > _config.DASK_GROUP_ROWS or i - start >= max_chunks
         if i > start and full:
             groups.append((start, i))
             start, total = i, 0
@@ -196,8 +183,8 @@ def _head_state(total, idx, dtype):
 
 def _emit_block(recipe, q_block, total):
     """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head;
-    rows float32 loses come from float64, as in memory (:func:`~favorkern.attention.
-    plan.fill_lost_rows`)."""
+    rows float32 loses come from float64, as in memory
+    (:func:`~favorkern.attention.plan.fill_lost_rows`)."""
     q_block = checked_block(q_block, "Q")
     out = _emit_rows(recipe, q_block, total, recipe[2])
     # 0 by design: heads with no visible key or only zero values (their S is 0)
@@ -240,8 +227,9 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
     :func:`favorkern.attention.causal.causal_chunked` started from the carried state,
     whose key constant is the maximum over earlier keys only: the running-maximum
     stabilizer of the in-memory algorithm, so no output looks at a later chunk.  Rows
-    float32 loses come from float64, as in memory (:func:`~favorkern.attention.plan.
-    fill_lost_rows`: each row chosen by its own output, so no later chunk decides).
+    float32 loses come from float64, as in memory
+    (:func:`~favorkern.attention.plan.fill_lost_rows`: each row chosen by its own
+    output, so no later chunk decides).
     """
     blocks = [
         checked_block(X, name) for X, name in ((q_block, "Q"), (k_block, "K"), (v_block, "V"))
@@ -310,8 +298,9 @@ class _Tasks:
         return key
 
     def merge_tree(self, parts):
-        """Reduce state keys by :func:`_merge` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
-        return tree_reduce(parts, lambda *group: self.add(_merge, *group), _REDUCTION_FAN_IN)
+        """Reduce state keys by :func:`_merge` in a tree of fan-in ``DASK_REDUCTION_FAN_IN``."""
+        fan_in = _config.DASK_REDUCTION_FAN_IN
+        return tree_reduce(parts, lambda *group: self.add(_merge, *group), fan_in)
 
     def exclusive_scan(self, entries):
         """The exclusive prefix state of each of ``entries``, as an entry.
@@ -320,7 +309,7 @@ class _Tasks:
         (the result itself if ``index`` is None; ``(None, None)``: no keys).  The
         value of the last entry is never read (it may be ``(None, None)``).
 
-        A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` entries are merged
+        A scan of fan-in ``f = DASK_SCAN_FAN_IN``: groups of ``f`` entries are merged
         into group totals, the totals scanned recursively, and one task per group
         then runs its members' prefixes sequentially from the group's offset.  Depth
         ``2 log_f(n)`` (every level is a hop between workers), about ``2n`` merges of
@@ -339,9 +328,10 @@ class _Tasks:
             # the first member's prefix is the offset itself: no wait for the scan
             return [offset] + [(scan, i) for i in range(1, len(group))]
 
-        if len(entries) <= _SCAN_FAN_IN:
+        fan_in = _config.DASK_SCAN_FAN_IN
+        if len(entries) <= fan_in:
             return prefixes_of((None, None), entries)
-        groups = [entries[i : i + _SCAN_FAN_IN] for i in range(0, len(entries), _SCAN_FAN_IN)]
+        groups = [entries[i : i + fan_in] for i in range(0, len(entries), fan_in)]
         totals = []
         for group in groups[:-1]:
             keys, indices = zip(*group, strict=True)
@@ -566,7 +556,7 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask, feature_map):
 
     Raw tasks in one graph layer rather than one delayed call (and one layer) per
     chunk: building, optimizing and scheduling the graph then costs little per chunk.
-    One task computes the key states of consecutive chunks up to ``_GROUP_ROWS``
+    One task computes the key states of consecutive chunks up to ``DASK_GROUP_ROWS``
     rows (:func:`_row_groups`) and merges them (bidirectional) or scans them
     (causal: the prefixes within the group, which each output task merges with the
     state before the group); every query chunk is one output task.
