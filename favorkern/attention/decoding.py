@@ -62,8 +62,12 @@ class DecodingState:
     branch a sequence (beam search, speculative decoding).  It pickles, and
     :meth:`to_dict` / :meth:`from_dict` (or :meth:`save` / :meth:`load`) store it
     with :func:`numpy.savez`.  A state only continues the attention that made it:
-    ``fingerprint`` identifies the projection, feature map, constants and logit
-    scale, and a mismatch is a ``ValueError``.
+    ``fingerprint`` (``identity|m=...|projection=...|...``) records the feature map
+    object (not only its name: a map replaced under its name is another map), the
+    width ``m``, the projection and its draws, the constants and the logit scale, and
+    a mismatch is a ``ValueError``.  A state built from a dict or a file is checked
+    against it (shapes, dtypes, finiteness, the width) and refused if it cannot be
+    trusted.
 
     Parameters
     ----------
