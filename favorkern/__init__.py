@@ -28,6 +28,7 @@ _LAZY = {
     "ApproximationWarning": "_warnings",
     "FeatureOverflowWarning": "feature_maps",
     "hybrid_attention": "attention",
+    "HybridAttention": "attention",
     "RandomFeatureRidge": "linear_model",
     "RandomFeatureRidgeClassifier": "linear_model",
 }

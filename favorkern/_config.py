@@ -49,9 +49,13 @@ CAUSAL_MIN_PIPELINED_GROUPS = 4
 #: Feature bytes per chunk of the causal numba recurrence (2 MiB): amortizes one
 #: thread-pool round trip per chunk.
 RECURRENT_CHUNK_BYTES = 1 << 21
-#: Hybrid attention's query rows per block (exact band rows x (rows + 2 window)): 64
-#: rows 1.16x its time, 256 1.32x, 512 1.58x (L = 4096, window 64, m = 256, float32).
-HYBRID_CHUNK_ROWS = 128
+#: Hybrid attention's query rows per block: the exact band is rows x (rows + window)
+#: scores and the far keys' masked product rows x rows; 64 ran 1.0x, 32 1.2x and 128
+#: 1.0x the time of 64 (causal, window 64, d = 64, m = 256, float32, L = 4096).
+HYBRID_CHUNK_ROWS = 64
+#: Hybrid attention's rows per group of blocks: one feature product per group and its
+#: blocks' products batched (as CAUSAL_GROUP_ROWS); bounds the group's buffers.
+HYBRID_GROUP_ROWS = 512
 
 # -- exact attention and its error estimate ------------------------------------------
 #: Scores per query chunk of exact softmax attention (4 MiB of float32): 2^16 1.36x its

@@ -154,4 +154,6 @@ def test_favor_attention_class_uses_the_adaptive_maps():
         )
         np.testing.assert_array_equal(out, expected)
         with pytest.raises(ValueError, match="causal"):
-            FavorAttention(n_components=64, feature_map=features, causal=True, random_state=0)(Q, K, V)
+            FavorAttention(n_components=64, feature_map=features, causal=True, random_state=0)(
+                Q, K, V
+            )

@@ -14,8 +14,11 @@
   :class:`DecodingState` (:meth:`FavorAttention.step`), and :mod:`.error` estimates
   the error of any output from a sample of exact rows
   (:func:`estimate_attention_error`).
-* :func:`hybrid_attention` (:mod:`.hybrid`) is exact on a local window and global
-  keys and uses random features for the other keys, renormalized together.
+* :func:`hybrid_attention` (:mod:`.hybrid`, engine :mod:`.hybrid_engine`) is exact on
+  a local window, global keys and each query's top keys, and uses random features
+  for the other keys, renormalized together; :class:`HybridAttention`
+  (:mod:`.hybrid_layer`) holds its projection and decodes token by token from a
+  :class:`HybridState`.
 * :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
@@ -34,6 +37,7 @@ from .error import AttentionErrorEstimate, estimate_attention_error
 from .exact import softmax_attention
 from .favor import favor_attention
 from .hybrid import hybrid_attention
+from .hybrid_layer import HybridAttention, HybridState
 from .layer import FavorAttention
 
 __all__ = [
@@ -44,4 +48,6 @@ __all__ = [
     "estimate_attention_error",
     "AttentionErrorEstimate",
     "hybrid_attention",
+    "HybridAttention",
+    "HybridState",
 ]

@@ -19,7 +19,7 @@ from ..attention.common import feature_chunk_rows
 from ..attention.features import AttentionFeatures
 from ..attention.plan import fill_lost_rows, head_groups, plan_attention, warn_lost_rows
 from ..attention.state import KeyState, exclusive_scan, merge
-from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps import FeatureMap, check_constants, get_feature_map
 from ._cluster import as_dask, check_last_axis, checked_block, tree_reduce
 from ._transform import reject_sparse
 
@@ -543,10 +543,14 @@ def _constants_graph(plan, Q, K, V, mask, dtype, constants):
     """The graph of one set of constants (or none) for every head of the inputs."""
     fmap = plan.feature_map
     constants = check_constants(fmap, constants)
-    if fmap.data_constants:
-        # asymmetric maps transform queries and keys blockwise
-        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)
-        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype)
+    if fmap.data_constants or type(fmap).prepare is not FeatureMap.prepare:
+        # asymmetric maps transform queries and keys blockwise (hybrid random features
+        # add a side column: the last axis, one chunk, may change its width)
+        width = fmap.prepare(np.zeros((1, Q.shape[-1]), dtype=dtype), "query", constants)
+        chunks = Q.chunks[:-1] + ((width.shape[-1],),)
+        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype, chunks=chunks)
+        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype,
+                         chunks=K.chunks[:-1] + ((width.shape[-1],),))  # fmt: skip
     spec = plan.features(dtype, constants).spec
     return _favor_graph(Q, K, V, spec, plan.causal, dtype, mask, fmap)
 

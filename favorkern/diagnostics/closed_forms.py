@@ -14,6 +14,7 @@ import numpy as np
 
 from .._validation import check_option
 from ..feature_maps import check_constants, feature_map_names, same_block_pairs
+from ..projections import PROJECTION_KINDS
 from ._common import NORMS, PROJECTIONS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["theoretical_mse"]
@@ -126,6 +127,10 @@ def theoretical_mse(
     and a same-block covariance is added, which has no closed form for unequal
     ``A_l`` (measure it with :func:`empirical_mse`).
 
+    The deterministic ``"taylor"`` map (``1 + s + s^2/2`` for ``s = x'.y'``) has no
+    variance: its MSE is the squared truncation error ``(e^s - 1 - s - s^2/2)^2``
+    (its bias squared), for any ``projection`` and ``norms``.
+
     For ``norms="fixed"`` (:ref:`theory-smreg`) the moments are ``0F1(; d/2; .)`` values:
     ``E exp(w.z) = 0F1(; d/2; d |z|^2/4)`` and so on, and the bias ``SMREG - SM`` is
     added squared.  Performer Theorem 2 (orthogonal never worse for positive
@@ -169,7 +174,13 @@ def theoretical_mse(
             f"feature_map={fmap.name!r} has no closed-form MSE; maps with one: "
             f"{list(feature_map_names(closed_form=True))}"
         )
-    check_option(projection, "projection", PROJECTIONS)
+    deterministic = getattr(fmap, "deterministic", False)
+    if projection in ("sobol", "halton", "structured") and not deterministic:
+        raise ValueError(
+            f"projection={projection!r} has no closed-form MSE (its rows are dependent in a "
+            "way no formula covers); measure it with favorkern.diagnostics.empirical_mse"
+        )
+    check_option(projection, "projection", PROJECTION_KINDS if deterministic else PROJECTIONS)
     check_option(norms, "norms", NORMS)
     gamma = check_gamma(gamma)
     if not isinstance(log, (bool, np.bool_)):
@@ -195,7 +206,9 @@ def theoretical_mse(
         constants = {"A": A}
     else:
         constants = {}
-    if projection not in fmap.closed_form_projections(norms):
+    if deterministic:
+        projection = "gaussian"  # its error does not depend on the (unused) projection
+    elif projection not in fmap.closed_form_projections(norms):
         raise ValueError(
             f"feature_map={fmap.name!r} with norms={norms!r} has closed forms for projection "
             f"in {list(fmap.closed_form_projections(norms))}, got {projection!r}"

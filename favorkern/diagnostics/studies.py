@@ -217,6 +217,8 @@ def _study_rows(x, y, fmap, width, projection, norms, gamma, draws):
     import pandas as pd
 
     m = width // fmap.outputs_per_projection
+    if not getattr(fmap, "stacked_trials", True):
+        m = fmap.n_projections(width)  # maps that read their own layout of rows
     mc = empirical_mse(
         x, y, feature_map=fmap, n_components=width, gamma=gamma, projections=draws[:, :m]
     )
