@@ -77,7 +77,7 @@ for _builtin in (
     HybridFeatureMap("gaussian", 1),
     TensorSketchFeatureMap(),
 ):
-    register_feature_map(_builtin)
+    _register_builtin(_builtin)
 del _builtin
 
 __all__ = [
