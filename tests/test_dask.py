@@ -15,7 +15,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import favorkern  # noqa: E402
-import favorkern.dask as favorkern_dask  # noqa: E402
+import favorkern.dask._attention as favorkern_dask  # noqa: E402
 from favorkern import (  # noqa: E402
     GeneralizedRandomFeatures,
     HyperbolicRandomFeatures,
@@ -417,9 +417,11 @@ def test_attention_errors():
         out.compute(scheduler="sync")
 
 
-def test_docstring_examples():
-    import favorkern.dask as dask_module
+@pytest.mark.parametrize("module", ["_attention", "_cluster", "_ridge", "_transform"])
+def test_docstring_examples(module):
+    import importlib
 
+    dask_module = importlib.import_module(f"favorkern.dask.{module}")
     with dask.config.set(scheduler="sync"):
         failures, _ = doctest.testmod(dask_module, optionflags=doctest.ELLIPSIS)
     assert failures == 0

@@ -1,36 +1,5 @@
-"""Random features and FAVOR+ attention on dask arrays (the optional ``dask`` extra).
-
-The same numbers as the in-memory functions, computed block by block by dask's
-scheduler (threads, processes or a ``distributed`` cluster); nothing here schedules
-work itself.
-
-* :func:`transform` (and the :class:`DaskTransformer` wrapper) maps a dask array
-  chunked along rows through a fitted favorkern transformer with
-  ``dask.array.map_blocks``; the output declares its true chunks
-  ``(row chunks, (n_components,))`` (dask-ml's ``ParallelPostFit`` declares the
-  input's width, which is wrong for random features).
-* :func:`favor_attention` takes ``Q, K, V`` chunked along the sequence.  Each key
-  chunk gives its state ``(S_c, z_c, c_c)`` (``S_c = phi(K_c)^T V_c exp(-c_c)``,
-  ``z_c = phi(K_c)^T 1 exp(-c_c)``, ``c_c`` the chunk's key stabilizer).  States
-  combine by ``c = max(c_a, c_b)``, ``S = S_a exp(c_a - c) + S_b exp(c_b - c)`` (the
-  merge of :mod:`favorkern.attention`): bidirectional attention reduces all states
-  in a tree and every query chunk emits ``phi(Q_c) S / phi(Q_c) z``; causal attention
-  takes an exclusive prefix scan of the states (a tree of depth ``2 log16(chunks)``)
-  and every chunk then runs the in-memory chunked causal algorithm from its carried
-  state, all chunks in parallel.  One task computes the states of consecutive key
-  chunks of up to ``2^14`` rows together (merged, or scanned within the group for
-  causal attention), so that short chunks cost about one task each: their output.
-
-The chunk-level pieces (the key state and its merge and scan, query emission, the
-causal chunk from a carried state) are those of :mod:`favorkern.attention`
-(:mod:`favorkern.attention.state` and friends), and the feature maps those of the
-registry, :mod:`favorkern.feature_maps`: the math is the same code.
-
-Worker processes should run numba and favorkern's feature-map pool on one thread
-each (dask already runs one task per worker thread): start them with
-:data:`WORKER_ENV`, e.g. ``LocalCluster(..., env=WORKER_ENV)``, or use
-:func:`local_cluster`.
-"""
+"""FAVOR+ attention on dask arrays: chunk states, their tree reduction and prefix scan,
+and the graph of :func:`favor_attention`."""
 
 from __future__ import annotations
 
@@ -39,33 +8,19 @@ import math
 import dask
 import dask.array as da
 import numpy as np
-import scipy.sparse as sp
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from sklearn.base import BaseEstimator, TransformerMixin, clone
-from sklearn.utils.validation import check_is_fitted
 
-from ._validation import check_attention_shapes, check_bool, check_logit_scale
-from .attention.bidirectional import accumulate_keys, emit
-from .attention.causal import causal_chunk_rows, causal_chunked
-from .attention.common import feature_chunk_rows
-from .attention.favor import attention_features, resolve_projection
-from .attention.features import AttentionFeatures
-from .attention.state import KeyState, exclusive_scan, merge
-from .feature_maps import apply_feature_map, check_constants, get_feature_map
-
-__all__ = [
-    "transform",
-    "DaskTransformer",
-    "favor_attention",
-    "WORKER_ENV",
-    "local_cluster",
-]
-
-#: Environment for dask worker processes: one numba thread and one favorkern
-#: feature-map thread per process (dask runs one task per worker thread, and the
-#: nanny pins BLAS/OpenMP but not numba or favorkern's own pool).
-WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "FAVORKERN_NUM_THREADS": "1"}
+from .._validation import check_attention_shapes, check_bool, check_logit_scale
+from ..attention.bidirectional import accumulate_keys, emit
+from ..attention.causal import causal_chunk_rows, causal_chunked
+from ..attention.common import feature_chunk_rows
+from ..attention.favor import attention_features, resolve_projection
+from ..attention.features import AttentionFeatures
+from ..attention.state import KeyState, exclusive_scan, merge
+from ..feature_maps import check_constants, get_feature_map
+from ._cluster import as_dask, check_last_axis, checked_block, tree_reduce
+from ._transform import reject_sparse
 
 # Attention feature maps built in this process, by graph key (tasks receive the map's
 # spec, a frozen dataclass of arrays; the evaluator is built once per process).
@@ -85,285 +40,6 @@ _SCAN_FAN_IN = 16
 # are bounded too: at most _GROUP_STATE_BYTES of them (64 chunks at m = 256, dv = 64).
 _GROUP_ROWS = 1 << 14
 _GROUP_STATE_BYTES = 1 << 23
-
-
-def local_cluster(n_workers=2, threads_per_worker=1, **kwargs):
-    """A ``distributed.LocalCluster`` of processes started with :data:`WORKER_ENV`.
-
-    Parameters
-    ----------
-    n_workers : int, default=2
-        Number of worker processes.
-    threads_per_worker : int, default=1
-        Threads per worker (tasks run concurrently in a worker).
-    **kwargs
-        Passed to ``distributed.LocalCluster`` (e.g. ``memory_limit``,
-        ``dashboard_address``); ``env`` entries are added to :data:`WORKER_ENV`.
-
-    Returns
-    -------
-    cluster : distributed.LocalCluster
-        Close it (or use it as a context manager) when done.
-
-    Examples
-    --------
-    >>> from distributed import Client
-    >>> from favorkern.dask import local_cluster
-    >>> with local_cluster(n_workers=1, dashboard_address=None) as cluster:  # doctest: +SKIP
-    ...     with Client(cluster) as client:
-    ...         print(client.run(lambda: __import__("os").environ["NUMBA_NUM_THREADS"]))
-    """
-    from distributed import LocalCluster
-
-    env = {**WORKER_ENV, **kwargs.pop("env", {})}
-    kwargs.setdefault("processes", True)
-    return LocalCluster(
-        n_workers=n_workers, threads_per_worker=threads_per_worker, env=env, **kwargs
-    )
-
-
-# -- input checks -----------------------------------------------------------------
-
-
-def _as_dask(X, name, *, row_chunks="auto"):
-    """``X`` as a dask array of float32 (if float32) or float64, checked for dtype."""
-    if not isinstance(X, da.Array):
-        X = np.asarray(X)
-        chunks = (row_chunks,) * max(0, X.ndim - 1) + (-1,) if X.ndim else ()
-        X = da.from_array(X, chunks=chunks)
-    if X.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a numeric array, got dtype {X.dtype}")
-    if any(math.isnan(s) for s in X.shape):
-        raise ValueError(
-            f"{name} has unknown chunk sizes (shape {X.shape}); call {name}.compute_chunk_sizes()"
-        )
-    if 0 in X.shape:
-        raise ValueError(f"{name} is empty (shape {X.shape}); at least one value is required")
-    return X
-
-
-def _check_last_axis(X, name):
-    if X.numblocks[-1] != 1:
-        raise ValueError(
-            f"{name} must not be chunked along its last axis (features), got chunks "
-            f"{X.chunks[-1]}; chunk along rows only, e.g. {name}.rechunk({{-1: -1}})"
-        )
-
-
-def _checked_block(block, name):
-    """A C-contiguous block; non-finite values raise as the in-memory checks do."""
-    block = np.ascontiguousarray(block)
-    if not np.isfinite(block).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return block
-
-
-# -- transform --------------------------------------------------------------------
-
-
-def _transform_block(block, spec):
-    if sp.issparse(block):
-        return apply_feature_map(_checked_sparse_block(block, "X"), spec)
-    return apply_feature_map(_checked_block(block, "X"), spec)
-
-
-def _checked_sparse_block(block, name):
-    """A CSR block of float32/float64 values; non-finite stored values raise."""
-    block = sp.csr_matrix(block)
-    if block.dtype not in (np.float32, np.float64):
-        block = block.astype(np.float64)
-    if not np.isfinite(block.data).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return block
-
-
-def _is_sparse(X) -> bool:
-    """True for a dask array whose blocks are scipy.sparse matrices."""
-    return sp.issparse(getattr(X, "_meta", None))
-
-
-def _reject_sparse(X, name):
-    if _is_sparse(X):
-        raise TypeError(
-            f"{name} has scipy.sparse blocks; attention needs dense blocks: "
-            f"{name}.map_blocks(lambda b: b.toarray())"
-        )
-
-
-def transform(estimator, X):
-    """Random features of a dask array, block by block, through a fitted transformer.
-
-    Each row block ``X_b`` becomes ``estimator.transform(X_b)`` (the same feature map
-    code, so the same numbers as the in-memory ``transform``); the output declares
-    its real chunks ``(X.chunks[0], (n_components,))`` and dtype.
-
-    Parameters
-    ----------
-    estimator : fitted favorkern transformer
-        ``PositiveRandomFeatures``, ``HyperbolicRandomFeatures``,
-        ``TrigonometricRandomFeatures``, ``GeneralizedRandomFeatures`` or
-        ``OptimalPositiveRandomFeatures``, already fitted (on in-memory data).
-    X : dask array of shape (n_samples, n_features)
-        Chunked along rows only (one chunk along columns).  float32 stays float32,
-        other numeric input becomes float64.  A NumPy array is wrapped with automatic
-        row chunks.  Blocks may be dense or ``scipy.sparse`` matrices (e.g. from
-        ``X.map_blocks(scipy.sparse.csr_matrix)``); the output blocks are dense.
-
-    Returns
-    -------
-    X_new : dask array of shape (n_samples, n_components)
-        Lazy; chunks ``(X.chunks[0], (n_components,))``.
-
-    Raises
-    ------
-    ValueError
-        If ``X`` is chunked along columns, has the wrong number of features, or (at
-        compute time) contains NaN or infinity.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> import numpy as np
-    >>> from favorkern import PositiveRandomFeatures
-    >>> from favorkern.dask import transform
-    >>> X = np.random.default_rng(0).normal(size=(10, 4))
-    >>> features = PositiveRandomFeatures(n_components=6, random_state=0).fit(X)
-    >>> X_new = transform(features, da.from_array(X, chunks=(3, 4)))
-    >>> X_new.chunks
-    ((3, 3, 3, 1), (6,))
-    >>> bool(np.allclose(X_new.compute(), features.transform(X)))
-    True
-    """
-    if not hasattr(estimator, "_spec"):
-        raise TypeError(
-            "estimator must be a favorkern random-feature transformer, got "
-            f"{type(estimator).__name__}"
-        )
-    check_is_fitted(estimator)
-    X = _as_dask(X, "X")
-    if X.ndim != 2:
-        raise ValueError(f"X must be a 2-D array, got shape {X.shape}")
-    _check_last_axis(X, "X")
-    if X.shape[1] != estimator.n_features_in_:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but {type(estimator).__name__} is expecting "
-            f"{estimator.n_features_in_} features as input"
-        )
-    dtype = np.dtype(np.float32 if X.dtype == np.float32 else np.float64)
-    X = X.astype(dtype, copy=False)
-    spec = estimator._spec()
-    n_out = spec.weights.shape[0]
-    # One graph key for the spec: workers fetch the projection once, not once per task.
-    spec_key = dask.delayed(spec, name=f"favorkern-spec-{tokenize(spec)}")
-    return X.map_blocks(
-        _transform_block,
-        spec_key,
-        chunks=(X.chunks[0], (n_out,)),
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype=dtype),
-        name=f"favorkern-transform-{tokenize(X, spec)}",
-    )
-
-
-class DaskTransformer(TransformerMixin, BaseEstimator):
-    """Wrap a favorkern transformer so that ``transform`` accepts dask arrays.
-
-    The role of dask-ml's ``ParallelPostFit`` for random features, with the right
-    output chunks: fit on an in-memory sample (the random features need only the
-    input width, except ``OptimalPositiveRandomFeatures``, which estimates its
-    parameter from the data), then transform dask arrays blockwise with
-    :func:`transform`; NumPy / pandas input goes to the wrapped ``transform``.
-    ``set_output(transform="pandas")`` (or ``"polars"``) applies to in-memory input
-    only: with dask input it raises ``ValueError`` rather than compute the result
-    into memory.
-
-    Parameters
-    ----------
-    estimator : favorkern transformer
-        Fitted or not.  If :meth:`fit` is never called, the estimator must already be
-        fitted and is used as it is.
-
-    Attributes
-    ----------
-    estimator_ : favorkern transformer
-        A fitted clone of ``estimator`` (after :meth:`fit`).
-    n_features_in_ : int
-        Number of features seen by the wrapped estimator.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> import numpy as np
-    >>> from favorkern import TrigonometricRandomFeatures
-    >>> from favorkern.dask import DaskTransformer
-    >>> X = np.random.default_rng(0).normal(size=(20, 3))
-    >>> model = DaskTransformer(TrigonometricRandomFeatures(8, random_state=0)).fit(X[:5])
-    >>> model.transform(da.from_array(X, chunks=(7, 3))).chunks
-    ((7, 7, 6), (8,))
-    """
-
-    def __init__(self, estimator):
-        self.estimator = estimator
-
-    def fit(self, X, y=None):
-        """Fit a clone of ``estimator`` on in-memory ``X``; returns ``self``.
-
-        A dask collection raises ``TypeError``: fit on a sample that fits in memory.
-        """
-        if dask.is_dask_collection(X):
-            raise TypeError(
-                "X must be in memory for fit (random features need only its width; fit on "
-                "a sample, e.g. X[:1000].compute()), got a dask collection"
-            )
-        self.estimator_ = clone(self.estimator).fit(X, y)
-        return self
-
-    def _fitted(self):
-        if hasattr(self, "estimator_"):
-            return self.estimator_
-        check_is_fitted(self.estimator)
-        return self.estimator
-
-    @property
-    def n_features_in_(self):
-        return self._fitted().n_features_in_
-
-    def transform(self, X):
-        """Random features of ``X``: a dask array for dask input (see :func:`transform`)."""
-        estimator = self._fitted()
-        if isinstance(X, da.Array):
-            self._check_lazy_output()
-            return transform(estimator, X)
-        return estimator.transform(X)
-
-    def _check_lazy_output(self):
-        """``set_output(transform="pandas")`` would compute the dask result into memory."""
-        from sklearn.utils._set_output import _get_output_config
-
-        container = _get_output_config("transform", self)["dense"]
-        if container != "default":
-            raise ValueError(
-                f"set_output(transform={container!r}) would compute the whole dask result "
-                "into memory; for dask input use set_output(transform='default') and "
-                "convert lazily, e.g. dask.dataframe.from_dask_array(X_new, columns="
-                "model.get_feature_names_out())"
-            )
-
-    def get_feature_names_out(self, input_features=None):
-        """Output feature names of the wrapped estimator."""
-        return self._fitted().get_feature_names_out(input_features)
-
-    def __sklearn_is_fitted__(self):
-        try:
-            self._fitted()
-        except Exception:
-            return False
-        return True
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = self.estimator.__sklearn_tags__().input_tags.sparse
-        return tags
 
 
 # -- attention: chunk states ----------------------------------------------------------
@@ -391,8 +67,8 @@ def _chunk_state(recipe, k_block, v_block, m_block=None):
     from :func:`favorkern.attention.bidirectional.accumulate_keys`.
     """
     fmap = _feature_map(recipe)
-    k_block = _checked_block(k_block, "K")
-    v_block = _checked_block(v_block, "V")
+    k_block = checked_block(k_block, "K")
+    v_block = checked_block(v_block, "V")
     lead = k_block.shape[:-2]
     state = KeyState(
         np.zeros(lead + (fmap.n_out, v_block.shape[-1])),
@@ -517,7 +193,7 @@ def _head_state(total, idx, dtype):
 def _emit_block(recipe, q_block, total):
     """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head."""
     fmap = _feature_map(recipe)
-    q_block = _checked_block(q_block, "Q")
+    q_block = checked_block(q_block, "Q")
     out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=fmap.dtype)
     chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
     for idx in _heads_of(q_block):
@@ -547,9 +223,9 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
     stabilizer of the in-memory algorithm, so no output looks at a later chunk.
     """
     fmap = _feature_map(recipe)
-    q_block = _checked_block(q_block, "Q")
-    k_block = _checked_block(k_block, "K")
-    v_block = _checked_block(v_block, "V")
+    q_block = checked_block(q_block, "Q")
+    k_block = checked_block(k_block, "K")
+    v_block = checked_block(v_block, "V")
     out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=fmap.dtype)
     for idx in _heads_of(q_block):
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
@@ -588,12 +264,7 @@ class _Tasks:
 
     def merge_tree(self, parts):
         """Reduce state keys by :func:`_merge` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
-        while len(parts) > 1:
-            parts = [
-                self.add(_merge, *parts[i : i + _REDUCTION_FAN_IN])
-                for i in range(0, len(parts), _REDUCTION_FAN_IN)
-            ]
-        return parts[0]
+        return tree_reduce(parts, lambda *group: self.add(_merge, *group), _REDUCTION_FAN_IN)
 
     def exclusive_scan(self, entries):
         """The exclusive prefix state of each of ``entries``, as an entry.
@@ -643,11 +314,11 @@ def _prepare(Q, K, V, causal, key_padding_mask=None):
     causal = check_bool(causal, "causal")
     arrays = {}
     for name, X in (("Q", Q), ("K", K), ("V", V)):
-        X = _as_dask(X, name)
-        _reject_sparse(X, name)
+        X = as_dask(X, name)
+        reject_sparse(X, name)
         if X.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions, got shape {X.shape}")
-        _check_last_axis(X, name)
+        check_last_axis(X, name)
         arrays[name] = X
     Q, K, V = arrays["Q"], arrays["K"], arrays["V"]
     dtype = np.dtype(np.float32 if all(X.dtype == np.float32 for X in (Q, K, V)) else np.float64)
@@ -940,252 +611,3 @@ def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
         dtype=dtype,
         meta=np.empty((0,) * Q.ndim, dtype=dtype),
     )
-
-
-# == Streaming ridge regression and classification (favorkern.linear_model) ==========
-# Self-contained section (its imports are local): fit/predict of RandomFeatureRidge(Classifier)
-# on dask arrays.
-# Each row chunk yields its RidgeStatistics on a worker; they are merged in a tree and
-# the m x m solve runs on the client.  With several alphas a second pass over the chunks
-# sums the exact leave-one-out errors (the solver, one m x m eigenbasis, is shipped once).
-
-__all__ += ["fit", "predict"]
-
-# Fan-in of the tree that merges chunk statistics: a merge adds two m x m matrices
-# (milliseconds), a tree level costs a hop between workers.
-_RIDGE_FAN_IN = 8
-
-
-def _ridge_rows(array, name, n_rows=None, row_chunks=None):
-    """``array`` as a dask array chunked along rows only (matching ``row_chunks``)."""
-    import math
-
-    import dask.array as da
-    import numpy as np
-
-    if array is None:
-        return None
-    if not isinstance(array, da.Array):
-        if row_chunks is None:
-            raise TypeError(f"{name} must be a dask array, got {type(array).__name__}")
-        array = np.asarray(array)
-        if array.ndim == 0 or array.shape[0] != n_rows:
-            raise ValueError(f"{name} has shape {array.shape}, X has {n_rows} rows")
-        array = da.from_array(array, chunks=(row_chunks,) + array.shape[1:])
-    if array.ndim not in (1, 2) or (name == "X" and array.ndim != 2):
-        raise ValueError(
-            f"{name} must be {'2-D' if name == 'X' else '1-D or 2-D'}, got shape {array.shape}"
-        )
-    if any(math.isnan(size) for size in array.shape):
-        raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
-    if n_rows is not None and array.shape[0] != n_rows:
-        raise ValueError(f"{name} has {array.shape[0]} rows, X has {n_rows}")
-    chunks = {0: row_chunks if row_chunks is not None else array.chunks[0]}
-    if array.ndim == 2:
-        chunks[1] = -1
-    return array.rechunk(chunks)
-
-
-def _ridge_chunk_statistics(features, X_block, y_block, w_block, batch_size, classes):
-    from .linear_model import RidgeStatistics, encode_labels
-
-    targets = y_block if classes is None else encode_labels(y_block, classes)
-    return RidgeStatistics.from_features(features, X_block, targets, w_block, batch_size=batch_size)
-
-
-def _ridge_chunk_loo(solver, features, X_block, y_block, w_block, alphas, batch_size, classes):
-    from .linear_model import encode_labels
-
-    targets = y_block if classes is None else encode_labels(y_block, classes)
-    return solver.loo_errors(
-        features, X_block, targets, w_block, alphas=alphas, batch_size=batch_size
-    )
-
-
-def _ridge_merge(*parts):
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total = total.merge(part)
-    return total
-
-
-def _ridge_sum(*parts):
-    import numpy as np
-
-    return np.sum(parts, axis=0)
-
-
-def _ridge_tree(parts, combine):
-    import dask
-
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(combine, pure=True)(*parts[i : i + _RIDGE_FAN_IN])
-            for i in range(0, len(parts), _RIDGE_FAN_IN)
-        ]
-    return parts[0]
-
-
-def fit(model, X, y, sample_weight=None):
-    """Fit a :class:`~favorkern.RandomFeatureRidge` (or the classifier) on dask arrays.
-
-    The feature map is fitted on the client on the first ``batch_size`` rows (as
-    in-memory ``fit`` does); every row chunk's sufficient statistics
-    (:class:`favorkern.linear_model.RidgeStatistics`) are computed on the workers,
-    ``batch_size`` rows at a time, merged in a tree (exact pairwise centring), and
-    the solve runs on the client.  With several ``alphas`` a second pass over the
-    chunks sums the exact leave-one-out errors, so ``alpha_`` and the coefficients
-    equal those of ``model.fit`` on the same rows in memory, to rounding.
-
-    Parameters
-    ----------
-    model : RandomFeatureRidge or RandomFeatureRidgeClassifier
-        Fitted in place.
-    X : dask.array.Array of shape (n_samples, n_features)
-        Chunked along rows (column chunks are merged).
-    y : dask.array.Array or ndarray of shape (n_samples,) or (n_samples, n_targets)
-        Rechunked to the row chunks of ``X``.
-    sample_weight : dask.array.Array or ndarray of shape (n_samples,), default=None
-
-    Returns
-    -------
-    model : the fitted model
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> from sklearn.datasets import make_friedman1
-    >>> from favorkern import RandomFeatureRidge
-    >>> from favorkern.dask import fit, predict
-    >>> X, y = make_friedman1(n_samples=2000, random_state=0)
-    >>> X_dask, y_dask = da.from_array(X, chunks=500), da.from_array(y, chunks=500)
-    >>> model = fit(RandomFeatureRidge(alphas=[0.01, 0.1]), X_dask, y_dask)
-    >>> bool(abs(model.coef_ - RandomFeatureRidge(alphas=[0.01, 0.1]).fit(X, y).coef_).max() < 1e-8)
-    True
-    >>> predict(model, X_dask).chunks
-    ((500, 500, 500, 500),)
-    """
-    import dask
-    import dask.array as da
-    import numpy as np
-    from sklearn.base import is_classifier
-
-    from .linear_model import RandomFeatureRidge, RandomFeatureRidgeClassifier
-
-    if not isinstance(model, (RandomFeatureRidge, RandomFeatureRidgeClassifier)):
-        raise TypeError(
-            "model must be a RandomFeatureRidge or RandomFeatureRidgeClassifier, "
-            f"got {type(model).__name__}"
-        )
-    X = _ridge_rows(X, "X")
-    row_chunks = X.chunks[0]
-    y = _ridge_rows(y, "y", X.shape[0], row_chunks)
-    weights = _ridge_rows(sample_weight, "sample_weight", X.shape[0], row_chunks)
-    if weights is not None and weights.ndim != 1:
-        raise ValueError(f"sample_weight must be 1-D, got shape {weights.shape}")
-    if X.shape[0] == 0:
-        raise ValueError("X has no rows")
-    batch_size = model.resolved_batch_size()
-    classes = None
-    if is_classifier(model):
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels for a classifier, got shape {y.shape}")
-        classes = np.unique(da.unique(y).compute())
-    head = min(batch_size, X.shape[0])
-    first_X, first_y = dask.compute(X[:head], y[:head])
-    features = model.init_features(first_X, first_y, classes=classes)
-    features_key = dask.delayed(features)
-    x_blocks = X.to_delayed().ravel()
-    y_blocks = y.to_delayed().ravel()
-    w_blocks = [None] * len(x_blocks) if weights is None else list(weights.to_delayed().ravel())
-    blocks = list(zip(x_blocks, y_blocks, w_blocks, strict=True))
-    parts = [
-        dask.delayed(_ridge_chunk_statistics, pure=True)(
-            features_key, xb, yb, wb, batch_size, classes
-        )
-        for xb, yb, wb in blocks
-    ]
-    (statistics,) = dask.compute(_ridge_tree(parts, _ridge_merge))
-    loo_errors = None
-    alphas = np.atleast_1d(np.asarray(model.alphas, dtype=np.float64))
-    if alphas.size > 1 and statistics.weight_sum > 0:
-        solver = statistics.solver(fit_intercept=model.fit_intercept)
-        solver_key = dask.delayed(solver)
-        parts = [
-            dask.delayed(_ridge_chunk_loo, pure=True)(
-                solver_key, features_key, xb, yb, wb, alphas, batch_size, classes
-            )
-            for xb, yb, wb in blocks
-        ]
-        (loo_errors,) = dask.compute(_ridge_tree(parts, _ridge_sum))
-    return model.fit_statistics(features, statistics, loo_errors=loo_errors)
-
-
-def _ridge_predict_block(model, X_block, return_std):
-    import numpy as np
-
-    if return_std:
-        mean, std = model.predict(X_block, return_std=True)
-        return np.stack([mean, std], axis=-1)
-    return model.predict(X_block)
-
-
-def predict(model, X, return_std=False):
-    """Blockwise predictions of a fitted ridge model on a dask array (lazy).
-
-    Parameters
-    ----------
-    model : fitted RandomFeatureRidge or RandomFeatureRidgeClassifier
-    X : dask.array.Array of shape (n_samples, n_features)
-    return_std : bool, default=False
-        Regressor only: also the predictive standard deviation.
-
-    Returns
-    -------
-    y_pred : dask.array.Array of shape (n_samples,) or (n_samples, n_targets)
-        Chunked like the rows of ``X``.
-    y_std : dask.array.Array, only when ``return_std``
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> import numpy as np
-    >>> from favorkern import RandomFeatureRidge
-    >>> from favorkern.dask import predict
-    >>> X = np.random.default_rng(0).uniform(size=(1000, 3))
-    >>> model = RandomFeatureRidge().fit(X, X.sum(axis=1))
-    >>> mean, std = predict(model, da.from_array(X, chunks=250), return_std=True)
-    >>> mean.chunks, bool(np.allclose(mean.compute(), model.predict(X)))
-    (((250, 250, 250, 250),), True)
-    """
-    import dask
-    import dask.array as da
-    import numpy as np
-    from sklearn.base import is_classifier
-    from sklearn.utils.validation import check_is_fitted
-
-    check_is_fitted(model)
-    if not isinstance(return_std, (bool, np.bool_)):
-        raise TypeError(f"return_std must be a bool, got {return_std!r}")
-    if return_std and is_classifier(model):
-        raise ValueError("return_std applies to RandomFeatureRidge only")
-    X = _ridge_rows(X, "X")
-    if X.shape[1] != model.n_features_in_:
-        raise ValueError(f"X has {X.shape[1]} features, the model expects {model.n_features_in_}")
-    model_key = dask.delayed(model)
-    if is_classifier(model):
-        dtype, width = model.classes_.dtype, ()
-    else:
-        dtype = np.float32 if X.dtype == np.float32 else np.float64
-        width = () if np.ndim(model.coef_) == 1 else (np.shape(model.coef_)[0],)
-    pieces = []
-    for i, block in enumerate(X.to_delayed().ravel()):
-        shape = (X.chunks[0][i],) + width + ((2,) if return_std else ())
-        task = dask.delayed(_ridge_predict_block, pure=True)(model_key, block, bool(return_std))
-        pieces.append(
-            da.from_delayed(task, shape, dtype=dtype, meta=np.empty((0,) * len(shape), dtype=dtype))
-        )
-    out = da.concatenate(pieces, axis=0)
-    if return_std:
-        return out[..., 0], out[..., 1]
-    return out
