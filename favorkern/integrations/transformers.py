@@ -34,20 +34,12 @@ from __future__ import annotations
 import inspect
 import itertools
 import numbers
-import pickle
-from dataclasses import dataclass
 
 import numpy as np
 
 try:
     import torch
-    import transformers  # noqa: F401
-    from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
-    from transformers.masking_utils import (
-        AttentionMaskInterface,
-        bidirectional_mask_function,
-        causal_mask_function,
-    )
+    from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -58,24 +50,19 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..attention.error import estimate_attention_error
 from ..attention.layer import FavorAttention
+from ._hf_layers import (
+    LinearizedCache,
+    _exact_torch,
+    _KeyPadding,
+    _Layer,
+    _padding_mask,
+    _Part,
+    _repeat_heads,
+    _to_numpy,
+)
+from ._hf_report import LADDER, RoutingReport, _HeadRecord
 
 __all__ = ["linearize", "Linearized", "LinearizedCache", "RoutingReport", "LADDER"]
-
-#: The settings a head can be routed to, cheapest first: ``(name, parameters)``.
-#: ``"favor"`` is plain random-feature attention; the ``"window ..."`` settings are
-#: :class:`~favorkern.HybridAttention` with those parameters (exact keys: the window,
-#: the first key as a global "sink", and with ``n_top`` the ``n_top`` keys of
-#: largest logit among ``n_candidates`` candidates); ``"exact"`` is softmax attention.
-#: Every random-feature setting uses the template's ``n_components``,
-#: ``feature_map`` and ``projection``.
-LADDER = (
-    ("favor", {}),
-    ("window 16", {"window": 16, "n_global": 1}),
-    ("window 64", {"window": 64, "n_global": 1}),
-    ("window 64 + top 16/128", {"window": 64, "n_global": 1, "n_top": 16, "n_candidates": 128}),
-    ("window 256 + top 32/256", {"window": 256, "n_global": 1, "n_top": 32, "n_candidates": 256}),
-    ("exact", None),
-)
 
 # Query rows sampled per head for the error estimates of routing and the report.
 _N_ERROR_ROWS = 64
@@ -94,92 +81,6 @@ def _hybrid_class():
 def _attention_classes():
     hybrid = _hybrid_class()
     return (FavorAttention,) if hybrid is None else (FavorAttention, hybrid)
-
-
-# --------------------------------------------------------------------------- masks
-
-
-class _KeyPadding:
-    """What the mask function hands the attention function: padded keys and causality.
-
-    ``ignore``: bool tensor (batch, kv_length), True marks a padded key, or None.
-    """
-
-    __slots__ = ("ignore", "causal")
-
-    def __init__(self, ignore, causal):
-        self.ignore = ignore
-        self.causal = causal
-
-
-def _padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0,
-                  mask_function=causal_mask_function, attention_mask=None, **kwargs):  # fmt: skip
-    """Mask function registered beside the attention function: keeps only the padding."""
-    if mask_function is causal_mask_function:
-        causal = True
-    elif mask_function is bidirectional_mask_function:
-        causal = False
-    else:
-        raise ValueError(
-            "linearize supports full causal or full bidirectional attention masks; this "
-            f"model builds another pattern ({getattr(mask_function, '__qualname__', mask_function)}"
-            ", e.g. a sliding window, chunks or packed sequences)"
-        )
-    ignore = None
-    if attention_mask is not None:
-        keep = attention_mask[:, kv_offset : kv_offset + kv_length].to(torch.bool)
-        if keep.shape[-1] != kv_length:
-            raise ValueError(
-                f"the attention mask covers {attention_mask.shape[-1]} positions, fewer than the "
-                f"{kv_length + kv_offset} keys"
-            )
-        if not bool(keep.all()):
-            ignore = ~keep
-    return _KeyPadding(ignore, causal)
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def _to_numpy(x):
-    x = x.detach()
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    return x.cpu().numpy()
-
-
-def _repeat_heads(x, n_heads):
-    """(..., n_kv, L, d) -> (..., n_heads, L, d): each key/value head for its query group."""
-    n_kv = x.shape[-3]
-    if n_kv == n_heads:
-        return x
-    if n_heads % n_kv:
-        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} key/value heads")
-    return np.repeat(x, n_heads // n_kv, axis=-3)
-
-
-def _exact_torch(q, k, v, ignore, causal, scaling):
-    """Softmax attention in torch: (B, H, Lq, d) x (B, Hkv, Lk, d); causal aligned to the end."""
-    n_heads, n_kv = q.shape[1], k.shape[1]
-    if n_heads != n_kv:
-        k = k.repeat_interleave(n_heads // n_kv, dim=1)
-        v = v.repeat_interleave(n_heads // n_kv, dim=1)
-    lq, lk = q.shape[-2], k.shape[-2]
-    if ignore is None and (not causal or lq == lk):
-        return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=causal and lq > 1, scale=scaling
-        )
-    allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed = allowed.tril(diagonal=lk - lq)
-    allowed = allowed[None, None]
-    if ignore is not None:
-        allowed = allowed & ~ignore[:, None, None, :]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, scale=scaling
-    )
-    # rows that see no key (padding queries) are 0, not NaN
-    return torch.nan_to_num(out, nan=0.0)
 
 
 def _seed(random_state, *path):
@@ -285,293 +186,6 @@ def _real_tokens(x, ignore):
         return np.concatenate(list(x), axis=-2) if x.shape[0] > 1 else x[0]
     parts = [x[b][:, ~ignore[b]] for b in range(x.shape[0])]
     return np.concatenate(parts, axis=-2)
-
-
-# ------------------------------------------------------------------------ engine
-
-
-@dataclass
-class _Part:
-    """Some query heads of one layer and the attention computing them.
-
-    ``heads`` None: all heads, keys and values in their grouped form.  ``attention``
-    None: exact softmax attention.
-    """
-
-    setting: str
-    heads: np.ndarray | None
-    attention: object | None
-
-
-@dataclass
-class _HeadRecord:
-    layer: int
-    head: int
-    setting: str
-    error: float
-    low: float
-    high: float
-    exact_share: float
-
-
-class _Layer:
-    """One linearized attention module: its parts, in the order of their heads."""
-
-    def __init__(self, index, module, causal, parts):
-        self.index = index
-        self.module = module
-        self.causal = causal
-        self.parts = parts
-
-    # whole sequence (no decoding state) -------------------------------------------
-    def forward(self, q, k, v, ignore, scaling, out_dtype):
-        """q (B, H, Lq, d), k, v (B, Hkv, Lk, .) torch -> (B, H, Lq, dv) torch."""
-        n_heads, lq, lk = q.shape[1], q.shape[-2], k.shape[-2]
-        qn, kn, vn = _to_numpy(q), _to_numpy(k), _to_numpy(v)
-        if self.causal and lq < lk:  # continuing a plain KV cache: earlier queries are 0
-            pad = np.zeros(qn.shape[:2] + (lk - lq, qn.shape[-1]), dtype=qn.dtype)
-            qn = np.concatenate([pad, qn], axis=-2)
-        elif self.causal and lq > lk:
-            raise ValueError(f"causal attention with more queries ({lq}) than keys ({lk})")
-        mask = None if ignore is None else ignore.cpu().numpy()[:, None, :]
-        out = np.zeros(qn.shape[:-1] + (vn.shape[-1],), dtype=qn.dtype)
-        kr, vr = _repeat_heads(kn, n_heads), _repeat_heads(vn, n_heads)
-        for part in self.parts:
-            sel = slice(None) if part.heads is None else part.heads
-            if part.attention is None:
-                exact = _exact_torch(
-                    q[:, sel], torch.from_numpy(kr[:, sel]).to(q.dtype),
-                    torch.from_numpy(vr[:, sel]).to(q.dtype), ignore, self.causal, scaling,
-                )  # fmt: skip
-                out[:, sel, -lq:] = _to_numpy(exact)
-            else:
-                out[:, sel] = part.attention(
-                    qn[:, sel], kr[:, sel], vr[:, sel], gamma=scaling, key_padding_mask=mask
-                )
-        out = out[..., -lq:, :]
-        return torch.from_numpy(np.ascontiguousarray(out)).to(out_dtype)
-
-    # decoding ------------------------------------------------------------------------
-    def step(self, q, k, v, ignore, scaling, out_dtype, slot):
-        """Continue from the states in ``slot`` (a :class:`_StateLayer`) by ``T`` tokens."""
-        n_heads, n_kv, t = q.shape[1], k.shape[1], q.shape[-2]
-        qn, kn, vn = _to_numpy(q), _to_numpy(k), _to_numpy(v)
-        new_ignore = None if ignore is None else ignore[:, -t:]
-        mask = None if new_ignore is None else new_ignore.cpu().numpy()[:, None, :]
-        out = np.zeros(qn.shape[:-1] + (vn.shape[-1],), dtype=qn.dtype)
-        for i, part in enumerate(self.parts):
-            if part.heads is None:
-                sel, kp, vp = slice(None), kn, vn
-            else:
-                sel = part.heads
-                kp, vp = _repeat_heads(kn, n_heads)[:, sel], _repeat_heads(vn, n_heads)[:, sel]
-            if part.attention is None:
-                kt, vt = torch.from_numpy(kp).to(q.dtype), torch.from_numpy(vp).to(q.dtype)
-                if i in slot.kv:
-                    kt = torch.cat([slot.kv[i][0], kt], dim=-2)
-                    vt = torch.cat([slot.kv[i][1], vt], dim=-2)
-                slot.kv[i] = (kt, vt)
-                exact = _exact_torch(q[:, sel], kt, vt, ignore, True, scaling)
-                out[:, sel] = _to_numpy(exact)
-                continue
-            # None starts a sequence (a state for this gamma, the inputs' shape and dtype)
-            state = slot.states.get(i)
-            out[:, sel], state = part.attention.step(
-                qn[:, sel], kp, vp, state, gamma=scaling, key_padding_mask=mask
-            )
-            slot.states[i] = state
-        del n_kv
-        return torch.from_numpy(out).to(out_dtype)
-
-
-# ------------------------------------------------------------------------- cache
-
-
-class _StateLayer(CacheLayerMixin):
-    """A cache layer holding favorkern decoding states instead of keys and values."""
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-
-    def __init__(self, handle, index):
-        super().__init__()
-        self._handle = handle
-        self._index = index
-        self.states = {}
-        self.kv = {}
-        self.seen = 0
-
-    def lazy_initialization(self, key_states, value_states):
-        self.device = key_states.device
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self.seen += key_states.shape[-2]
-        self._handle._pending[self._index] = self
-        return key_states, value_states
-
-    def get_mask_sizes(self, query_length):
-        return self.seen + query_length, 0
-
-    def get_seq_length(self):
-        return self.seen
-
-    def get_max_length(self):
-        return -1
-
-    def reset(self):
-        self.states, self.kv, self.seen = {}, {}, 0
-
-    def offload(self):
-        raise NotImplementedError("a favorkern cache holds numpy states: no offloading")
-
-    def reorder_cache(self, beam_idx):
-        raise NotImplementedError("a favorkern cache does not support beam search")
-
-    def batch_repeat_interleave(self, repeats):
-        raise NotImplementedError("a favorkern cache does not support expanding the batch")
-
-    def batch_select_indices(self, indices):
-        raise NotImplementedError("a favorkern cache does not support selecting batch rows")
-
-    def crop(self, tokens_to_remove):
-        raise NotImplementedError("a favorkern cache cannot forget tokens (no assisted decoding)")
-
-    def nbytes(self):
-        """Bytes held: the decoding states, and the keys and values of exact heads."""
-        # the states pickle (the layer classes' contract): their size counts every array
-        total = sum(len(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-                    for state in self.states.values())  # fmt: skip
-        for k, v in self.kv.values():
-            total += k.numel() * k.element_size() + v.numel() * v.element_size()
-        return total
-
-
-class LinearizedCache(Cache):
-    """A ``transformers`` cache of favorkern decoding states, from :meth:`Linearized.cache`.
-
-    Linearized layers hold one decoding state per part (``O(m dv)`` per head for
-    random features; the hybrid's window, global keys and candidate pool besides),
-    independent of the prefix length; heads routed to exact attention and layers
-    left exact hold their keys and values as a dynamic cache does.  One sequence
-    per batch row, greedy or sampled decoding; no beam search, no cropping.
-    """
-
-    def __init__(self, handle, n_layers):
-        layers = [
-            _StateLayer(handle, i) if i in handle._by_index else DynamicLayer()
-            for i in range(n_layers)
-        ]
-        super().__init__(layers=layers)
-
-    def nbytes(self):
-        """Bytes held by all layers (states, and keys and values where exact)."""
-        total = 0
-        for layer in self.layers:
-            if isinstance(layer, _StateLayer):
-                total += layer.nbytes()
-            elif layer.is_initialized and layer.keys is not None:
-                total += layer.keys.numel() * layer.keys.element_size() * 2
-        return total
-
-
-# ------------------------------------------------------------------------ report
-
-
-class RoutingReport:
-    """Per (layer, head): the setting, its estimated error and the share of exact keys.
-
-    Attributes
-    ----------
-    rows : list of dict
-        One per head: ``layer``, ``head``, ``setting``, ``error`` (estimated mean
-        relative row error on the calibration text, NaN without calibration),
-        ``error_low``, ``error_high`` (its 95% interval) and ``exact_share`` (the
-        share of each query's visible keys computed exactly, at the calibration
-        length).
-    target_error : float or None
-    """
-
-    columns = ("layer", "head", "setting", "error", "error_low", "error_high", "exact_share")
-
-    def __init__(self, records, target_error):
-        self.rows = [
-            {
-                "layer": r.layer,
-                "head": r.head,
-                "setting": r.setting,
-                "error": r.error,
-                "error_low": r.low,
-                "error_high": r.high,
-                "exact_share": r.exact_share,
-            }  # fmt: skip
-            for r in records
-        ]
-        self.target_error = target_error
-
-    def __len__(self):
-        return len(self.rows)
-
-    def to_frame(self):
-        """The rows as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows, columns=list(self.columns))
-
-    def settings(self):
-        """Number of heads per setting, in ladder order."""
-        counts = {}
-        for row in self.rows:
-            counts[row["setting"]] = counts.get(row["setting"], 0) + 1
-        order = {name: i for i, (name, _) in enumerate(LADDER)}
-        return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], -1)))
-
-    def __str__(self):
-        lines = [
-            f"{'layer':>5} {'head':>4}  {'setting':<24} {'error':>7}  {'95% interval':<15} "
-            f"{'exact keys':>10}"
-        ]
-        for r in self.rows:
-            interval = f"{r['error_low']:.3f}-{r['error_high']:.3f}"
-            lines.append(
-                f"{r['layer']:>5} {r['head']:>4}  {r['setting']:<24} {r['error']:>7.3f}  "
-                f"{interval:<15} {r['exact_share']:>10.1%}"
-            )
-        return "\n".join(lines)
-
-    def plot(self, ax=None):
-        """Heads (columns) by layers (rows), coloured by estimated error, labelled by setting.
-
-        Returns
-        -------
-        ax : matplotlib Axes
-        """
-        import matplotlib.pyplot as plt
-
-        layers = sorted({r["layer"] for r in self.rows})
-        n_heads = max(r["head"] for r in self.rows) + 1
-        grid = np.full((len(layers), n_heads), np.nan)
-        names = [name for name, _ in LADDER]
-        labels = {}
-        for r in self.rows:
-            row = layers.index(r["layer"])
-            grid[row, r["head"]] = r["error"]
-            labels[row, r["head"]] = names.index(r["setting"]) if r["setting"] in names else -1
-        if ax is None:
-            _, ax = plt.subplots(figsize=(1 + 0.45 * n_heads, 1 + 0.3 * len(layers)))
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
-        for (row, head), rung in labels.items():
-            ax.text(head, row, str(rung), ha="center", va="center", color="w", fontsize=7)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(len(layers)), [str(i) for i in layers])
-        legend = ", ".join(f"{i}: {name}" for i, name in enumerate(names))
-        ax.set_title(f"estimated error per head; setting {legend}", fontsize=7, wrap=True)
-        ax.figure.colorbar(image, ax=ax, label="mean relative row error")
-        return ax
 
 
 # ------------------------------------------------------------------------ handle
