@@ -163,27 +163,31 @@ class _Layer:
         mask = None if new_ignore is None else new_ignore.cpu().numpy()[:, None, :]
         out = np.zeros(qn.shape[:-1] + (vn.shape[-1],), dtype=qn.dtype)
         for i, part in enumerate(self.parts):
+            if part.attention is None:  # exact heads: keys and values of their groups only
+                kv_of = part.heads // (n_heads // n_kv)
+                groups, inverse = np.unique(kv_of, return_inverse=True)
+                kt, vt = k[:, groups], v[:, groups]
+                if i in slot.kv:
+                    kt = torch.cat([slot.kv[i][0], kt], dim=-2)
+                    vt = torch.cat([slot.kv[i][1], vt], dim=-2)
+                slot.kv[i] = (kt, vt)
+                inverse = torch.from_numpy(inverse)
+                exact = _exact_torch(
+                    q[:, part.heads], kt[:, inverse], vt[:, inverse], ignore, True, scaling
+                )
+                out[:, part.heads] = _to_numpy(exact)
+                continue
             if part.heads is None:
                 sel, kp, vp = slice(None), kn, vn
             else:
                 sel = part.heads
                 kp, vp = _repeat_heads(kn, n_heads)[:, sel], _repeat_heads(vn, n_heads)[:, sel]
-            if part.attention is None:
-                kt, vt = torch.from_numpy(kp).to(q.dtype), torch.from_numpy(vp).to(q.dtype)
-                if i in slot.kv:
-                    kt = torch.cat([slot.kv[i][0], kt], dim=-2)
-                    vt = torch.cat([slot.kv[i][1], vt], dim=-2)
-                slot.kv[i] = (kt, vt)
-                exact = _exact_torch(q[:, sel], kt, vt, ignore, True, scaling)
-                out[:, sel] = _to_numpy(exact)
-                continue
             # None starts a sequence (a state for this gamma, the inputs' shape and dtype)
             state = slot.states.get(i)
             out[:, sel], state = part.attention.step(
                 qn[:, sel], kp, vp, state, gamma=scaling, key_padding_mask=mask
             )
             slot.states[i] = state
-        del n_kv
         return torch.from_numpy(out).to(out_dtype)
 
 
