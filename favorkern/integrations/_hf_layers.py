@@ -265,6 +265,27 @@ class LinearizedCache(Cache):
     independent of the prefix length; heads routed to exact attention and layers
     left exact hold their keys and values as a dynamic cache does.  One sequence
     per batch row, greedy or sampled decoding; no beam search, no cropping.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from favorkern import FavorAttention
+    >>> from favorkern.integrations.transformers import linearize
+    >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...                      num_hidden_layers=2, num_attention_heads=4,
+    ...                      num_key_value_heads=2)
+    >>> model = LlamaForCausalLM(config).eval()
+    >>> handle = linearize(model, FavorAttention(n_components=32, random_state=0))
+    >>> sizes = []
+    >>> for length in (10, 100):
+    ...     cache = handle.cache()
+    ...     with torch.no_grad():
+    ...         _ = model(torch.ones(1, length, dtype=torch.long), past_key_values=cache)
+    ...     sizes.append(cache.nbytes())
+    >>> cache.get_seq_length(), sizes[0] == sizes[1]
+    (100, True)
+    >>> handle.restore()
     """
 
     def __init__(self, handle, n_layers):

@@ -49,6 +49,24 @@ class RoutingReport:
         share of each query's visible keys computed exactly, at the calibration
         length).
     target_error : float or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import BertConfig, BertModel
+    >>> from favorkern import FavorAttention
+    >>> from favorkern.integrations.transformers import linearize
+    >>> config = BertConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+    ...                     num_hidden_layers=2, num_attention_heads=4)
+    >>> model = BertModel(config).eval()
+    >>> ids = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(0))
+    >>> template = FavorAttention(n_components=64, random_state=0)
+    >>> with linearize(model, template, calibration=ids, target_error=0.5) as handle:
+    ...     report = handle.report()
+    >>> len(report), sum(report.settings().values())      # 2 layers x 4 heads
+    (8, 8)
+    >>> sorted(report.rows[0])
+    ['error', 'error_high', 'error_low', 'exact_share', 'head', 'layer', 'setting']
     """
 
     columns = ("layer", "head", "setting", "error", "error_low", "error_high", "exact_share")

@@ -205,6 +205,22 @@ class Linearized:
     attentions : dict
         Layer index -> list of ``(setting, heads, attention)``: the fitted favorkern
         attention objects (None for exact heads; ``heads`` None for all heads).
+
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> from favorkern import FavorAttention
+    >>> from favorkern.integrations.transformers import linearize
+    >>> config = BertConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+    ...                     num_hidden_layers=2, num_attention_heads=4)
+    >>> model = BertModel(config).eval()
+    >>> own = model.config._attn_implementation
+    >>> handle = linearize(model, FavorAttention(n_components=64, random_state=0), layers=[1])
+    >>> handle
+    <Linearized BertModel: 1 of 2 layers through FavorAttention, active>
+    >>> handle.restore()
+    >>> model.config._attn_implementation == own
+    True
     """
 
     def __init__(self, model, template, layers, calibration, target_error):
