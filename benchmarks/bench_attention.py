@@ -35,7 +35,7 @@ the machine's load.  Three tables:
    token and head).
 
 3. Crossover: ``favor_attention`` against ``softmax_attention`` at small L, and the
-   choice of ``method="auto"`` (exact where ``Lq Lk <= EXACT_CROSSOVER m (Lq + Lk)``).
+   choice of ``method="auto"`` (exact where ``Lq Lk <= EXACT_ATTENTION_CROSSOVER m (Lq + Lk)``).
 
 ``--memory`` instead measures the peak RSS of favor_attention at L = 2^16 and
 2^max-exp in child processes (bidirectional and causal), against the inputs and
@@ -359,7 +359,8 @@ def many_heads(args):
 def crossover(args):
     """favor_attention against softmax_attention at small L, and method="auto"'s choice."""
     from favorkern import draw_projection, favor_attention, softmax_attention
-    from favorkern.attention.common import EXACT_CROSSOVER, exact_is_faster
+    from favorkern._config import EXACT_ATTENTION_CROSSOVER
+    from favorkern.attention.common import exact_is_faster
 
     W = draw_projection(M, D, random_state=0)
     print(f"\n{'L':>6} {'favor ms':>9} {'exact ms':>9} {'exact/favor':>12} {'auto picks':>11}")
@@ -377,7 +378,7 @@ def crossover(args):
             f"{length:>6} {times['favor'] * 1e3:9.3f} {times['exact'] * 1e3:9.3f} "
             f"{times['exact'] / times['favor']:12.2f} {pick:>11}"
         )
-    print(f"rule: exact where Lq Lk <= {EXACT_CROSSOVER} m (Lq + Lk)")
+    print(f"rule: exact where Lq Lk <= {EXACT_ATTENTION_CROSSOVER} m (Lq + Lk)")
 
 
 _CHILD = """

@@ -212,7 +212,7 @@ def structured(args):
     """PositiveRandomFeatures transform: projection='structured' vs 'orthogonal' (dense BLAS).
 
     The structured map switches to the O(d log d) Walsh-Hadamard kernel from d_pad >= 512
-    (``favorkern.feature_maps._evaluate.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
+    (``favorkern._config.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
     kernel at every d, to show where it wins.
     """
     from favorkern.feature_maps._evaluate import SorfProjector

@@ -44,7 +44,7 @@ import numpy as np
 import real_attention as ra
 
 from favorkern import hybrid_attention, softmax_attention
-from favorkern.attention.favor import dispatch, resolve_projection
+from favorkern.attention.plan import plan_attention, resolve_projection, run_plan
 from favorkern.feature_maps import FittedFeatureMap, get_feature_map
 
 DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
@@ -120,8 +120,9 @@ class Estimator:
                 constants=constants,
                 **top,
             )
-        return dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
-                         "favor", constants=constants)  # fmt: skip
+        plan = plan_attention(self.fmap, q.shape[-1], gamma=self.gamma, causal=True,
+                              constants=constants, drawn=self.proj)  # fmt: skip
+        return run_plan(plan, q, k, v, None, q.shape[:-2])
 
 
 def labels(only=None):

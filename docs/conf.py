@@ -58,7 +58,10 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"getting_started": [], "benchmarks": [], "theory": []}
+# Pages read top to bottom: no left sidebar.
+html_sidebars = {
+    page: [] for page in ("getting_started", "benchmarks", "theory", "paper_map", "glossary")
+}
 
 # -- examples gallery ---------------------------------------------------------------
 # Executed: every example, each well under 60 s here, except the cluster example over

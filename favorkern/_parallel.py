@@ -24,13 +24,10 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from . import _config
+
 __all__ = ["n_threads", "executor", "blas_single_thread", "run_row_blocks"]
 
-# Rows per block: an output block of ~1 MiB stays in L2 between the matmul and the exp
-# (measured: 1 MiB 1.31x the bare product, 256 KiB 1.47x; float32, n=200000, d=64, m=256).
-_BLOCK_BYTES = 1 << 20
-# Below this many output elements the thread pool costs more than it saves.
-_PARALLEL_MIN_ELEMENTS = 1 << 17
 
 ENV_THREADS = "FAVORKERN_NUM_THREADS"
 
@@ -200,9 +197,9 @@ def run_row_blocks(n_rows: int, row_cost: int, itemsize: int, block_fn, rows_per
     ``rows_per_block`` is given).
     """
     if rows_per_block is None:
-        rows_per_block = max(16, _BLOCK_BYTES // max(1, row_cost * itemsize))
+        rows_per_block = max(16, _config.TRANSFORM_BLOCK_BYTES // max(1, row_cost * itemsize))
     workers = n_threads()
-    if workers == 1 or n_rows * row_cost < _PARALLEL_MIN_ELEMENTS:
+    if workers == 1 or n_rows * row_cost < _config.TRANSFORM_PARALLEL_MIN_ELEMENTS:
         for start in range(0, n_rows, rows_per_block):
             block_fn(start, min(n_rows, start + rows_per_block))
         return

@@ -578,7 +578,7 @@ class OptimalPositiveRandomFeatures(_NamedRandomFeatures):
     A : float or None, default=None
         The GERF parameter; ``None`` fits ``A*`` on ``X``.  Must be < 1/8 (the
         variance is infinite from 1/8 on).  A fixed, mistuned ``A`` can raise the
-        variance by orders of magnitude (THEORY.md 6.1).
+        variance by orders of magnitude (:ref:`theory-favor-plus-plus`).
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         See :func:`favorkern.draw_projection`.
     norms : {"chi", "fixed"}, default="chi"

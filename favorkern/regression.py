@@ -43,7 +43,12 @@ from sklearn.utils.validation import check_is_fitted
 from ._parallel import blas_single_thread
 from ._validation import check_int, check_option, check_positive_real
 from .datasets import DEFAULT_CHUNKSIZE, iter_chunks, n_chunks
-from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+from .features import (
+    KERNELS,
+    HyperbolicRandomFeatures,
+    PositiveRandomFeatures,
+    TrigonometricRandomFeatures,
+)
 from .kernels import exact_kernel
 from .linear_model import RandomFeatureRidge
 
@@ -72,7 +77,6 @@ EXACT = "KernelRidge (exact)"
 # favorkern.RandomFeatureRidge, which never holds the n x width feature matrix.
 STREAMING = "Trigonometric (streaming)"
 
-KERNELS = ("rbf", "softmax")
 # Gamma grids are multiples of 1/d (standardized data: |x - y|^2 ~ 2d).  The softmax
 # grid stops at 1/(2d): the relative variance of its estimators grows like
 # exp(gamma |x + y|^2) ~ exp(2 gamma d), so larger gamma cannot be approximated.

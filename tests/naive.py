@@ -143,7 +143,7 @@ def derf_feature(w, x, A, B):
 
 
 def derf_log_mse_paper(x, y, A, B1, B2, m):
-    """log MSE of ``m`` iid rows from the printed FAVOR# variance (THEORY.md 6.2):
+    """log MSE of ``m`` iid rows from the printed FAVOR# variance (:ref:`theory-favor-sharp`):
     ``D^4 det(I-8A)^(-1/2) exp(2x^T(C1 + B1^T(I-8A)^-1 B1)x + 2y^T(...)y
     + 4x^T B1^T(I-8A)^-1 B2 y) - SM^2``, the exponent kept in log space."""
     d = A.shape[0]

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from favorkern import FavorAttention, favor_attention, softmax_attention
+from favorkern import FavorAttention, _config, favor_attention, softmax_attention
 from favorkern._warnings import ApproximationWarning
 from favorkern.attention import error as error_module
 from favorkern.attention.error import estimate_attention_error
@@ -29,10 +29,11 @@ def _visible(mask, causal, shape):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Threads, key ranges and row blocks at any size: the merge of pieces runs."""
-    monkeypatch.setattr(error_module, "_PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(error_module, "_BLOCK_SCORES", 7 * 50)
-    monkeypatch.setattr(error_module, "_CAUSAL_BLOCK_ROWS", 6)
     monkeypatch.setattr(error_module, "n_threads", lambda: 3)
+    with _config.override(
+        ERROR_PARALLEL_MIN_WORK=0, ERROR_BLOCK_SCORES=7 * 50, ERROR_CAUSAL_BLOCK_ROWS=6
+    ):
+        yield
 
 
 @pytest.mark.parametrize("causal", [False, True])

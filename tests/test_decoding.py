@@ -7,10 +7,8 @@ import naive
 import numpy as np
 import pytest
 
-from favorkern import FavorAttention, favor_attention
-from favorkern.attention import causal as causal_module
-from favorkern.attention import common as common_module
-from favorkern.attention import favor as favor_module
+from favorkern import FavorAttention, _config, favor_attention
+from favorkern.attention import plan as plan_module
 from favorkern.attention.decoding import DecodingState
 from favorkern.feature_maps import get_feature_map
 
@@ -19,13 +17,16 @@ TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks():
     """Chunks of 16 rows and threads for every size: blocks straddle chunk edges."""
-    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)
-    monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
-    monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
-    monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
+    with _config.override(
+        ATTENTION_CHUNK_BYTES=16 * 32 * 8,
+        CAUSAL_CHUNK_ROWS=16,
+        CAUSAL_GROUP_ROWS=32,  # groups of 2 chunks
+        CAUSAL_PIPELINED_GROUP_ROWS=32,
+        ATTENTION_PARALLEL_MIN_WORK=0,
+    ):
+        yield
 
 
 def _assert_close(got, ref, dtype):
@@ -290,9 +291,9 @@ def test_bad_decoding_input_is_a_clear_error():
 def test_docstring_examples():
     import doctest
 
-    from favorkern.attention import decoding
+    from favorkern.attention import decoding, favor
 
-    for module in (decoding, favor_module):
+    for module in (decoding, favor, plan_module):
         assert doctest.testmod(module).failed == 0
 
 

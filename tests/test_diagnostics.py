@@ -1,6 +1,6 @@
 """Closed-form MSE against Monte Carlo through the library's feature maps; studies, plots, CLI.
 
-The Monte-Carlo configurations keep ``e^{4|z|^2} / m`` moderate (THEORY.md 7.5), so
+The Monte-Carlo configurations keep ``e^{4|z|^2} / m`` moderate (:ref:`theory-heavy-tails`), so
 that the sample standard errors are trustworthy, and use fixed seeds.
 """
 
@@ -49,7 +49,7 @@ PAIR_SPECS = [(0.4, 0.35, 0.3), (0.35, 0.35, np.pi / 2), (0.5, 0.5, 2.2), (0.6, 
 # (d, projection, m): m < d, m = d, m > d with a partial block (d = 16), and d = 64.
 # Orthogonal draws at d = 64 cost a 64 x 64 QR per trial in draw_projection (~0.6 ms
 # here): 20000 of them do not fit the time budget, so the d = 64 orthogonal closed form
-# is checked against THEORY.md's table (test_orthogonal_gain_table) instead.
+# is checked against :ref:`theory-gain-table` (test_orthogonal_gain_table) instead.
 MC_SETTINGS = [
     (16, "gaussian", 8),
     (16, "gaussian", 16),
@@ -201,7 +201,7 @@ def test_lemma2_iid_formulas():
 
 
 def test_orthogonal_gain_table():
-    """THEORY.md 9.3: MSE_design / MSE_iid at m = d for x = y."""
+    """:ref:`theory-gain-table`: MSE_design / MSE_iid at m = d for x = y."""
     table = {
         16: [(0.25, 0.911, 0.021, 0.150), (1, 0.782, 0.098, 0.158), (4, 0.922, 0.413, 0.671)],
         64: [(0.25, 0.896, 0.006, 0.044), (2, 0.722, 0.154, 0.276), (4, 0.879, 0.370, 0.691)],
@@ -350,7 +350,7 @@ def test_zero_mse_where_the_estimator_is_exact():
 def test_fig2_values():
     from favorkern.plotting import trig_positive_ratio
 
-    # THEORY.md 9.1, l = 1 (and l = 2, phi = 3)
+    # :ref:`theory-fig2`, l = 1 (and l = 2, phi = 3)
     cases = [(0.25, 1, 3.8e-5), (1.0, 1, 0.022), (np.pi / 2, 1, 0.43), (2.0, 1, 3.4),
              (2.5, 1, 35.5), (3.0, 1, 1.27e3), (3.0, 2, 4.9e7)]  # fmt: skip
     for angle, norm, expected in cases:

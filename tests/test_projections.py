@@ -49,7 +49,7 @@ def test_orthogonal_rows_are_marginally_gaussian():
 
 
 def test_sign_fix_makes_haar_diagonal_unbiased():
-    # Raw LAPACK QR has Q[0, 0] <= 0 always (THEORY 7.4); Haar has a symmetric diagonal.
+    # Raw LAPACK QR has Q[0, 0] <= 0 always (:ref:`theory-qr-sign`); Haar has a symmetric diagonal.
     d = 8
     first_rows = np.array(
         [draw_projection(d, d, norms="fixed", random_state=s)[0] / np.sqrt(d) for s in range(3000)]

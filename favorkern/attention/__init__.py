@@ -19,7 +19,7 @@
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
 
-Stabilizers (THEORY.md section 7): each query's features are divided by their own
+Stabilizers (:ref:`theory-stabilizers`): each query's features are divided by their own
 maximum (a per-query factor cancels in the normalized output); keys share one
 constant per (batch, head), which also cancels.  In causal mode the key constant
 of output ``i`` is the running maximum over keys ``0..i`` only, so no output

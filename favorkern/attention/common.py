@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
 from .._parallel import executor, n_threads
 
 __all__ = [
@@ -13,39 +14,27 @@ __all__ = [
     "split",
     "normalize",
     "feature_chunk_rows",
-    "CHUNK_BYTES",
-    "PARALLEL_MIN_WORK",
-    "EXACT_CROSSOVER",
     "exact_is_faster",
 ]
-
-# Feature buffers of ~512 KiB per worker: large enough for efficient GEMMs,
-# small enough to stay in L2 between the product and the elementwise passes.
-CHUNK_BYTES = 1 << 19
-# Below this many feature evaluations, threads cost more than they save.
-PARALLEL_MIN_WORK = 1 << 18
-
 
 # Exact attention costs ~ Lq Lk (d + dv) products and Lq Lk exps, FAVOR ~ (Lq + Lk) m
 # (d + dv) and (Lq + Lk) m exps: the same per-element mix, so their ratio is
 # Lq Lk / ((Lq + Lk) m) times a constant, measured with bench_attention.py's
 # crossover table (d = 64, m = 256, float32, 2 threads): exact is faster up to about
-# L = 2 * EXACT_CROSSOVER * m for Lq = Lk.  Re-measured with base-2 features and value
-# weighted key states: exact / favor 0.66 at L = 512 and 1.17 at 768 (one thread, CPU
-# time: 0.92 and 1.38; load 3.5), a crossover near L = 680 and 560, so the rule's
-# L = 666 stands.
-EXACT_CROSSOVER = 1.3
-
-
+# L = 2 * EXACT_ATTENTION_CROSSOVER * m for Lq = Lk.  Re-measured with base-2 features
+# and value weighted key states: exact / favor 0.66 at L = 512 and 1.17 at 768 (one
+# thread, CPU time: 0.92 and 1.38; load 3.5), a crossover near L = 680 and 560, so the
+# rule's L = 666 stands.
 def exact_is_faster(n_queries, n_keys, n_out) -> bool:
     """True where exact softmax attention is measured faster than FAVOR with ``n_out``
-    features: ``Lq Lk <= EXACT_CROSSOVER * n_out * (Lq + Lk)``."""
-    return n_queries * n_keys <= EXACT_CROSSOVER * n_out * (n_queries + n_keys)
+    features: ``Lq Lk <= EXACT_ATTENTION_CROSSOVER * n_out * (Lq + Lk)``."""
+    crossover = _config.EXACT_ATTENTION_CROSSOVER
+    return n_queries * n_keys <= crossover * n_out * (n_queries + n_keys)
 
 
 def feature_chunk_rows(n_out, dtype) -> int:
-    """Rows per feature buffer of ``n_out`` columns (about ``CHUNK_BYTES``)."""
-    return max(16, CHUNK_BYTES // (n_out * np.dtype(dtype).itemsize))
+    """Rows per feature buffer of ``n_out`` columns (about ``ATTENTION_CHUNK_BYTES``)."""
+    return max(16, _config.ATTENTION_CHUNK_BYTES // (n_out * np.dtype(dtype).itemsize))
 
 
 def head(X, index, n_trailing):

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import binom, norm
 from sklearn.utils import check_random_state
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale
 from .._warnings import ApproximationWarning
@@ -28,16 +29,6 @@ __all__ = ["AttentionErrorEstimate", "estimate_attention_error", "ApproximationW
 # total, the normal approximation of the same stratified estimator is used.
 _N_BOOTSTRAP = 2000
 _MAX_BOOTSTRAP_VALUES = 1 << 24
-# Scores per block of the exact rows (bounds the extra memory).
-_BLOCK_SCORES = 1 << 22
-# Query rows per block (one task per block); a causal block reads the keys up to its
-# last row only.
-_CAUSAL_BLOCK_ROWS = 32
-# Keys per task: 64 rows x 4096 keys of float32 scores (1 MiB) stay in cache between
-# the product, the exp and the product with V.
-_KEY_RANGE = 4096
-# Below this many multiply-adds, threads cost more than they save.
-_PARALLEL_MIN_WORK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -370,18 +361,18 @@ def estimate_checked(
     size = min(n_rows, n_queries)
     n_heads = int(np.prod(batch, dtype=np.int64))
     work = size * n_heads * n_keys * (Q.shape[-1] + V.shape[-1])
-    workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
-    # Keys in ranges of at most _KEY_RANGE (the scores of a task stay in cache; at least
+    workers = n_threads() if work >= _config.ERROR_PARALLEL_MIN_WORK else 1
+    # Keys in ranges of at most ERROR_KEY_RANGE (the scores of a task stay in cache; at least
     # one range per thread when there are fewer heads than threads), the pieces merged
     # as in flash attention.  Causal: blocks of rows, each reading the keys up to its
     # last row; otherwise all rows at once (the most efficient products).
-    n_ranges = max(-(-n_keys // _KEY_RANGE), workers if n_heads < workers else 1)
+    n_ranges = max(-(-n_keys // _config.ERROR_KEY_RANGE), workers if n_heads < workers else 1)
     n_ranges = min(n_ranges, n_keys)
     ranges = [(n_keys * p // n_ranges, n_keys * (p + 1) // n_ranges) for p in range(n_ranges)]
     longest = max(b - a for a, b in ranges)
-    block = max(1, _BLOCK_SCORES // max(1, longest))
+    block = max(1, _config.ERROR_BLOCK_SCORES // max(1, longest))
     if causal:
-        block = min(block, _CAUSAL_BLOCK_ROWS)
+        block = min(block, _config.ERROR_CAUSAL_BLOCK_ROWS)
     heads, tasks = [], []
     scale = Q.dtype.type(gamma)
     for idx in np.ndindex(*batch):

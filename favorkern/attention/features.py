@@ -167,7 +167,7 @@ class AttentionFeatures:
         """Write the key pre-features into ``out``; return ``(row_log, shift)``.
 
         Exp maps: ``out = unit * X W^T`` and ``shift = a |x|^2 - log s`` (the logits
-        of :func:`favorkern._feature_maps.projection_logits` are ``out / unit -
+        of :func:`favorkern.feature_maps._evaluate.projection_logits` are ``out / unit -
         shift``), so ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
         ``row_log`` the log of the row factor, ``shift`` None.
         """

@@ -29,6 +29,7 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_inputs,
@@ -47,8 +48,6 @@ from .values import scaled_values, unscale
 
 __all__ = ["hybrid_attention"]
 
-# Query rows per block: the exact band is (rows x (rows + 2 window)).
-_CHUNK = 128
 
 
 def hybrid_attention(
@@ -372,8 +371,8 @@ def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys
     S = np.zeros((spec.weights.shape[0], dv))
     z = np.zeros(spec.weights.shape[0])
     b = -np.inf
-    for start in range(n_global, k.shape[0], _CHUNK):
-        stop = min(k.shape[0], start + _CHUNK)
+    for start in range(n_global, k.shape[0], _config.HYBRID_CHUNK_ROWS):
+        stop = min(k.shape[0], start + _config.HYBRID_CHUNK_ROWS)
         F = _logits(kf[start:stop], spec)
         top = float(F.max())
         if top > b:
@@ -393,8 +392,8 @@ def _bidirectional_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys
         pool = pool[: n_candidates + max(2 * window - 1, 0)]
         by_score = np.arange(pool.size)
         phi_pool = np.exp(_logits(kf[pool], spec) - b) if pool.size else None
-    for start in range(0, L, _CHUNK):
-        stop = min(L, start + _CHUNK)
+    for start in range(0, L, _config.HYBRID_CHUNK_ROWS):
+        stop = min(L, start + _config.HYBRID_CHUNK_ROWS)
         Fq = _logits(qf[start:stop], spec)
         a = Fq.max(axis=1)
         phi_q = np.exp(Fq - a[:, None])
@@ -452,8 +451,8 @@ def _causal_head(q, k, v, qf, kf, spec, gamma, window, n_global, top_keys=None):
         # the pool and the block's far keys it reaches.
         pool = np.zeros(0, dtype=int)
         pool_phi, pool_kmax = np.zeros((0, n_out)), np.zeros(0)  # features / exp(max), max
-    for start in range(0, L, _CHUNK):
-        stop = min(L, start + _CHUNK)
+    for start in range(0, L, _config.HYBRID_CHUNK_ROWS):
+        stop = min(L, start + _config.HYBRID_CHUNK_ROWS)
         rows = np.arange(start, stop)
         Fq = _logits(qf[start:stop], spec)
         a = Fq.max(axis=1)

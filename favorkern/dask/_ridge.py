@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import is_classifier
 from sklearn.utils.validation import check_is_fitted
 
+from .. import _config
 from ..linear_model import (
     RandomFeatureRidge,
     RandomFeatureRidgeClassifier,
@@ -25,10 +26,6 @@ from ..linear_model import (
     encode_labels,
 )
 from ._cluster import tree_reduce
-
-# Fan-in of the tree that merges chunk statistics: a merge adds two m x m matrices
-# (milliseconds), a tree level costs a hop between workers.
-_RIDGE_FAN_IN = 8
 
 
 def _ridge_rows(array, name, n_rows=None, row_chunks=None):
@@ -80,7 +77,7 @@ def _ridge_sum(*parts):
 
 
 def _ridge_tree(parts, combine):
-    return tree_reduce(parts, dask.delayed(combine, pure=True), _RIDGE_FAN_IN)
+    return tree_reduce(parts, dask.delayed(combine, pure=True), _config.DASK_RIDGE_FAN_IN)
 
 
 def fit(model, X, y, sample_weight=None):

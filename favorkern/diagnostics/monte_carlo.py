@@ -11,14 +11,13 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._validation import check_float_array, check_int, check_option
 from ..feature_maps import apply_feature_map, check_constants, feature_map_names
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
 
-# Elements per chunk of Monte-Carlo trials (features plus stacked weights), cache-friendly.
-_MC_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ class MonteCarloMSE:
     mse : float or ndarray (n_pairs,)
         Mean over trials of ``(phi(x).phi(y) - k(x, y))^2``.
     se : float or ndarray
-        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (THEORY.md
-        7.5) both ``mse`` and ``se`` are typically *too small*.
+        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (see
+        :ref:`theory-heavy-tails`) both ``mse`` and ``se`` are typically *too small*.
     mom : float or ndarray
         Median of the means of ``n_groups`` groups of trials.
     mom_low, mom_high : float or ndarray
@@ -198,7 +197,7 @@ def empirical_mse(
     Notes
     -----
     For exp-type features a single projection's squared error has kurtosis of
-    order ``e^{4 |z|^2}`` (THEORY.md 7.5): trust ``mse +- se`` only where
+    order ``e^{4 |z|^2}`` (:ref:`theory-heavy-tails`): trust ``mse +- se`` only where
     ``e^{4 |z|^2} / m`` is moderate; elsewhere prefer :func:`theoretical_mse` and
     read the median-of-means interval as a robust lower-side summary.
 
@@ -309,7 +308,7 @@ def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, p
     if projections is not None:
         n_trials = projections.shape[0]
     # per trial: 2n x n_out features plus the n_out x d stacked weights (and a transpose)
-    chunk = max(1, min(n_trials, _MC_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
+    chunk = max(1, min(n_trials, _config.MONTE_CARLO_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
     estimates = np.empty((n, n_trials), dtype=np.float64)
     for lo in range(0, n_trials, chunk):
         hi = min(n_trials, lo + chunk)

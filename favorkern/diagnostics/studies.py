@@ -22,7 +22,7 @@ from .monte_carlo import draw_trials, empirical_mse
 __all__ = ["default_pairs", "variance_study", "study_summary", "convergence"]
 
 # (name, norm l of both vectors, angle between them): small/moderate |z|^2 so that the
-# Monte Carlo is trustworthy at a few thousand trials (THEORY.md 7.5), and angles from
+# Monte Carlo is trustworthy at a few thousand trials (:ref:`theory-heavy-tails`), and angles from
 # nearby (trigonometric wins) to nearly opposite (positive wins, SM small).
 _DEFAULT_PAIRS = (
     ("near", 0.5, np.pi / 6),
@@ -312,7 +312,7 @@ def convergence(
 
     For each width and repeat, fits :class:`favorkern.RandomFeatures` and compares
     ``phi(X) phi(Y)^T`` with ``exp(gamma X Y^T)`` over all entries: the quantity of
-    Performer Theorem 4 (THEORY.md 5), where the width needed for a given
+    Performer Theorem 4 (:ref:`theory-uniform-convergence`), where the width needed for a given
     max-error grows like ``exp(2 R^2)`` with the largest norm ``R``.
 
     Parameters

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _config
 from .._parallel import run_row_blocks
 
 _LOG2E = 1.0 / float(np.log(2.0))
@@ -468,9 +469,6 @@ def max_sq_norm(projection):
     return float(np.max(np.einsum("ij,ij->i", projection, projection))) if projection.size else 0.0
 
 
-# Structured projections beat the BLAS product from this padded size on (measured with
-# benchmarks/bench_features.py --structured: 0.4x at d = 1024, 1.5x slower at 256 in float32).
-SORF_MIN_PADDED_DIMS = 512
 
 
 class SorfProjector:
@@ -497,6 +495,6 @@ class SorfProjector:
 
 def sorf_projector(sorf, input_scale):
     """A :class:`SorfProjector` when ``sorf = (signs, row_factors)`` is large enough to pay."""
-    if sorf is None or sorf[0].shape[2] < SORF_MIN_PADDED_DIMS:
+    if sorf is None or sorf[0].shape[2] < _config.SORF_MIN_PADDED_DIMS:
         return None
     return SorfProjector(sorf[0], sorf[1], input_scale)
