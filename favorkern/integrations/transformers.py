@@ -124,6 +124,8 @@ def _rung_attention(template, params, causal, seed):
         "random_state": seed,
     }
     if not params:
+        if isinstance(template, FavorAttention):  # its own parameters (a given projection too)
+            return _clone(template, causal=causal, random_state=seed)
         return FavorAttention(**base)
     hybrid = _hybrid_class()
     if hybrid is None:  # pragma: no cover - only before HybridAttention exists
