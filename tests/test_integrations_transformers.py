@@ -261,3 +261,30 @@ def test_clear_errors():
     with linearize(bert, _template()) as handle:
         with pytest.raises(ValueError, match="causal"):
             handle.cache()
+
+
+def test_generation_with_heads_split_between_exact_and_random_features(llama64):
+    """Exact heads of part of a key/value group keep their keys; the rest decode states."""
+    from favorkern.integrations._hf_layers import _Part
+
+    prompt = _ids(1, 9, seed=9)
+    with torch.no_grad(), linearize(llama64, _template()) as handle:
+        for index, layer in handle._by_index.items():
+            # heads 0 and 2 read different key/value heads (2 query heads per group)
+            favor = FavorAttention(n_components=64, causal=True, random_state=index)
+            layer.parts = [
+                _Part("exact", np.array([0, 2]), None),
+                _Part("favor", np.array([1, 3]), favor),
+            ]
+        generated = llama64.generate(
+            prompt, max_new_tokens=8, do_sample=False, **_cache(llama64, handle.cache())
+        )
+        whole = _greedy_by_whole_forwards(llama64, prompt, 8)
+        exact_logits = None
+    handle.restore()
+    with torch.no_grad():
+        exact_logits = llama64(whole).logits
+    assert torch.equal(generated, whole)
+    with torch.no_grad(), handle:
+        mixed_logits = llama64(whole).logits
+    assert not torch.allclose(mixed_logits, exact_logits, atol=1e-6)

@@ -79,14 +79,12 @@ def _repeat_heads(x, n_heads):
 
 def _exact_torch(q, k, v, ignore, causal, scaling):
     """Softmax attention in torch: (B, H, Lq, d) x (B, Hkv, Lk, d); causal aligned to the end."""
-    n_heads, n_kv = q.shape[1], k.shape[1]
-    if n_heads != n_kv:
-        k = k.repeat_interleave(n_heads // n_kv, dim=1)
-        v = v.repeat_interleave(n_heads // n_kv, dim=1)
     lq, lk = q.shape[-2], k.shape[-2]
+    causal = causal and lq > 1  # one query, the last position, sees every key
+    gqa = q.shape[1] != k.shape[1]
     if ignore is None and (not causal or lq == lk):
         return torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=causal and lq > 1, scale=scaling
+            q, k, v, is_causal=causal, scale=scaling, enable_gqa=gqa
         )
     allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device)
     if causal:
@@ -95,7 +93,7 @@ def _exact_torch(q, k, v, ignore, causal, scaling):
     if ignore is not None:
         allowed = allowed & ~ignore[:, None, None, :]
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, scale=scaling
+        q, k, v, attn_mask=allowed, scale=scaling, enable_gqa=gqa
     )
     # rows that see no key (padding queries) are 0, not NaN
     return torch.nan_to_num(out, nan=0.0)
@@ -171,10 +169,12 @@ class _Layer:
                     kt = torch.cat([slot.kv[i][0], kt], dim=-2)
                     vt = torch.cat([slot.kv[i][1], vt], dim=-2)
                 slot.kv[i] = (kt, vt)
-                inverse = torch.from_numpy(inverse)
-                exact = _exact_torch(
-                    q[:, part.heads], kt[:, inverse], vt[:, inverse], ignore, True, scaling
-                )
+                counts = np.bincount(inverse)
+                if not np.array_equal(inverse, np.repeat(np.arange(len(groups)), counts[0])):
+                    # query heads not in whole groups, in order: one key head per query head
+                    index = torch.from_numpy(inverse)
+                    kt, vt = kt[:, index], vt[:, index]
+                exact = _exact_torch(q[:, part.heads], kt, vt, ignore, True, scaling)
                 out[:, part.heads] = _to_numpy(exact)
                 continue
             if part.heads is None:
