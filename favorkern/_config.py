@@ -113,6 +113,13 @@ MONTE_CARLO_CHUNK_ELEMENTS = 1 << 20
 #: m = 2048) keeps the scatter product at the GEMM rate (1024 rows already within 5%).
 RIDGE_BLOCK_BYTES = 32 << 20
 
+# -- Nyström landmarks (favorkern.nystroem) -------------------------------------------
+#: k-means and leverage landmarks are chosen among at most
+#: max(NYSTROEM_MIN_CANDIDATES, NYSTROEM_CANDIDATES_PER_LANDMARK * n_components) rows
+#: drawn uniformly, so that fit costs O(n_components^2) per candidate at most.
+NYSTROEM_CANDIDATES_PER_LANDMARK = 32
+NYSTROEM_MIN_CANDIDATES = 8192
+
 # -- dask graphs -----------------------------------------------------------------------
 #: Rows of consecutive key chunks per dask task: a task costs ~2 ms besides its work,
 #: the key state of 2^14 rows ~14 ms (m = 256, d = dv = 64, LocalCluster of 2 workers).

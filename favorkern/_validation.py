@@ -11,6 +11,29 @@ from . import _config
 FLOAT_DTYPES = (np.float64, np.float32)
 
 
+def int_interval(left, right=None, *, closed="left"):
+    """scikit-learn's ``Interval(Integral, ...)`` parameter constraint, without booleans.
+
+    ``True`` is an ``Integral`` in Python, so scikit-learn's constraint accepts it as 1
+    (``n_components=True`` would fit one column); this one refuses it with the same
+    message as any other value out of its range.
+
+    Examples
+    --------
+    >>> from favorkern._validation import int_interval
+    >>> constraint = int_interval(1)
+    >>> constraint.is_satisfied_by(3), constraint.is_satisfied_by(True)
+    (True, False)
+    """
+    from sklearn.utils._param_validation import Interval
+
+    class _IntNotBool(Interval):
+        def is_satisfied_by(self, val):
+            return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
+
+    return _IntNotBool(Integral, left, right, closed=closed)
+
+
 def check_int(value, name: str, *, min_value: int = 1) -> int:
     """Return ``value`` as int, or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -82,8 +105,6 @@ def check_float_array(X, name: str, *, ndim=None, min_ndim=None, allow_empty=Fal
     if not _all_finite(arr):
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
-
-
 
 
 def _all_finite(arr) -> bool:

@@ -549,3 +549,25 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("projection", ["orthogonal", "gaussian", "simplex"])
+def test_theoretical_mse_at_tiny_gamma_is_finite_and_scales_like_gamma_squared(projection):
+    # the variance of phi(x).phi(y) falls like gamma^2 at small gamma: the closed form
+    # must follow it down to the smallest floats, then round to 0 (never NaN)
+    from favorkern.diagnostics import theoretical_mse
+    from favorkern.feature_maps import get_feature_map
+
+    x, y = np.array([0.3, 0.1, 0.2]), np.array([0.1, -0.2, 0.3])
+    values = {}
+    for gamma in (1e-300, 1e-200, 1e-150, 1e-120, 1e-100, 1e-60, 1e-20):
+        for name in ("hyperbolic", "positive", "trigonometric"):
+            if projection not in get_feature_map(name).closed_form_projections("chi"):
+                continue
+            kwargs = dict(feature_map=name, gamma=gamma, n_components=8, projection=projection)
+            mse = float(np.ravel(theoretical_mse(x, y, **kwargs))[0])
+            assert np.isfinite(mse) and mse >= 0, (name, gamma, mse)
+            values[name, gamma] = mse
+    for gamma in (1e-150, 1e-120, 1e-100, 1e-60):
+        ratio = values["hyperbolic", gamma] / values["hyperbolic", 1e-20]
+        np.testing.assert_allclose(ratio, (gamma / 1e-20) ** 2, rtol=1e-6)

@@ -497,3 +497,20 @@ def test_structured_fast_transform_matches_dense_product(cls, norms):
         pickle.dumps(cls(700, projection="structured", norms=norms, random_state=0).fit(X))
     )
     np.testing.assert_array_equal(again.transform(X), fast)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)])
+def test_boolean_n_components_is_refused(value):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from favorkern import PositiveRandomFeatures, RandomFeatures
+
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    for estimator in (
+        PositiveRandomFeatures(n_components=value),
+        RandomFeatures(n_components=value),
+    ):
+        with pytest.raises(
+            InvalidParameterError, match="'n_components' parameter .* must be an int"
+        ):
+            estimator.fit(X)

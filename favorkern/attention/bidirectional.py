@@ -15,6 +15,7 @@ from functools import partial
 
 import numpy as np
 
+from .._parallel import check_cancelled
 from .common import normalize, run_parallel, split
 from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
@@ -45,6 +46,7 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None, lost=None
         buffers = Buffers(phi)
     lowest = np.inf  # the smallest key log-scale, for ``lost``
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         row_log, scale_log = phi.key_parts(k[a:b], features)
@@ -103,6 +105,7 @@ def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None
     S, z = state.S, state.z
     window = phi.query_window(S, z) if phi.kind == "exp" else None
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         # per chunk: the rows are read into cache for the product right after

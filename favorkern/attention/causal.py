@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from .. import _config
-from .._parallel import executor, n_threads
+from .._parallel import check_cancelled, executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
 from .features import masked_row_log
@@ -134,6 +134,7 @@ class _Groups:
     def run(self, spans):
         """Every group on the calling thread."""
         for span in spans:
+            check_cancelled()  # a whole head is one task: stop within a group
             self.queries(span, 0)
             self.emit(span, 0, 0, self.keys(span, 0, 0))
 
@@ -151,6 +152,7 @@ class _Groups:
                 self.emit(spans[t - 1], (t - 1) % 3, (t - 1) % 2, done[t - 1])
 
         for t in range(len(spans) + 1):
+            check_cancelled()
             future = pool.submit(other, t)
             try:
                 if t < len(spans):
@@ -294,6 +296,7 @@ def _causal_recurrent(phi, q, k, v, mask, out, chunk, column_blocks, workers):
     value_buf = np.empty((chunk, dv), dtype=dtype)
     carried = -np.inf
     for a in range(0, n, chunk):
+        check_cancelled()
         b = min(n, a + chunk)
         if workers > 1:
             # queries on one thread while the keys are mapped on another

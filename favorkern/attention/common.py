@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _config
-from .._parallel import executor, n_threads
+from .._parallel import run_tasks
 
 __all__ = [
     "head",
@@ -16,6 +16,7 @@ __all__ = [
     "feature_chunk_rows",
     "exact_is_faster",
 ]
+
 
 # Exact attention costs ~ Lq Lk (d + dv) products and Lq Lk exps, FAVOR ~ (Lq + Lk) m
 # (d + dv) and (Lq + Lk) m exps: the same per-element mix, so their ratio is
@@ -67,22 +68,10 @@ def _head_slices(X, n_trailing, batch, indices):
 def run_parallel(tasks, workers):
     """Run the callables ``tasks``, interleaved over ``workers`` pool threads.
 
-    The calling thread only waits: running the first share on it instead measured
-    10-25% slower (bidirectional attention, L = 2^10 ... 2^15, d = 64, 2 threads).
+    :func:`favorkern._parallel.run_tasks`: the calling thread only waits, and the
+    queued tasks of a call that is left (Ctrl-C, an error) are dropped.
     """
-    if workers <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    workers = min(workers, len(tasks))
-
-    def work(w):
-        return [(i, tasks[i]()) for i in range(w, len(tasks), workers)]
-
-    pool = executor(n_threads())
-    results = [None] * len(tasks)
-    for future in [pool.submit(work, w) for w in range(workers)]:
-        for i, value in future.result():
-            results[i] = value
-    return results
+    return run_tasks(tasks, workers)
 
 
 def split(n, parts):

@@ -141,15 +141,18 @@ def _lead_index(X, idx, n_trailing):
     return X[tuple(0 if size == 1 else idx[offset + k] for k, size in enumerate(lead))]
 
 
-def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop):
+def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop, c=1.0):
     """Softmax pieces of the sorted query rows ``rows`` over the keys ``start:stop``.
 
-    ``q_rows`` already carries ``gamma``; ``bias`` is 0 / -inf per key (mask) or None.
-    Returns ``(top, total, numerator)``: each row's largest logit (``-inf`` if it sees
-    no key of the range), ``sum exp(logit - top)`` and ``sum exp(logit - top) v``, in
-    float64, for :func:`_merge_parts`.  In the inputs' dtype otherwise (float32
-    stays float32: its rounding is far below any error worth estimating).  Causal
-    rows read only the keys up to the last row.
+    The logits are ``c q_rows.k``: ``q_rows`` already carries ``gamma`` (``c = 1``),
+    or ``q_rows`` and ``k`` are unit-scaled and ``c`` is ``gamma`` times their scales
+    (logits beyond the dtype: ``c`` may even be ``inf``, and ``c s`` is never formed).
+    ``bias`` is 0 / -inf per key (mask) or None.  Returns ``(top, total, numerator)``:
+    each row's largest ``q_rows.k`` (``-inf`` if it sees no key of the range),
+    ``sum exp(c (s - top))`` and ``sum exp(c (s - top)) v``, in float64, for
+    :func:`_merge_parts`.  In the inputs' dtype otherwise (float32 stays float32: its
+    rounding is far below any error worth estimating).  Causal rows read only the keys
+    up to the last row.
     """
     n = len(rows)
     if causal:
@@ -167,23 +170,64 @@ def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop):
     top = scores.max(axis=1).astype(np.float64)
     seen = np.isfinite(top)
     scores -= np.where(seen, top, 0.0).astype(dtype)[:, np.newaxis]
+    if c != 1.0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores *= dtype.type(c)  # 0 * inf at each row's maximum: NaN, set back to 0
+        scores[np.isnan(scores)] = 0.0
     np.exp(scores, out=scores)
     total = scores.sum(axis=1, dtype=np.float64)
     numerator = (scores @ v[start:stop]).astype(np.float64)
     return top, total, numerator
 
 
-def _merge_parts(parts):
-    """Exact rows from the pieces of :func:`_partial_rows` over key ranges."""
+def _merge_parts(parts, c=1.0):
+    """Exact rows from the pieces of :func:`_partial_rows` over key ranges (same ``c``)."""
     tops = np.stack([p[0] for p in parts])
     top = tops.max(axis=0)
     visible = np.isfinite(top)
-    with np.errstate(invalid="ignore"):
-        factors = np.where(np.isfinite(tops), np.exp(tops - np.where(visible, top, 0.0)), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exponents = (tops - np.where(visible, top, 0.0)) * c
+        exponents[np.isnan(exponents)] = 0.0  # 0 * inf: the range holding the maximum
+        factors = np.where(np.isfinite(tops), np.exp(exponents), 0.0)
     total = sum(f * p[1] for f, p in zip(factors, parts, strict=True))
     numerator = sum(f[:, np.newaxis] * p[2] for f, p in zip(factors, parts, strict=True))
     total[~visible] = np.inf
     return numerator / total[:, np.newaxis], visible
+
+
+def _logit_scales(Q, K, gamma):
+    """``(a, b, c)``: divide ``Q`` by ``a`` and ``K`` by ``b`` and scale the logits by
+    ``c = gamma a b`` where ``gamma q.k`` could exceed the dtype; else ``(None, None, 1)``.
+    """
+    a = float(np.abs(Q).max()) if Q.size else 0.0
+    b = float(np.abs(K).max()) if K.size else 0.0
+    limit = float(np.finfo(Q.dtype).max) / 4.0
+    with np.errstate(over="ignore"):
+        bound = gamma * a * b * Q.shape[-1]  # |gamma q.k| <= gamma d max|q| max|k|
+    if bound < limit and a < limit and b < limit:
+        return None, None, 1.0
+    a, b = a or 1.0, b or 1.0
+    with np.errstate(over="ignore"):
+        return a, b, gamma * a * b
+
+
+def _value_exponent(V, n_keys) -> int:
+    """``e`` with ``V 2^-e`` summable over ``n_keys`` rows without overflow (0 if it is)."""
+    peak = float(np.abs(V).max()) if V.size else 0.0
+    limit = float(np.finfo(V.dtype).max) / (4.0 * max(1, n_keys))
+    return int(np.ceil(np.log2(peak / limit))) if peak > limit else 0
+
+
+def _row_norms(X):
+    """Euclidean norms of the rows of ``X`` without overflow (``inf`` for inf rows)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        peak = np.abs(X).max(axis=1) if X.shape[1] else np.zeros(X.shape[0])
+        safe = np.where((peak > 0) & np.isfinite(peak), peak, 1.0)
+        norms = peak * np.linalg.norm(X / safe[:, np.newaxis], axis=1)
+    norms[np.isnan(peak)] = np.nan
+    norms[np.isinf(peak)] = np.inf
+    norms[peak == 0] = 0.0
+    return norms
 
 
 def _sample_rows(rng, n, size):
@@ -374,11 +418,21 @@ def estimate_checked(
     if causal:
         block = min(block, _config.ERROR_CAUSAL_BLOCK_ROWS)
     heads, tasks = [], []
-    scale = Q.dtype.type(gamma)
+    # Huge inputs: logits c q~.k~ of unit-scaled q~, k~, and values (and the output,
+    # by the same power of two: relative errors do not change) brought below the
+    # largest float over the sums of n_keys terms.  Exact scalings: the estimate of a
+    # finite exact answer stays finite.
+    q_scale, k_scale, c = _logit_scales(Q, K, gamma)
+    exponent = _value_exponent(V, n_keys)
+    scale = Q.dtype.type(gamma if q_scale is None else 1.0 / q_scale)
     for idx in np.ndindex(*batch):
         kv_idx = kv_index(idx)
         q = _lead_index(Q, idx, 2)
         k, v = _lead_index(K, kv_idx, 2), _lead_index(V, kv_idx, 2)
+        if k_scale is not None:
+            k = k * k.dtype.type(1.0 / k_scale)
+        if exponent:
+            v = np.ldexp(v, -exponent).astype(v.dtype, copy=False)
         keep = None if mask is None else ~_lead_index(mask, kv_idx, 1)
         bias = None if keep is None else np.where(keep, 0.0, -np.inf).astype(Q.dtype)
         rows = _sample_rows(rng, n_queries, size)
@@ -388,20 +442,21 @@ def estimate_checked(
             q_rows = q[r] * scale
             for start, stop in ranges:
                 tasks.append(lambda q=q_rows, r=r, k=k, v=v, b=bias, s0=start, s1=stop:
-                             _partial_rows(q, r, k, v, b, causal, s0, s1))  # fmt: skip
+                             _partial_rows(q, r, k, v, b, causal, s0, s1, c))  # fmt: skip
     with blas_single_thread():  # multithreaded BLAS on these shapes measured 100x slower
         parts = iter(run_parallel(tasks, workers))
     errors, weights, sizes = [], [], []
     for idx, rows, keep in heads:
-        pieces = [_merge_parts([next(parts) for _ in ranges]) for _ in range(0, size, block)]
+        pieces = [_merge_parts([next(parts) for _ in ranges], c) for _ in range(0, size, block)]
         exact = np.concatenate([p[0] for p in pieces])
         visible = np.concatenate([p[1] for p in pieces])
-        got = np.asarray(out[idx][rows], dtype=np.float64)
+        got = np.ldexp(np.asarray(out[idx][rows], dtype=np.float64), -exponent)
         rows_seen = _visible_rows(n_queries, keep, causal)
         exact, got = exact[visible], got[visible]
         with np.errstate(invalid="ignore", over="ignore"):
-            diff = np.linalg.norm(got - exact, axis=1)
-            scale = np.linalg.norm(exact, axis=1)
+            # norms of rows scaled by their largest entry: |x| = t |x / t| (no overflow)
+            diff = _row_norms(got - exact)
+            scale = _row_norms(exact)
             err = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)
         err[~np.isfinite(err)] = np.inf
         errors.append(err)

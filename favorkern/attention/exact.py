@@ -13,7 +13,6 @@ from .values import scaled_values, unscale
 __all__ = ["softmax_attention"]
 
 
-
 def _hidden(scores, mask, start, stop, causal):
     """Set the scores of masked and (if causal) future keys to ``-inf`` in place."""
     if mask is not None:

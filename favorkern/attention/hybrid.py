@@ -43,7 +43,6 @@ __all__ = ["hybrid_attention", "DEFAULT_N_CANDIDATES"]
 #: Candidates per query when ``n_top > 0`` and ``n_candidates`` is None.
 DEFAULT_N_CANDIDATES = 256
 
-
 def hybrid_attention(
     Q,
     K,

@@ -342,6 +342,16 @@ class FavorAttention:
         """The per-head features for decoding, cached per (dtype, gamma)."""
         key = (np.dtype(dtype), gamma)
         hf = self._decoders.get(key)
+        if hf is not None and hf.fmap is not get_feature_map(self.feature_map):
+            self._decoders = {}  # the map was replaced under its name: new features
+            hf = None
+            fmap = get_feature_map(self.feature_map)
+            if fmap.n_projections(self._projection.n_components) != self.projection_.shape[0]:
+                raise ValueError(
+                    f"feature map {fmap.name!r} was replaced under its name by a map with "
+                    f"{fmap.outputs_per_projection} outputs per projection: call fit() again "
+                    "to draw a projection for it"
+                )
         if hf is None:
             fmap = get_feature_map(self.feature_map)
             if fmap.data_constants and not hasattr(self, "constants_"):
@@ -443,6 +453,7 @@ class FavorAttention:
             or v.dtype != state.dtype
             or q.shape[-1] != self.projection_.shape[1]
             or state.fingerprint != hf.fingerprint
+            or hf.fmap is not get_feature_map(self.feature_map)
             or (
                 key_padding_mask is not None
                 and (

@@ -61,6 +61,7 @@ from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale, check_option, check_seed
 from .._warnings import FeatureUnderflowWarning
 from ..feature_maps import FeatureMap, check_constants, fit_constants, get_feature_map
+from ..feature_maps._base import map_identity, map_spec
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal
@@ -155,7 +156,8 @@ def resolve_projection(
 
 def attention_features(feature_map, proj: AttentionProjection, gamma, dtype, constants=None):
     """The :class:`~.features.AttentionFeatures` of ``feature_map`` for logits ``gamma q.k``."""
-    spec = feature_map.spec(
+    spec = map_spec(
+        feature_map,
         proj.matrix,
         n_components=proj.n_components,
         input_scale=math.sqrt(gamma),
@@ -212,17 +214,31 @@ class AttentionPlan:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short hash of everything the features of a decoding state depend on."""
-        digest = hashlib.blake2b(digest_size=12)
-        digest.update(f"{self.feature_map.name}|{self.n_components}|{self.gamma!r}".encode())
-        digest.update(np.ascontiguousarray(self.projection.matrix, dtype=np.float64).tobytes())
+        """``identity|m=...|projection=...|...``: what a decoding state's features depend on.
+
+        The map's identity (:func:`~favorkern.feature_maps._base.map_identity`: the
+        object, not only its name), the output width ``m`` (which a stored state's
+        arrays must have), a short hash of the projection and its draws, and one of the
+        logit scale and the constants.
+        """
+        drawn = hashlib.blake2b(digest_size=8)
+        matrix = self.projection.matrix
+        drawn.update(f"{self.n_components}|{matrix.shape}".encode())
+        drawn.update(np.ascontiguousarray(matrix, dtype=np.float64).tobytes())
         draws = self.projection.draws
-        groups = [draws, self.constants or {}] + list(self.head_constants or [])
-        for group in groups:
+        for key in sorted(draws):
+            drawn.update(key.encode())
+            drawn.update(np.ascontiguousarray(draws[key], dtype=np.float64).tobytes())
+        rest = hashlib.blake2b(digest_size=8)
+        rest.update(f"{self.gamma!r}".encode())
+        for group in [self.constants or {}] + list(self.head_constants or []):
             for key in sorted(group):
-                digest.update(key.encode())
-                digest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
-        return digest.hexdigest()
+                rest.update(key.encode())
+                rest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
+        return (
+            f"{map_identity(self.feature_map)}|m={self.n_components}|"
+            f"projection={drawn.hexdigest()}|{rest.hexdigest()}"
+        )
 
     def head_features(self, dtype) -> HeadFeatures:
         """The :class:`~.decoding.HeadFeatures` of causal continuation (frozen constants)."""
@@ -398,6 +414,13 @@ def check_state(state, head_features: HeadFeatures, dtype):
     if not isinstance(state, DecodingState):
         raise TypeError(f"state must be a DecodingState, got {type(state).__name__}")
     if state.fingerprint != head_features.fingerprint:
+        made, here = state.fingerprint.split("|")[0], head_features.fingerprint.split("|")[0]
+        if made != here:
+            raise ValueError(
+                f"the state was made with the feature map {made or 'of no attention'}, but "
+                f"this attention uses {here} (a map replaced under its name is another "
+                "map): continue the state with the attention and map that created it"
+            )
         raise ValueError(
             "the state was made by another attention (projection, feature map, constants or "
             "gamma differ): continue it with the attention that created it"

@@ -25,6 +25,7 @@ from ..linear_model import (
     RidgeStatistics,
     encode_labels,
 )
+from ..linear_model._statistics import check_alphas
 from ._cluster import tree_reduce
 
 
@@ -124,6 +125,8 @@ def fit(model, X, y, sample_weight=None):
             "model must be a RandomFeatureRidge or RandomFeatureRidgeClassifier, "
             f"got {type(model).__name__}"
         )
+    model._validate_params()
+    alphas = check_alphas(model.alphas)  # before any chunk is computed
     X = _ridge_rows(X, "X")
     row_chunks = X.chunks[0]
     y = _ridge_rows(y, "y", X.shape[0], row_chunks)
@@ -154,7 +157,6 @@ def fit(model, X, y, sample_weight=None):
     ]
     (statistics,) = dask.compute(_ridge_tree(parts, _ridge_merge))
     loo_errors = None
-    alphas = np.atleast_1d(np.asarray(model.alphas, dtype=np.float64))
     if alphas.size > 1 and statistics.weight_sum > 0:
         solver = statistics.solver(fit_intercept=model.fit_intercept)
         solver_key = dask.delayed(solver)

@@ -14,10 +14,10 @@ import numpy as np
 from .. import _config
 from .._validation import check_float_array, check_int, check_option
 from ..feature_maps import apply_feature_map, check_constants, feature_map_names
+from ..feature_maps._base import map_spec
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
-
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ def trials_spec(fmap, draws, input_scale, constants=None):
     """
     n_trials, m, d = draws.shape
     n_out = fmap.outputs_per_projection * n_trials * m
-    stacked = fmap.spec(
+    stacked = map_spec(
+        fmap,
         draws.reshape(n_trials * m, d),
         n_components=n_out,
         input_scale=input_scale,

@@ -30,6 +30,7 @@ from __future__ import annotations
 from .._warnings import FeatureUnderflowWarning
 from ._base import (
     FeatureMap,
+    _register_builtin,
     check_constants,
     feature_map_names,
     fit_constants,
@@ -67,7 +68,7 @@ for _builtin in (
     WhitenedFeatureMap(),
     FittedFeatureMap(),
 ):
-    register_feature_map(_builtin)
+    _register_builtin(_builtin)
 del _builtin
 # Maps beyond the random-projection families (registered after them, in this order).
 for _builtin in (
@@ -76,7 +77,7 @@ for _builtin in (
     HybridFeatureMap("gaussian", 1),
     TensorSketchFeatureMap(),
 ):
-    register_feature_map(_builtin)
+    _register_builtin(_builtin)
 del _builtin
 
 __all__ = [

@@ -494,8 +494,6 @@ def max_sq_norm(projection):
     return float(np.max(np.einsum("ij,ij->i", projection, projection))) if projection.size else 0.0
 
 
-
-
 class SorfProjector:
     """``X @ (input_scale * W).T`` for a structured ``W`` via the fast Walsh-Hadamard transform."""
 

@@ -322,8 +322,11 @@ def exp_map_log_mse(geom, log_rel_var, deficit, m, P):
     ``log_rel_var = log(Var1 / SM^2)`` and ``deficit = q`` with the same-block
     ``Cov / SM^2 = -q`` (zero for iid rows).
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        correction = np.log1p(np.maximum(-(P / m) * deficit * np.exp(-log_rel_var), -1.0))
+    # q / (Var1 / SM^2) in log space: both underflow at tiny |z| (0 * inf otherwise)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ratio = np.sign(deficit) * np.exp(np.log(np.abs(deficit)) - log_rel_var)
+        ratio = np.where(deficit == 0, 0.0, ratio)
+        correction = np.log1p(np.maximum(-(P / m) * ratio, -1.0))
     out = 2 * geom.ip + log_rel_var - np.log(m) + correction
     # Var1 = 0 (z = 0 at A = 0) gives MSE = 0; at z = 0 with A != 0 it does not vanish.
     return np.where(np.isneginf(log_rel_var), -np.inf, out)

@@ -313,7 +313,18 @@ class RidgeStatistics:
         return sums.statistics()
 
     def _merge_into(self, other):
-        """Add ``other`` into ``self`` in place (no new m x m array); returns ``self``."""
+        """Add ``other`` into ``self`` in place (no new m x m array); returns ``self``.
+
+        Statistics of no rows are the identity whatever their width: an empty chunk
+        cannot know the width of a transformer that never transformed a row (its
+        ``n_components`` may differ from its output, as Nystroem's with few rows).
+        """
+        if other.n_samples == 0 and other.n_targets == self.n_targets:
+            return self
+        if self.n_samples == 0 and other.n_targets == self.n_targets:
+            self.__dict__.update(other.copy().__dict__)
+            self._solvers = {}
+            return self
         if other.n_components != self.n_components or other.n_targets != self.n_targets:
             raise ValueError(
                 "cannot merge statistics of different shapes: "
