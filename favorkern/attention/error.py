@@ -353,11 +353,8 @@ def estimate_attention_error(
     )  # fmt: skip
 
 
-def estimate_checked(
-    Q, K, V, out, *, causal, gamma, key_padding_mask, n_rows, confidence=0.95,
-    warn_error=0.5, n_worst=5, random_state=None, _stacklevel=2,
-):  # fmt: skip
-    """:func:`estimate_attention_error` for Q, K, V already checked (one float dtype)."""
+def _check_options(out, n_rows, n_worst, confidence, warn_error):
+    """``out`` as an array and the counts, each checked by name."""
     out = np.asarray(out)
     if out.dtype.kind != "f":
         raise TypeError(f"out must be a float array, got dtype {out.dtype}")
@@ -369,6 +366,15 @@ def estimate_checked(
         bad = isinstance(warn_error, bool) or not isinstance(warn_error, float | int)
         if bad or warn_error < 0:
             raise ValueError(f"warn_error must be a number >= 0 or None, got {warn_error!r}")
+    return out, n_rows, n_worst
+
+
+def estimate_checked(
+    Q, K, V, out, *, causal, gamma, key_padding_mask, n_rows, confidence=0.95,
+    warn_error=0.5, n_worst=5, random_state=None, _stacklevel=2,
+):  # fmt: skip
+    """:func:`estimate_attention_error` for Q, K, V already checked (one float dtype)."""
+    out, n_rows, n_worst = _check_options(out, n_rows, n_worst, confidence, warn_error)
     d = Q.shape[-1]
     gamma = check_logit_scale(gamma, d)
     n_queries, n_keys = Q.shape[-2], K.shape[-2]
