@@ -244,7 +244,7 @@ def map_features(feature_map, Q, K, W, gamma, *, random_state=0, constants=None)
     """Materialized ``phi(Q), phi(K)`` of a registered map (its own features, unstabilized).
 
     The map's random draws besides ``W`` come from ``random_state`` as in
-    ``favorkern.attention.favor.resolve_projection``; data maps fit their constants on
+    ``favorkern.attention.plan.resolve_projection``; data maps fit their constants on
     ``Q, K`` unless given.  Returns ``(phi_q, phi_k, constants)``.
     """
     import math

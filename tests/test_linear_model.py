@@ -568,7 +568,6 @@ def test_loo_memory_does_not_grow_with_the_grid(monkeypatch):
     alphas = np.logspace(-4, 2, 40)
     model = RandomFeatureRidge(_trig(32), alphas=alphas, batch_size=100)
     whole = model.fit(X, y).cv_values_
-    monkeypatch.setattr(_config, "RIDGE_BLOCK_BYTES", 8 * 100 * 3 * 5)  # 5 alphas a slice
     from favorkern.linear_model import _solver
 
     calls = []
@@ -579,6 +578,7 @@ def test_loo_memory_does_not_grow_with_the_grid(monkeypatch):
         return real(self, U, squares, centred, weights, part)
 
     monkeypatch.setattr(_solver.RidgeSolver, "_loo_slice", spy)
-    sliced = clone(model).fit(X, y).cv_values_
+    with _config.override(RIDGE_BLOCK_BYTES=8 * 100 * 3 * 5):  # 5 alphas a slice
+        sliced = clone(model).fit(X, y).cv_values_
     assert max(calls) == 5 and sum(calls) == 40 * 3  # 3 blocks of 100 rows
     np.testing.assert_allclose(sliced, whole, rtol=1e-12)
