@@ -35,7 +35,7 @@ the machine's load.  Three tables:
    token and head).
 
 3. Crossover: ``favor_attention`` against ``softmax_attention`` at small L, and the
-   choice of ``method="auto"`` (exact where ``Lq Lk <= EXACT_CROSSOVER m (Lq + Lk)``).
+   choice of ``method="auto"`` (exact where ``Lq Lk <= EXACT_ATTENTION_CROSSOVER m (Lq + Lk)``).
 
 ``--memory`` instead measures the peak RSS of favor_attention at L = 2^16 and
 2^max-exp in child processes (bidirectional and causal), against the inputs and
@@ -49,7 +49,9 @@ Usage::
     python benchmarks/bench_attention.py --tables sweep --max-exp 14 --baseline ../base
     python benchmarks/bench_attention.py --tables sweep,heads --max-exp 14 --cpu  # 1 thread
 
-Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.
+Run it from the repository root with ``PYTHONPATH=.`` to time this checkout.  Every
+table is followed by the machine's SIMD level (numpy's CPU features), OpenBLAS's
+core and the elementwise kernels favorkern chose (``FAVORKERN_EXP`` forces one).
 """
 
 from __future__ import annotations
@@ -59,35 +61,20 @@ import json
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 
 import numpy as np
-from timing import load_checkout
-from timing import round_robin as wall_round_robin
+from timing import load_checkout, print_machine
+from timing import round_robin as timed_round_robin
 
 #: Set by ``--cpu``: time CPU seconds of the process instead of wall seconds.
 CPU_TIME = False
 
 
 def round_robin(fns, repeats):
-    """:func:`timing.round_robin`, or with ``--cpu`` the same schedule timed in CPU
-    seconds (``time.process_time``, every thread of the process)."""
-    if not CPU_TIME:
-        return wall_round_robin(fns, repeats)
-    spent = {name: [] for name in fns}
-
-    def timed(name, fn):
-        def run():
-            start = time.process_time()
-            fn()
-            spent[name].append(time.process_time() - start)
-
-        return run
-
-    wall_round_robin({name: timed(name, fn) for name, fn in fns.items()}, repeats)
-    # the first run of each is round_robin's warm-up
-    return {name: float(np.median(t[1:])) for name, t in spent.items()}
+    """:func:`timing.round_robin`, with ``--cpu`` in CPU seconds (``time.process_time``,
+    every thread of the process)."""
+    return timed_round_robin(fns, repeats, cpu=CPU_TIME)
 
 
 D, M = 64, 256
@@ -304,6 +291,18 @@ def summary(rows):
         print("fast-transformers not timed (not installed, or --peer-max-exp below --min-exp)")
     slower = [row["L"] for row in rows if "exact" in row and row["bidir"] >= row["exact"]]
     print(f"L where favor is not faster than exact: {slower or 'none'}")
+    long = [row for row in rows if row["L"] >= 2**13]
+    if long:
+        print(
+            f"from L = 2^13: bidir / floor, worst: {max(r['bidir'] / r['floor'] for r in long):.2f}"
+        )
+        peers = [r["performer"] / r["bidir"] for r in long if "performer" in r]
+        if peers:
+            print(f"from L = 2^13: performer-pytorch / bidir, least: {min(peers):.2f}")
+        peers = [r["fast-transformers"] / r["causal"] for r in long if "fast-transformers" in r]
+        if peers:
+            print(f"from L = 2^13: fast-transformers / causal, least: {min(peers):.2f}")
+    print_machine()
 
 
 def many_heads(args):
@@ -354,12 +353,14 @@ def many_heads(args):
             "one head d=64 L=65536, this checkout / baseline: "
             f"{times['one head d=64 L=65536'] / times['base one head d=64 L=65536']:.2f}"
         )
+    print_machine()
 
 
 def crossover(args):
     """favor_attention against softmax_attention at small L, and method="auto"'s choice."""
     from favorkern import draw_projection, favor_attention, softmax_attention
-    from favorkern.attention.common import EXACT_CROSSOVER, exact_is_faster
+    from favorkern._config import EXACT_ATTENTION_CROSSOVER
+    from favorkern.attention.common import exact_is_faster
 
     W = draw_projection(M, D, random_state=0)
     print(f"\n{'L':>6} {'favor ms':>9} {'exact ms':>9} {'exact/favor':>12} {'auto picks':>11}")
@@ -377,7 +378,8 @@ def crossover(args):
             f"{length:>6} {times['favor'] * 1e3:9.3f} {times['exact'] * 1e3:9.3f} "
             f"{times['exact'] / times['favor']:12.2f} {pick:>11}"
         )
-    print(f"rule: exact where Lq Lk <= {EXACT_CROSSOVER} m (Lq + Lk)")
+    print(f"rule: exact where Lq Lk <= {EXACT_ATTENTION_CROSSOVER} m (Lq + Lk)")
+    print_machine()
 
 
 _CHILD = """
@@ -462,6 +464,12 @@ def main(argv=None):
         CPU_TIME = True
         os.environ["FAVORKERN_NUM_THREADS"] = "1"
         threadpool_limits(1)  # for the rest of the run
+        try:
+            import torch
+
+            torch.set_num_threads(1)  # the peers on one thread too
+        except ImportError:
+            pass
         print("one thread, CPU seconds (--cpu)")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     tables = set(args.tables.split(","))

@@ -25,6 +25,13 @@ several minutes).
 estimate that ``return_error=True`` adds (64 sampled rows, one head), bidirectional
 and causal.
 
+``hybrid`` table (``--hybrid``): microseconds per token at prefixes 1k-32k, SmolLM2's
+layout (9 query heads over 3 key/value heads, d = 64), one thread, CPU time:
+``HybridAttention.step`` (window 64, one global key, top 16 of 128 candidates) and
+``FavorAttention.step`` with one new token, against exact attention of the token over
+the KV cache (torch SDPA with grouped-query heads; numpy where torch is missing).
+The states are fed the prefix first (``step`` with blocks of tokens).
+
 ``--coverage N``: over N random problems, how often the 95% interval of the mean
 relative row error covers the true mean (and the median's interval the true median).
 
@@ -32,6 +39,8 @@ Usage::
 
     python benchmarks/bench_decoding.py
     python benchmarks/bench_decoding.py --coverage 500 --skip-decode --skip-error
+    FAVORKERN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
+        python benchmarks/bench_decoding.py --hybrid --skip-decode --skip-error
 """
 
 from __future__ import annotations
@@ -246,6 +255,82 @@ def coverage(n_problems, seed=0):
     )
 
 
+def cpu_median(fn, repeats, warmup=20):
+    """Median CPU seconds (``time.process_time``) of ``fn``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return float(np.median(times))
+
+
+def kv_cache_attention(q, K, V):
+    """Exact attention of one token over a KV cache: torch SDPA (grouped-query heads),
+    or numpy where torch is not installed.  ``q`` (Hq, 1, d), ``K, V`` (H, P, d)."""
+    group = q.shape[0] // K.shape[0]
+    try:
+        import torch
+    except ImportError:
+        Kg, Vg = np.repeat(K, group, axis=0), np.repeat(V, group, axis=0)
+
+        def run():
+            s = np.matmul(q, Kg.transpose(0, 2, 1)) / np.sqrt(q.shape[-1])
+            w = np.exp(s - s.max(axis=-1, keepdims=True))
+            return np.matmul(w, Vg) / w.sum(axis=-1, keepdims=True)
+
+        return run, "numpy"
+    torch.set_num_threads(1)
+    tq, tk, tv = (torch.from_numpy(X[np.newaxis]) for X in (q, K, V))
+
+    def run():
+        with torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, enable_gqa=True)
+
+    return run, "sdpa"
+
+
+def hybrid_table(dtype, prefixes, repeats):
+    from favorkern import FavorAttention, HybridAttention
+
+    rng = np.random.default_rng(0)
+    Hq, H = 9, 3
+    print(f"hybrid decoding: {Hq} query heads over {H} key/value heads, d = dv = {D}, m = {M}, "
+          f"{np.dtype(dtype).name}, one thread, CPU time; {load()}")  # fmt: skip
+    calibration = rng.standard_normal((2, Hq, 512, D)).astype(dtype) * 0.5
+    hybrid = HybridAttention(window=64, n_global=1, n_top=16, n_candidates=128, n_components=M,
+                             causal=True, random_state=0).fit(*calibration)  # fmt: skip
+    favor = FavorAttention(n_components=M, random_state=0).fit(D)
+    longest = max(prefixes)
+    K = rng.standard_normal((H, longest, D)).astype(dtype) * 0.5
+    V = rng.standard_normal((H, longest, DV)).astype(dtype)
+    Q = rng.standard_normal((Hq, longest, D)).astype(dtype) * 0.5
+    h_state = hybrid.initial_state((H,), DV, dtype=dtype, n_query_heads=Hq)
+    f_state = favor.initial_state((H,), DV, dtype=dtype)
+    q, k, v = Q[:, :1], K[:, :1], V[:, :1]
+    print(f"{'prefix':>7} {'hybrid step':>12} {'favor step':>11} {'exact/KV':>10} "
+          f"{'exact/hybrid':>13} {'exact/favor':>12}   (microseconds per token)")  # fmt: skip
+    seen = 0
+    for prefix in sorted(prefixes):
+        for start in range(seen, prefix, 256):  # feed the states up to the prefix
+            stop = min(prefix, start + 256)
+            hybrid.step(Q[:, start:stop], K[:, start:stop], V[:, start:stop], h_state)
+            favor.step(Q[:, start:stop], K[:, start:stop], V[:, start:stop], f_state)
+        seen = prefix
+        # a step advances the state: time on copies, so every step sees the same prefix
+        h_copies = [h_state.copy() for _ in range(repeats * 40 + 20)]
+        f_copies = [f_state.copy() for _ in range(repeats * 40 + 20)]
+        h_next, f_next = iter(h_copies), iter(f_copies)
+        t_h = cpu_median(lambda: hybrid.step(q, k, v, next(h_next)), repeats * 40)
+        t_f = cpu_median(lambda: favor.step(q, k, v, next(f_next)), repeats * 40)
+        exact, name = kv_cache_attention(q, K[:, :prefix], V[:, :prefix])
+        t_e = cpu_median(exact, repeats * 40)
+        print(f"{prefix:>7} {t_h * 1e6:>12.0f} {t_f * 1e6:>11.0f} {t_e * 1e6:>10.0f} "
+              f"{t_e / t_h:>13.2f} {t_e / t_f:>12.2f}   ({name})", flush=True)  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, nargs="+", default=[1, 12])
@@ -256,10 +341,15 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-error", action="store_true")
+    parser.add_argument("--hybrid", action="store_true", help="the hybrid decoding table")
+    parser.add_argument("--prefixes", type=int, nargs="+",
+                        default=[1024, 2048, 4096, 8192, 16384, 32768])  # fmt: skip
     args = parser.parse_args()
     dtype = np.dtype(args.dtype).type
     if not args.skip_decode:
         decode_table(args.heads, dtype, args.prefix, args.repeats)
+    if args.hybrid:
+        hybrid_table(dtype, args.prefixes, args.repeats)
     if not args.skip_error:
         error_table(dtype, args.repeats)
     if args.coverage:

@@ -1,7 +1,8 @@
 """Transform time of every feature map against the bare product and RBFSampler.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_features.py [--n 200000] [--d 64] [--m 256]
-[--repeats 7]`` and ``... --structured`` for structured (SORF, fast Walsh-Hadamard)
+[--repeats 7] [--cpu]`` (``--cpu``: CPU seconds of the process instead of wall
+seconds, for one-thread figures) and ``... --structured`` for structured (SORF, fast Walsh-Hadamard)
 against dense orthogonal projections at d in {64, 256, 1024}.
 
 Prints, per dtype, the median time of each map's ``transform`` (every registered map,
@@ -13,13 +14,16 @@ turn), so the ratios share the machine's load.
 
 ``--baseline DIR`` also times each map's ``transform`` from the checkout in ``DIR``
 (imported under another name), round-robin with the others: before/after in one
-run.  ``--ideas`` adds variants of the float32 positive map's evaluation (same
-rows, same pool, same output), to measure where the time of an exp-type map goes:
+run.  The machine's SIMD level, BLAS core and the elementwise kernels chosen
+(:mod:`favorkern._elementwise`; ``FAVORKERN_EXP`` forces one) are printed with
+every table.  ``--ideas`` adds variants of the float32 positive map's evaluation
+(same rows, same pool, same output), to measure where the time of an exp-type map
+goes:
 
-* ``numba exp``: the augmented product, then the numba float32 ``exp``
-  (``favorkern._numba.vmath.exp_shifted_f32``) instead of numpy's;
+* ``exp K``: the augmented product (natural logits), then the exp kernel ``K`` of
+  :data:`favorkern._elementwise.EXP_KERNELS` in natural units;
 * ``fused shift``: the bare product ``X W^T``, then ``exp(. - a |x|^2 + log s)``
-  in one numba pass (no augmented input);
+  in one pass of the chosen kernel (no augmented input);
 * ``sub+exp``: the bare product, then numpy's subtract and ``exp`` (two passes);
 * ``blocks R``: the augmented product and numpy's ``exp`` over blocks of R rows.
 """
@@ -34,7 +38,7 @@ import time
 
 import numpy as np
 from sklearn.kernel_approximation import RBFSampler
-from timing import load_checkout, round_robin
+from timing import load_checkout, print_machine, round_robin
 
 from favorkern import PositiveRandomFeatures
 
@@ -69,25 +73,26 @@ def ideas(X, m):
     """Variants of the float32 positive map's evaluation (see the module docstring)."""
     import threading
 
-    from favorkern._numba.vmath import exp_shifted_f32
+    from favorkern._elementwise import EXP_KERNELS, ExpKernel, exp_kernel
     from favorkern.feature_maps import _evaluate as E
     from favorkern.features import RandomFeatures
 
     spec = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])._spec()
-    # natural-log exponents (the evaluator's augmented weights are in base 2)
-    aug = (E._augmented_weights(spec, np.float64) / E._LOG2E).astype(X.dtype)
+    # natural-log exponents (unit 1: the chosen kernel may take base-2 ones)
+    aug = E._augmented_weights(spec, X.dtype)
+    chosen = exp_kernel(X.dtype).natural()
     W_t = np.ascontiguousarray(spec.weights.astype(X.dtype).T)
     log_scale = X.dtype.type(spec.log_scale)
     n, d = X.shape
 
-    def variant(kind, rows_per_block=1024):
+    def variant(kind, rows_per_block=1024, kernel=None):
         def run():
             out = np.empty((n, m), dtype=X.dtype)
             scratch = threading.local()
 
             def block(a, b):
                 Xb, o = X[a:b], out[a:b]
-                if kind in ("numba exp", "blocks"):
+                if kind in ("exp", "blocks"):
                     x = E._augmented_input(b - a, d, "exp", X.dtype, scratch)
                     x[:, :d] = Xb
                     sq = np.einsum("ij,ij->i", Xb, Xb)
@@ -97,14 +102,14 @@ def ideas(X, m):
                     if kind == "blocks":
                         np.exp(o, out=o)
                     else:
-                        exp_shifted_f32(o)
+                        kernel.exp(o)
                     return
                 np.matmul(Xb, W_t, out=o)
                 shift = np.einsum("ij,ij->i", Xb, Xb)
                 shift *= X.dtype.type(spec.sq_coef)
                 shift -= log_scale
                 if kind == "fused shift":
-                    exp_shifted_f32(o, shift)
+                    chosen.exp_shifted(o, shift)
                 else:
                     o -= shift[:, np.newaxis]
                     np.exp(o, out=o)
@@ -117,10 +122,16 @@ def ideas(X, m):
     reference = RandomFeatures("positive", n_components=m, random_state=0).fit(X[:1000])
     expected = reference.transform(X[:4096])
     fns = {
-        "idea: numba exp": variant("numba exp"),
-        "idea: fused shift": variant("fused shift"),
-        "idea: sub+exp": variant("sub+exp"),
+        f"idea: exp {name}": variant("exp", kernel=ExpKernel(name).natural())
+        for name in EXP_KERNELS
+        if not name.endswith("exp2")
     }
+    fns.update(
+        {
+            "idea: fused shift": variant("fused shift"),
+            "idea: sub+exp": variant("sub+exp"),
+        }
+    )
     for rows in (256, 1024, 2048, 4096, 8192):
         fns[f"idea: blocks {rows}"] = variant("blocks", rows)
     for name, fn in fns.items():
@@ -138,6 +149,7 @@ def main(argv=None):
     parser.add_argument("--structured", action="store_true", help="structured vs dense")
     parser.add_argument("--baseline", default=None, help="checkout whose transforms to time too")
     parser.add_argument("--ideas", action="store_true", help="float32 positive-map variants")
+    parser.add_argument("--cpu", action="store_true", help="CPU seconds instead of wall seconds")
     parser.add_argument(
         "--maps", default=None, help="comma-separated map names (default: every registered map)"
     )
@@ -152,7 +164,10 @@ def main(argv=None):
     ]
     print(f"n={args.n} d={args.d} m={args.m} cores={os.cpu_count()} blas={blas}")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
-    print(f"median of {args.repeats} runs; ratios against baselines timed in the same run\n")
+    clock = "CPU seconds of the process" if args.cpu else "wall seconds"
+    print(
+        f"median of {args.repeats} runs ({clock}); ratios against baselines timed in the same run\n"
+    )
     header = f"{'dtype':<8} {'method':<36} {'time [ms]':>10} {'/ RBFSampler':>13} {'/ bare':>10}"
     print(header)
     print("-" * len(header))
@@ -186,7 +201,7 @@ def main(argv=None):
                     methods[f"{name} {kernel} (baseline)"] = lambda X=X, e=old: e.transform(X)
         if args.ideas and dtype == np.float32:
             methods.update(ideas(X, args.m))
-        times = round_robin(methods, args.repeats)
+        times = round_robin(methods, args.repeats, cpu=args.cpu)
         bare = min(times["bare product, BLAS threads"], times["bare product, row blocks"])
         for name, t in times.items():
             if not name.startswith("bare"):
@@ -195,8 +210,8 @@ def main(argv=None):
                 f"{np.dtype(dtype).name:<8} {name:<36} {1e3 * t:>10.1f} "
                 f"{t / times['RBFSampler']:>13.2f} {t / bare:>10.2f}"
             )
+        print_machine()
         print()
-    print(f"load average (1, 5, 15 min): {os.getloadavg()}")
     over = {
         k: v
         for k, v in worst.items()
@@ -212,7 +227,7 @@ def structured(args):
     """PositiveRandomFeatures transform: projection='structured' vs 'orthogonal' (dense BLAS).
 
     The structured map switches to the O(d log d) Walsh-Hadamard kernel from d_pad >= 512
-    (``favorkern.feature_maps._evaluate.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
+    (``favorkern._config.SORF_MIN_PADDED_DIMS``); the 'forced' column times that
     kernel at every d, to show where it wins.
     """
     from favorkern.feature_maps._evaluate import SorfProjector
@@ -245,6 +260,7 @@ def structured(args):
                 f"{np.dtype(dtype).name:<8} {d:>5} {1e3 * t_dense:>11.1f} {1e3 * t_sorf:>16.1f} "
                 f"{1e3 * t_forced:>17.1f} {t_forced / t_dense:>15.2f}"
             )
+    print_machine()
 
 
 if __name__ == "__main__":

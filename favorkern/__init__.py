@@ -28,6 +28,7 @@ _LAZY = {
     "ApproximationWarning": "_warnings",
     "FeatureOverflowWarning": "feature_maps",
     "hybrid_attention": "attention",
+    "HybridAttention": "attention",
     "NystroemFeatures": "nystroem",
     "RandomFeatureLogisticRegression": "linear_model",
     "RandomFeatureRidge": "linear_model",

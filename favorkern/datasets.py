@@ -126,6 +126,35 @@ def load_dataset(data="diabetes", *, target=None, n_samples=None, random_state=0
     return X, y, f"{label} (n={X.shape[0]}, d={X.shape[1]})"
 
 
+def check_csv_header(path) -> list:
+    """The column names of a CSV file's header row, or a ``ValueError``.
+
+    Read with the :mod:`csv` module before pandas sees the file: pandas renames
+    duplicate names one by one (``a``, ``a.1``, ...), which takes minutes for a header
+    of 10^5 equal names before any check could run.  Duplicate names are refused:
+    they make the target column and the features ambiguous.
+    """
+    import csv
+    from collections import Counter
+
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            for row in csv.reader(handle):
+                if row:  # pandas skips blank lines before the header too
+                    break
+            else:
+                return []
+    except (UnicodeDecodeError, csv.Error):
+        return []  # pandas reports what it cannot read
+    counts = Counter(row)
+    repeated = [(name, n) for name, n in counts.items() if n > 1]
+    if repeated:
+        shown = ", ".join(f"{name!r} ({n} times)" for name, n in repeated[:5])
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise ValueError(f"duplicate column names in the header of {path}: {shown}{more}")
+    return row
+
+
 def _read_frame(path, parquet):
     """The table in ``path`` (Parquet by its suffix, else CSV), or a ``ValueError``."""
     import pandas as pd
@@ -139,6 +168,7 @@ def _read_frame(path, parquet):
             return pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
+    check_csv_header(path)
     try:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:
@@ -160,6 +190,8 @@ def _read_csv(path, target):
         raise FileNotFoundError(f"data file not found: {path}")
     frame = _read_frame(path, parquet)
     columns = ", ".join(repr(str(c)) for c in frame.columns)
+    if len(frame) == 0:
+        raise ValueError(f"{path} has a header ({columns}) but no data rows")
     if target is None:
         raise ValueError(
             f"a data file needs --target COLUMN (target=...); its columns are {columns}"
@@ -281,9 +313,12 @@ def _file_chunks(path, target, n_samples, chunksize):
 
         frames = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(chunksize))
     else:
+        check_csv_header(path)
         frames = pd.read_csv(path, chunksize=chunksize)
     seen = 0
     for frame in frames:
+        if len(frame) == 0:  # a header without rows: its columns have no dtype
+            continue
         if target not in frame.columns:
             columns = ", ".join(repr(str(c)) for c in frame.columns)
             raise ValueError(
@@ -315,6 +350,8 @@ def _file_chunks(path, target, n_samples, chunksize):
         yield X, y
         if n_samples is not None and seen >= n_samples:
             return
+    if seen == 0:
+        raise ValueError(f"{path} has no data rows (a header only, or nothing)")
 
 
 def n_chunks(data, *, n_samples=None, chunksize=DEFAULT_CHUNKSIZE):

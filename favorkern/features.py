@@ -6,7 +6,7 @@ by name; the named classes are the same estimator with the map fixed.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from sklearn.base import (
@@ -19,6 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._validation import int_interval
 from .feature_maps import (
     FeatureMap,
     GeneralizedFeatureMap,
@@ -28,6 +29,7 @@ from .feature_maps import (
     get_feature_map,
     input_scale,
 )
+from .feature_maps._base import map_spec
 from .feature_maps.generalized import FUNCTIONS
 from .feature_maps.trigonometric import FREQUENCIES, TrigonometricFeatureMap
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured
@@ -105,7 +107,7 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     _parameter_constraints: dict = {
         "feature_map": [str, FeatureMap],
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [int_interval(1)],
         "kernel": [StrOptions(set(KERNELS))],
         "gamma": [Interval(Real, 0.0, None, closed="neither")],
         "projection": [StrOptions(set(PROJECTION_KINDS))],
@@ -213,7 +215,8 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     def _spec(self):
         """The fitted map's :class:`~favorkern.feature_maps.FeatureMapSpec`."""
         fmap, kernel, scale, n_components = self._fitted_map
-        return fmap.spec(
+        return map_spec(
+            fmap,
             self.projection_,
             n_components=n_components,
             input_scale=scale,
@@ -622,7 +625,7 @@ class OptimalPositiveRandomFeatures(_NamedRandomFeatures):
     A : float or None, default=None
         The GERF parameter; ``None`` fits ``A*`` on ``X``.  Must be < 1/8 (the
         variance is infinite from 1/8 on).  A fixed, mistuned ``A`` can raise the
-        variance by orders of magnitude (THEORY.md 6.1).
+        variance by orders of magnitude (:ref:`theory-favor-plus-plus`).
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         See :func:`favorkern.draw_projection`.
     norms : {"chi", "fixed"}, default="chi"

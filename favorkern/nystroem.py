@@ -28,19 +28,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import safe_sparse_dot
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-__all__ = ["NystroemFeatures", "nystroem_kernel", "recursive_leverage_sample", "KERNELS"]
+from . import _config
+
+__all__ = ["NystroemFeatures", "nystroem_kernel", "recursive_leverage_sample", "NYSTROEM_KERNELS"]
 
 #: Kernels of :class:`NystroemFeatures`: ``"rbf"`` ``exp(-gamma |x - y|^2)``,
 #: ``"softmax"`` ``exp(gamma x.y)``, ``"relu"`` the arc-cosine kernel of order 1 of
 #: ``x' = sqrt(gamma) x`` (the kernel of the ``"relu"`` random-feature map).
-KERNELS = ("rbf", "softmax", "relu")
+NYSTROEM_KERNELS = ("rbf", "softmax", "relu")
 LANDMARKS = ("uniform", "kmeans", "leverage")
 
-#: Landmarks by k-means or leverage scores are chosen among at most
-#: ``max(MIN_CANDIDATES, CANDIDATES_PER_LANDMARK * n_components)`` rows drawn
-#: uniformly, so that ``fit`` costs ``O(n_components^2)`` per candidate at most.
-CANDIDATES_PER_LANDMARK = 32
-MIN_CANDIDATES = 8192
 
 
 def nystroem_kernel(X, Y, *, kernel="rbf", gamma=1.0):
@@ -92,7 +89,7 @@ def nystroem_kernel(X, Y, *, kernel="rbf", gamma=1.0):
         angle = np.arccos(cos)
         value = scale * (np.sin(angle) + (np.pi - angle) * cos) * (gamma / (2.0 * np.pi))
         return value.astype(inner.dtype, copy=False)
-    raise ValueError(f"kernel must be one of {list(KERNELS)}, got {kernel!r}")
+    raise ValueError(f"kernel must be one of {list(NYSTROEM_KERNELS)}, got {kernel!r}")
 
 
 def _row_squares(X):
@@ -315,7 +312,7 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "kernel": [StrOptions(set(KERNELS))],
+        "kernel": [StrOptions(set(NYSTROEM_KERNELS))],
         "gamma": [Interval(Real, 0.0, None, closed="neither")],
         "landmarks": [StrOptions(set(LANDMARKS)), "array-like"],
         "random_state": ["random_state"],
@@ -364,7 +361,10 @@ class NystroemFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 indices = rng.permutation(n)[:m]
             else:
                 candidates = np.arange(n)
-                limit = max(MIN_CANDIDATES, CANDIDATES_PER_LANDMARK * m)
+                limit = max(
+                    _config.NYSTROEM_MIN_CANDIDATES,
+                    _config.NYSTROEM_CANDIDATES_PER_LANDMARK * m,
+                )
                 if n > limit:
                     candidates = np.sort(rng.choice(n, limit, replace=False))
                 pool = X[candidates]

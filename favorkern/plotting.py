@@ -6,7 +6,7 @@ Variance diagnostics:
   error bars, against the number of projections, on log-log axes.
 * :func:`plot_trig_positive_ratio`: the Performer paper's Fig. 2, the heat map of
   ``MSE_trig / MSE_positive`` over angle and norm, with the ``l = 1`` slice
-  (THEORY.md 9.1).
+  (:ref:`theory-fig2`).
 
 Attention and regression:
 
@@ -159,7 +159,7 @@ def plot_mse_vs_width(study, *, relative=True, n_se=2.0, fig=None):
 def trig_positive_ratio(angle, norm):
     """``r = MSE_trig / MSE_positive`` for ``|x| = |y| = norm`` at ``angle`` (iid, any m).
 
-    ``r = (1 - e^{-|delta|^2})^2 / (2 SM^4 (1 - e^{-|z|^2}))`` (THEORY.md 2, 9.1),
+    ``r = (1 - e^{-|delta|^2})^2 / (2 SM^4 (1 - e^{-|z|^2}))`` (:ref:`theory-trig-positive-ratio`),
     computed as a difference of :func:`favorkern.diagnostics.theoretical_mse` logs;
     ``nan`` where both are zero (``norm = 0``), ``0`` at angle 0, ``inf`` at ``pi``.
 

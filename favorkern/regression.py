@@ -43,7 +43,12 @@ from sklearn.utils.validation import check_is_fitted
 from ._parallel import blas_single_thread
 from ._validation import check_int, check_option, check_positive_real
 from .datasets import DEFAULT_CHUNKSIZE, iter_chunks, n_chunks
-from .features import HyperbolicRandomFeatures, PositiveRandomFeatures, TrigonometricRandomFeatures
+from .features import (
+    KERNELS,
+    HyperbolicRandomFeatures,
+    PositiveRandomFeatures,
+    TrigonometricRandomFeatures,
+)
 from .kernels import exact_kernel
 from .linear_model import RandomFeatureRidge
 
@@ -72,7 +77,6 @@ EXACT = "KernelRidge (exact)"
 # favorkern.RandomFeatureRidge, which never holds the n x width feature matrix.
 STREAMING = "Trigonometric (streaming)"
 
-KERNELS = ("rbf", "softmax")
 # Gamma grids are multiples of 1/d (standardized data: |x - y|^2 ~ 2d).  The softmax
 # grid stops at 1/(2d): the relative variance of its estimators grows like
 # exp(gamma |x + y|^2) ~ exp(2 gamma d), so larger gamma cannot be approximated.
@@ -564,6 +568,11 @@ def peak_rss_mb():
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+# Training rows of the first chunk below which the 3-fold CV of gamma fails (every
+# validation fold needs two rows for an R^2).
+_MIN_CV_ROWS = 6
+
+
 def _held_out_r2(model, chunks):
     """``(n_test, R^2)`` of ``model`` on the held-out rows of ``(X, y, held_out)`` chunks."""
     n_test, total, total_sq, sse = 0, 0.0, 0.0, 0.0
@@ -667,6 +676,14 @@ def fit_streaming(
     for X, y, held_out in chunks("fit"):
         if model is None:
             if gamma is None:
+                n_fit = int((~held_out).sum())
+                if n_fit < _MIN_CV_ROWS:
+                    raise ValueError(
+                        f"the first chunk holds {n_fit} training rows of {len(y)} (chunksize="
+                        f"{chunksize}, test_fraction={test_fraction}): the cross-validation "
+                        f"that chooses the logit scale needs at least {_MIN_CV_ROWS}; raise "
+                        "chunksize, lower test_fraction or pass gamma"
+                    )
                 gamma, _ = select_gamma_alpha(
                     X[~held_out], y[~held_out], kernel=kernel, random_state=random_state
                 )
@@ -687,6 +704,11 @@ def fit_streaming(
 
     start = time.perf_counter()
     n_test, test_r2 = _held_out_r2(model, chunks("predict"))
+    if n_test < 2:
+        raise ValueError(
+            f"{n_test} held-out rows: the test R^2 needs at least 2; raise test_fraction="
+            f"{test_fraction} (or n_samples)"
+        )
     predict_time = time.perf_counter() - start
     return {
         "model": model,

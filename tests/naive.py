@@ -143,7 +143,7 @@ def derf_feature(w, x, A, B):
 
 
 def derf_log_mse_paper(x, y, A, B1, B2, m):
-    """log MSE of ``m`` iid rows from the printed FAVOR# variance (THEORY.md 6.2):
+    """log MSE of ``m`` iid rows from the printed FAVOR# variance (:ref:`theory-favor-sharp`):
     ``D^4 det(I-8A)^(-1/2) exp(2x^T(C1 + B1^T(I-8A)^-1 B1)x + 2y^T(...)y
     + 4x^T B1^T(I-8A)^-1 B2 y) - SM^2``, the exponent kept in log space."""
     d = A.shape[0]
@@ -238,3 +238,141 @@ def fitted_map_features(name, Q, K, W, gamma):
     phi_q = apply_feature_map(fmap.prepare(Q, "query", constants), spec)
     phi_k = apply_feature_map(fmap.prepare(K, "key", constants), spec)
     return constants, phi_q, phi_k
+
+
+def map_features(feature_map, Q, K, W, gamma, *, random_state=0, constants=None):
+    """Materialized ``phi(Q), phi(K)`` of a registered map (its own features, unstabilized).
+
+    The map's random draws besides ``W`` come from ``random_state`` as in
+    ``favorkern.attention.favor.resolve_projection``; data maps fit their constants on
+    ``Q, K`` unless given.  Returns ``(phi_q, phi_k, constants)``.
+    """
+    import math
+
+    from favorkern.attention.plan import resolve_projection
+    from favorkern.feature_maps import apply_feature_map, get_feature_map
+
+    fmap = get_feature_map(feature_map)
+    Q, K, W = (np.asarray(X, dtype=np.float64) for X in (Q, K, W))
+    proj = resolve_projection(fmap, W, None, Q.shape[1], "orthogonal", random_state)
+    if constants is None and fmap.data_constants:
+        constants = fmap.fit(Q, K, input_scale=math.sqrt(gamma), projection=W)
+    spec = fmap.spec(
+        W, n_components=proj.n_components, input_scale=math.sqrt(gamma), kernel="softmax",
+        constants=constants, draws=proj.draws,
+    )  # fmt: skip
+    phi_q = apply_feature_map(fmap.prepare(Q, "query", constants), spec)
+    phi_k = apply_feature_map(fmap.prepare(K, "key", constants), spec)
+    return phi_q, phi_k, constants
+
+
+def naive_hybrid_attention(
+    Q, K, V, phi_q, phi_k, *, window, n_global=0, n_top=0, n_candidates=None,
+    candidate_query=None, causal=False, gamma=None, key_padding_mask=None,
+):  # fmt: skip
+    """Hybrid attention of one head, one row at a time, from the map's own features.
+
+    Row ``i`` sees the keys allowed to it (``j <= i`` if causal, not masked).  Exact
+    ``exp(gamma q_i.k_j)`` for its window (``0 <= i - j < window`` causal, ``|i - j| <
+    window`` bidirectional), the first ``n_global`` keys, and its ``n_top`` keys of
+    largest logit among its candidates: the ``n_candidates`` (256 if None) other
+    allowed keys of largest ``candidate_query . k_j`` (ties: the earlier key;
+    ``candidate_query`` None: the mean query).  ``phi_q[i] . phi_k[j]`` (any sign) for
+    every other allowed key.  One normalization; rows whose weights sum to 0 are 0.
+    """
+    Q, K, V, phi_q, phi_k = (np.asarray(X, dtype=np.float64) for X in (Q, K, V, phi_q, phi_k))
+    gamma = 1.0 / np.sqrt(Q.shape[1]) if gamma is None else gamma
+    n_candidates = 256 if n_candidates is None else n_candidates
+    u = Q.mean(axis=0) if candidate_query is None else np.asarray(candidate_query, float)
+    scores = K @ u
+    Lk = K.shape[0]
+    positions = np.arange(Lk)
+    visible = np.ones(Lk, dtype=bool)
+    if key_padding_mask is not None:
+        visible &= ~np.asarray(key_padding_mask, dtype=bool)
+    out = np.zeros((Q.shape[0], V.shape[1]))
+    for i in range(Q.shape[0]):
+        allowed = visible & (positions <= i) if causal else visible.copy()
+        delta = i - positions
+        near = ((delta >= 0) & (delta < window)) if causal else (np.abs(delta) < window)
+        exact = allowed & (near | (positions < n_global))
+        if n_top:
+            far = [j for j in positions[allowed & ~exact]]
+            far.sort(key=lambda j: (-scores[j], j))
+            candidates = far[:n_candidates]
+            candidates.sort(key=lambda j: -(Q[i] @ K[j]))
+            exact[candidates[:n_top]] = True
+        logits = gamma * (K @ Q[i])
+        weights = np.where(exact, np.exp(logits), phi_k @ phi_q[i])
+        weights[~allowed] = 0.0
+        if weights.sum() != 0:
+            out[i] = weights @ V / weights.sum()
+    return out
+
+
+def naive_taylor_features(X, gamma):
+    """``[1, x', x'_i x'_j (i < j), x'_i^2 / sqrt(2)]`` row by row, ``x' = sqrt(gamma) x``,
+    in the order of ``np.triu_indices`` (the second-order Taylor map)."""
+    rows = []
+    for x in np.asarray(X, dtype=np.float64) * np.sqrt(gamma):
+        d = len(x)
+        row = [1.0, *x]
+        for i in range(d):
+            for j in range(i, d):
+                row.append(x[i] * x[j] * (np.sqrt(0.5) if i == j else 1.0))
+        rows.append(row)
+    return np.array(rows)
+
+
+def naive_hrf_estimate(x, y, W, m, n, gamma, lambda_kind, sigma):
+    """Hybrid random features' estimate pair by pair: ``lam A + (1 - lam) B`` from the
+    rows ``W = [positive (m), trigonometric (m / 2), weight (n)]`` (float64 loops)."""
+    out = []
+    for a, b in zip(np.asarray(x, float), np.asarray(y, float), strict=True):
+        xa, yb = np.sqrt(gamma) * a, np.sqrt(gamma) * b
+        pos = np.mean([np.exp(w @ xa - xa @ xa / 2) * np.exp(w @ yb - yb @ yb / 2)
+                       for w in W[:m]])  # fmt: skip
+        trig = np.exp((xa @ xa + yb @ yb) / 2) * np.mean(
+            [np.cos(w @ xa - w @ yb) for w in W[m : m + m // 2]]
+        )
+        V = W[m + m // 2 : m + m // 2 + n]
+        if lambda_kind == "angular":
+            lam = 0.5 - 0.5 * np.mean([np.sign(v @ a or 1.0) * np.sign(v @ b or 1.0) for v in V])
+            out.append(lam * pos + (1 - lam) * trig)
+        else:
+            lam = np.mean([np.cos(sigma * v @ (xa - yb)) for v in V])
+            out.append((1 - lam) * pos + lam * trig)
+    return np.array(out)
+
+
+def naive_tensor_sketch(X, C):
+    """``[1, TS_1(x), TS_2(x) / sqrt(2), ...]`` by explicit circular convolutions of the
+    count sketches ``C`` (``(p, D, d)``) of the already scaled rows ``X``."""
+    p, D, _ = C.shape
+    rows = []
+    for x in np.asarray(X, dtype=np.float64):
+        row = [1.0]
+        conv = C[0] @ x
+        row.extend(conv)
+        fact = 1.0
+        for k in range(1, p):
+            sketch = C[k] @ x
+            new = np.zeros(D)
+            for a in range(D):
+                for b in range(D):
+                    new[(a + b) % D] += conv[a] * sketch[b]
+            conv = new
+            fact *= k + 1
+            row.extend(conv / np.sqrt(fact))
+        rows.append(row)
+    return np.array(rows)
+
+
+#: Data-free maps of the registry whose oracles above are their own (their rows and
+#: widths do not follow favor_features' layout): name -> oracle.
+OWN_ORACLES = {
+    "taylor": naive_taylor_features,
+    "hrf": naive_hrf_estimate,
+    "hrf_gaussian": naive_hrf_estimate,
+    "tensorsketch": naive_tensor_sketch,
+}

@@ -9,27 +9,28 @@ import numpy as np
 import pytest
 
 import favorkern.attention as attention_module
-from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
+from favorkern import FavorAttention, _config, draw_projection, favor_attention, softmax_attention
 from favorkern.attention import causal as causal_module
-from favorkern.attention import common as common_module
-from favorkern.attention import exact as exact_module
-from favorkern.attention import favor as favor_module
+from favorkern.attention import plan as plan_module
 
 FEATURES = naive.FEATURE_MAPS
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks():
     """Chunks of 16 rows and threads for every size: awkward sizes hit chunk edges."""
-    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)  # 16 rows at m = 32
-    monkeypatch.setattr(causal_module, "_RECURRENT_CHUNK_BYTES", 16 * 32 * 8)
-    monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
-    monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
-    monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(exact_module, "_EXACT_CHUNK_ELEMENTS", 64)
-    monkeypatch.setattr(exact_module, "_PARALLEL_MIN_SCORES", 0)
+    with _config.override(
+        ATTENTION_CHUNK_BYTES=16 * 32 * 8,  # 16 rows at m = 32
+        RECURRENT_CHUNK_BYTES=16 * 32 * 8,
+        CAUSAL_CHUNK_ROWS=16,
+        CAUSAL_GROUP_ROWS=32,  # groups of 2 chunks
+        CAUSAL_PIPELINED_GROUP_ROWS=32,
+        ATTENTION_PARALLEL_MIN_WORK=0,
+        EXACT_CHUNK_SCORES=64,
+        EXACT_PARALLEL_MIN_SCORES=0,
+    ):
+        yield
 
 
 def test_every_builtin_data_free_map_has_an_oracle():
@@ -41,7 +42,7 @@ def test_every_builtin_data_free_map_has_an_oracle():
         for name in fm.feature_map_names(data_free=True)
         if type(fm.get_feature_map(name)).__module__.startswith("favorkern.")
     }
-    assert builtin <= set(naive.FEATURE_MAPS)
+    assert builtin <= set(naive.FEATURE_MAPS) | set(naive.OWN_ORACLES)
 
 
 def _inputs(rng, q_shape, k_shape, d=8, dv=3, sigma=0.6):
@@ -204,7 +205,7 @@ def test_causal_prefix_is_independent_of_later_tokens(small_chunks, method, dtyp
 def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
     """The two-thread pipeline runs the same operations as one thread: bit-identical,
     with key constants that grow inside and across groups and with masked keys."""
-    from favorkern.attention.favor import AttentionProjection, attention_features
+    from favorkern.attention.plan import AttentionProjection, attention_features
     from favorkern.feature_maps import get_feature_map
 
     rng = np.random.default_rng(21)
@@ -235,7 +236,7 @@ def test_causal_pipeline_matches_one_thread(small_chunks, dtype, masked):
 @pytest.mark.parametrize("workers", [1, 2, 3, 4])
 def test_causal_on_any_number_of_threads(small_chunks, monkeypatch, workers):
     """One thread, the two-thread pipeline and ranges over more threads: one answer."""
-    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: workers)
     rng = np.random.default_rng(22)
     Q, K, V = _inputs(rng, (203,), (203,))
     mask = rng.random(203) < 0.1

@@ -147,11 +147,11 @@ def test_favor_attention_class_uses_the_adaptive_maps():
     rng = np.random.default_rng(9)
     Q, K, V = rng.normal(scale=0.5, size=(3, 40, 16))
     for features in ("optimal", "saderf"):
-        layer = FavorAttention(64, feature_map=features, random_state=0)
+        layer = FavorAttention(features, 64, random_state=0)
         out = layer(Q, K, V)
         expected = favor_attention(
             Q, K, V, feature_map=features, projection_matrix=layer.projection_
         )
         np.testing.assert_array_equal(out, expected)
         with pytest.raises(ValueError, match="causal"):
-            FavorAttention(64, feature_map=features, causal=True, random_state=0)(Q, K, V)
+            FavorAttention(features, 64, causal=True, random_state=0)(Q, K, V)

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from favorkern import FavorAttention, draw_projection, favor_attention, softmax_attention
-from favorkern.attention.common import EXACT_CROSSOVER, exact_is_faster
+from favorkern._config import EXACT_ATTENTION_CROSSOVER
+from favorkern.attention.common import exact_is_faster
 
 
 def test_rule_is_the_documented_inequality():
     m = 256
-    edge = int(2 * EXACT_CROSSOVER * m)
+    edge = int(2 * EXACT_ATTENTION_CROSSOVER * m)
     assert exact_is_faster(edge, edge, m)
     assert not exact_is_faster(edge + 1, edge + 1, m)
     assert exact_is_faster(10, 10**6, m)  # few queries: exact is cheap

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from favorkern import FavorAttention, favor_attention, softmax_attention
+from favorkern import FavorAttention, _config, favor_attention, softmax_attention
 from favorkern._warnings import ApproximationWarning
 from favorkern.attention import error as error_module
 from favorkern.attention.error import estimate_attention_error
@@ -29,10 +29,11 @@ def _visible(mask, causal, shape):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Threads, key ranges and row blocks at any size: the merge of pieces runs."""
-    monkeypatch.setattr(error_module, "_PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(error_module, "_BLOCK_SCORES", 7 * 50)
-    monkeypatch.setattr(error_module, "_CAUSAL_BLOCK_ROWS", 6)
     monkeypatch.setattr(error_module, "n_threads", lambda: 3)
+    with _config.override(
+        ERROR_PARALLEL_MIN_WORK=0, ERROR_BLOCK_SCORES=7 * 50, ERROR_CAUSAL_BLOCK_ROWS=6
+    ):
+        yield
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -154,3 +155,30 @@ def test_docstring_examples():
 
     for module in (error, _warnings):
         assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("logits", "values"), [(False, True), (True, False), (True, True)])
+def test_huge_inputs_give_the_error_of_a_finite_exact_answer(dtype, causal, logits, values):
+    # logits gamma q.k beyond the largest float and values near it: the exact answer is
+    # finite, so is the estimate of an output 1e-3 off
+    from favorkern import softmax_attention
+    from favorkern.attention.error import estimate_attention_error
+
+    rng = np.random.default_rng(0)
+    Q, K = rng.normal(size=(2, 2, 40, 8)).astype(dtype)
+    V = rng.normal(size=(2, 40, 4)).astype(dtype)
+    big = float(np.finfo(dtype).max)
+    if logits:
+        Q, K = Q * dtype(np.sqrt(big)), K * dtype(np.sqrt(big))
+    if values:
+        V = V / np.abs(V).max() * dtype(big / 2)
+    exact = softmax_attention(Q, K, V, causal=causal)
+    assert np.isfinite(exact).all()
+    out = (exact * dtype(1 + 1e-3)).astype(dtype)
+    estimate = estimate_attention_error(Q, K, V, out, causal=causal, random_state=0,
+                                        warn_error=None)  # fmt: skip
+    tolerance = 1e-5 if dtype == np.float64 else 1e-3
+    assert abs(estimate.median - 1e-3) < tolerance
+    assert abs(estimate.mean - 1e-3) < tolerance

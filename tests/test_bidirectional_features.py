@@ -4,12 +4,11 @@ import naive
 import numpy as np
 import pytest
 
-from favorkern import draw_projection, favor_attention
+from favorkern import _config, draw_projection, favor_attention
 from favorkern._validation import check_float_array
 from favorkern.attention import bidirectional as bidirectional_module
-from favorkern.attention import common as common_module
-from favorkern.attention import favor as favor_module
-from favorkern.attention.favor import AttentionProjection, attention_features
+from favorkern.attention import plan as plan_module
+from favorkern.attention.plan import AttentionProjection, attention_features
 from favorkern.feature_maps import get_feature_map
 
 GAMMA = 8**-0.5
@@ -80,10 +79,9 @@ def test_logits_inside_only_where_every_logit_is_inside(dtype, sigma):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_keys_inside_and_outside_the_window_in_one_call(monkeypatch, dtype):
+def test_keys_inside_and_outside_the_window_in_one_call(dtype):
     """Chunks whose row maxima lie in [0, 16] and chunks beyond it (keys 40 times as
     large) share one state: the output is the oracle's."""
-    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)  # 16 rows at m = 32
     rng = np.random.default_rng(7)
     W = draw_projection(32, 8, random_state=7)
     Q = rng.normal(scale=0.4, size=(70, 8))
@@ -91,9 +89,10 @@ def test_keys_inside_and_outside_the_window_in_one_call(monkeypatch, dtype):
     K[32:48] *= 6.0  # one chunk of sharp keys raises the constant halfway through
     V = rng.normal(size=(70, 3))
     mask = rng.random(70) < 0.2
-    got = favor_attention(
-        *(X.astype(dtype) for X in (Q, K, V)), projection_matrix=W, key_padding_mask=mask
-    )
+    with _config.override(ATTENTION_CHUNK_BYTES=16 * 32 * 8):  # 16 rows at m = 32
+        got = favor_attention(
+            *(X.astype(dtype) for X in (Q, K, V)), projection_matrix=W, key_padding_mask=mask
+        )
     ref = naive.favor_attention(Q, K, V, W, key_padding_mask=mask)
     tol = 1e-4 if dtype == np.float32 else 1e-9
     np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.abs(ref).max())
@@ -106,10 +105,10 @@ def test_heads_over_threads_match_one_thread(monkeypatch, workers):
     rng = np.random.default_rng(8)
     W = draw_projection(32, 8, random_state=8)
     Q, K, V = (rng.normal(scale=0.5, size=(2, 5, 37, 8)) for _ in range(3))
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(favor_module, "n_threads", lambda: 1)
-    one = favor_attention(Q, K, V, projection_matrix=W)
-    monkeypatch.setattr(favor_module, "n_threads", lambda: workers)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: 1)
+    with _config.override(ATTENTION_PARALLEL_MIN_WORK=0):
+        one = favor_attention(Q, K, V, projection_matrix=W)
+    monkeypatch.setattr(plan_module, "n_threads", lambda: workers)
     calls = []
     real = bidirectional_module.run_parallel
     monkeypatch.setattr(
@@ -117,7 +116,8 @@ def test_heads_over_threads_match_one_thread(monkeypatch, workers):
         "run_parallel",
         lambda tasks, w: calls.append(len(tasks)) or real(tasks, w),
     )
-    many = favor_attention(Q, K, V, projection_matrix=W)
+    with _config.override(ATTENTION_PARALLEL_MIN_WORK=0):
+        many = favor_attention(Q, K, V, projection_matrix=W)
     assert calls == [workers]  # one task per thread, not one per head
     np.testing.assert_array_equal(many, one)
     for idx in np.ndindex(2, 5):

@@ -22,6 +22,7 @@ from favorkern import (  # noqa: E402
     OptimalPositiveRandomFeatures,
     PositiveRandomFeatures,
     TrigonometricRandomFeatures,
+    _config,
     draw_projection,
 )
 from favorkern.dask import (  # noqa: E402
@@ -290,12 +291,8 @@ def test_causal_ignores_later_chunks():
 def test_row_groups_are_consecutive_and_full(rows, limit, heads, state_bytes):
     """Groups cover the chunks in order, hold at most the row limit (times the heads) and
     the state bytes (or one chunk), and each takes as many chunks as fit."""
-    original = favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES
-    favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = limit, 12
-    try:
+    with _config.override(DASK_GROUP_ROWS=limit, DASK_GROUP_STATE_BYTES=12):
         groups = favorkern_dask._row_groups(rows, heads, state_bytes)
-    finally:
-        favorkern_dask._GROUP_ROWS, favorkern_dask._GROUP_STATE_BYTES = original
     max_chunks = 12 // state_bytes if state_bytes else len(rows)
     assert groups[0][0] == 0 and groups[-1][1] == len(rows)
     assert all(a < b for a, b in groups)
@@ -356,10 +353,9 @@ def test_attention_graph_has_one_task_per_output_chunk(causal, shape, rows, m, s
     [(1, 1), (2, 1), (5, 3), (12, (3, 10, 1, 23)), (20, 6), (10**6, 4)],
     ids=str,
 )
-def test_grouped_key_states_match_in_memory(monkeypatch, causal, dtype, group_rows, rows):
+def test_grouped_key_states_match_in_memory(causal, dtype, group_rows, rows):
     """Key states of several chunks per task (also more than 16 groups, uneven chunks,
     a masked batch entry, heads): the in-memory result."""
-    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", group_rows)
     rng = np.random.default_rng(9)
     Q, K, V = _inputs(rng, (2, 2, 37), dtype)
     mask = rng.random((2, 1, 37)) < 0.3
@@ -368,23 +364,24 @@ def test_grouped_key_states_match_in_memory(monkeypatch, causal, dtype, group_ro
     ref = favorkern.favor_attention(
         Q, K, V, causal=causal, projection_matrix=W, key_padding_mask=mask
     )
-    out = favor_attention(
-        *(_chunked(X, rows, lead=(1, 2)) for X in (Q, K, V)),
-        causal=causal,
-        projection_matrix=W,
-        key_padding_mask=mask,
-    )
+    with _config.override(DASK_GROUP_ROWS=group_rows):  # the graph is built here
+        out = favor_attention(
+            *(_chunked(X, rows, lead=(1, 2)) for X in (Q, K, V)),
+            causal=causal,
+            projection_matrix=W,
+            key_padding_mask=mask,
+        )
     got = _compute_blocks(out)
     assert _relative_error(got, ref) <= TOL[dtype]
     assert not got[1].any()
 
 
-def test_grouped_causal_ignores_later_chunks(monkeypatch):
+def test_grouped_causal_ignores_later_chunks():
     """Prefixes within a group come from earlier chunks only: bit-identical outputs."""
-    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", 24)
     rng = np.random.default_rng(6)
     Q, K, V = _inputs(rng, (64,), np.float32, d=8)
-    _assert_no_lookahead(Q, K, V, later=41, rows=4)  # inside the second group of chunks
+    with _config.override(DASK_GROUP_ROWS=24):
+        _assert_no_lookahead(Q, K, V, later=41, rows=4)  # inside the second group of chunks
 
 
 def test_attention_errors():
@@ -473,10 +470,10 @@ def test_cluster_attention(client, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
-def test_cluster_attention_grouped_chunks(client, monkeypatch, causal):
+def test_cluster_attention_grouped_chunks(client, causal):
     """Several chunks per key-state task, group results fetched across workers."""
-    monkeypatch.setattr(favorkern_dask, "_GROUP_ROWS", 64)
-    _assert_cluster_matches(client, causal, seed=10, length=500, chunks=20)
+    with _config.override(DASK_GROUP_ROWS=64):  # read where the graph is built
+        _assert_cluster_matches(client, causal, seed=10, length=500, chunks=20)
 
 
 def test_cluster_transform(client):

@@ -7,10 +7,8 @@ import naive
 import numpy as np
 import pytest
 
-from favorkern import FavorAttention, favor_attention
-from favorkern.attention import causal as causal_module
-from favorkern.attention import common as common_module
-from favorkern.attention import favor as favor_module
+from favorkern import FavorAttention, _config, favor_attention
+from favorkern.attention import plan as plan_module
 from favorkern.attention.decoding import DecodingState
 from favorkern.feature_maps import get_feature_map
 
@@ -19,13 +17,16 @@ TOL = {np.float64: 1e-6, np.float32: 1e-4}
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks():
     """Chunks of 16 rows and threads for every size: blocks straddle chunk edges."""
-    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 32 * 8)
-    monkeypatch.setattr(causal_module, "CAUSAL_CHUNK_ROWS", 16)
-    monkeypatch.setattr(causal_module, "_GROUP_ROWS", 32)  # groups of 2 chunks
-    monkeypatch.setattr(causal_module, "_PIPELINED_GROUP_ROWS", 32)
-    monkeypatch.setattr(favor_module, "PARALLEL_MIN_WORK", 0)
+    with _config.override(
+        ATTENTION_CHUNK_BYTES=16 * 32 * 8,
+        CAUSAL_CHUNK_ROWS=16,
+        CAUSAL_GROUP_ROWS=32,  # groups of 2 chunks
+        CAUSAL_PIPELINED_GROUP_ROWS=32,
+        ATTENTION_PARALLEL_MIN_WORK=0,
+    ):
+        yield
 
 
 def _assert_close(got, ref, dtype):
@@ -290,9 +291,9 @@ def test_bad_decoding_input_is_a_clear_error():
 def test_docstring_examples():
     import doctest
 
-    from favorkern.attention import decoding
+    from favorkern.attention import decoding, favor
 
-    for module in (decoding, favor_module):
+    for module in (decoding, favor, plan_module):
         assert doctest.testmod(module).failed == 0
 
 
@@ -313,3 +314,137 @@ def test_pickled_attention_and_threads_continue_the_same_sequence():
     with ThreadPoolExecutor(4) as pool:  # shared instance, one state per thread
         for got in pool.map(sequence, range(8)):
             _assert_close(got, whole, np.float64)
+
+
+# --- states that cannot be trusted are refused, never run -------------------------------
+
+
+def _stepped_state():
+    attention = FavorAttention(n_components=32, random_state=0).fit(8)
+    q, k, v = np.random.default_rng(0).normal(size=(3, 2, 1, 8))
+    state = attention.initial_state(batch_shape=(2,), dv=8)
+    attention.step(q, k, v, state)
+    return attention, state, (q, k, v)
+
+
+def _malformed(entries):
+    """Stored states whose arrays disagree with their fingerprint or with each other."""
+    S, z, c = entries["S"], entries["z"], entries["c"]
+    yield "narrower than the map", {"S": S[:, :4].copy(), "z": z[:, :4].copy()}, "records m = 32"
+    yield (
+        "wider than the map",
+        {"S": np.concatenate([S, S], 1), "z": np.concatenate([z, z], 1)},
+        ("records m = 32"),
+    )
+    yield "c of +inf", {"c": np.full_like(c, np.inf)}, "-inf where no key"
+    yield "c of NaN", {"c": np.full_like(c, np.nan)}, "-inf where no key"
+    yield "S with NaN", {"S": np.where(S == S.max(), np.nan, S)}, "finite"
+    yield "keys in an empty state", {"c": np.full_like(c, -np.inf)}, "S = 0 and z = 0"
+    yield "integer S", {"S": S.astype(np.int64)}, "float32 or float64"
+    yield "S and z of two dtypes", {"S": S.astype(np.float32)}, "one dtype"
+    yield "n_tokens an array", {"n_tokens": np.array([1, 2])}, "n_tokens .* integer"
+    yield "n_tokens negative", {"n_tokens": np.int64(-1)}, "n_tokens .* >= 0"
+    yield "fingerprint a number", {"fingerprint": np.int64(3)}, "fingerprint .* string"
+    yield "foreign fingerprint", {"fingerprint": np.str_("0123abcd")}, "not one of a favorkern"
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_from_dict_and_load_refuse_states_that_disagree_with_their_fingerprint(case):
+    attention, state, _ = _stepped_state()
+    _, change, message = list(_malformed(state.to_dict()))[case]
+    entries = {**state.to_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        DecodingState.from_dict(entries)
+    buffer = io.BytesIO()
+    np.savez(buffer, **entries)
+    buffer.seek(0)
+    with pytest.raises(ValueError, match=f"does not hold a valid decoding state: .*{message}"):
+        DecodingState.load(buffer)
+
+
+def test_state_from_fortran_ordered_arrays_continues_like_the_original():
+    attention, state, (q, k, v) = _stepped_state()
+    entries = state.to_dict()
+    entries["S"] = np.asfortranarray(entries["S"])
+    restored = DecodingState.from_dict(entries)
+    assert restored.S.flags.c_contiguous
+    out, _ = attention.step(q, k, v, restored)
+    ref, _ = attention.step(q, k, v, state)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+
+
+def test_a_state_changed_by_hand_is_refused_before_the_compiled_step():
+    attention, state, (q, k, v) = _stepped_state()
+    for change, message in [
+        (lambda s: setattr(s.keys, "S", s.keys.S[:, :4].copy()), "do not fit this attention"),
+        (lambda s: setattr(s.keys, "z", s.keys.z[:, :4].copy()), "do not fit this attention"),
+        (lambda s: setattr(s.keys, "S", np.asfortranarray(s.keys.S)), "C-contiguous"),
+        (lambda s: s.keys.c.fill(np.inf), "-inf where no key"),
+    ]:
+        broken = state.copy()
+        change(broken)
+        for T in (1, 3):
+            with pytest.raises(ValueError, match=message):
+                attention.step(q.repeat(T, -2), k.repeat(T, -2), v.repeat(T, -2), broken)
+
+
+def test_load_of_anything_but_a_saved_state_is_one_clear_error(tmp_path):
+    attention, state, _ = _stepped_state()
+    single = io.BytesIO()
+    np.save(single, np.arange(3))
+    objects = io.BytesIO()
+    np.savez(objects, **{**state.to_dict(), "S": np.array([object()], dtype=object)})
+    saved = io.BytesIO()
+    state.save(saved)
+    truncated = saved.getvalue()[: len(saved.getvalue()) // 2]
+    for blob in [b"", b"garbage", b"PK\x03\x04broken", single.getvalue(), objects.getvalue(),
+                 truncated]:  # fmt: skip
+        with pytest.raises(ValueError, match="decoding state") as caught:
+            DecodingState.load(io.BytesIO(blob))
+        assert "pickle" not in str(caught.value)
+    path = tmp_path / "state.npz"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="state.npz.* is not a decoding state"):
+        DecodingState.load(path)
+    with pytest.raises(FileNotFoundError):
+        DecodingState.load(tmp_path / "missing.npz")
+
+
+def test_a_state_records_its_map_object_and_projection():
+    from favorkern.feature_maps import (
+        PositiveFeatureMap,
+        register_feature_map,
+        unregister_feature_map,
+    )
+
+    class First(PositiveFeatureMap):
+        name = "replaced_positive"
+
+    class Second(PositiveFeatureMap):  # same name, same width: another map
+        name = "replaced_positive"
+
+        def spec(self, projection, **kwargs):
+            return super().spec(2 * projection, **kwargs)
+
+    q, k, v = np.random.default_rng(1).normal(size=(3, 2, 3, 8))
+    register_feature_map(First())
+    try:
+        attention = FavorAttention(n_components=16, feature_map="replaced_positive", random_state=0)
+        _, state = attention.step(q, k, v)
+        _, called = favor_attention(q, k, v, causal=True, feature_map="replaced_positive",
+                                    n_components=16, random_state=0, return_state=True)  # fmt: skip
+        assert state.fingerprint.startswith("replaced_positive#1:")
+        assert "|m=16|projection=" in state.fingerprint
+        register_feature_map(Second(), replace=True)
+        with pytest.raises(ValueError, match="replaced under its name"):
+            attention.step(q[..., :1, :], k[..., :1, :], v[..., :1, :], state)
+        with pytest.raises(ValueError, match="replaced under its name"):
+            favor_attention(q, k, v, causal=True, feature_map="replaced_positive",
+                            n_components=16, random_state=0, initial_state=called)  # fmt: skip
+        # the same map object passed directly: another identity than the registered one
+        other = FavorAttention(n_components=16, feature_map=First(), random_state=0)
+        _, unregistered = other.step(q, k, v)
+        assert unregistered.fingerprint.split("|")[0] != state.fingerprint.split("|")[0]
+        assert unregistered.fingerprint.split("|")[2] == state.fingerprint.split("|")[2]
+    finally:
+        unregister_feature_map("replaced_positive")

@@ -85,7 +85,8 @@ def test_closed_form_matches_monte_carlo_at_larger_width_float64(name):
 
 @pytest.mark.parametrize("name", ("sderf", "aderf", "saderf"))
 def test_closed_form_matches_the_printed_full_matrix_variance(name):
-    # THEORY.md 6.2's variance with dense A = R^T diag(a) R and B_k = (I - 4A)^(1/2) T_k.
+    # The variance of :ref:`theory-favor-sharp` with dense A = R^T diag(a) R and
+    # B_k = (I - 4A)^(1/2) T_k.
     Q, K = anisotropic_sets(5, d=5)
     constants = fitted(name, Q, K)
     rng = np.random.default_rng(6)

@@ -1,6 +1,6 @@
 """Closed-form MSE against Monte Carlo through the library's feature maps; studies, plots, CLI.
 
-The Monte-Carlo configurations keep ``e^{4|z|^2} / m`` moderate (THEORY.md 7.5), so
+The Monte-Carlo configurations keep ``e^{4|z|^2} / m`` moderate (:ref:`theory-heavy-tails`), so
 that the sample standard errors are trustworthy, and use fixed seeds.
 """
 
@@ -49,7 +49,7 @@ PAIR_SPECS = [(0.4, 0.35, 0.3), (0.35, 0.35, np.pi / 2), (0.5, 0.5, 2.2), (0.6, 
 # (d, projection, m): m < d, m = d, m > d with a partial block (d = 16), and d = 64.
 # Orthogonal draws at d = 64 cost a 64 x 64 QR per trial in draw_projection (~0.6 ms
 # here): 20000 of them do not fit the time budget, so the d = 64 orthogonal closed form
-# is checked against THEORY.md's table (test_orthogonal_gain_table) instead.
+# is checked against :ref:`theory-gain-table` (test_orthogonal_gain_table) instead.
 MC_SETTINGS = [
     (16, "gaussian", 8),
     (16, "gaussian", 16),
@@ -201,7 +201,7 @@ def test_lemma2_iid_formulas():
 
 
 def test_orthogonal_gain_table():
-    """THEORY.md 9.3: MSE_design / MSE_iid at m = d for x = y."""
+    """:ref:`theory-gain-table`: MSE_design / MSE_iid at m = d for x = y."""
     table = {
         16: [(0.25, 0.911, 0.021, 0.150), (1, 0.782, 0.098, 0.158), (4, 0.922, 0.413, 0.671)],
         64: [(0.25, 0.896, 0.006, 0.044), (2, 0.722, 0.154, 0.276), (4, 0.879, 0.370, 0.691)],
@@ -350,7 +350,7 @@ def test_zero_mse_where_the_estimator_is_exact():
 def test_fig2_values():
     from favorkern.plotting import trig_positive_ratio
 
-    # THEORY.md 9.1, l = 1 (and l = 2, phi = 3)
+    # :ref:`theory-fig2`, l = 1 (and l = 2, phi = 3)
     cases = [(0.25, 1, 3.8e-5), (1.0, 1, 0.022), (np.pi / 2, 1, 0.43), (2.0, 1, 3.4),
              (2.5, 1, 35.5), (3.0, 1, 1.27e3), (3.0, 2, 4.9e7)]  # fmt: skip
     for angle, norm, expected in cases:
@@ -549,3 +549,25 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("projection", ["orthogonal", "gaussian", "simplex"])
+def test_theoretical_mse_at_tiny_gamma_is_finite_and_scales_like_gamma_squared(projection):
+    # the variance of phi(x).phi(y) falls like gamma^2 at small gamma: the closed form
+    # must follow it down to the smallest floats, then round to 0 (never NaN)
+    from favorkern.diagnostics import theoretical_mse
+    from favorkern.feature_maps import get_feature_map
+
+    x, y = np.array([0.3, 0.1, 0.2]), np.array([0.1, -0.2, 0.3])
+    values = {}
+    for gamma in (1e-300, 1e-200, 1e-150, 1e-120, 1e-100, 1e-60, 1e-20):
+        for name in ("hyperbolic", "positive", "trigonometric"):
+            if projection not in get_feature_map(name).closed_form_projections("chi"):
+                continue
+            kwargs = dict(feature_map=name, gamma=gamma, n_components=8, projection=projection)
+            mse = float(np.ravel(theoretical_mse(x, y, **kwargs))[0])
+            assert np.isfinite(mse) and mse >= 0, (name, gamma, mse)
+            values[name, gamma] = mse
+    for gamma in (1e-150, 1e-120, 1e-100, 1e-60):
+        ratio = values["hyperbolic", gamma] / values["hyperbolic", 1e-20]
+        np.testing.assert_allclose(ratio, (gamma / 1e-20) ** 2, rtol=1e-6)

@@ -16,7 +16,7 @@ def _pair(sum_sq, d):
 @pytest.mark.parametrize(
     "d, sum_sq, orf, simplex, hyperbolic_orf",
     [
-        # THEORY.md 9.3: MSE_design / MSE_iid at m = d, x = y.
+        # :ref:`theory-gain-table`: MSE_design / MSE_iid at m = d, x = y.
         (16, 0.25, 0.911, 0.077, 0.021),
         (16, 1.0, 0.782, 0.274, 0.098),
         (16, 2.0, 0.791, 0.552, 0.223),
@@ -46,7 +46,8 @@ def test_gain_table(d, sum_sq, orf, simplex, hyperbolic_orf):
 
 @pytest.mark.parametrize(
     "d, s, log_var_optimal, log_var_positive",
-    # THEORY.md 9.4: per-projection log variance, x orthogonal to y, |x|^2 = |y|^2 = s.
+    # :ref:`theory-log-variance-table`: per-projection log variance, x orthogonal to y,
+    # |x|^2 = |y|^2 = s.
     [(16, 1, 1.44, 1.86), (16, 4, 4.81, 8.00), (16, 16, 11.0, 32.0), (64, 50, 38.8, 100.0)],
 )
 def test_gerf_log_variance_table(d, s, log_var_optimal, log_var_positive):
@@ -104,7 +105,7 @@ def pairs():
     rng = np.random.default_rng(7)
     x = rng.normal(size=(4, 16))
     y = rng.normal(size=(4, 16))
-    # |x + y|^2 <= ~0.8: moderate tails (THEORY.md 7.5)
+    # |x + y|^2 <= ~0.8: moderate tails (:ref:`theory-heavy-tails`)
     scale = np.array([0.12, 0.15, 0.18, 0.2])[:, None]
     return x / np.linalg.norm(x, axis=1, keepdims=True) * scale * 2, y / np.linalg.norm(
         y, axis=1, keepdims=True

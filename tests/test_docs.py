@@ -75,7 +75,8 @@ def test_docs_build_without_warnings(tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stderr[-5000:]
-    for page in ("index", "getting_started", "theory", "api", "benchmarks"):
+    pages = ("index", "getting_started", "theory", "paper_map", "glossary", "api", "benchmarks")
+    for page in pages:
         assert (tmp_path / "html" / f"{page}.html").is_file()
     assert (tmp_path / "html" / "auto_examples" / "index.html").is_file()
     assert (tmp_path / "html" / "generated" / "favorkern.favor_attention.html").is_file()

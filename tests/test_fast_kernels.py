@@ -96,7 +96,7 @@ def test_paired_products_match_the_full_product(cls, name, kernel, dtype, n_comp
 def test_unshifted_query_features_are_the_shifted_ones_times_a_row_factor(dtype, norm):
     """Inside the window the shift is skipped; the features differ by a per-row factor only
     (which cancels in attention), and outside it they are the shifted ones."""
-    from favorkern.attention.favor import AttentionProjection, attention_features
+    from favorkern.attention.plan import AttentionProjection, attention_features
     from favorkern.feature_maps import get_feature_map
 
     rng = np.random.default_rng(3)
@@ -215,7 +215,7 @@ def test_zero_row_warning_counts_whole_zero_rows_only():
     import warnings
 
     from favorkern._warnings import FeatureUnderflowWarning
-    from favorkern.attention.favor import warn_zero_rows
+    from favorkern.attention.plan import warn_zero_rows
     from favorkern.feature_maps import get_feature_map
 
     out = np.ones((2, 3, 10, 4), dtype=np.float32)

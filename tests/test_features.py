@@ -128,7 +128,7 @@ def test_optimal_positive_features_are_unbiased(A, kernel, projection):
 
 
 def test_optimal_a_matches_theory_table():
-    # THEORY 6.1 / 9.4: d = 64, |x + y|^2 = 100 -> A* = -0.472; d = 16, 2 -> -0.053.
+    # :ref:`theory-log-variance-table`: d = 64, |x + y|^2 = 100 -> A* = -0.472; d = 16, 2 -> -0.053.
     from favorkern.feature_maps.optimal import optimal_gerf_a
 
     assert optimal_gerf_a(100.0, 64) == pytest.approx(-0.47236, abs=1e-5)
@@ -157,9 +157,9 @@ def test_optimal_a_fitted_by_homogeneity_heuristic():
 
 
 def test_optimal_features_reduce_variance_at_large_norms():
-    # THEORY 9.4: d = 16, x orthogonal to y, |x|^2 = |y|^2 = 4: at A* = -0.177 the
-    # per-projection variance is e^3.19 = 24x below the positive features' closed form
-    # (Lemma 2; Monte Carlo of the positive features is too heavy-tailed to use here).
+    # :ref:`theory-log-variance-table`: d = 16, x orthogonal to y, |x|^2 = |y|^2 = 4: at
+    # A* = -0.177 the per-projection variance is e^3.19 = 24x below the positive features'
+    # closed form (Lemma 2; Monte Carlo of the positive features is too heavy-tailed to use here).
     from favorkern.feature_maps.optimal import optimal_gerf_a
 
     d, m = 16, 16
@@ -189,7 +189,7 @@ AXIS_PAIR[0, 0] = 0.8
 
 
 def test_axis_aligned_pair_is_unbiased_and_raw_qr_is_not():
-    # THEORY 7.4: x = y = 0.8 e_1, d = m = 16.
+    # :ref:`theory-qr-sign`: x = y = 0.8 e_1, d = m = 16.
     estimator = PositiveRandomFeatures(16, projection="orthogonal")
     exact = softmax_kernel(AXIS_PAIR)[0, 0]
     estimates = _monte_carlo(estimator, AXIS_PAIR, n_trials=4000)
@@ -222,7 +222,7 @@ def _pair_with(sum_sq=None, diff_sq=None, d=16):
 @pytest.mark.parametrize(
     "estimator, X, predicted_ratio",
     [
-        # THEORY 3.3 / 9.3: trig ORF/iid = 0.158 at |x - y|^2 = 1, d = m = 16.
+        # :ref:`theory-gain-table`: trig ORF/iid = 0.158 at |x - y|^2 = 1, d = m = 16.
         (TrigonometricRandomFeatures(32, kernel="rbf", gamma=0.5), _pair_with(diff_sq=1.0), 0.158),
         # positive ORF/iid = 0.731 at |x + y|^2 = 1, d = m = 64.
         (PositiveRandomFeatures(64, gamma=1.0), _pair_with(sum_sq=1.0, d=64), 0.731),
@@ -497,3 +497,20 @@ def test_structured_fast_transform_matches_dense_product(cls, norms):
         pickle.dumps(cls(700, projection="structured", norms=norms, random_state=0).fit(X))
     )
     np.testing.assert_array_equal(again.transform(X), fast)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True)])
+def test_boolean_n_components_is_refused(value):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from favorkern import PositiveRandomFeatures, RandomFeatures
+
+    X = np.random.default_rng(0).normal(size=(5, 3))
+    for estimator in (
+        PositiveRandomFeatures(n_components=value),
+        RandomFeatures(n_components=value),
+    ):
+        with pytest.raises(
+            InvalidParameterError, match="'n_components' parameter .* must be an int"
+        ):
+            estimator.fit(X)

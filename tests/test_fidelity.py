@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import approx_fprime
 
 from favorkern import draw_projection, favor_attention, hybrid_attention, softmax_attention
-from favorkern.attention.favor import dispatch, resolve_projection
+from favorkern.attention.plan import plan_attention, resolve_projection, run_plan
 from favorkern.diagnostics import empirical_mse
 from favorkern.feature_maps import (
     FittedFeatureMap,
@@ -96,7 +96,8 @@ def test_closed_form_second_moment_matches_monte_carlo(name):
 
 
 def test_derf_reduces_to_gerf_for_isotropic_a():
-    # THEORY 6.2: A = a I, B = sqrt(1 - 4a) I is the GERF of section 6.1.
+    # :ref:`theory-favor-sharp`: A = a I, B = sqrt(1 - 4a) I is the GERF of
+    # :ref:`theory-favor-plus-plus`.
     W = draw_projection(16, 3, random_state=0)
     a = -0.2
     constants = {"rotation": np.eye(3), "A": np.full(3, a)}
@@ -191,7 +192,8 @@ def test_derf_maps_run_in_attention_with_frozen_constants_float32():
         fmap = get_feature_map(name)
         c = fmap.fit(Q.astype(np.float64), K.astype(np.float64), input_scale=math.sqrt(gamma))
         proj = resolve_projection(fmap, None, 2048, 8, "orthogonal", 0)
-        out = dispatch(Q, K, V, None, (), fmap, proj, gamma, True, "favor", constants=c)
+        plan = plan_attention(fmap, 8, gamma=gamma, causal=True, constants=c, drawn=proj)
+        out = run_plan(plan, Q, K, V, None, ())
         assert out.dtype == np.float32
         assert np.median(np.linalg.norm(out - exact, axis=1) / np.linalg.norm(exact, axis=1)) < 0.2
         bidirectional = favor_attention(Q, K, V, feature_map=name, n_components=64, random_state=0)
@@ -347,7 +349,10 @@ def test_fitted_map_lowers_held_out_error_on_real_heads_and_is_deterministic():
     proj = resolve_projection(fmap, None, 32, qe.shape[1], "orthogonal", 0)
 
     def err(constants):
-        out = dispatch(qe, ke, ve, None, (), fmap, proj, gamma, True, "favor", constants=constants)
+        plan = plan_attention(
+            fmap, qe.shape[1], gamma=gamma, causal=True, constants=constants, drawn=proj
+        )
+        out = run_plan(plan, qe, ke, ve, None, ())
         return np.median(np.linalg.norm(out - exact, axis=1) / np.linalg.norm(exact, axis=1))
 
     identity = dict(c, query_transform=np.eye(64), key_transform=np.eye(64))

@@ -908,7 +908,7 @@ def test_favor_attention_sharp_logits_warn_with_the_zero_row_count():
 def test_favor_attention_object_warns_like_the_function():
     Q, K, V = _qkv(shape=(2, 64, 8), scale=10.0)
     with pytest.warns(FeatureUnderflowWarning, match="attention output rows are 0"):
-        FavorAttention(64, random_state=0)(Q, K, V, gamma=1e4)
+        FavorAttention(n_components=64, random_state=0)(Q, K, V, gamma=1e4)
 
 
 @pytest.mark.parametrize("feature_map", ["optimal", "saderf", "sderf"])
@@ -1081,7 +1081,7 @@ def test_dask_per_head_frozen_constants_match_in_memory(dask_sync):
     from favorkern.dask import favor_attention as dask_attention
 
     Q, K, V = _qkv(shape=(2, 3, 40, 8), scale=0.5)
-    att = FavorAttention(32, feature_map="optimal", random_state=0).fit(Q, K)
+    att = FavorAttention(n_components=32, feature_map="optimal", random_state=0).fit(Q, K)
     assert att.constants_["A"].shape == (3,)  # one A per head
     sets = [att.frozen_constants(h) for h in range(3)]
     out = dask_attention(*_chunked(dask_sync, Q, K, V), feature_map="optimal", constants=sets,
@@ -1481,13 +1481,12 @@ def test_bool_feature_columns_read_alike_in_memory_and_streamed(tmp_path):
 
 
 @pytest.mark.parametrize("gap", [85.0, 90.0])
-def test_window_keys_far_below_an_earlier_chunk_keep_their_precision(monkeypatch, gap):
+def test_window_keys_far_below_an_earlier_chunk_keep_their_precision(gap):
     """Keys inside the [0, 16] window after a chunk whose keys set the constant 85-90
     logs higher: their float32 weights were subnormal, so queries attending to them got
     1e-2 errors or zero rows (and the result depended on the keys' order)."""
-    import favorkern.attention.common as common_module
+    from favorkern import _config
 
-    monkeypatch.setattr(common_module, "CHUNK_BYTES", 16 * 4 * 4)  # 16-row key chunks
     r = 20.0
     W = r * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     n = 64
@@ -1499,8 +1498,8 @@ def test_window_keys_far_below_an_earlier_chunk_keep_their_precision(monkeypatch
     Q = np.array([[0.0, 8.0], [0.0, 7.0]])  # they see the second half only
     expected = favor_attention(Q, K, V, projection_matrix=W, gamma=1.0)
     for keys in (slice(None), slice(None, None, -1)):  # both orders of the keys
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", FeatureUnderflowWarning)
+        with warnings.catch_warnings(), _config.override(ATTENTION_CHUNK_BYTES=16 * 4 * 4):
+            warnings.simplefilter("error", FeatureUnderflowWarning)  # 16-row key chunks above
             got = favor_attention(*(X.astype(np.float32) for X in (Q, K[keys], V[keys])),
                                   projection_matrix=W, gamma=1.0)  # fmt: skip
         np.testing.assert_allclose(got, expected, rtol=2e-5)

@@ -506,3 +506,79 @@ def test_streamed_blocks_with_drifting_means_stay_exact():
     assert _rel(statistics.feature_scatter, centred.T @ centred) < 1e-10
     assert _rel(statistics.cross_scatter[:, 0], centred.T @ (y - y.mean())) < 1e-10
     assert statistics.target_scatter[0] == pytest.approx(np.sum((y - y.mean()) ** 2), rel=1e-10)
+
+
+# -- penalty selection with scores that are not finite --------------------------------
+def _trig(m=64):
+    return TrigonometricRandomFeatures(m, random_state=0)
+
+
+def test_partial_fit_gcv_ignores_an_alpha_whose_score_is_nan():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = X[:, 0] + 0.1 * rng.normal(size=200)
+    model = RandomFeatureRidge(_trig(), alphas=[1e308, 1.0]).partial_fit(X, y)
+    # 1e308 is a valid penalty: its GCV score is finite (the plain mean's) but worse
+    assert np.isfinite(model.cv_values_).all()
+    assert model.alpha_ == 1.0 and model.score(X, y) > 0.9
+    ref = RandomFeatureRidge(_trig(), alphas=[1.0]).fit(X, y)
+    # eigendecomposition (grid) against Cholesky (one alpha): equal to rounding
+    np.testing.assert_allclose(model.predict(X), ref.predict(X), rtol=1e-7, atol=1e-9)
+
+
+def test_loo_ignores_an_alpha_whose_score_is_nan_and_refuses_a_grid_without_finite_scores():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    y = X[:, 0]
+    model = RandomFeatureRidge(_trig(), alphas=[1e-320, 1.0]).fit(X, y)
+    assert np.isnan(model.cv_values_[0])
+    assert model.alpha_ == 1.0
+    assert np.abs(model.predict(X)).max() < 10
+    with pytest.raises(ValueError, match="no penalty in alphas has a finite leave-one-out"):
+        RandomFeatureRidge(_trig(), alphas=[1e-320, 2e-320]).fit(X, y)
+
+
+def test_bad_alphas_are_refused_before_any_row_is_transformed():
+    transformed = []
+
+    from favorkern import PositiveRandomFeatures
+
+    class Counting(PositiveRandomFeatures):
+        def transform(self, X):
+            transformed.append(X.shape[0])
+            return super().transform(X)
+
+    X = np.random.default_rng(0).normal(size=(500, 3))
+    y = X[:, 0]
+    for alphas in ([1.0, -1.0], [1.0, np.nan], [1.0, np.inf]):
+        for method in ("fit", "partial_fit"):
+            model = RandomFeatureRidge(Counting(8, random_state=0), alphas=alphas, batch_size=50)
+            with pytest.raises(ValueError, match="alphas must hold finite numbers > 0"):
+                getattr(model, method)(X, y)
+    assert transformed == []
+
+
+def test_loo_memory_does_not_grow_with_the_grid(monkeypatch):
+    # the (rows, targets, alphas) arrays of the leave-one-out pass come in slices that
+    # fit the block budget: compare with one slice per alpha and with the whole grid
+    from favorkern import _config
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 4)), rng.normal(size=(300, 2))
+    alphas = np.logspace(-4, 2, 40)
+    model = RandomFeatureRidge(_trig(32), alphas=alphas, batch_size=100)
+    whole = model.fit(X, y).cv_values_
+    monkeypatch.setattr(_config, "RIDGE_BLOCK_BYTES", 8 * 100 * 3 * 5)  # 5 alphas a slice
+    from favorkern.linear_model import _solver
+
+    calls = []
+    real = _solver.RidgeSolver._loo_slice
+
+    def spy(self, U, squares, centred, weights, part):
+        calls.append(part.size)
+        return real(self, U, squares, centred, weights, part)
+
+    monkeypatch.setattr(_solver.RidgeSolver, "_loo_slice", spy)
+    sliced = clone(model).fit(X, y).cv_values_
+    assert max(calls) == 5 and sum(calls) == 40 * 3  # 3 blocks of 100 rows
+    np.testing.assert_allclose(sliced, whole, rtol=1e-12)

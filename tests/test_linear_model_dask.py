@@ -111,3 +111,43 @@ def test_bad_input(client):
         predict(model, X_dask[:, :3])
     with pytest.raises(ValueError, match="return_std"):
         predict(fit(RandomFeatureRidgeClassifier(_features()), X_dask, y > 14), X_dask, True)
+
+
+def test_dask_fit_with_an_empty_chunk_and_a_width_other_than_n_components():
+    import dask.array as da
+    from sklearn.kernel_approximation import Nystroem
+
+    from favorkern import RandomFeatureRidge
+    from favorkern.dask import fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5))
+    y = X[:, 0]
+    Xd = da.from_array(X, chunks=((20, 0, 20), (5,)))
+    yd = da.from_array(y, chunks=((20, 0, 20),))
+    features = Nystroem(n_components=100, random_state=0)  # 40 rows: 40 landmarks
+    with pytest.warns(UserWarning, match="n_components > n_samples"):
+        model = fit(RandomFeatureRidge(features, batch_size=64), Xd, yd)
+    with pytest.warns(UserWarning, match="n_components > n_samples"):
+        ref = RandomFeatureRidge(features, batch_size=64).fit(X, y)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+
+
+def test_dask_fit_selection_ignores_nan_scores_and_checks_alphas_first():
+    import dask.array as da
+
+    from favorkern import RandomFeatureRidge, TrigonometricRandomFeatures
+    from favorkern.dask import fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    y = X[:, 0]
+    Xd, yd = da.from_array(X, chunks=3), da.from_array(y, chunks=3)
+    features = TrigonometricRandomFeatures(64, random_state=0)
+    model = fit(RandomFeatureRidge(features, alphas=[1e-320, 1.0]), Xd, yd)
+    assert model.alpha_ == 1.0
+    with pytest.raises(ValueError, match="no penalty in alphas has a finite"):
+        fit(RandomFeatureRidge(features, alphas=[1e-320, 2e-320]), Xd, yd)
+    bad = da.from_array(np.full((6, 3), np.nan), chunks=3)  # never computed
+    with pytest.raises(ValueError, match="alphas must hold finite numbers > 0"):
+        fit(RandomFeatureRidge(features, alphas=[1.0, -2.0]), bad, yd)

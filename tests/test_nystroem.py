@@ -151,11 +151,17 @@ def test_leverage_beats_uniform_on_uneven_density():
     )
 
 
-def test_candidates_are_subsampled(monkeypatch):
+@pytest.fixture
+def few_candidates():
+    from favorkern import _config
+
+    with _config.override(NYSTROEM_MIN_CANDIDATES=50, NYSTROEM_CANDIDATES_PER_LANDMARK=5):
+        yield
+
+
+def test_candidates_are_subsampled(monkeypatch, few_candidates):
     import favorkern.nystroem as module
 
-    monkeypatch.setattr(module, "MIN_CANDIDATES", 50)
-    monkeypatch.setattr(module, "CANDIDATES_PER_LANDMARK", 5)
     seen = []
     original = module.recursive_leverage_sample
 

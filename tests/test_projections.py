@@ -49,7 +49,7 @@ def test_orthogonal_rows_are_marginally_gaussian():
 
 
 def test_sign_fix_makes_haar_diagonal_unbiased():
-    # Raw LAPACK QR has Q[0, 0] <= 0 always (THEORY 7.4); Haar has a symmetric diagonal.
+    # Raw LAPACK QR has Q[0, 0] <= 0 always (:ref:`theory-qr-sign`); Haar has a symmetric diagonal.
     d = 8
     first_rows = np.array(
         [draw_projection(d, d, norms="fixed", random_state=s)[0] / np.sqrt(d) for s in range(3000)]
@@ -188,3 +188,38 @@ def test_full_blocks_unchanged_by_a_partial_block():
         draw_projection(13, d, norms="fixed", random_state=3)[:10],
         draw_projection(10, d, norms="fixed", random_state=3),
     )
+
+
+@pytest.mark.parametrize("r, d", [(3, 12), (5, 40), (64, 4096)])
+def test_cholesky_thin_rows_equal_sign_fixed_householder(r, d):
+    # d >= 4 r takes the Cholesky QR (BLAS 3, in place); it must give the rows of the
+    # sign-fixed Householder QR, which are Haar-distributed.
+    from favorkern.projections import _thin_haar_rows
+
+    gaussian = np.random.default_rng(r + d).standard_normal((r, d))
+    q, rr = np.linalg.qr(gaussian.T)
+    expected = (q * np.sign(np.diag(rr))).T
+    rows = _thin_haar_rows(gaussian.copy())
+    np.testing.assert_allclose(rows, expected, atol=1e-12)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(r), atol=1e-12)
+
+
+def test_cholesky_thin_rows_match_full_block_rows_in_distribution():
+    d, m = 20, 3  # d >= 4 m: the Cholesky path
+    thin = [draw_projection(m, d, norms="fixed", random_state=s) / np.sqrt(d) for s in range(2000)]
+    full = [
+        draw_projection(d, d, norms="fixed", random_state=10**6 + s)[:m] / np.sqrt(d)
+        for s in range(2000)
+    ]
+    for statistic in (_corner_trace, lambda rows: float(rows[0, 0]), lambda rows: rows[-1, 1]):
+        a = [statistic(rows) for rows in thin]
+        b = [statistic(rows) for rows in full]
+        assert stats.ks_2samp(a, b).pvalue > 1e-3
+
+
+def test_wide_orthogonal_projection_is_orthonormal_and_reproducible():
+    # d = 20000, m = 256: the thin-block case whose Householder QR took seconds.
+    W = draw_projection(256, 20000, random_state=5)
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    np.testing.assert_allclose(U @ U.T, np.eye(256), atol=1e-12)
+    np.testing.assert_array_equal(W, draw_projection(256, 20000, random_state=5))

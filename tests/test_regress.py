@@ -303,3 +303,97 @@ def test_command_streams_friedman1_and_csv(tmp_path, capsys):
     assert code == 2
     assert "--target" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# -- the command: options, odd files and output folders ----------------------------------
+def _regress(capsys, *argv):
+    code = main(["regress", *map(str, argv), "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--n-samples", "100", "--chunksize", "10", "--test-size", "0.6"], "--chunksize 10"),
+        (["--n-samples", "100", "--chunksize", "100", "--test-size", "0.95"], "--test-size 0.95"),
+        (["--n-samples", "100", "--chunksize", "100", "--test-size", "0.01"], "--test-size 0.01"),
+    ],
+)
+def test_stream_with_too_few_rows_names_the_options(tmp_path, capsys, extra, named):
+    code, err = _regress(capsys, "--stream", "--data", "friedman1", "--n-components", "8",
+                         "--out", tmp_path / "out", *extra)  # fmt: skip
+    assert code == 2
+    assert named in err and "test_fraction" not in err and "chunksize=" not in err
+    assert "n_splits" not in err  # not scikit-learn's message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--stream", "--data", "friedman1", "--repeats", "3"], "--repeats does not apply with"),
+        (["--stream", "--data", "friedman1", "--cv-samples", "50", "--max-exact", "9"],
+         "--cv-samples, --max-exact do not apply with --stream"),
+        (["--chunksize", "500"], "--chunksize does not apply without --stream"),
+    ],
+)  # fmt: skip
+def test_options_that_do_not_apply_are_refused(tmp_path, capsys, extra, message):
+    code, err = _regress(capsys, *extra, "--out", tmp_path / "out")
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_header_only_csv_has_no_data_rows(tmp_path, capsys, stream):
+    (tmp_path / "empty.csv").write_text("a,b,y\n")
+    mode = ["--stream"] if stream else []
+    data = ["--data", tmp_path / "empty.csv", "--target", "y"]
+    code, err = _regress(capsys, *mode, *data, "--out", tmp_path / "out")
+    assert code == 2
+    assert "no data rows" in err and "non-numeric" not in err
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_duplicate_header_names_are_refused_before_pandas_reads(tmp_path, capsys, monkeypatch,
+                                                                stream):  # fmt: skip
+    path = tmp_path / "dups.csv"
+    path.write_text(",".join(["a"] * 200_000) + ",y\n" + ",".join(["1"] * 200_001) + "\n")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pandas read the file before the header was checked")
+
+    monkeypatch.setattr(pd, "read_csv", refuse)
+    code, err = _regress(capsys, *(["--stream"] if stream else []), "--data", path,
+                         "--target", "y", "--out", tmp_path / "out")  # fmt: skip
+    assert code == 2
+    assert "duplicate column names" in err and "'a' (200000 times)" in err
+
+
+def test_overwrite_removes_results_the_new_run_does_not_write(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "regress.png").write_bytes(b"an old plot")
+    stream = ["--stream", "--data", "friedman1", "--n-samples", "400", "--chunksize", "400",
+              "--n-components", "8", "--gamma", "0.05", "--out", out]  # fmt: skip
+    code, err = _regress(capsys, *stream)
+    assert code == 2 and "already holds regress.png" in err  # refused without --overwrite
+    assert _regress(capsys, *stream, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["regress.csv", "regress.md"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_new_output_folder_follows_the_umask(tmp_path, capsys, mask):
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "new" / "out"
+        code, _ = _regress(capsys, "--stream", "--data", "friedman1", "--n-samples", "400",
+                           "--chunksize", "400", "--n-components", "8", "--gamma", "0.05",
+                           "--out", out)  # fmt: skip
+    finally:
+        os.umask(old)
+    assert code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "regress.md").stat().st_mode) == 0o666 & ~mask

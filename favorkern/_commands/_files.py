@@ -113,18 +113,27 @@ class OutputDir:
     names : iterable of str
         The result files the command will write into it.
     overwrite : bool
-        Replace existing result files (else a :class:`UsageError` before computing).
+        Replace existing result files (else a :class:`UsageError` before computing);
+        those of ``owned`` that this run does not write are removed.
     option : str
         The option's name for messages.
+    owned : iterable of str
+        Every result file the command can write (``names`` are those of this run).
+
+    A new output directory gets the permissions of the umask, as ``mkdir`` would
+    give it (the staging directory it was is private while it is written).
 
     The results are written into :attr:`staging` (a fresh hidden directory on the
     same file system) and moved into ``path`` by :meth:`commit`; :meth:`discard`
     (also called by ``with``-exit on an error) removes the staging directory.
     """
 
-    def __init__(self, path, names, *, overwrite=False, option="--out"):
+    def __init__(self, path, names, *, overwrite=False, option="--out", owned=()):
         self.path = os.fspath(path)
         self.names = list(names)
+        # every file the command can write: an old one this run does not write would
+        # sit beside the new results as if it were one of them
+        self.owned = list(dict.fromkeys([*self.names, *owned]))
         self.overwrite = overwrite
         self.option = option
         self._check()
@@ -142,7 +151,7 @@ class OutputDir:
                 f"{option} {path}: {anchor} is not a directory, so nothing can be created under it"
             )
         if os.path.isdir(path):
-            self._check_conflicts(self.names)
+            self._check_conflicts(self.owned)
 
     def _check_conflicts(self, names):
         clash = [n for n in names if os.path.lexists(os.path.join(self.path, n))]
@@ -182,6 +191,7 @@ class OutputDir:
                 os.makedirs(self.path, exist_ok=True)
             else:
                 self.staging = None
+                os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp made it 0700
                 return [os.path.join(self.path, name) for name in written]
         try:
             self._check_conflicts(written)  # a file may have appeared meanwhile
@@ -190,6 +200,10 @@ class OutputDir:
             raise UsageError(f"{exc}; the new results are kept in {kept}") from None
         for name in written:
             os.replace(os.path.join(self.staging, name), os.path.join(self.path, name))
+        for name in self.owned:
+            stale = os.path.join(self.path, name)
+            if name not in written and os.path.isfile(stale):
+                os.remove(stale)  # checked: only with overwrite can it exist here
         self.discard()
         return [os.path.join(self.path, name) for name in written]
 
@@ -205,6 +219,13 @@ class OutputDir:
     def __exit__(self, *exc_info):
         self.discard()
         return False
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then set back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:

@@ -28,6 +28,19 @@ from ._files import OutputDir, UsageError, check_input_file, write_text
 from ._progress import progress
 
 DEFAULT_WIDTHS = (16, 64, 256, 1024, 2048)
+# Options of the in-memory comparison only, and of --stream only, with their defaults:
+# a value other than the default where the option does not apply is refused.
+IN_MEMORY_ONLY = {"repeats": 1, "cv_samples": 1000, "max_exact": 5000}
+STREAM_ONLY = {"chunksize": 100_000}
+# Every file the command can write: --overwrite removes those a run does not write.
+ALL_OUTPUTS = ("regress.md", "regress.csv", "regress.png")
+# fit_streaming's parameters, as the options that set them
+_OPTION_OF = {
+    "chunksize": "--chunksize",
+    "test_fraction": "--test-size",
+    "n_samples": "--n-samples",
+    "gamma": "--gamma",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,22 +85,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats",
         type=int_at_least(1),
-        default=1,
-        help="seeds per random-feature method and width",
+        default=IN_MEMORY_ONLY["repeats"],
+        help="seeds per random-feature method and width (not with --stream)",
     )
     parser.add_argument("--gamma", type=positive_float, default=None, help="skip the CV of gamma")
     parser.add_argument("--alpha", type=positive_float, default=None, help="skip the CV of alpha")
     parser.add_argument(
         "--cv-samples",
         type=int_at_least(10),
-        default=1000,
-        help="subsample size for the CV of gamma, alpha",
+        default=IN_MEMORY_ONLY["cv_samples"],
+        help="subsample size for the CV of gamma, alpha (not with --stream)",
     )
     parser.add_argument(
         "--max-exact",
         type=int_at_least(0),
-        default=5000,
-        help="largest training set on which exact KernelRidge is run",
+        default=IN_MEMORY_ONLY["max_exact"],
+        help="largest training set on which exact KernelRidge is run (not with --stream)",
     )
     parser.add_argument("--test-size", type=fraction, default=0.25, help="held-out fraction")
     parser.add_argument("--seed", type=seed, default=0, help="seed of split, subsamples, features")
@@ -100,8 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunksize",
         type=int_at_least(10),
-        default=100_000,
-        help="rows per chunk with --stream",
+        default=STREAM_ONLY["chunksize"],
+        help="rows per chunk (with --stream only)",
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write regress.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -177,8 +190,38 @@ def run(args) -> int:
         check_input_file(args.data, "--data")
     if args.stream and args.data not in DATASETS and args.target is None:
         raise UsageError("--stream with a data file needs --target COLUMN")
-    with OutputDir(args.out, output_names(args), overwrite=args.overwrite) as out:
+    _refuse_options_that_do_not_apply(args)
+    with OutputDir(
+        args.out, output_names(args), overwrite=args.overwrite, owned=ALL_OUTPUTS
+    ) as out:
         return _run_stream(args, out) if args.stream else _run(args, out)
+
+
+def _refuse_options_that_do_not_apply(args) -> None:
+    """A :class:`UsageError` for an option set away from its default where it has no
+    effect (the in-memory comparison's options with --stream, and the reverse)."""
+    unused = IN_MEMORY_ONLY if args.stream else STREAM_ONLY
+    given = [
+        "--" + name.replace("_", "-")
+        for name, default in unused.items()
+        if getattr(args, name) != default
+    ]
+    if given:
+        which = "with --stream" if args.stream else "without --stream"
+        verb, them = ("does", "it") if len(given) == 1 else ("do", "them")
+        raise UsageError(f"{', '.join(given)} {verb} not apply {which}; leave {them} out")
+
+
+def _options(message: str) -> str:
+    """fit_streaming's message with its parameters named as this command's options
+    (``chunksize=10`` becomes ``--chunksize 10``)."""
+    import re
+
+    def option(found):
+        return _OPTION_OF[found.group(1)] + (" " if found.group(2) else "")
+
+    names = "|".join(_OPTION_OF)
+    return re.sub(rf"(?<![\w-])({names})\b(=?)", option, message)
 
 
 def _run_stream(args, out) -> int:
@@ -189,19 +232,22 @@ def _run_stream(args, out) -> int:
     bar = None if args.no_progress else progress
     rows = []
     for width in args.n_components:
-        result = fit_streaming(
-            args.data,
-            target=args.target,
-            n_samples=args.n_samples,
-            n_components=width,
-            kernel=args.kernel,
-            gamma=args.gamma,
-            alphas=None if args.alpha is None else [args.alpha],
-            test_fraction=args.test_size,
-            chunksize=args.chunksize,
-            random_state=args.seed,
-            progress=bar,
-        )
+        try:
+            result = fit_streaming(
+                args.data,
+                target=args.target,
+                n_samples=args.n_samples,
+                n_components=width,
+                kernel=args.kernel,
+                gamma=args.gamma,
+                alphas=None if args.alpha is None else [args.alpha],
+                test_fraction=args.test_size,
+                chunksize=args.chunksize,
+                random_state=args.seed,
+                progress=bar,
+            )
+        except ValueError as exc:  # name the options, not the function's parameters
+            raise UsageError(_options(str(exc))) from None
         rows.append(
             {
                 "n_components": width,

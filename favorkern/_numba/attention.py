@@ -57,10 +57,12 @@ def causal_recurrence(
         for f in range(n_out):
             k = key_features[t, f]
             q = query_features[t, f]
+            # z_t = a_t z_{t-1} + phi(k_t), and D_tt = phi(q_t)^T z_t (Performer eq. 11)
             normalizer[f] += k
             denominator += q * normalizer[f]
             row = state[f]
-            # one fused pass over the state row: update, then accumulate the numerator
+            # one fused pass over the state row: S_t = a_t S_{t-1} + phi(k_t) v_t^T, then
+            # the numerator phi(q_t)^T S_t
             for c in range(width):
                 s = row[c] + k * value[c]
                 row[c] = s
@@ -69,7 +71,7 @@ def causal_recurrence(
         if denominator == 0.0:
             for c in range(width):
                 target[c] = 0.0
-        else:
+        else:  # D^-1
             inverse = 1.0 / denominator
             for c in range(width):
                 target[c] = numerator[c] * inverse

@@ -2,8 +2,9 @@
 
 * :func:`softmax_attention` (:mod:`.exact`) is the O(L^2) reference, computed over
   query chunks.
-* :func:`favor_attention` (:mod:`.favor`) and :class:`FavorAttention`
-  (:mod:`.layer`) replace
+* :func:`favor_attention` (:mod:`.favor`), :class:`FavorAttention` (:mod:`.layer`)
+  and :func:`favorkern.dask.favor_attention` check their arguments, build one
+  :class:`~.plan.AttentionPlan` and run it (:mod:`.plan`).  They replace
   ``exp(gamma q.k)`` by ``phi(q).phi(k)`` with any map of
   :mod:`favorkern.feature_maps` and never hold more than a chunk of features per
   worker thread: bidirectional (:mod:`.bidirectional`) accumulates the key state,
@@ -13,13 +14,16 @@
   :class:`DecodingState` (:meth:`FavorAttention.step`), and :mod:`.error` estimates
   the error of any output from a sample of exact rows
   (:func:`estimate_attention_error`).
-* :func:`hybrid_attention` (:mod:`.hybrid`) is exact on a local window and global
-  keys and uses random features for the other keys, renormalized together.
+* :func:`hybrid_attention` (:mod:`.hybrid`, engine :mod:`.hybrid_engine`) is exact on
+  a local window, global keys and each query's top keys, and uses random features
+  for the other keys, renormalized together; :class:`HybridAttention`
+  (:mod:`.hybrid_layer`) holds its projection and decodes token by token from a
+  :class:`HybridState`.
 * :mod:`.state` holds the key state ``(S, z, c)`` and its operations (rescale, add,
   merge, exclusive scan), shared by every algorithm here and by
   :mod:`favorkern.dask`.
 
-Stabilizers (THEORY.md section 7): each query's features are divided by their own
+Stabilizers (:ref:`theory-stabilizers`): each query's features are divided by their own
 maximum (a per-query factor cancels in the normalized output); keys share one
 constant per (batch, head), which also cancels.  In causal mode the key constant
 of output ``i`` is the running maximum over keys ``0..i`` only, so no output
@@ -33,6 +37,7 @@ from .error import AttentionErrorEstimate, estimate_attention_error
 from .exact import softmax_attention
 from .favor import favor_attention
 from .hybrid import hybrid_attention
+from .hybrid_layer import HybridAttention, HybridState
 from .layer import FavorAttention
 
 __all__ = [
@@ -43,4 +48,6 @@ __all__ = [
     "estimate_attention_error",
     "AttentionErrorEstimate",
     "hybrid_attention",
+    "HybridAttention",
+    "HybridState",
 ]

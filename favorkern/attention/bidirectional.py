@@ -4,6 +4,9 @@ Pass 1 streams over key chunks and accumulates the :class:`~.state.KeyState`
 ``S = phi(K)^T V``, ``z = phi(K)^T 1`` with an online key stabilizer (the state is
 rescaled when the running maximum grows, as flash attention does); pass 2 emits
 ``phi(Q) S / phi(Q) z`` chunk by chunk.  Memory O(chunk x m + m x dv) per worker.
+
+``phi`` is the :class:`~.features.AttentionFeatures` of the call (the feature
+function of the paper's ``phi(Q)``, ``phi(K)``), ``m`` its width.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from functools import partial
 
 import numpy as np
 
+from .._parallel import check_cancelled
 from .common import normalize, run_parallel, split
 from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
@@ -19,28 +23,33 @@ from .state import KeyState, merge
 __all__ = ["accumulate_keys", "emit", "bidirectional"]
 
 
-def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeyState:
+def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None, lost=None) -> KeyState:
     """The key state of keys ``start:stop`` of one head, with an online maximum ``c``.
 
     ``S`` is kept in the features' dtype and ``z`` in float64 (it sums positive
     terms over all keys).  ``buffers``: a :class:`~.features.Buffers` to reuse.
+    ``lost``: a list; ``True`` is appended where the dtype's exponent range may have
+    lost a key (an exp feature of 0, or keys spread over more than the range), for a
+    caller that then computes the state again in float64.
 
     Each key's stabilizer ``exp(scale_log_j - c)`` (:meth:`~.features.
     AttentionFeatures.key_parts`) weights its value row: ``S += phi^T (w v)``,
     ``z += phi^T w``.
     """
-    dtype = fmap.dtype
+    dtype = phi.dtype
     state = KeyState(
-        np.zeros((fmap.n_out, v.shape[1]), dtype=dtype),
-        np.zeros(fmap.n_out, dtype=np.float64),
+        np.zeros((phi.n_out, v.shape[1]), dtype=dtype),
+        np.zeros(phi.n_out, dtype=np.float64),
         -np.inf,
     )
     if buffers is None:
-        buffers = Buffers(fmap)
+        buffers = Buffers(phi)
+    lowest = np.inf  # the smallest key log-scale, for ``lost``
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
-        row_log, scale_log = fmap.key_parts(k[a:b], features)
+        row_log, scale_log = phi.key_parts(k[a:b], features)
         masked = None if mask is None else mask[a:b]
         if masked is not None and masked.any():
             row_log[masked] = -np.inf
@@ -49,6 +58,8 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
         chunk_max = float(row_log.max())
         if chunk_max == -np.inf:
             continue  # every key of the chunk is masked
+        if lost is not None:
+            lowest = min(lowest, _check_lost(phi, features, row_log, masked, lost))
         if chunk_max > state.c:
             state.rescale(chunk_max)
         scale_log -= state.c
@@ -61,28 +72,47 @@ def accumulate_keys(fmap, k, v, mask, start, stop, chunk, buffers=None) -> KeySt
         values = buffers.values(b - a, v.shape[1])
         np.multiply(v[a:b], weight[:, np.newaxis], out=values)
         product = buffers.array(state.S.shape, "state")
+        # S = (K')^T V and z = (K')^T 1_L of Performer eq. 4, summed over key chunks
         state.S += np.matmul(features.T, values, out=product)
         state.z += features.T @ weight
+    if lost is not None and state.c - lowest > _range(dtype):
+        lost.append(True)
     return state
 
 
-def emit(fmap, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None:
+def _check_lost(phi, features, row_log, masked, lost) -> float:
+    """Append ``True`` to ``lost`` where an unmasked exp feature is 0 (exp features are
+    positive: a 0 underflowed); return the smallest unmasked ``row_log``."""
+    seen = row_log if masked is None else row_log[~masked]
+    if phi.kind == "exp" and not (features if masked is None else features[~masked]).all():
+        lost.append(True)
+    return float(seen.min())
+
+
+def _range(dtype) -> float:
+    """Natural logs between 1 and the dtype's smallest normal number, less a margin for
+    the features' own spread below their row maximum."""
+    return -float(np.log(np.finfo(dtype).tiny)) - 8.0
+
+
+def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None:
     """Pass 2: ``out = phi(Q) S / phi(Q) z`` for query rows ``start:stop``.
 
     ``buffers``: a :class:`~.features.Buffers` to reuse.
     """
     if buffers is None:
-        buffers = Buffers(fmap)
+        buffers = Buffers(phi)
     S, z = state.S, state.z
-    window = fmap.query_window(S, z) if fmap.kind == "exp" else None
+    window = phi.query_window(S, z) if phi.kind == "exp" else None
     for a in range(start, stop, chunk):
+        check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         # per chunk: the rows are read into cache for the product right after
-        fmap.queries(q[a:b], features, window, fmap.logits_inside(q[a:b], window))
+        phi.queries(q[a:b], features, window, phi.logits_inside(q[a:b], window))
         block = out[a:b]
-        np.matmul(features, S, out=block)
-        normalize(block, features @ z)
+        np.matmul(features, S, out=block)  # Q' ((K')^T V), eq. 4's numerator
+        normalize(block, features @ z)  # D^-1, D_ii = q_i'^T z
 
 
 def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dtype):
@@ -111,16 +141,16 @@ def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dt
 _WEIGHT_MARGIN = _KEY_WINDOW + 17.0
 
 
-def _heads_task(fmap, heads, out, chunk):
+def _heads_task(phi, heads, out, chunk):
     """Whole heads one after the other, on one feature buffer."""
-    buffers = Buffers(fmap)
+    buffers = Buffers(phi)
     for q, k, v, m, idx in heads:
-        state = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk, buffers)
+        state = accumulate_keys(phi, k, v, m, 0, k.shape[0], chunk, buffers)
         # one state: no merge, only z to the features' dtype
-        emit(fmap, q, state.astype(fmap.dtype), out[idx], 0, q.shape[0], chunk, buffers)
+        emit(phi, q, state.astype(phi.dtype), out[idx], 0, q.shape[0], chunk, buffers)
 
 
-def bidirectional(fmap, heads, out, chunk, workers) -> None:
+def bidirectional(phi, heads, out, chunk, workers) -> None:
     """Bidirectional attention of every (batch, head) of ``heads`` into ``out``.
 
     With at least one head per worker each thread runs whole heads (one task per
@@ -129,22 +159,22 @@ def bidirectional(fmap, heads, out, chunk, workers) -> None:
     """
     if len(heads) >= workers:
         shares = [heads[w::workers] for w in range(workers)]
-        run_parallel([partial(_heads_task, fmap, share, out, chunk) for share in shares], workers)
+        run_parallel([partial(_heads_task, phi, share, out, chunk) for share in shares], workers)
         return
     # one feature buffer per share, reused by its keys and then its queries
-    buffers = [Buffers(fmap) for _ in range(workers)]
+    buffers = [Buffers(phi) for _ in range(workers)]
     for q, k, v, m, idx in heads:
         parts = run_parallel(
             [
-                partial(accumulate_keys, fmap, k, v, m, a, b, chunk, buffers[w])
+                partial(accumulate_keys, phi, k, v, m, a, b, chunk, buffers[w])
                 for w, (a, b) in enumerate(split(k.shape[0], workers))
             ],
             workers,
         )
-        state = merge(parts, fmap.dtype)
+        state = merge(parts, phi.dtype)
         run_parallel(
             [
-                partial(emit, fmap, q, state, out[idx], a, b, chunk, buffers[w])
+                partial(emit, phi, q, state, out[idx], a, b, chunk, buffers[w])
                 for w, (a, b) in enumerate(split(q.shape[0], workers))
             ],
             workers,

@@ -6,6 +6,9 @@ depends on the values of a later token, not even through rounding or underflow.
 (The chunks follow the sequence from its start, so a prefix computed alone shares
 the chunking, but its shorter last chunk takes other product shapes: its rows may
 differ from the longer sequence's in the last bits.)
+
+``phi`` is the :class:`~.features.AttentionFeatures` of the call (the feature
+function of the paper's ``phi(Q)``, ``phi(K)``), ``m`` its width.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from functools import partial
 
 import numpy as np
 
-from .._parallel import executor, n_threads
+from .. import _config
+from .._parallel import check_cancelled, executor, n_threads
 from .bidirectional import accumulate_keys
 from .common import normalize, run_parallel, split
 from .features import masked_row_log
@@ -25,32 +29,28 @@ __all__ = [
     "causal_chunked",
     "causal_chunk_rows",
     "causal_key_features",
-    "CAUSAL_CHUNK_ROWS",
 ]
 
-# The recurrent kernel amortizes one thread-pool round trip per chunk.
-_RECURRENT_CHUNK_BYTES = 1 << 21
 
-
-def causal_key_features(fmap, k, mask, start, stop, buf, carried):
+def causal_key_features(phi, k, mask, start, stop, buf, carried):
     """Causally stabilized key features of rows ``start:stop`` into ``buf``.
 
     Key ``j`` is divided by ``exp(c_j)`` with ``c_j`` the running maximum over keys
     ``0..j`` (``carried`` is that maximum before ``start``).  Returns ``c`` (float64,
     ``-inf`` while every key so far is masked).
     """
-    row_log, shift, masked = masked_row_log(fmap, k, mask, start, stop, buf)
+    row_log, shift, masked = masked_row_log(phi, k, mask, start, stop, buf)
     const = np.maximum.accumulate(row_log)
     np.maximum(const, carried, out=const)
     finite = np.where(const > -np.inf, const, 0.0)
-    fmap.key_finish(buf, row_log, shift, finite)
+    phi.key_finish(buf, row_log, shift, finite)
     if masked is not None:
         buf[masked] = 0.0
     return const
 
 
 def causal_chunked(
-    fmap, q, k, v, mask, out, chunk, start=0, stop=None, initial=None, workers=1
+    phi, q, k, v, mask, out, chunk, start=0, stop=None, initial=None, workers=1
 ) -> KeyState:
     """Causal attention of rows ``start:stop`` of one head by chunked matrix products.
 
@@ -64,19 +64,21 @@ def causal_chunked(
     :class:`~.state.KeyState` of the rows before ``start`` (an empty state if None;
     it is not modified).  Returns the state after row ``stop - 1``.
     """
-    dtype = fmap.dtype
+    dtype = phi.dtype
     n = q.shape[0] if stop is None else stop
     if initial is None:
-        state = KeyState.empty(fmap.n_out, v.shape[1], dtype)
+        state = KeyState.empty(phi.n_out, v.shape[1], dtype)
     else:
         state = initial.astype(dtype).copy()
         state.c = float(state.c)
     target = out
     if not out.flags.c_contiguous:
         out = np.empty(out.shape, dtype=out.dtype)
-    per_group = max(1, (_PIPELINED_GROUP_ROWS if workers >= 2 else _GROUP_ROWS) // chunk)
+    group_rows = _config.CAUSAL_PIPELINED_GROUP_ROWS if workers >= 2 else _config.CAUSAL_GROUP_ROWS
+    per_group = max(1, group_rows // chunk)
+    min_groups = _config.CAUSAL_MIN_PIPELINED_GROUPS
     if workers >= 2:  # short sequences: smaller groups, enough to fill the pipeline
-        per_group = max(1, min(per_group, (n - start) // (chunk * _MIN_PIPELINED_GROUPS)))
+        per_group = max(1, min(per_group, (n - start) // (chunk * min_groups)))
     spans = []  # (first row, chunks, rows per chunk)
     a = start
     while n - a >= chunk:
@@ -85,9 +87,9 @@ def causal_chunked(
     if a < n:  # the last, shorter chunk
         spans.append((a, 1, n - a))
     if spans:
-        pipelined = workers >= 2 and len(spans) >= _MIN_PIPELINED_GROUPS
+        pipelined = workers >= 2 and len(spans) >= min_groups
         rows = max(n_chunks * size for _, n_chunks, size in spans)
-        groups = _Groups(fmap, q, k, v, mask, out, state, rows, chunk, pipelined)
+        groups = _Groups(phi, q, k, v, mask, out, state, rows, chunk, pipelined)
         if pipelined:
             groups.run_pipelined(spans)
         else:
@@ -95,16 +97,6 @@ def causal_chunked(
     if target is not out:
         target[start:n] = out[start:n]
     return state
-
-
-# Rows per group: measured best at 512-1024 (d = 64, m = 256, float32, one thread,
-# L = 65536; 256 is 8% slower); it bounds the buffers.
-_GROUP_ROWS = 1024
-# Pipelined (two threads): half the hand-offs between the threads; measured 3-12%
-# faster than 1024 rows at L = 2^16..2^18 (4096 no better), for about 8 MiB more buffers.
-_PIPELINED_GROUP_ROWS = 2048
-# Fewer groups than this leave the pipeline's two stages mostly idle.
-_MIN_PIPELINED_GROUPS = 4
 
 
 class _Groups:
@@ -119,14 +111,14 @@ class _Groups:
     denominators) so that no thread reads what the other writes.
     """
 
-    def __init__(self, fmap, q, k, v, mask, out, state, rows, chunk, pipelined):
-        self.fmap, self.q, self.k, self.v, self.mask, self.out = fmap, q, k, v, mask, out
+    def __init__(self, phi, q, k, v, mask, out, state, rows, chunk, pipelined):
+        self.phi, self.q, self.k, self.v, self.mask, self.out = phi, q, k, v, mask, out
         self.state = state
-        dtype, m, dv = fmap.dtype, fmap.n_out, v.shape[1]
+        dtype, m, dv = phi.dtype, phi.n_out, v.shape[1]
         n_chunks = max(1, rows // chunk)
         sets = (3, 2) if pipelined else (1, 1)
-        self.query = [fmap.empty(rows) for _ in range(sets[0])]
-        self.key = fmap.empty(rows)
+        self.query = [phi.empty(rows) for _ in range(sets[0])]
+        self.key = phi.empty(rows)
         self.scores = [np.empty(rows * chunk, dtype=dtype) for _ in range(sets[1])]
         self.inter = np.empty((rows, dv), dtype=dtype)
         self.den_inter = np.empty((rows, 1), dtype=dtype)
@@ -142,6 +134,7 @@ class _Groups:
     def run(self, spans):
         """Every group on the calling thread."""
         for span in spans:
+            check_cancelled()  # a whole head is one task: stop within a group
             self.queries(span, 0)
             self.emit(span, 0, 0, self.keys(span, 0, 0))
 
@@ -159,6 +152,7 @@ class _Groups:
                 self.emit(spans[t - 1], (t - 1) % 3, (t - 1) % 2, done[t - 1])
 
         for t in range(len(spans) + 1):
+            check_cancelled()
             future = pool.submit(other, t)
             try:
                 if t < len(spans):
@@ -174,20 +168,20 @@ class _Groups:
         later states, and so let later tokens change the rounding of earlier outputs.
         """
         a, n, chunk = span
-        self.fmap.queries(self.q[a : a + n * chunk], self.query[qs][: n * chunk])
+        self.phi.queries(self.q[a : a + n * chunk], self.query[qs][: n * chunk])
 
     def keys(self, span, qs, ss):
         """Key features, triangular blocks, chunk states and their prefix sum of the group
         ``span`` (query set ``qs``, state set ``ss``); returns what :meth:`emit` needs."""
-        fmap, dtype, m, dv = self.fmap, self.fmap.dtype, self.fmap.n_out, self.v.shape[1]
+        phi, dtype, m, dv = self.phi, self.phi.dtype, self.phi.n_out, self.v.shape[1]
         a, n, chunk = span
         rows = n * chunk
         keys = self.key[:rows]
-        row_log, shift, masked = masked_row_log(fmap, self.k, self.mask, a, a + rows, keys)
+        row_log, shift, masked = masked_row_log(phi, self.k, self.mask, a, a + rows, keys)
         const = np.maximum.accumulate(row_log)
         np.maximum(const, self.state.c, out=const)
         finite = np.where(const > -np.inf, const, 0.0)
-        fmap.key_finish(keys, row_log, shift, finite)
+        phi.key_finish(keys, row_log, shift, finite)
         if masked is not None:
             keys[masked] = 0.0
         q3 = self.query[qs][:rows].reshape(n, chunk, m)
@@ -209,6 +203,8 @@ class _Groups:
                 k3[g] *= np.exp(np.minimum(f3[g] - f3[g, -1], 0.0)).astype(dtype)[:, np.newaxis]
         ones = self.ones[:rows].reshape(n, chunk, 1)
         kt = k3.transpose(0, 2, 1)
+        # each chunk's own (K_c')^T V_c and (K_c')^T 1; _prefix sums them into the
+        # prefix sums S_i, z_i of Performer eq. 11 at the chunk boundaries
         np.matmul(kt, v3, out=self.S[ss][1 : n + 1])
         np.matmul(kt, ones, out=self.z[ss][1 : n + 1])
         before = self._prefix(ss, const[chunk - 1 :: chunk])
@@ -244,12 +240,14 @@ class _Groups:
 
     def emit(self, span, qs, ss, keys):
         """Outputs of the group ``span``: the states before its chunks plus its blocks."""
-        dtype, m, dv = self.fmap.dtype, self.fmap.n_out, self.v.shape[1]
+        dtype, m, dv = self.phi.dtype, self.phi.n_out, self.v.shape[1]
         a, n, chunk = span
         const, before, rescale = keys
         rows = n * chunk
         q3 = self.query[qs][:rows].reshape(n, chunk, m)
         inter, den_inter = self.inter[:rows], self.den_inter[:rows]
+        # eq. 11 split at the chunk start: q_i'^T S_i = q_i'^T S_before + the masked
+        # in-chunk product tril(Q_c' K_c'^T) V_c (and the same for q_i'^T z_i)
         np.matmul(q3, self.S[ss][:n], out=inter.reshape(n, chunk, dv))
         np.matmul(q3, self.z[ss][:n], out=den_inter.reshape(n, chunk, 1))
         if rescale:
@@ -267,16 +265,16 @@ class _Groups:
         )
         block += inter
         den += den_inter[:, 0]
-        normalize(block, den)
+        normalize(block, den)  # D^-1, D_ii = q_i'^T z_i
 
 
-def _recurrent_features(fmap, q, k, mask, a, b, query_buf, key_buf, carried, queries=True):
+def _recurrent_features(phi, q, k, mask, a, b, query_buf, key_buf, carried, queries=True):
     """Features of one chunk for the recurrent kernel, and the per-token decay."""
     size = b - a
     qf, kf = query_buf[:size], key_buf[:size]
     if queries:
-        fmap.queries(q[a:b], qf)
-    const = causal_key_features(fmap, k, mask, a, b, kf, carried)
+        phi.queries(q[a:b], qf)
+    const = causal_key_features(phi, k, mask, a, b, kf, carried)
     previous = np.concatenate(([carried], const[:-1]))
     with np.errstate(invalid="ignore"):
         decay = np.exp(previous - const)
@@ -284,31 +282,32 @@ def _recurrent_features(fmap, q, k, mask, a, b, query_buf, key_buf, carried, que
     return qf, kf, decay, float(const[-1])
 
 
-def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
+def _causal_recurrent(phi, q, k, v, mask, out, chunk, column_blocks, workers):
     """Causal attention of one head by the numba recurrence, columns split in blocks."""
     from .._numba.attention import causal_recurrence
 
-    dtype = fmap.dtype
+    dtype = phi.dtype
     n, dv = v.shape
     columns = split(dv, column_blocks)
-    states = [np.zeros((fmap.n_out, c1 - c0), dtype=dtype) for c0, c1 in columns]
-    normalizers = [np.zeros(fmap.n_out, dtype=dtype) for _ in columns]
-    query_buf = fmap.empty(chunk, rows=True)
-    key_buf = fmap.empty(chunk, rows=True)
+    states = [np.zeros((phi.n_out, c1 - c0), dtype=dtype) for c0, c1 in columns]
+    normalizers = [np.zeros(phi.n_out, dtype=dtype) for _ in columns]
+    query_buf = phi.empty(chunk, rows=True)
+    key_buf = phi.empty(chunk, rows=True)
     value_buf = np.empty((chunk, dv), dtype=dtype)
     carried = -np.inf
     for a in range(0, n, chunk):
+        check_cancelled()
         b = min(n, a + chunk)
         if workers > 1:
             # queries on one thread while the keys are mapped on another
-            query_task = executor(n_threads()).submit(fmap.queries, q[a:b], query_buf[: b - a])
+            query_task = executor(n_threads()).submit(phi.queries, q[a:b], query_buf[: b - a])
             qf, kf, decay, carried = _recurrent_features(
-                fmap, q, k, mask, a, b, query_buf, key_buf, carried, queries=False
+                phi, q, k, mask, a, b, query_buf, key_buf, carried, queries=False
             )
             query_task.result()
         else:
             qf, kf, decay, carried = _recurrent_features(
-                fmap, q, k, mask, a, b, query_buf, key_buf, carried
+                phi, q, k, mask, a, b, query_buf, key_buf, carried
             )
         values = value_buf[: b - a]
         values[...] = v[a:b]
@@ -340,15 +339,13 @@ def _causal_recurrent(fmap, q, k, v, mask, out, chunk, column_blocks, workers):
 # against bidirectional attention, L = 16384-65536): 32 rows best up to m = 256 (m =
 # 256: 1.46x, against 1.53x at 64 rows and 2.06x for the earlier 256-row chunks taken
 # one at a time), 64 rows from m = 512 (m = 1024: 1.61x against 1.86x).
-CAUSAL_CHUNK_ROWS = 32
-
-
 def causal_chunk_rows(n_out) -> int:
     """Rows per chunk of :func:`causal_chunked` for ``n_out`` features (measured rule)."""
-    return CAUSAL_CHUNK_ROWS if n_out <= 256 else 2 * CAUSAL_CHUNK_ROWS
+    rows = _config.CAUSAL_CHUNK_ROWS
+    return rows if n_out <= 256 else 2 * rows
 
 
-def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
+def _causal_scan(phi, q, k, v, mask, out, chunk, workers):
     """Causal attention of one head on ``workers`` threads.
 
     Two workers: one two-thread pipeline (:func:`causal_chunked`), no key mapped
@@ -360,24 +357,24 @@ def _causal_scan(fmap, q, k, v, mask, out, chunk, workers):
     threads, which can deadlock when several calls share the pool.)
     """
     if workers == 2:
-        causal_chunked(fmap, q, k, v, mask, out, chunk, workers=2)
+        causal_chunked(phi, q, k, v, mask, out, chunk, workers=2)
         return
     ranges = split(q.shape[0], workers)
     parts = run_parallel(
-        [partial(accumulate_keys, fmap, k, v, mask, a, b, chunk) for a, b in ranges[:-1]],
+        [partial(accumulate_keys, phi, k, v, mask, a, b, chunk) for a, b in ranges[:-1]],
         workers,
     )
-    initials = exclusive_scan(parts, fmap.dtype)
+    initials = exclusive_scan(parts, phi.dtype)
     run_parallel(
         [
-            partial(causal_chunked, fmap, q, k, v, mask, out, chunk, a, b, initial)
+            partial(causal_chunked, phi, q, k, v, mask, out, chunk, a, b, initial)
             for (a, b), initial in zip(ranges, initials, strict=True)
         ],
         workers,
     )
 
 
-def causal(fmap, heads, out, workers, method) -> None:
+def causal(phi, heads, out, workers, method) -> None:
     """Causal attention of every (batch, head) of ``heads`` into ``out``.
 
     ``method="chunked"`` (and ``"auto"``): whole heads per thread when there are at
@@ -388,24 +385,24 @@ def causal(fmap, heads, out, workers, method) -> None:
     if method == "auto":
         method = "chunked"
     if method == "chunked":
-        chunk = causal_chunk_rows(fmap.n_out)
+        chunk = causal_chunk_rows(phi.n_out)
         if len(heads) >= workers:
             run_parallel(
                 [
-                    partial(causal_chunked, fmap, q, k, v, m, out[idx], chunk)
+                    partial(causal_chunked, phi, q, k, v, m, out[idx], chunk)
                     for q, k, v, m, idx in heads
                 ],
                 workers,
             )
         else:
             for q, k, v, m, idx in heads:
-                _causal_scan(fmap, q, k, v, m, out[idx], chunk, workers)
+                _causal_scan(phi, q, k, v, m, out[idx], chunk, workers)
         return
-    chunk = max(64, _RECURRENT_CHUNK_BYTES // (fmap.n_out * fmap.dtype.itemsize))
+    chunk = max(64, _config.RECURRENT_CHUNK_BYTES // (phi.n_out * phi.dtype.itemsize))
     if len(heads) >= workers:
         run_parallel(
             [
-                partial(_causal_recurrent, fmap, q, k, v, m, out[idx], chunk, 1, 1)
+                partial(_causal_recurrent, phi, q, k, v, m, out[idx], chunk, 1, 1)
                 for q, k, v, m, idx in heads
             ],
             workers,
@@ -413,4 +410,4 @@ def causal(fmap, heads, out, workers, method) -> None:
         return
     for q, k, v, m, idx in heads:
         blocks = max(1, min(workers, v.shape[1]))
-        _causal_recurrent(fmap, q, k, v, m, out[idx], chunk, blocks, workers)
+        _causal_recurrent(phi, q, k, v, m, out[idx], chunk, blocks, workers)

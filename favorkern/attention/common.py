@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._parallel import executor, n_threads
+from .. import _config
+from .._parallel import run_tasks
 
 __all__ = [
     "head",
@@ -13,39 +14,28 @@ __all__ = [
     "split",
     "normalize",
     "feature_chunk_rows",
-    "CHUNK_BYTES",
-    "PARALLEL_MIN_WORK",
-    "EXACT_CROSSOVER",
     "exact_is_faster",
 ]
-
-# Feature buffers of ~512 KiB per worker: large enough for efficient GEMMs,
-# small enough to stay in L2 between the product and the elementwise passes.
-CHUNK_BYTES = 1 << 19
-# Below this many feature evaluations, threads cost more than they save.
-PARALLEL_MIN_WORK = 1 << 18
 
 
 # Exact attention costs ~ Lq Lk (d + dv) products and Lq Lk exps, FAVOR ~ (Lq + Lk) m
 # (d + dv) and (Lq + Lk) m exps: the same per-element mix, so their ratio is
 # Lq Lk / ((Lq + Lk) m) times a constant, measured with bench_attention.py's
 # crossover table (d = 64, m = 256, float32, 2 threads): exact is faster up to about
-# L = 2 * EXACT_CROSSOVER * m for Lq = Lk.  Re-measured with base-2 features and value
-# weighted key states: exact / favor 0.66 at L = 512 and 1.17 at 768 (one thread, CPU
-# time: 0.92 and 1.38; load 3.5), a crossover near L = 680 and 560, so the rule's
-# L = 666 stands.
-EXACT_CROSSOVER = 1.3
-
-
+# L = 2 * EXACT_ATTENTION_CROSSOVER * m for Lq = Lk.  Re-measured with base-2 features
+# and value weighted key states: exact / favor 0.66 at L = 512 and 1.17 at 768 (one
+# thread, CPU time: 0.92 and 1.38; load 3.5), a crossover near L = 680 and 560, so the
+# rule's L = 666 stands.
 def exact_is_faster(n_queries, n_keys, n_out) -> bool:
     """True where exact softmax attention is measured faster than FAVOR with ``n_out``
-    features: ``Lq Lk <= EXACT_CROSSOVER * n_out * (Lq + Lk)``."""
-    return n_queries * n_keys <= EXACT_CROSSOVER * n_out * (n_queries + n_keys)
+    features: ``Lq Lk <= EXACT_ATTENTION_CROSSOVER * n_out * (Lq + Lk)``."""
+    crossover = _config.EXACT_ATTENTION_CROSSOVER
+    return n_queries * n_keys <= crossover * n_out * (n_queries + n_keys)
 
 
 def feature_chunk_rows(n_out, dtype) -> int:
-    """Rows per feature buffer of ``n_out`` columns (about ``CHUNK_BYTES``)."""
-    return max(16, CHUNK_BYTES // (n_out * np.dtype(dtype).itemsize))
+    """Rows per feature buffer of ``n_out`` columns (about ``ATTENTION_CHUNK_BYTES``)."""
+    return max(16, _config.ATTENTION_CHUNK_BYTES // (n_out * np.dtype(dtype).itemsize))
 
 
 def head(X, index, n_trailing):
@@ -78,22 +68,10 @@ def _head_slices(X, n_trailing, batch, indices):
 def run_parallel(tasks, workers):
     """Run the callables ``tasks``, interleaved over ``workers`` pool threads.
 
-    The calling thread only waits: running the first share on it instead measured
-    10-25% slower (bidirectional attention, L = 2^10 ... 2^15, d = 64, 2 threads).
+    :func:`favorkern._parallel.run_tasks`: the calling thread only waits, and the
+    queued tasks of a call that is left (Ctrl-C, an error) are dropped.
     """
-    if workers <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    workers = min(workers, len(tasks))
-
-    def work(w):
-        return [(i, tasks[i]()) for i in range(w, len(tasks), workers)]
-
-    pool = executor(n_threads())
-    results = [None] * len(tasks)
-    for future in [pool.submit(work, w) for w in range(workers)]:
-        for i, value in future.result():
-            results[i] = value
-    return results
+    return run_tasks(tasks, workers)
 
 
 def split(n, parts):
@@ -107,7 +85,16 @@ def normalize(numerator, denominator):
     """``numerator / denominator`` in place; rows with a zero denominator become 0.
 
     The guard: no epsilon is added anywhere.  A denominator of exactly 0 (every key
-    masked, or every feature product underflowed) gives a zero output row.
+    masked, or every feature product underflowed) gives a zero output row.  In
+    float32 so does a subnormal one (the feature products underflowed all but a few
+    bits): such rows are lost like zero rows, and the float64 fallback of the plan
+    (:func:`~favorkern.attention.plan.fill_lost_rows`) computes them again.
     """
-    denominator[denominator == 0] = np.inf
+    if denominator.dtype == np.float32:
+        denominator[np.abs(denominator) < _FLOAT32_TINY] = np.inf
+    else:
+        denominator[denominator == 0] = np.inf
     numerator /= denominator[:, np.newaxis]
+
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)

@@ -23,7 +23,10 @@ query head of its group (the chunked causal products run per query head).
 
 from __future__ import annotations
 
+import os
+import re
 import threading
+from collections.abc import Mapping
 from math import prod
 
 import numpy as np
@@ -33,9 +36,18 @@ from .common import run_parallel
 from .state import KeyState
 from .values import check_state_values
 
-__all__ = ["DecodingState", "HeadFeatures", "decode", "resolve_decode_shapes"]
+__all__ = [
+    "DecodingState",
+    "HeadFeatures",
+    "check_state_arrays",
+    "decode",
+    "fingerprint_width",
+    "resolve_decode_shapes",
+]
 
 _KEYS = ("S", "z", "c", "n_tokens", "fingerprint")
+# map identity | m=width | projection=hash | hash (favor._fingerprint)
+_FINGERPRINT = re.compile(r"[^|]+\|m=([0-9]+)\|projection=[0-9a-f]{16}\|[0-9a-f]{16}")
 
 
 class DecodingState:
@@ -50,8 +62,12 @@ class DecodingState:
     branch a sequence (beam search, speculative decoding).  It pickles, and
     :meth:`to_dict` / :meth:`from_dict` (or :meth:`save` / :meth:`load`) store it
     with :func:`numpy.savez`.  A state only continues the attention that made it:
-    ``fingerprint`` identifies the projection, feature map, constants and logit
-    scale, and a mismatch is a ``ValueError``.
+    ``fingerprint`` (``identity|m=...|projection=...|...``) records the feature map
+    object (not only its name: a map replaced under its name is another map), the
+    width ``m``, the projection and its draws, the constants and the logit scale, and
+    a mismatch is a ``ValueError``.  A state built from a dict or a file is checked
+    against it (shapes, dtypes, finiteness, the width) and refused if it cannot be
+    trusted.
 
     Parameters
     ----------
@@ -159,29 +175,65 @@ class DecodingState:
 
     @classmethod
     def from_dict(cls, data) -> DecodingState:
-        """The state stored by :meth:`to_dict` (a dict or a loaded ``.npz`` file)."""
+        """The state stored by :meth:`to_dict` (a dict or a loaded ``.npz`` file).
+
+        A state that cannot be trusted is refused with a ``ValueError``, never run:
+        ``S`` (..., m, dv) and ``z`` (..., m) float32 or float64 of one dtype, ``c``
+        (...) float64, each finite (``c`` may be ``-inf`` where no key entered, and
+        ``S`` and ``z`` are zero there), ``m`` the width the ``fingerprint`` records,
+        ``n_tokens`` an integer ``>= 0``.  The arrays are copied (C-ordered).
+        """
+        if not isinstance(data, Mapping) and not hasattr(data, "files"):
+            raise TypeError(
+                f"a decoding state is built from a dict of arrays, got {type(data).__name__}"
+            )
         missing = [key for key in _KEYS if key not in data]
         if missing:
             raise ValueError(f"a decoding state needs the entries {list(_KEYS)}; missing {missing}")
-        S = np.array(data["S"])
-        z = np.array(data["z"])
-        c = np.array(data["c"], dtype=np.float64)
-        if S.dtype not in (np.float32, np.float64) or z.dtype != S.dtype:
+        fingerprint = _scalar(data["fingerprint"], "fingerprint", str)
+        n_tokens = _scalar(data["n_tokens"], "n_tokens", int)
+        arrays = {}
+        for key in ("S", "z", "c"):
+            value = np.asarray(data[key])
+            if value.dtype.kind != "f" or value.dtype not in (np.float32, np.float64):
+                raise ValueError(
+                    f"{key} of a decoding state must be a float32 or float64 array, got dtype "
+                    f"{value.dtype}"
+                )
+            arrays[key] = np.array(value, order="C")  # a copy: the state is updated in place
+        S, z, c = arrays["S"], arrays["z"], arrays["c"].astype(np.float64, copy=False)
+        return cls(KeyState(S, z, c), n_tokens, fingerprint)._checked()
+
+    def _checked(self) -> DecodingState:
+        """``self`` after the checks of :meth:`from_dict` (a ``ValueError`` otherwise)."""
+        S, z, c = self.keys.S, self.keys.z, np.asarray(self.keys.c)
+        if S.dtype != z.dtype:
             raise ValueError(
-                f"S and z of a decoding state must be float32 or float64 of one dtype, got "
-                f"{S.dtype} and {z.dtype}"
+                f"S and z of a decoding state must have one dtype, got {S.dtype} and {z.dtype}"
             )
         if S.ndim < 2 or z.shape != S.shape[:-1] or c.shape != S.shape[:-2]:
             raise ValueError(
                 "a decoding state needs S (..., m, dv), z (..., m) and c (...); got shapes "
                 f"{S.shape}, {z.shape} and {c.shape}"
             )
-        if not (np.isfinite(S).all() and np.isfinite(z).all()) or np.isnan(c).any():
-            raise ValueError("a decoding state must hold finite S and z and a non-NaN c")
-        n_tokens = int(np.asarray(data["n_tokens"]))
-        if n_tokens < 0:
-            raise ValueError(f"n_tokens of a decoding state must be >= 0, got {n_tokens}")
-        return cls(KeyState(S, z, c), n_tokens, str(np.asarray(data["fingerprint"])))
+        width = fingerprint_width(self.fingerprint)
+        if width is not None and S.shape[-2] != width:
+            raise ValueError(
+                f"the state's fingerprint records m = {width} features, but S has shape "
+                f"{S.shape} and z {z.shape}: the arrays do not belong to that attention"
+            )
+        if not (np.isfinite(S).all() and np.isfinite(z).all()):
+            raise ValueError("S and z of a decoding state must be finite")
+        if np.isnan(c).any() or (c == np.inf).any():
+            raise ValueError("c of a decoding state must be finite, or -inf where no key entered")
+        empty = c == -np.inf
+        if empty.any() and (S[empty].any() or z[empty].any()):
+            raise ValueError(
+                "a decoding state with c = -inf (no key entered) must hold S = 0 and z = 0"
+            )
+        if self.n_tokens < 0:
+            raise ValueError(f"n_tokens of a decoding state must be >= 0, got {self.n_tokens}")
+        return self
 
     def save(self, file) -> None:
         """Write the state with :func:`numpy.savez` (a path or a binary file object)."""
@@ -189,15 +241,120 @@ class DecodingState:
 
     @classmethod
     def load(cls, file) -> DecodingState:
-        """Read a state written by :meth:`save`."""
-        with np.load(file, allow_pickle=False) as data:
-            return cls.from_dict(data)
+        """Read a state written by :meth:`save` (a path or a binary file object).
+
+        Anything else (another file, a damaged one, arrays that do not form a state)
+        is a ``ValueError`` saying so; nothing in the file is unpickled.
+        """
+        import zipfile
+
+        try:
+            data = np.load(file, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(
+                f"{_describe(file)} is not a decoding state written by DecodingState.save "
+                f"(not a readable .npz archive: {_reason(error)})"
+            ) from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{_describe(file)} is not a decoding state written by DecodingState.save "
+                "(a single array, not an .npz archive of S, z, c, n_tokens and fingerprint)"
+            )
+        with data:
+            try:
+                entries = {key: data[key] for key in _KEYS if key in data.files}
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+                raise ValueError(
+                    f"{_describe(file)} is not a decoding state written by "
+                    f"DecodingState.save (an entry cannot be read: {_reason(error)})"
+                ) from None
+        try:
+            return cls.from_dict(entries)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{_describe(file)} does not hold a valid decoding state: {error}"
+            ) from None
 
     def __repr__(self):
         return (
             f"DecodingState(batch_shape={self.batch_shape}, n_components={self.n_components}, "
             f"dv={self.dv}, dtype={self.dtype}, n_tokens={self.n_tokens})"
         )
+
+
+def _scalar(value, key, kind):
+    """The one ``int`` or ``str`` stored under ``key`` (a 0-d array), or a ``ValueError``."""
+    value = np.asarray(value)
+    ok = value.ndim == 0 and (value.dtype.kind in "iu" if kind is int else value.dtype.kind == "U")
+    if not ok:
+        what = "an integer" if kind is int else "a string"
+        raise ValueError(
+            f"{key} of a decoding state must be {what}, got an array of dtype {value.dtype} "
+            f"and shape {value.shape}"
+        )
+    return kind(value.item())
+
+
+def fingerprint_width(fingerprint):
+    """The width ``m`` a fingerprint records (None for the empty fingerprint)."""
+    if not fingerprint:
+        return None
+    found = _FINGERPRINT.fullmatch(fingerprint)
+    if found is None:
+        raise ValueError(
+            f"fingerprint {fingerprint!r} is not one of a favorkern attention (made by "
+            "FavorAttention.initial_state or a call with return_state=True)"
+        )
+    return int(found.group(1))
+
+
+def _describe(file) -> str:
+    return repr(str(file)) if isinstance(file, (str, os.PathLike)) else "the file"
+
+
+def _reason(error) -> str:
+    text = str(error).split(". ")[0]
+    # numpy's message for a non-archive suggests unpickling: never offer that
+    if "pickle" in text.lower() or not text:
+        text = "not an .npz archive"
+    return text
+
+
+def check_state_arrays(state, n_out) -> None:
+    """A ``ValueError`` unless the arrays of ``state`` are what the compiled step reads.
+
+    ``S`` (..., n_out, dv) and ``z`` (..., n_out) of one float dtype, ``c`` (...)
+    float64, all C-contiguous and writeable: a state changed by hand after it was
+    made must not send the kernel out of its arrays' bounds.
+    """
+    keys = state.keys
+    S, z, c = keys.S, keys.z, keys.c
+    if not (isinstance(S, np.ndarray) and isinstance(z, np.ndarray) and isinstance(c, np.ndarray)):
+        raise ValueError("S, z and c of a decoding state must be numpy arrays")
+    if (
+        S.ndim < 2
+        or S.shape[-2] != n_out
+        or z.shape != S.shape[:-1]
+        or c.shape != S.shape[:-2]
+        or S.dtype not in (np.float32, np.float64)
+        or z.dtype != S.dtype
+        or c.dtype != np.float64
+    ):
+        raise ValueError(
+            f"the decoding state's arrays do not fit this attention: S {S.shape} {S.dtype}, "
+            f"z {z.shape} {z.dtype}, c {c.shape} {c.dtype}; need S (..., {n_out}, dv) and "
+            f"z (..., {n_out}) of one float dtype and c (...) float64"
+        )
+    for name, array in (("S", S), ("z", z), ("c", c)):
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise ValueError(
+                f"{name} of a decoding state must be a C-contiguous, writeable array (the "
+                "state is updated in place); rebuild it with DecodingState.from_dict"
+            )
+    if c.size and not c.max() < np.inf:  # +inf or NaN: every later output NaN
+        raise ValueError("c of a decoding state must be finite, or -inf where no key entered")
 
 
 class HeadFeatures:
@@ -448,6 +605,7 @@ def decode(hf, Q, K, V, mask, state, workers=1):
     ``Q`` (..., T, d), ``K`` (..., T, d), ``V`` (..., T, dv) and ``mask`` (..., T)
     already in the state's dtype.  The state is updated in place.
     """
+    check_state_arrays(state, hf.n_out)
     out_batch, group = hf.shapes(Q, K, V, mask, state)
     T = Q.shape[-2]
     check_state_values(V, (state.n_tokens + T) * hf.n_out)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import binom, norm
 from sklearn.utils import check_random_state
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale
 from .._warnings import ApproximationWarning
@@ -28,16 +29,6 @@ __all__ = ["AttentionErrorEstimate", "estimate_attention_error", "ApproximationW
 # total, the normal approximation of the same stratified estimator is used.
 _N_BOOTSTRAP = 2000
 _MAX_BOOTSTRAP_VALUES = 1 << 24
-# Scores per block of the exact rows (bounds the extra memory).
-_BLOCK_SCORES = 1 << 22
-# Query rows per block (one task per block); a causal block reads the keys up to its
-# last row only.
-_CAUSAL_BLOCK_ROWS = 32
-# Keys per task: 64 rows x 4096 keys of float32 scores (1 MiB) stay in cache between
-# the product, the exp and the product with V.
-_KEY_RANGE = 4096
-# Below this many multiply-adds, threads cost more than they save.
-_PARALLEL_MIN_WORK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -150,15 +141,18 @@ def _lead_index(X, idx, n_trailing):
     return X[tuple(0 if size == 1 else idx[offset + k] for k, size in enumerate(lead))]
 
 
-def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop):
+def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop, c=1.0):
     """Softmax pieces of the sorted query rows ``rows`` over the keys ``start:stop``.
 
-    ``q_rows`` already carries ``gamma``; ``bias`` is 0 / -inf per key (mask) or None.
-    Returns ``(top, total, numerator)``: each row's largest logit (``-inf`` if it sees
-    no key of the range), ``sum exp(logit - top)`` and ``sum exp(logit - top) v``, in
-    float64, for :func:`_merge_parts`.  In the inputs' dtype otherwise (float32
-    stays float32: its rounding is far below any error worth estimating).  Causal
-    rows read only the keys up to the last row.
+    The logits are ``c q_rows.k``: ``q_rows`` already carries ``gamma`` (``c = 1``),
+    or ``q_rows`` and ``k`` are unit-scaled and ``c`` is ``gamma`` times their scales
+    (logits beyond the dtype: ``c`` may even be ``inf``, and ``c s`` is never formed).
+    ``bias`` is 0 / -inf per key (mask) or None.  Returns ``(top, total, numerator)``:
+    each row's largest ``q_rows.k`` (``-inf`` if it sees no key of the range),
+    ``sum exp(c (s - top))`` and ``sum exp(c (s - top)) v``, in float64, for
+    :func:`_merge_parts`.  In the inputs' dtype otherwise (float32 stays float32: its
+    rounding is far below any error worth estimating).  Causal rows read only the keys
+    up to the last row.
     """
     n = len(rows)
     if causal:
@@ -176,23 +170,64 @@ def _partial_rows(q_rows, rows, k, v, bias, causal, start, stop):
     top = scores.max(axis=1).astype(np.float64)
     seen = np.isfinite(top)
     scores -= np.where(seen, top, 0.0).astype(dtype)[:, np.newaxis]
+    if c != 1.0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores *= dtype.type(c)  # 0 * inf at each row's maximum: NaN, set back to 0
+        scores[np.isnan(scores)] = 0.0
     np.exp(scores, out=scores)
     total = scores.sum(axis=1, dtype=np.float64)
     numerator = (scores @ v[start:stop]).astype(np.float64)
     return top, total, numerator
 
 
-def _merge_parts(parts):
-    """Exact rows from the pieces of :func:`_partial_rows` over key ranges."""
+def _merge_parts(parts, c=1.0):
+    """Exact rows from the pieces of :func:`_partial_rows` over key ranges (same ``c``)."""
     tops = np.stack([p[0] for p in parts])
     top = tops.max(axis=0)
     visible = np.isfinite(top)
-    with np.errstate(invalid="ignore"):
-        factors = np.where(np.isfinite(tops), np.exp(tops - np.where(visible, top, 0.0)), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        exponents = (tops - np.where(visible, top, 0.0)) * c
+        exponents[np.isnan(exponents)] = 0.0  # 0 * inf: the range holding the maximum
+        factors = np.where(np.isfinite(tops), np.exp(exponents), 0.0)
     total = sum(f * p[1] for f, p in zip(factors, parts, strict=True))
     numerator = sum(f[:, np.newaxis] * p[2] for f, p in zip(factors, parts, strict=True))
     total[~visible] = np.inf
     return numerator / total[:, np.newaxis], visible
+
+
+def _logit_scales(Q, K, gamma):
+    """``(a, b, c)``: divide ``Q`` by ``a`` and ``K`` by ``b`` and scale the logits by
+    ``c = gamma a b`` where ``gamma q.k`` could exceed the dtype; else ``(None, None, 1)``.
+    """
+    a = float(np.abs(Q).max()) if Q.size else 0.0
+    b = float(np.abs(K).max()) if K.size else 0.0
+    limit = float(np.finfo(Q.dtype).max) / 4.0
+    with np.errstate(over="ignore"):
+        bound = gamma * a * b * Q.shape[-1]  # |gamma q.k| <= gamma d max|q| max|k|
+    if bound < limit and a < limit and b < limit:
+        return None, None, 1.0
+    a, b = a or 1.0, b or 1.0
+    with np.errstate(over="ignore"):
+        return a, b, gamma * a * b
+
+
+def _value_exponent(V, n_keys) -> int:
+    """``e`` with ``V 2^-e`` summable over ``n_keys`` rows without overflow (0 if it is)."""
+    peak = float(np.abs(V).max()) if V.size else 0.0
+    limit = float(np.finfo(V.dtype).max) / (4.0 * max(1, n_keys))
+    return int(np.ceil(np.log2(peak / limit))) if peak > limit else 0
+
+
+def _row_norms(X):
+    """Euclidean norms of the rows of ``X`` without overflow (``inf`` for inf rows)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        peak = np.abs(X).max(axis=1) if X.shape[1] else np.zeros(X.shape[0])
+        safe = np.where((peak > 0) & np.isfinite(peak), peak, 1.0)
+        norms = peak * np.linalg.norm(X / safe[:, np.newaxis], axis=1)
+    norms[np.isnan(peak)] = np.nan
+    norms[np.isinf(peak)] = np.inf
+    norms[peak == 0] = 0.0
+    return norms
 
 
 def _sample_rows(rng, n, size):
@@ -370,24 +405,34 @@ def estimate_checked(
     size = min(n_rows, n_queries)
     n_heads = int(np.prod(batch, dtype=np.int64))
     work = size * n_heads * n_keys * (Q.shape[-1] + V.shape[-1])
-    workers = n_threads() if work >= _PARALLEL_MIN_WORK else 1
-    # Keys in ranges of at most _KEY_RANGE (the scores of a task stay in cache; at least
+    workers = n_threads() if work >= _config.ERROR_PARALLEL_MIN_WORK else 1
+    # Keys in ranges of at most ERROR_KEY_RANGE (the scores of a task stay in cache; at least
     # one range per thread when there are fewer heads than threads), the pieces merged
     # as in flash attention.  Causal: blocks of rows, each reading the keys up to its
     # last row; otherwise all rows at once (the most efficient products).
-    n_ranges = max(-(-n_keys // _KEY_RANGE), workers if n_heads < workers else 1)
+    n_ranges = max(-(-n_keys // _config.ERROR_KEY_RANGE), workers if n_heads < workers else 1)
     n_ranges = min(n_ranges, n_keys)
     ranges = [(n_keys * p // n_ranges, n_keys * (p + 1) // n_ranges) for p in range(n_ranges)]
     longest = max(b - a for a, b in ranges)
-    block = max(1, _BLOCK_SCORES // max(1, longest))
+    block = max(1, _config.ERROR_BLOCK_SCORES // max(1, longest))
     if causal:
-        block = min(block, _CAUSAL_BLOCK_ROWS)
+        block = min(block, _config.ERROR_CAUSAL_BLOCK_ROWS)
     heads, tasks = [], []
-    scale = Q.dtype.type(gamma)
+    # Huge inputs: logits c q~.k~ of unit-scaled q~, k~, and values (and the output,
+    # by the same power of two: relative errors do not change) brought below the
+    # largest float over the sums of n_keys terms.  Exact scalings: the estimate of a
+    # finite exact answer stays finite.
+    q_scale, k_scale, c = _logit_scales(Q, K, gamma)
+    exponent = _value_exponent(V, n_keys)
+    scale = Q.dtype.type(gamma if q_scale is None else 1.0 / q_scale)
     for idx in np.ndindex(*batch):
         kv_idx = kv_index(idx)
         q = _lead_index(Q, idx, 2)
         k, v = _lead_index(K, kv_idx, 2), _lead_index(V, kv_idx, 2)
+        if k_scale is not None:
+            k = k * k.dtype.type(1.0 / k_scale)
+        if exponent:
+            v = np.ldexp(v, -exponent).astype(v.dtype, copy=False)
         keep = None if mask is None else ~_lead_index(mask, kv_idx, 1)
         bias = None if keep is None else np.where(keep, 0.0, -np.inf).astype(Q.dtype)
         rows = _sample_rows(rng, n_queries, size)
@@ -397,20 +442,21 @@ def estimate_checked(
             q_rows = q[r] * scale
             for start, stop in ranges:
                 tasks.append(lambda q=q_rows, r=r, k=k, v=v, b=bias, s0=start, s1=stop:
-                             _partial_rows(q, r, k, v, b, causal, s0, s1))  # fmt: skip
+                             _partial_rows(q, r, k, v, b, causal, s0, s1, c))  # fmt: skip
     with blas_single_thread():  # multithreaded BLAS on these shapes measured 100x slower
         parts = iter(run_parallel(tasks, workers))
     errors, weights, sizes = [], [], []
     for idx, rows, keep in heads:
-        pieces = [_merge_parts([next(parts) for _ in ranges]) for _ in range(0, size, block)]
+        pieces = [_merge_parts([next(parts) for _ in ranges], c) for _ in range(0, size, block)]
         exact = np.concatenate([p[0] for p in pieces])
         visible = np.concatenate([p[1] for p in pieces])
-        got = np.asarray(out[idx][rows], dtype=np.float64)
+        got = np.ldexp(np.asarray(out[idx][rows], dtype=np.float64), -exponent)
         rows_seen = _visible_rows(n_queries, keep, causal)
         exact, got = exact[visible], got[visible]
         with np.errstate(invalid="ignore", over="ignore"):
-            diff = np.linalg.norm(got - exact, axis=1)
-            scale = np.linalg.norm(exact, axis=1)
+            # norms of rows scaled by their largest entry: |x| = t |x / t| (no overflow)
+            diff = _row_norms(got - exact)
+            scale = _row_norms(exact)
             err = np.where(scale > 0, diff / np.where(scale > 0, scale, 1.0), diff)
         err[~np.isfinite(err)] = np.inf
         errors.append(err)

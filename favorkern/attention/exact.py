@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_attention_inputs, check_logit_scale
 from .common import heads, normalize, run_parallel
 from .values import scaled_values, unscale
 
 __all__ = ["softmax_attention"]
-
-# At most this many scores per query chunk.
-_EXACT_CHUNK_ELEMENTS = 1 << 20
-# Below this many scores, threads cost more than they save.
-_PARALLEL_MIN_SCORES = 1 << 18
 
 
 def _hidden(scores, mask, start, stop, causal):
@@ -121,7 +117,7 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
     n_queries, n_keys = Q.shape[-2], K.shape[-2]
     V, exponents = scaled_values(V, n_keys)
     out = np.empty(batch + (n_queries, V.shape[-1]), dtype=Q.dtype)
-    rows = max(1, min(n_queries, _EXACT_CHUNK_ELEMENTS // n_keys))
+    rows = max(1, min(n_queries, _config.EXACT_CHUNK_SCORES // n_keys))
     if out.size // max(1, V.shape[-1]) == n_queries:  # one head: a chunk per thread at least
         rows = min(rows, -(-n_queries // n_threads()))
     tasks = []
@@ -134,7 +130,7 @@ def softmax_attention(Q, K, V, *, causal=False, gamma=None, key_padding_mask=Non
                 )
             )
     work = out.size // max(1, V.shape[-1]) * n_keys
-    workers = n_threads() if work > _PARALLEL_MIN_SCORES else 1
+    workers = n_threads() if work > _config.EXACT_PARALLEL_MIN_SCORES else 1
     # BLAS always on one thread: the parallelism is ours (BLAS threads next to our
     # threads, or on a busy machine, measured up to 10x slower).
     with blas_single_thread():

@@ -1,126 +1,32 @@
-"""FAVOR+ attention: ``favor_attention`` over any registered map, and the helpers it shares.
+"""FAVOR+ attention: ``favor_attention`` over any registered map.
 
 ``exp(gamma q.k)`` is replaced by ``phi(q).phi(k)`` with a feature map of the
-registry (:mod:`favorkern.feature_maps`); the algorithms live in
+registry (:mod:`favorkern.feature_maps`).  A call checks its arguments, builds an
+:class:`~.plan.AttentionPlan` and runs it (:mod:`.plan`); the algorithms live in
 :mod:`.bidirectional` and :mod:`.causal`, the key state in :mod:`.state`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import numbers
 
-import numpy as np
-
-from .._parallel import blas_single_thread, n_threads
 from .._validation import (
     check_attention_arrays,
     check_attention_inputs,
     check_bool,
-    check_float_array,
     check_int,
-    check_logit_scale,
     check_option,
     check_seed,
 )
-from ..feature_maps import check_constants, fit_constants, get_feature_map
-from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
-from .bidirectional import bidirectional
-from .causal import causal as run_causal
-from .common import PARALLEL_MIN_WORK, exact_is_faster, feature_chunk_rows, heads
-from .decoding import DecodingState, HeadFeatures, decode
-from .exact import softmax_attention
-from .features import AttentionFeatures
-from .values import scaled_values, unscale
+from ..feature_maps import get_feature_map
+from .decoding import DecodingState
+from .plan import ATTENTION_METHODS, attend, plan_attention
 
-__all__ = [
-    "favor_attention",
-    "AttentionProjection",
-    "resolve_projection",
-    "attention_features",
-    "DecodingState",
-    "METHODS",
-]
+__all__ = ["favor_attention", "check_call_arrays", "check_continuation", "error_seed"]
 
 #: Default ``warn_error``: the estimated median relative row error above which an
 #: :class:`~favorkern._warnings.ApproximationWarning` is emitted.
 DEFAULT_WARN_ERROR = 0.5
-
-#: ``method=``: FAVOR (its causal algorithm by a measured rule, or forced), or "auto".
-METHODS = ("favor", "auto", "chunked", "recurrent")
-
-#: Output width when neither ``n_components`` nor a projection matrix is given.
-DEFAULT_N_COMPONENTS = 256
-
-
-class AttentionProjection:
-    """A drawn (or given) projection with what a feature map needs besides it.
-
-    Attributes
-    ----------
-    matrix : ndarray of shape (n_projections, d)
-    n_components : int
-        Output width of the map.
-    draws : dict
-        The map's random draws besides the projection.
-    sorf : tuple or None
-        Factors of a structured projection (fast Walsh-Hadamard product).
-    """
-
-    def __init__(self, matrix, n_components, draws=None, sorf=None):
-        self.matrix = matrix
-        self.n_components = n_components
-        self.draws = {} if draws is None else draws
-        self.sorf = sorf
-
-
-def resolve_projection(
-    fmap, projection_matrix, n_components, d, projection, random_state
-) -> AttentionProjection:
-    """The projection of a call: ``projection_matrix`` checked, or a fresh draw."""
-    rng = check_seed(random_state)
-    if projection_matrix is None:
-        n_components = check_int(
-            DEFAULT_N_COMPONENTS if n_components is None else n_components, "n_components"
-        )
-        check_option(projection, "projection", PROJECTION_KINDS)
-        m = fmap.n_projections(n_components)
-        sorf = None
-        if projection == "structured":
-            W, signs, factors = draw_structured(m, d, "chi", rng)
-            sorf = (signs, factors)
-        else:
-            W = draw_projection(m, d, projection=projection, random_state=rng)
-        return AttentionProjection(W, n_components, fmap.draw(n_components, rng), sorf)
-    W = check_float_array(projection_matrix, "projection_matrix", ndim=2, dtype=np.float64)
-    if W.shape[1] != d:
-        raise ValueError(
-            f"projection_matrix must have shape (n_projections, d) with d = {d}, got {W.shape}"
-        )
-    if n_components is None:
-        n_components = fmap.outputs_per_projection * W.shape[0]
-    n_components = check_int(n_components, "n_components")
-    if fmap.n_projections(n_components) != W.shape[0]:
-        raise ValueError(
-            f"n_components={n_components} needs {fmap.n_projections(n_components)} projections "
-            f"for feature map {fmap.name!r}, but projection_matrix has {W.shape[0]} rows"
-        )
-    return AttentionProjection(W, n_components, fmap.draw(n_components, rng))
-
-
-def attention_features(fmap, proj: AttentionProjection, gamma, dtype, constants=None):
-    """The :class:`~.features.AttentionFeatures` of ``fmap`` for logits ``gamma q.k``."""
-    spec = fmap.spec(
-        proj.matrix,
-        n_components=proj.n_components,
-        input_scale=math.sqrt(gamma),
-        kernel="softmax",
-        constants=constants,
-        draws=proj.draws,
-        sorf=proj.sorf,
-    )
-    return AttentionFeatures(spec, dtype)
 
 
 def favor_attention(
@@ -134,6 +40,7 @@ def favor_attention(
     projection="orthogonal",
     gamma=None,
     projection_matrix=None,
+    constants=None,
     key_padding_mask=None,
     random_state=None,
     method="favor",
@@ -174,7 +81,7 @@ def favor_attention(
         ``"positive"`` ``exp(w.x - |x|^2/2)`` (FAVOR+); ``"hyperbolic"``
         ``exp(+-w.x - |x|^2/2)``; ``"trigonometric"`` ``exp(|x|^2/2) [cos w.x,
         sin w.x]`` (can be negative: its normalizer ``D`` can be <= 0, giving sign
-        flips or huge values, THEORY.md section 7.7); ``"relu"`` ``max(w.x, 0)``
+        flips or huge values, :ref:`theory-trig-denominator`); ``"relu"`` ``max(w.x, 0)``
         (generalized attention, which does *not* estimate softmax attention);
         ``"optimal"`` GERF / OPRF (FAVOR++) with ``A*`` from the homogeneity
         heuristic on the current Q and K of each (batch, head); ``"saderf"``
@@ -188,6 +95,14 @@ def favor_attention(
         Logit scale; ``1 / sqrt(d)`` if None.
     projection_matrix : array-like of shape (n_projections, d), default=None
         Use these projections instead of drawing them.
+    constants : dict, sequence of dicts or None, default=None
+        Frozen data constants of the map (e.g. ``{"A": -0.1}`` for ``"optimal"``),
+        shared by every head; or one dict per head (axis -3; ``H / len(constants)``
+        consecutive heads share a set, as for grouped-query calibration), e.g.
+        ``[att.frozen_constants(h) for h in range(H)]`` of a fitted
+        :class:`FavorAttention` (with ``projection_matrix=att.projection_``).  None:
+        maps with data constants fit them per head on the call's own tokens
+        (bidirectional only).
     key_padding_mask : array-like of bool, shape (..., Lk), default=None
         True marks a key to ignore.  A row whose keys are all ignored is 0.
     random_state : int, RandomState instance or None, default=None
@@ -252,9 +167,11 @@ def favor_attention(
 
     No epsilon is added to the features.  The only guard: where the normalizer
     ``phi(q_i) . sum_j phi(k_j)`` is exactly 0 (every key masked, or every feature
-    product underflowed), the output row is 0.  Where float32 inputs lose whole rows
-    that way, the call is made again in float64 (whose exponents reach 8x further) and
-    cast back; only rows that float64 loses too stay 0, with a
+    product underflowed), the output row is 0; in float32 also where it is subnormal
+    (all but a few bits underflowed).  Where float32 inputs lose rows that way, those
+    rows (and only those: a row is chosen by its own output, which no later token
+    changes) are taken from the call made again in float64 (whose exponents reach 8x
+    further) and cast back; only rows that float64 loses too stay 0, with a
     ``FeatureUnderflowWarning``.  Values near the dtype's largest number are divided
     by powers of two per column for the sums and the outputs multiplied back (exact).
 
@@ -287,121 +204,27 @@ def favor_attention(
     >>> bool(np.abs(approx - exact).max() < 0.2)
     True
     """
-    fmap = get_feature_map(feature_map)
-    check_option(method, "method", METHODS)
+    get_feature_map(feature_map)  # names before arrays: no work for a misspelt map
+    check_option(method, "method", ATTENTION_METHODS)
     continued = check_continuation(
         causal, initial_state, return_state, return_error, n_error_rows, warn_error
     )
+    Q, K, V, mask, batch = check_call_arrays(Q, K, V, causal, key_padding_mask, continued)
+    plan = plan_attention(
+        feature_map, Q.shape[-1], n_components=n_components, projection=projection,
+        projection_matrix=projection_matrix, gamma=gamma, causal=causal, method=method,
+        constants=constants, random_state=random_state,
+    )  # fmt: skip
+    error = (n_error_rows, warn_error, error_seed(random_state)) if return_error else None
+    return attend(plan, Q, K, V, mask, batch, initial_state, return_state, error)
+
+
+def check_call_arrays(Q, K, V, causal, key_padding_mask, continued):
+    """``(Q, K, V, mask, batch)`` checked; ``batch`` None for a continued call (its
+    query heads may be a multiple of the key/value heads)."""
     if continued:
-        Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
-    else:
-        Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
-    d = Q.shape[-1]
-    gamma = check_logit_scale(gamma, d)
-    proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
-    seed = error_seed(random_state) if return_error else None
-    if continued:
-        if fmap.data_constants:
-            raise ValueError(
-                f"feature_map={fmap.name!r} fits its constants on the data: to continue a "
-                "causal sequence, fit them once with FavorAttention.fit(Q, K)"
-            )
-        hf = head_features(fmap, proj, gamma, Q.dtype, {}, None)
-        out, state = continue_from_state(hf, Q, K, V, mask, initial_state)
-        warn_zero_rows(fmap, out, V, mask, True)
-        result = (out, state) if return_state else (out,)
-    else:
-        out = float64_where_float32_underflows(
-            lambda q, k, v: dispatch(q, k, v, mask, batch, fmap, proj, gamma, causal, method),
-            fmap, Q, K, V, mask, causal,
-        )  # fmt: skip
-        result = (out,)
-    if return_error:
-        result += (
-            estimate_error(Q, K, V, result[0], causal, gamma, mask, n_error_rows, warn_error, seed),
-        )
-    return result[0] if len(result) == 1 else result
-
-
-def zero_rows(fmap, out, V, mask, causal) -> int:
-    """How many output rows are exactly 0 because every feature product underflowed.
-
-    Cheap when nothing is wrong: only the first column is read (a strided quarter of
-    the output's cache lines at dv = 64), and only rows whose first entry is 0 are
-    inspected whole.  Rows whose visible keys are all masked are 0 by definition, and
-    heads whose values are all 0 give 0 rows legitimately: neither is counted.  Only
-    for the non-negative maps, whose normalizer is 0 exactly when every product
-    ``phi(q_i) . phi(k_j)`` underflowed.
-    """
-    if not fmap.nonnegative or out.size == 0:
-        return 0
-    first = out[..., 0] == 0  # (..., Lq): a zero row starts with 0
-    if not first.any():
-        return 0
-    zero = first
-    zero[first] = ~out[first].any(axis=-1)
-    if not zero.any():
-        return 0
-    if not _fits(V.shape[:-2] + (1,), zero.shape) or (
-        mask is not None and not _fits(mask.shape[:-1] + (1,), zero.shape)
-    ):
-        # continued calls with grouped query heads: the outputs have more heads than V
-        # and the mask, so the exclusions below cannot be matched to them
-        return 0
-    if mask is not None:
-        visible = ~mask
-        seen = np.logical_or.accumulate(visible, axis=-1) if causal else visible.any(-1)[..., None]
-        zero &= np.broadcast_to(seen, zero.shape) if causal else seen
-    zero &= np.asarray(V.any(axis=(-2, -1)))[..., np.newaxis]
-    return int(np.count_nonzero(zero))
-
-
-def float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal, stacklevel=4):
-    """``run(Q, K, V)``, warning as :func:`warn_zero_rows` does; where float32's exponent
-    range lost every feature product of some rows (:func:`zero_rows`), the same call in
-    float64, cast back to float32 (the warning then counts the rows float64 lost).
-
-    float64 holds logits 8x further apart (maps whose exponents spread with the data,
-    such as GERF's fitted ``A``, reach float32's limit at moderate norms)."""
-    out = run(Q, K, V)
-    count, computed = zero_rows(fmap, out, V, mask, causal), out.dtype
-    if count and out.dtype == np.float32:
-        out = run(*(X.astype(np.float64) for X in (Q, K, V)))
-        count, computed = zero_rows(fmap, out, V, mask, causal), out.dtype
-        out = out.astype(np.float32)
-    _warn_zero_rows(count, out, computed, stacklevel)
-    return out
-
-
-def warn_zero_rows(fmap, out, V, mask, causal, stacklevel=3) -> None:
-    """Warn once if output rows are exactly 0 because every feature product underflowed
-    (:func:`zero_rows`)."""
-    _warn_zero_rows(zero_rows(fmap, out, V, mask, causal), out, out.dtype, stacklevel + 1)
-
-
-def _warn_zero_rows(count, out, computed, stacklevel) -> None:
-    """The warning of ``count`` zero rows of ``out``, features computed in ``computed``."""
-    if count:
-        import warnings
-
-        from .._warnings import FeatureUnderflowWarning
-
-        warnings.warn(
-            f"{count} of {out[..., 0].size} attention output rows are 0: every feature product "
-            f"phi(q).phi(k) of those queries underflowed in {np.dtype(computed).name} (logits "
-            "too large for this feature map). Lower gamma, scale Q and K down, use float64, "
-            "or softmax_attention for these heads.",
-            FeatureUnderflowWarning,
-            stacklevel=stacklevel,
-        )
-
-
-def _fits(shape, target) -> bool:
-    """True where ``shape`` broadcasts to ``target``."""
-    try:
-        return np.broadcast_shapes(shape, target) == tuple(target)
-    except ValueError:
-        return False
+        return (*check_attention_arrays(Q, K, V, key_padding_mask), None)
+    return check_attention_inputs(Q, K, V, causal, key_padding_mask)
 
 
 def check_continuation(
@@ -432,176 +255,8 @@ def check_continuation(
     return continued
 
 
-def continue_from_state(hf, Q, K, V, mask, state):
-    """Causal attention of the tokens ``Q, K, V`` continuing ``state`` (a new one if None)."""
-    if state is None:
-        leads = [K.shape[:-2], V.shape[:-2]]
-        if mask is not None:
-            leads.append(mask.shape[:-1])
-        try:
-            batch = np.broadcast_shapes(*leads)
-        except ValueError:
-            raise ValueError(
-                "the leading (batch, head) dimensions of K, V and key_padding_mask do not "
-                f"broadcast: {leads}"
-            ) from None
-        state = DecodingState.empty(batch, hf.n_out, V.shape[-1], Q.dtype, hf.fingerprint)
-    else:
-        check_state(state, hf, Q.dtype)
-    work = prod_shape(state.batch_shape) * Q.shape[-2] * hf.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
-    with blas_single_thread():
-        out = decode(hf, Q, K, V, mask, state, workers)
-    return out, state
-
-
-def prod_shape(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
-
-
-def check_state(state, hf, dtype):
-    if not isinstance(state, DecodingState):
-        raise TypeError(f"state must be a DecodingState, got {type(state).__name__}")
-    if state.fingerprint != hf.fingerprint:
-        raise ValueError(
-            "the state was made by another attention (projection, feature map, constants or "
-            "gamma differ): continue it with the attention that created it"
-        )
-    if state.dtype != dtype:
-        raise ValueError(
-            f"the state holds {state.dtype} but the inputs are {np.dtype(dtype)}: create the "
-            f"state with dtype={np.dtype(dtype).name} or convert the inputs"
-        )
-
-
-def _fingerprint(fmap, proj, gamma, constants, head_constants) -> str:
-    """A short hash of everything the features of a state depend on."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{fmap.name}|{proj.n_components}|{float(gamma)!r}".encode())
-    digest.update(np.ascontiguousarray(proj.matrix, dtype=np.float64).tobytes())
-    for key in sorted(proj.draws):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(proj.draws[key], dtype=np.float64).tobytes())
-    for group in [constants] + list(head_constants or []):
-        for key in sorted(group):
-            digest.update(key.encode())
-            digest.update(np.ascontiguousarray(group[key], dtype=np.float64).tobytes())
-    return digest.hexdigest()
-
-
-def head_features(fmap, proj, gamma, dtype, constants, head_constants) -> HeadFeatures:
-    """The :class:`~.decoding.HeadFeatures` of a projection (with frozen constants)."""
-
-    def make(c):
-        return attention_features(fmap, proj, gamma, dtype, check_constants(fmap, c))
-
-    return HeadFeatures(
-        fmap, make, constants, head_constants,
-        _fingerprint(fmap, proj, gamma, constants, head_constants),
-    )  # fmt: skip
-
-
 def error_seed(random_state):
     """A seed for the rows sampled by the error estimate, independent of the projection."""
     if random_state is None or isinstance(random_state, numbers.Integral):
         return random_state
     return int(check_seed(random_state).randint(2**31))
-
-
-def estimate_error(Q, K, V, out, causal, gamma, mask, n_rows, warn_error, seed):
-    from .error import estimate_checked
-
-    return estimate_checked(
-        Q, K, V, out, causal=causal, gamma=gamma, key_padding_mask=mask, n_rows=n_rows,
-        warn_error=warn_error, random_state=np.random.default_rng(seed), _stacklevel=4,
-    )  # fmt: skip
-
-
-def dispatch(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
-    """Validated inputs to the right algorithm (shared by favor_attention and FavorAttention)."""
-    if (
-        method == "auto"
-        and "softmax" in fmap.kernels
-        and exact_is_faster(Q.shape[-2], K.shape[-2], proj.n_components)
-    ):
-        return softmax_attention(Q, K, V, causal=causal, gamma=gamma, key_padding_mask=mask)
-    if fmap.data_constants and constants is None:
-        if causal:
-            raise ValueError(
-                f"feature_map={fmap.name!r} fits its constants on all tokens of Q and K, so "
-                "outputs would depend on later tokens: use it with causal=False, or fit "
-                "the constants once on calibration data with FavorAttention.fit(Q, K)"
-            )
-        return _favor_adaptive(Q, K, V, mask, batch, fmap, proj, gamma, method)
-    return _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants)
-
-
-def _favor_adaptive(Q, K, V, mask, batch, fmap, proj, gamma, method):
-    """One feature map per (batch, head), with that head's fitted constants.
-
-    Masked keys are left out of the fit.
-    """
-    out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
-    for q, k, v, m, idx in heads(Q, K, V, mask, batch):
-        keys = k if m is None else k[~m]
-        constants = fit_constants(
-            fmap, q.astype(np.float64), keys.astype(np.float64), input_scale=math.sqrt(gamma),
-            projection=proj.matrix,
-        )  # fmt: skip
-        out[idx] = _favor(q, k, v, m, (), fmap, proj, gamma, False, method, constants)
-    return out
-
-
-def _favor(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, constants=None):
-    constants = check_constants(fmap, constants)
-    Q = fmap.prepare(Q, "query", constants)
-    K = fmap.prepare(K, "key", constants)
-    features = attention_features(fmap, proj, gamma, Q.dtype, constants)
-    # exp and cos features are at most 1 after their stabilizers; others are unbounded
-    bounded = features.kind in ("exp", "cos")
-    V, exponents = scaled_values(V, K.shape[-2] * features.n_out, unit=not bounded)
-    out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
-    head_list = heads(Q, K, V, mask, batch)
-    work = len(head_list) * (Q.shape[-2] + K.shape[-2]) * features.n_out
-    workers = n_threads() if work >= PARALLEL_MIN_WORK else 1
-    with blas_single_thread():  # the parallelism is ours, see softmax_attention
-        if causal:
-            if method != "chunked" and not V.flags.writeable:
-                head_list = heads(Q, K, V.copy(), mask, batch)
-            run_causal(features, head_list, out, workers, "auto" if method == "favor" else method)
-        else:
-            chunk = feature_chunk_rows(features.n_out, Q.dtype)
-            bidirectional(features, head_list, out, chunk, workers)
-    return unscale(out, exponents)
-
-
-def dispatch_per_head(Q, K, V, mask, batch, fmap, proj, gamma, causal, method, head_constants):
-    """Attention with one frozen set of constants per head (the axis -3 of ``batch``).
-
-    ``g = heads / len(head_constants)`` consecutive heads share a set (grouped-query
-    calibration).
-    """
-    n_sets = len(head_constants)
-    heads = batch[-1] if batch else 1
-    if heads % n_sets:
-        raise ValueError(
-            f"the constants were fitted for {n_sets} heads, but the inputs have {heads} heads "
-            "(axis -3); the count must be a multiple"
-        )
-    if not batch:
-        return _favor(Q, K, V, mask, (), fmap, proj, gamma, causal, method, head_constants[0])
-    group = heads // n_sets
-    Qb = np.broadcast_to(Q, batch + Q.shape[-2:])
-    Kb = np.broadcast_to(K, batch + K.shape[-2:])
-    Vb = np.broadcast_to(V, batch + V.shape[-2:])
-    Mb = None if mask is None else np.broadcast_to(mask, batch + mask.shape[-1:])
-    out = np.empty(batch + (Q.shape[-2], V.shape[-1]), dtype=Q.dtype)
-    sub_batch = batch[:-1] + (group,)
-    for h in range(n_sets):
-        sl = (Ellipsis, slice(h * group, (h + 1) * group), slice(None), slice(None))
-        m = None if Mb is None else Mb[sl[:-1]]
-        out[sl] = _favor(
-            Qb[sl], Kb[sl], Vb[sl], m, sub_batch, fmap, proj, gamma, causal, method,
-            head_constants[h],
-        )  # fmt: skip
-    return out

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
 
-from ..feature_maps._evaluate import _LOG2E, apply_block
+from .._elementwise import exp_kernel
+from ..feature_maps._evaluate import apply_block
 
 __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
 
-# Exp maps take their logits in base 2 (projection rows scaled by log2(e), as the
-# transforms' evaluator does) and evaluate features by exp2: numpy's float32 exp2
-# measured 1.75x faster than exp (float64 1.2x), and within 1 ulp where exp is
-# within 2.4.
+# Exp maps evaluate their features with the exponential chosen for the dtype on
+# this machine (favorkern._elementwise, shared with the transforms' evaluator),
+# and take their logits in its unit: projection rows scaled by log2(e) for the
+# base-2 kernels.  The kernel is chosen at the first product, whose size tells the
+# choice whether loading numba can pay (favorkern._config.NUMBA_MIN_WORK).
+_CHOICE_LOCK = threading.Lock()
 
 # Keys whose row maxima of the bare product lie in [0, _KEY_WINDOW] (natural logs)
 # skip the shift pass of :meth:`AttentionFeatures.key_parts` (see there).
@@ -32,10 +36,11 @@ class AttentionFeatures:
     caller chooses ``c_j``.  ``key_parts`` writes key features up to a per-key factor
     that the caller applies to the value rows (bidirectional states).
 
-    Exp maps without a structured projection work in base 2: the pre-features that
-    ``key_logits`` writes and ``key_finish`` turns into features are ``log2(e)``
-    times the natural logits (``unit``), while every returned log (``row_log``, the
-    shift, the constants) stays natural.
+    Exp maps without a structured projection work in the unit of the exp kernel
+    (:func:`favorkern._elementwise.exp_kernel`): the pre-features that ``key_logits``
+    writes and ``key_finish`` turns into features are ``unit`` times the natural
+    logits (``log2(e)`` for a base-2 kernel), while every returned log (``row_log``,
+    the shift, the constants) stays natural.
     """
 
     def __init__(self, spec, dtype):
@@ -49,22 +54,52 @@ class AttentionFeatures:
         self.column_log = None
         # Structured (SORF) projections: X W^T by fast Walsh-Hadamard transforms.
         self.projector = spec.projector
-        # Product units per natural log unit, and the exponential of product units.
-        self.unit = _LOG2E if self.kind == "exp" and self.projector is None else 1.0
-        self._exp = np.exp2 if self.unit != 1.0 else np.exp
-        # The rows of the feature-major product; the other layouts are made on first
-        # use (a call builds its features anew, and each copy costs ~10 us).
-        self._proj = np.ascontiguousarray(
-            spec.weights if self.unit == 1.0 else spec.weights * self.unit, dtype=dtype
-        )
-        if self.kind == "exp" and log_scale.ndim:
-            self.column_log = ((log_scale - self.log_const) * self.unit).astype(self.dtype)
+        self._log_scale = log_scale
+        self._kernel = None
+
+    def choose_kernel(self, work=0):
+        """Fix the exponential (and with it ``unit``) at the first evaluation of
+        ``work`` features (see :func:`favorkern._elementwise.exp_kernel`; before any
+        product, as for a small call)."""
+        if self._kernel is not None:
+            return self._kernel
+        with _CHOICE_LOCK:
+            if self._kernel is None:
+                kernel = exp_kernel(self.dtype, work)
+                if not (self.kind == "exp" and self.projector is None):
+                    kernel = kernel.natural()
+                unit = kernel.unit
+                # The rows of the feature-major product; the other layouts are made
+                # on first use (a call builds its features anew, and each copy costs
+                # ~10 us).
+                self._proj_rows = np.ascontiguousarray(
+                    self.spec.weights if unit == 1.0 else self.spec.weights * unit,
+                    dtype=self.dtype,
+                )
+                if self.kind == "exp" and self._log_scale.ndim:
+                    column_log = (self._log_scale - self.log_const) * unit
+                    self.column_log = column_log.astype(self.dtype)
+                self._kernel = kernel
+        return self._kernel
+
+    @property
+    def kernel(self):
+        """The :class:`~favorkern._elementwise.ExpKernel` of the features."""
+        return self.choose_kernel()
+
+    @property
+    def unit(self):
+        """Product units per natural log unit (``log2(e)`` for a base-2 kernel)."""
+        return self.choose_kernel().unit
+
+    @property
+    def _proj(self):
+        self.choose_kernel()
+        return self._proj_rows
 
     @cached_property
     def weights(self):
         """The projection rows ``w_j`` (n_out, d) in the features' dtype."""
-        if self.unit == 1.0:
-            return self._proj
         return np.ascontiguousarray(self.spec.weights, dtype=self.dtype)
 
     @cached_property
@@ -96,6 +131,7 @@ class AttentionFeatures:
     def _product(self, X, out):
         """``out = unit * (X @ W.T (+ column log-scales))`` for a row- or feature-major
         ``out``."""
+        self.choose_kernel(out.size)
         if self.projector is not None:
             self.projector(X, out)
         elif out.flags.c_contiguous:
@@ -158,8 +194,9 @@ class AttentionFeatures:
                 if window is None or not (
                     window[0] <= row_max.min() and row_max.max() <= window[1]
                 ):
-                    out -= row_max[:, np.newaxis]
-            self._exp(out, out=out)
+                    self.kernel.exp_shifted(out, row_max)
+                    return
+            self.kernel.exp(out)
         else:
             apply_block(X, out, self.plain, self.weights_t)
 
@@ -167,7 +204,7 @@ class AttentionFeatures:
         """Write the key pre-features into ``out``; return ``(row_log, shift)``.
 
         Exp maps: ``out = unit * X W^T`` and ``shift = a |x|^2 - log s`` (the logits
-        of :func:`favorkern._feature_maps.projection_logits` are ``out / unit -
+        of :func:`favorkern.feature_maps._evaluate.projection_logits` are ``out / unit -
         shift``), so ``row_log`` is each key's largest logit.  Others: ``out = f(w.x' + b)``,
         ``row_log`` the log of the row factor, ``shift`` None.
         """
@@ -217,10 +254,9 @@ class AttentionFeatures:
         row_log = lead - shift
         if 0.0 <= row_max.min() and row_max.max() <= _KEY_WINDOW * self.unit:
             shift *= -1.0
-            self._exp(out, out=out)
+            self.kernel.exp(out)
             return row_log, shift
-        out -= row_max[:, np.newaxis]
-        self._exp(out, out=out)
+        self.kernel.exp_shifted(out, row_max)
         return row_log, row_log
 
     def key_finish(self, out, row_log, shift, const, bounded=False):
@@ -234,27 +270,26 @@ class AttentionFeatures:
             if self.unit != 1.0:
                 offset *= self.unit
             offset = offset.astype(self.dtype)
-            out -= offset[:, np.newaxis]
-            _clamp_rounding(out, offset)
+            clip = _rounding_may_exceed_zero(offset, self.dtype)
             if bounded:
-                self._exp(out, out=out)
+                self.kernel.exp_shifted(out, offset, clip)
                 return
             with np.errstate(over="ignore"):
-                self._exp(out, out=out)
+                self.kernel.exp_shifted(out, offset, clip)
         elif self.kind == "cos":
             with np.errstate(over="ignore"):
                 out *= np.exp(np.minimum(row_log - const, 0.0)).astype(self.dtype)[:, np.newaxis]
 
 
-def _clamp_rounding(out, offset):
-    """Clip key exponents at 0 when rounding of ``offset`` could push them above it.
+def _rounding_may_exceed_zero(offset, dtype) -> bool:
+    """True when key exponents must be clipped at 0: rounding of ``offset`` could push
+    them above it.
 
     ``const >= row_log`` makes every exponent ``<= 0`` in exact arithmetic; at huge
     logits (``gamma |k|^2`` beyond ``1 / eps``) the rounding of ``shift + const`` alone
     can reach hundreds and ``exp`` would give ``inf`` (and ``inf * 0 = NaN`` later).
     """
-    if offset.size and float(np.max(np.abs(offset))) * np.finfo(out.dtype).eps > 1.0:
-        np.minimum(out, 0.0, out=out)
+    return bool(offset.size) and float(np.max(np.abs(offset))) * np.finfo(dtype).eps > 1.0
 
 
 def masked_row_log(fmap, k, mask, start, stop, buf):

@@ -15,7 +15,6 @@ import numpy as np
 
 from .._validation import (
     check_attention_arrays,
-    check_attention_inputs,
     check_float_array,
     check_int,
     check_logit_scale,
@@ -25,19 +24,16 @@ from .._validation import (
 from ..feature_maps import fit_constants, get_feature_map
 from ..projections import PROJECTION_KINDS
 from .decoding import DecodingState, HeadFeatures, decode
-from .favor import (
-    DEFAULT_WARN_ERROR,
-    METHODS,
-    check_continuation,
+from .favor import DEFAULT_WARN_ERROR, check_call_arrays, check_continuation, error_seed
+from .plan import (
+    AttentionPlan,
+    attend,
+    check_constants_argument,
     check_state,
-    continue_from_state,
-    dispatch,
-    dispatch_per_head,
-    error_seed,
-    estimate_error,
-    float64_where_float32_underflows,
-    head_features,
+    head_groups,
+    plan_attention,
     resolve_projection,
+    run_continuation,
     warn_zero_rows,
 )
 
@@ -65,10 +61,9 @@ def _fit_constants(fmap, Q, K, gamma, projection):
         raise ValueError(
             f"Q has {n_query} heads (axis -3), not a multiple of the {n_kv} heads of K"
         )
-    group = n_query // n_kv
     head_constants = []
-    for h in range(n_kv):
-        q = Q[..., h * group : (h + 1) * group, :, :].reshape(-1, d)
+    for sl, h in head_groups(n_query, range(n_kv)):
+        q = Q[sl].reshape(-1, d)
         k = K[..., h, :, :].reshape(-1, d)
         head_constants.append(fit_constants(fmap, q, k, input_scale=scale, projection=projection))
     return None, head_constants
@@ -90,13 +85,21 @@ class FavorAttention:
 
     Parameters
     ----------
-    n_components : int, default=256
-        Output width of the feature map (paired maps use ``ceil(n_components / 2)``
-        projections).
     feature_map : str or FeatureMap, default="positive"
         A map of the registry (see :func:`favor_attention`).
+    n_components : int or None, default=None
+        Output width of the feature map (256 if None; with ``projection_matrix``, its
+        rows times the map's outputs per projection).  Paired maps use
+        ``ceil(n_components / 2)`` projections.
     projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
         Kind of projection (:func:`favorkern.draw_projection`).
+    projection_matrix : array-like of shape (n_projections, d), default=None
+        Hold these projections instead of drawing them (then :meth:`redraw` is an
+        error).
+    constants : dict, sequence of dicts or None, default=None
+        Frozen data constants, as for :func:`favor_attention` (one set shared by every
+        head, or one per group of heads): held as if fitted, so adaptive maps work
+        causally without :meth:`fit` with data (which is then an error).
     causal : bool, default=False
         Default for the ``causal`` argument of calls.
     random_state : int, RandomState instance or None, default=None
@@ -149,15 +152,20 @@ class FavorAttention:
 
     def __init__(
         self,
-        n_components=256,
         feature_map="positive",
+        n_components=None,
+        *,
         projection="orthogonal",
+        projection_matrix=None,
+        constants=None,
         causal=False,
         random_state=None,
     ):
-        self.n_components = n_components
         self.feature_map = feature_map
+        self.n_components = n_components
         self.projection = projection
+        self.projection_matrix = projection_matrix
+        self.constants = constants
         self.causal = causal
         self.random_state = random_state
 
@@ -181,9 +189,18 @@ class FavorAttention:
         -------
         self : FavorAttention
         """
-        check_int(self.n_components, "n_components")
+        if self.n_components is not None:
+            check_int(self.n_components, "n_components")
         fmap = get_feature_map(self.feature_map)
         check_option(self.projection, "projection", PROJECTION_KINDS)
+        given = check_constants_argument(fmap, self.constants)
+        if self.constants is not None and not (
+            isinstance(Q, numbers.Integral) and not isinstance(Q, bool)
+        ):
+            raise ValueError(
+                "constants were given to FavorAttention: fit(Q, K) would replace them; "
+                "call fit(d), or leave constants=None to fit them on Q and K"
+            )
         if isinstance(Q, numbers.Integral) and not isinstance(Q, bool):
             if K is not None:
                 raise ValueError("fit(d) takes no K; pass calibration queries Q to fit with keys")
@@ -204,21 +221,27 @@ class FavorAttention:
         self._draw(d)
         # drawn after the projection, so seeded projections stay as they were
         self._error_rng = np.random.default_rng(error_seed(self._rng))
-        if arrays is not None:
+        if self.constants is not None:
+            self._freeze(fmap, *given)
+        elif arrays is not None:
             gamma = check_logit_scale(gamma, d)
             if fmap.data_constants:
                 shared, per_head = _fit_constants(fmap, *arrays, gamma, self.projection_)
             else:
                 shared, per_head = {}, None
-            self._shared_constants, self._head_constants = shared, per_head
-            if per_head is None:
-                self.constants_ = dict(shared)
-            else:
-                self.constants_ = {
-                    key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
-                    for key in fmap.data_constants
-                }
+            self._freeze(fmap, shared, per_head)
         return self
+
+    def _freeze(self, fmap, shared, per_head):
+        """Hold ``shared`` (one set) or ``per_head`` constants as the frozen ones."""
+        self._shared_constants, self._head_constants = shared, per_head
+        if per_head is None:
+            self.constants_ = dict(shared)
+        else:
+            self.constants_ = {
+                key: np.stack([np.asarray(c[key], dtype=np.float64) for c in per_head])
+                for key in fmap.data_constants
+            }
 
     def frozen_constants(self, head=None):
         """The frozen constants for one head (a dict for ``fmap.spec``), or None.
@@ -251,17 +274,32 @@ class FavorAttention:
         """
         if not hasattr(self, "projection_"):
             raise ValueError("FavorAttention has no projection yet: call it or fit(d) first")
+        if self.projection_matrix is not None:
+            raise ValueError("projection_matrix was given: redraw() has nothing to draw")
         self._refuse_fitted_projection_change("redraw()")
         self._draw(self.projection_.shape[1])
         return self
 
+    @property
+    def projection_(self):
+        try:
+            return self.__dict__["_projection_matrix"]
+        except KeyError:
+            raise AttributeError("'FavorAttention' object has no attribute 'projection_'") from None
+
+    @projection_.setter
+    def projection_(self, matrix):
+        # every cached decoder was built from the old matrix: a replaced projection_
+        # must reach initial_state and step as it reaches calls
+        self.__dict__["_projection_matrix"] = matrix
+        self.__dict__["_decoders"] = {}
+
     def _draw(self, d):
         fmap = get_feature_map(self.feature_map)
         self._projection = resolve_projection(
-            fmap, None, self.n_components, d, self.projection, self._rng
+            fmap, self.projection_matrix, self.n_components, d, self.projection, self._rng
         )
         self.projection_ = self._projection.matrix
-        self._decoders = {}
 
     def _refuse_fitted_projection_change(self, what):
         fmap = get_feature_map(self.feature_map)
@@ -290,24 +328,39 @@ class FavorAttention:
                 f"d = {self.projection_.shape[1]}; call fit({d}) to draw a new one"
             )
 
+    def _plan(self, d, gamma, causal, method="favor") -> AttentionPlan:
+        """The :class:`~.plan.AttentionPlan` of a call: the held projection and constants."""
+        fmap = get_feature_map(self.feature_map)
+        per_head = getattr(self, "_head_constants", None)
+        constants = getattr(self, "_shared_constants", None) if per_head is None else per_head
+        return plan_attention(
+            fmap, d, gamma=gamma, causal=causal, method=method, constants=constants,
+            drawn=self._current_projection(fmap, d),
+        )  # fmt: skip
+
     def _decoder(self, dtype, gamma) -> HeadFeatures:
         """The per-head features for decoding, cached per (dtype, gamma)."""
         key = (np.dtype(dtype), gamma)
         hf = self._decoders.get(key)
+        if hf is not None and hf.fmap is not get_feature_map(self.feature_map):
+            self._decoders = {}  # the map was replaced under its name: new features
+            hf = None
+            fmap = get_feature_map(self.feature_map)
+            if fmap.n_projections(self._projection.n_components) != self.projection_.shape[0]:
+                raise ValueError(
+                    f"feature map {fmap.name!r} was replaced under its name by a map with "
+                    f"{fmap.outputs_per_projection} outputs per projection: call fit() again "
+                    "to draw a projection for it"
+                )
         if hf is None:
             fmap = get_feature_map(self.feature_map)
-            d = self.projection_.shape[1]
-            proj = self._current_projection(fmap, d)
-            scale = check_logit_scale(gamma, d)
             if fmap.data_constants and not hasattr(self, "constants_"):
                 raise ValueError(
                     f"feature_map={fmap.name!r} fits its constants on the data; for causal "
                     "attention and decoding fit them once with fit(Q, K) on calibration data"
                 )
-            shared = getattr(self, "_shared_constants", None) or {}
-            hf = head_features(
-                fmap, proj, scale, dtype, shared, getattr(self, "_head_constants", None)
-            )
+            plan = self._plan(self.projection_.shape[1], gamma, True)
+            hf = plan.head_features(dtype)
             self._decoders[key] = hf
         return hf
 
@@ -400,6 +453,7 @@ class FavorAttention:
             or v.dtype != state.dtype
             or q.shape[-1] != self.projection_.shape[1]
             or state.fingerprint != hf.fingerprint
+            or hf.fmap is not get_feature_map(self.feature_map)
             or (
                 key_padding_mask is not None
                 and (
@@ -432,7 +486,7 @@ class FavorAttention:
         dtype = q.dtype if state is None else state.dtype
         hf = self._decoder(dtype, gamma)
         if state is None:
-            out, state = continue_from_state(hf, q, k, v, mask, None)
+            out, state = run_continuation(hf, q, k, v, mask, None)
         else:
             check_state(state, hf, q.dtype)
             if q.shape[-2] != 1:
@@ -443,7 +497,7 @@ class FavorAttention:
         return out, state
 
     def _step_block(self, hf, q, k, v, mask, state):
-        return continue_from_state(hf, q, k, v, mask, state)
+        return run_continuation(hf, q, k, v, mask, state)
 
     def __call__(
         self,
@@ -475,38 +529,17 @@ class FavorAttention:
         continued = check_continuation(
             causal, initial_state, return_state, return_error, n_error_rows, warn_error
         )
-        if continued:
-            Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
-        else:
-            Q, K, V, mask, batch = check_attention_inputs(Q, K, V, causal, key_padding_mask)
+        Q, K, V, mask, batch = check_call_arrays(Q, K, V, causal, key_padding_mask, continued)
         d = Q.shape[-1]
         self._ensure_projection(d)
-        check_option(method, "method", METHODS)
-        scale = check_logit_scale(gamma, d)
-        fmap = get_feature_map(self.feature_map)
-        proj = self._current_projection(fmap, d)
+        plan = self._plan(d, gamma, causal, method)
+        hf = None
         if continued:
             hf = self._decoder(Q.dtype if initial_state is None else initial_state.dtype, gamma)
-            result = continue_from_state(hf, Q, K, V, mask, initial_state)
-        else:
-            per_head = getattr(self, "_head_constants", None)
-            constants = getattr(self, "_shared_constants", None)
-
-            def run(q, k, v):
-                if per_head is not None:
-                    return dispatch_per_head(
-                        q, k, v, mask, batch, fmap, proj, scale, causal, method, per_head
-                    )
-                return dispatch(q, k, v, mask, batch, fmap, proj, scale, causal, method, constants)
-
-            result = (float64_where_float32_underflows(run, fmap, Q, K, V, mask, causal),)
+        error = None
         if return_error:
-            seed = int(self._error_rng.integers(2**31))
-            estimate = estimate_error(
-                Q, K, V, result[0], causal, scale, mask, n_error_rows, warn_error, seed
-            )
-            result += (estimate,)
-        return result[0] if len(result) == 1 else result
+            error = (n_error_rows, warn_error, int(self._error_rng.integers(2**31)))
+        return attend(plan, Q, K, V, mask, batch, initial_state, return_state, error, hf)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -514,13 +547,16 @@ class FavorAttention:
         return state
 
     def __setstate__(self, state):
+        state = dict(state)
+        if "projection_" in state:  # pickled before projection_ was a property
+            state["_projection_matrix"] = state.pop("projection_")
         self.__dict__.update(state)
-        if "projection_" in state:
+        if "_projection_matrix" in state:
             self._decoders = {}
 
     def __repr__(self):
         return (
-            f"FavorAttention(n_components={self.n_components}, feature_map={self.feature_map!r}, "
+            f"FavorAttention(feature_map={self.feature_map!r}, n_components={self.n_components}, "
             f"projection={self.projection!r}, causal={self.causal}, "
             f"random_state={self.random_state!r})"
         )

@@ -11,49 +11,37 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .._validation import check_attention_shapes, check_bool, check_logit_scale
+from .. import _config
+from .._validation import check_attention_shapes, check_bool
 from ..attention.bidirectional import accumulate_keys, emit
 from ..attention.causal import causal_chunk_rows, causal_chunked
 from ..attention.common import feature_chunk_rows
-from ..attention.favor import attention_features, resolve_projection
 from ..attention.features import AttentionFeatures
+from ..attention.plan import fill_lost_rows, head_groups, plan_attention, warn_lost_rows
 from ..attention.state import KeyState, exclusive_scan, merge
-from ..feature_maps import check_constants, get_feature_map
+from ..feature_maps import FeatureMap, check_constants, get_feature_map
 from ._cluster import as_dask, check_last_axis, checked_block, tree_reduce
 from ._transform import reject_sparse
 
 # Attention feature maps built in this process, by graph key (tasks receive the map's
 # spec, a frozen dataclass of arrays; the evaluator is built once per process).
 _FEATURE_MAPS: dict = {}
-_FEATURE_MAPS_MAX = 8
-
-# Fan-in of the bidirectional tree reduction and of the causal prefix scan of chunk
-# states: each level of the tree is a hop between workers (tens of ms on a loaded
-# machine), and a merge of m x dv states costs microseconds.
-_REDUCTION_FAN_IN = 16
-_SCAN_FAN_IN = 16
-# Consecutive key chunks whose states one task computes: a task costs about 2 ms of
-# CPU besides its work (scheduler and worker; no-op tasks on a LocalCluster of 2
-# workers), the key state of 2^14 rows about 14 ms (m = 256, d = dv = 64, one head):
-# chunks of this many rows (times the heads of a block) keep a task each.  The float64
-# states a group task holds (and, causal, the prefixes it sends to the output tasks)
-# are bounded too: at most _GROUP_STATE_BYTES of them (64 chunks at m = 256, dv = 64).
-_GROUP_ROWS = 1 << 14
-_GROUP_STATE_BYTES = 1 << 23
 
 
 # -- attention: chunk states ----------------------------------------------------------
 
 
-def _feature_map(recipe):
-    """The attention feature map of ``recipe = (key, spec, dtype)``, cached per process."""
-    key = recipe[0]
-    fmap = _FEATURE_MAPS.get(key)
-    if fmap is None:
-        if len(_FEATURE_MAPS) >= _FEATURE_MAPS_MAX:
+def _features(recipe, dtype=None):
+    """The attention feature map of ``recipe = (key, spec, dtype, state_dtype)`` in
+    ``dtype`` (the recipe's if None), cached per process."""
+    dtype = np.dtype(recipe[2] if dtype is None else dtype)
+    key = (recipe[0], dtype)
+    phi = _FEATURE_MAPS.get(key)
+    if phi is None:
+        if len(_FEATURE_MAPS) >= _config.DASK_FEATURE_MAPS_CACHED:
             _FEATURE_MAPS.clear()
-        fmap = _FEATURE_MAPS[key] = AttentionFeatures(*recipe[1:])
-    return fmap
+        phi = _FEATURE_MAPS[key] = AttentionFeatures(recipe[1], dtype)
+    return phi
 
 
 def _heads_of(block):
@@ -64,22 +52,31 @@ def _chunk_state(recipe, k_block, v_block, m_block=None):
     """The :class:`~favorkern.attention.state.KeyState` of one key chunk, every head, float64.
 
     ``S`` (heads..., m, dv), ``z`` (heads..., m) and ``c`` (heads...), each head's
-    from :func:`favorkern.attention.bidirectional.accumulate_keys`.
+    from :func:`favorkern.attention.bidirectional.accumulate_keys`.  Where float32
+    outputs may need the float64 fallback (non-negative maps), a head whose keys
+    float32's exponent range may have lost is computed again with float64 features:
+    the fallback of the output rows then finds them in the state.
     """
-    fmap = _feature_map(recipe)
+    phi = _features(recipe)
     k_block = checked_block(k_block, "K")
     v_block = checked_block(v_block, "V")
     lead = k_block.shape[:-2]
     state = KeyState(
-        np.zeros(lead + (fmap.n_out, v_block.shape[-1])),
-        np.zeros(lead + (fmap.n_out,)),
+        np.zeros(lead + (phi.n_out, v_block.shape[-1])),
+        np.zeros(lead + (phi.n_out,)),
         np.full(lead, -np.inf),
     )
-    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
+    chunk = feature_chunk_rows(phi.n_out, phi.dtype)
     for idx in _heads_of(k_block):
         k, v = k_block[idx], v_block[idx]
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        part = accumulate_keys(fmap, k, v, m, 0, k.shape[0], chunk)
+        lost = [] if recipe[3] != phi.dtype else None
+        part = accumulate_keys(phi, k, v, m, 0, k.shape[0], chunk, lost=lost)
+        if lost:
+            wide = _features(recipe, recipe[3])
+            k, v = k.astype(wide.dtype), v.astype(wide.dtype)
+            rows = feature_chunk_rows(wide.n_out, wide.dtype)
+            part = accumulate_keys(wide, k, v, m, 0, k.shape[0], rows)
         state.S[idx], state.z[idx] = part.S, part.z
         state.c[idx] = part.c
     return state
@@ -92,12 +89,13 @@ def _merge(*parts):
 
 def _row_groups(rows, heads=1, state_bytes=0):
     """Ranges ``(a, b)`` of consecutive chunks (of ``rows`` rows each) whose key states
-    one task computes: as many chunks as fit in ``_GROUP_ROWS`` rows times ``heads``
-    and in ``_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
-    max_chunks = max(1, _GROUP_STATE_BYTES // state_bytes) if state_bytes > 0 else len(rows)
+    one task computes: as many chunks as fit in ``DASK_GROUP_ROWS`` rows times ``heads``
+    and in ``DASK_GROUP_STATE_BYTES`` of states of ``state_bytes`` each, at least one."""
+    state_limit = _config.DASK_GROUP_STATE_BYTES
+    max_chunks = max(1, state_limit // state_bytes) if state_bytes > 0 else len(rows)
     groups, start, total = [], 0, 0
     for i, size in enumerate(rows):
-        full = (total + size) * heads > _GROUP_ROWS or i - start >= max_chunks
+        full = (total + size) * heads > _config.DASK_GROUP_ROWS or i - start >= max_chunks
         if i > start and full:
             groups.append((start, i))
             start, total = i, 0
@@ -154,7 +152,7 @@ class _GroupPrefixes:
 
 def _group_prefixes(recipe, k_blocks, v_blocks, m_blocks):
     """The :class:`_GroupPrefixes` of consecutive key chunks (from no offset)."""
-    return _GroupPrefixes(_chunk_states(recipe, k_blocks, v_blocks, m_blocks), recipe[2])
+    return _GroupPrefixes(_chunk_states(recipe, k_blocks, v_blocks, m_blocks), recipe[3])
 
 
 def _entry(container, index):
@@ -191,16 +189,31 @@ def _head_state(total, idx, dtype):
 
 
 def _emit_block(recipe, q_block, total):
-    """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head."""
-    fmap = _feature_map(recipe)
+    """Bidirectional output of one query chunk: ``phi(Q_c) S / phi(Q_c) z`` per head;
+    rows float32 loses come from float64, as in memory
+    (:func:`~favorkern.attention.plan.fill_lost_rows`)."""
     q_block = checked_block(q_block, "Q")
-    out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=fmap.dtype)
-    chunk = feature_chunk_rows(fmap.n_out, fmap.dtype)
+    out = _emit_rows(recipe, q_block, total, recipe[2])
+    # 0 by design: heads with no visible key or only zero values (their S is 0)
+    by_design = ~np.asarray(total.S).any(axis=(-2, -1))[..., np.newaxis]
+    count, computed = fill_lost_rows(
+        recipe[4], out, lambda: _emit_rows(recipe, q_block, total, np.float64),
+        by_design=by_design,
+    )  # fmt: skip
+    warn_lost_rows(count, out, computed)
+    return _finite_output(out)
+
+
+def _emit_rows(recipe, q_block, total, dtype):
+    phi = _features(recipe, dtype)
+    q_block = q_block.astype(phi.dtype, copy=False)
+    out = np.empty(q_block.shape[:-1] + (total.S.shape[-1],), dtype=phi.dtype)
+    chunk = feature_chunk_rows(phi.n_out, phi.dtype)
     for idx in _heads_of(q_block):
         q = q_block[idx]
-        state = KeyState(total.S[idx].astype(fmap.dtype), total.z[idx].astype(fmap.dtype), 0.0)
-        emit(fmap, q, state, out[idx], 0, q.shape[0], chunk)
-    return _finite_output(out)
+        state = KeyState(total.S[idx].astype(phi.dtype), total.z[idx].astype(phi.dtype), 0.0)
+        emit(phi, q, state, out[idx], 0, q.shape[0], chunk)
+    return out
 
 
 def _finite_output(out):
@@ -220,20 +233,49 @@ def _causal_block(recipe, q_block, k_block, v_block, prefix, m_block=None):
 
     :func:`favorkern.attention.causal.causal_chunked` started from the carried state,
     whose key constant is the maximum over earlier keys only: the running-maximum
-    stabilizer of the in-memory algorithm, so no output looks at a later chunk.
+    stabilizer of the in-memory algorithm, so no output looks at a later chunk.  Rows
+    float32 loses come from float64, as in memory
+    (:func:`~favorkern.attention.plan.fill_lost_rows`: each row chosen by its own
+    output, so no later chunk decides).
     """
-    fmap = _feature_map(recipe)
-    q_block = checked_block(q_block, "Q")
-    k_block = checked_block(k_block, "K")
-    v_block = checked_block(v_block, "V")
-    out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=fmap.dtype)
+    blocks = [
+        checked_block(X, name) for X, name in ((q_block, "Q"), (k_block, "K"), (v_block, "V"))
+    ]
+    out = _causal_rows(recipe, *blocks, prefix, m_block, recipe[2])
+    count, computed = fill_lost_rows(
+        recipe[4], out,
+        lambda: _causal_rows(recipe, *blocks, prefix, m_block, np.float64),
+        by_design=_causal_zero_by_design(blocks[2], prefix, m_block),
+    )  # fmt: skip
+    warn_lost_rows(count, out, computed)
+    return _finite_output(out)
+
+
+def _causal_rows(recipe, q_block, k_block, v_block, prefix, m_block, dtype):
+    phi = _features(recipe, dtype)
+    q_block, k_block, v_block = (
+        X.astype(phi.dtype, copy=False) for X in (q_block, k_block, v_block)
+    )
+    out = np.empty(q_block.shape[:-1] + (v_block.shape[-1],), dtype=phi.dtype)
+    chunk = causal_chunk_rows(phi.n_out)
     for idx in _heads_of(q_block):
         q, k, v = q_block[idx], k_block[idx], v_block[idx]
-        initial = _head_state(prefix, idx, fmap.dtype)
+        initial = _head_state(prefix, idx, phi.dtype)
         m = None if m_block is None else np.ascontiguousarray(m_block[idx])
-        chunk = causal_chunk_rows(fmap.n_out)
-        causal_chunked(fmap, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
-    return _finite_output(out)
+        causal_chunked(phi, q, k, v, m, out[idx], chunk, 0, q.shape[0], initial)
+    return out
+
+
+def _causal_zero_by_design(v_block, prefix, m_block):
+    """Rows ``i`` of a causal chunk that are 0 by design: every key up to ``i`` masked,
+    or every value up to ``i`` 0 (the carried state's ``S`` then is 0 too)."""
+    valued = v_block.any(axis=-1)  # (heads..., rows)
+    if m_block is not None:
+        valued &= ~m_block
+    seen = np.logical_or.accumulate(valued, axis=-1)
+    if prefix is not None:
+        seen |= np.asarray(prefix.S).any(axis=(-2, -1))[..., np.newaxis]
+    return ~seen
 
 
 def _causal_block_of(
@@ -263,8 +305,9 @@ class _Tasks:
         return key
 
     def merge_tree(self, parts):
-        """Reduce state keys by :func:`_merge` in a tree of fan-in ``_REDUCTION_FAN_IN``."""
-        return tree_reduce(parts, lambda *group: self.add(_merge, *group), _REDUCTION_FAN_IN)
+        """Reduce state keys by :func:`_merge` in a tree of fan-in ``DASK_REDUCTION_FAN_IN``."""
+        fan_in = _config.DASK_REDUCTION_FAN_IN
+        return tree_reduce(parts, lambda *group: self.add(_merge, *group), fan_in)
 
     def exclusive_scan(self, entries):
         """The exclusive prefix state of each of ``entries``, as an entry.
@@ -273,7 +316,7 @@ class _Tasks:
         (the result itself if ``index`` is None; ``(None, None)``: no keys).  The
         value of the last entry is never read (it may be ``(None, None)``).
 
-        A scan of fan-in ``f = _SCAN_FAN_IN``: groups of ``f`` entries are merged
+        A scan of fan-in ``f = DASK_SCAN_FAN_IN``: groups of ``f`` entries are merged
         into group totals, the totals scanned recursively, and one task per group
         then runs its members' prefixes sequentially from the group's offset.  Depth
         ``2 log_f(n)`` (every level is a hop between workers), about ``2n`` merges of
@@ -292,9 +335,10 @@ class _Tasks:
             # the first member's prefix is the offset itself: no wait for the scan
             return [offset] + [(scan, i) for i in range(1, len(group))]
 
-        if len(entries) <= _SCAN_FAN_IN:
+        fan_in = _config.DASK_SCAN_FAN_IN
+        if len(entries) <= fan_in:
             return prefixes_of((None, None), entries)
-        groups = [entries[i : i + _SCAN_FAN_IN] for i in range(0, len(entries), _SCAN_FAN_IN)]
+        groups = [entries[i : i + fan_in] for i in range(0, len(entries), fan_in)]
         totals = []
         for group in groups[:-1]:
             keys, indices = zip(*group, strict=True)
@@ -457,9 +501,12 @@ def favor_attention(
     float32 computation is itself accurate.  At sharp logits the float32 normalizer
     ``phi(q_i) . z`` of some rows is subnormal (a few significant bits) and the
     chunk states, merged in float64, round differently from the in-memory state:
-    such rows differ by about as much as either result differs from float64 (the
-    in-memory function warns with ``FeatureUnderflowWarning`` in that regime); use
-    float64 inputs there.
+    such rows differ by about as much as either result differs from float64; use
+    float64 inputs there.  Rows that float32 loses entirely (every feature product
+    underflowed, or their normalizer is subnormal) are computed again in float64 and
+    cast back, as in memory (key chunks whose keys float32's range may have lost are
+    computed with float64 features for that); rows float64 loses too stay 0 with a
+    ``FeatureUnderflowWarning`` from the task of their chunk.
 
     Examples
     --------
@@ -478,74 +525,65 @@ def favor_attention(
     True
     """
     Q, K, V, mask, dtype = _prepare(Q, K, V, causal, key_padding_mask)
-    d = Q.shape[-1]
     fmap = get_feature_map(feature_map)
-    gamma = check_logit_scale(gamma, d)
     if fmap.data_constants and constants is None:
         raise ValueError(
             f"feature_map={fmap.name!r} fits constants on all tokens, which chunks cannot "
             f"do: fit {list(fmap.data_constants)} beforehand and pass them as constants"
         )
-    proj = resolve_projection(fmap, projection_matrix, n_components, d, projection, random_state)
-    if constants is not None and not isinstance(constants, dict):
-        return _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
-    return _constants_graph(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants)
-
-
-def _constants_graph(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants):
-    """The graph of one set of constants (or none) for every head of the inputs."""
-    constants = check_constants(fmap, constants)
-    if fmap.data_constants:
-        # asymmetric maps transform queries and keys blockwise
-        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype)
-        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype)
-    spec = attention_features(fmap, proj, gamma, dtype, constants).spec
-    return _favor_graph(Q, K, V, spec, causal, dtype, mask)
-
-
-def _per_head_graphs(Q, K, V, mask, fmap, proj, gamma, causal, dtype, constants):
-    """One graph per set of frozen constants along the head axis (-3), concatenated."""
-    sets = list(constants)
-    if not sets or not all(isinstance(c, dict) for c in sets):
-        raise TypeError(
-            "constants must be a dict or a non-empty sequence of dicts (one per head), "
-            f"got {type(constants).__name__}"
-        )
-    if Q.ndim < 3 or Q.shape[-3] % len(sets):
-        heads = "no head axis" if Q.ndim < 3 else f"{Q.shape[-3]} heads (axis -3)"
-        raise ValueError(
-            f"constants has {len(sets)} per-head sets, but the inputs have {heads}; the "
-            "number of heads must be a multiple of the number of sets"
-        )
-    group = Q.shape[-3] // len(sets)
+    plan = plan_attention(
+        fmap, Q.shape[-1], n_components=n_components, projection=projection,
+        projection_matrix=projection_matrix, gamma=gamma, causal=causal,
+        constants=constants, random_state=random_state,
+    )  # fmt: skip
+    if plan.head_constants is None:
+        return _constants_graph(plan, Q, K, V, mask, dtype, plan.constants)
     pieces = []
-    for h, head_constants in enumerate(sets):
-        sl = (Ellipsis, slice(h * group, (h + 1) * group), slice(None), slice(None))
+    for sl, head_constants in head_groups(
+        Q.shape[-3] if Q.ndim >= 3 else None, plan.head_constants
+    ):
         head_mask = None if mask is None else mask[sl[:-1]]
-        pieces.append(
-            _constants_graph(
-                Q[sl], K[sl], V[sl], head_mask, fmap, proj, gamma, causal, dtype, head_constants
-            )
-        )
-    return da.concatenate(pieces, axis=-3)
+        pieces.append(_constants_graph(plan, Q[sl], K[sl], V[sl], head_mask, dtype, head_constants))
+    return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=-3)
 
 
-def _favor_graph(Q, K, V, spec, causal, dtype, mask=None):
+def _constants_graph(plan, Q, K, V, mask, dtype, constants):
+    """The graph of one set of constants (or none) for every head of the inputs."""
+    fmap = plan.feature_map
+    constants = check_constants(fmap, constants)
+    if fmap.data_constants or type(fmap).prepare is not FeatureMap.prepare:
+        # asymmetric maps transform queries and keys blockwise (hybrid random features
+        # add a side column: the last axis, one chunk, may change its width)
+        width = fmap.prepare(np.zeros((1, Q.shape[-1]), dtype=dtype), "query", constants)
+        chunks = Q.chunks[:-1] + ((width.shape[-1],),)
+        Q = Q.map_blocks(fmap.prepare, "query", constants, dtype=dtype, chunks=chunks)
+        K = K.map_blocks(fmap.prepare, "key", constants, dtype=dtype,
+                         chunks=K.chunks[:-1] + ((width.shape[-1],),))  # fmt: skip
+    spec = plan.features(dtype, constants).spec
+    return _favor_graph(Q, K, V, spec, plan.causal, dtype, mask, fmap)
+
+
+def _favor_graph(Q, K, V, spec, causal, dtype, mask, feature_map):
     """The attention graph: key states, merges (tree or scan) and outputs.
 
     Raw tasks in one graph layer rather than one delayed call (and one layer) per
     chunk: building, optimizing and scheduling the graph then costs little per chunk.
-    One task computes the key states of consecutive chunks up to ``_GROUP_ROWS``
+    One task computes the key states of consecutive chunks up to ``DASK_GROUP_ROWS``
     rows (:func:`_row_groups`) and merges them (bidirectional) or scans them
     (causal: the prefixes within the group, which each output task merges with the
     state before the group); every query chunk is one output task.
     """
     mask_name = None if mask is None else mask.name
     token = tokenize(spec, dtype, Q.name, K.name, V.name, causal, mask_name)
-    name = f"favorkern-features-{tokenize(spec, dtype)}"
+    name = f"favorkern-features-{tokenize(spec, dtype, feature_map)}"
     # One graph key for the map's spec (its projection): fetched once per worker, the
     # evaluator built once per process.
-    recipe = dask.delayed((name, spec, dtype), name=name)
+    # Where float32 outputs can lose rows to their exponent range (non-negative maps),
+    # the states (and the prefixes sent to the output tasks) are float64 and hold the
+    # keys float32 lost, for the float64 fallback of those rows.
+    wide = dtype == np.float32 and feature_map.nonnegative
+    state_dtype = np.dtype(np.float64) if wide else dtype
+    recipe = dask.delayed((name, spec, dtype, state_dtype, feature_map), name=name)
     states = _Tasks(f"favorkern-key-state-{token}")
     merges = _Tasks(f"favorkern-merge-{token}")
     out_name = f"favorkern-attention-{token}"

@@ -18,17 +18,15 @@ import numpy as np
 from sklearn.base import is_classifier
 from sklearn.utils.validation import check_is_fitted
 
+from .. import _config
 from ..linear_model import (
     RandomFeatureRidge,
     RandomFeatureRidgeClassifier,
     RidgeStatistics,
     encode_labels,
 )
+from ..linear_model._statistics import check_alphas
 from ._cluster import tree_reduce
-
-# Fan-in of the tree that merges chunk statistics: a merge adds two m x m matrices
-# (milliseconds), a tree level costs a hop between workers.
-_RIDGE_FAN_IN = 8
 
 
 def _ridge_rows(array, name, n_rows=None, row_chunks=None):
@@ -80,7 +78,7 @@ def _ridge_sum(*parts):
 
 
 def _ridge_tree(parts, combine):
-    return tree_reduce(parts, dask.delayed(combine, pure=True), _RIDGE_FAN_IN)
+    return tree_reduce(parts, dask.delayed(combine, pure=True), _config.DASK_RIDGE_FAN_IN)
 
 
 def fit(model, X, y, sample_weight=None):
@@ -127,6 +125,8 @@ def fit(model, X, y, sample_weight=None):
             "model must be a RandomFeatureRidge or RandomFeatureRidgeClassifier, "
             f"got {type(model).__name__}"
         )
+    model._validate_params()
+    alphas = check_alphas(model.alphas)  # before any chunk is computed
     X = _ridge_rows(X, "X")
     row_chunks = X.chunks[0]
     y = _ridge_rows(y, "y", X.shape[0], row_chunks)
@@ -157,7 +157,6 @@ def fit(model, X, y, sample_weight=None):
     ]
     (statistics,) = dask.compute(_ridge_tree(parts, _ridge_merge))
     loo_errors = None
-    alphas = np.atleast_1d(np.asarray(model.alphas, dtype=np.float64))
     if alphas.size > 1 and statistics.weight_sum > 0:
         solver = statistics.solver(fit_intercept=model.fit_intercept)
         solver_key = dask.delayed(solver)

@@ -2,7 +2,8 @@
 
 * :mod:`.closed_forms`: :func:`theoretical_mse`, the closed-form MSE of every
   registered map that has one (Performer, Lemma 2; the exact orthogonal-block
-  formula and the regularized kernel of THEORY.md sections 3.3 and 4);
+  formula and the regularized kernel, :ref:`theory-orthogonal-exact` and
+  :ref:`theory-smreg`);
 * :mod:`.monte_carlo`: :func:`empirical_mse`, Monte Carlo with confidence
   intervals that runs the library's own feature maps;
 * :mod:`.studies`: :func:`variance_study`, :func:`study_summary`,

@@ -20,9 +20,10 @@ __all__ = [
     "NORMS",
 ]
 
-#: Projections with closed forms; Monte Carlo also draws structured (SORF) ones.
+#: Projections with closed forms; Monte Carlo also draws structured (SORF) and
+#: randomized quasi-Monte Carlo ones (no closed form).
 PROJECTIONS = ("gaussian", "orthogonal", "simplex")
-MC_PROJECTIONS = PROJECTIONS + ("structured",)
+MC_PROJECTIONS = PROJECTIONS + ("structured", "sobol", "halton")
 NORMS = ("chi", "fixed")
 
 

@@ -1,7 +1,7 @@
 """Closed-form mean squared error of the random-feature estimators.
 
 Each registered map holds its own formula (:meth:`FeatureMap.log_mse
-<favorkern.feature_maps.FeatureMap.log_mse>`, THEORY.md 2-4 and 6); this module
+<favorkern.feature_maps.FeatureMap.log_mse>`, :ref:`theory`); this module
 validates, computes the pair geometry and dispatches.  Conventions: the target is
 ``SM(x, y) = exp(gamma x.y)``, ``gamma`` enters as ``x -> sqrt(gamma) x``, and
 ``n_components`` is the output width (``m`` projections for one output each,
@@ -14,6 +14,7 @@ import numpy as np
 
 from .._validation import check_option
 from ..feature_maps import check_constants, feature_map_names, same_block_pairs
+from ..projections import PROJECTION_KINDS
 from ._common import NORMS, PROJECTIONS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["theoretical_mse"]
@@ -85,7 +86,8 @@ def theoretical_mse(
     -----
     With ``x' = sqrt(gamma) x``, ``z = x' + y'``, ``delta = x' - y'``,
     ``SM = exp(x'.y')`` and ``m = k d + r`` projections, every estimator is an
-    average of ``m`` per-projection terms, so (THEORY.md 2 and 3.3)
+    average of ``m`` per-projection terms, so (:ref:`theory-performer-estimators`,
+    :ref:`theory-orthogonal-exact`)
 
     ``MSE = Var1 / m + (P / m^2) Cov``,  ``P = k d (d - 1) + r (r - 1)``
 
@@ -102,20 +104,20 @@ def theoretical_mse(
       ``1F1`` through Kummer's transformation as ``E[t_N]``, ``N ~ Poisson(|delta|^2/2)``,
       ``t_n = (-d/2)_n / (d/2)_n``, ``|t_n| <= 1``.
 
-    GERF (``"optimal"``, THEORY.md 6.1): ``Var1 = SM^2 (e^t - 1)`` with
+    GERF (``"optimal"``, :ref:`theory-favor-plus-plus`): ``Var1 = SM^2 (e^t - 1)`` with
     ``t = d log(1-4A) - (d/2) log(1-8A) + 2(1-4A)|z|^2/(1-8A) - |z|^2``, and the
     same-block covariance of the positive map, whatever ``A``.  Simplex blocks
-    (THEORY.md 6.3): ``Cov = Lambda^2 [S - e^{|z|^2}]`` with
+    (:ref:`theory-simplex`): ``Cov = Lambda^2 [S - e^{|z|^2}]`` with
     ``S = E 0F1(; d/2; N^2 |z|^2 / 4)``, ``N^2 = rho_i^2 + rho_j^2 + 2 c rho_i rho_j``,
     ``c = -1/(d-1)`` over independent chi_d norms (2-D Gauss-Laguerre quadrature);
     the hyperbolic map averages ``c`` and ``-c``.
 
-    SADERF (THEORY.md 6.2) is GERF on the rescaled pair ``(psi x, y / psi)``, which
+    SADERF (:ref:`theory-favor-sharp`) is GERF on the rescaled pair ``(psi x, y / psi)``, which
     keeps ``x.y``: the GERF closed forms at the fitted ``A``, with ``|z|^2`` that of
     the rescaled pair, for every projection above; the same holds for the whitened
     map on its pair ``(T_q x, T_k y)``.
 
-    SDERF and ADERF (full-matrix dense-exponential features, THEORY.md 6.2; iid
+    SDERF and ADERF (full-matrix dense-exponential features, :ref:`theory-favor-sharp`; iid
     rows only): after the fitted transform (ADERF: ``T_q`` on ``x``, ``T_k`` on
     ``y``) and the rotation ``R``, the features are a GERF per direction ``l`` with
     parameter ``A_l``, and with ``z = R (x~' + y~')`` the second moment factorizes:
@@ -125,7 +127,11 @@ def theoretical_mse(
     and a same-block covariance is added, which has no closed form for unequal
     ``A_l`` (measure it with :func:`empirical_mse`).
 
-    For ``norms="fixed"`` (THEORY.md 4) the moments are ``0F1(; d/2; .)`` values:
+    The deterministic ``"taylor"`` map (``1 + s + s^2/2`` for ``s = x'.y'``) has no
+    variance: its MSE is the squared truncation error ``(e^s - 1 - s - s^2/2)^2``
+    (its bias squared), for any ``projection`` and ``norms``.
+
+    For ``norms="fixed"`` (:ref:`theory-smreg`) the moments are ``0F1(; d/2; .)`` values:
     ``E exp(w.z) = 0F1(; d/2; d |z|^2/4)`` and so on, and the bias ``SMREG - SM`` is
     added squared.  Performer Theorem 2 (orthogonal never worse for positive
     features) holds for these closed forms.
@@ -168,7 +174,13 @@ def theoretical_mse(
             f"feature_map={fmap.name!r} has no closed-form MSE; maps with one: "
             f"{list(feature_map_names(closed_form=True))}"
         )
-    check_option(projection, "projection", PROJECTIONS)
+    deterministic = getattr(fmap, "deterministic", False)
+    if projection in ("sobol", "halton", "structured") and not deterministic:
+        raise ValueError(
+            f"projection={projection!r} has no closed-form MSE (its rows are dependent in a "
+            "way no formula covers); measure it with favorkern.diagnostics.empirical_mse"
+        )
+    check_option(projection, "projection", PROJECTION_KINDS if deterministic else PROJECTIONS)
     check_option(norms, "norms", NORMS)
     gamma = check_gamma(gamma)
     if not isinstance(log, (bool, np.bool_)):
@@ -194,7 +206,9 @@ def theoretical_mse(
         constants = {"A": A}
     else:
         constants = {}
-    if projection not in fmap.closed_form_projections(norms):
+    if deterministic:
+        projection = "gaussian"  # its error does not depend on the (unused) projection
+    elif projection not in fmap.closed_form_projections(norms):
         raise ValueError(
             f"feature_map={fmap.name!r} with norms={norms!r} has closed forms for projection "
             f"in {list(fmap.closed_form_projections(norms))}, got {projection!r}"

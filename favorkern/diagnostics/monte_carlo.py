@@ -11,14 +11,13 @@ from functools import partial
 
 import numpy as np
 
+from .. import _config
 from .._validation import check_float_array, check_int, check_option
 from ..feature_maps import apply_feature_map, check_constants, feature_map_names
+from ..feature_maps._base import map_spec
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
-
-# Elements per chunk of Monte-Carlo trials (features plus stacked weights), cache-friendly.
-_MC_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,8 +29,8 @@ class MonteCarloMSE:
     mse : float or ndarray (n_pairs,)
         Mean over trials of ``(phi(x).phi(y) - k(x, y))^2``.
     se : float or ndarray
-        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (THEORY.md
-        7.5) both ``mse`` and ``se`` are typically *too small*.
+        Its standard error, ``std / sqrt(n_trials)``.  Under heavy tails (see
+        :ref:`theory-heavy-tails`) both ``mse`` and ``se`` are typically *too small*.
     mom : float or ndarray
         Median of the means of ``n_groups`` groups of trials.
     mom_low, mom_high : float or ndarray
@@ -84,7 +83,8 @@ def trials_spec(fmap, draws, input_scale, constants=None):
     """
     n_trials, m, d = draws.shape
     n_out = fmap.outputs_per_projection * n_trials * m
-    stacked = fmap.spec(
+    stacked = map_spec(
+        fmap,
         draws.reshape(n_trials * m, d),
         n_components=n_out,
         input_scale=input_scale,
@@ -102,10 +102,17 @@ def draw_trials(n_trials, m, d, projection, norms, rng):
     it returns independent Haar blocks with independent row norms, and each trial
     takes ``ceil(m / d)`` consecutive blocks truncated to ``m`` rows -- exactly the
     distribution of a separate ``draw_projection(m, d)`` call (last block partial).
+    Quasi-Monte Carlo kinds (``"sobol"``, ``"halton"``) draw one randomized point set
+    per trial: consecutive points of one sequence would make the trials dependent.
     """
 
-    from ..projections import draw_projection, padded_dims  # sklearn: imported on use
+    from ..projections import QMC_KINDS, draw_projection, padded_dims  # imported on use
 
+    if projection in QMC_KINDS:
+        return np.stack(
+            [draw_projection(m, d, projection=projection, norms=norms, random_state=rng)
+             for _ in range(n_trials)]
+        )  # fmt: skip
     if projection == "gaussian":
         W = draw_projection(n_trials * m, d, projection="gaussian", norms=norms, random_state=rng)
         return W.reshape(n_trials, m, d)
@@ -165,8 +172,10 @@ def empirical_mse(
     n_components : int
         Output width per trial, as in :func:`theoretical_mse` (a multiple of the
         map's outputs per projection).
-    projection : {"gaussian", "orthogonal", "simplex", "structured"}, default="orthogonal"
-        Projection kind (``"structured"``: SORF, which has no closed form).
+    projection : {"gaussian", "orthogonal", "simplex", "structured", "sobol", "halton"}, \
+default="orthogonal"
+        Projection kind (``"structured"``: SORF; ``"sobol"``, ``"halton"``: randomized
+        quasi-Monte Carlo; none of these three has a closed form).
     norms : {"chi", "fixed"}, default="chi"
         Row norms (see :func:`favorkern.draw_projection`).
     gamma : float, default=1.0
@@ -197,8 +206,11 @@ def empirical_mse(
 
     Notes
     -----
+    A deterministic map (``"taylor"``) gives the same estimate on every draw: its
+    ``mse`` is the exact squared error, with ``se = 0``.
+
     For exp-type features a single projection's squared error has kurtosis of
-    order ``e^{4 |z|^2}`` (THEORY.md 7.5): trust ``mse +- se`` only where
+    order ``e^{4 |z|^2}`` (:ref:`theory-heavy-tails`): trust ``mse +- se`` only where
     ``e^{4 |z|^2} / m`` is moderate; elsewhere prefer :func:`theoretical_mse` and
     read the median-of-means interval as a robust lower-side summary.
 
@@ -233,13 +245,22 @@ def empirical_mse(
     gamma = check_gamma(gamma)
     A = check_a(A)
     n, d = x.shape
+    if getattr(fmap, "deterministic", False):
+        n_trials = check_int(n_trials, "n_trials", min_value=2)
+        return _as_output(
+            _deterministic(x, y, fmap, m, gamma, min(check_int(n_groups, "n_groups"), n_trials),
+                           n_trials, constants),  # fmt: skip
+            scalar,
+        )
+    stacked = getattr(fmap, "stacked_trials", True)
+    rows = m if stacked else fmap.n_projections(n_components)
     if projections is not None:
         projections = np.asarray(projections)
         if projections.dtype.kind not in "iuf":
             raise TypeError(f"projections must be a numeric array, got dtype {projections.dtype}")
-        if projections.ndim != 3 or projections.shape[1:] != (m, d):
+        if projections.ndim != 3 or projections.shape[1:] != (rows, d):
             raise ValueError(
-                f"projections must have shape (n_trials, {m}, {d}) for n_components="
+                f"projections must have shape (n_trials, {rows}, {d}) for n_components="
                 f"{n_components} and d={d}, got {projections.shape}"
             )
         n_trials = projections.shape[0]
@@ -247,6 +268,14 @@ def empirical_mse(
     n_groups = min(check_int(n_groups, "n_groups"), n_trials)
     rng = check_random_state(random_state)
 
+    if not stacked:
+        if projections is None:
+            projections = draw_trials(n_trials, rows, d, projection, norms, rng)
+        constants = check_constants(fmap, constants, d) if fmap.data_constants else {}
+        return _as_output(
+            _per_trial(x, y, fmap, n_components, gamma, n_groups, projections, constants),
+            scalar,
+        )
     run = partial(_empirical, fmap=fmap, m=m, gamma=gamma, n_groups=n_groups, rng=rng,
                   projection=projection, norms=norms, n_trials=n_trials)  # fmt: skip
     if constants is not None:
@@ -295,6 +324,56 @@ def _as_output(result, scalar):
     return replace(result, **{name: output(getattr(result, name), True) for name in _PER_PAIR})
 
 
+def _deterministic(x, y, fmap, m, gamma, n_groups, n_trials, constants) -> MonteCarloMSE:
+    """The exact error of a deterministic map (every trial gives the same estimate)."""
+    from ..projections import draw_projection
+
+    constants = check_constants(fmap, constants, x.shape[1]) if fmap.data_constants else {}
+    kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
+    W = draw_projection(fmap.n_projections(m), x.shape[1], projection="gaussian", random_state=0)
+    spec = fmap.spec(W, n_components=m * fmap.outputs_per_projection,
+                     input_scale=float(np.sqrt(gamma)), constants=constants)  # fmt: skip
+    phi = apply_feature_map(np.ascontiguousarray(np.concatenate([x, y])), spec)
+    estimate = np.einsum("ij,ij->i", phi[: x.shape[0]], phi[x.shape[0] :])
+    mse = (estimate - kernel) ** 2
+    zero = np.zeros_like(mse)
+    return MonteCarloMSE(mse=mse, se=zero, mom=mse, mom_low=mse, mom_high=mse, mom_coverage=1.0,
+                         mean=estimate, mean_se=zero, kernel=kernel, n_trials=n_trials,
+                         n_groups=n_groups)  # fmt: skip
+
+
+def _per_trial(x, y, fmap, n_components, gamma, n_groups, projections, constants):
+    """Monte Carlo one trial at a time, queries and keys prepared apart (maps whose
+    trials cannot be stacked into one projection, :attr:`stacked_trials`)."""
+    n = x.shape[0]
+    kernel = np.exp(gamma * np.einsum("ij,ij->i", x, y))
+    px = np.ascontiguousarray(fmap.prepare(x, "query", constants))
+    py = np.ascontiguousarray(fmap.prepare(y, "key", constants))
+    estimates = np.empty((n, projections.shape[0]))
+    for t, W in enumerate(projections):
+        spec = fmap.spec(np.ascontiguousarray(W, dtype=np.float64), n_components=n_components,
+                         input_scale=float(np.sqrt(gamma)), constants=constants)  # fmt: skip
+        estimates[:, t] = np.einsum("ij,ij->i", apply_feature_map(px, spec),
+                                    apply_feature_map(py, spec))  # fmt: skip
+    return _summary(estimates, kernel, n_groups)
+
+
+def _summary(estimates, kernel, n_groups) -> MonteCarloMSE:
+    """The :class:`MonteCarloMSE` of ``estimates`` (pairs x trials) of ``kernel``."""
+    n, n_trials = estimates.shape
+    squared = (estimates - kernel[:, None]) ** 2
+    groups = np.array_split(squared, n_groups, axis=1)
+    mom, low, high, coverage = mom_interval(np.stack([g.mean(axis=1) for g in groups], axis=1))
+    return MonteCarloMSE(
+        mse=squared.mean(axis=1),
+        se=squared.std(axis=1, ddof=1) / np.sqrt(n_trials),
+        mom=mom, mom_low=low, mom_high=high, mom_coverage=coverage,
+        mean=estimates.mean(axis=1),
+        mean_se=estimates.std(axis=1, ddof=1) / np.sqrt(n_trials),
+        kernel=kernel, n_trials=n_trials, n_groups=n_groups,
+    )  # fmt: skip
+
+
 def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, projection, norms,
                n_trials) -> MonteCarloMSE:  # fmt: skip
     """The Monte Carlo of :func:`empirical_mse` for one set of constants (arrays out)."""
@@ -309,7 +388,7 @@ def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, p
     if projections is not None:
         n_trials = projections.shape[0]
     # per trial: 2n x n_out features plus the n_out x d stacked weights (and a transpose)
-    chunk = max(1, min(n_trials, _MC_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
+    chunk = max(1, min(n_trials, _config.MONTE_CARLO_CHUNK_ELEMENTS // (n_out * (2 * n + 2 * d))))
     estimates = np.empty((n, n_trials), dtype=np.float64)
     for lo in range(0, n_trials, chunk):
         hi = min(n_trials, lo + chunk)

@@ -22,7 +22,7 @@ from .monte_carlo import draw_trials, empirical_mse
 __all__ = ["default_pairs", "variance_study", "study_summary", "convergence"]
 
 # (name, norm l of both vectors, angle between them): small/moderate |z|^2 so that the
-# Monte Carlo is trustworthy at a few thousand trials (THEORY.md 7.5), and angles from
+# Monte Carlo is trustworthy at a few thousand trials (:ref:`theory-heavy-tails`), and angles from
 # nearby (trigonometric wins) to nearly opposite (positive wins, SM small).
 _DEFAULT_PAIRS = (
     ("near", 0.5, np.pi / 6),
@@ -177,6 +177,8 @@ def variance_study(
         study["z"] = (study["empirical_mse"] - study["theoretical_mse"]) / study["se"]
     exact = study["theoretical_mse"] == 0
     study.loc[exact, ["ratio", "z"]] = np.nan
+    # deterministic maps (taylor): no spread, the "Monte Carlo" is the exact error
+    study.loc[study["se"] == 0, "z"] = np.nan
     columns = ["feature_map", "projection", "n_components", "pair", "norm_x", "norm_y", "angle"]
     return study[columns + [c for c in study.columns if c not in columns]]
 
@@ -217,6 +219,8 @@ def _study_rows(x, y, fmap, width, projection, norms, gamma, draws):
     import pandas as pd
 
     m = width // fmap.outputs_per_projection
+    if not getattr(fmap, "stacked_trials", True):
+        m = fmap.n_projections(width)  # maps that read their own layout of rows
     mc = empirical_mse(
         x, y, feature_map=fmap, n_components=width, gamma=gamma, projections=draws[:, :m]
     )
@@ -312,7 +316,7 @@ def convergence(
 
     For each width and repeat, fits :class:`favorkern.RandomFeatures` and compares
     ``phi(X) phi(Y)^T`` with ``exp(gamma X Y^T)`` over all entries: the quantity of
-    Performer Theorem 4 (THEORY.md 5), where the width needed for a given
+    Performer Theorem 4 (:ref:`theory-uniform-convergence`), where the width needed for a given
     max-error grows like ``exp(2 R^2)`` with the largest norm ``R``.
 
     Parameters

@@ -9,15 +9,20 @@ registered with :func:`register_feature_map` works in all of them by its name.
 Built-in maps: ``"positive"`` (FAVOR+), ``"hyperbolic"``, ``"trigonometric"``,
 ``"relu"`` (generalized), ``"optimal"`` (GERF, FAVOR++), ``"saderf"``, ``"sderf"`` and
 ``"aderf"`` (FAVOR#), ``"whitened"`` (whitening, then GERF) and ``"fitted"`` (fitted by
-attention distillation: a kernel fitted to data, not an unbiased estimator).
+attention distillation: a kernel fitted to data, not an unbiased estimator); then
+``"taylor"`` (the deterministic second-order Taylor map of Based), ``"hrf"`` and
+``"hrf_gaussian"`` (hybrid random features, asymmetric: attention only) and
+``"tensorsketch"`` (TensorSketch of the exponential's series to degree 3).
 
 Examples
 --------
 >>> from favorkern.feature_maps import feature_map_names
 >>> feature_map_names()[:6]
 ('positive', 'hyperbolic', 'trigonometric', 'relu', 'optimal', 'saderf')
->>> feature_map_names()[6:]
+>>> feature_map_names()[6:10]
 ('sderf', 'aderf', 'whitened', 'fitted')
+>>> feature_map_names()[10:]
+('taylor', 'hrf', 'hrf_gaussian', 'tensorsketch')
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 from .._warnings import FeatureUnderflowWarning
 from ._base import (
     FeatureMap,
+    _register_builtin,
     check_constants,
     feature_map_names,
     fit_constants,
@@ -39,10 +45,13 @@ from ._variance import PairGeometry, same_block_pairs
 from .derf import AderfFeatureMap, SderfFeatureMap
 from .fitted import FittedFeatureMap
 from .generalized import GeneralizedFeatureMap
+from .hrf import HybridFeatureMap
 from .hyperbolic import HyperbolicFeatureMap
 from .optimal import OptimalFeatureMap
 from .positive import PositiveFeatureMap
 from .saderf import SaderfFeatureMap
+from .sketch import TensorSketchFeatureMap
+from .taylor import TaylorFeatureMap
 from .trigonometric import TrigonometricFeatureMap
 from .whitened import WhitenedFeatureMap
 
@@ -59,7 +68,16 @@ for _builtin in (
     WhitenedFeatureMap(),
     FittedFeatureMap(),
 ):
-    register_feature_map(_builtin)
+    _register_builtin(_builtin)
+del _builtin
+# Maps beyond the random-projection families (registered after them, in this order).
+for _builtin in (
+    TaylorFeatureMap(),
+    HybridFeatureMap(),
+    HybridFeatureMap("gaussian", 1),
+    TensorSketchFeatureMap(),
+):
+    _register_builtin(_builtin)
 del _builtin
 
 __all__ = [
@@ -88,4 +106,7 @@ __all__ = [
     "AderfFeatureMap",
     "WhitenedFeatureMap",
     "FittedFeatureMap",
+    "TaylorFeatureMap",
+    "HybridFeatureMap",
+    "TensorSketchFeatureMap",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -13,6 +16,8 @@ __all__ = [
     "unregister_feature_map",
     "get_feature_map",
     "feature_map_names",
+    "map_identity",
+    "map_spec",
 ]
 
 
@@ -225,7 +230,15 @@ def input_scale(kernel: str, gamma: float) -> float:
     return float(np.sqrt((2.0 if kernel == "rbf" else 1.0) * gamma))
 
 
+# The registry: name -> map, read and changed under one lock (callers may run in
+# threads).  _VERSIONS counts the registrations of each name, so a map replaced under
+# its name has another identity (map_identity) than the one it replaced.
 _REGISTRY: dict = {}
+_VERSIONS: dict = {}
+_BUILTINS: set = set()
+_LOCK = threading.RLock()
+_SERIALS = weakref.WeakKeyDictionary()  # unregistered maps: one number per object
+_NEXT_SERIAL = itertools.count(1)
 
 
 def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> FeatureMap:
@@ -237,11 +250,19 @@ def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> F
         An instance of a :class:`FeatureMap` subclass with a non-empty ``name``.
     replace : bool, default=False
         Replace a map registered under the same name (otherwise a ``ValueError``).
+        Decoding states made with the replaced map do not continue with the new one.
 
     Returns
     -------
     feature_map : FeatureMap
         The registered map (so the call can wrap a class definition's instance).
+
+    Notes
+    -----
+    The registry may be read and changed from several threads.  Every map's output
+    width is checked when its features are built: a map whose
+    :meth:`FeatureMap.spec` gives another number of outputs than ``n_components`` is
+    refused there, with a ``ValueError`` naming it.
 
     Examples
     --------
@@ -268,16 +289,29 @@ def register_feature_map(feature_map: FeatureMap, *, replace: bool = False) -> F
             "outputs_per_projection must be 1 or 2, got "
             f"{feature_map.outputs_per_projection!r} for feature map {name!r}"
         )
-    if name in _REGISTRY and not replace:
-        raise ValueError(
-            f"a feature map named {name!r} is registered already; pass replace=True to replace it"
-        )
-    _REGISTRY[name] = feature_map
+    with _LOCK:
+        if name in _REGISTRY and not replace:
+            raise ValueError(
+                f"a feature map named {name!r} is registered already; pass replace=True to "
+                "replace it"
+            )
+        _REGISTRY[name] = feature_map
+        _VERSIONS[name] = _VERSIONS.get(name, 0) + 1
     return feature_map
+
+
+def _register_builtin(feature_map: FeatureMap) -> None:
+    """Register one of favorkern's own maps (which cannot be unregistered)."""
+    register_feature_map(feature_map)
+    _BUILTINS.add(feature_map.name)
 
 
 def unregister_feature_map(name: str) -> None:
     """Remove the map registered as ``name`` (a ``ValueError`` if there is none).
+
+    favorkern's own maps (``"positive"``, ...) cannot be removed: the named
+    transformers and the defaults of every function use them.  They can be replaced
+    with ``register_feature_map(..., replace=True)``.
 
     Examples
     --------
@@ -290,10 +324,23 @@ def unregister_feature_map(name: str) -> None:
     >>> unregister_feature_map("temporary")
     >>> "temporary" in feature_map_names()
     False
+    >>> try:
+    ...     unregister_feature_map("positive")
+    ... except ValueError as error:
+    ...     print(str(error)[:46])
+    feature map 'positive' is built into favorkern
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"no feature map named {name!r} is registered; have {sorted(_REGISTRY)}")
-    del _REGISTRY[name]
+    with _LOCK:
+        if name in _BUILTINS:
+            raise ValueError(
+                f"feature map {name!r} is built into favorkern and cannot be unregistered "
+                "(replace it with register_feature_map(..., replace=True))"
+            )
+        if name not in _REGISTRY:
+            raise ValueError(
+                f"no feature map named {name!r} is registered; have {sorted(_REGISTRY)}"
+            )
+        del _REGISTRY[name]
 
 
 def get_feature_map(feature_map, name: str = "feature_map") -> FeatureMap:
@@ -309,11 +356,90 @@ def get_feature_map(feature_map, name: str = "feature_map") -> FeatureMap:
     """
     if isinstance(feature_map, FeatureMap):
         return feature_map
-    if isinstance(feature_map, str) and feature_map in _REGISTRY:
-        return _REGISTRY[feature_map]
-    raise ValueError(
-        f"{name} must be one of {sorted(_REGISTRY)} or a FeatureMap, got {feature_map!r}"
-    )
+    if isinstance(feature_map, str):
+        found = _REGISTRY.get(feature_map)  # one dict read: atomic
+        if found is not None:
+            return found
+    with _LOCK:
+        names = sorted(_REGISTRY)
+    raise ValueError(f"{name} must be one of {names} or a FeatureMap, got {feature_map!r}")
+
+
+def map_identity(feature_map: FeatureMap) -> str:
+    """A string naming this very map object, for fingerprints of what its features made.
+
+    The map registered under its name reads ``name#k:module.Class`` with ``k`` the
+    registration of that name (1 for favorkern's own maps and for a map registered
+    once, so it is the same in every process that registers the same maps); a map
+    replaced under its name gets another ``k``.  Any other map object reads
+    ``name@n:module.Class`` with ``n`` a number of that object in this process.  Two
+    distinct objects never share an identity, whatever their names.
+
+    Examples
+    --------
+    >>> from favorkern.feature_maps import PositiveFeatureMap, get_feature_map
+    >>> from favorkern.feature_maps._base import map_identity
+    >>> map_identity(get_feature_map("positive"))
+    'positive#1:favorkern.feature_maps.positive.PositiveFeatureMap'
+    >>> map_identity(PositiveFeatureMap()) == map_identity(get_feature_map("positive"))
+    False
+    """
+    kind = f"{type(feature_map).__module__}.{type(feature_map).__qualname__}"
+    name = feature_map.name
+    with _LOCK:
+        if _REGISTRY.get(name) is feature_map:
+            return f"{name}#{_VERSIONS[name]}:{kind}"
+        serial = _SERIALS.get(feature_map)
+        if serial is None:
+            serial = _SERIALS[feature_map] = next(_NEXT_SERIAL)
+    return f"{name}@{serial}:{kind}"
+
+
+def map_spec(feature_map: FeatureMap, projection, *, n_components: int, **kwargs):
+    """``feature_map.spec(projection, n_components=..., **kwargs)``, its width checked.
+
+    A :meth:`FeatureMap.spec` must return a
+    :class:`~favorkern.feature_maps.FeatureMapSpec` with exactly ``n_components``
+    outputs (rows of ``weights``, and as many scales and phases): the feature names,
+    the attention states and the error estimates all read that width.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkern.feature_maps import get_feature_map
+    >>> from favorkern.feature_maps._base import map_spec
+    >>> W = np.random.default_rng(0).normal(size=(4, 3))
+    >>> map_spec(get_feature_map("hyperbolic"), W, n_components=8,
+    ...          input_scale=1.0).weights.shape
+    (8, 3)
+    """
+    from ._evaluate import FeatureMapSpec
+
+    spec = feature_map.spec(projection, n_components=n_components, **kwargs)
+    name = getattr(feature_map, "name", type(feature_map).__name__)
+    if not isinstance(spec, FeatureMapSpec):
+        raise TypeError(
+            f"feature map {name!r}: spec() must return a FeatureMapSpec, got {type(spec).__name__}"
+        )
+    weights = np.asarray(spec.weights) if not hasattr(spec.weights, "shape") else spec.weights
+    width = weights.shape[0] if weights.ndim == 2 else None
+    sizes = [width]
+    for field in ("log_scale", "offset"):
+        value = getattr(spec, field)
+        if value is not None and np.ndim(value) > 0:
+            sizes.append(np.shape(value)[0] if np.ndim(value) == 1 else None)
+    if any(size != n_components for size in sizes):
+        raise ValueError(
+            f"feature map {name!r} declares n_components={n_components} outputs, but its "
+            f"spec() gives weights of shape {np.shape(weights)}"
+            + (
+                ""
+                if len(sizes) == 1
+                else f" (and per-output scales or phases of lengths {sizes[1:]})"
+            )
+            + f": the spec must have {n_components} rows, one per output"
+        )
+    return spec
 
 
 def feature_map_names(*, kernel=None, closed_form=None, data_free=None, random=None) -> tuple:
@@ -338,8 +464,10 @@ def feature_map_names(*, kernel=None, closed_form=None, data_free=None, random=N
     >>> feature_map_names(closed_form=True)[:3]
     ('positive', 'hyperbolic', 'trigonometric')
     """
+    with _LOCK:
+        registered = list(_REGISTRY.items())
     names = []
-    for name, fmap in _REGISTRY.items():
+    for name, fmap in registered:
         if kernel is not None and kernel not in fmap.kernels:
             continue
         if closed_form is not None and fmap.has_closed_form != closed_form:

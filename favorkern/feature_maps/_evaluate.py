@@ -9,10 +9,10 @@ effective projection (already scaled by gamma, stacked with the pair partners)
 and the constants; :func:`apply_feature_map` evaluates it over row blocks, in
 parallel threads with BLAS pinned to one thread (measured faster than letting
 BLAS thread a single large product and then running numpy's exp on one core).
-Numba is not used here: its ``exp`` is scalar on this stack, numpy's is SIMD.
-The dense path of exp maps works in base 2 (augmented weights scaled by
-``log2(e)``, then ``exp2``): numpy's float32 ``exp2`` measured 1.7x faster than its
-``exp``.
+The exponential is the one :func:`favorkern._elementwise.exp_kernel` chose for the
+dtype on this machine (numpy's ``exp`` or ``exp2``, or a vectorized polynomial);
+the dense path of exp maps folds its ``unit`` (``log2(e)`` for the base-2 kernels)
+into the augmented weights, so the product writes the logits the kernel takes.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .. import _config
+from .._elementwise import exp_kernel, sincos_kernel
 from .._parallel import run_row_blocks
-
-_LOG2E = 1.0 / float(np.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,14 @@ def projection_logits(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
 
 
 def _cos(out_b) -> None:
-    """``cos`` in place; float64 by a vectorized kernel (numpy's float64 cos is scalar)."""
-    if out_b.dtype == np.float64 and out_b.flags.c_contiguous and out_b.ndim == 2:
+    """``cos`` in place; float64 by the vectorized kernel where it was measured faster
+    (numpy's float64 cos is scalar on some builds)."""
+    if (
+        out_b.dtype == np.float64
+        and out_b.flags.c_contiguous
+        and out_b.ndim == 2
+        and sincos_kernel(np.float64) == "numba"
+    ):
         from .._numba.vmath import cos_inplace
 
         cos_inplace(out_b)
@@ -167,7 +173,11 @@ def _sin_cos_pairs(out_b, pairs, row_scale=None) -> None:
     dtype = out_b.dtype
     if row_scale is None:
         row_scale = np.ones(out_b.shape[0], dtype=dtype)
-    if out_b.flags.c_contiguous and dtype in (np.float32, np.float64):
+    if (
+        out_b.flags.c_contiguous
+        and dtype in (np.float32, np.float64)
+        and sincos_kernel(dtype) == "numba"
+    ):
         from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
 
         kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
@@ -219,29 +229,39 @@ def _may_overflow(spec: FeatureMapSpec, dtype) -> bool:
     return spec.logit_bound + float(np.max(spec.log_scale)) >= log_max
 
 
-def _exp_checked(out_b, spec: FeatureMapSpec, may_overflow=None, base2=False) -> None:
+def _exp_checked(out_b, spec: FeatureMapSpec, may_overflow=None, kernel=None, pairs=None):
     """``exp`` of the exponents in place; checks for overflow only where it is possible.
 
     ``may_overflow``: :func:`_may_overflow`, computed once per call by callers that
     evaluate many blocks (it costs more than a small block's ``exp`` check).
-    ``base2``: the exponents are in base 2 (``exp2`` of them).
+    ``kernel``: an :class:`~favorkern._elementwise.ExpKernel` whose logits
+    ``out_b`` holds (default: the dtype's kernel for natural logits).
+    ``pairs``: ``(p, total)``: the columns ``p:2p`` are ``total - out_b[:, :p]``, not
+    yet written (:meth:`~favorkern._elementwise.ExpKernel.exp_pairs`).
     """
-    exp = np.exp2 if base2 else np.exp
+    if kernel is None:
+        kernel = exp_kernel(out_b.dtype, out_b.size).natural()
     if may_overflow is None:
         may_overflow = _may_overflow(spec, out_b.dtype)
     if may_overflow:
+        if pairs is not None:
+            p, total = pairs
+            np.subtract(total[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
+            pairs = None
         log_max = float(np.log(np.finfo(out_b.dtype).max))
         peak = float(out_b.max()) if out_b.size else -np.inf
-        if base2:
-            peak /= _LOG2E
+        peak /= kernel.unit
         if peak >= log_max:
             _warn_overflow(_overflow_message(out_b.dtype, f"an exponent ({peak:.3g})"))
             with np.errstate(over="ignore"):
-                exp(out_b, out=out_b)
+                kernel.exp(out_b)
             return
     # no exponent reaches log(max): no overflow to silence (the errstate context
     # costs about 20 us per block)
-    exp(out_b, out=out_b)
+    if pairs is not None:
+        kernel.exp_pairs(out_b, *pairs)
+    else:
+        kernel.exp(out_b)
 
 
 def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
@@ -272,12 +292,13 @@ def apply_block(Xb, out_b, spec: FeatureMapSpec, weights_t) -> None:
     out_b *= np.exp(spec.log_scale).astype(dtype)
 
 
-def _augmented_weights(spec: FeatureMapSpec, dtype):
+def _augmented_weights(spec: FeatureMapSpec, dtype, unit=1.0):
     """``(d + 2, n_out)``: ``W^T``, a row of ones, the per-output constants.
 
-    Multiplied by ``[x, -a |x|^2, 1]`` it gives the whole exponent (exp maps, in base
-    2: times ``log2(e)``) or the phase-shifted projection (cos maps) in the one BLAS
-    call, saving an elementwise pass over the output.
+    Multiplied by ``[x, -a |x|^2, 1]`` it gives the whole exponent (exp maps, in
+    ``unit`` per natural logit: that of the exp kernel) or the phase-shifted
+    projection (cos maps) in the one BLAS call, saving an elementwise pass over the
+    output.
     """
     n_out, d = spec.weights.shape
     aug = np.empty((d + 2, n_out), dtype=np.float64)
@@ -285,15 +306,15 @@ def _augmented_weights(spec: FeatureMapSpec, dtype):
     aug[d] = 1.0
     if spec.func == "exp":
         aug[d + 1] = spec.log_scale
-        aug *= _LOG2E
+        aug *= unit
     else:
         aug[d + 1] = 0.0 if spec.offset is None else spec.offset
     return np.ascontiguousarray(aug, dtype=dtype)
 
 
-def _paired_weights(spec: FeatureMapSpec, dtype):
+def _paired_weights(spec: FeatureMapSpec, dtype, unit=1.0):
     """The augmented weights of the first output of each pair and of the unpaired ones."""
-    aug = _augmented_weights(spec, dtype)
+    aug = _augmented_weights(spec, dtype, unit)
     p = spec.pairs
     return np.ascontiguousarray(aug[:, :p]), np.ascontiguousarray(aug[:, 2 * p :])
 
@@ -317,13 +338,15 @@ def _augmented_input(rows, d, func, dtype, scratch=None):
 
 
 def _apply_block_augmented(
-    Xb, out_b, spec: FeatureMapSpec, weights_aug, scratch=None, may_overflow=None
+    Xb, out_b, spec: FeatureMapSpec, weights_aug, scratch=None, may_overflow=None, kernel=None
 ) -> None:
     """:func:`apply_block` for dense blocks of exp and cos maps without a projector.
 
     ``weights_aug`` is :func:`_augmented_weights`, or :func:`_paired_weights` for a
     spec with pairs: one product per pair, the partner derived elementwise.
-    ``scratch``: see :func:`_augmented_input`; ``may_overflow``: see :func:`_exp_checked`.
+    ``scratch``: see :func:`_augmented_input`; ``may_overflow``: see :func:`_exp_checked`;
+    ``kernel``: the :class:`~favorkern._elementwise.ExpKernel` whose unit the weights
+    are in (exp maps).
     """
     dtype = out_b.dtype
     rows, d = Xb.shape
@@ -343,9 +366,8 @@ def _apply_block_augmented(
             # partner: -w.x - a|x|^2 + log s = 2 (log s - a|x|^2) - (w.x - a|x|^2 + log s)
             log_pair = float(np.ravel(spec.log_scale)[0])
             twice = x_aug[:, d] + dtype.type(log_pair)
-            twice *= dtype.type(2.0 * _LOG2E)
-            np.subtract(twice[:, np.newaxis], out_b[:, :p], out=out_b[:, p : 2 * p])
-            _exp_checked(out_b, spec, may_overflow, base2=True)
+            twice *= dtype.type(2.0 * kernel.unit)
+            _exp_checked(out_b, spec, may_overflow, kernel, pairs=(p, twice))
             return
         if np.ndim(spec.log_scale) == 0:
             # the row factor and the constant output scale ride along in the kernel
@@ -360,7 +382,7 @@ def _apply_block_augmented(
         return
     np.matmul(x_aug, weights_aug, out=out_b)
     if spec.func == "exp":
-        _exp_checked(out_b, spec, may_overflow, base2=True)
+        _exp_checked(out_b, spec, may_overflow, kernel)
         return
     # cos: the phases are in; apply_block's remaining steps (row factor, scale).
     _finish_cos(Xb, out_b, spec)
@@ -428,14 +450,18 @@ def apply_feature_map(X, spec: FeatureMapSpec) -> np.ndarray:
     n_out = spec.weights.shape[0]
     out = np.empty((X.shape[0], n_out), dtype=dtype)
     if spec.projector is None and spec.func in ("exp", "cos") and not sp.issparse(X):
-        weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype)
+        kernel = exp_kernel(dtype, out.size) if spec.func == "exp" else None
+        unit = 1.0 if kernel is None else kernel.unit
+        weights_aug = (_paired_weights if spec.pairs else _augmented_weights)(spec, dtype, unit)
         scratch = threading.local()
         may_overflow = spec.func == "exp" and _may_overflow(spec, dtype)
         found = []  # underflow candidates per block (list.append is thread-safe)
 
         def block(start, stop):
             out_b = out[start:stop]
-            _apply_block_augmented(X[start:stop], out_b, spec, weights_aug, scratch, may_overflow)
+            _apply_block_augmented(
+                X[start:stop], out_b, spec, weights_aug, scratch, may_overflow, kernel
+            )
             if spec.func == "exp":
                 found.append(_underflow_candidates(out_b, start))
 
@@ -468,11 +494,6 @@ def max_sq_norm(projection):
     return float(np.max(np.einsum("ij,ij->i", projection, projection))) if projection.size else 0.0
 
 
-# Structured projections beat the BLAS product from this padded size on (measured with
-# benchmarks/bench_features.py --structured: 0.4x at d = 1024, 1.5x slower at 256 in float32).
-SORF_MIN_PADDED_DIMS = 512
-
-
 class SorfProjector:
     """``X @ (input_scale * W).T`` for a structured ``W`` via the fast Walsh-Hadamard transform."""
 
@@ -497,6 +518,6 @@ class SorfProjector:
 
 def sorf_projector(sorf, input_scale):
     """A :class:`SorfProjector` when ``sorf = (signs, row_factors)`` is large enough to pay."""
-    if sorf is None or sorf[0].shape[2] < SORF_MIN_PADDED_DIMS:
+    if sorf is None or sorf[0].shape[2] < _config.SORF_MIN_PADDED_DIMS:
         return None
     return SorfProjector(sorf[0], sorf[1], input_scale)

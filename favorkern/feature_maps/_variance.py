@@ -1,4 +1,4 @@
-"""Closed-form variance pieces shared by the feature-map modules (THEORY.md 2-4, 6).
+"""Closed-form variance pieces shared by the feature-map modules (:ref:`theory`).
 
 Conventions: the target is ``SM(x, y) = exp(x'.y')`` in scaled inputs ``x'``;
 :class:`PairGeometry` holds ``a = |x'|^2``, ``b = |y'|^2``, ``ip = x'.y'``,
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from .. import _config
+
 # Gauss-Laguerre nodes for the simplex covariance (a 2-D expectation over chi norms).
 _SIMPLEX_NODES = 96
 # Poisson windows: mean +- (12 sqrt(mean) + 40) holds all but ~e^-70 of the mass.
@@ -23,8 +25,6 @@ _WINDOW_PAD = 40
 # Beyond this Poisson mean the window would be large and the orthogonal correction is
 # negligible against the iid term (it is bounded by one unit of it); the mean is clipped.
 _MAX_POISSON_MEAN = 1.0e6
-# Elements per temporary array in the windowed sums.
-_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class BasisPairGeometry(PairGeometry):
 
 
 def derf_log_rel_var(z, a):
-    """``t`` with ``Var1 / SM^2 = e^t - 1`` for a per-direction GERF (THEORY.md 6.2).
+    """``t`` with ``Var1 / SM^2 = e^t - 1`` for a per-direction GERF (:ref:`theory-favor-sharp`).
 
     Per direction ``l`` of the map's basis, with ``z_l`` the component of ``x' + y'``,
     ``E[(f(x) f(y))^2] / SM^2`` factorizes into
@@ -168,7 +168,7 @@ def poisson_expectation(lam, log_abs_g, sign_g=None):
     start = np.maximum(0.0, np.floor(lam - half)).astype(np.int64)
     width = int(2 * half.max()) + 1 if lam.size else 1
     out = np.empty(lam.shape, dtype=np.float64)
-    step = max(1, _CHUNK_ELEMENTS // width)
+    step = max(1, _config.VARIANCE_CHUNK_ELEMENTS // width)
     offsets = np.arange(width)
     for lo in range(0, lam.size, step):
         hi = min(lam.size, lo + step)
@@ -192,7 +192,7 @@ def orthogonal_deficit(s, d):
     """``q(s) = 1 - e^{-s} M(d, d/2, s/2) = E[1 - r_N]``, ``N ~ Poisson(s)``.
 
     The positive/hyperbolic same-block covariance is ``Cov = -SM^2 q(s)``
-    (THEORY.md 3.3: ``Lambda^2 [M(d, d/2, |z|^2/2) - e^{|z|^2}]``).  All terms are
+    (:ref:`theory-orthogonal-exact`: ``Lambda^2 [M(d, d/2, |z|^2/2) - e^{|z|^2}]``).  All terms are
     positive, so the sum has no cancellation; ``0 <= q < 1``.
     """
     return poisson_expectation(s, log_one_minus_r(table_length(s), d))
@@ -257,7 +257,9 @@ def log_of_nonneg(value):
 
 
 def gerf_log_rel_var(s, d, A):
-    """``t`` with ``Var1 / SM^2 = e^t - 1`` for GERF features at parameter ``A`` (THEORY 6.1).
+    """``t`` with ``Var1 / SM^2 = e^t - 1`` for GERF features at parameter ``A``.
+
+    See :ref:`theory-favor-plus-plus`.
 
     ``E[(f(x) f(y))^2] = (1-4A)^d (1-8A)^{-d/2} exp(2(1-4A)|z|^2/(1-8A) - |x|^2 - |y|^2)``,
     divided by ``SM^2 = exp(2 x.y)``; ``A = 0`` gives ``t = |z|^2`` (positive features).
@@ -271,7 +273,7 @@ def gerf_log_rel_var(s, d, A):
 
 
 def simplex_deficit(s, d, sign=1.0):
-    """``1 - e^{-s} S``, ``S = E exp((w_i + w_j).z)`` for two simplex rows (THEORY 6.3).
+    """``1 - e^{-s} S``, ``S = E exp((w_i + w_j).z)`` for two simplex rows (:ref:`theory-simplex`).
 
     ``w_i = rho_i R s_i`` with ``s_i.s_j = c = -1/(d-1)``, so ``w_i + sign w_j`` has
     length ``N``, ``N^2 = rho_i^2 + rho_j^2 + 2 sign c rho_i rho_j``, and a uniform
@@ -320,15 +322,18 @@ def exp_map_log_mse(geom, log_rel_var, deficit, m, P):
     ``log_rel_var = log(Var1 / SM^2)`` and ``deficit = q`` with the same-block
     ``Cov / SM^2 = -q`` (zero for iid rows).
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        correction = np.log1p(np.maximum(-(P / m) * deficit * np.exp(-log_rel_var), -1.0))
+    # q / (Var1 / SM^2) in log space: both underflow at tiny |z| (0 * inf otherwise)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ratio = np.sign(deficit) * np.exp(np.log(np.abs(deficit)) - log_rel_var)
+        ratio = np.where(deficit == 0, 0.0, ratio)
+        correction = np.log1p(np.maximum(-(P / m) * ratio, -1.0))
     out = 2 * geom.ip + log_rel_var - np.log(m) + correction
     # Var1 = 0 (z = 0 at A = 0) gives MSE = 0; at z = 0 with A != 0 it does not vanish.
     return np.where(np.isneginf(log_rel_var), -np.inf, out)
 
 
 def fixed_exp_log_mse(geom, m, P, d, second_moment):
-    """log MSE of an exp-type map with rows of length ``sqrt(d)`` (SMREG, THEORY.md 4).
+    """log MSE of an exp-type map with rows of length ``sqrt(d)`` (:ref:`theory-smreg`).
 
     ``F(u) = 0F1(; d/2; u) = E exp(w . z)``; ``second_moment(lf1)`` is the map's
     ``E X^2 / F(d s)`` given ``lf1 = log F(d s)`` (1 for positive features).  The

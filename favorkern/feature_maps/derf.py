@@ -292,7 +292,7 @@ class SderfFeatureMap(FeatureMap):
         return BasisPairGeometry.of(x, y, gamma, basis=constants["rotation"])
 
     def log_mse(self, geometry, *, m, P, d, projection, norms, constants):
-        # Var1 / SM^2 = e^t - 1 with t a sum over the basis directions (THEORY.md 6.2);
+        # Var1 / SM^2 = e^t - 1 with t a sum over the basis directions (:ref:`theory-favor-sharp`);
         # iid rows only (closed_form_projections), so MSE = Var1 / m.
         t = derf_log_rel_var(geometry.z, np.asarray(constants["A"], dtype=np.float64))
         return 2.0 * geometry.ip + log_expm1(t) - np.log(m)

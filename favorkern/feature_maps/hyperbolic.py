@@ -35,6 +35,16 @@ def hyperbolic_spec(projection, input_scale, n_outputs, sq_factor=0.5) -> Featur
     )
 
 
+# Below this s, the ratio of the same-block deficit to the variance is taken at s.
+_RATIO_FLOOR = 1e-100
+
+
+def _log_rel_var(s):
+    """``log(Var1 / SM^2) = log(expm1(s) (1 - e^-s) / 2)`` for the paired map."""
+    with np.errstate(divide="ignore"):
+        return log_expm1(s) + np.log(-np.expm1(-s)) - np.log(2.0)
+
+
 class HyperbolicFeatureMap(FeatureMap):
     """Hyperbolic features ``exp(-|x'|^2/2) [exp(w.x'), exp(-w.x')] / sqrt(2 p)``.
 
@@ -67,9 +77,17 @@ class HyperbolicFeatureMap(FeatureMap):
         if norms == "fixed":
             # E cosh^2 = (F(d s) + 1) / 2
             return fixed_exp_log_mse(geometry, m, P, d, lambda lf1: 0.5 * (1.0 + np.exp(-lf1)))
-        deficit = block_deficit(s, d, projection, paired=True) if P else np.zeros_like(s)
-        log_var = log_expm1(s) + np.log(-np.expm1(-np.maximum(s, 1e-300))) - np.log(2.0)
-        return exp_map_log_mse(geometry, log_var, deficit, m, P)
+        log_var = _log_rel_var(s)
+        if not P:
+            return exp_map_log_mse(geometry, log_var, np.zeros_like(s), m, P)
+        # q and Var1/SM^2 = sinh(s) sinh(s)... fall like s^2 and underflow below
+        # s ~ 1e-150, their ratio tends to a constant: take it at s >= 1e-100 (a relative
+        # change of O(1e-100)) and give q as that ratio times Var1/SM^2 in log space
+        floor = np.maximum(s, _RATIO_FLOOR)
+        q = block_deficit(floor, d, projection, paired=True)
+        with np.errstate(divide="ignore"):
+            log_q = np.log(np.abs(q)) - _log_rel_var(floor) + log_var
+        return exp_map_log_mse(geometry, log_var, np.sign(q) * np.exp(log_q), m, P)
 
     def closed_form_projections(self, norms):
         return (

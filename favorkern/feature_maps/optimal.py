@@ -3,7 +3,7 @@
 ``phi(x) = (1 - 4A)^{d/4} exp(A |w|^2 + sqrt(1 - 4A) w.x' - |x'|^2 / 2) / sqrt(m)``
 is unbiased for ``exp(x'.y')`` for every ``A < 1/4`` (Likhosherstov et al., "Chefs'
 Random Tables", NeurIPS 2022); ``A = 0`` is the positive map.  The data constant
-``A`` minimizes the variance for a typical pair (THEORY.md 6.1).
+``A`` minimizes the variance for a typical pair (:ref:`theory-favor-plus-plus`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ __all__ = ["OptimalFeatureMap", "optimal_gerf_a", "homogeneity_sum_sq", "optimal
 
 
 def optimal_gerf_a(sum_sq, n_dims):
-    """Variance-minimizing GERF parameter ``A*`` for ``phi = |x + y|^2`` (THEORY 6.1).
+    """Variance-minimizing GERF parameter ``A*`` for ``phi = |x + y|^2``.
+
+    See :ref:`theory-favor-plus-plus`.
 
     ``A* = (d - 2 phi - sqrt((2 phi + d)^2 + 8 d phi)) / (16 d)``, in ``(-inf, 0]``,
     evaluated as ``-phi / (d - 2 phi + sqrt(...))`` (the same number, since
@@ -151,7 +153,8 @@ class OptimalFeatureMap(FeatureMap):
             else constants["A"]
         )
         deficit = block_deficit(s, d, projection) if P else np.zeros_like(s)
-        # Var1 / SM^2 = e^t - 1; the same-block Cov does not depend on A (THEORY 3.3).
+        # Var1 / SM^2 = e^t - 1; the same-block Cov does not depend on A
+        # (:ref:`theory-orthogonal-exact`).
         log_var = log_expm1(np.maximum(gerf_log_rel_var(s, d, A), 0.0))
         return exp_map_log_mse(geometry, log_var, deficit, m, P)
 

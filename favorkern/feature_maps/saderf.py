@@ -3,7 +3,7 @@
 Queries and keys are rescaled ``q_l -> psi_l q_l``, ``k_l -> k_l / psi_l`` with
 ``psi_l = (sum_j k_jl^2 / sum_i q_il^2)^(1/4)`` (``q.k`` unchanged, ``|q + k|^2``
 balanced across dimensions), and the optimal GERF map runs on the rescaled inputs
-(THEORY.md 6.2).  For a symmetric kernel (one input set, as in a transformer)
+(:ref:`theory-favor-sharp`).  For a symmetric kernel (one input set, as in a transformer)
 ``psi = 1`` and the map is the optimal one.
 """
 

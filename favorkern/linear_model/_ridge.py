@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,6 +13,7 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._validation import int_interval
 from ._statistics import (
     RidgeStatistics,
     as_targets,
@@ -31,7 +32,7 @@ class _BaseRandomFeatureRidge(BaseEstimator):
         "features": [HasMethods(["fit", "transform"]), None],
         "alphas": ["array-like", Interval(Real, 0, None, closed="neither")],
         "fit_intercept": ["boolean"],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [int_interval(1), None],
     }
 
     def __init__(self, features=None, *, alphas=(1.0,), fit_intercept=True, batch_size=None):
@@ -134,8 +135,7 @@ class _BaseRandomFeatureRidge(BaseEstimator):
                 cv_values, criterion = loo_errors / statistics.n_samples, "loo"
             else:
                 cv_values, criterion = solver.gcv_errors(alphas), "gcv"
-            # first alpha of the lowest mean error over targets, as RidgeCV breaks ties
-            best = int(np.argmin(cv_values.mean(axis=0)))
+            best = _best_alpha(cv_values, alphas, criterion, statistics.n_samples)
         alpha = float(alphas[best])
         coef = solver.coef(alpha)
         self.features_ = features
@@ -172,9 +172,9 @@ class _BaseRandomFeatureRidge(BaseEstimator):
 
     def _fit_encoded(self, X, Y, sample_weight):
         """Two passes when the grid has several alphas (exact LOO), else one."""
+        alphas = check_alphas(self.alphas)  # before any row is transformed
         features, statistics = self._stream(X, Y, sample_weight, first=True)
         loo = None
-        alphas = check_alphas(self.alphas)
         if alphas.size > 1 and statistics.weight_sum > 0:
             solver = statistics.solver(fit_intercept=self.fit_intercept)
             loo = solver.loo_errors(
@@ -188,6 +188,7 @@ class _BaseRandomFeatureRidge(BaseEstimator):
         return self.fit_statistics(features, statistics, loo_errors=loo)
 
     def _partial_fit_encoded(self, X, Y, sample_weight, first):
+        check_alphas(self.alphas)  # before any row is transformed
         features, statistics = self._stream(X, Y, sample_weight, first=first)
         if not first:
             statistics = self.statistics_.merge(statistics)
@@ -480,6 +481,32 @@ class RandomFeatureRidge(RegressorMixin, _BaseRandomFeatureRidge):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+def _best_alpha(cv_values, alphas, criterion, n_samples) -> int:
+    """Index of the penalty with the lowest finite mean score over targets.
+
+    The first of equal scores, as :class:`~sklearn.linear_model.RidgeCV` breaks ties.
+    Scores that are not finite (NaN where a penalty is so small or so large that
+    the solve loses every digit; ``inf`` where generalized cross-validation is
+    undefined, ``df >= W``) never win; a grid where no score is finite is refused.
+    """
+    mean = cv_values.mean(axis=0)
+    finite = np.isfinite(mean)
+    if not finite.any():
+        name = "leave-one-out" if criterion == "loo" else "generalized cross-validation"
+        if n_samples == 1:
+            raise ValueError(
+                f"1 sample cannot choose among {alphas.size} alphas by {name}: fit more rows, "
+                "or pass a single alpha"
+            )
+        raise ValueError(
+            f"no penalty in alphas has a finite {name} score (alphas from {alphas.min():.3g} "
+            f"to {alphas.max():.3g}; scores {mean.tolist()[:5]}{' ...' if mean.size > 5 else ''}): "
+            "the penalties are too small or too large for these features, or too few rows "
+            "were seen for generalized cross-validation; choose other alphas or a single one"
+        )
+    return int(np.argmin(np.where(finite, mean, np.inf)))
 
 
 def encode_labels(y, classes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _config
 from ._statistics import (
     as_targets,
     check_alphas,
@@ -147,7 +148,10 @@ class RidgeSolver:
     def residual_sum_squares(self, alpha):
         """Weighted residual sum of squares ``(t,)`` of the fit at ``alpha``."""
         s, q = self.eigenvalues[:, None], self.projected_cross
-        rss = self.target_sum_squares - np.sum(q**2 * (s + 2 * alpha) / (s + alpha) ** 2, axis=0)
+        # (s + 2 alpha) / (s + alpha)^2 as (1 + alpha / (s + alpha)) / (s + alpha): no
+        # overflow of 2 alpha or of the square at alphas near the largest float
+        inverse = 1.0 / (s + alpha)
+        rss = self.target_sum_squares - np.sum(q**2 * (1.0 + alpha * inverse) * inverse, axis=0)
         return np.maximum(rss, 0.0)
 
     def noise_variance(self, alpha):
@@ -183,7 +187,9 @@ class RidgeSolver:
         ``Z`` (n x m) are the features of rows that are part of the statistics;
         summed over every block of the fit and divided by the number of rows this
         is the mean squared leave-one-out error of
-        :class:`~sklearn.linear_model.RidgeCV`.
+        :class:`~sklearn.linear_model.RidgeCV`.  The grid is taken in slices whose
+        ``(n, t, slice)`` arrays hold at most ``favorkern._config.RIDGE_BLOCK_BYTES``
+        (the block of features): the memory of the fit does not grow with the grid.
         """
         alphas = check_alphas(alphas)
         Y = as_targets(Y)
@@ -194,25 +200,40 @@ class RidgeSolver:
         Zc -= self.feature_offset
         U = Zc @ self.eigenvectors
         del Zc
-        inverse = 1.0 / (self.eigenvalues[:, None] + alphas[None, :])  # (m, n_alphas)
-        leverage = (U * U) @ inverse  # (n, n_alphas)
-        m, t = self.projected_cross.shape
-        # fitted centred values for every target and alpha: (n, t, n_alphas)
-        weighted = (self.projected_cross[:, :, None] * inverse[:, None, :]).reshape(m, -1)
-        fitted = (U @ weighted).reshape(-1, t, alphas.size)
-        del U
+        squares = U * U
+        n, t = U.shape[0], Y.shape[1]
         offset = self.statistics.target_mean if self.fit_intercept else 0.0
-        residual = (Y - offset)[:, :, None] - fitted
+        centred = Y - offset
+        errors = np.empty((t, alphas.size))
+        # slices of k alphas: the (n, t, k) residuals and the (n, k) leverages of one
+        # slice hold at most one block (RIDGE_BLOCK_BYTES) together
+        step = max(1, _config.RIDGE_BLOCK_BYTES // (8 * n * (t + 1)))
+        for a in range(0, alphas.size, step):
+            part = slice(a, min(alphas.size, a + step))
+            errors[:, part] = self._loo_slice(U, squares, centred, weights, alphas[part])
+        return errors
+
+    def _loo_slice(self, U, squares, centred, weights, alphas):
+        """:meth:`loo_block_errors` of one slice of the grid (in place: one (n, t, k) and
+        one (n, k) array)."""
+        inverse = 1.0 / (self.eigenvalues[:, None] + alphas[None, :])  # (m, k)
+        m, t = self.projected_cross.shape
+        # fitted centred values for every target and alpha: (n, t, k), then residuals
+        weighted = (self.projected_cross[:, :, None] * inverse[:, None, :]).reshape(m, -1)
+        residual = (U @ weighted).reshape(-1, t, alphas.size)
+        np.subtract(centred[:, :, None], residual, out=residual)
+        residual **= 2
+        denominator = squares @ inverse  # the leverage (n, k), then 1 - h
         W = self.statistics.weight_sum
-        if weights is None:
-            denominator = 1.0 - leverage - (1.0 / W if self.fit_intercept else 0.0)
-            squared = residual**2 / denominator[:, None, :] ** 2
-        else:
-            denominator = 1.0 - weights[:, None] * leverage
-            if self.fit_intercept:
-                denominator -= weights[:, None] / W
-            squared = weights[:, None, None] * residual**2 / denominator[:, None, :] ** 2
-        return squared.sum(axis=0)
+        if weights is not None:
+            denominator *= weights[:, None]
+            residual *= weights[:, None, None]
+        np.subtract(1.0, denominator, out=denominator)
+        if self.fit_intercept:
+            denominator -= (1.0 / W) if weights is None else weights[:, None] / W
+        denominator **= 2
+        residual /= denominator[:, None, :]
+        return residual.sum(axis=0)
 
     def loo_errors(self, features, X, Y, sample_weight=None, *, alphas, batch_size=None):
         """:meth:`loo_block_errors` summed over the row blocks of ``features.transform(X)``.

@@ -9,17 +9,14 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.sparse as sp
 
-# Float64 feature bytes per row block.  A block of 32 MiB (4096 rows at m = 2048) keeps
-# the scatter product at the GEMM rate (measured: 1024 rows already run dsyrk within 5%
-# of a large GEMM at m = 2048) while the block, its centred copy and the m x m
-# accumulators stay far below a gigabyte.
-BLOCK_BYTES = 32 << 20
+from .. import _config
+
 # Assumed width when the feature transformer does not say (no ``n_components``).
 DEFAULT_WIDTH = 256
 
 
 def default_batch_size(n_components):
-    """Rows per block for ``n_components`` features: :data:`BLOCK_BYTES` of float64 features.
+    """Rows per block for ``n_components`` features: 32 MiB of float64 features.
 
     Parameters
     ----------
@@ -29,7 +26,8 @@ def default_batch_size(n_components):
     Returns
     -------
     batch_size : int
-        ``max(64, BLOCK_BYTES // (8 * n_components))``.
+        ``max(64, RIDGE_BLOCK_BYTES // (8 * n_components))``, the block size being
+        ``favorkern._config.RIDGE_BLOCK_BYTES``.
 
     Examples
     --------
@@ -41,7 +39,7 @@ def default_batch_size(n_components):
         raise TypeError(f"n_components must be an integer, got {n_components!r}")
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
-    return max(64, BLOCK_BYTES // (8 * int(n_components)))
+    return max(64, _config.RIDGE_BLOCK_BYTES // (8 * int(n_components)))
 
 
 def as_targets(Y, n_rows=None):
@@ -315,7 +313,18 @@ class RidgeStatistics:
         return sums.statistics()
 
     def _merge_into(self, other):
-        """Add ``other`` into ``self`` in place (no new m x m array); returns ``self``."""
+        """Add ``other`` into ``self`` in place (no new m x m array); returns ``self``.
+
+        Statistics of no rows are the identity whatever their width: an empty chunk
+        cannot know the width of a transformer that never transformed a row (its
+        ``n_components`` may differ from its output, as Nystroem's with few rows).
+        """
+        if other.n_samples == 0 and other.n_targets == self.n_targets:
+            return self
+        if self.n_samples == 0 and other.n_targets == self.n_targets:
+            self.__dict__.update(other.copy().__dict__)
+            self._solvers = {}
+            return self
         if other.n_components != self.n_components or other.n_targets != self.n_targets:
             raise ValueError(
                 "cannot merge statistics of different shapes: "

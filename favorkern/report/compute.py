@@ -40,7 +40,7 @@ __all__ = [
 ATTENTION_N_COMPONENTS = 256
 #: Standard deviation of the timed inputs: softmax logits of order one, as after layer norm.
 ATTENTION_SIGMA = 0.5
-#: Dimension of the error-against-width study (Performer Fig. 4 protocol, THEORY.md 9.2).
+#: Dimension of the error-against-width study (:ref:`theory-fig4`).
 ERROR_DIMS = 16
 #: Query/key scales of that study: small norms, where every map converges, and larger
 #: ones, where the trigonometric normalizer can vanish.

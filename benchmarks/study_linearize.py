@@ -1,0 +1,295 @@
+"""SmolLM2-135M linearized by ``favorkern.integrations.transformers.linearize``, long contexts.
+
+Every layer's attention (30 layers, 9 query heads over 3 key/value heads) through
+favorkern, no fine-tuning, calibrated on ``--calibration-tokens`` tokens of the
+calibration topics of :mod:`real_attention`; evaluated on the evaluation topics of
+the Python Language Reference (``pydoc_data.topics``, every topic not used for
+calibration, concatenated) against the exact model (PyTorch SDPA) on the same tokens:
+
+* ``top-1``: fraction of positions whose most likely next token is the exact model's;
+* ``ppl``: perplexity of the text's own next tokens, beside the exact model's;
+* ``attn s`` / ``total s``: CPU time in the attention function (favorkern, or SDPA
+  for the exact model) and of the whole forward, one thread; ``attn share``: their
+  ratio;
+* per configuration: the template alone, and routed per head at each ``--targets``
+  (the heads per setting of the ladder are listed).
+
+Generation (``--prompts``): greedy decoding of ``--new-tokens`` tokens after a prompt
+of each length, the exact model with its dynamic KV cache against the linearized
+model with ``handle.cache()`` (favorkern decoding states): prefill time, decoding
+tokens per second (CPU time, one thread), the cache's bytes at the end, and how many
+generated tokens equal the exact model's before the first difference.
+
+Needs the optional packages of :mod:`real_attention`.  Usage (from the repository root)::
+
+    python benchmarks/study_linearize.py --lengths 2048 4096 --prompts 2048 --new-tokens 32
+    python benchmarks/study_linearize.py --lengths 512 --prompts 512 --new-tokens 8  # quick
+"""
+
+from __future__ import annotations
+
+import os
+
+for _name in (
+    "FAVORKERN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+):  # fmt: skip
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_attention as ra  # noqa: E402
+
+
+def _evaluation_ids(tokenizer, n_tokens):
+    from pydoc_data.topics import topics
+
+    names = sorted(set(topics) - set(ra.CALIBRATION_TOPICS))
+    text = "\n\n".join(topics[name] for name in names)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < n_tokens:
+        raise ValueError(f"the evaluation text has {len(ids)} tokens, fewer than {n_tokens}")
+    return ids
+
+
+def _calibration_ids(tokenizer, n_tokens):
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[name] for name in ra.CALIBRATION_TOPICS)
+    return ra.tokenize(tokenizer, text, n_tokens)
+
+
+class AttentionClock:
+    """CPU time spent in the registered attention function of a model (wraps it)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def wrap(self, function):
+        def timed(*args, **kwargs):
+            start = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.process_time() - start
+
+        return timed
+
+
+def _install_exact_clock(model, clock):
+    """Run the model's exact SDPA through a timed registration; returns the restore function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    name = "study_timed_sdpa"
+    AttentionInterface.register(name, clock.wrap(sdpa_attention_forward))
+    AttentionMaskInterface.register(name, sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
+
+    def restore():
+        model.set_attn_implementation(previous)
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+    return restore
+
+
+def _install_linear_clock(handle, clock):
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface._global_mapping[handle._name] = clock.wrap(handle._attention)
+
+
+def _forward(model, ids, chunk=512):
+    """Argmax of each position's logits, the text's perplexity, CPU seconds of the forward."""
+    import torch
+
+    start = time.process_time()
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        top, nll = [], []
+        targets = ids[0, 1:]
+        for a in range(0, hidden.shape[1], chunk):
+            logits = model.lm_head(hidden[:, a : a + chunk]).float()[0]
+            top.append(logits.argmax(-1))
+            logp = torch.log_softmax(logits, -1)
+            rows = torch.arange(logits.shape[0])
+            valid = a + rows < targets.shape[0]
+            nll.append(-logp[rows[valid], targets[a + rows[valid]]])
+        seconds = time.process_time() - start
+    ppl = float(torch.exp(torch.cat(nll).double().mean()))
+    return torch.cat(top).numpy(), ppl, seconds
+
+
+def _templates(names, m):
+    from favorkern import FavorAttention
+
+    out = {}
+    for name in names:
+        if name == "favor":
+            out[name] = FavorAttention(n_components=m, random_state=0)
+        elif name == "hybrid":
+            try:
+                from favorkern import HybridAttention
+            except ImportError:
+                print("# HybridAttention is not in this favorkern: template 'hybrid' skipped")
+                continue
+            out[name] = HybridAttention(
+                window=64, n_global=1, n_top=16, n_candidates=128, n_components=m, random_state=0
+            )
+        else:
+            raise ValueError(f"unknown template {name!r}")
+    return out
+
+
+def _greedy(model, prompt, n_new, cache):
+    """Greedy decoding, one token at a time.
+
+    Returns the prefill's CPU seconds, the median CPU seconds of a decoding step (the
+    first step, which may load compiled kernels, left out), the tokens and the cache.
+    """
+    import torch
+
+    cache_kw = {"cache": cache} if cache is not None else {"use_cache": True}
+    steps = []
+    with torch.no_grad():
+        start = time.process_time()
+        out = model(input_ids=prompt, **cache_kw)
+        prefill = time.process_time() - start
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens = [int(token)]
+        for _ in range(n_new - 1):
+            start = time.process_time()
+            out = model(input_ids=token, cache=cache)
+            steps.append(time.process_time() - start)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(int(token))
+    return prefill, float(np.median(steps[1:] or steps)), tokens, cache
+
+
+def _kv_bytes(cache):
+    if hasattr(cache, "nbytes"):
+        return cache.nbytes()
+    total = 0
+    for layer in cache.layers:
+        if layer.keys is not None:
+            total += layer.keys.numel() * layer.keys.element_size() * 2
+    return total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[2048, 4096])
+    parser.add_argument("--templates", nargs="*", default=["favor", "hybrid"])
+    parser.add_argument("--m", type=int, default=256, help="n_components of the template")
+    parser.add_argument("--targets", type=float, nargs="*", default=[0.3])
+    parser.add_argument("--calibration-tokens", type=int, default=1024)
+    parser.add_argument("--prompts", type=int, nargs="*", default=[2048])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from favorkern.integrations.transformers import linearize
+
+    torch.set_num_threads(1)
+    model, tokenizer = ra.load_model()
+    model.set_attn_implementation("sdpa")
+    longest = max(args.lengths + args.prompts)
+    evaluation = _evaluation_ids(tokenizer, longest)
+    calibration = torch.tensor([_calibration_ids(tokenizer, args.calibration_tokens)])
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"load {os.getloadavg()}")  # fmt: skip
+
+    results = {"lengths": {}, "generation": {}, "routing": {}}
+    configs = []
+    for name, template in _templates(args.templates, args.m).items():
+        configs.append((name, template, None))
+        configs += [(f"{name} routed {t:g}", template, t) for t in args.targets]
+
+    exact = {}
+    for length in args.lengths:
+        ids = torch.tensor([evaluation[:length]])
+        clock = AttentionClock()
+        restore = _install_exact_clock(model, clock)
+        try:
+            top, ppl, seconds = _forward(model, ids)
+        finally:
+            restore()
+        exact[length] = top
+        results["lengths"][length] = {
+            "exact": {"ppl": ppl, "total_s": seconds, "attn_s": clock.seconds, "top1": 1.0}
+        }
+        print(f"L={length} exact: ppl {ppl:.3f}, attention {clock.seconds:.2f} s of "
+              f"{seconds:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
+
+    handles = {}
+    for label, template, target in configs:
+        start = time.process_time()
+        handle = linearize(model, template, calibration=calibration, target_error=target)
+        fit_s = time.process_time() - start
+        handle.restore()
+        handles[label] = handle
+        settings = handle.report().settings()
+        results["routing"][label] = {"settings": settings, "calibration_s": fit_s}
+        print(f"{label}: calibrated in {fit_s:.1f} s; heads per setting {settings}", flush=True)
+        for length in args.lengths:
+            ids = torch.tensor([evaluation[:length]])
+            clock = AttentionClock()
+            with handle:
+                _install_linear_clock(handle, clock)
+                top, ppl, seconds = _forward(model, ids)
+            agree = float(np.mean(top == exact[length]))
+            results["lengths"][length][label] = {
+                "ppl": ppl, "total_s": seconds, "attn_s": clock.seconds, "top1": agree,
+            }  # fmt: skip
+            ex = results["lengths"][length]["exact"]
+            print(f"L={length} {label}: top-1 {agree:.3f}, ppl {ppl:.3f} (exact {ex['ppl']:.3f}), "
+                  f"attention {clock.seconds:.2f} s (exact {ex['attn_s']:.2f} s), total "
+                  f"{seconds:.2f} s (exact {ex['total_s']:.2f} s), load {os.getloadavg()[0]:.1f}",
+                  flush=True)  # fmt: skip
+
+    for prompt_length in args.prompts:
+        prompt = torch.tensor([evaluation[:prompt_length]])
+        prefill, decode, reference, cache = _greedy(model, prompt, args.new_tokens, None)
+        rows = {"exact": {
+            "prefill_s": prefill, "tokens_per_s": 1.0 / decode,
+            "cache_bytes": _kv_bytes(cache), "same_tokens": args.new_tokens,
+        }}  # fmt: skip
+        del cache
+        for label, handle in handles.items():
+            with handle:
+                prefill, decode, tokens, cache = _greedy(
+                    model, prompt, args.new_tokens, handle.cache()
+                )
+            same = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=True)) if a != b),
+                        len(tokens))  # fmt: skip
+            rows[label] = {
+                "prefill_s": prefill, "tokens_per_s": 1.0 / decode,
+                "cache_bytes": _kv_bytes(cache), "same_tokens": same,
+            }  # fmt: skip
+        results["generation"][prompt_length] = rows
+        for label, row in rows.items():
+            print(f"prompt {prompt_length} {label}: prefill {row['prefill_s']:.2f} s, "
+                  f"{row['tokens_per_s']:.2f} tokens/s, cache {row['cache_bytes'] / 2**20:.2f} MiB, "
+                  f"{row['same_tokens']}/{args.new_tokens} tokens as exact, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=1, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,574 @@
+"""The hybrid engine: one (batch, head) of exact-plus-random-feature attention in blocks.
+
+Row ``i``'s keys split into exact keys ``E_i`` (window, global keys, top keys) and
+far keys ``F_i``; with ``phi(x) = exp(r(x)) psi(x)`` (``r`` a per-row log factor,
+``|psi| <= 1`` for exp and cos maps):
+
+    out_i = (sum_{E_i} e^{s_ij} v_j + sum_{F_i} phi(q_i).phi(k_j) v_j) / (same with 1).
+
+Causal far keys are ``g <= j <= i - w``: a causal FAVOR pass whose keys lag the queries
+by ``w`` positions (chunked: a state of the keys far for the whole block, and a masked
+product with the block's own far keys), so no window key is ever added and subtracted.
+Bidirectional far keys are that forward pass plus the same pass over the reversed
+sequence (``j >= i + max(w, 1)``).  The exact keys of a block of queries are one dense
+product with the block's band of keys; the top keys' exact terms, and the removal of
+their estimates from the far sums, are one compiled kernel per block.
+
+Stabilizers: per query the row log ``a_i`` of its features; per key ``r_j``; the far
+sums of row ``i`` are kept at ``exp(a_i + b_i)`` with ``b_i`` the running maximum of
+``r_j`` over the far keys row ``i`` reaches (no output depends on a later token); the
+row's exact and far terms then share ``c_i = max(a_i + b_i, max_E s_ij)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _config
+
+__all__ = [
+    "hybrid_head",
+    "stable_features",
+    "far_groups",
+    "exact_terms",
+    "row_constants",
+    "finish",
+    "TopKeys",
+]
+
+
+class TopKeys:
+    """Top-key settings of one head: ``n_top`` of ``n_candidates`` by ``scores``."""
+
+    def __init__(self, n_top, n_candidates, scores):
+        self.n_top = n_top
+        self.n_candidates = n_candidates
+        self.scores = scores  # (L,) float64: candidate_query . k_j
+
+
+def stable_features(feat, X, buf):
+    """``psi`` (written into ``buf``) and ``r`` (float64) with ``phi(x) = exp(r) psi``.
+
+    ``|psi| <= 1``: exp maps divide by the largest feature, cos maps by their row
+    factor, other maps by their largest magnitude.
+    """
+    if feat.kind == "exp":
+        # exp(w.x' - a|x'|^2 + log s): the row maximum of the bare product is the
+        # largest logit up to the row's own constant, so one shift gives psi <= 1
+        feat._product(X, buf)
+        top = buf.max(axis=1)
+        buf -= top[:, np.newaxis]
+        feat.kernel.exp(buf)
+        sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
+        r = top.astype(np.float64)
+        if feat.unit != 1.0:
+            r /= feat.unit
+        r -= sq * feat.spec.sq_coef - feat.log_const
+        return buf, r
+    r, _ = feat.key_logits(X, buf)
+    if feat.kind == "relu":
+        # unbounded values: divided by their row maximum (its log joins r), so that
+        # products of huge rows cannot overflow
+        peak = np.abs(buf).max(axis=1)
+        positive = peak > 0
+        if positive.any():
+            buf[positive] /= peak[positive, np.newaxis]
+        r = np.where(positive, np.log(np.where(positive, peak, 1.0).astype(np.float64)), 0.0)
+        r += feat.log_const
+    return buf, r
+
+
+def _exp(x, dtype):
+    """``exp(x)`` in ``dtype`` for ``x <= 0`` (or ``-inf``): no overflow to guard."""
+    x = np.asarray(x).astype(dtype)
+    return np.exp(x, out=x)
+
+
+def _pattern(cache, key, make, dtype):
+    """A 0/-inf pattern (``make()`` gives where it is 0), made once per call and shape."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = np.where(make(), 0.0, -np.inf).astype(dtype)
+    return value
+
+
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_major=False):
+    """Causal far sums of one head, computed in groups of blocks of queries.
+
+    Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
+    ones, whose sum is the normalizer) over the unmasked keys ``key_lo <= j < key_hi``
+    with ``j <= i - lag``.  Yields per group ``(start, stop, psi_q, a, nd, b, parts)``:
+    the query features ``psi_q`` and row logs ``a``, the sums ``nd`` at scale
+    ``exp(-(a_i + b_i))``, ``b_i`` the running maximum of ``r_j`` over the keys row
+    ``i`` reaches (``-inf`` where none), and per block ``(start, stop, lo, psi, r)``:
+    its own far keys ``lo ..`` before they entered the state.
+
+    The features of a group's queries and keys are one product each; per block of
+    ``chunk`` rows: the state's product, the masked product with the block's own far
+    keys at ``exp(r_j - b_i)``, and the state's update.  The state's constant is the
+    running maximum of the keys in it, so no output depends on a later token.
+    """
+    L, dtype, width = q.shape[0], feat.dtype, v1.shape[1]
+    S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
+    B = -np.inf
+    nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
+    # row-major features where the top keys gather them by rows
+    qbuf, kbuf = feat.empty(group, rows=row_major), feat.empty(group + 1, rows=row_major)
+    # row i' of a full block reaches key j' of its part iff i' > j'
+    strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
+    for gs in range(0, L, group):
+        ge = min(L, gs + group)
+        psi_q, a = stable_features(feat, q[gs:ge], qbuf[: ge - gs])
+        klo, khi = nxt, min(key_hi, max(nxt, ge - lag + 1))
+        rows = np.arange(gs, ge)
+        b = np.full(ge - gs, B)
+        if khi > klo:
+            psi_k, r = stable_features(feat, k[klo:khi], kbuf[: khi - klo])
+            if mask is not None and mask[klo:khi].any():
+                hidden = mask[klo:khi]
+                r = np.where(hidden, -np.inf, r)
+                psi_k[hidden] = 0.0
+            running = np.maximum(np.maximum.accumulate(r), B)
+            last = rows - lag - klo  # each row's last reached key, from klo
+            has = last >= 0
+            b[has] = running[np.minimum(last[has], khi - klo - 1)]
+        if klo == gs - lag + 1 and khi - klo == ge - gs and (ge - gs) % chunk == 0:
+            nd, parts, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, klo, gs,
+                                          chunk, strict)  # fmt: skip
+            nxt = khi
+            yield gs, ge, psi_q, a, nd, b, parts
+            continue
+        nd = np.empty((ge - gs, width), dtype=dtype)
+        parts = []
+        for s in range(gs, ge, chunk):
+            e = min(ge, s + chunk)
+            rb, pq = b[s - gs : e - gs], psi_q[s - gs : e - gs]
+            if np.isfinite(B):
+                out = pq @ S
+                out *= _exp(B - rb, dtype)[:, None]
+            else:
+                out = np.zeros((e - s, width), dtype=dtype)
+            lo, hi = nxt, min(key_hi, max(nxt, e - lag + 1))
+            if hi > lo:
+                pk, rk = psi_k[lo - klo : hi - klo], r[lo - klo : hi - klo]
+                D = rk[None, :] - np.where(np.isfinite(rb), rb, 0.0)[:, None]
+                if lo == s - lag + 1 and e - s == chunk == hi - lo:
+                    D += strict
+                else:
+                    D[(np.arange(s, e)[:, None] - lag) < np.arange(lo, hi)[None, :]] = -np.inf
+                G = pq @ pk.T
+                G *= _exp(D, dtype)
+                out += G @ v1[lo:hi]
+                top = float(rk.max())
+                if top > -np.inf:
+                    if top > B:
+                        if np.isfinite(B):
+                            S *= dtype.type(np.exp(B - top))
+                        B = top
+                    S += pk.T @ (v1[lo:hi] * _exp(rk - B, dtype)[:, None])
+                parts.append((s, e, lo, pk, rk))
+                nxt = hi
+            else:
+                parts.append((s, e, lo, None, None))
+            nd[s - gs : e - gs] = out
+        yield gs, ge, psi_q, a, nd, b, parts
+
+
+def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
+    """:func:`far_groups` for a group of full blocks whose parts tile its keys: every
+    block's products at once (batched), the states before the blocks by one prefix
+    pass over the blocks' own states.  Returns ``(nd, parts, S, B)``."""
+    R, dtype = psi_q.shape[0], S.dtype
+    n, m, width = R // chunk, S.shape[0], S.shape[1]
+    pq = psi_q.reshape(n, chunk, m)
+    pk = psi_k.reshape(n, chunk, m)
+    rk = r.reshape(n, chunk)
+    rb = b.reshape(n, chunk)
+    vb = v1.reshape(n, chunk, width)
+    # B_t: the state's constant before block t (the running maximum of its keys)
+    ends = np.maximum(np.maximum.accumulate(rk.max(axis=1)), B)
+    consts = np.concatenate([[B], ends])
+    safe = np.where(np.isfinite(consts), consts, 0.0)
+    own = np.matmul(pk.transpose(0, 2, 1), vb * _exp(rk - safe[1:, None], dtype)[:, :, None])
+    states = np.empty((n + 1, m, width), dtype=dtype)
+    states[0] = S
+    for t in range(n):
+        if np.isfinite(consts[t]):
+            np.multiply(states[t], dtype.type(np.exp(consts[t] - safe[t + 1])), out=states[t + 1])
+            states[t + 1] += own[t]
+        else:
+            states[t + 1] = own[t]
+    nd = np.matmul(pq, states[:n])
+    finite = np.isfinite(rb)
+    b_safe = np.where(finite, rb, 0.0)
+    nd *= _exp(np.where(np.isfinite(consts[:n, None]), consts[:n, None] - b_safe, -np.inf),
+               dtype)[:, :, None]  # fmt: skip
+    G = np.matmul(pq, pk.transpose(0, 2, 1))
+    G *= _exp(rk[:, None, :] - b_safe[:, :, None] + strict, dtype)
+    nd += np.matmul(G, vb)
+    parts = [(gs + t * chunk, gs + (t + 1) * chunk, klo + t * chunk, pk[t], rk[t])
+             for t in range(n)]  # fmt: skip
+    return nd.reshape(R, width), parts, states[n], float(consts[n])
+
+
+def _strided(X, start, n_blocks, step, width):
+    """``n_blocks`` overlapping row windows ``X[start + t step : + width]`` (a view)."""
+    X = X[start:]
+    shape = (n_blocks, width) + X.shape[1:]
+    return np.lib.stride_tricks.as_strided(
+        X, shape, (step * X.strides[0],) + X.strides, writeable=False
+    )
+
+
+def _hide(logits, mask, keys):
+    """``-inf`` on the columns of masked keys (``keys``: positions, or a (blocks,
+    width) strided view of the mask)."""
+    if mask is None:
+        return logits
+    hidden = mask[keys] if not isinstance(keys, tuple) else _strided(mask, *keys)
+    if not hidden.any():
+        return logits
+    if hidden.ndim == 1:
+        logits[:, hidden] = -np.inf
+        return logits
+    return np.where(hidden[:, None, :], -np.inf, logits)
+
+
+def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
+    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values)``,
+    logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or 3-D ``(blocks, chunk,
+    band)`` for a run of full blocks whose bands are overlapping views of K and V."""
+    terms = []
+    Lk, rows, gamma = k.shape[0], np.arange(gs, ge), q.dtype.type(gamma)
+    n_glob = min(g, ge) if causal else g
+    if n_glob:
+        s = q[gs:ge] @ k[:n_glob].T
+        s *= gamma
+        if causal and gs < n_glob:
+            s[rows[:, None] < np.arange(n_glob)[None, :]] = -np.inf
+        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob]))
+    if not window:
+        return terms
+    before, after = window - 1, (0 if causal else window - 1)
+    lo, hi = max(g, gs - before), min(Lk, ge + after)
+    R = ge - gs
+    if R % chunk == 0 and lo == gs - before and hi == ge + after:
+        n_blocks, width = R // chunk, chunk + before + after
+        bands = _strided(k, lo, n_blocks, chunk, width)
+        s = q[gs:ge].reshape(n_blocks, chunk, -1) @ bands.transpose(0, 2, 1)
+        s *= gamma
+        # row i' of a block and key j' of its band are i' + before - j' apart
+        s += _pattern(cache, ("band", chunk, width, causal), lambda: _near(
+            np.arange(chunk)[:, None] + before - np.arange(width)[None, :], window, causal,
+        ), q.dtype)  # fmt: skip
+        s = _hide(s, mask, (lo, n_blocks, chunk, width))
+        terms.append((s, _strided(v1, lo, n_blocks, chunk, width)))
+        return terms
+    keys = np.arange(lo, hi)
+    s = q[gs:ge] @ k[lo:hi].T
+    s *= gamma
+    s[~_near(rows[:, None] - keys[None, :], window, causal)] = -np.inf
+    terms.append((_hide(s, mask, keys), v1[lo:hi]))
+    return terms
+
+
+def _near(delta, window, causal):
+    """Whether a row and a key ``delta`` positions before it are in the window."""
+    return ((delta >= 0) & (delta < window)) if causal else (np.abs(delta) < window)
+
+
+def row_constants(nd, a, b, terms):
+    """``(far_log, c)``: each row's far scale ``a + b`` and its constant ``c``, the
+    largest of it and the row's exact logits (-inf where a row has no term)."""
+    R = nd.shape[0]
+    finite = np.isfinite(b)
+    far_log = np.where(finite, a + np.where(finite, b, 0.0), -np.inf)
+    c = far_log.copy()
+    for s, _ in terms:
+        if s.size:
+            np.maximum(c, s.max(axis=-1).reshape(R), out=c)
+    return far_log, c
+
+
+class _TopRows:
+    """The top keys' terms of a group, added block by block as they are chosen (the
+    causal pool changes after each block) at each row's final constant."""
+
+    def __init__(self, nd, far_log, c):
+        self.nd = np.zeros_like(nd)
+        self.far_log, self.c = far_log, c
+
+    def add(self, offset, chosen, v1):
+        rows = slice(offset, offset + chosen.row_max.size)
+        c = self.c[rows]
+        np.maximum(c, chosen.row_max, out=c)
+        safe = np.where(np.isfinite(c), c, 0.0)
+        chosen.add(self.nd[rows], safe, _exp(self.far_log[rows] - safe, self.nd.dtype), v1)
+
+
+def finish(nd, far_log, c, terms, top=None):
+    """The output rows from far sums ``nd`` (at ``exp(far_log)``), exact ``terms``, the
+    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms (a
+    :class:`_TopRows`, already at the rows' constants)."""
+    dtype, R = nd.dtype, nd.shape[0]
+    c[~np.isfinite(c)] = 0.0
+    nd *= _exp(far_log - c, dtype)[:, None]
+    c_typed = c.astype(dtype)
+    for s, values in terms:
+        if not s.size:
+            continue
+        if s.ndim == 3:
+            s -= c_typed.reshape(s.shape[0], s.shape[1], 1)
+        else:
+            s -= c_typed[:, None]
+        with np.errstate(under="ignore"):
+            np.exp(s, out=s)
+        product = s @ values
+        nd += product.reshape(R, -1)
+    if top is not None:
+        nd += top.nd
+    den = nd[:, -1]
+    den[den == 0] = np.inf
+    return nd[:, :-1] / den[:, None]
+
+
+class _Chosen:
+    """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
+    exact terms replace their far estimates.  ``cols``: the pooled keys' positions,
+    in score order (best first); ``pools``: their features, the first rows in ``pools[0]``
+    and the rest in ``pools[1]``; ``order``: the row of each column in them."""
+
+    def __init__(self, q_blk, k, cols, allowed, order, top, gamma, psi_q, pools, r_cols, b):
+        from .._numba.hybrid import select_top
+
+        logits = q_blk @ k[cols].T
+        logits *= logits.dtype.type(gamma)
+        rows = q_blk.shape[0]
+        index = np.empty((rows, top.n_top), dtype=np.int64)
+        self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
+        select_top(logits, allowed, top.n_candidates, index, self.logits)
+        self.index = np.ascontiguousarray(order[index])  # rows of the features
+        self.row_max = self.logits[:, 0].astype(np.float64)
+        self.positions = np.ascontiguousarray(cols[index])
+        self.psi_q, self.pools, self.b = psi_q, pools, b
+        self.r = np.asarray(r_cols, dtype=np.float64)[index]
+
+    def add(self, nd, c, far_scale, v1):
+        from .._numba.hybrid import top_terms
+
+        dtype = nd.dtype
+        taken = self.logits > -np.inf
+        b = np.where(np.isfinite(self.b), self.b, 0.0)
+        # both at the row's scale exp(-c_i); r_j <= b_i for every far key
+        exact = _exp(np.where(taken, self.logits - c[:, None], -np.inf), dtype)
+        scale = _exp(np.where(taken, self.r - b[:, None], -np.inf), dtype)
+        scale *= far_scale[:, None]
+        # row-major copies: the kernel reads features along rows
+        psi_q, part = (np.ascontiguousarray(X) for X in (self.psi_q, self.pools[1]))
+        top_terms(psi_q, self.pools[0], part, self.index, self.positions, exact, scale, v1, nd)
+
+
+def with_ones(v):
+    """``v`` with a column of ones: one product gives the sums and the normalizer."""
+    v1 = np.empty((v.shape[0], v.shape[1] + 1), dtype=v.dtype)
+    v1[:, :-1] = v
+    v1[:, -1] = 1
+    return v1
+
+
+def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
+                prepared=None, chunk=None, group=None):  # fmt: skip
+    """The hybrid attention of one head, in ``v``'s dtype.
+
+    ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
+    None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
+    """
+    chunk = _config.HYBRID_CHUNK_ROWS if chunk is None else chunk
+    group = _config.HYBRID_GROUP_ROWS if group is None else group
+    v1 = with_ones(v)
+    qf, kf = (q, k) if prepared is None else prepared
+    run = _causal if causal else _bidirectional
+    return run(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
+
+
+def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
+    L = q.shape[0]
+    g = min(n_global, L)
+    out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
+    cache = {}
+    pool = _CausalPool(top, feat) if top is not None else None
+    for gs, ge, psi_q, a, nd, b, parts in far_groups(
+        feat, qf, kf, v1, mask, g, L, window, chunk, group, row_major=pool is not None
+    ):
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
+        far_log, c = row_constants(nd, a, b, terms)
+        extra = None
+        if pool is not None:
+            extra = _TopRows(nd, far_log, c)
+            for s, e, lo, psi_k, r in parts:
+                blk = slice(s - gs, e - gs)
+                found = pool.choose(q[s:e], k, v1, np.arange(s, e), window, lo, psi_k, r,
+                                    gamma, psi_q[blk], b[blk])  # fmt: skip
+                if found is not None:
+                    extra.add(s - gs, found, v1)
+                if psi_k is not None:
+                    pool.keep(lo, psi_k, r)
+        out[gs:ge] = finish(nd, far_log, c, terms, extra)
+    return out
+
+
+class _CausalPool:
+    """The best ``n_candidates`` keys by score among those that left every window, in
+    fixed slots (a key entering takes a leaving key's slot: only entering features are
+    copied).  Empty slots have position -1."""
+
+    def __init__(self, top, feat):
+        self.top = top
+        n = top.n_candidates
+        self.cols = np.full(n, -1, dtype=np.int64)
+        self.psi = np.zeros((n, feat.n_out), dtype=feat.dtype)
+        self.r = np.full(n, -np.inf)
+        self.used = 0  # slots filled so far (they fill in order)
+
+    def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
+        n = 0 if psi_k is None else psi_k.shape[0]
+        used = self.used
+        cols = np.concatenate([self.cols[:used], np.arange(lo, lo + n, dtype=np.int64)])
+        if cols.size == 0:
+            return None
+        # feature rows: slots 0 .. used - 1, then the part's rows after all the slots
+        rows_of = np.concatenate([np.arange(used), self.cols.size + np.arange(n)])
+        allowed = np.ones((rows.size, cols.size), dtype=bool)
+        if n:
+            reach = (rows[:, None] - window) >= np.arange(lo, lo + n)[None, :]
+            reach &= np.isfinite(r)[None, :]  # masked keys
+            allowed[:, used:] = reach
+        order = np.lexsort((cols, -self.top.scores[cols]))
+        part = psi_k if n else self.psi[:0]
+        r_cols = np.concatenate([self.r[:used], r]) if n else self.r[:used]
+        return _Chosen(q_blk, k, cols[order], np.ascontiguousarray(allowed[:, order]),
+                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols[order],
+                       b)  # fmt: skip
+
+    def keep(self, lo, psi_k, r):
+        visible = np.flatnonzero(np.isfinite(r))
+        if visible.size == 0:
+            return
+        used, size = self.used, self.cols.size
+        merged = np.concatenate([self.cols[:used], lo + visible])
+        best = np.lexsort((merged, -self.top.scores[merged]))[:size]
+        entering = best[best >= used] - used  # indices into visible
+        if used + entering.size <= size:  # free slots first
+            slots = np.arange(used, used + entering.size)
+            self.used = used + entering.size
+        else:
+            kept = np.zeros(used, dtype=bool)
+            kept[best[best < used]] = True
+            free = np.flatnonzero(~kept)
+            slots = np.concatenate([free, np.arange(used, size)])[: entering.size]
+            self.used = size
+        rows = visible[entering]
+        self.cols[slots] = lo + rows
+        self.psi[slots] = psi_k[rows]
+        self.r[slots] = r[rows]
+
+
+def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
+    L, Lk = q.shape[0], k.shape[0]
+    g = min(n_global, Lk)
+    cache = {}
+    pool = _bidirectional_pool(top, kf, mask, g, window, feat) if top is not None else None
+    out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
+    for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
+                                                      group):  # fmt: skip
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
+        far_log, c = row_constants(nd, a, b, terms)
+        extra = None
+        if pool is not None and pool[0].size:
+            extra = _TopRows(nd, far_log, c)
+            cols, psi_cols, r_cols = pool
+            order = np.arange(cols.size, dtype=np.int64)
+            for s in range(gs, ge, chunk):
+                e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
+                allowed = np.abs(np.arange(s, e)[:, None] - cols[None, :]) >= window
+                extra.add(s - gs, _Chosen(
+                    q[s:e], k, cols, allowed, order, top, gamma, psi_q[blk],
+                    (psi_cols, psi_cols[:0]), r_cols, b[blk],
+                ), v1)  # fmt: skip
+        out[gs:ge] = finish(nd, far_log, c, terms, extra)
+    return out
+
+
+def _bidirectional_far(feat, q, k, v1, mask, g, window, chunk, group):
+    """Far sums of every query group (keys ``j >= g`` with ``|i - j| >= window``), in
+    the order of the rows: ``(start, stop, psi_q, a, nd, b)``."""
+    L, dtype = q.shape[0], v1.dtype
+    Lk = k.shape[0]
+    if window == 0:
+        # every key is far: one state over all of them (Lq may differ from Lk)
+        S, B = _state_of(feat, k, v1, mask, g, Lk, group)
+        buf = feat.empty(group)
+        for s in range(0, L, group):
+            e = min(L, s + group)
+            psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
+            yield s, e, psi_q, a, psi_q @ S, np.full(e - s, B)
+        return
+    # forward: g <= j <= i - window, kept per row
+    fwd = np.empty((L, v1.shape[1]), dtype=dtype)
+    fwd_b = np.empty(L)
+    for s, e, _, _, nd, b, _ in far_groups(feat, q, k, v1, mask, g, Lk, window, chunk, group):
+        fwd[s:e], fwd_b[s:e] = nd, b
+    # backward: j >= i + window, the same pass over the reversed sequence (query i and
+    # key i are one position, so both reverse alike); keys g .. Lk - 1 are the
+    # reversed 0 .. Lk - 1 - g
+    rmask = None if mask is None else mask[::-1]
+    back = far_groups(feat, q[::-1], k[::-1], v1[::-1], rmask, 0, Lk - g, window, chunk, group)
+    for rs, re_, psi_r, a_r, nd_b, b_b, _ in back:
+        s, e = L - re_, L - rs
+        b_b, b_f = b_b[::-1], fwd_b[s:e]
+        b = np.maximum(b_f, b_b)
+        finite = np.isfinite(b)
+        b_safe = np.where(finite, b, 0.0)
+        sf = _exp(np.where(np.isfinite(b_f), b_f - b_safe, -np.inf), dtype)
+        sb = _exp(np.where(np.isfinite(b_b), b_b - b_safe, -np.inf), dtype)
+        nd = fwd[s:e] * sf[:, None]
+        nd += nd_b[::-1] * sb[:, None]
+        yield s, e, psi_r[::-1], a_r[::-1], nd, b
+
+
+def _state_of(feat, k, v1, mask, lo, hi, chunk):
+    """``(S, B)``: the key state of the unmasked keys ``lo .. hi - 1`` at ``exp(-B)``."""
+    dtype = feat.dtype
+    S = np.zeros((feat.n_out, v1.shape[1]), dtype=dtype)
+    B = -np.inf
+    buf = feat.empty(chunk)
+    for s in range(lo, hi, chunk):
+        e = min(hi, s + chunk)
+        psi, r = stable_features(feat, k[s:e], buf[: e - s])
+        if mask is not None and mask[s:e].any():
+            r = np.where(mask[s:e], -np.inf, r)
+            psi[mask[s:e]] = 0.0
+        top = float(r.max())
+        if top == -np.inf:
+            continue
+        if top > B:
+            if np.isfinite(B):
+                S *= dtype.type(np.exp(B - top))
+            B = top
+        S += psi.T @ (v1[s:e] * _exp(r - B, dtype)[:, None])
+    return S, B
+
+
+def _bidirectional_pool(top, kf, mask, g, window, feat):
+    """The keys any row may take, in score order (a row's candidates are its first
+    ``n_candidates`` outside its window, so among the best ``n_candidates + 2 window - 1``),
+    with their features and logs."""
+    positions = np.arange(g, kf.shape[0])
+    if mask is not None:
+        positions = positions[~mask[g:]]
+    scores = top.scores
+    order = positions[np.lexsort((positions, -scores[positions]))]
+    cols = order[: top.n_candidates + max(2 * window - 1, 0)].astype(np.int64)
+    psi = feat.empty(cols.size, rows=True)
+    psi, r = stable_features(feat, np.ascontiguousarray(kf[cols]), psi)
+    return cols, psi, r

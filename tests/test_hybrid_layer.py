@@ -1,0 +1,155 @@
+"""HybridAttention: whole calls, token-by-token decoding and its HybridState."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from favorkern import HybridAttention, hybrid_attention
+from favorkern.attention import HybridState
+
+
+def _data(seed=0, heads=3, L=150, d=8, dv=6, scale=0.6):
+    rng = np.random.default_rng(seed)
+    Q, K = rng.normal(scale=scale, size=(2, 2, heads, L, d))
+    V = rng.normal(size=(2, heads, L, dv))
+    return Q, K, V
+
+
+def _relative(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+SETTINGS = [
+    dict(window=16, n_global=1, n_top=4, n_candidates=20),
+    dict(window=0),
+    dict(window=5, n_global=3),
+    dict(window=1, n_top=2, n_candidates=3),
+    dict(window=200, n_global=2),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+@pytest.mark.parametrize("feature_map", ["positive", "trigonometric", "relu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_steps_equal_the_whole_causal_call(settings, feature_map, dtype):
+    Q, K, V = (X.astype(dtype) for X in _data())
+    layer = HybridAttention(n_components=32, feature_map=feature_map, causal=True,
+                            random_state=0, **settings).fit(Q, K)  # fmt: skip
+    whole = layer(Q, K, V)
+    state = layer.initial_state(batch_shape=(2, 3), dv=6, dtype=dtype)
+    parts, t = [], 0
+    for T in (1, 1, 7, 1, 64, 3, 73):  # blocks of tokens of several sizes
+        out, state = layer.step(
+            Q[..., t : t + T, :], K[..., t : t + T, :], V[..., t : t + T, :], state
+        )
+        parts.append(out)
+        t += T
+    assert t == 150 and state.n_tokens == 150
+    steps = np.concatenate(parts, axis=-2)
+    assert steps.dtype == dtype
+    assert _relative(steps, whole) < (1e-9 if dtype == np.float64 else 1e-5)
+
+
+def test_grouped_query_heads_and_masks():
+    rng = np.random.default_rng(1)
+    L, d = 120, 8
+    Q = rng.normal(scale=0.6, size=(9, L, d))  # 9 query heads over 3 key/value heads
+    K = rng.normal(scale=0.6, size=(3, L, d))
+    V = rng.normal(size=(3, L, 4))
+    mask = rng.random((3, L)) < 0.2
+    layer = HybridAttention(
+        window=8, n_global=1, n_top=3, n_candidates=10, n_components=32, causal=True,
+        random_state=0,
+    ).fit(Q, np.repeat(K, 3, axis=0))  # fmt: skip
+    whole = layer(Q, K, V, key_padding_mask=np.repeat(mask, 3, axis=0))
+    state = layer.initial_state(batch_shape=(3,), dv=4, n_query_heads=9)
+    steps = []
+    for t in range(L):
+        out, state = layer.step(Q[:, t : t + 1], K[:, t : t + 1], V[:, t : t + 1], state,
+                                key_padding_mask=mask[:, t : t + 1])  # fmt: skip
+        steps.append(out)
+    assert _relative(np.concatenate(steps, axis=1), whole) < 1e-9
+
+
+def test_state_size_is_independent_of_the_prefix():
+    Q, K, V = _data(L=300)
+    layer = HybridAttention(window=8, n_global=1, n_top=2, n_candidates=6, n_components=16,
+                            causal=True, random_state=0).fit(Q, K)  # fmt: skip
+    state = layer.initial_state(batch_shape=(2, 3), dv=6)
+    sizes = []
+    for t in (50, 300):
+        layer.step(Q[..., :t, :][..., -50:, :], K[..., :t, :][..., -50:, :],
+                   V[..., :t, :][..., -50:, :], state)  # fmt: skip
+        sizes.append(sum(a.nbytes for a in state.arrays.values()))
+    assert sizes[0] == sizes[1]
+
+
+def test_state_pickles_saves_and_continues():
+    Q, K, V = _data(L=60)
+    layer = HybridAttention(window=4, n_global=1, n_top=2, n_candidates=5, n_components=16,
+                            causal=True, random_state=0).fit(Q, K)  # fmt: skip
+    whole = layer(Q, K, V)
+    state = layer.initial_state(batch_shape=(2, 3), dv=6)
+    first, state = layer.step(Q[..., :30, :], K[..., :30, :], V[..., :30, :], state)
+    buffer = io.BytesIO()
+    state.save(buffer)
+    buffer.seek(0)
+    for restored in (pickle.loads(pickle.dumps(state)), HybridState.load(buffer),
+                     HybridState.from_dict(state.to_dict()), state.copy()):  # fmt: skip
+        rest, _ = layer.step(Q[..., 30:, :], K[..., 30:, :], V[..., 30:, :], restored)
+        assert _relative(np.concatenate([first, rest], axis=-2), whole) < 1e-9
+
+
+def test_untrusted_states_are_refused():
+    Q, K, V = _data(L=20)
+    layer = HybridAttention(window=4, n_top=2, n_candidates=5, n_components=16, causal=True,
+                            random_state=0).fit(Q, K)  # fmt: skip
+    state = layer.initial_state(batch_shape=(2, 3), dv=6)
+    layer.step(Q[..., :10, :], K[..., :10, :], V[..., :10, :], state)
+    data = state.to_dict()
+    narrow = dict(data, S=data["S"][..., :3, :])
+    with pytest.raises(ValueError, match="S of a hybrid decoding state must be float64 of shape"):
+        HybridState.from_dict(narrow)
+    bad = dict(data, pool_psi=np.full_like(data["pool_psi"], np.nan))
+    with pytest.raises(ValueError, match="pool_psi of a hybrid decoding state must be finite"):
+        HybridState.from_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        HybridState.from_dict({"S": data["S"]})
+    wrong_type = dict(data, win_hidden=data["win_hidden"].astype(np.float64))
+    with pytest.raises(ValueError, match="win_hidden"):
+        HybridState.from_dict(wrong_type)
+    with pytest.raises(ValueError, match="not a hybrid decoding state file"):
+        HybridState.load(io.BytesIO(b"not a zip file"))
+    fortran = HybridState.from_dict(dict(data, win_k=np.asfortranarray(data["win_k"])))
+    assert fortran.arrays["win_k"].flags.c_contiguous
+    other = HybridAttention(window=4, n_top=2, n_candidates=5, n_components=16, causal=True,
+                            random_state=1).fit(Q, K)  # fmt: skip
+    with pytest.raises(ValueError, match="made by another attention"):
+        other.step(Q[..., 10:, :], K[..., 10:, :], V[..., 10:, :], state)
+    with pytest.raises(ValueError, match="the state holds float64"):
+        layer.step(*(X[..., 10:, :].astype(np.float32) for X in (Q, K, V)), state)
+
+
+def test_call_matches_hybrid_attention_and_refuses_unfitted_causal_top_keys():
+    Q, K, V = _data(L=80)
+    layer = HybridAttention(window=8, n_top=2, n_candidates=6, n_components=16,
+                            random_state=0)  # fmt: skip
+    out = layer(Q, K, V)  # bidirectional: the mean query of each head scores the keys
+    ref = hybrid_attention(
+        Q, K, V, window=8, n_top=2, n_candidates=6, n_components=16,
+        projection_matrix=layer.projection_, random_state=layer._draw_seed,
+    )  # fmt: skip
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    causal = HybridAttention(window=8, n_top=2, causal=True, random_state=0)
+    with pytest.raises(ValueError, match="fit"):
+        causal(Q, K, V)
+    with pytest.raises(ValueError, match="fit"):
+        causal.initial_state()
+    per_head = HybridAttention(window=[2, 4, 8], causal=True, random_state=0).fit(Q, K)
+    assert per_head(Q, K, V).shape == V.shape
+    with pytest.raises(ValueError, match="decoding takes one window"):
+        per_head.step(Q[..., :1, :], K[..., :1, :], V[..., :1, :])
