@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     Argument errors found by argparse exit with status 2 (``SystemExit``) as usual.
     """
-    from ._commands._files import UsageError
+    from ._commands import UsageError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -28,8 +28,8 @@ from .feature_maps import (
     fit_constants,
     get_feature_map,
     input_scale,
+    map_spec,
 )
-from .feature_maps._base import map_spec
 from .feature_maps.generalized import FUNCTIONS
 from .feature_maps.trigonometric import FREQUENCIES, TrigonometricFeatureMap
 from .projections import NORM_KINDS, PROJECTION_KINDS, draw_projection, draw_structured

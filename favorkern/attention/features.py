@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from .._elementwise import exp_kernel
-from ..feature_maps._evaluate import apply_block
+from ..feature_maps import apply_block
 
 __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
 

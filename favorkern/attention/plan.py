@@ -60,8 +60,14 @@ from .. import _config
 from .._parallel import blas_single_thread, n_threads
 from .._validation import check_float_array, check_int, check_logit_scale, check_option, check_seed
 from .._warnings import FeatureUnderflowWarning
-from ..feature_maps import FeatureMap, check_constants, fit_constants, get_feature_map
-from ..feature_maps._base import map_identity, map_spec
+from ..feature_maps import (
+    FeatureMap,
+    check_constants,
+    fit_constants,
+    get_feature_map,
+    map_identity,
+    map_spec,
+)
 from ..projections import PROJECTION_KINDS, draw_projection, draw_structured
 from .bidirectional import bidirectional
 from .causal import causal as run_causal

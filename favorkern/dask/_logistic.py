@@ -11,9 +11,12 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from ..linear_model import RandomFeatureLogisticRegression
-from ..linear_model._logistic import logistic_block
-from ..linear_model._statistics import check_sample_weight, feature_block
+from ..linear_model import (
+    RandomFeatureLogisticRegression,
+    check_sample_weight,
+    feature_block,
+    logistic_block,
+)
 from ._cluster import tree_reduce
 from ._ridge import _ridge_rows
 

@@ -23,9 +23,9 @@ from ..linear_model import (
     RandomFeatureRidge,
     RandomFeatureRidgeClassifier,
     RidgeStatistics,
+    check_alphas,
     encode_labels,
 )
-from ..linear_model._statistics import check_alphas
 from ._cluster import tree_reduce
 
 

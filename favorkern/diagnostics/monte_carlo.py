@@ -13,8 +13,7 @@ import numpy as np
 
 from .. import _config
 from .._validation import check_float_array, check_int, check_option
-from ..feature_maps import apply_feature_map, check_constants, feature_map_names
-from ..feature_maps._base import map_spec
+from ..feature_maps import apply_feature_map, check_constants, feature_map_names, map_spec
 from ._common import MC_PROJECTIONS, NORMS, check_a, check_gamma, check_pairs, check_width, output
 
 __all__ = ["MonteCarloMSE", "empirical_mse", "draw_trials", "trials_spec", "mom_interval"]
@@ -248,8 +247,16 @@ default="orthogonal"
     if getattr(fmap, "deterministic", False):
         n_trials = check_int(n_trials, "n_trials", min_value=2)
         return _as_output(
-            _deterministic(x, y, fmap, m, gamma, min(check_int(n_groups, "n_groups"), n_trials),
-                           n_trials, constants),  # fmt: skip
+            _deterministic(
+                x,
+                y,
+                fmap,
+                m,
+                gamma,
+                min(check_int(n_groups, "n_groups"), n_trials),
+                n_trials,
+                constants,
+            ),  # fmt: skip
             scalar,
         )
     stacked = getattr(fmap, "stacked_trials", True)

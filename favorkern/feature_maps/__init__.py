@@ -110,3 +110,8 @@ __all__ = [
     "HybridFeatureMap",
     "TensorSketchFeatureMap",
 ]
+
+# Shared with favorkern.attention and the diagnostics: one internal import point
+# (not public, outside __all__).
+from ._base import map_identity, map_spec  # noqa: E402, F401
+from ._evaluate import apply_block  # noqa: E402, F401

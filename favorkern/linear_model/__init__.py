@@ -31,3 +31,7 @@ __all__ = [
     "encode_labels",
     "default_batch_size",
 ]
+
+# Shared with favorkern.dask: one internal import point (not public, outside __all__).
+from ._logistic import logistic_block  # noqa: E402, F401
+from ._statistics import check_alphas, check_sample_weight, feature_block  # noqa: E402, F401
