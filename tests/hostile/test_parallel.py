@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_info
 from favorkern import (
     PositiveRandomFeatures,
 )
+from favorkern._elementwise import ENV_EXP, chosen_kernels, reset_choices
 from favorkern._parallel import ENV_THREADS, blas_single_thread, executor, n_threads
 
 # Large enough for the row-block thread pool: 1024 rows x 256 outputs >= 2^17 elements.
@@ -46,9 +47,19 @@ def _use_pool_in_parent():
     return transformer, X, transformer.transform(X)
 
 
+def _parent_payload(transformer, X):
+    """What a worker needs to repeat the parent's transform bit for bit: the inputs and
+    the exponential the parent's timing chose (a worker that timed the kernels anew
+    may choose another, within the kernels' ulp bounds but not bit-identical)."""
+    return transformer, X, chosen_kernels()[f"exp {X.dtype.name}"]
+
+
 # Module level: picklable by reference for spawn, forkserver and loky workers.
 def _transform_in_worker(payload):
-    transformer, X = payload
+    transformer, X, exp_name = payload
+    if chosen_kernels().get(f"exp {X.dtype.name}") != exp_name:  # a fresh process
+        os.environ[ENV_EXP] = exp_name
+        reset_choices()
     # The pool of this process, directly (a copied pool without threads would hang).
     assert executor(2).submit(int, "5").result(timeout=TIMEOUT) == 5
     return transformer.transform(X)
@@ -65,7 +76,8 @@ def test_process_pool_after_parent_used_thread_pool(method):
     transformer, X, expected = _use_pool_in_parent()
     context = multiprocessing.get_context(method)
     with context.Pool(2) as pool:
-        results = pool.map_async(_transform_in_worker, [(transformer, X)] * 2).get(timeout=TIMEOUT)
+        payload = _parent_payload(transformer, X)
+        results = pool.map_async(_transform_in_worker, [payload] * 2).get(timeout=TIMEOUT)
     for result in results:
         np.testing.assert_array_equal(result, expected)  # bit-identical to the parent
 
@@ -75,7 +87,7 @@ def test_joblib_backends_after_parent_used_thread_pool(backend):
     joblib = pytest.importorskip("joblib")
     transformer, X, expected = _use_pool_in_parent()
     results = joblib.Parallel(n_jobs=2, backend=backend, timeout=TIMEOUT)(
-        joblib.delayed(_transform_in_worker)((transformer, X)) for _ in range(3)
+        joblib.delayed(_transform_in_worker)(_parent_payload(transformer, X)) for _ in range(3)
     )
     for result in results:
         np.testing.assert_array_equal(result, expected)
