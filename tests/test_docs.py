@@ -27,7 +27,23 @@ MODULES = (
     "favorkern.regression",
     "favorkern.dask",
     "favorkern.report",
+    "favorkern.integrations.transformers",
 )
+
+# Modules of optional extras: (module, the package it needs).
+_EXTRAS = {
+    "favorkern.dask": "dask",
+    "favorkern.integrations.transformers": "transformers",
+}
+
+
+def _import_public(module_name):
+    """The module, or a skip when its optional extra is not installed."""
+    if module_name in _EXTRAS:
+        pytest.importorskip(_EXTRAS[module_name], reason=f"{module_name} needs its extra")
+        if module_name.startswith("favorkern.integrations"):
+            pytest.importorskip("torch", reason=f"{module_name} needs torch")
+    return importlib.import_module(module_name)
 
 
 def _api_entries():
@@ -43,9 +59,7 @@ def _api_entries():
 
 @pytest.mark.parametrize("module_name", MODULES)
 def test_api_reference_lists_every_public_name(module_name):
-    if module_name == "favorkern.dask":
-        pytest.importorskip("dask", reason="favorkern.dask needs the dask extra")
-    module = importlib.import_module(module_name)
+    module = _import_public(module_name)
     public = {name for name in module.__all__ if not name.startswith("__")}
     listed = _api_entries().get(module_name, set())
     assert public - listed == set(), f"missing from docs/api.rst: {sorted(public - listed)}"
@@ -97,9 +111,7 @@ KNOWN_WITHOUT_EXAMPLES: set = set()
 def test_public_functions_and_classes_have_examples(module_name):
     import inspect
 
-    if module_name == "favorkern.dask":
-        pytest.importorskip("dask", reason="favorkern.dask needs the dask extra")
-    module = importlib.import_module(module_name)
+    module = _import_public(module_name)
     missing = []
     for name in module.__all__:
         obj = getattr(module, name)
