@@ -68,7 +68,9 @@ class RandomFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         maps with a kernel of their own (``"relu"``) take the default only.
     gamma : float, default=1.0
         Kernel scale, > 0.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
         Row lengths: ``"chi"`` unbiased, ``"fixed"`` (``sqrt(d)``) the regularized
@@ -300,7 +302,9 @@ class PositiveRandomFeatures(_NamedRandomFeatures):
         ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
     gamma : float, default=1.0
         Kernel scale, > 0.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
         Orthogonal rows never increase the mean squared error of the exp-type
         estimators (Performer, Theorem 2) and usually reduce it.
@@ -377,7 +381,9 @@ class HyperbolicRandomFeatures(_NamedRandomFeatures):
         ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
     gamma : float, default=1.0
         Kernel scale, > 0.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
         Row lengths: ``"chi"`` unbiased, ``"fixed"`` the SMREG variant.
@@ -437,7 +443,9 @@ class TrigonometricRandomFeatures(_NamedRandomFeatures):
         ``"rbf"``: ``k(x, y) = exp(-gamma * |x - y|^2)``.
     gamma : float, default=1.0
         Kernel scale, > 0.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
         Row lengths: ``"chi"`` unbiased, ``"fixed"`` the SMREG variant.
@@ -549,7 +557,9 @@ class GeneralizedRandomFeatures(_NamedRandomFeatures):
         return an array of the same shape.
     gamma : float, default=1.0
         Input scale, > 0.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         How the projection rows are drawn (see :func:`favorkern.draw_projection`).
     norms : {"chi", "fixed"}, default="chi"
         Row lengths (see :func:`favorkern.draw_projection`).
@@ -626,7 +636,9 @@ class OptimalPositiveRandomFeatures(_NamedRandomFeatures):
         The GERF parameter; ``None`` fits ``A*`` on ``X``.  Must be < 1/8 (the
         variance is infinite from 1/8 on).  A fixed, mistuned ``A`` can raise the
         variance by orders of magnitude (:ref:`theory-favor-plus-plus`).
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         See :func:`favorkern.draw_projection`.
     norms : {"chi", "fixed"}, default="chi"
         See :func:`favorkern.draw_projection`.

@@ -88,7 +88,9 @@ def favor_attention(
         (FAVOR#) rescales ``q_l -> psi_l q_l``, ``k_l -> k_l / psi_l`` per dimension,
         then ``"optimal"``.  Maps with data constants fit them on all tokens, so
         they are bidirectional only.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         Kind of the drawn projection (:func:`favorkern.draw_projection`);
         ``"structured"`` uses the fast Walsh-Hadamard product at large ``d``.
     gamma : float or None, default=None

@@ -103,7 +103,9 @@ def hybrid_attention(
         A registered map (see :func:`favor_attention`).  Maps with data constants fit
         them per (batch, head) on all tokens unless ``constants`` is given, so they
         need ``causal=False`` or given constants.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         Kind of the drawn projection.
     gamma : float or None, default=None
         Logit scale; ``1 / sqrt(d)`` if None.

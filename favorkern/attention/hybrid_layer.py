@@ -249,7 +249,9 @@ class HybridAttention:
         Output width of the feature map.
     feature_map : str or FeatureMap, default="positive"
         A registered map (see :func:`favor_attention`).
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         Kind of projection.
     causal : bool, default=False
         Whether calls are causal (decoding always is).

@@ -91,7 +91,9 @@ class FavorAttention:
         Output width of the feature map (256 if None; with ``projection_matrix``, its
         rows times the map's outputs per projection).  Paired maps use
         ``ceil(n_components / 2)`` projections.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         Kind of projection (:func:`favorkern.draw_projection`).
     projection_matrix : array-like of shape (n_projections, d), default=None
         Hold these projections instead of drawing them (then :meth:`redraw` is an

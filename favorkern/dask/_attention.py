@@ -408,10 +408,10 @@ def favor_attention(
     feature_map="positive",
     projection="orthogonal",
     gamma=None,
-    constants=None,
     projection_matrix=None,
-    random_state=None,
+    constants=None,
     key_padding_mask=None,
+    random_state=None,
 ):
     """FAVOR+ attention of dask arrays chunked along the sequence, as a lazy dask array.
 
@@ -450,10 +450,14 @@ def favor_attention(
         A map of the registry (see :func:`favorkern.favor_attention`).  Maps with
         data constants (``"optimal"``, ``"saderf"``) need them fitted beforehand and
         passed as ``constants``: chunks cannot fit them on all tokens.
-    projection : {"orthogonal", "gaussian", "simplex", "structured"}, default="orthogonal"
+    projection : str, default="orthogonal"
+        One of ``"orthogonal"``, ``"gaussian"``, ``"simplex"``, ``"structured"``, or the
+        scrambled quasi-Monte Carlo ``"sobol"`` and ``"halton"``.
         Kind of the drawn projection (:func:`favorkern.draw_projection`).
     gamma : float or None, default=None
         Logit scale; ``1 / sqrt(d)`` if None.
+    projection_matrix : array-like of shape (m, d), default=None
+        Use these projections instead of drawing them (drawn once, on the client).
     constants : dict, sequence of dicts or None, default=None
         Data constants of the map (e.g. ``{"A": -0.1}`` for ``"optimal"``), shared by
         every head; or one dict per head (axis -3; ``H / len(constants)`` consecutive
@@ -461,15 +465,13 @@ def favor_attention(
         :class:`favorkern.FavorAttention`:
         ``[att.frozen_constants(h) for h in range(len(att.constants_["A"]))]`` (with
         ``projection_matrix=att.projection_``).  Required by maps with data constants.
-    projection_matrix : array-like of shape (m, d), default=None
-        Use these projections instead of drawing them (drawn once, on the client).
-    random_state : int, RandomState instance or None, default=None
-        Seed of the drawn projection: the same seed gives the projection of the
-        in-memory :func:`favorkern.favor_attention`.
     key_padding_mask : array-like or dask array of bool, shape (..., Lk), default=None
         True marks a key to ignore (broadcast as in :func:`favorkern.favor_attention`;
         rechunked to the keys' sequence chunks).  A row whose keys are all ignored
         is 0.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the drawn projection: the same seed gives the projection of the
+        in-memory :func:`favorkern.favor_attention`.
 
     Returns
     -------
