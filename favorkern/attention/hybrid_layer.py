@@ -607,8 +607,8 @@ class _Decoder:
 
     def _to_far(self, state, k, v, hidden, pos, u):
         """Key ``pos`` (per head) joins the random-feature state and the candidate pool
-        (features here, the rest by :func:`~favorkern._numba.hybrid.hybrid_absorb`)."""
-        from .._numba.hybrid import hybrid_absorb
+        (features here, the rest by :func:`~favorkern._numba.hybrid_step.hybrid_absorb`)."""
+        from .._numba.hybrid_step import hybrid_absorb
 
         A, feat, dtype = state.arrays, self.feat, state.dtype
         k = np.ascontiguousarray(k)
@@ -630,8 +630,8 @@ class _Decoder:
     def _emit(self, state, q, out):
         """Outputs of the new token for every query head: ``q`` (N, group, d); the
         features here, the rest in one compiled pass over the heads
-        (:func:`~favorkern._numba.hybrid.hybrid_emit`)."""
-        from .._numba.hybrid import hybrid_emit
+        (:func:`~favorkern._numba.hybrid_step.hybrid_emit`)."""
+        from .._numba.hybrid_step import hybrid_emit
 
         A, feat, dtype = state.arrays, self.feat, state.dtype
         N, group, d = q.shape

@@ -1,0 +1,198 @@
+"""One decoding step of causal hybrid attention for every head, in two compiled passes.
+
+Pure functions of C-contiguous arrays; the caller computes the features and
+validates the state.  :func:`hybrid_emit` gives every query head's output from the
+state; :func:`hybrid_absorb` moves a key that leaves the window into the
+random-feature state and the candidate pools.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+from . import JIT_OPTIONS
+
+
+def _emit_signature(dtype):
+    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
+    b2 = nb.types.Array(nb.boolean, 2, "C")
+    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
+    return nb.void(
+        f2, d1, f2,  # psi_q (Nq, m), a (Nq,), q (Nq, d)
+        f3, d1,  # S (N, m, dv + 1), B (N,)
+        f3, f3, b2,  # glob_k (N, g, d), glob_v (N, g, dv), glob_hidden (N, g)
+        f3, f3, b2,  # win_k (N, w, d), win_v (N, w, dv), win_hidden (N, w)
+        f3, f3, f3, d2, nb.types.Array(nb.int64, 2, "C"),  # pool k, v, psi, r, pos
+        nb.int64, nb.float64, f2,  # n_top, gamma, out (Nq, dv)
+    )  # fmt: skip
+
+
+@nb.njit([_emit_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
+                pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out):  # fmt: skip
+    """One decoding step's outputs for every query head (``Nq = N group`` heads, query
+    head ``h`` reading key/value head ``h // group``): far sums ``psi_q S`` at
+    ``exp(a + B)``, exact terms of the global and window keys that are not hidden, and
+    the ``n_top`` pooled keys of largest logit (pool slots in score order), whose
+    estimates are replaced by their exact terms; all at one constant per row."""
+    n_q, m = psi_q.shape
+    group = n_q // S.shape[0]
+    width = S.shape[2]
+    dv = width - 1
+    n_glob, n_win, n_pool = glob_k.shape[1], win_k.shape[1], pool_k.shape[1]
+    d = q.shape[1]
+    logit_g = np.empty(n_glob)
+    logit_w = np.empty(n_win)
+    top_logit = np.empty(max(n_top, 1))
+    top_slot = np.empty(max(n_top, 1), dtype=np.int64)
+    nd = np.empty(width)
+    for h in range(n_q):
+        n = h // group
+        c = -math.inf
+        far_log = a[h] + B[n] if B[n] > -math.inf else -math.inf
+        c = max(c, far_log)
+        for j in range(n_glob):
+            logit_g[j] = -math.inf
+            if not glob_hidden[n, j]:
+                s = 0.0
+                for f in range(d):
+                    s += q[h, f] * glob_k[n, j, f]
+                logit_g[j] = gamma * s
+                c = max(c, logit_g[j])
+        for j in range(n_win):
+            logit_w[j] = -math.inf
+            if not win_hidden[n, j]:
+                s = 0.0
+                for f in range(d):
+                    s += q[h, f] * win_k[n, j, f]
+                logit_w[j] = gamma * s
+                c = max(c, logit_w[j])
+        filled = 0
+        for j in range(n_pool if n_top > 0 else 0):
+            if pool_pos[h, j] < 0:
+                continue
+            s = 0.0
+            for f in range(d):
+                s += q[h, f] * pool_k[h, j, f]
+            x = gamma * s
+            if filled < n_top:
+                p = filled
+                filled += 1
+            elif x > top_logit[n_top - 1]:
+                p = n_top - 1
+            else:
+                continue
+            while p > 0 and top_logit[p - 1] < x:
+                top_logit[p] = top_logit[p - 1]
+                top_slot[p] = top_slot[p - 1]
+                p -= 1
+            top_logit[p] = x
+            top_slot[p] = j
+        if filled:
+            c = max(c, top_logit[0])
+        if c == -math.inf:
+            c = 0.0
+        far_scale = math.exp(far_log - c) if far_log > -math.inf else 0.0
+        for col in range(width):
+            nd[col] = 0.0
+        if far_scale > 0.0:
+            for f in range(m):
+                p_f = psi_q[h, f]
+                for col in range(width):
+                    nd[col] += p_f * S[n, f, col]
+            for col in range(width):
+                nd[col] *= far_scale
+        for j in range(n_glob):
+            if logit_g[j] > -math.inf:
+                w = math.exp(logit_g[j] - c)
+                for col in range(dv):
+                    nd[col] += w * glob_v[n, j, col]
+                nd[dv] += w
+        for j in range(n_win):
+            if logit_w[j] > -math.inf:
+                w = math.exp(logit_w[j] - c)
+                for col in range(dv):
+                    nd[col] += w * win_v[n, j, col]
+                nd[dv] += w
+        for t in range(filled):
+            j = top_slot[t]
+            dot = 0.0
+            for f in range(m):
+                dot += psi_q[h, f] * pool_psi[h, j, f]
+            est = dot * math.exp(pool_r[h, j] - B[n]) * far_scale if far_scale > 0.0 else 0.0
+            w = math.exp(top_logit[t] - c) - est
+            for col in range(dv):
+                nd[col] += w * pool_v[h, j, col]
+            nd[dv] += w
+        den = nd[dv]
+        for col in range(dv):
+            out[h, col] = nd[col] / den if den != 0.0 else 0.0
+
+
+def _absorb_signature(dtype):
+    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
+    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
+    return nb.void(
+        f2, d1, f2, f2, nb.types.Array(nb.boolean, 1, "C"),  # psi, r, k, v (N, .), hidden
+        nb.int64, f3, d1,  # position, S (N, m, dv + 1), B (N,)
+        d2, f3, f3, f3, d2, d2, nb.types.Array(nb.int64, 2, "C"),  # u, pool k v psi r score pos
+    )  # fmt: skip
+
+
+@nb.njit([_absorb_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def hybrid_absorb(psi, r, k, v, hidden, position, S, B, u, pool_k, pool_v, pool_psi, pool_r,
+                  pool_score, pool_pos):  # fmt: skip
+    """Key ``position`` of every key/value head leaves the window: ``S <- S e^{B - B'}
+    + psi (v, 1) e^{r - B'}`` with ``B' = max(B, r)``, and for every query head (``u``
+    its scoring direction, ``Nq = N group`` rows) the key enters the pool of the
+    ``n_candidates`` best scores (slots kept in score order; ties: the earlier key)
+    when its score beats the worst kept.  Hidden keys change nothing."""
+    N, m, width = S.shape
+    dv = width - 1
+    n_q, n_pool = pool_pos.shape
+    group = n_q // N
+    d = k.shape[1]
+    for n in range(N):
+        if hidden[n]:
+            continue
+        new = max(B[n], r[n])
+        shrink = math.exp(B[n] - new) if B[n] > -math.inf else 0.0
+        w = math.exp(r[n] - new)
+        for f in range(m):
+            p_f = psi[n, f] * w
+            for col in range(dv):
+                S[n, f, col] = S[n, f, col] * shrink + p_f * v[n, col]
+            S[n, f, dv] = S[n, f, dv] * shrink + p_f
+        B[n] = new
+        for g in range(group if n_pool > 0 else 0):
+            h = n * group + g
+            score = 0.0
+            for f in range(d):
+                score += u[h, f] * k[n, f]
+            rank = 0
+            while rank < n_pool and pool_pos[h, rank] >= 0 and pool_score[h, rank] >= score:
+                rank += 1
+            if rank == n_pool:
+                continue
+            for j in range(n_pool - 1, rank, -1):  # shift the worse slots down by one
+                pool_score[h, j] = pool_score[h, j - 1]
+                pool_pos[h, j] = pool_pos[h, j - 1]
+                pool_r[h, j] = pool_r[h, j - 1]
+                for f in range(d):
+                    pool_k[h, j, f] = pool_k[h, j - 1, f]
+                for f in range(dv):
+                    pool_v[h, j, f] = pool_v[h, j - 1, f]
+                for f in range(m):
+                    pool_psi[h, j, f] = pool_psi[h, j - 1, f]
+            pool_score[h, rank] = score
+            pool_pos[h, rank] = position
+            pool_r[h, rank] = r[n]
+            for f in range(d):
+                pool_k[h, rank, f] = k[n, f]
+            for f in range(dv):
+                pool_v[h, rank, f] = v[n, f]
+            for f in range(m):
+                pool_psi[h, rank, f] = psi[n, f]
