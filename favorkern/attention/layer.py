@@ -467,9 +467,11 @@ class FavorAttention:
             return self._step_checked(q, k, v, state, gamma, key_padding_mask)
         if q.shape[-2] != 1:
             out, state = self._step_block(hf, q, k, v, key_padding_mask, state)
+            n_zero = None
         else:
-            out = decode(hf, q, k, v, key_padding_mask, state)
-        warn_zero_rows(get_feature_map(self.feature_map), out, v, key_padding_mask, True)
+            out, n_zero = decode(hf, q, k, v, key_padding_mask, state, zero_rows=True)
+        if n_zero != 0:  # None: not counted
+            warn_zero_rows(hf.fmap, out, v, key_padding_mask, True)
         return out, state
 
     def _step_checked(self, q, k, v, state, gamma, key_padding_mask):
