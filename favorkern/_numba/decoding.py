@@ -92,7 +92,8 @@ def _token_signature(dtype):
     f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
     d1 = nb.types.Array(nb.float64, 1, "C")
     return nb.int64(
-        f2, f2, f2, nb.types.Array(nb.boolean, 1, "C"),  # q (Nq, d), k (N, d), v (N, dv), hidden (N,)
+        f2, f2, f2,  # q (Nq, d), k (N, d), v (N, dv)
+        nb.types.Array(nb.boolean, 1, "C"),  # hidden (N,)
         f2, d1, d1, nb.int64, nb.float64,  # column logs (H, m), a, log s (H,), heads, limit
         f3, f2, d1, f2,  # S (N, m, dv), z (N, m), c (N,), out (Nq, dv)
         f2, f2, f2,  # query and key products (Nq, m), (N, m) (features after), numerators (g, dv)

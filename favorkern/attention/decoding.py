@@ -468,7 +468,7 @@ class _FusedMap:
         dtype = maps[0].dtype
         weights_t = np.stack([np.asarray(f.spec.weights, dtype=dtype).T for f in maps])
         column_log = np.zeros(weights_t.shape[::2], dtype=dtype)
-        for row, features in zip(column_log, maps):
+        for row, features in zip(column_log, maps, strict=True):
             log_scale = np.asarray(features.spec.log_scale, dtype=np.float64)
             row[...] = log_scale - float(log_scale.max())
         sq_coef = np.array([float(f.spec.sq_coef) for f in maps])
@@ -694,7 +694,8 @@ def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
     out = np.empty(out_batch + (1, dv), dtype=S.dtype)
     n_terms = (state.n_tokens + 1) * m
     status = _favor_token(
-        q_rows, k_rows, _c_rows(v_rows), _c_rows(hidden), fused.column_log, fused.sq_coef, fused.log_const, fused.heads,
+        q_rows, k_rows, _c_rows(v_rows), _c_rows(hidden), fused.column_log, fused.sq_coef,
+        fused.log_const, fused.heads,
         value_limit(S.dtype, n_terms), S.reshape(n_kv, m, dv), keys.z.reshape(n_kv, m),
         keys.c.reshape(n_kv), out.reshape(n_query, dv), qf, kf, scratch,
     )  # fmt: skip
