@@ -323,12 +323,13 @@ def _reason(error) -> str:
     return text
 
 
-def check_state_arrays(state, n_out) -> None:
+def check_state_arrays(state, n_out, values=True) -> None:
     """A ``ValueError`` unless the arrays of ``state`` are what the compiled step reads.
 
     ``S`` (..., n_out, dv) and ``z`` (..., n_out) of one float dtype, ``c`` (...)
     float64, all C-contiguous and writeable: a state changed by hand after it was
-    made must not send the kernel out of its arrays' bounds.
+    made must not send the kernel out of its arrays' bounds.  ``values``: also
+    ``c`` not NaN or ``+inf`` (the one-call token step checks it itself).
     """
     keys = state.keys
     S, z, c = keys.S, keys.z, keys.c
@@ -354,7 +355,7 @@ def check_state_arrays(state, n_out) -> None:
                 f"{name} of a decoding state must be a C-contiguous, writeable array (the "
                 "state is updated in place); rebuild it with DecodingState.from_dict"
             )
-    if c.size and not c.max() < np.inf:  # +inf or NaN: every later output NaN
+    if values and c.size and not c.max() < np.inf:  # +inf or NaN: every later output NaN
         raise ValueError("c of a decoding state must be finite, or -inf where no key entered")
 
 
@@ -379,6 +380,8 @@ class HeadFeatures:
         self.n_out = (self.shared or self.per_head[0]).n_out
         self._shapes = {}
         self._fused = False  # not built yet
+        # values beyond value_peak / n are refused where sums of n terms could overflow
+        self.value_peak = value_limit((self.shared or self.per_head[0]).dtype, 1)
         self._local = threading.local()  # buffers per thread: steps may run concurrently
 
     @property
@@ -696,7 +699,7 @@ def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
     status = _favor_token(
         q_rows, k_rows, _c_rows(v_rows), _c_rows(hidden), fused.column_log, fused.sq_coef,
         fused.log_const, fused.heads,
-        value_limit(S.dtype, n_terms), S.reshape(n_kv, m, dv), keys.z.reshape(n_kv, m),
+        hf.value_peak / n_terms, S.reshape(n_kv, m, dv), keys.z.reshape(n_kv, m),
         keys.c.reshape(n_kv), out.reshape(n_query, dv), qf, kf, scratch,
     )  # fmt: skip
     if status < 0:
@@ -721,10 +724,10 @@ def decode(hf, Q, K, V, mask, state, workers=1, zero_rows=False):
     return ``(out, n_zero)``, ``n_zero`` None where the outputs with a zero normalizer
     were not counted.
     """
-    check_state_arrays(state, hf.n_out)
-    out_batch, group = hf.shapes(Q, K, V, mask, state)
     T = Q.shape[-2]
     fused = hf.fused() if T == 1 else None
+    check_state_arrays(state, hf.n_out, values=fused is None)
+    out_batch, group = hf.shapes(Q, K, V, mask, state)
     if fused is not None:
         out, n_zero = _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group)
         return (out, n_zero) if zero_rows else out
