@@ -14,6 +14,7 @@ import numba as nb
 import numpy as np
 
 from . import JIT_OPTIONS
+from .elementwise import _exp
 
 
 def _emit_signature(dtype):
@@ -196,3 +197,137 @@ def hybrid_absorb(psi, r, k, v, hidden, position, S, B, u, pool_k, pool_v, pool_
                 pool_v[h, rank, f] = v[n, f]
             for f in range(m):
                 pool_psi[h, rank, f] = psi[n, f]
+
+
+def _token_signature(dtype):
+    f1, f2, f3 = (nb.types.Array(dtype, n, "C") for n in (1, 2, 3))
+    b1, b2 = nb.types.Array(nb.boolean, 1, "C"), nb.types.Array(nb.boolean, 2, "C")
+    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
+    i2 = nb.types.Array(nb.int64, 2, "C")
+    return nb.int64(
+        f2, f2, f2, b1,  # q (Nq, d), k (N, d), v (N, dv), hidden (N,)
+        nb.int64, nb.int64, nb.int64, nb.int64, nb.float64,  # position, w, g, n_top, gamma
+        f2, d1, f2, d1,  # psi_q (Nq, m), a (Nq,), psi_far (N, m), r_far (N,)
+        nb.boolean, f1, nb.float64, nb.float64,  # finish, column logs (m,), a, max log s
+        f3, d1, f3, f3, b2, f3, f3, b2,  # S, B, glob k v hidden, win k v hidden
+        d2, f3, f3, f3, d2, d2, i2,  # u, pool k v psi r score pos
+        f2,  # out (Nq, dv)
+    )  # fmt: skip
+
+
+@nb.njit(**JIT_OPTIONS)
+def _finish(psi, x, log_r, column_log, sq_coef, log_const):
+    """Rows of products ``w . x`` to ``psi = exp(w . x + log s_j - top) <= 1`` and
+    ``log_r = top - a |x|^2 + max log s`` (``phi(x) = exp(log_r) psi``)."""
+    one = psi.dtype.type(1.0)
+    for i in range(psi.shape[0]):
+        row = psi[i]
+        top = -math.inf
+        for f in range(row.shape[0]):
+            y = row[f] + column_log[f]
+            row[f] = y
+            top = max(top, y)
+        top_t = psi.dtype.type(top)
+        for f in range(row.shape[0]):
+            row[f] = min(_exp(row[f] - top_t), one)
+        norm = 0.0
+        for j in range(x.shape[1]):
+            norm += float(x[i, j]) * float(x[i, j])
+        log_r[i] = top - (sq_coef * norm - log_const)
+
+
+@nb.njit(**JIT_OPTIONS)
+def _all_finite(X):
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            if not np.isfinite(X[i, j]):
+                return False
+    return True
+
+
+@nb.njit(**JIT_OPTIONS)
+def _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, win_v,
+                win_hidden, u, pool_k, pool_v, pool_psi, pool_score, out):  # fmt: skip
+    N, m, width = S.shape
+    n_q, d = q.shape
+    if N == 0 or n_q % N or k.shape != (N, d) or v.shape != (N, width - 1):
+        return False
+    if psi_q.shape != (n_q, m) or psi_far.shape != (N, m) or out.shape != (n_q, width - 1):
+        return False
+    g, w = glob_k.shape[1], win_k.shape[1]
+    if glob_k.shape != (N, g, d) or glob_v.shape != (N, g, width - 1):
+        return False
+    if win_k.shape != (N, w, d) or win_v.shape != (N, w, width - 1):
+        return False
+    if glob_hidden.shape != (N, g) or win_hidden.shape != (N, w):
+        return False
+    P = pool_k.shape[1]
+    if P and u.shape != (n_q, d):
+        return False
+    return (
+        pool_k.shape == (n_q, P, d) and pool_v.shape == (n_q, P, width - 1)
+        and pool_psi.shape == (n_q, P, m) and pool_score.shape == (n_q, P)
+    )  # fmt: skip
+
+
+@nb.njit([_token_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
+                 psi_q, a, psi_far, r_far, finish, column_log, sq_coef, log_const,
+                 S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
+                 u, pool_k, pool_v, pool_psi, pool_r, pool_score, pool_pos, out):  # fmt: skip
+    """One token of causal hybrid attention for every head, from the state in place.
+
+    Key ``position`` enters the global keys (``position < n_global``) or the window
+    (ring slot ``(position - n_global) % window``); the key it replaces there, or
+    without a window the key itself, leaves for the random-feature state and the
+    candidate pools (:func:`hybrid_absorb`, features ``psi_far``, ``r_far`` of that
+    key); then :func:`hybrid_emit` gives every query head's output.  ``finish``:
+    ``psi_q`` and ``psi_far`` hold the products ``w . x`` of an exp map (column logs
+    ``log s_j - max log s``, ``a |x|^2``, ``max log s``), turned into stable
+    features here; else they are features with their logs in ``a`` and ``r_far``.
+
+    Returns 0, or (nothing modified) ``-1`` when an input is not finite, ``-2`` when
+    the arrays' shapes disagree.
+    """
+    if not _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, win_v,
+                       win_hidden, u, pool_k, pool_v, pool_psi, pool_score, out):  # fmt: skip
+        return -2
+    if pool_r.shape != pool_score.shape or pool_pos.shape != pool_score.shape:
+        return -2
+    if a.shape[0] != q.shape[0] or r_far.shape[0] != k.shape[0] or hidden.shape[0] != k.shape[0]:
+        return -2
+    if B.shape[0] != k.shape[0] or (finish and column_log.shape[0] != psi_q.shape[1]):
+        return -2
+    if not (_all_finite(q) and _all_finite(k) and _all_finite(v)):
+        return -1
+    pos, w, g = position, window, n_global
+    far = -1  # the position leaving for the far state
+    far_k, far_v, far_hidden = k, v, hidden
+    if pos < g:
+        glob_k[:, pos] = k
+        glob_v[:, pos] = v
+        glob_hidden[:, pos] = hidden
+    elif w:
+        slot = (pos - g) % w
+        if pos - w >= g:
+            far = pos - w
+            # the leaving key, copied before its slot takes the new one
+            far_k = win_k[:, slot].copy()
+            far_v = win_v[:, slot].copy()
+            far_hidden = win_hidden[:, slot].copy()
+        win_k[:, slot] = k
+        win_v[:, slot] = v
+        win_hidden[:, slot] = hidden
+    else:
+        far = pos
+        far_k, far_v, far_hidden = k.copy(), v.copy(), hidden.copy()
+    if finish:
+        _finish(psi_q, q, a, column_log, sq_coef, log_const)
+    if far >= 0:
+        if finish:
+            _finish(psi_far, far_k, r_far, column_log, sq_coef, log_const)
+        hybrid_absorb(psi_far, r_far, far_k, far_v, far_hidden, far, S, B, u, pool_k, pool_v,
+                      pool_psi, pool_r, pool_score, pool_pos)  # fmt: skip
+    hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
+                pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out)  # fmt: skip
+    return 0
