@@ -378,19 +378,23 @@ class HybridAttention:
         out : ndarray of shape (..., L, dv)
         """
         Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
+        return self._attend(Q, K, V, gamma, mask, self.causal)
+
+    def _attend(self, Q, K, V, gamma, mask, causal):
+        """:meth:`__call__` of checked arrays, ``causal`` or not."""
         d = Q.shape[-1]
         proj = self._projection(d)
         K, V = _expand_groups(Q, K, V)
         fmap = get_feature_map(self.feature_map)
         top = bool(np.any(np.asarray(self.n_top)))
         candidate_query = getattr(self, "candidate_query_", None) if top else None
-        if top and self.causal and candidate_query is None:
+        if top and causal and candidate_query is None:
             raise ValueError("n_top > 0 with causal=True needs fit(Q, K) first (the scoring "
                              "directions come from calibration queries)")  # fmt: skip
         return hybrid_attention(
             Q, K, V, window=self.window, n_global=self.n_global, n_top=self.n_top,
             n_candidates=self.n_candidates if top else None, candidate_query=candidate_query,
-            causal=self.causal, n_components=proj.n_components, feature_map=fmap,
+            causal=causal, n_components=proj.n_components, feature_map=fmap,
             gamma=self._gamma(gamma, d), projection_matrix=proj.matrix,
             constants=getattr(self, "constants_", None) or None, key_padding_mask=mask,
             random_state=self._draw_seed,
@@ -505,7 +509,23 @@ class HybridAttention:
             return dec.step(q, k, v, key_padding_mask, state)
         q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
         d = q.shape[-1]
-        dec = self._decoder(d, q.dtype, self._gamma(gamma, d))
+        gamma = self._gamma(gamma, d)
+        dec = self._decoder(d, q.dtype, gamma)
+        if q.shape[-2] > 1 and (state is None or getattr(state, "n_tokens", None) == 0):
+            # a prompt: the block engine's outputs, the state built from the whole block
+            from .hybrid_prefill import fill_state
+
+            state, rows = dec.inputs(q, k, v, mask, state)
+            hidden = rows[-1]
+            batch = state.batch_shape
+            whole_mask = None
+            if hidden.any():
+                whole_mask = hidden.reshape(batch + hidden.shape[-1:])
+                if batch and state.config["group"] > 1:
+                    whole_mask = np.repeat(whole_mask, state.config["group"], axis=-2)
+            out = self._attend(q, k, v, gamma, whole_mask, True)
+            fill_state(dec, state, *rows)
+            return out, state
         return dec.step(q, k, v, mask, state)
 
     def __repr__(self):
@@ -545,6 +565,25 @@ class _Decoder:
         return HybridState.empty(config, dtype, self.fingerprint)
 
     def step(self, q, k, v, mask, state):
+        state, (qs, ks, vs, hidden) = self.inputs(q, k, v, mask, state)
+        N, group, T, d = qs.shape
+        out = np.empty((N, group, T, v.shape[-1]), dtype=q.dtype)
+        if T == 1:
+            self.token(state, qs.reshape(N * group, d), ks.reshape(N, d), vs.reshape(N, -1),
+                       hidden.reshape(N), out.reshape(N * group, -1))  # fmt: skip
+        else:
+            row = np.empty((N * group, v.shape[-1]), dtype=q.dtype)
+            for t in range(T):
+                self.token(state, np.ascontiguousarray(qs[:, :, t].reshape(N * group, d)),
+                           np.ascontiguousarray(ks[:, t]), np.ascontiguousarray(vs[:, t]),
+                           np.ascontiguousarray(hidden[:, t]), row)  # fmt: skip
+                out[:, :, t] = row.reshape(N, group, -1)
+        return out.reshape(q.shape[:-1] + (v.shape[-1],)), state
+
+    def inputs(self, q, k, v, mask, state):
+        """``(state, (qs, ks, vs, hidden))``: the state (a new one for None) checked
+        against the inputs, and the inputs as rows: ``qs`` (N, group, T, d), ``ks``
+        (N, T, d), ``vs`` (N, T, dv), ``hidden`` (N, T) (the mask broadcast)."""
         d, T = q.shape[-1], q.shape[-2]
         if k.shape[-2] != T or v.shape[-2] != T or k.shape[-1] != d:
             raise ValueError(
@@ -575,18 +614,7 @@ class _Decoder:
                 raise ValueError(
                     f"key_padding_mask of shape {mask.shape} does not broadcast to {batch + (T,)}"
                 ) from None
-        out = np.empty((N, group, T, v.shape[-1]), dtype=q.dtype)
-        if T == 1:
-            self.token(state, qs.reshape(N * group, d), ks.reshape(N, d), vs.reshape(N, -1),
-                       hidden.reshape(N), out.reshape(N * group, -1))  # fmt: skip
-        else:
-            row = np.empty((N * group, v.shape[-1]), dtype=q.dtype)
-            for t in range(T):
-                self.token(state, np.ascontiguousarray(qs[:, :, t].reshape(N * group, d)),
-                           np.ascontiguousarray(ks[:, t]), np.ascontiguousarray(vs[:, t]),
-                           np.ascontiguousarray(hidden[:, t]), row)  # fmt: skip
-                out[:, :, t] = row.reshape(N, group, -1)
-        return out.reshape(q.shape[:-1] + (v.shape[-1],)), state
+        return state, (qs, ks, vs, hidden)
 
     def check_state(self, state, batch, group, d, dv, dtype):
         """A ``TypeError``/``ValueError`` unless ``state`` continues this attention for
@@ -608,6 +636,10 @@ class _Decoder:
             )
         if state.dtype != dtype:
             raise ValueError(f"the state holds {state.dtype} but the inputs are {dtype}")
+
+    def directions(self, batch, n_query, d):
+        """Every query head's scoring direction, (Nq, d) float64 ((0, d) without top keys)."""
+        return self._buffers(batch, n_query, d, self.feat.dtype)[-1]
 
     def _buffers(self, batch, n_query, d, dtype):
         """Scratch of one token (features and their logs) and every query head's
