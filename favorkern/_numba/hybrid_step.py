@@ -50,6 +50,7 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
     top_logit = np.empty(max(n_top, 1))
     top_slot = np.empty(max(n_top, 1), dtype=np.int64)
     nd = np.empty(width)
+    acc = np.empty(width, dtype=S.dtype)
     for h in range(n_q):
         n = h // group
         c = -math.inf
@@ -100,12 +101,17 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
         for col in range(width):
             nd[col] = 0.0
         if far_scale > 0.0:
+            # psi_q S in the state's dtype (float32 rows vectorize twice as wide)
+            acc[:] = 0
+            state = S[n]
+            psi_row = psi_q[h]
             for f in range(m):
-                p_f = psi_q[h, f]
+                p_f = psi_row[f]
+                row = state[f]
                 for col in range(width):
-                    nd[col] += p_f * S[n, f, col]
+                    acc[col] += p_f * row[col]
             for col in range(width):
-                nd[col] *= far_scale
+                nd[col] = acc[col] * far_scale
         for j in range(n_glob):
             if logit_g[j] > -math.inf:
                 w = math.exp(logit_g[j] - c)
