@@ -32,6 +32,17 @@ layout (9 query heads over 3 key/value heads, d = 64), one thread, CPU time:
 the KV cache (torch SDPA with grouped-query heads; numpy where torch is missing).
 The states are fed the prefix first (``step`` with blocks of tokens).
 
+``floor`` table (``--floor``): microseconds per token at prefixes 1k-32k, 9 query
+heads over 3 key/value heads and 12 heads, d = 64: ``FavorAttention.step`` and
+``HybridAttention.step`` with one new token, each against its bare products
+(:func:`favor_bare`, :func:`hybrid_bare`: the same products for all heads, one numpy
+or numba call each on preallocated arrays), against exact attention of the token
+over the KV cache (torch SDPA with one query; numpy without torch), and
+fast-transformers' recurrent form in torch ops.
+
+``prefill`` table (``--prefill [L ...]``): ``HybridAttention.step`` over a prompt
+from an empty state against one causal call of the same length.
+
 ``--coverage N``: over N random problems, how often the 95% interval of the mean
 relative row error covers the true mean (and the median's interval the true median).
 
@@ -41,6 +52,8 @@ Usage::
     python benchmarks/bench_decoding.py --coverage 500 --skip-decode --skip-error
     FAVORKERN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
         python benchmarks/bench_decoding.py --hybrid --skip-decode --skip-error
+    FAVORKERN_NUM_THREADS=1 ... python benchmarks/bench_decoding.py --floor --prefill \
+        --skip-decode --skip-error
 """
 
 from __future__ import annotations
@@ -527,6 +540,31 @@ def floor_table(dtype, prefixes, repeats, layouts):
     print(f"after: {load()}")
 
 
+def prefill_table(dtype, lengths, repeats, layouts):
+    """A prompt: ``HybridAttention.step`` over ``L`` tokens from an empty state (the
+    block engine, then the state built at once) against one causal call."""
+    from favorkern import HybridAttention
+
+    print(f"hybrid prefill: d = dv = {D}, m = {M}, {np.dtype(dtype).name}, window 64, 1 global, "
+          f"top 16 of 128; one thread, CPU time, medians of {repeats}; {load()}")  # fmt: skip
+    print(f"{'heads':>6} {'L':>6} {'call s':>8} {'step s':>8} {'step/call':>10}")
+    for Hq, H in layouts:
+        rng = np.random.default_rng(0)
+        calibration = rng.standard_normal((2, Hq, 512, D)).astype(dtype) * 0.5
+        layer = HybridAttention(window=64, n_global=1, n_top=16, n_candidates=128,
+                                n_components=M, causal=True, random_state=0)  # fmt: skip
+        layer.fit(*calibration)
+        for L in lengths:
+            Q = rng.standard_normal((Hq, L, D)).astype(dtype) * 0.5
+            K = rng.standard_normal((H, L, D)).astype(dtype) * 0.5
+            V = rng.standard_normal((H, L, DV)).astype(dtype)
+            t_call = cpu_median(lambda: layer(Q, K, V), repeats, warmup=1)
+            t_step = cpu_median(lambda: layer.step(Q, K, V), repeats, warmup=1)
+            print(f"{Hq:>3}/{H:<2} {L:>6} {t_call:>8.3f} {t_step:>8.3f} {t_step / t_call:>10.2f}",
+                  flush=True)  # fmt: skip
+    print(f"after: {load()}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, nargs="+", default=[1, 12])
@@ -540,6 +578,8 @@ def main():
     parser.add_argument("--hybrid", action="store_true", help="the hybrid decoding table")
     parser.add_argument("--floor", action="store_true",
                         help="one token against its bare products (FavorAttention, HybridAttention)")
+    parser.add_argument("--prefill", type=int, nargs="*", default=None,
+                        help="prompt lengths of the hybrid prefill table (2048 4096 8192 if none)")
     parser.add_argument("--layouts", nargs="+", default=["9/3", "12/12"],
                         help="query/key-value heads of the --floor table")  # fmt: skip
     parser.add_argument("--prefixes", type=int, nargs="+",
@@ -550,6 +590,9 @@ def main():
         decode_table(args.heads, dtype, args.prefix, args.repeats)
     if args.hybrid:
         hybrid_table(dtype, args.prefixes, args.repeats)
+    if args.prefill is not None:
+        layouts = [tuple(int(x) for x in text.split("/")) for text in args.layouts]
+        prefill_table(dtype, args.prefill or [2048, 4096, 8192], args.repeats, layouts)
     if args.floor:
         layouts = [tuple(int(x) for x in text.split("/")) for text in args.layouts]
         floor_table(dtype, args.prefixes, args.repeats, layouts)

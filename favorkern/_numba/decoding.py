@@ -1,9 +1,10 @@
 """One decoding step of causal FAVOR attention for every head, in one fused pass.
 
-Pure function of C-contiguous float32/float64 arrays; the features are computed
-outside (BLAS product + numpy's ``exp``).  The caller validates shapes and computes
-the stabilizers; this kernel checks finiteness, updates the states and emits the
-outputs, reading each state once.
+Pure functions of C-contiguous float32/float64 arrays.  :func:`favor_token` (exp
+maps) takes the features' matrix products from the caller and does the rest of a
+token in one call: the stabilized features, finiteness and value checks, the state
+update and the outputs.  :func:`decode_step` (every other map) takes finished
+features.  The caller validates shapes; the kernels read each state once.
 """
 
 from __future__ import annotations

@@ -495,6 +495,15 @@ class HybridAttention:
         -------
         out : ndarray of shape (..., Hq, T, dv)
         state : HybridState
+
+        Notes
+        -----
+        A prompt (``T > 1`` from an empty state) runs the block engine of
+        :func:`hybrid_attention` once and builds the state from the whole block (the
+        far keys' state by one matrix product per head, the candidate pools by one
+        sort per query head), at about the cost of the call.  A token takes one
+        compiled call for every head (for exp maps with a dense projection the
+        features are finished in it too).  Other blocks go token by token.
         """
         if (
             type(state) is HybridState and type(q) is np.ndarray and type(k) is np.ndarray
