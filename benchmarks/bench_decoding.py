@@ -507,7 +507,10 @@ def floor_table(dtype, prefixes, repeats, layouts):
         K = rng.standard_normal((H, longest, D)).astype(dtype) * 0.5
         V = rng.standard_normal((H, longest, DV)).astype(dtype)
         Q = rng.standard_normal((Hq, longest, D)).astype(dtype) * 0.5
-        bare_favor, bare_hybrid = favor_bare(H, group, dtype, rng), hybrid_bare(H, group, dtype, rng)
+        bare_favor, bare_hybrid = (
+            favor_bare(H, group, dtype, rng),
+            hybrid_bare(H, group, dtype, rng),
+        )
         t_fb = cpu_median(lambda: [bare_favor() for _ in range(20)], repeats, warmup=3) / 20
         t_hb = cpu_median(lambda: [bare_hybrid() for _ in range(20)], repeats, warmup=3) / 20
         for prefix in sorted(prefixes):
@@ -521,6 +524,7 @@ def floor_table(dtype, prefixes, repeats, layouts):
                     t = position[0]
                     for j in range(t, t + 20):
                         layer.step(Q[:, j : j + 1], K[:, j : j + 1], V[:, j : j + 1], state)
+
                 return run
 
             t_f = cpu_median(steps(favor, f_state), repeats, warmup=2) / 20
@@ -576,10 +580,18 @@ def main():
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-error", action="store_true")
     parser.add_argument("--hybrid", action="store_true", help="the hybrid decoding table")
-    parser.add_argument("--floor", action="store_true",
-                        help="one token against its bare products (FavorAttention, HybridAttention)")
-    parser.add_argument("--prefill", type=int, nargs="*", default=None,
-                        help="prompt lengths of the hybrid prefill table (2048 4096 8192 if none)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="one token against its bare products (FavorAttention, HybridAttention)",
+    )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        nargs="*",
+        default=None,
+        help="prompt lengths of the hybrid prefill table (2048 4096 8192 if none)",
+    )
     parser.add_argument("--layouts", nargs="+", default=["9/3", "12/12"],
                         help="query/key-value heads of the --floor table")  # fmt: skip
     parser.add_argument("--prefixes", type=int, nargs="+",
