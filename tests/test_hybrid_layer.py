@@ -252,3 +252,29 @@ def test_one_token_takes_the_compiled_features_for_exp_maps():
         out, state = layer.step(Q[..., :1, :], K[..., :1, :], V[..., :1, :])
         decoder = layer._decoder(8, np.float64, layer.gamma_)
         assert (decoder.finish is not None) == fast, feature_map
+
+
+def test_threads_step_their_own_sequences_with_one_layer():
+    """Per-token scratch is per thread: concurrent steps of one layer on two
+    sequences give what each gives alone; the layer pickles after stepping."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    Q, K, V = _data(L=60)
+    layer = HybridAttention(window=4, n_global=1, n_top=2, n_candidates=5, n_components=16,
+                            causal=True, random_state=0).fit(Q, K)  # fmt: skip
+    sequences = [(Q, K, V), (Q[..., ::-1, :].copy(), K[..., ::-1, :].copy(), V)]
+
+    def run(arrays):
+        q, k, v = arrays
+        state = layer.initial_state(batch_shape=(2, 3), dv=6)
+        return _token_by_token(layer, q, k, v, np.zeros((2, 3, 60), bool), state, 0, 60)
+
+    alone = [run(arrays) for arrays in sequences]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(run, sequences * 3))
+    for i, out in enumerate(together):
+        np.testing.assert_array_equal(out, alone[i % 2])
+    restored = pickle.loads(pickle.dumps(layer))
+    state = restored.initial_state(batch_shape=(2, 3), dv=6)
+    again = _token_by_token(restored, Q, K, V, np.zeros((2, 3, 60), bool), state, 0, 60)
+    np.testing.assert_array_equal(again, alone[0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 
@@ -537,6 +538,11 @@ class HybridAttention:
             return out, state
         return dec.step(q, k, v, mask, state)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_decoders", None)  # a cache (with thread-local buffers): rebuilt on demand
+        return state
+
     def __repr__(self):
         return (f"HybridAttention(window={self.window!r}, n_global={self.n_global!r}, "
                 f"n_top={self.n_top!r}, n_candidates={self.n_candidates!r}, "
@@ -654,7 +660,10 @@ class _Decoder:
         """Scratch of one token (features and their logs) and every query head's
         scoring direction (Nq, d) float64, reused while the shapes stay."""
         key = (tuple(batch), n_query, d, np.dtype(dtype))
-        cached = self.__dict__.get("_scratch")
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = self.__dict__.setdefault("_local", threading.local())
+        cached = getattr(local, "scratch", None)  # per thread: steps may run concurrently
         if cached is None or cached[0] != key:
             N, m = int(np.prod(batch, dtype=np.int64)), self.feat.n_out
             u = np.zeros((0, d))
@@ -665,7 +674,7 @@ class _Decoder:
             buffers = (np.empty((n_query, m), dtype), np.empty(n_query), np.empty((N, m), dtype),
                        np.empty(N), u)  # fmt: skip
             cached = (key, buffers)
-            self._scratch = cached
+            local.scratch = cached
         return cached[1]
 
     def token(self, state, q, k, v, hidden, out):
