@@ -516,7 +516,7 @@ class HybridAttention:
             # one token: the compiled step checks finiteness before it changes anything
             d = q.shape[-1]
             dec = self._decoder(d, q.dtype, self._gamma(gamma, d))
-            return dec.step(q, k, v, key_padding_mask, state)
+            return dec.one_token(q, k, v, key_padding_mask, state)
         q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
         d = q.shape[-1]
         gamma = self._gamma(gamma, d)
@@ -550,6 +550,19 @@ class HybridAttention:
 
 
 _hybrid_token = None
+
+
+def _prod(shape):
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
+def _c_rows(X, n):
+    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered)."""
+    rows = X.reshape(n, X.shape[-1])
+    return rows if rows.flags.c_contiguous else np.ascontiguousarray(rows)
 
 
 def _expand_groups(Q, K, V):
@@ -594,6 +607,30 @@ class _Decoder:
                            np.ascontiguousarray(hidden[:, t]), row)  # fmt: skip
                 out[:, :, t] = row.reshape(N, group, -1)
         return out.reshape(q.shape[:-1] + (v.shape[-1],)), state
+
+    def one_token(self, q, k, v, mask, state):
+        """:meth:`step` of one token, the shape checks cached per input shapes."""
+        key = (q.shape, k.shape, v.shape, None if mask is None else mask.shape)
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:  # the whole validation, once per shapes
+            return self.step(q, k, v, mask, state) if len(plans) > 16 else self._plan_token(
+                q, k, v, mask, state, plans, key)  # fmt: skip
+        batch, n_query, dv = plan
+        self.check_state(state, batch, n_query // max(1, _prod(batch)), q.shape[-1], dv, q.dtype)
+        N = _prod(batch)
+        hidden = np.zeros(N, dtype=bool)
+        if mask is not None:
+            hidden[:] = np.broadcast_to(mask, batch + (1,)).reshape(N)
+        out = np.empty(q.shape[:-1] + (dv,), dtype=q.dtype)
+        self.token(state, _c_rows(q, n_query), _c_rows(k, N), _c_rows(v, N), hidden,
+                   out.reshape(n_query, dv))  # fmt: skip
+        return out, state
+
+    def _plan_token(self, q, k, v, mask, state, plans, key):
+        out, state = self.step(q, k, v, mask, state)
+        plans[key] = (state.batch_shape, q.size // q.shape[-1], v.shape[-1])
+        return out, state
 
     def inputs(self, q, k, v, mask, state):
         """``(state, (qs, ks, vs, hidden))``: the state (a new one for None) checked
