@@ -301,3 +301,22 @@ def test_prompt_outputs_do_not_look_ahead(settings):
     _, same = layer.step(later[0], K, V)
     for name, value in state.arrays.items():
         np.testing.assert_array_equal(same.arrays[name], value, err_msg=name)
+
+
+def test_one_token_checks_every_state_after_its_shapes_are_known():
+    Q, K, V = _data(L=12)
+    layer = HybridAttention(window=4, n_components=16, causal=True, random_state=0).fit(Q, K)
+    other = HybridAttention(window=4, n_components=16, causal=True, random_state=1).fit(Q, K)
+    state = layer.initial_state(batch_shape=(2, 3), dv=6)
+    token = (Q[..., :1, :], K[..., :1, :], V[..., :1, :])
+    for _ in range(3):  # the shapes are known after the first
+        layer.step(*token, state)
+    with pytest.raises(ValueError, match="made by another attention"):
+        layer.step(*token, other.initial_state(batch_shape=(2, 3), dv=6))
+    with pytest.raises(ValueError, match="the state holds batch shape"):
+        layer.step(*token, layer.initial_state(batch_shape=(2, 3), dv=6, n_query_heads=6))
+    with pytest.raises(ValueError, match="the state holds float32"):
+        layer.step(*token, layer.initial_state(batch_shape=(2, 3), dv=6, dtype=np.float32))
+    with pytest.raises(TypeError, match="HybridState"):
+        layer.step(*token, {"S": 1})
+    assert state.n_tokens == 3
