@@ -320,3 +320,25 @@ def test_one_token_checks_every_state_after_its_shapes_are_known():
     with pytest.raises(TypeError, match="HybridState"):
         layer.step(*token, {"S": 1})
     assert state.n_tokens == 3
+
+
+ALL_MAPS = ["positive", "hyperbolic", "optimal", "sderf", "saderf", "aderf", "whitened", "fitted",
+            "hrf", "tensorsketch"]  # fmt: skip
+
+
+@pytest.mark.parametrize("feature_map", ALL_MAPS)
+def test_every_map_steps_like_the_whole_causal_call(feature_map):
+    """A prompt, single tokens and blocks (1, 7, 64, 73) against one causal call."""
+    Q, K, V = _data(L=160, d=8)
+    layer = HybridAttention(window=8, n_global=1, n_top=2, n_candidates=6, n_components=32,
+                            feature_map=feature_map, causal=True, random_state=0)  # fmt: skip
+    layer = layer.fit(Q, K)
+    whole = layer(Q, K, V)
+    parts, t, state = [], 0, None
+    for T in (20, 1, 7, 1, 64, 1, 66):
+        out, state = layer.step(Q[..., t : t + T, :], K[..., t : t + T, :], V[..., t : t + T, :],
+                                state)  # fmt: skip
+        parts.append(out)
+        t += T
+    assert t == 160
+    assert _relative(np.concatenate(parts, axis=-2), whole) < 1e-9
