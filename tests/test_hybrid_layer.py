@@ -342,3 +342,21 @@ def test_every_map_steps_like_the_whole_causal_call(feature_map):
         t += T
     assert t == 160
     assert _relative(np.concatenate(parts, axis=-2), whole) < 1e-9
+
+
+def test_read_only_inputs_step_like_writeable_ones():
+    from favorkern import FavorAttention
+
+    Q, K, V = _data(L=12)
+    frozen = [X.copy() for X in (Q, K, V)]
+    for X in frozen:
+        X.setflags(write=False)
+    hybrid = HybridAttention(window=4, n_components=16, causal=True, random_state=0).fit(Q, K)
+    favor = FavorAttention(n_components=16, random_state=0).fit(8)
+    for layer, state in ((hybrid, hybrid.initial_state((2, 3), 6)),
+                         (favor, favor.initial_state((2, 3), 6))):  # fmt: skip
+        reference = state.copy()
+        for t in range(3):
+            got, _ = layer.step(*(X[..., t : t + 1, :] for X in frozen), state)
+            want, _ = layer.step(*(X[..., t : t + 1, :] for X in (Q, K, V)), reference)
+            np.testing.assert_array_equal(got, want)

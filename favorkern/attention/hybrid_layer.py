@@ -572,9 +572,9 @@ def _prod(shape):
 
 
 def _c_rows(X, n):
-    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered)."""
+    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered), writeable."""
     rows = X.reshape(n, X.shape[-1])
-    return rows if rows.flags.c_contiguous else np.ascontiguousarray(rows)
+    return rows if rows.flags.c_contiguous and rows.flags.writeable else np.array(rows, order="C")
 
 
 def _expand_groups(Q, K, V):
@@ -738,6 +738,7 @@ class _Decoder:
             from .._numba.hybrid_step import hybrid_token as _hybrid_token
 
         A, pos, w, g = state.arrays, state.n_tokens, self.window, self.n_global
+        q, k, v = (_c_rows(X, X.shape[0]) for X in (q, k, v))  # read-only inputs: copies
         psi_q, a, psi_far, r_far, u = self._buffers(state.batch_shape, q.shape[0], q.shape[1],
                                                      state.dtype)  # fmt: skip
         far = None  # the keys that leave for the random-feature state
