@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from .._parallel import check_cancelled
-from .common import normalize, run_parallel, split
+from .common import run_parallel, split
 from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
 
@@ -65,16 +65,21 @@ def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None, lost=None
         scale_log -= state.c
         if scale_log is not row_log:
             _leave_window_near_underflow(features, row_log, scale_log, state.c, masked, dtype)
-        weight = np.exp(scale_log, out=scale_log).astype(dtype)
+        dv = v.shape[1]
+        # [w v, w]: z = (K')^T 1_L comes out of the product for S as its last column
+        # (a pass of its own over the features otherwise)
+        values = buffers.values(b - a, dv + 1)
+        weight = values[:, dv]
+        np.exp(scale_log, out=weight, casting="same_kind")
         if masked is not None:
             weight[masked] = 0.0
             features[masked] = 0.0  # a masked key's features may be inf or NaN
-        values = buffers.values(b - a, v.shape[1])
-        np.multiply(v[a:b], weight[:, np.newaxis], out=values)
-        product = buffers.array(state.S.shape, "state")
+        np.multiply(v[a:b], weight[:, np.newaxis], out=values[:, :dv])
+        product = buffers.array((phi.n_out, dv + 1), "state")
         # S = (K')^T V and z = (K')^T 1_L of Performer eq. 4, summed over key chunks
-        state.S += np.matmul(features.T, values, out=product)
-        state.z += features.T @ weight
+        np.matmul(features.T, values, out=product)
+        state.S += product[:, :dv]
+        state.z += product[:, dv]
     if lost is not None and state.c - lowest > _range(dtype):
         lost.append(True)
     return state
@@ -104,15 +109,38 @@ def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None
         buffers = Buffers(phi)
     S, z = state.S, state.z
     window = phi.query_window(S, z) if phi.kind == "exp" else None
+    dv = S.shape[1]
+    # [S z]: the normalizer q_i'^T z comes out of the numerator's product
+    Sz = np.empty((phi.n_out, dv + 1), dtype=phi.dtype)
+    Sz[:, :dv] = S
+    Sz[:, dv] = z
     for a in range(start, stop, chunk):
         check_cancelled()
         b = min(stop, a + chunk)
         features = buffers(b - a)
         # per chunk: the rows are read into cache for the product right after
         phi.queries(q[a:b], features, window, phi.logits_inside(q[a:b], window))
-        block = out[a:b]
-        np.matmul(features, S, out=block)  # Q' ((K')^T V), eq. 4's numerator
-        normalize(block, features @ z)  # D^-1, D_ii = q_i'^T z
+        block = buffers.values(b - a, dv + 1)
+        np.matmul(features, Sz, out=block)  # Q' ((K')^T V) and D, eq. 4
+        _divide(block, dv, out[a:b])  # D^-1
+
+
+def _divide(block, dv, out) -> None:
+    """``out = block[:, :dv] / block[:, dv]`` where rows with a zero denominator become 0,
+    as :func:`~.common.normalize` does (in float32 also a subnormal one); by the
+    reciprocal: one rounding more than a division, and a multiplication instead of
+    ``dv`` divisions per row."""
+    den = block[:, dv].copy()
+    if den.dtype == np.float32:
+        den[np.abs(den) < _FLOAT32_TINY] = np.inf
+    else:
+        den[den == 0] = np.inf
+    with np.errstate(over="ignore"):  # float64 subnormal denominators, as a division
+        np.reciprocal(den, out=den)
+    np.multiply(block[:, :dv], den[:, np.newaxis], out=out)
+
+
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _leave_window_near_underflow(features, row_log, scale_log, const, masked, dtype):
