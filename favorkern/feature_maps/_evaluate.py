@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _config
-from .._elementwise import exp_kernel, sincos_kernel
+from .._elementwise import exp_kernel, sin_cos_pairs_kernel, sincos_kernel
 from .._parallel import run_row_blocks
 
 
@@ -173,14 +173,12 @@ def _sin_cos_pairs(out_b, pairs, row_scale=None) -> None:
     dtype = out_b.dtype
     if row_scale is None:
         row_scale = np.ones(out_b.shape[0], dtype=dtype)
-    if (
-        out_b.flags.c_contiguous
-        and dtype in (np.float32, np.float64)
-        and sincos_kernel(dtype) == "numba"
-    ):
-        from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
-
-        kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
+    kernel = (
+        sin_cos_pairs_kernel(sincos_kernel(dtype), dtype)
+        if out_b.flags.c_contiguous and dtype in (np.float32, np.float64)
+        else None
+    )
+    if kernel is not None:
         kernel(out_b, pairs, np.ascontiguousarray(row_scale, dtype=dtype))
     else:
         np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
