@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _config
-from .._elementwise import exp_kernel, sin_cos_pairs_kernel, sincos_kernel
+from .._elementwise import exp_kernel, sin_cos_pairs_kernel, sincos_kernel, sq_norms
 from .._parallel import run_row_blocks
 
 
@@ -351,8 +351,8 @@ def _apply_block_augmented(
     x_aug = _augmented_input(rows, d, spec.func, dtype, scratch)
     x_aug[:, :d] = Xb
     if spec.func == "exp":
-        sq = np.einsum("ij,ij->i", Xb, Xb)
-        sq *= dtype.type(-spec.sq_coef)
+        sq = sq_norms(Xb)  # float64
+        sq *= -spec.sq_coef
         x_aug[:, d] = sq
     p = spec.pairs
     if p:
