@@ -75,3 +75,17 @@ def causal_recurrence(
             inverse = 1.0 / denominator
             for c in range(width):
                 target[c] = numerator[c] * inverse
+
+
+@nb.njit(**JIT_OPTIONS)
+def divide_rows(block, dv, tiny, out):
+    """``out[i] = block[i, :dv] / block[i, dv]`` by the reciprocal; 0 where
+    ``|block[i, dv]| < tiny`` (a lost normalizer, see ``attention.common.normalize``)."""
+    for i in range(block.shape[0]):
+        den = block[i, dv]
+        inverse = 0.0 if abs(den) < tiny else 1.0 / den
+        inverse = block.dtype.type(inverse)
+        row = block[i]
+        target = out[i]
+        for j in range(dv):
+            target[j] = row[j] * inverse
