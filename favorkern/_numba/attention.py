@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT_OPTIONS
+from . import JIT_OPTIONS, REDUCTION_JIT_OPTIONS
 
 _SIGNATURES = [
     nb.void(
@@ -77,15 +77,24 @@ def causal_recurrence(
                 target[c] = numerator[c] * inverse
 
 
-@nb.njit(**JIT_OPTIONS)
-def divide_rows(block, dv, tiny, out):
-    """``out[i] = block[i, :dv] / block[i, dv]`` by the reciprocal; 0 where
-    ``|block[i, dv]| < tiny`` (a lost normalizer, see ``attention.common.normalize``)."""
+# no ``arcp``: it would turn the division of the subnormal branch into the overflowing
+# reciprocal
+@nb.njit(**REDUCTION_JIT_OPTIONS)
+def divide_rows(block, dv, zero_below, tiny, out):
+    """``out[i] = block[i, :dv] / block[i, dv]``: 0 where ``|block[i, dv]| < zero_below``
+    (a lost normalizer, see ``attention.common.normalize``), by the reciprocal where it
+    is at least ``tiny`` (the smallest normal number: no overflow), else divided."""
     for i in range(block.shape[0]):
         den = block[i, dv]
-        inverse = 0.0 if abs(den) < tiny else 1.0 / den
-        inverse = block.dtype.type(inverse)
         row = block[i]
         target = out[i]
-        for j in range(dv):
-            target[j] = row[j] * inverse
+        if abs(den) < zero_below:
+            for j in range(dv):
+                target[j] = row[j] * 0.0
+        elif abs(den) < tiny:
+            for j in range(dv):
+                target[j] = row[j] / den
+        else:
+            inverse = 1.0 / den
+            for j in range(dv):
+                target[j] = row[j] * inverse

@@ -128,24 +128,26 @@ def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None
 
 def _divide(block, dv, out, numba=False) -> None:
     """``out = block[:, :dv] / block[:, dv]`` where rows with a zero denominator become 0,
-    as :func:`~.common.normalize` does (in float32 also a subnormal one); by the
-    reciprocal: one rounding more than a division, and a multiplication instead of
-    ``dv`` divisions per row.  ``numba``: by the numba loop (numba is loaded), 5x
-    faster than numpy's broadcast over rows of 64."""
+    as :func:`~.common.normalize` does (in float32 also a subnormal one).
+
+    ``numba``: by the numba loop (numba is loaded), 5x faster than numpy's broadcast
+    over rows of 64: one reciprocal per row and a multiplication (one rounding more than
+    a division) where the denominator is normal.
+    """
     if numba and out.flags.c_contiguous:
         from .._numba.attention import divide_rows
 
-        # float64: only a zero denominator (none is below the smallest subnormal)
-        divide_rows(block, dv, _FLOAT32_TINY if out.dtype == np.float32 else 5e-324, out)
+        info = np.finfo(out.dtype)
+        # float64: only a zero denominator is lost (none is below the smallest subnormal)
+        zero_below = _FLOAT32_TINY if out.dtype == np.float32 else float(info.smallest_subnormal)
+        divide_rows(block, dv, zero_below, float(info.tiny), out)
         return
     den = block[:, dv].copy()
     if den.dtype == np.float32:
         den[np.abs(den) < _FLOAT32_TINY] = np.inf
     else:
         den[den == 0] = np.inf
-    with np.errstate(over="ignore"):  # float64 subnormal denominators, as a division
-        np.reciprocal(den, out=den)
-    np.multiply(block[:, :dv], den[:, np.newaxis], out=out)
+    np.divide(block[:, :dv], den[:, np.newaxis], out=out)
 
 
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)
