@@ -20,7 +20,7 @@ from .common import run_parallel, split
 from .features import _KEY_WINDOW, Buffers
 from .state import KeyState, merge
 
-__all__ = ["accumulate_keys", "emit", "bidirectional"]
+__all__ = ["accumulate_keys", "emit", "bidirectional", "divide_by_last_column"]
 
 
 def accumulate_keys(phi, k, v, mask, start, stop, chunk, buffers=None, lost=None) -> KeyState:
@@ -123,10 +123,10 @@ def emit(phi, q, state: KeyState, out, start, stop, chunk, buffers=None) -> None
         phi.queries(q[a:b], features, window, phi.logits_inside(q[a:b], window))
         block = buffers.values(b - a, dv + 1)
         np.matmul(features, Sz, out=block)  # Q' ((K')^T V) and D, eq. 4
-        _divide(block, dv, out[a:b], numba)  # D^-1
+        divide_by_last_column(block, dv, out[a:b], numba)  # D^-1
 
 
-def _divide(block, dv, out, numba=False) -> None:
+def divide_by_last_column(block, dv, out, numba=False) -> None:
     """``out = block[:, :dv] / block[:, dv]`` where rows with a zero denominator become 0,
     as :func:`~.common.normalize` does (in float32 also a subnormal one).
 
