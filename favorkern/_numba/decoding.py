@@ -38,7 +38,8 @@ def decode_step(query_features, key_features, values, decay, S, z, out, numerato
 
     Query head ``i`` reads key/value head ``i // group`` (``group`` = the rows of
     ``numerator``).  Returns False, with nothing modified, when an input is not
-    finite.  Outputs with a zero normalizer are 0.
+    finite.  Outputs with a zero normalizer are 0, with a non-finite one NaN (``z``
+    held NaN or infinity).
     """
     n_kv, m = key_features.shape
     dv = values.shape[1]
@@ -79,7 +80,11 @@ def decode_step(query_features, key_features, values, decay, S, z, out, numerato
             for f in range(m):
                 denominator += q_row[f] * norm[f]
             target = out[first + j]
-            if denominator == 0.0:
+            # before the test for 0: LLVM folds a finiteness test in its else branch
+            if not abs(denominator) < math.inf:  # z held NaN/inf: NaN for the caller's check
+                for c in range(dv):
+                    target[c] = np.nan
+            elif denominator == 0.0:
                 for c in range(dv):
                     target[c] = 0.0
             else:
@@ -149,7 +154,8 @@ def favor_token(q, k, v, hidden, column_log, sq_coef, log_const, heads, limit,
 
     Returns ``-1`` (nothing modified) when an input, a feature or ``c`` is not finite
     (``c`` may be ``-inf``), ``-2`` when a value exceeds ``limit`` in magnitude,
-    else the number of outputs with a zero normalizer.
+    ``-3`` (after the update) when ``S`` or ``z`` held NaN or infinity, else the
+    number of outputs with a zero normalizer.
     """
     n_kv, m = key_features.shape
     d = k.shape[1]
@@ -196,6 +202,7 @@ def favor_token(q, k, v, hidden, column_log, sq_coef, log_const, heads, limit,
         if not (np.isfinite(top) and np.isfinite(_exp_row(feats, top, one))):
             return -1
     n_zero = 0
+    corrupt = False
     for n in range(n_kv):
         a = S.dtype.type(decay[n])
         state = S[n]
@@ -222,6 +229,10 @@ def favor_token(q, k, v, hidden, column_log, sq_coef, log_const, heads, limit,
             for f in range(m):
                 denominator += q_row[f] * norm_n[f]
             target = out[first + j]
+            # finite inputs and bounded values: only a state S or z that held NaN/inf
+            # (changed by hand) makes a normalizer or an output non-finite; tested
+            # before the test for 0 (LLVM folds a finiteness test in its else branch)
+            corrupt |= not abs(denominator) < math.inf
             if denominator == 0:
                 n_zero += 1
                 for col in range(dv):
@@ -230,4 +241,5 @@ def favor_token(q, k, v, hidden, column_log, sq_coef, log_const, heads, limit,
                 inverse = one / denominator
                 for col in range(dv):
                     target[col] = numerator[j, col] * inverse
-    return n_zero
+                    corrupt |= not abs(target[col]) < math.inf
+    return -3 if corrupt else n_zero

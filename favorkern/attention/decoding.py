@@ -615,6 +615,8 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
     if not ok:
         raise ValueError("q, k and v must be finite (got NaN or infinity, or features overflowed)")
     c_old[...] = c_new
+    if not np.isfinite(out).all():  # finite inputs, bounded values: S or z held NaN/inf
+        raise ValueError(_CORRUPT)
 
 
 def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
@@ -655,6 +657,10 @@ def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
 
 
 _favor_token = None
+_CORRUPT = (
+    "S and z of a decoding state must be finite (they held NaN or infinity: the state is "
+    "unusable); rebuild it, e.g. with DecodingState.from_dict from a saved copy"
+)
 
 
 def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
@@ -702,6 +708,8 @@ def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
         hf.value_peak / n_terms, S.reshape(n_kv, m, dv), keys.z.reshape(n_kv, m),
         keys.c.reshape(n_kv), out.reshape(n_query, dv), qf, kf, scratch,
     )  # fmt: skip
+    if status == -3:
+        raise ValueError(_CORRUPT)
     if status < 0:
         if status == -2:
             check_state_values(V, n_terms)  # raises, naming the remedy
