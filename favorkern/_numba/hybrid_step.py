@@ -21,7 +21,7 @@ def _emit_signature(dtype):
     f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
     b2 = nb.types.Array(nb.boolean, 2, "C")
     d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
-    return nb.void(
+    return nb.boolean(
         f2, d1, f2,  # psi_q (Nq, m), a (Nq,), q (Nq, d)
         f3, d1,  # S (N, m, dv + 1), B (N,)
         f3, f3, b2,  # glob_k (N, g, d), glob_v (N, g, dv), glob_hidden (N, g)
@@ -31,6 +31,24 @@ def _emit_signature(dtype):
     )  # fmt: skip
 
 
+@nb.njit(**JIT_OPTIONS)
+def _logits(q_row, keys, hidden, gamma, logit):
+    """``logit = gamma q . k`` per key, ``-inf`` where hidden; returns the largest,
+    or NaN when one that is not hidden is not finite."""
+    top = -math.inf
+    finite = True
+    for j in range(keys.shape[0]):
+        logit[j] = -math.inf
+        if not hidden[j]:
+            s = 0.0
+            for f in range(keys.shape[1]):
+                s += q_row[f] * keys[j, f]
+            logit[j] = gamma * s
+            finite &= abs(logit[j]) < math.inf
+            top = max(top, logit[j])
+    return top if finite else math.nan
+
+
 @nb.njit([_emit_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
 def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
                 pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out):  # fmt: skip
@@ -38,7 +56,10 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
     head ``h`` reading key/value head ``h // group``): far sums ``psi_q S`` at
     ``exp(a + B)``, exact terms of the global and window keys that are not hidden, and
     the ``n_top`` pooled keys of largest logit (pool slots in score order), whose
-    estimates are replaced by their exact terms; all at one constant per row."""
+    estimates are replaced by their exact terms; all at one constant per row.
+
+    False when a logit or a sum is not finite (the state held NaN or infinity, or a
+    logit overflowed): a NaN logit fails every comparison, its key unnoticed."""
     n_q, m = psi_q.shape
     group = n_q // S.shape[0]
     width = S.shape[2]
@@ -51,27 +72,16 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
     top_slot = np.empty(max(n_top, 1), dtype=np.int64)
     nd = np.empty(width)
     acc = np.empty(width, dtype=S.dtype)
+    bad = False
     for h in range(n_q):
         n = h // group
         c = -math.inf
         far_log = a[h] + B[n] if B[n] > -math.inf else -math.inf
         c = max(c, far_log)
-        for j in range(n_glob):
-            logit_g[j] = -math.inf
-            if not glob_hidden[n, j]:
-                s = 0.0
-                for f in range(d):
-                    s += q[h, f] * glob_k[n, j, f]
-                logit_g[j] = gamma * s
-                c = max(c, logit_g[j])
-        for j in range(n_win):
-            logit_w[j] = -math.inf
-            if not win_hidden[n, j]:
-                s = 0.0
-                for f in range(d):
-                    s += q[h, f] * win_k[n, j, f]
-                logit_w[j] = gamma * s
-                c = max(c, logit_w[j])
+        top_g = _logits(q[h], glob_k[n], glob_hidden[n], gamma, logit_g)
+        top_w = _logits(q[h], win_k[n], win_hidden[n], gamma, logit_w)
+        bad |= not (top_g < math.inf and top_w < math.inf)  # NaN: a logit not finite
+        c = max(c, top_g, top_w)
         filled = 0
         for j in range(n_pool if n_top > 0 else 0):
             if pool_pos[h, j] < 0:
@@ -80,6 +90,7 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
             for f in range(d):
                 s += q[h, f] * pool_k[h, j, f]
             x = gamma * s
+            bad |= not abs(x) < math.inf
             if filled < n_top:
                 p = filled
                 filled += 1
@@ -134,9 +145,12 @@ def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, wi
             for col in range(dv):
                 nd[col] += w * pool_v[h, j, col]
             nd[dv] += w
+        for col in range(width):  # before any test for 0 (LLVM folds tests after it)
+            bad |= not abs(nd[col]) < math.inf
         den = nd[dv]
         for col in range(dv):
             out[h, col] = nd[col] / den if den != 0.0 else 0.0
+    return not bad
 
 
 def _absorb_signature(dtype):
@@ -167,7 +181,8 @@ def hybrid_absorb(psi, r, k, v, hidden, position, S, B, u, pool_k, pool_v, pool_
             continue
         new = max(B[n], r[n])
         shrink = math.exp(B[n] - new) if B[n] > -math.inf else 0.0
-        w = math.exp(r[n] - new)
+        # r = -inf (|k|^2 beyond the float range): features 0, as in a whole call
+        w = math.exp(r[n] - new) if r[n] > -math.inf else 0.0
         for f in range(m):
             p_f = psi[n, f] * w
             for col in range(dv):
@@ -252,6 +267,23 @@ def _all_finite(X):
 
 
 @nb.njit(**JIT_OPTIONS)
+def _finite_row(x):
+    for i in range(x.shape[0]):
+        if not abs(x[i]) < math.inf:
+            return False
+    return True
+
+
+@nb.njit(**JIT_OPTIONS)
+def _no_nan(x):
+    """No NaN or ``+inf`` (``-inf``: every feature underflowed)."""
+    for i in range(x.shape[0]):
+        if not x[i] < math.inf:
+            return False
+    return True
+
+
+@nb.njit(**JIT_OPTIONS)
 def _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, win_v,
                 win_hidden, u, pool_k, pool_v, pool_psi, pool_score, out):  # fmt: skip
     N, m, width = S.shape
@@ -292,8 +324,10 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
     ``log s_j - max log s``, ``a |x|^2``, ``max log s``), turned into stable
     features here; else they are features with their logs in ``a`` and ``r_far``.
 
-    Returns 0, or (nothing modified) ``-1`` when an input is not finite, ``-2`` when
-    the arrays' shapes disagree.
+    Returns 0, or (nothing modified) ``-1`` when an input or a feature is not
+    finite, ``-2`` when the arrays' shapes disagree, ``-3`` when ``B`` holds NaN or
+    ``+inf``; ``-3`` after the update when a logit or sum of the outputs is not
+    finite (another array of the state held NaN or infinity).
     """
     if not _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, win_v,
                        win_hidden, u, pool_k, pool_v, pool_psi, pool_score, out):  # fmt: skip
@@ -306,14 +340,14 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
         return -2
     if not (_all_finite(q) and _all_finite(k) and _all_finite(v)):
         return -1
+    for n in range(B.shape[0]):
+        if not B[n] < math.inf:  # NaN or +inf; -inf: no far key yet
+            return -3
     pos, w, g = position, window, n_global
     far = -1  # the position leaving for the far state
     far_k, far_v, far_hidden = k, v, hidden
-    if pos < g:
-        glob_k[:, pos] = k
-        glob_v[:, pos] = v
-        glob_hidden[:, pos] = hidden
-    elif w:
+    slot = -1
+    if pos >= g and w:
         slot = (pos - g) % w
         if pos - w >= g:
             far = pos - w
@@ -321,19 +355,32 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
             far_k = win_k[:, slot].copy()
             far_v = win_v[:, slot].copy()
             far_hidden = win_hidden[:, slot].copy()
+    elif pos >= g:
+        far = pos
+        far_k, far_v, far_hidden = k.copy(), v.copy(), hidden.copy()
+    # features first, checked before anything of the state changes
+    if finish:
+        _finish(psi_q, q, a, column_log, sq_coef, log_const)
+        if far >= 0:
+            _finish(psi_far, far_k, r_far, column_log, sq_coef, log_const)
+    if not (_all_finite(psi_q) and _no_nan(a)):
+        return -1
+    if far >= 0:
+        for n in range(far_k.shape[0]):
+            if not far_hidden[n] and not (_finite_row(psi_far[n]) and r_far[n] < math.inf):
+                return -1
+    if pos < g:
+        glob_k[:, pos] = k
+        glob_v[:, pos] = v
+        glob_hidden[:, pos] = hidden
+    elif w:
         win_k[:, slot] = k
         win_v[:, slot] = v
         win_hidden[:, slot] = hidden
-    else:
-        far = pos
-        far_k, far_v, far_hidden = k.copy(), v.copy(), hidden.copy()
-    if finish:
-        _finish(psi_q, q, a, column_log, sq_coef, log_const)
     if far >= 0:
-        if finish:
-            _finish(psi_far, far_k, r_far, column_log, sq_coef, log_const)
         hybrid_absorb(psi_far, r_far, far_k, far_v, far_hidden, far, S, B, u, pool_k, pool_v,
                       pool_psi, pool_r, pool_score, pool_pos)  # fmt: skip
-    hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
-                pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out)  # fmt: skip
+    if not hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
+                       pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out):  # fmt: skip
+        return -3
     return 0

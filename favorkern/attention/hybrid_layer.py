@@ -564,13 +564,6 @@ def _arrays_fit(state):
     return all(a.flags.c_contiguous and a.flags.writeable for a in state.arrays.values())
 
 
-def _prod(shape):
-    n = 1
-    for x in shape:
-        n *= x
-    return n
-
-
 def _c_rows(X, n):
     """``X`` as ``n`` C-ordered rows (a view when it is C-ordered), writeable."""
     rows = X.reshape(n, X.shape[-1])
@@ -629,8 +622,8 @@ class _Decoder:
             return self.step(q, k, v, mask, state) if len(plans) > 16 else self._plan_token(
                 q, k, v, mask, state, plans, key)  # fmt: skip
         batch, n_query, dv = plan
-        self.check_state(state, batch, n_query // max(1, _prod(batch)), q.shape[-1], dv, q.dtype)
-        N = _prod(batch)
+        self.check_state(state, batch, n_query // max(1, math.prod(batch)), q.shape[-1], dv, q.dtype)
+        N = math.prod(batch)
         hidden = np.zeros(N, dtype=bool)
         if mask is not None:
             hidden[:] = np.broadcast_to(mask, batch + (1,)).reshape(N)
@@ -769,7 +762,15 @@ class _Decoder:
                 raise  # not the state's arrays: an error of this code, shown as it is
             status = -2
         if status == -1:
-            raise ValueError("q, k and v must be finite (got NaN or infinity)")
+            raise ValueError(
+                "q, k and v must be finite (got NaN or infinity, or their features overflowed)"
+            )
+        if status == -3:
+            raise ValueError(
+                "the hybrid decoding state's arrays must be finite (B: finite or -inf), and "
+                "the logits of the queries and its keys too: rebuild the state with "
+                "HybridState.from_dict, or scale the inputs down"
+            )
         if status:
             raise ValueError(
                 "the hybrid decoding state's arrays do not fit its configuration (shapes, "

@@ -37,3 +37,59 @@ def test_step_refuses_a_state_with_non_finite_sums(feature_map, dtype, where, ba
     with pytest.raises(ValueError, match="S and z of a decoding state must be finite"):
         attention.step(*_tokens(rng, (2, 3), dtype=dtype), state)
     assert state.n_tokens == n_tokens
+
+
+def _hybrid(feature_map, dtype, n=6):
+    from favorkern import HybridAttention
+
+    rng = np.random.default_rng(1)
+    layer = HybridAttention(
+        window=3, n_global=1, n_top=2, n_candidates=4, n_components=16,
+        feature_map=feature_map, causal=True, random_state=0,
+    )  # fmt: skip
+    X = rng.standard_normal((2, 3, 20, 8))
+    layer.fit(X, X)
+    state = None
+    for _ in range(n):
+        _, state = layer.step(*_tokens(rng, (2, 3), dtype=dtype), state)
+    return layer, state, rng
+
+
+@pytest.mark.parametrize("feature_map", MAPS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "name, index", [("S", (0, 1, 0)), ("win_k", (0, 1, 0)), ("glob_k", (1, 0, 2)),
+                    ("pool_k", (2, 0, 1)), ("pool_psi", (2,)), ("B", (1,))],
+)  # fmt: skip
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_hybrid_step_refuses_a_state_with_non_finite_arrays(feature_map, dtype, name, index, bad):
+    """An array of the state set to NaN/inf by hand: an error, never NaN outputs or a
+    key silently left out (a NaN logit fails every comparison).  Pooled features are
+    read where their key is among the top ones: the whole row is set."""
+    layer, state, rng = _hybrid(feature_map, dtype)
+    state.arrays[name][index] = bad
+    with pytest.raises(ValueError, match="must be finite"):
+        layer.step(*_tokens(rng, (2, 3), dtype=dtype), state)
+
+
+@pytest.mark.parametrize("feature_map", MAPS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hybrid_step_keeps_its_state_finite_after_an_extreme_key(feature_map, dtype):
+    """A finite key whose features overflow: refused where it enters or leaves the
+    window (the state untouched), or absorbed with its features 0; never a NaN state."""
+    layer, state, rng = _hybrid(feature_map, dtype, n=2)
+    for t in range(6):
+        q, k, v = _tokens(rng, (2, 3), dtype=dtype)
+        if t == 0:
+            k[1, 2] = np.finfo(dtype).max / 10
+        before = {name: a.copy() for name, a in state.arrays.items()}
+        try:
+            out, state = layer.step(q, k, v, state)
+        except ValueError as error:
+            assert "finite" in str(error)
+            assert all(np.array_equal(before[n], state.arrays[n]) for n in before)
+            continue
+        assert np.isfinite(out).all()
+        assert all(np.isfinite(a).all() for a in state.arrays.values() if a.dtype.kind == "f"
+                   if a is not state.arrays["B"] and a is not state.arrays["pool_r"]
+                   and a is not state.arrays["pool_score"])  # fmt: skip
