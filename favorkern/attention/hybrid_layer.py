@@ -622,8 +622,8 @@ class _Decoder:
             return self.step(q, k, v, mask, state) if len(plans) > 16 else self._plan_token(
                 q, k, v, mask, state, plans, key)  # fmt: skip
         batch, n_query, dv = plan
-        self.check_state(state, batch, n_query // max(1, math.prod(batch)), q.shape[-1], dv, q.dtype)
         N = math.prod(batch)
+        self.check_state(state, batch, n_query // max(1, N), q.shape[-1], dv, q.dtype)
         hidden = np.zeros(N, dtype=bool)
         if mask is not None:
             hidden[:] = np.broadcast_to(mask, batch + (1,)).reshape(N)
@@ -711,7 +711,10 @@ class _Decoder:
             u = np.zeros((0, d))
             if self.n_top:
                 hq = n_query // N * (batch[-1] if batch else 1)
-                u = np.broadcast_to(self.candidate_query, tuple(batch[:-1]) + (hq, d))
+                u = self.candidate_query
+                if u.ndim > 1 and u.shape[-2] not in (1, hq):
+                    raise ValueError(f"candidate_query_ {u.shape} does not fit {hq} query heads")
+                u = np.broadcast_to(u, tuple(batch[:-1]) + (hq, d))
                 u = np.array(u.reshape(n_query, d), dtype=np.float64, order="C")
             buffers = (np.empty((n_query, m), dtype), np.empty(n_query), np.empty((N, m), dtype),
                        np.empty(N), u)  # fmt: skip
@@ -762,15 +765,11 @@ class _Decoder:
                 raise  # not the state's arrays: an error of this code, shown as it is
             status = -2
         if status == -1:
-            raise ValueError(
-                "q, k and v must be finite (got NaN or infinity, or their features overflowed)"
-            )
+            raise ValueError("q, k and v must be finite (got NaN or infinity, or their "
+                             "features overflowed)")  # fmt: skip
         if status == -3:
-            raise ValueError(
-                "the hybrid decoding state's arrays must be finite (B: finite or -inf), and "
-                "the logits of the queries and its keys too: rebuild the state with "
-                "HybridState.from_dict, or scale the inputs down"
-            )
+            raise ValueError("the hybrid decoding state's arrays must be finite (B finite or "
+                             "-inf), their logits too: rebuild it with HybridState.from_dict")
         if status:
             raise ValueError(
                 "the hybrid decoding state's arrays do not fit its configuration (shapes, "

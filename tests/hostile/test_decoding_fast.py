@@ -93,3 +93,19 @@ def test_hybrid_step_keeps_its_state_finite_after_an_extreme_key(feature_map, dt
         assert all(np.isfinite(a).all() for a in state.arrays.values() if a.dtype.kind == "f"
                    if a is not state.arrays["B"] and a is not state.arrays["pool_r"]
                    and a is not state.arrays["pool_score"])  # fmt: skip
+
+
+def test_hybrid_token_names_scoring_directions_of_other_heads():
+    """Directions fitted for 3 query heads, a token of 6: the error of the whole call
+    (naming candidate_query), not numpy's broadcast error."""
+    from favorkern import HybridAttention
+
+    rng = np.random.default_rng(0)
+    layer = HybridAttention(window=2, n_top=1, n_candidates=2, n_components=8, causal=True,
+                            random_state=0)  # fmt: skip
+    X = rng.standard_normal((2, 3, 20, 8))
+    layer.fit(X, X)
+    q = rng.standard_normal((2, 6, 1, 8))
+    k = rng.standard_normal((2, 3, 1, 8))
+    with pytest.raises(ValueError, match="candidate_query"):
+        layer.step(q, k, k)
