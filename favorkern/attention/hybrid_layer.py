@@ -432,8 +432,9 @@ class HybridAttention:
                               drawn=self._projection(d))  # fmt: skip
         feat = plan.features(dtype, constants)
         digest = hashlib.blake2b(digest_size=12)
-        digest.update(f"{plan.fingerprint}|{id(fmap)}|{window}|{n_global}|{n_top}|"
-                      f"{n_candidates}".encode())  # fmt: skip
+        # plan.fingerprint names the map the same in every process (a saved or
+        # pickled state continues elsewhere); an id() would not
+        digest.update(f"{plan.fingerprint}|{window}|{n_global}|{n_top}|{n_candidates}".encode())
         if n_top:
             digest.update(np.ascontiguousarray(self.candidate_query_, dtype=np.float64).tobytes())
         decoder = _Decoder(fmap, feat, constants, gamma, int(window), int(n_global), int(n_top),

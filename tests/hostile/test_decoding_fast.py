@@ -109,3 +109,74 @@ def test_hybrid_token_names_scoring_directions_of_other_heads():
     k = rng.standard_normal((2, 3, 1, 8))
     with pytest.raises(ValueError, match="candidate_query"):
         layer.step(q, k, k)
+
+
+def _layers(dtype):
+    from favorkern import HybridAttention
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((2, 3, 20, 8))
+    hybrid = HybridAttention(window=3, n_global=1, n_top=2, n_candidates=4, n_components=16,
+                             causal=True, random_state=0).fit(X, X)  # fmt: skip
+    favor = FavorAttention(n_components=16, random_state=0).fit(8)
+    return favor, hybrid
+
+
+def _sequence(layers, seed, dtype, n=12):
+    """The outputs of ``n`` one-token steps of both layers on a sequence of ``seed``."""
+    rng = np.random.default_rng(seed)
+    states = [None, None]
+    outs = []
+    for _ in range(n):
+        q, k, v = _tokens(rng, (2, 3), dtype=dtype)
+        for i, layer in enumerate(layers):
+            out, states[i] = layer.step(q, k, v, states[i])
+            outs.append(out)
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_steps_of_many_states_from_many_threads(dtype):
+    """Per-thread scratch: sequences stepped at once from 4 threads, each state its own,
+    give what they give one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    layers = _layers(dtype)
+    alone = [_sequence(layers, seed, dtype) for seed in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda seed: _sequence(layers, seed, dtype), range(8)))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+def _continue(args):
+    layers, states, seed, dtype = args
+    rng = np.random.default_rng(seed)
+    outs = []
+    for _ in range(4):
+        q, k, v = _tokens(rng, (2, 3), dtype=dtype)
+        for i, layer in enumerate(layers):
+            out, states[i] = layer.step(q, k, v, states[i])
+            outs.append(out)
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_steps_continue_alike_in_forked_and_spawned_processes(method):
+    """Layers and states after some steps (buffers, caches built), continued in a child
+    process: the same outputs as here."""
+    import multiprocessing
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    layers = _layers(np.float64)
+    rng = np.random.default_rng(4)
+    states = [None, None]
+    for _ in range(5):
+        q, k, v = _tokens(rng, (2, 3))
+        for i, layer in enumerate(layers):
+            _, states[i] = layer.step(q, k, v, states[i])
+    args = (layers, [s.copy() for s in states], 9, np.float64)
+    with multiprocessing.get_context(method).Pool(1) as pool:
+        child = pool.apply(_continue, (args,))
+    np.testing.assert_allclose(child, _continue(args), rtol=0, atol=1e-12)
