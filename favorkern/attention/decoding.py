@@ -323,6 +323,13 @@ def _reason(error) -> str:
     return text
 
 
+def check_token_count(n_tokens) -> None:
+    """A ``ValueError`` unless ``n_tokens`` of a state is a non-negative integer (a
+    count changed by hand must not place a key outside the state's arrays)."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 0:
+        raise ValueError(f"n_tokens of a decoding state must be an integer >= 0, got {n_tokens!r}")
+
+
 def check_state_arrays(state, n_out, values=True) -> None:
     """A ``ValueError`` unless the arrays of ``state`` are what the compiled step reads.
 
@@ -331,6 +338,7 @@ def check_state_arrays(state, n_out, values=True) -> None:
     made must not send the kernel out of its arrays' bounds.  ``values``: also
     ``c`` not NaN or ``+inf`` (the one-call token step checks it itself).
     """
+    check_token_count(state.n_tokens)
     keys = state.keys
     S, z, c = keys.S, keys.z, keys.c
     if not (isinstance(S, np.ndarray) and isinstance(z, np.ndarray) and isinstance(c, np.ndarray)):

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._validation import check_attention_arrays, check_float_array, check_logit_scale, check_seed
 from ..feature_maps import check_constants, fit_constants, get_feature_map
+from .decoding import check_token_count
 from .hybrid import hybrid_attention, per_head
 from .hybrid_engine import stable_features
 from .plan import DEFAULT_N_COMPONENTS, AttentionProjection, plan_attention, resolve_projection
@@ -432,8 +433,7 @@ class HybridAttention:
                               drawn=self._projection(d))  # fmt: skip
         feat = plan.features(dtype, constants)
         digest = hashlib.blake2b(digest_size=12)
-        # plan.fingerprint names the map the same in every process (a saved or
-        # pickled state continues elsewhere); an id() would not
+        # no id(): a saved or pickled state continues in another process
         digest.update(f"{plan.fingerprint}|{window}|{n_global}|{n_top}|{n_candidates}".encode())
         if n_top:
             digest.update(np.ascontiguousarray(self.candidate_query_, dtype=np.float64).tobytes())
@@ -734,6 +734,7 @@ class _Decoder:
         if _hybrid_token is None:  # numba loads on the first step, not at import
             from .._numba.hybrid_step import hybrid_token as _hybrid_token
 
+        check_token_count(state.n_tokens)
         A, pos, w, g = state.arrays, state.n_tokens, self.window, self.n_global
         q, k, v = (_c_rows(X, X.shape[0]) for X in (q, k, v))  # read-only inputs: copies
         psi_q, a, psi_far, r_far, u = self._buffers(state.batch_shape, q.shape[0], q.shape[1],
@@ -766,8 +767,7 @@ class _Decoder:
                 raise  # not the state's arrays: an error of this code, shown as it is
             status = -2
         if status == -1:
-            raise ValueError("q, k and v must be finite (got NaN or infinity, or their "
-                             "features overflowed)")  # fmt: skip
+            raise ValueError("q, k and v must be finite (NaN or infinity, or features overflowed)")
         if status == -3:
             raise ValueError("the hybrid decoding state's arrays must be finite (B finite or "
                              "-inf), their logits too: rebuild it with HybridState.from_dict")

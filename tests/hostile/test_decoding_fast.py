@@ -180,3 +180,21 @@ def test_steps_continue_alike_in_forked_and_spawned_processes(method):
     with multiprocessing.get_context(method).Pool(1) as pool:
         child = pool.apply(_continue, (args,))
     np.testing.assert_allclose(child, _continue(args), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", ["favor", "hybrid"])
+@pytest.mark.parametrize("n_tokens", [-1, -5, 2.5, "3"])
+def test_step_refuses_a_token_count_changed_by_hand(layer, n_tokens):
+    """n_tokens not a non-negative integer: a ValueError naming it before anything
+    changes (a negative position wrote outside the state's arrays)."""
+    if layer == "favor":
+        attention, state, rng = _started("positive", np.float64)
+    else:
+        attention, state, rng = _hybrid("positive", np.float64)
+    arrays = state.arrays if layer == "hybrid" else vars(state.keys)
+    before = {name: np.array(a) for name, a in arrays.items() if isinstance(a, np.ndarray)}
+    state.n_tokens = n_tokens
+    with pytest.raises(ValueError, match="n_tokens"):
+        attention.step(*_tokens(rng, (2, 3)), state)
+    for name, a in before.items():
+        np.testing.assert_array_equal(arrays[name], a)
