@@ -228,6 +228,7 @@ def _token_signature(dtype):
     return nb.int64(
         f2, f2, f2, b1,  # q (Nq, d), k (N, d), v (N, dv), hidden (N,)
         nb.int64, nb.int64, nb.int64, nb.int64, nb.float64,  # position, w, g, n_top, gamma
+        nb.float64,  # limit of |v|
         f2, d1, f2, d1,  # psi_q (Nq, m), a (Nq,), psi_far (N, m), r_far (N,)
         nb.boolean, f1, nb.float64, nb.float64,  # finish, column logs (m,), a, max log s
         f3, d1, f3, f3, b2, f3, f3, b2,  # S, B, glob k v hidden, win k v hidden
@@ -309,7 +310,7 @@ def _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, 
 
 
 @nb.njit([_token_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
-def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
+def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma, limit,
                  psi_q, a, psi_far, r_far, finish, column_log, sq_coef, log_const,
                  S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
                  u, pool_k, pool_v, pool_psi, pool_r, pool_score, pool_pos, out):  # fmt: skip
@@ -326,8 +327,9 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
 
     Returns 0, or (nothing modified) ``-1`` when an input or a feature is not
     finite, ``-2`` when the arrays' shapes disagree, ``-3`` when ``B`` holds NaN or
-    ``+inf``; ``-3`` after the update when a logit or sum of the outputs is not
-    finite (another array of the state held NaN or infinity).
+    ``+inf``, ``-4`` when a value exceeds ``limit`` in magnitude; ``-3`` after the
+    update when a logit or sum of the outputs is not finite (another array of the
+    state held NaN or infinity).
     """
     if not _shapes_fit(q, k, v, psi_q, psi_far, S, glob_k, glob_v, glob_hidden, win_k, win_v,
                        win_hidden, u, pool_k, pool_v, pool_psi, pool_score, out):  # fmt: skip
@@ -340,6 +342,10 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma,
         return -2
     if not (_all_finite(q) and _all_finite(k) and _all_finite(v)):
         return -1
+    for n in range(v.shape[0]):
+        for i in range(v.shape[1]):
+            if abs(v[n, i]) > limit:  # S's sums could overflow
+                return -4
     for n in range(B.shape[0]):
         if not B[n] < math.inf:  # NaN or +inf; -inf: no far key yet
             return -3

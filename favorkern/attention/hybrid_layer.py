@@ -24,6 +24,7 @@ from .decoding import check_token_count
 from .hybrid import hybrid_attention, per_head
 from .hybrid_engine import stable_features
 from .plan import DEFAULT_N_COMPONENTS, AttentionProjection, plan_attention, resolve_projection
+from .values import _limit, check_state_values
 
 __all__ = ["HybridAttention", "HybridState"]
 
@@ -553,18 +554,6 @@ class HybridAttention:
 _hybrid_token = None
 
 
-def _arrays_fit(state):
-    """True when every array of ``state`` has its configuration's shape and dtype and
-    is C-ordered and writeable."""
-    from .hybrid_prefill import _check_arrays
-
-    try:
-        _check_arrays(state)
-    except ValueError:
-        return False
-    return all(a.flags.c_contiguous and a.flags.writeable for a in state.arrays.values())
-
-
 def _c_rows(X, n):
     """``X`` as ``n`` C-ordered rows (a view when it is C-ordered), writeable."""
     rows = X.reshape(n, X.shape[-1])
@@ -756,18 +745,23 @@ class _Decoder:
                     r_far[:] = stable_features(self.feat, np.asarray(prepared, dtype=q.dtype),
                                                psi_far)[1]  # fmt: skip
             status = _hybrid_token(
-                q, k, v, hidden, pos, w, g, self.n_top, float(self.gamma), psi_q, a, psi_far, r_far,
+                q, k, v, hidden, pos, w, g, self.n_top, float(self.gamma),
+                _limit(q.dtype, (pos + 1) * psi_q.shape[1]), psi_q, a, psi_far, r_far,
                 finish is not None, *(finish[1:] if finish is not None else self._no_finish),
                 A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"], A["win_k"],
                 A["win_v"], A["win_hidden"], u, A["pool_k"], A["pool_v"], A["pool_psi"],
                 A["pool_r"], A["pool_score"], A["pool_pos"], out,
             )  # fmt: skip
         except (TypeError, ValueError, IndexError):
-            if _arrays_fit(state):
+            from .hybrid_prefill import arrays_fit
+
+            if arrays_fit(state):
                 raise  # not the state's arrays: an error of this code, shown as it is
             status = -2
         if status == -1:
             raise ValueError("q, k and v must be finite (NaN or infinity, or features overflowed)")
+        if status == -4:
+            check_state_values(v, (pos + 1) * psi_q.shape[1])  # raises, naming the remedy
         if status == -3:
             raise ValueError("the hybrid decoding state's arrays must be finite (B finite or "
                              "-inf), their logits too: rebuild it with HybridState.from_dict")

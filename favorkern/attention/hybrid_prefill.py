@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .hybrid_engine import stable_features
+from .values import check_state_values
 
 __all__ = ["fill_state"]
 
@@ -37,6 +38,16 @@ def _check_arrays(state):
                 f"{name} of the hybrid decoding state must be {np.dtype(dtype).name} of shape "
                 f"{expected} for its configuration: rebuild it with HybridState.from_dict"
             )
+
+
+def arrays_fit(state):
+    """True when every array of ``state`` has its configuration's shape and dtype and
+    is C-ordered and writeable."""
+    try:
+        _check_arrays(state)
+    except ValueError:
+        return False
+    return all(a.flags.c_contiguous and a.flags.writeable for a in state.arrays.values())
 
 
 def _far_features(dec, keys, dtype):
@@ -73,6 +84,7 @@ def fill_state(dec, state, qs, ks, vs, hidden):
     _check_arrays(state)
     A, dtype = state.arrays, state.dtype
     N, T = hidden.shape
+    check_state_values(vs, (T + 1) * dec.feat.n_out)  # S's sums in the state's dtype
     group = qs.shape[1]
     w, g = dec.window, dec.n_global
     n_glob = min(g, T)

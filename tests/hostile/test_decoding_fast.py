@@ -198,3 +198,31 @@ def test_step_refuses_a_token_count_changed_by_hand(layer, n_tokens):
         attention.step(*_tokens(rng, (2, 3)), state)
     for name, a in before.items():
         np.testing.assert_array_equal(arrays[name], a)
+
+
+@pytest.mark.parametrize("tokens", [1, 8])
+def test_hybrid_step_refuses_values_whose_sums_would_overflow(tokens):
+    """float32 values near the top of the range: the error of FavorAttention.step
+    (divide V by a power of two) before anything changes, not an overflowed state."""
+    layer, state, rng = _hybrid("positive", np.float32)
+    for _ in range(6):
+        q, k, v = rng.standard_normal((3, 2, 3, tokens, 8)).astype(np.float32)
+        v[..., :4] = np.finfo(np.float32).max / 3
+        before = {name: a.copy() for name, a in state.arrays.items()}
+        with pytest.raises(ValueError, match="would overflow"):
+            layer.step(q, k, v[..., :4], state)
+        assert all(np.array_equal(before[n], state.arrays[n]) for n in before)
+        layer.step(q, k, rng.standard_normal((2, 3, tokens, 4)).astype(np.float32), state)
+
+
+def test_hybrid_prompt_refuses_values_whose_sums_would_overflow():
+    """A prompt into an empty state: the same error, the state left empty."""
+    layer, _, rng = _hybrid("positive", np.float32, n=0)
+    state = layer.initial_state(batch_shape=(2, 3), dv=4, dtype=np.float32)
+    before = {name: a.copy() for name, a in state.arrays.items()}
+    q, k = rng.standard_normal((2, 2, 3, 9, 8)).astype(np.float32)
+    v = np.full((2, 3, 9, 4), np.finfo(np.float32).max / 3, dtype=np.float32)
+    with pytest.raises(ValueError, match="would overflow"):
+        layer.step(q, k, v, state)
+    assert state.n_tokens == 0
+    assert all(np.array_equal(before[n], state.arrays[n]) for n in before)
