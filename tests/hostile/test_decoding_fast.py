@@ -226,3 +226,47 @@ def test_hybrid_prompt_refuses_values_whose_sums_would_overflow():
         layer.step(q, k, v, state)
     assert state.n_tokens == 0
     assert all(np.array_equal(before[n], state.arrays[n]) for n in before)
+
+
+@pytest.mark.parametrize("feature_map", ["positive", "hyperbolic", "trigonometric"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch, heads", [((), None), ((2,), None), ((2, 3), None), ((2, 3), 6)])
+def test_token_steps_match_one_block_step(feature_map, dtype, batch, heads):
+    """One-token steps (the one-call exp step, or the general one) against one step of
+    the whole block (chunked causal attention), for batch shapes (), (2,), (2, 3) and
+    grouped query heads; float32 stays float32.  Tolerances relative to the largest
+    output."""
+    rng = np.random.default_rng(5)
+    L, d = 12, 8
+    q_batch = batch if heads is None else batch[:-1] + (heads,)
+    Q = (rng.standard_normal(q_batch + (L, d)) * 0.6).astype(dtype)
+    K = (rng.standard_normal(batch + (L, d)) * 0.6).astype(dtype)
+    V = rng.standard_normal(batch + (L, 4)).astype(dtype)
+    attention = FavorAttention(n_components=16, feature_map=feature_map, random_state=0).fit(d)
+    whole, _ = attention.step(Q, K, V, attention.initial_state(batch, dv=4, dtype=dtype))
+    state = attention.initial_state(batch, dv=4, dtype=dtype)
+    outs = []
+    for t in range(L):
+        out, state = attention.step(Q[..., t : t + 1, :], K[..., t : t + 1, :],
+                                    V[..., t : t + 1, :], state)  # fmt: skip
+        outs.append(out)
+    got = np.concatenate(outs, axis=-2)
+    assert got.dtype == dtype and whole.dtype == dtype
+    scale = float(np.abs(whole).max())
+    tol = 1e-9 if dtype == np.float64 else 1e-5
+    assert float(np.abs(got.astype(np.float64) - whole).max()) <= tol * scale
+
+
+@pytest.mark.parametrize("layer", ["favor", "hybrid"])
+def test_query_heads_not_a_multiple_of_the_key_heads(layer):
+    """4 query heads over 3 key/value heads: a ValueError about the heads, the state
+    unchanged."""
+    if layer == "favor":
+        attention, state, rng = _started("positive", np.float64)
+    else:
+        attention, state, rng = _hybrid("positive", np.float64)
+    n_tokens = state.n_tokens
+    _, k, v = _tokens(rng, (2, 3))
+    with pytest.raises(ValueError, match="heads"):
+        attention.step(rng.standard_normal((2, 4, 1, 8)), k, v, state)
+    assert state.n_tokens == n_tokens
