@@ -580,6 +580,7 @@ class _Decoder:
         self.n_top, self.n_candidates = n_top, n_candidates
         self.candidate_query = candidate_query
         self.fingerprint = fingerprint
+        self.value_peak = _limit(feat.dtype, 1)  # / n: values whose sums of n may overflow
 
     def empty(self, batch_shape, group, d, dv, dtype):
         config = {"batch_shape": tuple(batch_shape), "group": group, "window": self.window,
@@ -746,7 +747,7 @@ class _Decoder:
                                                psi_far)[1]  # fmt: skip
             status = _hybrid_token(
                 q, k, v, hidden, pos, w, g, self.n_top, float(self.gamma),
-                _limit(q.dtype, (pos + 1) * psi_q.shape[1]), psi_q, a, psi_far, r_far,
+                self.value_peak / ((pos + 1) * psi_q.shape[1]), psi_q, a, psi_far, r_far,
                 finish is not None, *(finish[1:] if finish is not None else self._no_finish),
                 A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"], A["win_k"],
                 A["win_v"], A["win_hidden"], u, A["pool_k"], A["pool_v"], A["pool_psi"],
