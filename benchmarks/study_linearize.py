@@ -151,11 +151,43 @@ def _templates(names, m):
     return out
 
 
+def _reset_peak_rss():
+    """Current resident set size in bytes, after resetting the peak (Linux ``clear_refs``).
+
+    The process's all-time peak is the model's loading (its weights converted from
+    GGUF); resetting it measures the peak of what follows.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status_bytes("VmRSS")
+
+
+def _peak_rss():
+    """Peak resident set size since the last :func:`_reset_peak_rss`, in bytes."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(field):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _greedy(model, prompt, n_new, cache):
     """Greedy decoding, one token at a time.
 
-    Returns the prefill's CPU seconds, the median CPU seconds of a decoding step (the
-    first step, which may load compiled kernels, left out), the tokens and the cache.
+    Returns the prefill's CPU seconds, the CPU seconds of each decoding step after
+    the first (which may load compiled kernels), the tokens and the cache.  The
+    prefill keeps only the last position's logits (the whole prompt's would take
+    ``L x vocabulary`` floats, more than any cache).
     """
     import torch
 
@@ -163,7 +195,7 @@ def _greedy(model, prompt, n_new, cache):
     steps = []
     with torch.no_grad():
         start = time.process_time()
-        out = model(input_ids=prompt, **cache_kw)
+        out = model(input_ids=prompt, logits_to_keep=1, **cache_kw)
         prefill = time.process_time() - start
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         token = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -174,7 +206,20 @@ def _greedy(model, prompt, n_new, cache):
             steps.append(time.process_time() - start)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token))
-    return prefill, float(np.median(steps[1:] or steps)), tokens, cache
+    return prefill, steps[1:] or steps, tokens, cache
+
+
+def _generation_row(prefill, steps, tokens, cache, reference, rss_before):
+    same = len(tokens)
+    if reference is not None:
+        same = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b),
+                    min(len(tokens), len(reference)))  # fmt: skip
+    return {
+        "prefill_s": prefill, "tokens_per_s": 1.0 / float(np.median(steps)),
+        "step_s_median": float(np.median(steps)), "step_s_p90": float(np.percentile(steps, 90)),
+        "steps": len(steps) + 1, "cache_bytes": _kv_bytes(cache), "same_tokens": same,
+        "rss_before": rss_before, "rss_peak": _peak_rss(), "tokens": tokens,
+    }  # fmt: skip
 
 
 def _kv_bytes(cache):
@@ -196,6 +241,10 @@ def main(argv=None):
     parser.add_argument("--calibration-tokens", type=int, default=1024)
     parser.add_argument("--prompts", type=int, nargs="*", default=[2048])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--skip-exact-generation", action="store_true",
+                        help="generate with the linearized model only (peak memory per process)")
+    parser.add_argument("--reference", default=None,
+                        help="JSON of an earlier run whose exact tokens the generation is compared to")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -260,30 +309,37 @@ def main(argv=None):
                   f"{seconds:.2f} s (exact {ex['total_s']:.2f} s), load {os.getloadavg()[0]:.1f}",
                   flush=True)  # fmt: skip
 
+    reference = {}
+    if args.reference:
+        with open(args.reference) as fh:
+            reference = {int(k): v["exact"]["tokens"]
+                         for k, v in json.load(fh)["generation"].items()}  # fmt: skip
     for prompt_length in args.prompts:
         prompt = torch.tensor([evaluation[:prompt_length]])
-        prefill, decode, reference, cache = _greedy(model, prompt, args.new_tokens, None)
-        rows = {"exact": {
-            "prefill_s": prefill, "tokens_per_s": 1.0 / decode,
-            "cache_bytes": _kv_bytes(cache), "same_tokens": args.new_tokens,
-        }}  # fmt: skip
-        del cache
+        rows = {}
+        if not args.skip_exact_generation:
+            rss = _reset_peak_rss()
+            prefill, steps, tokens, cache = _greedy(model, prompt, args.new_tokens, None)
+            rows["exact"] = _generation_row(prefill, steps, tokens, cache, None, rss)
+            reference[prompt_length] = tokens
+            del cache
         for label, handle in handles.items():
+            rss = _reset_peak_rss()
             with handle:
-                prefill, decode, tokens, cache = _greedy(
+                prefill, steps, tokens, cache = _greedy(
                     model, prompt, args.new_tokens, handle.cache()
                 )
-            same = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=True)) if a != b),
-                        len(tokens))  # fmt: skip
-            rows[label] = {
-                "prefill_s": prefill, "tokens_per_s": 1.0 / decode,
-                "cache_bytes": _kv_bytes(cache), "same_tokens": same,
-            }  # fmt: skip
+            rows[label] = _generation_row(
+                prefill, steps, tokens, cache, reference.get(prompt_length), rss
+            )
+            del cache
         results["generation"][prompt_length] = rows
         for label, row in rows.items():
             print(f"prompt {prompt_length} {label}: prefill {row['prefill_s']:.2f} s, "
-                  f"{row['tokens_per_s']:.2f} tokens/s, cache {row['cache_bytes'] / 2**20:.2f} MiB, "
-                  f"{row['same_tokens']}/{args.new_tokens} tokens as exact, "
+                  f"{row['tokens_per_s']:.2f} tokens/s (median step {row['step_s_median']:.3f} s, "
+                  f"p90 {row['step_s_p90']:.3f} s), cache {row['cache_bytes'] / 2**20:.2f} MiB, "
+                  f"peak RSS {row['rss_peak'] / 2**20:.0f} MiB (at the start {row['rss_before'] / 2**20:.0f}), "
+                  f"{row['same_tokens']}/{len(row['tokens'])} tokens as exact, "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     if args.out:
         with open(args.out, "w") as fh:
