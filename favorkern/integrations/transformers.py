@@ -13,8 +13,9 @@ through the same path; a padding mask becomes ``key_padding_mask``.
   directions), which also makes adaptive maps usable in causal mode.
 * ``target_error`` routes each head to the cheapest setting of :data:`LADDER`
   whose sampled error estimate (:func:`~favorkern.attention.estimate_attention_error`)
-  is below the target on the calibration text; :meth:`Linearized.report` tabulates
-  the choice.
+  is below the target on the calibration text, among the settings estimated to be
+  faster than exact attention at ``sequence_length`` (:func:`setting_cost`);
+  :meth:`Linearized.report` tabulates the choice.
 * :meth:`Linearized.cache` gives ``model.generate`` a cache holding favorkern
   decoding states instead of keys and values: memory per layer independent of the
   prefix (heads routed to exact attention keep their keys and values).
