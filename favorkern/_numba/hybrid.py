@@ -75,30 +75,28 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
             index[i, p] = 0
 
 
-_TERMS = [
+_APPLY = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_pool (n_pool, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_part (n_part, m): columns n_pool ..
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): feature rows
+        nb.types.Array(dtype, 2, "C"),  # psi (n_pool, m): the pooled keys' features
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): rows of psi
         nb.types.Array(nb.int64, 2, "C"),  # positions (rows, n_top): rows of v1
         nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top): exact weights, 0 if none
         nb.types.Array(dtype, 2, "C"),  # scale (rows, n_top): of the estimates
         nb.types.Array(dtype, 2, "C"),  # v1 (L, dv + 1): values and a 1
-        nb.types.Array(dtype, 2, "A"),  # nd (rows, dv + 1): sums and normalizer
+        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer
     )
     for dtype in (nb.float32, nb.float64)
 ]
 
 
-@nb.njit(_TERMS, **JIT_OPTIONS)
-def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd):
+@nb.njit(_APPLY, **JIT_OPTIONS)
+def apply_top(psi_q, psi, index, positions, exact, scale, v1, nd):
     """``nd_i += sum_t (exact_it - est_it) v1_p`` over the chosen keys (feature row
     ``j = index[i, t]``, position ``p = positions[i, t]``; ``exact_it = scale_it = 0``
     where none): each key's exact weight replaces its feature estimate ``est_it =
     psi_q_i . psi_j scale_it``."""
     rows, m = psi_q.shape
-    n_pool = psi_pool.shape[0]
     width = v1.shape[1]
     for i in range(rows):
         for t in range(index.shape[1]):
@@ -106,12 +104,8 @@ def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd)
                 continue
             j = index[i, t]
             dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
-            if j < n_pool:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_pool[j, f]
-            else:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_part[j - n_pool, f]
+            for f in range(m):
+                dot += psi_q[i, f] * psi[j, f]
             w = exact[i, t] - dot * scale[i, t]
             row = positions[i, t]
             for col in range(width):

@@ -100,8 +100,8 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
     with ``j <= i - lag``.  Yields per group ``(start, stop, psi_q, a, nd, b, parts)``:
     the query features ``psi_q`` and row logs ``a``, the sums ``nd`` at scale
     ``exp(-(a_i + b_i))``, ``b_i`` the running maximum of ``r_j`` over the keys row
-    ``i`` reaches (``-inf`` where none), and per block ``(start, stop, lo, psi, r)``:
-    its own far keys ``lo ..`` before they entered the state.
+    ``i`` reaches (``-inf`` where none), and ``parts = (lo, psi, r)``: the keys
+    ``lo ..`` that entered the state in the group (``psi`` None where none).
 
     The features of a group's queries and keys are one product each; per block of
     ``chunk`` rows: the state's product, the masked product with the block's own far
@@ -133,13 +133,11 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
             has = last >= 0
             b[has] = running[np.minimum(last[has], khi - klo - 1)]
         if klo == gs - lag + 1 and khi - klo == ge - gs and (ge - gs) % chunk == 0:
-            nd, parts, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, klo, gs,
-                                          chunk, strict)  # fmt: skip
+            nd, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, chunk, strict)
             nxt = khi
-            yield gs, ge, psi_q, a, nd, b, parts
+            yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r)
             continue
         nd = np.empty((ge - gs, width), dtype=dtype)
-        parts = []
         for s in range(gs, ge, chunk):
             e = min(ge, s + chunk)
             rb, pq = b[s - gs : e - gs], psi_q[s - gs : e - gs]
@@ -166,18 +164,15 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
                             S *= dtype.type(np.exp(B - top))
                         B = top
                     S += pk.T @ (v1[lo:hi] * _exp(rk - B, dtype)[:, None])
-                parts.append((s, e, lo, pk, rk))
                 nxt = hi
-            else:
-                parts.append((s, e, lo, None, None))
             nd[s - gs : e - gs] = out
-        yield gs, ge, psi_q, a, nd, b, parts
+        yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r) if khi > klo else (klo, None, None)
 
 
-def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
+def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk, strict):
     """:func:`far_groups` for a group of full blocks whose parts tile its keys: every
     block's products at once (batched), the states before the blocks by one prefix
-    pass over the blocks' own states.  Returns ``(nd, parts, S, B)``."""
+    pass over the blocks' own states.  Returns ``(nd, S, B)``."""
     R, dtype = psi_q.shape[0], S.dtype
     n, m, width = R // chunk, S.shape[0], S.shape[1]
     pq = psi_q.reshape(n, chunk, m)
@@ -206,9 +201,7 @@ def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
     G = np.matmul(pq, pk.transpose(0, 2, 1))
     G *= _exp(rk[:, None, :] - b_safe[:, :, None] + strict, dtype)
     nd += np.matmul(G, vb)
-    parts = [(gs + t * chunk, gs + (t + 1) * chunk, klo + t * chunk, pk[t], rk[t])
-             for t in range(n)]  # fmt: skip
-    return nd.reshape(R, width), parts, states[n], float(consts[n])
+    return nd.reshape(R, width), states[n], float(consts[n])
 
 
 def _strided(X, start, n_blocks, step, width):
@@ -290,26 +283,10 @@ def row_constants(nd, a, b, terms):
     return far_log, c
 
 
-class _TopRows:
-    """The top keys' terms of a group, added block by block as they are chosen (the
-    causal pool changes after each block) at each row's final constant."""
-
-    def __init__(self, nd, far_log, c):
-        self.nd = np.zeros_like(nd)
-        self.far_log, self.c = far_log, c
-
-    def add(self, offset, chosen, v1):
-        rows = slice(offset, offset + chosen.row_max.size)
-        c = self.c[rows]
-        np.maximum(c, chosen.row_max, out=c)
-        safe = np.where(np.isfinite(c), c, 0.0)
-        chosen.add(self.nd[rows], safe, _exp(self.far_log[rows] - safe, self.nd.dtype), v1)
-
-
 def finish(nd, far_log, c, terms, top=None):
     """The output rows from far sums ``nd`` (at ``exp(far_log)``), exact ``terms``, the
-    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms (a
-    :class:`_TopRows`, already at the rows' constants)."""
+    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms ``top``
+    (:func:`top_terms`, already at the rows' constants)."""
     dtype, R = nd.dtype, nd.shape[0]
     c[~np.isfinite(c)] = 0.0
     nd *= _exp(far_log - c, dtype)[:, None]
@@ -326,49 +303,46 @@ def finish(nd, far_log, c, terms, top=None):
         product = s @ values
         nd += product.reshape(R, -1)
     if top is not None:
-        nd += top.nd
+        nd += top
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
 
 
-class _Chosen:
-    """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
-    exact terms replace their far estimates.  ``cols``: the pooled keys' positions,
-    in score order (best first), ``visible`` whether each is unmasked; ``first``: the
-    block's first row; ``pools``: their features, the first rows in ``pools[0]`` and
-    the rest in ``pools[1]``; ``order``: the row of each column in them."""
+def top_terms(q_rows, k, v1, first, cols, psi, r, window, causal, top, gamma, psi_q, b,
+              far_log, c):  # fmt: skip
+    """The top keys' terms of the query rows ``q_rows`` (positions ``first ..``): per
+    row its ``n_top`` keys of largest logit among its candidates, their exact terms
+    minus their far estimates, at the rows' constants ``c`` (raised in place to the
+    chosen logits).  ``cols``: the pooled keys in score order (best first; every
+    row's candidates are its first allowed ones), ``psi`` and ``r`` their features
+    and logs.  One product scores the pool for all the rows, one kernel chooses, one
+    applies.  Returns the terms, or None where no key is pooled."""
+    from .._numba.hybrid import apply_top, select_top
 
-    def __init__(self, q_blk, k, cols, visible, first, window, causal, order, top, gamma,
-                 psi_q, pools, r_cols, b):  # fmt: skip
-        from .._numba.hybrid import select_top
-
-        logits = q_blk @ k[cols].T
-        logits *= logits.dtype.type(gamma)
-        rows = q_blk.shape[0]
-        index = np.empty((rows, top.n_top), dtype=np.int64)
-        self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
-        select_top(logits, cols, visible, first, window, causal, top.n_candidates, index,
-                   self.logits)  # fmt: skip
-        self.index = np.ascontiguousarray(order[index])  # rows of the features
-        self.row_max = self.logits[:, 0].astype(np.float64)
-        self.positions = np.ascontiguousarray(cols[index])
-        self.psi_q, self.pools, self.b = psi_q, pools, b
-        self.r = np.asarray(r_cols, dtype=np.float64)[index]
-
-    def add(self, nd, c, far_scale, v1):
-        from .._numba.hybrid import top_terms
-
-        dtype = nd.dtype
-        taken = self.logits > -np.inf
-        b = np.where(np.isfinite(self.b), self.b, 0.0)
-        # both at the row's scale exp(-c_i); r_j <= b_i for every far key
-        exact = _exp(np.where(taken, self.logits - c[:, None], -np.inf), dtype)
-        scale = _exp(np.where(taken, self.r - b[:, None], -np.inf), dtype)
-        scale *= far_scale[:, None]
-        # row-major copies: the kernel reads features along rows
-        psi_q, part = (np.ascontiguousarray(X) for X in (self.psi_q, self.pools[1]))
-        top_terms(psi_q, self.pools[0], part, self.index, self.positions, exact, scale, v1, nd)
+    if cols.size == 0:
+        return None
+    dtype = q_rows.dtype
+    logits = q_rows @ k[cols].T
+    logits *= dtype.type(gamma)
+    rows = q_rows.shape[0]
+    index = np.empty((rows, top.n_top), dtype=np.int64)
+    chosen = np.empty((rows, top.n_top), dtype=dtype)
+    visible = np.ones(cols.size, dtype=bool)
+    select_top(logits, cols, visible, first, window, causal, top.n_candidates, index, chosen)
+    np.maximum(c, chosen[:, 0], out=c)
+    safe = np.where(np.isfinite(c), c, 0.0)
+    taken = chosen > -np.inf
+    b = np.where(np.isfinite(b), b, 0.0)
+    # both at the row's scale exp(-c_i); r_j <= b_i for every far key
+    exact = _exp(np.where(taken, chosen - safe[:, None], -np.inf), dtype)
+    scale = _exp(np.where(taken, r[index] - b[:, None], -np.inf), dtype)
+    scale *= _exp(far_log - safe, dtype)[:, None]
+    nd = np.zeros((rows, v1.shape[1]), dtype=dtype)
+    # row-major copies: the kernel reads features along rows
+    apply_top(np.ascontiguousarray(psi_q), np.ascontiguousarray(psi), index,
+              np.ascontiguousarray(cols[index]), exact, scale, v1, nd)  # fmt: skip
+    return nd
 
 
 def with_ones(v):
@@ -407,68 +381,46 @@ def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, g
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
-            extra = _TopRows(nd, far_log, c)
-            for s, e, lo, psi_k, r in parts:
-                blk = slice(s - gs, e - gs)
-                found = pool.choose(q[s:e], k, v1, np.arange(s, e), window, lo, psi_k, r,
-                                    gamma, psi_q[blk], b[blk])  # fmt: skip
-                if found is not None:
-                    extra.add(s - gs, found, v1)
-                if psi_k is not None:
-                    pool.keep(lo, psi_k, r)
+            cols, psi, r = pool.update(*parts)
+            extra = top_terms(q[gs:ge], k, v1, gs, cols, psi, r, window, True, top, gamma,
+                              psi_q, b, far_log, c)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
 
 class _CausalPool:
     """The best ``n_candidates`` keys by score among those that left every window, in
-    fixed slots (a key entering takes a leaving key's slot: only entering features are
-    copied).  Empty slots have position -1."""
+    score order (ties: the earlier key)."""
 
     def __init__(self, top, feat):
         self.top = top
-        n = top.n_candidates
-        self.cols = np.full(n, -1, dtype=np.int64)
-        self.psi = np.zeros((n, feat.n_out), dtype=feat.dtype)
-        self.r = np.full(n, -np.inf)
-        self.used = 0  # slots filled so far (they fill in order)
+        self.cols = np.empty(0, dtype=np.int64)
+        self.psi = np.empty((0, feat.n_out), dtype=feat.dtype)
+        self.r = np.empty(0)
 
-    def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
-        n = 0 if psi_k is None else psi_k.shape[0]
-        used = self.used
-        cols = np.concatenate([self.cols[:used], np.arange(lo, lo + n, dtype=np.int64)])
-        if cols.size == 0:
-            return None
-        # feature rows: slots 0 .. used - 1, then the part's rows after all the slots
-        rows_of = np.concatenate([np.arange(used), self.cols.size + np.arange(n)])
-        order = np.lexsort((cols, -self.top.scores[cols]))
-        part = psi_k if n else self.psi[:0]
-        r_cols = (np.concatenate([self.r[:used], r]) if n else self.r[:used])[order]
-        return _Chosen(q_blk, k, cols[order], np.isfinite(r_cols), int(rows[0]), window, True,
-                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols,
-                       b)  # fmt: skip
-
-    def keep(self, lo, psi_k, r):
-        visible = np.flatnonzero(np.isfinite(r))
-        if visible.size == 0:
-            return
-        used, size = self.used, self.cols.size
-        merged = np.concatenate([self.cols[:used], lo + visible])
-        best = np.lexsort((merged, -self.top.scores[merged]))[:size]
-        entering = best[best >= used] - used  # indices into visible
-        if used + entering.size <= size:  # free slots first
-            slots = np.arange(used, used + entering.size)
-            self.used = used + entering.size
-        else:
-            kept = np.zeros(used, dtype=bool)
-            kept[best[best < used]] = True
-            free = np.flatnonzero(~kept)
-            slots = np.concatenate([free, np.arange(used, size)])[: entering.size]
-            self.used = size
-        rows = visible[entering]
-        self.cols[slots] = lo + rows
-        self.psi[slots] = psi_k[rows]
-        self.r[slots] = r[rows]
+    def update(self, lo, psi_k, r):
+        """The keys ``lo ..`` (features ``psi_k``, logs ``r``; -inf: masked) enter.
+        Returns the keys any row of the group may take: the pool before them and
+        those entering that beat its worst (a row's candidates, its best
+        ``n_candidates`` far keys, are among these), in score order with their
+        features and logs; the pool becomes their best ``n_candidates``."""
+        cols, psi, rs = self.cols, self.psi, self.r
+        if psi_k is not None:
+            scores = self.top.scores
+            enter = np.isfinite(r)
+            if cols.size == self.top.n_candidates:
+                # ties go to the earlier key: a later key must score strictly higher
+                enter &= scores[lo : lo + r.size] > scores[cols[-1]]
+            new = np.flatnonzero(enter)
+            if new.size:
+                cols = np.concatenate([cols, lo + new])
+                order = np.lexsort((cols, -scores[cols]))
+                cols = cols[order]
+                psi = np.concatenate([psi, psi_k[new]])[order]
+                rs = np.concatenate([rs, r[new]])[order]
+                n = self.top.n_candidates
+                self.cols, self.psi, self.r = cols[:n], psi[:n], rs[:n]
+        return cols, psi, rs
 
 
 def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
@@ -482,17 +434,9 @@ def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, c
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
-        if pool is not None and pool[0].size:
-            extra = _TopRows(nd, far_log, c)
-            cols, psi_cols, r_cols = pool
-            order = np.arange(cols.size, dtype=np.int64)
-            visible = np.ones(cols.size, dtype=bool)
-            for s in range(gs, ge, chunk):
-                e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
-                extra.add(s - gs, _Chosen(
-                    q[s:e], k, cols, visible, s, window, False, order, top, gamma,
-                    psi_q[blk], (psi_cols, psi_cols[:0]), r_cols, b[blk],
-                ), v1)  # fmt: skip
+        if pool is not None:
+            extra = top_terms(q[gs:ge], k, v1, gs, *pool, window, False, top, gamma, psi_q, b,
+                              far_log, c)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
