@@ -14,6 +14,7 @@ import numba as nb
 import numpy as np
 
 from . import JIT_OPTIONS
+from .elementwise import _exp
 
 _SELECT = [
     nb.void(
@@ -39,18 +40,23 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
     largest logit (ties: the earlier column), best first."""
     rows, n_top = index.shape
     n_cols = logits.shape[1]
+    if n_top == 0:
+        return
     for i in range(rows):
         row = first + i
         filled = 0
         seen = 0
         low = -math.inf  # the smallest logit kept once the list is full
+        last = row - window  # causal: the last key the row may take
         for j in range(n_cols):
             if seen == n_candidates:
                 break
             if not visible[j]:
                 continue
-            gap = row - positions[j]
-            if (causal and gap < window) or (not causal and abs(gap) < window):
+            if causal:
+                if positions[j] > last:
+                    continue
+            elif abs(row - positions[j]) < window:
                 continue
             seen += 1
             x = logits[i, j]
@@ -110,6 +116,56 @@ def apply_top(psi_q, psi, index, positions, exact, scale, v1, nd):
             row = positions[i, t]
             for col in range(width):
                 nd[i, col] += w * v1[row, col]
+
+
+def _lag_signature(dtype):
+    f3 = nb.types.Array(dtype, 3, "C")
+    d2 = nb.types.Array(nb.float64, 2, "C")
+    return nb.void(f3, d2, d2)
+
+
+@nb.njit([_lag_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def lag_weights(G, r, b):
+    """``G[t, i, j] *= exp(r[t, j] - b[t, i])`` for ``j < i``, 0 for ``j >= i``: the
+    blocks' products with their own far keys (row ``i`` reaches the keys before it),
+    each key at its row's scale (``r_j <= b_i``: no overflow)."""
+    n, rows, cols = G.shape
+    for t in range(n):
+        for i in range(rows):
+            bi = b[t, i]
+            for j in range(min(i, cols)):
+                G[t, i, j] *= _exp(G.dtype.type(r[t, j] - bi))
+            for j in range(min(i, cols), cols):
+                G[t, i, j] = 0
+
+
+def _band_signature(dtype):
+    return nb.void(nb.types.Array(dtype, 3, "C"), dtype, nb.int64, nb.int64, nb.boolean,
+                   nb.types.Array(nb.float64, 1, "C"))  # fmt: skip
+
+
+@nb.njit([_band_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def band_logits(s, gamma, before, window, causal, row_max):
+    """Blocks of products ``s[t, i, j]`` of row ``i`` with key ``j`` of its band (``i +
+    before - j`` positions before it) to logits: ``gamma s`` in the window (``0 <=
+    delta < window`` causal, ``|delta| < window`` else), ``-inf`` outside; ``row_max``
+    (``n rows``) gets each row's largest."""
+    n, rows, width = s.shape
+    after = 0 if causal else window - 1
+    for t in range(n):
+        for i in range(rows):
+            lo = max(0, i + before - window + 1)
+            hi = min(width, i + before + after + 1)
+            peak = -math.inf
+            for j in range(lo):
+                s[t, i, j] = -math.inf
+            for j in range(lo, hi):
+                x = s[t, i, j] * gamma
+                s[t, i, j] = x
+                peak = max(peak, x)
+            for j in range(max(hi, lo), width):
+                s[t, i, j] = -math.inf
+            row_max[t * rows + i] = peak
 
 
 def _emit_signature(dtype):

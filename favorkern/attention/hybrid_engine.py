@@ -57,8 +57,7 @@ def stable_features(feat, X, buf):
         # largest logit up to the row's own constant, so one shift gives psi <= 1
         feat._product(X, buf)
         top = buf.max(axis=1)
-        buf -= top[:, np.newaxis]
-        feat.kernel.exp(buf)
+        feat.kernel.exp_shifted(buf, top)
         sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
         r = top.astype(np.float64)
         if feat.unit != 1.0:
@@ -84,15 +83,7 @@ def _exp(x, dtype):
     return np.exp(x, out=x)
 
 
-def _pattern(cache, key, make, dtype):
-    """A 0/-inf pattern (``make()`` gives where it is 0), made once per call and shape."""
-    value = cache.get(key)
-    if value is None:
-        value = cache[key] = np.where(make(), 0.0, -np.inf).astype(dtype)
-    return value
-
-
-def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_major=False):
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
     """Causal far sums of one head, computed in groups of blocks of queries.
 
     Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
@@ -112,8 +103,9 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
     S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
     B = -np.inf
     nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
-    # row-major features where the top keys gather them by rows
-    qbuf, kbuf = feat.empty(group, rows=row_major), feat.empty(group + 1, rows=row_major)
+    # row-major features: the top keys gather them by rows, and the shifted exp of
+    # exp maps runs along rows (measured faster than the feature-major layout here)
+    qbuf, kbuf = feat.empty(group, rows=True), feat.empty(group + 1, rows=True)
     # row i' of a full block reaches key j' of its part iff i' > j'
     strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
     for gs in range(0, L, group):
@@ -133,7 +125,7 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
             has = last >= 0
             b[has] = running[np.minimum(last[has], khi - klo - 1)]
         if klo == gs - lag + 1 and khi - klo == ge - gs and (ge - gs) % chunk == 0:
-            nd, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, chunk, strict)
+            nd, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, chunk)
             nxt = khi
             yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r)
             continue
@@ -169,10 +161,12 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
         yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r) if khi > klo else (klo, None, None)
 
 
-def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk, strict):
+def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk):
     """:func:`far_groups` for a group of full blocks whose parts tile its keys: every
     block's products at once (batched), the states before the blocks by one prefix
     pass over the blocks' own states.  Returns ``(nd, S, B)``."""
+    from .._numba.hybrid import lag_weights
+
     R, dtype = psi_q.shape[0], S.dtype
     n, m, width = R // chunk, S.shape[0], S.shape[1]
     pq = psi_q.reshape(n, chunk, m)
@@ -199,7 +193,7 @@ def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk, strict):
     nd *= _exp(np.where(np.isfinite(consts[:n, None]), consts[:n, None] - b_safe, -np.inf),
                dtype)[:, :, None]  # fmt: skip
     G = np.matmul(pq, pk.transpose(0, 2, 1))
-    G *= _exp(rk[:, None, :] - b_safe[:, :, None] + strict, dtype)
+    lag_weights(G, np.ascontiguousarray(rk), b_safe)
     nd += np.matmul(G, vb)
     return nd.reshape(R, width), states[n], float(consts[n])
 
@@ -227,11 +221,14 @@ def _hide(logits, mask, keys):
     return np.where(hidden[:, None, :], -np.inf, logits)
 
 
-def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
-    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values)``,
-    logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or 3-D ``(blocks, chunk,
-    band)`` for a run of full blocks whose bands are overlapping views of K and V."""
+def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk):
+    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values,
+    row maxima or None)``, logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or
+    3-D ``(blocks, chunk, band)`` for a run of full blocks whose bands are overlapping
+    views of K and V."""
     terms = []
+    from .._numba.hybrid import band_logits
+
     Lk, rows, gamma = k.shape[0], np.arange(gs, ge), q.dtype.type(gamma)
     n_glob = min(g, ge) if causal else g
     if n_glob:
@@ -239,7 +236,7 @@ def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
         s *= gamma
         if causal and gs < n_glob:
             s[rows[:, None] < np.arange(n_glob)[None, :]] = -np.inf
-        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob]))
+        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob], None))
     if not window:
         return terms
     before, after = window - 1, (0 if causal else window - 1)
@@ -249,19 +246,17 @@ def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
         n_blocks, width = R // chunk, chunk + before + after
         bands = _strided(k, lo, n_blocks, chunk, width)
         s = q[gs:ge].reshape(n_blocks, chunk, -1) @ bands.transpose(0, 2, 1)
-        s *= gamma
+        s = np.ascontiguousarray(_hide(s, mask, (lo, n_blocks, chunk, width)))
         # row i' of a block and key j' of its band are i' + before - j' apart
-        s += _pattern(cache, ("band", chunk, width, causal), lambda: _near(
-            np.arange(chunk)[:, None] + before - np.arange(width)[None, :], window, causal,
-        ), q.dtype)  # fmt: skip
-        s = _hide(s, mask, (lo, n_blocks, chunk, width))
-        terms.append((s, _strided(v1, lo, n_blocks, chunk, width)))
+        peak = np.empty(R)
+        band_logits(s, gamma, before, window, causal, peak)
+        terms.append((s, _strided(v1, lo, n_blocks, chunk, width), peak))
         return terms
     keys = np.arange(lo, hi)
     s = q[gs:ge] @ k[lo:hi].T
     s *= gamma
     s[~_near(rows[:, None] - keys[None, :], window, causal)] = -np.inf
-    terms.append((_hide(s, mask, keys), v1[lo:hi]))
+    terms.append((_hide(s, mask, keys), v1[lo:hi], None))
     return terms
 
 
@@ -277,9 +272,9 @@ def row_constants(nd, a, b, terms):
     finite = np.isfinite(b)
     far_log = np.where(finite, a + np.where(finite, b, 0.0), -np.inf)
     c = far_log.copy()
-    for s, _ in terms:
+    for s, _, peak in terms:
         if s.size:
-            np.maximum(c, s.max(axis=-1).reshape(R), out=c)
+            np.maximum(c, s.max(axis=-1).reshape(R) if peak is None else peak, out=c)
     return far_log, c
 
 
@@ -287,19 +282,21 @@ def finish(nd, far_log, c, terms, top=None):
     """The output rows from far sums ``nd`` (at ``exp(far_log)``), exact ``terms``, the
     rows' constants ``c`` (:func:`row_constants`) and the top keys' terms ``top``
     (:func:`top_terms`, already at the rows' constants)."""
+    from .._numba.elementwise import exp_rows
+
     dtype, R = nd.dtype, nd.shape[0]
     c[~np.isfinite(c)] = 0.0
     nd *= _exp(far_log - c, dtype)[:, None]
     c_typed = c.astype(dtype)
-    for s, values in terms:
+    for s, values, _ in terms:
         if not s.size:
             continue
         if s.ndim == 3:
-            s -= c_typed.reshape(s.shape[0], s.shape[1], 1)
+            exp_rows(s.reshape(R, -1), c_typed, False)
         else:
             s -= c_typed[:, None]
-        with np.errstate(under="ignore"):
-            np.exp(s, out=s)
+            with np.errstate(under="ignore"):
+                np.exp(s, out=s)
         product = s @ values
         nd += product.reshape(R, -1)
     if top is not None:
@@ -372,12 +369,11 @@ def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, g
     L = q.shape[0]
     g = min(n_global, L)
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
-    cache = {}
     pool = _CausalPool(top, feat) if top is not None else None
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
-        feat, qf, kf, v1, mask, g, L, window, chunk, group, row_major=pool is not None
+        feat, qf, kf, v1, mask, g, L, window, chunk, group
     ):
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
@@ -426,12 +422,11 @@ class _CausalPool:
 def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
     L, Lk = q.shape[0], k.shape[0]
     g = min(n_global, Lk)
-    cache = {}
     pool = _bidirectional_pool(top, kf, mask, g, window, feat) if top is not None else None
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
     for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
                                                       group):  # fmt: skip
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
