@@ -182,11 +182,13 @@ def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk):
     states = np.empty((n + 1, m, width), dtype=dtype)
     states[0] = S
     for t in range(n):
-        if np.isfinite(consts[t]):
+        if not np.isfinite(consts[t]):
+            states[t + 1] = own[t]
+        elif consts[t] == consts[t + 1]:  # no key raised the maximum: one pass
+            np.add(states[t], own[t], out=states[t + 1])
+        else:
             np.multiply(states[t], dtype.type(np.exp(consts[t] - safe[t + 1])), out=states[t + 1])
             states[t + 1] += own[t]
-        else:
-            states[t + 1] = own[t]
     nd = np.matmul(pq, states[:n])
     finite = np.isfinite(rb)
     b_safe = np.where(finite, rb, 0.0)
