@@ -440,39 +440,57 @@ def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, c
 
 def _bidirectional_far(feat, q, k, v1, mask, g, window, chunk, group):
     """Far sums of every query group (keys ``j >= g`` with ``|i - j| >= window``), in
-    the order of the rows: ``(start, stop, psi_q, a, nd, b)``."""
-    L, dtype = q.shape[0], v1.dtype
-    Lk = k.shape[0]
-    if window == 0:
-        # every key is far: one state over all of them (Lq may differ from Lk)
-        S, B = _state_of(feat, k, v1, mask, g, Lk, group)
-        buf = feat.empty(group)
-        for s in range(0, L, group):
-            e = min(L, s + group)
-            psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
-            yield s, e, psi_q, a, psi_q @ S, np.full(e - s, B)
-        return
-    # forward: g <= j <= i - window, kept per row
-    fwd = np.empty((L, v1.shape[1]), dtype=dtype)
-    fwd_b = np.empty(L)
-    for s, e, _, _, nd, b, _ in far_groups(feat, q, k, v1, mask, g, Lk, window, chunk, group):
-        fwd[s:e], fwd_b[s:e] = nd, b
-    # backward: j >= i + window, the same pass over the reversed sequence (query i and
-    # key i are one position, so both reverse alike); keys g .. Lk - 1 are the
-    # reversed 0 .. Lk - 1 - g
-    rmask = None if mask is None else mask[::-1]
-    back = far_groups(feat, q[::-1], k[::-1], v1[::-1], rmask, 0, Lk - g, window, chunk, group)
-    for rs, re_, psi_r, a_r, nd_b, b_b, _ in back:
-        s, e = L - re_, L - rs
-        b_b, b_f = b_b[::-1], fwd_b[s:e]
-        b = np.maximum(b_f, b_b)
-        finite = np.isfinite(b)
-        b_safe = np.where(finite, b, 0.0)
-        sf = _exp(np.where(np.isfinite(b_f), b_f - b_safe, -np.inf), dtype)
-        sb = _exp(np.where(np.isfinite(b_b), b_b - b_safe, -np.inf), dtype)
-        nd = fwd[s:e] * sf[:, None]
-        nd += nd_b[::-1] * sb[:, None]
-        yield s, e, psi_r[::-1], a_r[::-1], nd, b
+    the order of the rows: ``(start, stop, psi_q, a, nd, b)``.
+
+    One state of every key ``j >= g``, minus per row the estimates of its near keys
+    (``|i - j| < window``, a band per block of queries): one pass over the keys for
+    the state, then per group the query features, the state's product and the
+    band's (Lq may differ from Lk only with ``window=0``).
+    """
+    L, Lk = q.shape[0], k.shape[0]
+    S, B = _state_of(feat, k, v1, mask, g, Lk, group)
+    buf = feat.empty(group, rows=True)
+    near = window > 0 and np.isfinite(B)
+    if near:
+        pad = window - 1
+        # values with pad zero rows each side: every band is a view
+        v1p = np.zeros((Lk + 2 * pad, v1.shape[1]), dtype=v1.dtype)
+        v1p[pad : pad + Lk] = v1
+        kbuf = feat.empty(group + 2 * pad, rows=True)
+    for s in range(0, L, group):
+        e = min(L, s + group)
+        psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
+        nd = psi_q @ S
+        if near:
+            _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, B)
+        yield s, e, psi_q, a, nd, np.full(e - s, B)
+
+
+def _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, B):
+    """``nd_i -= sum_j phi(q_i).phi(k_j) e^{r_j - B} v1_j`` over the near keys ``j >= g``,
+    ``|i - j| < window`` of rows ``s .. e - 1``: per block of ``chunk`` rows one
+    product with its band of keys (a view of the group's key features, which pad
+    positions outside the keys with zeros)."""
+    from .._numba.hybrid import near_weights
+
+    pad, R, Lk = window - 1, e - s, k.shape[0]
+    base = s - pad  # the position of the group's first band row
+    psi = kbuf[: R + 2 * pad]
+    r = np.full(R + 2 * pad, -np.inf)
+    lo, hi = max(g, base), min(Lk, e + pad)
+    psi[: max(0, lo - base)] = 0.0
+    psi[max(0, hi - base) :] = 0.0
+    if hi > lo:
+        part, r_part = stable_features(feat, k[lo:hi], psi[lo - base : hi - base])
+        if mask is not None and mask[lo:hi].any():
+            r_part = np.where(mask[lo:hi], -np.inf, r_part)
+            part[mask[lo:hi]] = 0.0
+        r[lo - base : hi - base] = r_part
+    n, rows = (R // chunk, chunk) if R % chunk == 0 else (1, R)
+    width = rows + 2 * pad
+    G = np.matmul(psi_q.reshape(n, rows, -1), _strided(psi, 0, n, rows, width).transpose(0, 2, 1))
+    near_weights(G, r, B, pad, window)
+    nd -= np.matmul(G, _strided(v1p, s, n, rows, width)).reshape(R, -1)
 
 
 def _state_of(feat, k, v1, mask, lo, hi, chunk):
