@@ -85,37 +85,39 @@ _APPLY = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
         nb.types.Array(dtype, 2, "C"),  # psi (n_pool, m): the pooled keys' features
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): rows of psi
-        nb.types.Array(nb.int64, 2, "C"),  # positions (rows, n_top): rows of v1
-        nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top): exact weights, 0 if none
-        nb.types.Array(dtype, 2, "C"),  # scale (rows, n_top): of the estimates
-        nb.types.Array(dtype, 2, "C"),  # v1 (L, dv + 1): values and a 1
-        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer
+        nb.types.Array(nb.float64, 1, "C"),  # r (n_pool,): their logs
+        nb.types.Array(dtype, 2, "C"),  # values (n_pool, dv + 1): their values and a 1
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): pooled keys chosen
+        nb.types.Array(dtype, 2, "C"),  # chosen (rows, n_top): their logits (-inf: none)
+        nb.types.Array(nb.float64, 1, "C"),  # c (rows,): the rows' constants
+        nb.types.Array(nb.float64, 1, "C"),  # b (rows,): the rows' far key constants
+        nb.types.Array(nb.float64, 1, "C"),  # far (rows,): the far sums' exp(a + b - c)
+        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer, out
     )
     for dtype in (nb.float32, nb.float64)
 ]
 
 
 @nb.njit(_APPLY, **JIT_OPTIONS)
-def apply_top(psi_q, psi, index, positions, exact, scale, v1, nd):
-    """``nd_i += sum_t (exact_it - est_it) v1_p`` over the chosen keys (feature row
-    ``j = index[i, t]``, position ``p = positions[i, t]``; ``exact_it = scale_it = 0``
-    where none): each key's exact weight replaces its feature estimate ``est_it =
-    psi_q_i . psi_j scale_it``."""
+def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
+    """``nd_i += sum_t (e^{s_it - c_i} - psi_q_i . psi_j e^{r_j - b_i} far_i) v1_j`` over
+    the chosen keys ``j = index[i, t]`` of logits ``s_it > -inf``: each key's exact
+    weight replaces its far estimate, both at the row's constant."""
     rows, m = psi_q.shape
-    width = v1.shape[1]
+    width = values.shape[1]
     for i in range(rows):
         for t in range(index.shape[1]):
-            if scale[i, t] == 0 and exact[i, t] == 0:
+            x = chosen[i, t]
+            if x == -math.inf:
                 continue
             j = index[i, t]
             dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
             for f in range(m):
                 dot += psi_q[i, f] * psi[j, f]
-            w = exact[i, t] - dot * scale[i, t]
-            row = positions[i, t]
+            estimate = dot * _exp(r[j] - b[i]) * far[i] if far[i] > 0 else 0.0
+            w = nd.dtype.type(_exp(x - c[i]) - estimate)
             for col in range(width):
-                nd[i, col] += w * v1[row, col]
+                nd[i, col] += w * values[j, col]
 
 
 def _lag_signature(dtype):

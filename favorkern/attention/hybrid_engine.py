@@ -331,16 +331,12 @@ def top_terms(q_rows, k, v1, first, cols, psi, r, window, causal, top, gamma, ps
     select_top(logits, cols, visible, first, window, causal, top.n_candidates, index, chosen)
     np.maximum(c, chosen[:, 0], out=c)
     safe = np.where(np.isfinite(c), c, 0.0)
-    taken = chosen > -np.inf
-    b = np.where(np.isfinite(b), b, 0.0)
-    # both at the row's scale exp(-c_i); r_j <= b_i for every far key
-    exact = _exp(np.where(taken, chosen - safe[:, None], -np.inf), dtype)
-    scale = _exp(np.where(taken, r[index] - b[:, None], -np.inf), dtype)
-    scale *= _exp(far_log - safe, dtype)[:, None]
+    far = np.exp(far_log - safe)  # 0 where no far key
     nd = np.zeros((rows, v1.shape[1]), dtype=dtype)
-    # row-major copies: the kernel reads features along rows
-    apply_top(np.ascontiguousarray(psi_q), np.ascontiguousarray(psi), index,
-              np.ascontiguousarray(cols[index]), exact, scale, v1, nd)  # fmt: skip
+    # the pooled keys' rows, gathered once: the kernel reads them by rows
+    apply_top(np.ascontiguousarray(psi_q), np.ascontiguousarray(psi),
+              np.ascontiguousarray(r, dtype=np.float64), v1[cols], index, chosen, safe,
+              np.where(np.isfinite(b), b, 0.0), far, nd)  # fmt: skip
     return nd
 
 
