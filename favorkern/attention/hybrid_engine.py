@@ -371,7 +371,8 @@ def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, g
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
         feat, qf, kf, v1, mask, g, L, window, chunk, group
     ):
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk)
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True,
+                            _config.HYBRID_BAND_ROWS)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
@@ -424,7 +425,8 @@ def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, c
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
     for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
                                                       group):  # fmt: skip
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk)
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False,
+                            _config.HYBRID_BAND_ROWS)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
