@@ -104,18 +104,23 @@ def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
     the chosen keys ``j = index[i, t]`` of logits ``s_it > -inf``: each key's exact
     weight replaces its far estimate, both at the row's constant."""
     rows, m = psi_q.shape
+    n_top = index.shape[1]
     width = values.shape[1]
+    weight = np.empty(n_top)  # per chosen key: exact weight and estimate's scale
+    scale = np.empty(n_top)
     for i in range(rows):
-        for t in range(index.shape[1]):
-            x = chosen[i, t]
-            if x == -math.inf:
+        ci, bi, fi = c[i], b[i], far[i]
+        for t in range(n_top):  # the exps first, apart from the gathers: they vectorize
+            weight[t] = _exp(chosen[i, t] - ci)
+            scale[t] = _exp(r[index[i, t]] - bi) * fi if fi > 0 else 0.0
+        for t in range(n_top):
+            if chosen[i, t] == -math.inf:
                 continue
             j = index[i, t]
             dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
             for f in range(m):
                 dot += psi_q[i, f] * psi[j, f]
-            estimate = dot * _exp(r[j] - b[i]) * far[i] if far[i] > 0 else 0.0
-            w = nd.dtype.type(_exp(x - c[i]) - estimate)
+            w = nd.dtype.type(weight[t] - dot * scale[t])
             for col in range(width):
                 nd[i, col] += w * values[j, col]
 
