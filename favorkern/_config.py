@@ -61,6 +61,9 @@ HYBRID_GROUP_ROWS = 512
 #: band of rows + window - 1 keys (bidirectional: rows + 2 (window - 1)); measured
 #: as HYBRID_CHUNK_ROWS.
 HYBRID_BAND_ROWS = 32
+#: A causal hybrid head split over threads: the cost of one key of the state a range
+#: builds before its rows, relative to the cost of one row (balances the ranges).
+HYBRID_PREFIX_COST = 0.3
 
 # -- exact attention and its error estimate ------------------------------------------
 #: Scores per query chunk of exact softmax attention (4 MiB of float32): 2^16 1.36x its

@@ -22,6 +22,8 @@ row's exact and far terms then share ``c_i = max(a_i + b_i, max_E s_ij)``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .. import _config
@@ -83,7 +85,8 @@ def _exp(x, dtype):
     return np.exp(x, out=x)
 
 
-def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, rows=None,
+               initial=None):  # fmt: skip
     """Causal far sums of one head, computed in groups of blocks of queries.
 
     Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
@@ -98,17 +101,25 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group):
     ``chunk`` rows: the state's product, the masked product with the block's own far
     keys at ``exp(r_j - b_i)``, and the state's update.  The state's constant is the
     running maximum of the keys in it, so no output depends on a later token.
+
+    ``rows``: ``(start, stop)``, the query rows to compute (all if None), with
+    ``initial = (S, B)`` the state of the keys before ``start - lag + 1`` (empty if None).
     """
-    L, dtype, width = q.shape[0], feat.dtype, v1.shape[1]
+    dtype, width = feat.dtype, v1.shape[1]
+    start, L = (0, q.shape[0]) if rows is None else rows
     S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
     B = -np.inf
-    nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
+    if initial is not None:
+        S, B = initial[0].copy(), initial[1]
+    # the state holds the keys key_lo .. nxt - 1 (after a group: those before its last
+    # row's part, which ends at the key no row of the group reaches)
+    nxt = key_lo if start == 0 else min(key_hi, max(key_lo, start - lag + 1))
     # row-major features: the top keys gather them by rows, and the shifted exp of
     # exp maps runs along rows (measured faster than the feature-major layout here)
     qbuf, kbuf = feat.empty(group, rows=True), feat.empty(group + 1, rows=True)
     # row i' of a full block reaches key j' of its part iff i' > j'
     strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
-    for gs in range(0, L, group):
+    for gs in range(start, L, group):
         ge = min(L, gs + group)
         psi_q, a = stable_features(feat, q[gs:ge], qbuf[: ge - gs])
         klo, khi = nxt, min(key_hi, max(nxt, ge - lag + 1))
@@ -349,28 +360,68 @@ def with_ones(v):
 
 
 def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
-                prepared=None, chunk=None, group=None):  # fmt: skip
+                prepared=None, chunk=None, group=None, workers=1):  # fmt: skip
     """The hybrid attention of one head, in ``v``'s dtype.
 
     ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
     None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
+    ``workers``: causal heads split over that many of favorkern's threads by ranges
+    of rows (:func:`causal_ranges`).
     """
     chunk = _config.HYBRID_CHUNK_ROWS if chunk is None else chunk
     group = _config.HYBRID_GROUP_ROWS if group is None else group
     v1 = with_ones(v)
     qf, kf = (q, k) if prepared is None else prepared
-    run = _causal if causal else _bidirectional
-    return run(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
+    args = (feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
+    if not causal:
+        return _bidirectional(*args)
+    out = np.empty((q.shape[0], v1.shape[1] - 1), dtype=v1.dtype)
+    ranges = causal_ranges(q.shape[0], group, workers)
+    if len(ranges) == 1:
+        return _causal(*args, out=out)
+    from .common import run_parallel
+
+    run_parallel([partial(_causal, *args, rows=r, out=out) for r in ranges], len(ranges))
+    return out
 
 
-def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
+def causal_ranges(L, group, workers):
+    """Ranges of rows of a causal head, one per thread, whose costs balance: a range
+    from row ``a`` first builds the state of the keys before it (a pass over them at
+    about ``HYBRID_PREFIX_COST`` of a row's cost each), then runs its rows.  Ranges
+    start at multiples of ``group`` and hold at least two groups; one range where
+    that leaves fewer than two."""
+    workers = min(workers, L // (2 * group))
+    if workers <= 1:
+        return [(0, L)]
+    alpha = _config.HYBRID_PREFIX_COST
+    starts = [0.0]
+    for _ in range(workers - 1):  # equal costs: len_r + alpha start_r = len_0
+        starts.append(starts[-1] + 1.0 - alpha * starts[-1])
+    scale = L / (starts[-1] + 1.0 - alpha * starts[-1])
+    edges = sorted({min(L, int(round(x * scale / group)) * group) for x in starts} | {L})
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group,
+            rows=None, out=None):  # fmt: skip
+    """Causal rows ``rows = (start, stop)`` (all if None) into ``out``: the keys
+    before the range enter the far state and the candidate pool first."""
     L = q.shape[0]
     g = min(n_global, L)
-    out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
+    start, stop = (0, L) if rows is None else rows
+    if out is None:
+        out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
+    initial = None
+    if start > 0:
+        initial = _state_of(feat, kf, v1, mask, g, max(g, start - window + 1), group)
     pool = _CausalPool(top, feat) if top is not None else None
+    if pool is not None and start > 0:
+        pool.prefill(kf, mask, g, start - window + 1, feat)
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
-        feat, qf, kf, v1, mask, g, L, window, chunk, group
-    ):
+        feat, qf, kf, v1, mask, g, L, window, chunk, group, rows=(start, stop),
+        initial=initial,
+    ):  # fmt: skip
         terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True,
                             _config.HYBRID_BAND_ROWS)
         far_log, c = row_constants(nd, a, b, terms)
@@ -392,6 +443,25 @@ class _CausalPool:
         self.cols = np.empty(0, dtype=np.int64)
         self.psi = np.empty((0, feat.n_out), dtype=feat.dtype)
         self.r = np.empty(0)
+
+    def prefill(self, kf, mask, lo, hi, feat):
+        """The pool of the keys ``lo .. hi - 1`` (unmasked, of finite log), as the
+        updates of a pass over them would leave it."""
+        positions = np.arange(lo, max(lo, hi))
+        if mask is not None:
+            positions = positions[~mask[lo : max(lo, hi)]]
+        scores = self.top.scores
+        order = positions[np.lexsort((positions, -scores[positions]))]
+        n, taken = self.top.n_candidates, 0
+        while taken < order.size and self.cols.size < n:
+            cols = order[taken : taken + n - self.cols.size]
+            taken += cols.size
+            psi, r = stable_features(feat, np.ascontiguousarray(kf[cols]),
+                                     feat.empty(cols.size, rows=True))  # fmt: skip
+            finite = np.isfinite(r)
+            self.cols = np.concatenate([self.cols, cols[finite]])
+            self.psi = np.concatenate([self.psi, psi[finite]])
+            self.r = np.concatenate([self.r, r[finite]])
 
     def update(self, lo, psi_k, r):
         """The keys ``lo ..`` (features ``psi_k``, logs ``r``; -inf: masked) enter.
