@@ -106,13 +106,19 @@ def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
     rows, m = psi_q.shape
     n_top = index.shape[1]
     width = values.shape[1]
-    weight = np.empty(n_top)  # per chosen key: exact weight and estimate's scale
-    scale = np.empty(n_top)
+    # per chosen key: exact weight and estimate's scale, in the features' dtype
+    weight = np.empty(n_top, dtype=nd.dtype)
+    scale = np.empty(n_top, dtype=nd.dtype)
+    gap = np.empty(n_top)
+    row = np.empty(width, dtype=nd.dtype)  # the row's sums (apart from nd: no aliasing)
     for i in range(rows):
         ci, bi, fi = c[i], b[i], far[i]
-        for t in range(n_top):  # the exps first, apart from the gathers: they vectorize
-            weight[t] = _exp(chosen[i, t] - ci)
-            scale[t] = _exp(r[index[i, t]] - bi) * fi if fi > 0 else 0.0
+        row[:] = 0
+        for t in range(n_top):
+            gap[t] = min(r[index[i, t]] - bi, 0.0)  # r_j <= b_i for a chosen key
+        for t in range(n_top):  # the exps apart from the gathers: they vectorize
+            weight[t] = _exp(nd.dtype.type(chosen[i, t] - ci))
+            scale[t] = _exp(nd.dtype.type(gap[t])) * nd.dtype.type(fi)
         for t in range(n_top):
             if chosen[i, t] == -math.inf:
                 continue
@@ -122,7 +128,9 @@ def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
                 dot += psi_q[i, f] * psi[j, f]
             w = nd.dtype.type(weight[t] - dot * scale[t])
             for col in range(width):
-                nd[i, col] += w * values[j, col]
+                row[col] += w * values[j, col]
+        for col in range(width):
+            nd[i, col] += row[col]
 
 
 def _lag_signature(dtype):
