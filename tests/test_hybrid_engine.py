@@ -237,7 +237,7 @@ def test_causal_ranges_balance_and_cover():
         assert len(ranges) == workers
         assert ranges[0][0] == 0 and ranges[-1][1] == L
         assert all(a % 64 == 0 and b > a for a, b in ranges)
-        assert all(r[1] == s[0] for r, s in zip(ranges, ranges[1:]))
+        assert all(r[1] == s[0] for r, s in zip(ranges[:-1], ranges[1:], strict=True))
         # later ranges first build the state of more keys: they hold fewer rows
         sizes = [b - a for a, b in ranges]
         assert sizes == sorted(sizes, reverse=True)

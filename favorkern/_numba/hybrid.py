@@ -1,9 +1,10 @@
-"""Top keys of hybrid attention: per row, a few keys chosen and gathered in a block.
+"""Kernels of hybrid attention's engine: top keys, and the weights of its blocks.
 
-Pure functions of C-contiguous arrays; the caller computes the logits of the block's
-rows with the pooled keys (one product) and the stabilizers.  Gathered dot products
-cost ``rows x n_top x m`` where a dense product with every pooled key would cost
-``rows x pool x m``.
+Pure functions of C-contiguous arrays.  Top keys: the caller computes the logits of
+a group of rows with the pooled keys (one product) and the stabilizers; the chosen
+keys' gathered dot products cost ``rows x n_top x m`` where a dense product with
+every pooled key would cost ``rows x pool x m``.  Block weights: the masks and
+stabilizers of the blocks' products in one pass each (no float64 temporaries).
 """
 
 from __future__ import annotations

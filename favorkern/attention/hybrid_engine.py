@@ -9,10 +9,13 @@ far keys ``F_i``; with ``phi(x) = exp(r(x)) psi(x)`` (``r`` a per-row log factor
 Causal far keys are ``g <= j <= i - w``: a causal FAVOR pass whose keys lag the queries
 by ``w`` positions (chunked: a state of the keys far for the whole block, and a masked
 product with the block's own far keys), so no window key is ever added and subtracted.
-Bidirectional far keys are that forward pass plus the same pass over the reversed
-sequence (``j >= i + max(w, 1)``).  The exact keys of a block of queries are one dense
-product with the block's band of keys; the top keys' exact terms, and the removal of
-their estimates from the far sums, are one compiled kernel per block.
+Bidirectional far keys (``|i - j| >= w``) are one state of every key minus the
+estimates of the row's near keys (a product per block of queries with its band of
+keys).  The exact keys of a block of queries are one dense product with the block's
+band of keys.  The top keys of a group of blocks: one product scores the candidate
+pool, one compiled kernel chooses each row's keys and one applies their exact terms
+and removes their estimates from the far sums.  A causal head may run over ranges of
+its rows on several threads, each range from the state and pool of the keys before it.
 
 Stabilizers: per query the row log ``a_i`` of its features; per key ``r_j``; the far
 sums of row ``i`` are kept at ``exp(a_i + b_i)`` with ``b_i`` the running maximum of
