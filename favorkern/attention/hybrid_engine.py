@@ -258,15 +258,20 @@ def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk):
     before, after = window - 1, (0 if causal else window - 1)
     lo, hi = max(g, gs - before), min(Lk, ge + after)
     R = ge - gs
-    if R % chunk == 0 and lo == gs - before and hi == ge + after:
+    if R % chunk == 0 and hi > lo:
         n_blocks, width = R // chunk, chunk + before + after
-        bands = _strided(k, lo, n_blocks, chunk, width)
+        keys, values, hidden, base = k, v1, mask, lo
+        if lo != gs - before or hi != ge + after:
+            # a group at an edge: its band's keys padded to full bands, the pads hidden
+            keys, values, hidden = _padded(k, v1, mask, gs - before, ge + after, lo, hi)
+            base = 0
+        bands = _strided(keys, base, n_blocks, chunk, width)
         s = q[gs:ge].reshape(n_blocks, chunk, -1) @ bands.transpose(0, 2, 1)
-        s = np.ascontiguousarray(_hide(s, mask, (lo, n_blocks, chunk, width)))
+        s = np.ascontiguousarray(_hide(s, hidden, (base, n_blocks, chunk, width)))
         # row i' of a block and key j' of its band are i' + before - j' apart
         peak = np.empty(R)
         band_logits(s, gamma, before, window, causal, peak)
-        terms.append((s, _strided(v1, lo, n_blocks, chunk, width), peak))
+        terms.append((s, _strided(values, base, n_blocks, chunk, width), peak))
         return terms
     keys = np.arange(lo, hi)
     s = q[gs:ge] @ k[lo:hi].T
@@ -274,6 +279,19 @@ def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk):
     s[~_near(rows[:, None] - keys[None, :], window, causal)] = -np.inf
     terms.append((_hide(s, mask, keys), v1[lo:hi], None))
     return terms
+
+
+def _padded(k, v1, mask, start, stop, lo, hi):
+    """Rows ``start .. stop - 1`` of ``k`` and ``v1`` with zeros outside ``lo .. hi - 1``,
+    and where they are hidden (the pads, and the masked keys)."""
+    size, inside = stop - start, slice(lo - start, hi - start)
+    keys = np.zeros((size, k.shape[1]), dtype=k.dtype)
+    keys[inside] = k[lo:hi]
+    values = np.zeros((size, v1.shape[1]), dtype=v1.dtype)
+    values[inside] = v1[lo:hi]
+    hidden = np.ones(size, dtype=bool)
+    hidden[inside] = False if mask is None else mask[lo:hi]
+    return keys, values, hidden
 
 
 def _near(delta, window, causal):
