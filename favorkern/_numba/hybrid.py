@@ -155,16 +155,11 @@ def lag_weights(G, r, b):
                 G[t, i, j] = 0
 
 
-def _near_signature(dtype):
-    return nb.void(nb.types.Array(dtype, 3, "C"), nb.types.Array(nb.float64, 1, "C"),
-                   nb.float64, nb.int64, nb.int64)  # fmt: skip
-
-
-@nb.njit([_near_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
-def near_weights(G, r, shift, before, window):
-    """``G[t, i, j] *= exp(r[t rows + j] - shift)`` where row ``i`` and key ``j`` of its
-    band (``delta = i + before - j`` positions apart) are near, ``|delta| < window``;
-    0 elsewhere.  Bands of ``rows``-row blocks start ``rows`` keys apart in ``r``."""
+@nb.njit([nb.void(nb.types.Array(dtype, 3, "C"), nb.int64, nb.int64)
+          for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)  # fmt: skip
+def near_band(G, before, window):
+    """``G[t, i, j] = 0`` where row ``i`` and key ``j`` of its band (``delta = i + before
+    - j`` positions apart) are not near, ``|delta| >= window``."""
     n, rows, width = G.shape
     for t in range(n):
         for i in range(rows):
@@ -172,8 +167,6 @@ def near_weights(G, r, shift, before, window):
             hi = min(width, i + before + window)
             for j in range(lo):
                 G[t, i, j] = 0
-            for j in range(lo, hi):
-                G[t, i, j] *= _exp(G.dtype.type(r[t * rows + j] - shift))
             for j in range(max(lo, hi), width):
                 G[t, i, j] = 0
 

@@ -560,7 +560,7 @@ def _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, 
     ``|i - j| < window`` of rows ``s .. e - 1``: per block of ``chunk`` rows one
     product with its band of keys (a view of the group's key features, which pad
     positions outside the keys with zeros)."""
-    from .._numba.hybrid import near_weights
+    from .._numba.hybrid import near_band
 
     pad, R, Lk = window - 1, e - s, k.shape[0]
     base = s - pad  # the position of the group's first band row
@@ -578,8 +578,10 @@ def _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, 
     n, rows = (R // chunk, chunk) if R % chunk == 0 else (1, R)
     width = rows + 2 * pad
     G = np.matmul(psi_q.reshape(n, rows, -1), _strided(psi, 0, n, rows, width).transpose(0, 2, 1))
-    near_weights(G, r, B, pad, window)
-    nd -= np.matmul(G, _strided(v1p, s, n, rows, width)).reshape(R, -1)
+    near_band(G, pad, window)
+    # each key's factor e^{r_j - B} on its value row: one per key, not per pair
+    values = v1p[s : s + R + 2 * pad] * _exp(r - B, v1p.dtype)[:, None]
+    nd -= np.matmul(G, _strided(values, 0, n, rows, width)).reshape(R, -1)
 
 
 def _state_of(feat, k, v1, mask, lo, hi, chunk):
