@@ -26,9 +26,11 @@ from contextlib import contextmanager
 __all__ = ["override", "TUNING_NAMES"]
 
 # -- attention ----------------------------------------------------------------------
-#: Bytes per feature buffer of one worker (512 KiB), in L2 between product and exp:
-#: 128 KiB 1.30x its time, 2 MiB 0.95x (L = 16384, d = dv = 64, m = 256, float32).
-ATTENTION_CHUNK_BYTES = 1 << 19
+#: Bytes per feature buffer of one worker (2 MiB, 2048 rows at m = 256 in float32):
+#: bidirectional time / its four bare products 1.24 against 1.46 at 512 KiB (L = 8192),
+#: 1.14 against 1.19 (L = 65536); fewer, larger products and fewer calls per token
+#: outweigh keeping the features in L2 (d = dv = 64, m = 256, float32, one thread).
+ATTENTION_CHUNK_BYTES = 1 << 21
 #: Feature evaluations (tokens x width) below which FAVOR attention runs on one thread:
 #: a thread-pool round trip costs more than it saves there.
 ATTENTION_PARALLEL_MIN_WORK = 1 << 18
