@@ -91,9 +91,6 @@ ERROR_PARALLEL_MIN_WORK = 1 << 22
 TRANSFORM_BLOCK_BYTES = 1 << 20
 #: Output elements below which a transform runs on one thread (the pool costs more).
 TRANSFORM_PARALLEL_MIN_ELEMENTS = 1 << 17
-#: Exponentials per call below which numpy's exp kernels are used while numba is not
-#: loaded: loading numba costs what about 2^30 exponentials save (2^16: one chunk).
-NUMBA_MIN_WORK = 1 << 16
 #: Structured (Walsh-Hadamard) projections beat the BLAS product from this padded
 #: dimension on: 0.4x its time at d = 1024, 1.5x at 256 (float32, bench_features.py).
 SORF_MIN_PADDED_DIMS = 512
@@ -102,9 +99,10 @@ SORF_MIN_PADDED_DIMS = 512
 FINITE_CHECK_BLOCK = 1 << 18
 
 # -- elementwise kernels (favorkern._elementwise) -----------------------------------
-#: Exponentials a call must evaluate before numba's kernels join the timed choice while
-#: numba is not loaded: loading it costs ~2 s once (what ~2^30 exponentials save);
-#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.
+#: Exponentials (or squared norms' elements) a call must evaluate before numba's kernels
+#: join the timed choice: loading numba costs ~2 s once (what ~2^30 exponentials save);
+#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.  The
+#: path depends on a call's sizes alone, never on whether numba was loaded before it.
 NUMBA_MIN_WORK = 1 << 16
 #: Elements of the sample each candidate kernel is timed on at first use (a 256 KiB
 #: float32 block, in L2 as the evaluators' blocks are); best of 5 rounds each.

@@ -134,6 +134,25 @@ def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
             nd[i, col] += row[col]
 
 
+_DOTS = [
+    nb.void(nb.types.Array(t, 2, "C"), nb.types.Array(t, 2, "C"), nb.types.Array(t, 2, "C"))
+    for t in (nb.float32, nb.float64)
+]
+
+
+@nb.njit(_DOTS, **JIT_OPTIONS)
+def pair_dots(q, k, out):
+    """``out[i, j] = q_i . k_j``, each summed in an order fixed by the width alone (a
+    BLAS product's rounding of one entry may change with the number of rows)."""
+    d = q.shape[1]
+    for i in range(q.shape[0]):
+        for j in range(k.shape[0]):
+            s = q.dtype.type(0.0)
+            for f in range(d):
+                s += q[i, f] * k[j, f]
+            out[i, j] = s
+
+
 def _lag_signature(dtype):
     f3 = nb.types.Array(dtype, 3, "C")
     d2 = nb.types.Array(nb.float64, 2, "C")

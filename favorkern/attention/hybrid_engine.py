@@ -341,20 +341,31 @@ def finish(nd, far_log, c, terms, top=None):
 
 
 def top_terms(q_rows, k, v1, first, cols, psi, r, window, causal, top, gamma, psi_q, b,
-              far_log, c):  # fmt: skip
+              far_log, c, fresh=None):  # fmt: skip
     """The top keys' terms of the query rows ``q_rows`` (positions ``first ..``): per
     row its ``n_top`` keys of largest logit among its candidates, their exact terms
     minus their far estimates, at the rows' constants ``c`` (raised in place to the
     chosen logits).  ``cols``: the pooled keys in score order (best first; every
     row's candidates are its first allowed ones), ``psi`` and ``r`` their features
     and logs.  One product scores the pool for all the rows, one kernel chooses, one
-    applies.  Returns the terms, or None where no key is pooled."""
-    from .._numba.hybrid import apply_top, select_top
+    applies.  ``fresh``: the keys that entered the pool in this group, scored by a
+    kernel of fixed summation order (a BLAS product's rounding may depend on its
+    shape, and their number on later keys: no row may depend on them).  Returns the
+    terms, or None where no key is pooled."""
+    from .._numba.hybrid import apply_top, pair_dots, select_top
 
     if cols.size == 0:
         return None
     dtype = q_rows.dtype
-    logits = q_rows @ k[cols].T
+    if fresh is None or not fresh.any():
+        logits = q_rows @ k[cols].T
+    else:
+        logits = np.empty((q_rows.shape[0], cols.size), dtype=dtype)
+        if not fresh.all():
+            logits[:, ~fresh] = q_rows @ k[cols[~fresh]].T
+        dots = np.empty((q_rows.shape[0], int(fresh.sum())), dtype=dtype)
+        pair_dots(np.ascontiguousarray(q_rows), np.ascontiguousarray(k[cols[fresh]]), dots)
+        logits[:, fresh] = dots
     logits *= dtype.type(gamma)
     rows = q_rows.shape[0]
     index = np.empty((rows, top.n_top), dtype=np.int64)
@@ -448,9 +459,9 @@ def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, g
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
-            cols, psi, r = pool.update(*parts)
+            cols, psi, r, fresh = pool.update(*parts)
             extra = top_terms(q[gs:ge], k, v1, gs, cols, psi, r, window, True, top, gamma,
-                              psi_q, b, far_log, c)  # fmt: skip
+                              psi_q, b, far_log, c, fresh)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
@@ -489,8 +500,10 @@ class _CausalPool:
         Returns the keys any row of the group may take: the pool before them and
         those entering that beat its worst (a row's candidates, its best
         ``n_candidates`` far keys, are among these), in score order with their
-        features and logs; the pool becomes their best ``n_candidates``."""
+        features and logs, and which of them entered now (``fresh``); the pool
+        becomes their best ``n_candidates``."""
         cols, psi, rs = self.cols, self.psi, self.r
+        fresh = np.zeros(cols.size, dtype=bool)
         if psi_k is not None:
             scores = self.top.scores
             enter = np.isfinite(r)
@@ -502,11 +515,12 @@ class _CausalPool:
                 cols = np.concatenate([cols, lo + new])
                 order = np.lexsort((cols, -scores[cols]))
                 cols = cols[order]
+                fresh = np.concatenate([fresh, np.ones(new.size, dtype=bool)])[order]
                 psi = np.concatenate([psi, psi_k[new]])[order]
                 rs = np.concatenate([rs, r[new]])[order]
                 n = self.top.n_candidates
                 self.cols, self.psi, self.r = cols[:n], psi[:n], rs[:n]
-        return cols, psi, rs
+        return cols, psi, rs, fresh
 
 
 def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
