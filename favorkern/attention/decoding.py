@@ -713,7 +713,8 @@ def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
 
 
 def _c_rows(X):
-    return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+    """``X``, or a C-ordered writeable copy (what the compiled step takes)."""
+    return X if X.flags.c_contiguous and X.flags.writeable else np.array(X, order="C")
 
 
 def decode(hf, Q, K, V, mask, state, workers=1, zero_rows=False):

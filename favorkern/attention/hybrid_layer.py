@@ -552,6 +552,18 @@ class HybridAttention:
 _hybrid_token = None
 
 
+def _arrays_fit(state):
+    """True when every array of ``state`` has its configuration's shape and dtype and
+    is C-ordered and writeable."""
+    from .hybrid_prefill import _check_arrays
+
+    try:
+        _check_arrays(state)
+    except ValueError:
+        return False
+    return all(a.flags.c_contiguous and a.flags.writeable for a in state.arrays.values())
+
+
 def _prod(shape):
     n = 1
     for x in shape:
@@ -560,9 +572,9 @@ def _prod(shape):
 
 
 def _c_rows(X, n):
-    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered)."""
+    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered), writeable."""
     rows = X.reshape(n, X.shape[-1])
-    return rows if rows.flags.c_contiguous else np.ascontiguousarray(rows)
+    return rows if rows.flags.c_contiguous and rows.flags.writeable else np.array(rows, order="C")
 
 
 def _expand_groups(Q, K, V):
@@ -726,6 +738,7 @@ class _Decoder:
             from .._numba.hybrid_step import hybrid_token as _hybrid_token
 
         A, pos, w, g = state.arrays, state.n_tokens, self.window, self.n_global
+        q, k, v = (_c_rows(X, X.shape[0]) for X in (q, k, v))  # read-only inputs: copies
         psi_q, a, psi_far, r_far, u = self._buffers(state.batch_shape, q.shape[0], q.shape[1],
                                                      state.dtype)  # fmt: skip
         far = None  # the keys that leave for the random-feature state
@@ -752,6 +765,8 @@ class _Decoder:
                 A["pool_r"], A["pool_score"], A["pool_pos"], out,
             )  # fmt: skip
         except (TypeError, ValueError, IndexError):
+            if _arrays_fit(state):
+                raise  # not the state's arrays: an error of this code, shown as it is
             status = -2
         if status == -1:
             raise ValueError("q, k and v must be finite (got NaN or infinity)")
@@ -777,7 +792,7 @@ class _Decoder:
                 top = float(log_scale.max())
                 column_log = np.broadcast_to(log_scale - top, (self.feat.n_out,))
                 finish = (np.ascontiguousarray(np.asarray(spec.weights).T, dtype=self.feat.dtype),
-                          np.ascontiguousarray(column_log, dtype=self.feat.dtype),
+                          np.array(column_log, dtype=self.feat.dtype, order="C"),  # writable
                           float(spec.sq_coef), top)  # fmt: skip
             self._finish = finish
             self._no_finish = (np.zeros(1, dtype=self.feat.dtype), 0.0, 0.0)
