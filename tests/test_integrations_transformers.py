@@ -138,7 +138,8 @@ def test_a_target_below_any_estimate_keeps_the_model_exact(llama64):
     ids = _ids(2, 20, seed=3)
     with torch.no_grad():
         exact = llama64(ids).logits
-        with linearize(llama64, _template(), calibration=ids, target_error=1e-12) as handle:
+        with linearize(llama64, _template(), calibration=ids, target_error=1e-12,
+                       sequence_length=8192) as handle:  # fmt: skip
             routed = llama64(ids).logits
             generated = llama64.generate(
                 ids[:1, :6], max_new_tokens=6, do_sample=False, **_cache(llama64, handle.cache())
@@ -245,6 +246,17 @@ def test_setting_cost_falls_with_the_length_and_exact_is_one():
                 assert all(a > b > 0 for a, b in pairs), (params, costs)
     # bidirectional exact attention visits every key: the same setting is cheaper beside it
     assert setting_cost({"window": 64}, 4096, False) < setting_cost({"window": 64}, 4096, True)
+
+
+def test_routing_at_a_length_where_nothing_pays_warns():
+    """Costed at a short calibration text, every head stays exact: the user is told to
+    give the length the model will run at."""
+    model = _llama()
+    ids = _ids(1, 40, seed=5)
+    with pytest.warns(UserWarning, match="sequence_length"):
+        handle = linearize(model, _template(), calibration=ids, target_error=10.0)
+    handle.restore()
+    assert {row["setting"] for row in handle.report().rows} == {"exact"}
 
 
 @pytest.mark.parametrize("length", [40, 2**20])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import numbers
+import warnings
 
 import numpy as np
 
@@ -417,6 +418,17 @@ class Linearized:
         for i in self.layers:
             records += self._calibrate_layer(self._by_index[i], *captured.pop(i))
         self._records = records
+        if self.target_error is not None and self.sequence_length is None:
+            length = ids.shape[-1]
+            causal = any(self._by_index[i].causal for i in self.layers)
+            if len(_routing_ladder(length, causal)) == sum(p is None for _, p in LADDER):
+                warnings.warn(
+                    f"no approximate setting is faster than exact attention at the "
+                    f"calibration length ({length} tokens), so every head stays exact: "
+                    f"pass sequence_length, the length the model will run at",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def _calibrate_layer(self, layer, query, key, value, ignore, scaling):
         q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
