@@ -51,13 +51,21 @@ CAUSAL_MIN_PIPELINED_GROUPS = 4
 #: Feature bytes per chunk of the causal numba recurrence (2 MiB): amortizes one
 #: thread-pool round trip per chunk.
 RECURRENT_CHUNK_BYTES = 1 << 21
-#: Hybrid attention's query rows per block: the exact band is rows x (rows + window)
-#: scores and the far keys' masked product rows x rows; 64 ran 1.0x, 32 1.2x and 128
-#: 1.0x the time of 64 (causal, window 64, d = 64, m = 256, float32, L = 4096).
-HYBRID_CHUNK_ROWS = 64
+#: Hybrid attention's query rows per block of its far sums: each block's masked
+#: product with its own far keys costs rows (m + dv) per row.  32 ran 0.96-0.99x the
+#: time of 64 (causal, window 64, d = 64, m = 256, float32, L = 4096-16384, its blocks
+#: batched per group).
+HYBRID_CHUNK_ROWS = 32
 #: Hybrid attention's rows per group of blocks: one feature product per group and its
 #: blocks' products batched (as CAUSAL_GROUP_ROWS); bounds the group's buffers.
 HYBRID_GROUP_ROWS = 512
+#: Hybrid attention's query rows per block of its exact window: each block takes a
+#: band of rows + window - 1 keys (bidirectional: rows + 2 (window - 1)); measured
+#: as HYBRID_CHUNK_ROWS.
+HYBRID_BAND_ROWS = 32
+#: A causal hybrid head split over threads: the cost of one key of the state a range
+#: builds before its rows, relative to the cost of one row (balances the ranges).
+HYBRID_PREFIX_COST = 0.3
 
 # -- exact attention and its error estimate ------------------------------------------
 #: Scores per query chunk of exact softmax attention (4 MiB of float32): 2^16 1.36x its
@@ -83,9 +91,6 @@ ERROR_PARALLEL_MIN_WORK = 1 << 22
 TRANSFORM_BLOCK_BYTES = 1 << 20
 #: Output elements below which a transform runs on one thread (the pool costs more).
 TRANSFORM_PARALLEL_MIN_ELEMENTS = 1 << 17
-#: Exponentials per call below which numpy's exp kernels are used while numba is not
-#: loaded: loading numba costs what about 2^30 exponentials save (2^16: one chunk).
-NUMBA_MIN_WORK = 1 << 16
 #: Structured (Walsh-Hadamard) projections beat the BLAS product from this padded
 #: dimension on: 0.4x its time at d = 1024, 1.5x at 256 (float32, bench_features.py).
 SORF_MIN_PADDED_DIMS = 512
@@ -94,9 +99,10 @@ SORF_MIN_PADDED_DIMS = 512
 FINITE_CHECK_BLOCK = 1 << 18
 
 # -- elementwise kernels (favorkern._elementwise) -----------------------------------
-#: Exponentials a call must evaluate before numba's kernels join the timed choice while
-#: numba is not loaded: loading it costs ~2 s once (what ~2^30 exponentials save);
-#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.
+#: Exponentials (or squared norms' elements) a call must evaluate before numba's kernels
+#: join the timed choice: loading numba costs ~2 s once (what ~2^30 exponentials save);
+#: 2^16 is one attention chunk at m = 256 in float32, a 4 x 3 call evaluates 1024.  The
+#: path depends on a call's sizes alone, never on whether numba was loaded before it.
 NUMBA_MIN_WORK = 1 << 16
 #: Elements of the sample each candidate kernel is timed on at first use (a 256 KiB
 #: float32 block, in L2 as the evaluators' blocks are); best of 5 rounds each.

@@ -10,10 +10,11 @@ for the sin/cos of trigonometric maps.
 
 Loading numba costs about 2 s once per process (import and compiler start, the
 kernels themselves come from numba's cache), more than a small call takes in all:
-the numba candidates take part only when numba is already loaded or when the call
-that asks evaluates at least ``favorkern._config.NUMBA_MIN_WORK`` exponentials;
-until then the choice is among numpy's kernels.  The tuning constants are in
-:mod:`favorkern._config`.
+the numba candidates take part only for calls that evaluate at least
+``favorkern._config.NUMBA_MIN_WORK`` exponentials; smaller calls choose among
+numpy's kernels, whether or not numba was loaded since, so that which kernel a call
+takes depends on its sizes alone and never on what ran before it in the process.
+The tuning constants are in :mod:`favorkern._config`.
 
 Every candidate is within 1 ulp of the correctly rounded result for normal
 results (numpy's own, as measured on its SIMD paths), so the choice changes
@@ -41,7 +42,6 @@ place on row-major arrays and on transposed (feature-major) ones alike.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 
@@ -225,8 +225,8 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     dtype : float32 or float64
     work : int, optional
         How many exponentials the asking call evaluates.  Below
-        ``_config.NUMBA_MIN_WORK``, while numba is not loaded, the choice is among
-        numpy's kernels (timed once too); None counts as large.
+        ``_config.NUMBA_MIN_WORK`` the choice is among numpy's kernels (timed once
+        too), loaded numba or not; None counts as large.
 
     Returns
     -------
@@ -252,7 +252,7 @@ def exp_kernel(dtype, work=None) -> ExpKernel:
     if kernel is not None:
         return kernel
     candidates = EXP_KERNELS
-    if work is not None and work < _config.NUMBA_MIN_WORK and "numba" not in sys.modules:
+    if work is not None and work < _config.NUMBA_MIN_WORK:
         key, candidates = ("exp (numpy)", dtype), EXP_KERNELS[:2]
         kernel = _chosen.get(key)
         if kernel is not None:
@@ -333,8 +333,9 @@ def sin_cos_pairs_kernel(name, dtype):
 def sq_norms(X) -> np.ndarray:
     """``|x_i|^2`` of the rows of a 2-D float array, in float64.
 
-    By a vectorized numba loop once numba is loaded (3.5x faster than numpy's
-    ``einsum`` for rows of 64, and accumulated in float64), else by ``einsum``.
+    By a vectorized numba loop from ``_config.NUMBA_MIN_WORK`` elements on (3.5x
+    faster than numpy's ``einsum`` for rows of 64, and accumulated in float64), else
+    by ``einsum``: the path depends on the sizes alone, as the exponential's does.
 
     Examples
     --------
@@ -343,13 +344,15 @@ def sq_norms(X) -> np.ndarray:
     >>> sq_norms(np.array([[3.0, 4.0], [1.0, 0.0]])).tolist()
     [25.0, 1.0]
     """
-    if "numba" in sys.modules and X.flags.c_contiguous and _native(X) and X.ndim == 2:
+    large = X.ndim == 2 and X.size >= _config.NUMBA_MIN_WORK
+    if large and X.flags.c_contiguous and _native(X):
         from ._numba.elementwise import row_sq_norms
 
         out = np.empty(X.shape[0], dtype=np.float64)
         row_sq_norms(X, out)
         return out
-    return np.einsum("ij,ij->i", X, X).astype(np.float64)
+    # squares of float32 rows in float64: neither overflow nor underflow on the way
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
 def chosen_kernels() -> dict:

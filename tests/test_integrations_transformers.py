@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from favorkern import FavorAttention  # noqa: E402
-from favorkern.integrations.transformers import LADDER, linearize  # noqa: E402
+from favorkern.integrations.transformers import LADDER, linearize, setting_cost  # noqa: E402
 
 VOCAB = 61
 
@@ -138,7 +138,8 @@ def test_a_target_below_any_estimate_keeps_the_model_exact(llama64):
     ids = _ids(2, 20, seed=3)
     with torch.no_grad():
         exact = llama64(ids).logits
-        with linearize(llama64, _template(), calibration=ids, target_error=1e-12) as handle:
+        with linearize(llama64, _template(), calibration=ids, target_error=1e-12,
+                       sequence_length=8192) as handle:  # fmt: skip
             routed = llama64(ids).logits
             generated = llama64.generate(
                 ids[:1, :6], max_new_tokens=6, do_sample=False, **_cache(llama64, handle.cache())
@@ -155,7 +156,8 @@ def test_a_target_below_any_estimate_keeps_the_model_exact(llama64):
 def test_routing_report_and_plot():
     model = _llama()
     ids = _ids(1, 40, seed=4)
-    with linearize(model, _template(), calibration=ids, target_error=0.05) as handle:
+    with linearize(model, _template(), calibration=ids, target_error=0.05,
+                   sequence_length=8192) as handle:  # fmt: skip
         report = handle.report()
     names = [name for name, _ in LADDER]
     assert len(report) == 8
@@ -164,7 +166,9 @@ def test_routing_report_and_plot():
         if row["setting"] != "exact":  # accepted: the interval's upper end is under 0.05
             assert row["error_low"] <= row["error"] <= row["error_high"] <= 0.05
         assert 0.0 <= row["exact_share"] <= 1.0
+        assert 0.0 < row["cost"] <= 1.0
     assert sum(report.settings().values()) == 8
+    assert 0.0 < report.relative_cost() <= 1.0
     # every head the router did not send to exact attention runs its setting
     for layer, parts in handle.attentions.items():
         heads = np.concatenate([np.arange(4) if h is None else h for _, h, _ in parts])
@@ -231,6 +235,51 @@ def test_cache_memory_is_flat_in_the_prefix(llama64):
     assert sizes[0] == sizes[1] > 0
 
 
+def test_setting_cost_falls_with_the_length_and_exact_is_one():
+    for causal in (True, False):
+        for _, params in LADDER:
+            costs = [setting_cost(params, n, causal) for n in (64, 1024, 8192, 2**16)]
+            if params is None:
+                assert costs == [1.0] * 4
+            else:  # a constant per query against exact attention's O(L)
+                pairs = zip(costs, costs[1:], strict=False)
+                assert all(a > b > 0 for a, b in pairs), (params, costs)
+    # bidirectional exact attention visits every key: the same setting is cheaper beside it
+    assert setting_cost({"window": 64}, 4096, False) < setting_cost({"window": 64}, 4096, True)
+
+
+def test_routing_at_a_length_where_nothing_pays_warns():
+    """Costed at a short calibration text, every head stays exact: the user is told to
+    give the length the model will run at."""
+    model = _llama()
+    ids = _ids(1, 40, seed=5)
+    with pytest.warns(UserWarning, match="sequence_length"):
+        handle = linearize(model, _template(), calibration=ids, target_error=10.0)
+    handle.restore()
+    assert {row["setting"] for row in handle.report().rows} == {"exact"}
+
+
+@pytest.mark.parametrize("length", [40, 2**20])
+def test_routing_never_takes_a_setting_dearer_than_exact(length):
+    """Short: every approximation costs more than exact attention, so every head is exact;
+    very long with a loose target: the cheapest setting, plain random features."""
+    model = _llama()
+    ids = _ids(1, 40, seed=5)
+    with linearize(model, _template(), calibration=ids, target_error=10.0,
+                   sequence_length=length) as handle:  # fmt: skip
+        report = handle.report()
+    expected = "exact" if length == 40 else "favor"
+    for row in report.rows:
+        assert row["setting"] == expected, row
+        params = dict(LADDER)[row["setting"]]
+        assert row["cost"] == pytest.approx(setting_cost(params, length, True))
+        assert row["cost"] <= 1.0
+    if length == 40:
+        assert report.relative_cost() == 1.0
+    else:
+        assert report.relative_cost() < 0.01
+
+
 def test_clear_errors():
     model = _llama()
     ids = _ids(1, 8)
@@ -242,6 +291,10 @@ def test_clear_errors():
         linearize(model, _template(), calibration=ids, target_error=-1.0)
     with pytest.raises(ValueError, match="layers"):
         linearize(model, _template(), layers=[5])
+    with pytest.raises(ValueError, match="sequence_length"):
+        linearize(model, _template(), calibration=ids, target_error=0.1, sequence_length=0)
+    with pytest.raises(TypeError, match="sequence_length"):
+        linearize(model, _template(), sequence_length=2048.0)
     with pytest.raises(ValueError, match="input_ids"):
         linearize(model, _template(), calibration={"ids": ids})
     implementation = model.config._attn_implementation

@@ -1,9 +1,10 @@
-"""Top keys of hybrid attention: per row, a few keys chosen and gathered in a block.
+"""Kernels of hybrid attention's engine: top keys, and the weights of its blocks.
 
-Pure functions of C-contiguous arrays; the caller computes the logits of the block's
-rows with the pooled keys (one product) and the stabilizers.  Gathered dot products
-cost ``rows x n_top x m`` where a dense product with every pooled key would cost
-``rows x pool x m``.
+Pure functions of C-contiguous arrays.  Top keys: the caller computes the logits of
+a group of rows with the pooled keys (one product) and the stabilizers; the chosen
+keys' gathered dot products cost ``rows x n_top x m`` where a dense product with
+every pooled key would cost ``rows x pool x m``.  Block weights: the masks and
+stabilizers of the blocks' products in one pass each (no float64 temporaries).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import math
 
 import numba as nb
+import numpy as np
 
 from . import JIT_OPTIONS
+from .elementwise import _exp
 
 _SELECT = [
     nb.void(
@@ -38,18 +41,23 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
     largest logit (ties: the earlier column), best first."""
     rows, n_top = index.shape
     n_cols = logits.shape[1]
+    if n_top == 0:
+        return
     for i in range(rows):
         row = first + i
         filled = 0
         seen = 0
         low = -math.inf  # the smallest logit kept once the list is full
+        last = row - window  # causal: the last key the row may take
         for j in range(n_cols):
             if seen == n_candidates:
                 break
             if not visible[j]:
                 continue
-            gap = row - positions[j]
-            if (causal and gap < window) or (not causal and abs(gap) < window):
+            if causal:
+                if positions[j] > last:
+                    continue
+            elif abs(row - positions[j]) < window:
                 continue
             seen += 1
             x = logits[i, j]
@@ -74,44 +82,138 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
             index[i, p] = 0
 
 
-_TERMS = [
+_APPLY = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_pool (n_pool, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_part (n_part, m): columns n_pool ..
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): feature rows
-        nb.types.Array(nb.int64, 2, "C"),  # positions (rows, n_top): rows of v1
-        nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top): exact weights, 0 if none
-        nb.types.Array(dtype, 2, "C"),  # scale (rows, n_top): of the estimates
-        nb.types.Array(dtype, 2, "C"),  # v1 (L, dv + 1): values and a 1
-        nb.types.Array(dtype, 2, "A"),  # nd (rows, dv + 1): sums and normalizer
+        nb.types.Array(dtype, 2, "C"),  # psi (n_pool, m): the pooled keys' features
+        nb.types.Array(nb.float64, 1, "C"),  # r (n_pool,): their logs
+        nb.types.Array(dtype, 2, "C"),  # values (n_pool, dv + 1): their values and a 1
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): pooled keys chosen
+        nb.types.Array(dtype, 2, "C"),  # chosen (rows, n_top): their logits (-inf: none)
+        nb.types.Array(nb.float64, 1, "C"),  # c (rows,): the rows' constants
+        nb.types.Array(nb.float64, 1, "C"),  # b (rows,): the rows' far key constants
+        nb.types.Array(nb.float64, 1, "C"),  # far (rows,): the far sums' exp(a + b - c)
+        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer, out
     )
     for dtype in (nb.float32, nb.float64)
 ]
 
 
-@nb.njit(_TERMS, **JIT_OPTIONS)
-def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd):
-    """``nd_i += sum_t (exact_it - est_it) v1_p`` over the chosen keys (feature row
-    ``j = index[i, t]``, position ``p = positions[i, t]``; ``exact_it = scale_it = 0``
-    where none): each key's exact weight replaces its feature estimate ``est_it =
-    psi_q_i . psi_j scale_it``."""
+@nb.njit(_APPLY, **JIT_OPTIONS)
+def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
+    """``nd_i += sum_t (e^{s_it - c_i} - psi_q_i . psi_j e^{r_j - b_i} far_i) v1_j`` over
+    the chosen keys ``j = index[i, t]`` of logits ``s_it > -inf``: each key's exact
+    weight replaces its far estimate, both at the row's constant."""
     rows, m = psi_q.shape
-    n_pool = psi_pool.shape[0]
-    width = v1.shape[1]
+    n_top = index.shape[1]
+    width = values.shape[1]
+    # per chosen key: exact weight and estimate's scale, in the features' dtype
+    weight = np.empty(n_top, dtype=nd.dtype)
+    scale = np.empty(n_top, dtype=nd.dtype)
+    gap = np.empty(n_top)
+    row = np.empty(width, dtype=nd.dtype)  # the row's sums (apart from nd: no aliasing)
     for i in range(rows):
-        for t in range(index.shape[1]):
-            if scale[i, t] == 0 and exact[i, t] == 0:
+        ci, bi, fi = c[i], b[i], far[i]
+        row[:] = 0
+        for t in range(n_top):
+            gap[t] = min(r[index[i, t]] - bi, 0.0)  # r_j <= b_i for a chosen key
+        for t in range(n_top):  # the exps apart from the gathers: they vectorize
+            weight[t] = _exp(nd.dtype.type(chosen[i, t] - ci))
+            scale[t] = _exp(nd.dtype.type(gap[t])) * nd.dtype.type(fi)
+        for t in range(n_top):
+            if chosen[i, t] == -math.inf:
                 continue
             j = index[i, t]
             dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
-            if j < n_pool:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_pool[j, f]
-            else:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_part[j - n_pool, f]
-            w = exact[i, t] - dot * scale[i, t]
-            row = positions[i, t]
+            for f in range(m):
+                dot += psi_q[i, f] * psi[j, f]
+            w = nd.dtype.type(weight[t] - dot * scale[t])
             for col in range(width):
-                nd[i, col] += w * v1[row, col]
+                row[col] += w * values[j, col]
+        for col in range(width):
+            nd[i, col] += row[col]
+
+
+_DOTS = [
+    nb.void(nb.types.Array(t, 2, "C"), nb.types.Array(t, 2, "C"), nb.types.Array(t, 2, "C"))
+    for t in (nb.float32, nb.float64)
+]
+
+
+@nb.njit(_DOTS, **JIT_OPTIONS)
+def pair_dots(q, k, out):
+    """``out[i, j] = q_i . k_j``, each summed in an order fixed by the width alone (a
+    BLAS product's rounding of one entry may change with the number of rows)."""
+    d = q.shape[1]
+    for i in range(q.shape[0]):
+        for j in range(k.shape[0]):
+            s = q.dtype.type(0.0)
+            for f in range(d):
+                s += q[i, f] * k[j, f]
+            out[i, j] = s
+
+
+def _lag_signature(dtype):
+    f3 = nb.types.Array(dtype, 3, "C")
+    d2 = nb.types.Array(nb.float64, 2, "C")
+    return nb.void(f3, d2, d2)
+
+
+@nb.njit([_lag_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def lag_weights(G, r, b):
+    """``G[t, i, j] *= exp(r[t, j] - b[t, i])`` for ``j < i``, 0 for ``j >= i``: the
+    blocks' products with their own far keys (row ``i`` reaches the keys before it),
+    each key at its row's scale (``r_j <= b_i``: no overflow)."""
+    n, rows, cols = G.shape
+    for t in range(n):
+        for i in range(rows):
+            bi = b[t, i]
+            for j in range(min(i, cols)):
+                G[t, i, j] *= _exp(G.dtype.type(r[t, j] - bi))
+            for j in range(min(i, cols), cols):
+                G[t, i, j] = 0
+
+
+@nb.njit([nb.void(nb.types.Array(dtype, 3, "C"), nb.int64, nb.int64)
+          for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)  # fmt: skip
+def near_band(G, before, window):
+    """``G[t, i, j] = 0`` where row ``i`` and key ``j`` of its band (``delta = i + before
+    - j`` positions apart) are not near, ``|delta| >= window``."""
+    n, rows, width = G.shape
+    for t in range(n):
+        for i in range(rows):
+            lo = max(0, i + before - window + 1)
+            hi = min(width, i + before + window)
+            for j in range(lo):
+                G[t, i, j] = 0
+            for j in range(max(lo, hi), width):
+                G[t, i, j] = 0
+
+
+def _band_signature(dtype):
+    return nb.void(nb.types.Array(dtype, 3, "C"), dtype, nb.int64, nb.int64, nb.boolean,
+                   nb.types.Array(nb.float64, 1, "C"))  # fmt: skip
+
+
+@nb.njit([_band_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def band_logits(s, gamma, before, window, causal, row_max):
+    """Blocks of products ``s[t, i, j]`` of row ``i`` with key ``j`` of its band (``i +
+    before - j`` positions before it) to logits: ``gamma s`` in the window (``0 <=
+    delta < window`` causal, ``|delta| < window`` else), ``-inf`` outside; ``row_max``
+    (``n rows``) gets each row's largest."""
+    n, rows, width = s.shape
+    after = 0 if causal else window - 1
+    for t in range(n):
+        for i in range(rows):
+            lo = max(0, i + before - window + 1)
+            hi = min(width, i + before + after + 1)
+            peak = -math.inf
+            for j in range(lo):
+                s[t, i, j] = -math.inf
+            for j in range(lo, hi):
+                x = s[t, i, j] * gamma
+                s[t, i, j] = x
+                peak = max(peak, x)
+            for j in range(max(hi, lo), width):
+                s[t, i, j] = -math.inf
+            row_max[t * rows + i] = peak

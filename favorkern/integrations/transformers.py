@@ -13,8 +13,9 @@ through the same path; a padding mask becomes ``key_padding_mask``.
   directions), which also makes adaptive maps usable in causal mode.
 * ``target_error`` routes each head to the cheapest setting of :data:`LADDER`
   whose sampled error estimate (:func:`~favorkern.attention.estimate_attention_error`)
-  is below the target on the calibration text; :meth:`Linearized.report` tabulates
-  the choice.
+  is below the target on the calibration text, among the settings estimated to be
+  faster than exact attention at ``sequence_length`` (:func:`setting_cost`);
+  :meth:`Linearized.report` tabulates the choice.
 * :meth:`Linearized.cache` gives ``model.generate`` a cache holding favorkern
   decoding states instead of keys and values: memory per layer independent of the
   prefix (heads routed to exact attention keep their keys and values).
@@ -34,6 +35,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import numbers
+import warnings
 
 import numpy as np
 
@@ -60,9 +62,9 @@ from ._hf_layers import (
     _repeat_heads,
     _to_numpy,
 )
-from ._hf_report import LADDER, RoutingReport, _HeadRecord
+from ._hf_report import LADDER, RoutingReport, _HeadRecord, setting_cost
 
-__all__ = ["linearize", "Linearized", "LinearizedCache", "RoutingReport", "LADDER"]
+__all__ = ["linearize", "Linearized", "LinearizedCache", "RoutingReport", "LADDER", "setting_cost"]
 
 # Query rows sampled per head for the error estimates of routing and the report.
 _N_ERROR_ROWS = 64
@@ -225,7 +227,7 @@ class Linearized:
     True
     """
 
-    def __init__(self, model, template, layers, calibration, target_error):
+    def __init__(self, model, template, layers, calibration, target_error, sequence_length=None):
         if not isinstance(template, _attention_classes()):
             names = " or ".join(c.__name__ for c in _attention_classes())
             raise TypeError(
@@ -247,6 +249,12 @@ class Linearized:
                 raise ValueError(f"target_error must be > 0, got {target_error}")
             if calibration is None:
                 raise ValueError("target_error routes heads on calibration text: pass calibration")
+        if sequence_length is not None:
+            integral = isinstance(sequence_length, numbers.Integral)
+            if isinstance(sequence_length, bool) or not integral:
+                raise TypeError(f"sequence_length must be an int or None, got {sequence_length!r}")
+            if sequence_length < 1:
+                raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
         modules = self._attention_modules(model)
         if layers is None:
             chosen = sorted(modules)
@@ -265,6 +273,7 @@ class Linearized:
         self.model = model
         self.template = template
         self.target_error = None if target_error is None else float(target_error)
+        self.sequence_length = None if sequence_length is None else int(sequence_length)
         self.layers = chosen
         self._seed = _base_seed(getattr(template, "random_state", None))
         self._n_layers = len(modules)
@@ -409,6 +418,17 @@ class Linearized:
         for i in self.layers:
             records += self._calibrate_layer(self._by_index[i], *captured.pop(i))
         self._records = records
+        if self.target_error is not None and self.sequence_length is None:
+            length = ids.shape[-1]
+            causal = any(self._by_index[i].causal for i in self.layers)
+            if len(_routing_ladder(length, causal)) == sum(p is None for _, p in LADDER):
+                warnings.warn(
+                    f"no approximate setting is faster than exact attention at the "
+                    f"calibration length ({length} tokens), so every head stays exact: "
+                    f"pass sequence_length, the length the model will run at",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def _calibrate_layer(self, layer, query, key, value, ignore, scaling):
         q, k, v = _to_numpy(query), _to_numpy(key), _to_numpy(value)
@@ -432,30 +452,32 @@ class Linearized:
             return result
 
         err_seed = _seed(self._seed, layer.index, 10**6)
+        routed = self.sequence_length or length
         if self.target_error is None:
             part = layer.parts[0]
             part.attention.fit(q_fit, k_fit, gamma=scaling)
             out = part.attention(q, kr, vr, gamma=scaling, key_padding_mask=mask)
             errors = estimate(out, range(n_heads), err_seed)
-            share = _exact_keys(_template_params(part.attention), length, causal)
+            params = _template_params(part.attention)
+            share = _exact_keys(params, routed, causal)
+            cost = setting_cost(params, routed, causal)
             return [
-                _HeadRecord(layer.index, h, "template", *errors[h], share) for h in range(n_heads)
+                _HeadRecord(layer.index, h, "template", *errors[h], share, cost)
+                for h in range(n_heads)
             ]
 
         remaining = list(range(n_heads))
         parts, records = [], {}
-        ladder = [(r, name, params) for r, (name, params) in enumerate(LADDER)]
-        if _hybrid_class() is None:  # pragma: no cover - only before HybridAttention exists
-            ladder = [rung for rung in ladder if not rung[2]]
-        for rung, name, params in ladder:
+        for rung, name, params in _routing_ladder(routed, causal):
             if not remaining:
                 break
-            share = _exact_keys(params, length, causal)
+            share = _exact_keys(params, routed, causal)
+            cost = setting_cost(params, routed, causal)
             if params is None:
                 heads = np.array(remaining)
                 parts.append(_Part(name, heads, None))
                 for h in remaining:
-                    records[h] = _HeadRecord(layer.index, h, name, 0.0, 0.0, 0.0, share)
+                    records[h] = _HeadRecord(layer.index, h, name, 0.0, 0.0, 0.0, share, cost)
                 remaining = []
                 break
             seed = _seed(self._seed, layer.index, rung)
@@ -468,7 +490,7 @@ class Linearized:
             accepted = [h for h, e in zip(heads, errors, strict=True) if e[2] <= self.target_error]
             for h, e in zip(heads, errors, strict=True):
                 if h in accepted:
-                    records[h] = _HeadRecord(layer.index, int(h), name, *e, share)
+                    records[h] = _HeadRecord(layer.index, int(h), name, *e, share, cost)
             if accepted:
                 chosen = np.array(accepted)
                 if len(accepted) < len(heads):  # the same seed: the same projection, refit
@@ -525,18 +547,31 @@ class Linearized:
         )
 
 
+def _routing_ladder(length, causal):
+    """``(index, name, params)`` of the :data:`LADDER` settings cheaper than exact
+    attention at ``length``, cheapest first, then exact."""
+    ladder = [(r, name, params) for r, (name, params) in enumerate(LADDER) if params is not None]
+    if _hybrid_class() is None:  # pragma: no cover - only before HybridAttention exists
+        ladder = [rung for rung in ladder if not rung[2]]
+    ladder = [rung for rung in ladder if setting_cost(rung[2], length, causal) < 1.0]
+    ladder.sort(key=lambda rung: setting_cost(rung[2], length, causal))
+    exact = [(r, name, params) for r, (name, params) in enumerate(LADDER) if params is None]
+    return ladder + exact
+
+
 def _template_params(attention):
     """Ladder-style parameters of an attention object (for the share of exact keys)."""
     if isinstance(attention, FavorAttention):
         return {}
     return {
         name: getattr(attention, name, 0) or 0
-        for name in ("window", "n_global", "n_top")
+        for name in ("window", "n_global", "n_top", "n_candidates")
         if isinstance(getattr(attention, name, 0), numbers.Integral)
     }
 
 
-def linearize(model, attention, *, layers=None, calibration=None, target_error=None):
+def linearize(model, attention, *, layers=None, calibration=None, target_error=None,
+              sequence_length=None):  # fmt: skip
     """Run the self-attention of a ``transformers`` model through favorkern.
 
     Parameters
@@ -560,6 +595,13 @@ def linearize(model, attention, *, layers=None, calibration=None, target_error=N
         mean relative row error on the calibration text, upper end of its 95%
         interval, is at most ``target_error``; needs ``calibration``.  None: every
         head uses the template.
+    sequence_length : int or None, default=None
+        The length the model will run at (None: the calibration text's).  Routing
+        skips every setting whose estimated time (:func:`setting_cost`) is not below
+        exact attention's at this length: a head no cheaper setting approximates
+        well enough stays exact.  The report's ``exact_share`` and ``cost`` are at
+        this length.  The errors are measured on the calibration text: calibrate on
+        text about as long, since a window's error grows with the keys beyond it.
 
     Returns
     -------
@@ -598,4 +640,4 @@ def linearize(model, attention, *, layers=None, calibration=None, target_error=N
     >>> len(handle.report())                  # 2 layers x 4 heads
     8
     """
-    return Linearized(model, attention, layers, calibration, target_error)
+    return Linearized(model, attention, layers, calibration, target_error, sequence_length)
