@@ -284,7 +284,9 @@ def paired_verdicts(rows, z=2.0):
             diff = sign * np.array([fk[best][s] - values[s] for s in seeds])
             mean = float(diff.mean())
             se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
-            verdict = "ahead" if mean > z * se else "behind" if mean < -z * se else "tie"
+            # equal to rounding (the same landmarks) is a tie whatever the spread
+            margin = max(z * se, 1e-9)
+            verdict = "ahead" if mean > margin else "behind" if mean < -margin else "tie"
             tally[verdict] += 1
             lines += [
                 f"| {dataset} | {score} | {m} | {best} ({np.mean(list(fk[best].values())):.4f}) "
