@@ -43,6 +43,10 @@ CLASSIFICATION = ("breast_cancer", "digits", "wine")
 ALPHAS = np.logspace(-6, 2, 9)
 
 
+def is_classification(dataset):
+    return dataset in CLASSIFICATION or dataset.startswith("make_classification")
+
+
 def load(name, n_friedman, seed):
     from sklearn import datasets
 
@@ -196,6 +200,53 @@ def run(dataset, widths, seed, n_friedman, Cs, only, exact=True):
     return rows
 
 
+def large_classification(n, widths, seed, C, tol, only, n_test=100_000):
+    """``make_classification`` with ``n`` training rows: streamed logistic fits, one ``C``.
+
+    The fits stream row blocks (the default ``batch_size``), so that only the input is
+    n-sized; no selection of ``C`` (each fit is tens of passes over every row).
+    Reports held-out accuracy and log loss, fit CPU seconds and the peak resident
+    memory during the fit above that before it (a 5 ms sampling thread).
+    """
+    from bench_scale import PeakRSS
+    from sklearn.datasets import make_classification
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    from favorkern import RandomFeatureLogisticRegression
+
+    X, y = make_classification(
+        n_samples=n + n_test, n_features=20, n_informative=10, n_redundant=4, flip_y=0.01,
+        random_state=seed,
+    )  # fmt: skip
+    X, X_test, y, y_test = X[:n], X[n:], y[:n], y[n:]
+    scaler = StandardScaler().fit(X)
+    X, X_test = scaler.transform(X), scaler.transform(X_test)
+    gamma = 1.0 / (2 * X.shape[1])
+    dataset = f"make_classification ({n} rows)"
+    rows = []
+    for m in widths:
+        for name, features in methods(m, gamma, seed).items():
+            if only and not any(word in name for word in only):
+                continue
+            model = RandomFeatureLogisticRegression(features, C=C, tol=tol, random_state=seed)
+            with warnings.catch_warnings(), PeakRSS() as rss:
+                warnings.simplefilter("ignore")
+                start = time.process_time()
+                model.fit(X, y)
+                fit_s = time.process_time() - start
+            proba = model.predict_proba(X_test)
+            row = dict(
+                dataset=dataset, method=name, m=m, seed=seed, n_train=n, gamma=gamma, C=C,
+                accuracy=float(np.mean(model.classes_[proba.argmax(axis=1)] == y_test)),
+                log_loss=float(log_loss(y_test, proba, labels=model.classes_)),
+                fit_s=fit_s, peak_mb=rss.peak - rss.start, passes=int(model.n_passes_),
+            )  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def summarize(rows):
     """Markdown tables (one per data set and score) and the comparisons with scikit-learn."""
     import collections
@@ -205,23 +256,29 @@ def summarize(rows):
     for row in rows:
         by_dataset[row["dataset"]].append(row)
     for dataset, group in by_dataset.items():
-        classify = dataset in CLASSIFICATION
+        classify = is_classification(dataset)
         widths = sorted({r["m"] for r in group if r["method"] != "exact"})
         exact = [r for r in group if r["method"] == "exact"]
         for score in ("accuracy", "log_loss") if classify else ("r2",):
             cells = collections.defaultdict(list)
             times = collections.defaultdict(list)
+            peaks = collections.defaultdict(list)
             for r in group:
                 cells[r["method"], r["m"]].append(r[score])
                 times[r["method"], r["m"]].append(r.get("fit_s", np.nan))
+                peaks[r["method"], r["m"]].append(r.get("peak_mb", np.nan))
             names = list(dict.fromkeys(r["method"] for r in group if r["method"] != "exact"))
             n_train = group[0]["n_train"]
-            lines += [f"\n{dataset} (n_train {n_train}), {score}, median over seeds (fit CPU s)\n"]
+            memory = any("peak_mb" in r for r in group)
+            unit = "fit CPU s, peak MB above the input" if memory else "fit CPU s"
+            lines += [f"\n{dataset} (n_train {n_train}), {score}, median over seeds ({unit})\n"]
             lines += ["| method | " + " | ".join(f"m={m}" for m in widths) + " |"]
             lines += ["|---" * (len(widths) + 1) + "|"]
             for name in names:
                 row = [
-                    f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f})"
+                    f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f}"
+                    + (f", {np.median(peaks[name, m]):.0f})" if memory else ")")
+                    if cells[name, m] else "-"
                     for m in widths
                 ]
                 lines += [f"| {name} | " + " | ".join(row) + " |"]
@@ -260,7 +317,7 @@ def paired_verdicts(rows, z=2.0):
     for row in rows:
         if row["method"] == "exact":
             continue
-        kinds = ("accuracy", "log_loss") if row["dataset"] in CLASSIFICATION else ("r2",)
+        kinds = ("accuracy", "log_loss") if is_classification(row["dataset"]) else ("r2",)
         for score in kinds:
             scores[row["dataset"], score, row["m"], row["method"]][row["seed"]] = row[score]
     cells = sorted({key[:3] for key in scores})
@@ -305,6 +362,12 @@ def main(argv=None):
     parser.add_argument("--n-friedman", type=int, default=5000)
     parser.add_argument("--Cs", nargs="+", type=float, default=[1.0, 10.0, 100.0])
     parser.add_argument("--only", nargs="*", default=None, help="substrings of method names")
+    parser.add_argument(
+        "--large", type=int, default=None, metavar="N",
+        help="instead: make_classification with N training rows, streamed fits",
+    )  # fmt: skip
+    parser.add_argument("--C", type=float, default=1.0, help="C of the --large fits")
+    parser.add_argument("--tol", type=float, default=1e-6, help="tol of the --large fits")
     parser.add_argument("--no-exact", action="store_true", help="skip the exact models")
     parser.add_argument("--out", default=None, help="write the rows as JSON lines here")
     parser.add_argument("--summarize", nargs="+", default=None, help="JSON lines files: tables")
@@ -316,6 +379,16 @@ def main(argv=None):
         return
     print(f"load {os.getloadavg()}", flush=True)
     rows = []
+    if args.large:
+        for seed in args.seeds:
+            rows += large_classification(
+                args.large, args.widths, seed, args.C, args.tol, args.only
+            )
+            if args.out:
+                with open(args.out, "w") as handle:
+                    handle.writelines(json.dumps(row) + "\n" for row in rows)
+        print(f"load {os.getloadavg()}", flush=True)
+        return
     for dataset in args.datasets:
         for seed in args.seeds:
             rows += run(dataset, args.widths, seed, args.n_friedman, args.Cs, args.only,
