@@ -278,7 +278,8 @@ def summarize(rows):
                 row = [
                     f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f}"
                     + (f", {np.median(peaks[name, m]):.0f})" if memory else ")")
-                    if cells[name, m] else "-"
+                    if cells[name, m]
+                    else "-"
                     for m in widths
                 ]
                 lines += [f"| {name} | " + " | ".join(row) + " |"]
@@ -381,9 +382,7 @@ def main(argv=None):
     rows = []
     if args.large:
         for seed in args.seeds:
-            rows += large_classification(
-                args.large, args.widths, seed, args.C, args.tol, args.only
-            )
+            rows += large_classification(args.large, args.widths, seed, args.C, args.tol, args.only)
             if args.out:
                 with open(args.out, "w") as handle:
                     handle.writelines(json.dumps(row) + "\n" for row in rows)
@@ -391,8 +390,15 @@ def main(argv=None):
         return
     for dataset in args.datasets:
         for seed in args.seeds:
-            rows += run(dataset, args.widths, seed, args.n_friedman, args.Cs, args.only,
-                        exact=not args.no_exact)
+            rows += run(
+                dataset,
+                args.widths,
+                seed,
+                args.n_friedman,
+                args.Cs,
+                args.only,
+                exact=not args.no_exact,
+            )
             if args.out:
                 with open(args.out, "w") as handle:
                     handle.writelines(json.dumps(row) + "\n" for row in rows)
