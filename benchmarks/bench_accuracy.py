@@ -200,7 +200,7 @@ def run(dataset, widths, seed, n_friedman, Cs, only, exact=True):
     return rows
 
 
-def large_classification(n, widths, seed, C, tol, only, n_test=100_000):
+def large_classification(n, widths, seed, C, tol, only, solver="lbfgs", n_test=100_000):
     """``make_classification`` with ``n`` training rows: streamed logistic fits, one ``C``.
 
     The fits stream row blocks (the default ``batch_size``), so that only the input is
@@ -229,7 +229,9 @@ def large_classification(n, widths, seed, C, tol, only, n_test=100_000):
         for name, features in methods(m, gamma, seed).items():
             if only and not any(word in name for word in only):
                 continue
-            model = RandomFeatureLogisticRegression(features, C=C, tol=tol, random_state=seed)
+            model = RandomFeatureLogisticRegression(
+                features, C=C, tol=tol, random_state=seed, solver=solver
+            )
             with warnings.catch_warnings(), PeakRSS() as rss:
                 warnings.simplefilter("ignore")
                 start = time.process_time()
@@ -241,6 +243,7 @@ def large_classification(n, widths, seed, C, tol, only, n_test=100_000):
                 accuracy=float(np.mean(model.classes_[proba.argmax(axis=1)] == y_test)),
                 log_loss=float(log_loss(y_test, proba, labels=model.classes_)),
                 fit_s=fit_s, peak_mb=rss.peak - rss.start, passes=int(model.n_passes_),
+                solver=solver,
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -369,6 +372,7 @@ def main(argv=None):
     )  # fmt: skip
     parser.add_argument("--C", type=float, default=1.0, help="C of the --large fits")
     parser.add_argument("--tol", type=float, default=1e-6, help="tol of the --large fits")
+    parser.add_argument("--solver", default="lbfgs", help="solver of the --large fits")
     parser.add_argument("--no-exact", action="store_true", help="skip the exact models")
     parser.add_argument("--out", default=None, help="write the rows as JSON lines here")
     parser.add_argument("--summarize", nargs="+", default=None, help="JSON lines files: tables")
@@ -382,7 +386,9 @@ def main(argv=None):
     rows = []
     if args.large:
         for seed in args.seeds:
-            rows += large_classification(args.large, args.widths, seed, args.C, args.tol, args.only)
+            rows += large_classification(
+                args.large, args.widths, seed, args.C, args.tol, args.only, args.solver
+            )
             if args.out:
                 with open(args.out, "w") as handle:
                     handle.writelines(json.dumps(row) + "\n" for row in rows)

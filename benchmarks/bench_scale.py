@@ -21,8 +21,9 @@ Reported:
   process on the first ``--floor-rows`` rows in the fit's row blocks, and scaled by
   ``n / floor_rows``.  Ridge: the feature transform of each block plus the scatter
   product ``Z^T Z`` (a BLAS ``syrk``).  Logistic: per pass, the transform, the scores
-  ``Z W^T`` and the gradient product ``Z^T R``, times the number of passes the fit
-  made.  ``x floor`` is fit / floor (CPU seconds: fairer on a shared machine).
+  ``Z W^T`` and the gradient product ``Z^T R`` (``--solver newton``: also the Hessian,
+  a syrk of ``[Z, 1]``), times the number of passes the fit made (every pass counted
+  as a full one).  ``x floor`` is fit / floor (CPU seconds: fairer on a shared machine).
 
 Usage::
 
@@ -112,7 +113,7 @@ class Clock:
         self.cpu = time.process_time() - self.cpu
 
 
-def make_model(model, m, gamma, alpha, C):
+def make_model(model, m, gamma, alpha, C, solver="lbfgs"):
     from favorkern import (
         RandomFeatureLogisticRegression,
         RandomFeatureRidge,
@@ -122,7 +123,7 @@ def make_model(model, m, gamma, alpha, C):
     features = TrigonometricRandomFeatures(m, kernel="rbf", gamma=gamma, random_state=0)
     if model == "ridge":
         return RandomFeatureRidge(features, alphas=(alpha,))
-    return RandomFeatureLogisticRegression(features, C=C, random_state=0)
+    return RandomFeatureLogisticRegression(features, C=C, random_state=0, solver=solver)
 
 
 def floor_times(estimator, X, rows, passes, repeats=3):
@@ -138,6 +139,7 @@ def floor_times(estimator, X, rows, passes, repeats=3):
     batch = estimator.resolved_batch_size()
     coef = getattr(estimator, "coef_", None)
     logistic = coef is not None and coef.ndim == 2
+    newton = getattr(estimator, "solver", None) == "newton"
     sweeps = []
     for _ in range(repeats):
         sweep = np.zeros(4)  # transform cpu, products cpu, transform wall, products wall
@@ -145,7 +147,14 @@ def floor_times(estimator, X, rows, passes, repeats=3):
             t0, c0 = time.perf_counter(), time.process_time()
             Z = feature_block(features, X[start : min(rows, start + batch)])
             t1, c1 = time.perf_counter(), time.process_time()
-            if logistic:  # the scores, then the gradient product with the residuals
+            if newton:  # scores, gradient, and the Hessian: a syrk of [Z, 1] (one class row)
+                scores = Z @ coef.T
+                Z1 = np.empty((Z.shape[0], Z.shape[1] + 1))
+                Z1[:, :-1] = Z
+                Z1[:, -1] = 1.0
+                scores.T @ Z1
+                np.dot(Z1.T, Z1)
+            elif logistic:  # the scores, then the gradient product with the residuals
                 scores = Z @ coef.T
                 Z.T @ scores
             else:  # ridge: the scatter product (syrk)
@@ -177,7 +186,7 @@ def run(args):
     X_test, y_test = friedman1(args.n_test, seed=1)
     if args.model == "logistic":
         y, y_test = (y > THRESHOLD).astype(np.int8), (y_test > THRESHOLD).astype(np.int8)
-    estimator = make_model(args.model, args.m, gamma, args.alpha, args.C)
+    estimator = make_model(args.model, args.m, gamma, args.alpha, args.C, args.solver)
     gc.collect()
     load_before = os.getloadavg()
     tracemalloc.start()
@@ -194,7 +203,7 @@ def run(args):
     else:
         score, passes = float(accuracy_score(y_test, prediction)), int(estimator.n_passes_)
     result = {
-        "model": args.model,
+        "model": args.model if args.model == "ridge" else f"logistic ({args.solver})",
         "n": args.n,
         "m": args.m,
         "threads": args.threads,
@@ -212,6 +221,7 @@ def run(args):
         "favorkern": package_file,
     }
     if args.model == "logistic":
+        result["solver"] = args.solver
         result["n_iter"] = int(estimator.n_iter_[0])
     rows = min(args.n, args.floor_rows)
     result.update(floor_times(estimator, X, rows, passes))
@@ -254,6 +264,7 @@ def main(argv=None):
     parser.add_argument("--m", type=int, default=256)
     parser.add_argument("--alpha", type=float, default=0.01)
     parser.add_argument("--C", type=float, default=1.0)
+    parser.add_argument("--solver", choices=["lbfgs", "newton"], default="lbfgs")
     parser.add_argument("--n-test", type=int, default=100_000)
     parser.add_argument("--floor-rows", type=int, default=1 << 18)
     parser.add_argument("--threads", type=int, default=1)
