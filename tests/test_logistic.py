@@ -208,6 +208,14 @@ def test_newton_is_checked_like_lbfgs():
         RandomFeatureLogisticRegression(solver="irls").fit(X, y)
     with pytest.raises(ValueError, match="sums to zero"):
         RandomFeatureLogisticRegression(solver="newton").fit(X, y, sample_weight=np.zeros(200))
+    # the Hessian of K (m + 1) unknowns is bounded: refused before any pass
+    from favorkern import _config
+
+    X3, y3 = make_classification(200, 5, n_informative=3, n_classes=3, random_state=2)
+    with _config.override(NEWTON_MAX_UNKNOWNS=3 * 32):
+        with pytest.raises(ValueError, match="3 coefficient rows x 33.*solver='lbfgs'"):
+            RandomFeatureLogisticRegression(_features(32), solver="newton").fit(X3, y3)
+        RandomFeatureLogisticRegression(_features(31), solver="newton").fit(X3, y3)
 
 
 @parametrize_with_checks(

@@ -19,6 +19,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .. import _config
 from ._newton import newton_block, newton_minimize
 from ._statistics import check_sample_weight, default_batch_size, feature_block, feature_width
 
@@ -348,12 +349,21 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
 
     def _fit_newton(self, features, X, y, weights, batch_size):
         """Newton steps, each one pass summing the loss, gradient and Hessian."""
+        rows = 1 if self.classes_.size == 2 else self.classes_.size
+        width = features.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        if rows * (width + 1) > _config.NEWTON_MAX_UNKNOWNS:
+            raise ValueError(
+                f"solver='newton' would solve {rows * (width + 1)} unknowns per step "
+                f"({rows} coefficient rows x {width + 1}), more than "
+                f"NEWTON_MAX_UNKNOWNS={_config.NEWTON_MAX_UNKNOWNS} (its Hessian alone "
+                f"{8 * (rows * (width + 1)) ** 2 / 2**20:.0f} MiB): use solver='lbfgs'"
+            )
         labels = np.searchsorted(self.classes_, y)
         n = X.shape[0]
-        kept = feature_block(features, X) if n <= batch_size else None
         weight_sum = float(n if weights is None else weights.sum())
         if not weight_sum > 0:
             raise ValueError("sample_weight sums to zero: there is nothing to fit")
+        kept = feature_block(features, X) if n <= batch_size else None
 
         def evaluate(coef, intercept, hessian):
             total, g, H = 0.0, 0.0, 0.0
@@ -367,8 +377,6 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
                     g, H = g + part[1], H + part[2]
             return total, (g if hessian else None), (H if hessian else None)
 
-        rows = 1 if self.classes_.size == 2 else self.classes_.size
-        width = features.transform(np.zeros((1, self.n_features_in_))).shape[1]
         params, n_iter, passes, gradient_max = newton_minimize(
             evaluate, rows, width, float(self.C), float(self.tol), int(self.max_iter), weight_sum
         )
