@@ -23,7 +23,12 @@ the machine's load.  Three tables:
      only, so that the map is favorkern's positive one with m = 256 features),
      the normalizer ``1 / (phi(q_i) . cumsum phi(k) + eps)``, its compiled CPU
      kernel ``causal_dot_product`` and the final scaling; tensors already in its
-     (N, H, L, D) kernel layout (no permutes), torch on all cores;
+     (N, H, L, D) kernel layout (no permutes), torch on all cores.  Its sdist
+     (0.4.0) needs ``CUDA_HOME`` to build; for measurement, its CPU extension
+     ``fast_transformers/causal_product/causal_product_cpu.cpp`` alone builds with
+     ``torch.utils.cpp_extension.CppExtension`` (``-fopenmp -ffast-math -O3``) into
+     a private directory on ``PYTHONPATH``, with the package's
+     ``causal_product/__init__.py`` beside it;
    * ``base`` and ``base causal``: with ``--baseline DIR``, the bidirectional and
      causal ``favor_attention`` of another checkout (``DIR/favorkern``, imported
      under another name) on the same inputs, round-robin with the others:

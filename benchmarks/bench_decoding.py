@@ -32,6 +32,17 @@ layout (9 query heads over 3 key/value heads, d = 64), one thread, CPU time:
 the KV cache (torch SDPA with grouped-query heads; numpy where torch is missing).
 The states are fed the prefix first (``step`` with blocks of tokens).
 
+``floor`` table (``--floor``): microseconds per token at prefixes 1k-32k, 9 query
+heads over 3 key/value heads and 12 heads, d = 64: ``FavorAttention.step`` and
+``HybridAttention.step`` with one new token, each against its bare products
+(:func:`favor_bare`, :func:`hybrid_bare`: the same products for all heads, one numpy
+or numba call each on preallocated arrays), against exact attention of the token
+over the KV cache (torch SDPA with one query; numpy without torch), and
+fast-transformers' recurrent form in torch ops.
+
+``prefill`` table (``--prefill [L ...]``): ``HybridAttention.step`` over a prompt
+from an empty state against one causal call of the same length.
+
 ``--coverage N``: over N random problems, how often the 95% interval of the mean
 relative row error covers the true mean (and the median's interval the true median).
 
@@ -41,6 +52,8 @@ Usage::
     python benchmarks/bench_decoding.py --coverage 500 --skip-decode --skip-error
     FAVORKERN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
         python benchmarks/bench_decoding.py --hybrid --skip-decode --skip-error
+    FAVORKERN_NUM_THREADS=1 ... python benchmarks/bench_decoding.py --floor --prefill \
+        --skip-decode --skip-error
 """
 
 from __future__ import annotations
@@ -331,6 +344,236 @@ def hybrid_table(dtype, prefixes, repeats):
               f"{t_e / t_h:>13.2f} {t_e / t_f:>12.2f}   ({name})", flush=True)  # fmt: skip
 
 
+# -- one token at the floor: each step against its own bare products ---------------
+
+
+def _rank_one_kernel():
+    """``S_n += a_n b_n^T`` and ``z_n += a_n`` for every head: one compiled call."""
+    import numba
+
+    @numba.njit(cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+    def rank_one(S, z, a, b):
+        for n in range(S.shape[0]):
+            for f in range(S.shape[1]):
+                x = a[n, f]
+                z[n, f] += x
+                for c in range(b.shape[1]):
+                    S[n, f, c] += x * b[n, c]
+
+    return rank_one
+
+
+def favor_bare(N, group, dtype, rng):
+    """The bare products of one FAVOR token for all heads (``N`` key/value heads,
+    ``group`` query heads each), one numpy or numba call each on preallocated arrays:
+    ``phi(q) = exp(q W^T)``, ``phi(k)`` alike (2 products, 2 exponentials), the state
+    update ``S += phi(k) v^T, z += phi(k)`` (one compiled call), the emission
+    ``phi(q) S`` and ``phi(q) z`` (2 batched products) and the division: 8 calls."""
+    rank_one = _rank_one_kernel()
+    Nq = N * group
+    W_t = (rng.standard_normal((D, M)) * 0.1).astype(dtype)
+    q, k = (rng.standard_normal((n, D)).astype(dtype) * 0.5 for n in (Nq, N))
+    v = rng.standard_normal((N, DV)).astype(dtype)
+    S, z = rng.random((N, M, DV)).astype(dtype), rng.random((N, M)).astype(dtype)
+    qf, kf = np.empty((Nq, M), dtype), np.empty((N, M), dtype)
+    num, den = np.empty((N, group, DV), dtype), np.empty((N, group, 1), dtype)
+    qg, zc = qf.reshape(N, group, M), z.reshape(N, M, 1)
+
+    def bare():
+        np.matmul(q, W_t, out=qf)
+        np.matmul(k, W_t, out=kf)
+        np.exp(qf, out=qf)
+        np.exp(kf, out=kf)
+        rank_one(S, z, kf, v)
+        np.matmul(qg, S, out=num)
+        np.matmul(qg, zc, out=den)
+        np.divide(num, den, out=num)
+
+    return bare
+
+
+def hybrid_bare(N, group, dtype, rng, window=64, n_global=1, n_top=16, n_pool=128):
+    """The bare products of one hybrid token for all heads, one numpy or numba call
+    each: the query features and those of the key leaving the window (2 products, 2
+    exponentials), the far state's rank-1 update (one compiled call), the exact
+    logits of the window and global keys and their exponentials (one batched product
+    each), the candidates' logits (one batched product), the top keys (one
+    ``argpartition`` and their rows), their features, values and logits gathered (3
+    ``take``), their estimates (one product), the sums ``phi(q) S`` (the normalizer a
+    column of ``S``), ``p V`` and the top keys' ``(exact - estimate) V`` (3 products,
+    2 adds, one subtraction, one exponential) and the division: 23 calls."""
+    rank_one = _rank_one_kernel()
+    Nq, E = N * group, window + n_global
+    W_t = (rng.standard_normal((D, M)) * 0.1).astype(dtype)
+    q, k = (rng.standard_normal((n, D)).astype(dtype) * 0.5 for n in (Nq, N))
+    v1 = np.ones((N, DV + 1), dtype)
+    v1[:, :DV] = rng.standard_normal((N, DV))
+    S = rng.random((N, M, DV + 1)).astype(dtype)
+    keys = (rng.standard_normal((N, E, D)) * 0.5).astype(dtype)
+    values = np.ones((N, E, DV + 1), dtype)
+    values[..., :DV] = rng.standard_normal((N, E, DV))
+    pool_k = (rng.standard_normal((Nq, n_pool, D)) * 0.5).astype(dtype)
+    pool_v = np.ones((Nq, n_pool, DV + 1), dtype)
+    pool_v[..., :DV] = rng.standard_normal((Nq, n_pool, DV))
+    pool_psi = rng.random((Nq, n_pool, M)).astype(dtype)
+    qf, kf = np.empty((Nq, M), dtype), np.empty((N, M), dtype)
+    exact = np.empty((N, group, E), dtype)
+    logits = np.empty((Nq, 1, n_pool), dtype)
+    nd, part = np.empty((N, group, DV + 1), dtype), np.empty((N, group, DV + 1), dtype)
+    est = np.empty((Nq, 1, n_top), dtype)
+    top_part = np.empty((Nq, 1, DV + 1), dtype)
+    qg, q3, qf3 = q.reshape(N, group, D), q.reshape(Nq, 1, D), qf.reshape(Nq, 1, M)
+    offsets = (np.arange(Nq) * n_pool)[:, np.newaxis]
+    pool_psi_rows, pool_v_rows = pool_psi.reshape(-1, M), pool_v.reshape(-1, DV + 1)
+    zeros = np.zeros((N, M), dtype)  # the normalizer is the last column of S
+    keys_t, pool_t = keys.transpose(0, 2, 1), pool_k.transpose(0, 2, 1)
+
+    def bare():
+        np.matmul(q, W_t, out=qf)
+        np.matmul(k, W_t, out=kf)
+        np.exp(qf, out=qf)
+        np.exp(kf, out=kf)
+        rank_one(S, zeros, kf, v1)
+        np.matmul(qg, keys_t, out=exact)
+        np.exp(exact, out=exact)
+        np.matmul(q3, pool_t, out=logits)
+        top = np.argpartition(logits, -n_top, axis=-1)[..., -n_top:]
+        rows = np.add(top.reshape(Nq, n_top), offsets)  # rows of the flattened pools
+        psi = np.take(pool_psi_rows, rows, axis=0)
+        chosen = np.take(pool_v_rows, rows, axis=0)
+        exact_top = np.exp(np.take(logits, rows)).reshape(Nq, 1, n_top)
+        np.matmul(qf3, psi.transpose(0, 2, 1), out=est)
+        np.matmul(qf.reshape(N, group, M), S, out=nd)
+        np.matmul(exact, values, out=part)
+        np.add(nd, part, out=nd)
+        np.matmul(exact_top - est, chosen, out=top_part)
+        np.add(nd, top_part.reshape(N, group, DV + 1), out=nd)
+        return nd[..., :DV] / nd[..., DV:]
+
+    return bare
+
+
+def recurrent_torch(N, group, m, repeats):
+    """Per-token CPU time of the recurrent form of fast-transformers'
+    ``RecurrentLinearAttention`` in torch ops (features, ``S += phi(k) v^T``, ``z +=
+    phi(k)``, ``phi(q) S / (phi(q) z + eps)`` by einsum), with its default map
+    ``elu(x) + 1`` (``m = d``) or random features ``exp(x W^T)`` of width ``m``;
+    None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    H = N * group
+    q, k, v = (torch.randn(1, H, D) for _ in range(3))
+    W = torch.randn(D, m) * 0.1
+    S, z = torch.zeros(1, H, m, DV), torch.zeros(1, H, m)
+
+    def features(x):
+        return torch.nn.functional.elu(x) + 1 if m == D else torch.exp(x @ W)
+
+    def token():
+        nonlocal S, z
+        Q, K = features(q), features(k)
+        z = z + K
+        S = S + torch.einsum("nhd,nhm->nhdm", K, v)
+        Z = 1.0 / (torch.einsum("nhd,nhd->nh", Q, z) + 1e-6)
+        return torch.einsum("nhd,nhdm,nh->nhm", Q, S, Z)
+
+    return cpu_median(lambda: [token() for _ in range(20)], repeats, warmup=3) / 20
+
+
+def floor_table(dtype, prefixes, repeats, layouts):
+    """Per token at each prefix: FavorAttention.step and HybridAttention.step (T = 1)
+    against their bare products and exact attention over the KV cache."""
+    from favorkern import FavorAttention, HybridAttention
+
+    print(f"one token at the floor: d = dv = {D}, m = {M}, {np.dtype(dtype).name}, window 64, "
+          f"1 global, top 16 of 128; one thread, CPU time (medians of {repeats} x 20 steps); "
+          f"{load()}")  # fmt: skip
+    print(f"{'heads':>6} {'prefix':>7} {'favor':>7} {'bare':>6} {'ratio':>6} {'hybrid':>7} "
+          f"{'bare':>6} {'ratio':>6} {'exact/KV':>9} {'KV/favor':>9} {'KV/hybrid':>10}"
+          "   (microseconds per token)")  # fmt: skip
+    for Hq, H in layouts:
+        rng = np.random.default_rng(0)
+        group = Hq // H
+        calibration = rng.standard_normal((2, Hq, 512, D)).astype(dtype) * 0.5
+        hybrid = HybridAttention(window=64, n_global=1, n_top=16, n_candidates=128,
+                                 n_components=M, causal=True, random_state=0)  # fmt: skip
+        hybrid.fit(*calibration)
+        favor = FavorAttention(n_components=M, random_state=0).fit(D)
+        longest = max(prefixes) + repeats * 20 + 40
+        K = rng.standard_normal((H, longest, D)).astype(dtype) * 0.5
+        V = rng.standard_normal((H, longest, DV)).astype(dtype)
+        Q = rng.standard_normal((Hq, longest, D)).astype(dtype) * 0.5
+        bare_favor, bare_hybrid = (
+            favor_bare(H, group, dtype, rng),
+            hybrid_bare(H, group, dtype, rng),
+        )
+        t_fb = cpu_median(lambda: [bare_favor() for _ in range(20)], repeats, warmup=3) / 20
+        t_hb = cpu_median(lambda: [bare_hybrid() for _ in range(20)], repeats, warmup=3) / 20
+        for prefix in sorted(prefixes):
+            # the prompt in one call each (the hybrid's state built from the block engine)
+            _, h_state = hybrid.step(Q[:, :prefix], K[:, :prefix], V[:, :prefix])
+            _, f_state = favor.step(Q[:, :prefix], K[:, :prefix], V[:, :prefix])
+            position = [prefix]
+
+            def steps(layer, state):
+                def run():  # 20 new tokens (the work of a step does not depend on the prefix)
+                    t = position[0]
+                    for j in range(t, t + 20):
+                        layer.step(Q[:, j : j + 1], K[:, j : j + 1], V[:, j : j + 1], state)
+
+                return run
+
+            t_f = cpu_median(steps(favor, f_state), repeats, warmup=2) / 20
+            t_h = cpu_median(steps(hybrid, h_state), repeats, warmup=2) / 20
+            exact, name = kv_cache_attention(Q[:, :1], K[:, :prefix], V[:, :prefix])
+            t_e = cpu_median(exact, repeats * 4)
+            print(f"{Hq:>3}/{H:<2} {prefix:>7} {t_f * 1e6:>7.0f} {t_fb * 1e6:>6.0f} "
+                  f"{t_f / t_fb:>6.2f} {t_h * 1e6:>7.0f} {t_hb * 1e6:>6.0f} {t_h / t_hb:>6.2f} "
+                  f"{t_e * 1e6:>9.0f} {t_e / t_f:>9.1f} {t_e / t_h:>10.1f}   ({name})",
+                  flush=True)  # fmt: skip
+        for m in (D, M):
+            t_r = recurrent_torch(H, group, m, repeats)
+            # FavorAttention.step at the same width m (the same state size)
+            same = FavorAttention(n_components=m, random_state=0).fit(D)
+            _, state = same.step(Q[:, :1024], K[:, :1024], V[:, :1024])
+            position[0] = 1024
+            t_m = cpu_median(steps(same, state), repeats, warmup=2) / 20
+            if t_r is not None:
+                print(f"{Hq:>3}/{H:<2} m = {m}: fast-transformers' recurrent form in torch "
+                      f"{t_r * 1e6:.0f} us per token, FavorAttention.step {t_m * 1e6:.0f} us "
+                      f"({t_r / t_m:.2f}x faster)")  # fmt: skip
+    print(f"after: {load()}")
+
+
+def prefill_table(dtype, lengths, repeats, layouts):
+    """A prompt: ``HybridAttention.step`` over ``L`` tokens from an empty state (the
+    block engine, then the state built at once) against one causal call."""
+    from favorkern import HybridAttention
+
+    print(f"hybrid prefill: d = dv = {D}, m = {M}, {np.dtype(dtype).name}, window 64, 1 global, "
+          f"top 16 of 128; one thread, CPU time, medians of {repeats}; {load()}")  # fmt: skip
+    print(f"{'heads':>6} {'L':>6} {'call s':>8} {'step s':>8} {'step/call':>10}")
+    for Hq, H in layouts:
+        rng = np.random.default_rng(0)
+        calibration = rng.standard_normal((2, Hq, 512, D)).astype(dtype) * 0.5
+        layer = HybridAttention(window=64, n_global=1, n_top=16, n_candidates=128,
+                                n_components=M, causal=True, random_state=0)  # fmt: skip
+        layer.fit(*calibration)
+        for L in lengths:
+            Q = rng.standard_normal((Hq, L, D)).astype(dtype) * 0.5
+            K = rng.standard_normal((H, L, D)).astype(dtype) * 0.5
+            V = rng.standard_normal((H, L, DV)).astype(dtype)
+            t_call = cpu_median(lambda: layer(Q, K, V), repeats, warmup=1)
+            t_step = cpu_median(lambda: layer.step(Q, K, V), repeats, warmup=1)
+            print(f"{Hq:>3}/{H:<2} {L:>6} {t_call:>8.3f} {t_step:>8.3f} {t_step / t_call:>10.2f}",
+                  flush=True)  # fmt: skip
+    print(f"after: {load()}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, nargs="+", default=[1, 12])
@@ -342,6 +585,20 @@ def main():
     parser.add_argument("--skip-decode", action="store_true")
     parser.add_argument("--skip-error", action="store_true")
     parser.add_argument("--hybrid", action="store_true", help="the hybrid decoding table")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="one token against its bare products (FavorAttention, HybridAttention)",
+    )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        nargs="*",
+        default=None,
+        help="prompt lengths of the hybrid prefill table (2048 4096 8192 if none)",
+    )
+    parser.add_argument("--layouts", nargs="+", default=["9/3", "12/12"],
+                        help="query/key-value heads of the --floor table")  # fmt: skip
     parser.add_argument("--prefixes", type=int, nargs="+",
                         default=[1024, 2048, 4096, 8192, 16384, 32768])  # fmt: skip
     args = parser.parse_args()
@@ -350,6 +607,12 @@ def main():
         decode_table(args.heads, dtype, args.prefix, args.repeats)
     if args.hybrid:
         hybrid_table(dtype, args.prefixes, args.repeats)
+    if args.prefill is not None:
+        layouts = [tuple(int(x) for x in text.split("/")) for text in args.layouts]
+        prefill_table(dtype, args.prefill or [2048, 4096, 8192], args.repeats, layouts)
+    if args.floor:
+        layouts = [tuple(int(x) for x in text.split("/")) for text in args.layouts]
+        floor_table(dtype, args.prefixes, args.repeats, layouts)
     if not args.skip_error:
         error_table(dtype, args.repeats)
     if args.coverage:

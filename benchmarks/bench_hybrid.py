@@ -15,6 +15,8 @@ Contestants per L:
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (exact, CPU flash
   attention; skipped where torch is not installed).
 
+The table is followed by the machine's SIMD level, BLAS core and elementwise kernels.
+
 Run in a fresh process with every thread count at 1::
 
     FAVORKERN_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
@@ -28,6 +30,7 @@ import os
 import time
 
 import numpy as np
+from timing import print_machine
 
 
 def process_round_robin(fns, repeats):
@@ -117,6 +120,7 @@ def main():
         if exact is not None:
             print(f"{'':>22}   sdpa / hybrid 64/1 = {times['sdpa'] / times['hybrid 64/1']:.2f}, "
                   f"sdpa / top 16/128 = {times['sdpa'] / times['top 16/128']:.2f}")  # fmt: skip
+    print_machine()
     lengths = sorted(per_token)
     if len(lengths) > 1:
         first, last = lengths[0], lengths[-1]

@@ -26,9 +26,11 @@ from contextlib import contextmanager
 __all__ = ["override", "TUNING_NAMES"]
 
 # -- attention ----------------------------------------------------------------------
-#: Bytes per feature buffer of one worker (512 KiB), in L2 between product and exp:
-#: 128 KiB 1.30x its time, 2 MiB 0.95x (L = 16384, d = dv = 64, m = 256, float32).
-ATTENTION_CHUNK_BYTES = 1 << 19
+#: Bytes per feature buffer of one worker (2 MiB, 2048 rows at m = 256 in float32):
+#: bidirectional time / its four bare products 1.24 against 1.46 at 512 KiB (L = 8192),
+#: 1.14 against 1.19 (L = 65536); fewer, larger products and fewer calls per token
+#: outweigh keeping the features in L2 (d = dv = 64, m = 256, float32, one thread).
+ATTENTION_CHUNK_BYTES = 1 << 21
 #: Feature evaluations (tokens x width) below which FAVOR attention runs on one thread:
 #: a thread-pool round trip costs more than it saves there.
 ATTENTION_PARALLEL_MIN_WORK = 1 << 18
@@ -49,13 +51,21 @@ CAUSAL_MIN_PIPELINED_GROUPS = 4
 #: Feature bytes per chunk of the causal numba recurrence (2 MiB): amortizes one
 #: thread-pool round trip per chunk.
 RECURRENT_CHUNK_BYTES = 1 << 21
-#: Hybrid attention's query rows per block: the exact band is rows x (rows + window)
-#: scores and the far keys' masked product rows x rows; 64 ran 1.0x, 32 1.2x and 128
-#: 1.0x the time of 64 (causal, window 64, d = 64, m = 256, float32, L = 4096).
-HYBRID_CHUNK_ROWS = 64
+#: Hybrid attention's query rows per block of its far sums: each block's masked
+#: product with its own far keys costs rows (m + dv) per row.  32 ran 0.96-0.99x the
+#: time of 64 (causal, window 64, d = 64, m = 256, float32, L = 4096-16384, its blocks
+#: batched per group).
+HYBRID_CHUNK_ROWS = 32
 #: Hybrid attention's rows per group of blocks: one feature product per group and its
 #: blocks' products batched (as CAUSAL_GROUP_ROWS); bounds the group's buffers.
 HYBRID_GROUP_ROWS = 512
+#: Hybrid attention's query rows per block of its exact window: each block takes a
+#: band of rows + window - 1 keys (bidirectional: rows + 2 (window - 1)); measured
+#: as HYBRID_CHUNK_ROWS.
+HYBRID_BAND_ROWS = 32
+#: A causal hybrid head split over threads: the cost of one key of the state a range
+#: builds before its rows, relative to the cost of one row (balances the ranges).
+HYBRID_PREFIX_COST = 0.3
 
 # -- exact attention and its error estimate ------------------------------------------
 #: Scores per query chunk of exact softmax attention (4 MiB of float32): 2^16 1.36x its

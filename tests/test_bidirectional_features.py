@@ -133,3 +133,25 @@ def test_finiteness_is_checked_in_every_block(bad, where):
     X[where] = bad
     with pytest.raises(ValueError, match="X contains NaN or infinity"):
         check_float_array(X, "X")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_numba", [False, True])
+def test_emission_divides_by_the_normalizer_column_and_zeroes_lost_rows(dtype, use_numba):
+    """``out = block[:, :dv] / block[:, dv]`` to an ulp of the division, 0 where the
+    normalizer is 0 (or subnormal in float32), NaN where it is NaN."""
+    rng = np.random.default_rng(9)
+    block = rng.uniform(0.1, 2.0, size=(40, 9)).astype(dtype)
+    block[3, 8] = 0.0
+    block[5, 8] = np.float32(1e-39) if dtype == np.float32 else 0.0
+    block[7, 8] = np.nan
+    if dtype == np.float64:  # a subnormal normalizer of subnormal sums: their ratio
+        block[9] *= 1e-310
+    out = np.empty((40, 8), dtype=dtype)
+    bidirectional_module.divide_by_last_column(block, 8, out, use_numba)
+    ref = block[:, :8] / block[:, 8:]
+    keep = np.ones(40, dtype=bool)
+    keep[[3, 5, 7]] = False
+    np.testing.assert_allclose(out[keep], ref[keep], rtol=2 * np.finfo(dtype).eps)
+    assert np.all(out[[3, 5]] == 0.0) and np.all(np.isnan(out[7]))
+    assert np.all(np.isfinite(out[9]))

@@ -47,7 +47,7 @@ def test_a_float_constant_takes_an_int():
 
 
 def test_readers_see_an_override_at_call_time():
-    assert feature_chunk_rows(32, np.float64) == (1 << 19) // (32 * 8)
+    assert feature_chunk_rows(32, np.float64) == (1 << 21) // (32 * 8)
     assert causal_chunk_rows(256) == 32 and causal_chunk_rows(1024) == 64
     with _config.override(ATTENTION_CHUNK_BYTES=16 * 32 * 8, CAUSAL_CHUNK_ROWS=16):
         assert feature_chunk_rows(32, np.float64) == 16

@@ -448,3 +448,47 @@ def test_a_state_records_its_map_object_and_projection():
         assert unregistered.fingerprint.split("|")[2] == state.fingerprint.split("|")[2]
     finally:
         unregister_feature_map("replaced_positive")
+
+
+FUSED = {"positive", "hyperbolic", "optimal", "sderf"}  # exp maps with identity ``prepare``
+
+
+@pytest.mark.parametrize("feature_map", ["positive", "hyperbolic", "trigonometric", "optimal",
+                                         "saderf", "sderf", "hrf", "tensorsketch"])  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_map_steps_like_the_whole_causal_call(feature_map, dtype):
+    """Blocks of 1, 7, 64 and 73 tokens, grouped-query heads and a mask, against one
+    causal call: 1e-9 relative in float64, 1e-5 in float32; one token of an exp map
+    (per-head constants too) takes the one-call step."""
+    rng = np.random.default_rng(21)
+    L, group = 160, 3
+    Q = rng.normal(scale=0.5, size=(2, 2 * group, L, 8))
+    K, V = rng.normal(scale=0.5, size=(2, 2, 2, L, 8))
+    mask = rng.random((2, 2, L)) < 0.15
+    attention = FavorAttention(feature_map, n_components=32, random_state=0)
+    attention.fit(Q, K)  # one set of constants per key/value head
+    Qd, Kd, Vd = (X.astype(dtype) for X in (Q, K, V))
+    whole, _ = attention(Qd, Kd, Vd, causal=True, key_padding_mask=mask, return_state=True)
+    state = attention.initial_state((2, 2), 8, dtype=dtype)
+    got, state = _run_steps(attention, Qd, Kd, Vd, state, (1, 7, 1, 64, 73), mask)
+    assert got.dtype == dtype and state.n_tokens == L
+    scale = float(np.abs(whole).max())
+    err = float(np.abs(got.astype(np.float64) - whole).max()) / scale
+    # signed maps' normalizers cancel in part: float32 rounding grows by their condition
+    loose = 1e-5 if get_feature_map(feature_map).nonnegative else 1e-4
+    assert err < (1e-9 if dtype == np.float64 else loose), err
+    hf = attention._decoder(np.dtype(dtype), None)
+    assert (hf.fused() is not None) == (feature_map in FUSED), feature_map
+
+
+def test_one_token_refuses_values_that_could_overflow_before_changing_the_state():
+    attention = FavorAttention(n_components=16, random_state=0).fit(8)
+    state = attention.initial_state((2,), 4, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    q, k = rng.normal(size=(2, 2, 1, 8)).astype(np.float32)
+    v = np.full((2, 1, 4), 3e38, dtype=np.float32)
+    with pytest.raises(ValueError, match="would overflow float32"):
+        attention.step(q, k, v, state)
+    assert state.n_tokens == 0 and not state.S.any() and np.all(state.c == -np.inf)
+    out, _ = attention.step(q, k, v / 2**40, state)
+    assert np.isfinite(out).all()

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from favorkern import _elementwise as elementwise
-from favorkern._elementwise import EXP_KERNELS, ExpKernel, exp_kernel, sincos_kernel
+from favorkern._elementwise import EXP_KERNELS, ExpKernel, exp_kernel, sincos_kernel, sq_norms
+from favorkern._numba.vmath import SIN_COS_F32_ERROR
 
 # Documented accuracy of each candidate for normal results, in ulp of the result:
 # the polynomials 1 ulp; numpy's float32 exp on its AVX2/AVX-512 path is within
@@ -314,13 +315,24 @@ def test_trigonometric_transform_agrees_whichever_sincos_kernel_is_forced(fresh_
         fresh_choices.setenv(elementwise.ENV_SINCOS, name)
         elementwise.reset_choices()
         results[name] = est.transform(X)
-        assert elementwise.chosen_kernels()[f"sincos {np.dtype(dtype).name}"] == name
+        chosen = elementwise.chosen_kernels()[f"sincos {np.dtype(dtype).name}"]
+        assert chosen == elementwise.sincos_name(name, dtype)
         assert results[name].dtype == dtype
-    # features are r cos and r sin with |r| <= max: within a few ulp of that
+    # features are r cos and r sin with |r| <= max: within a few ulp of that, and the
+    # float32 reduction within its absolute bound (times r) of it
     scale = np.abs(results["numpy"]).max()
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(results["numba"], results["numpy"], rtol=0, atol=4 * eps * scale)
+    bound = SIN_COS_F32_ERROR + 2 * eps if dtype == np.float32 else 4 * eps
     np.testing.assert_allclose(
-        results["numba"], results["numpy"], rtol=0, atol=4 * np.finfo(dtype).eps * scale
+        results["numba-float32"], results["numpy"], rtol=0, atol=bound * scale
     )
+
+
+def test_float32_sincos_candidate_means_numba_in_float64(fresh_choices):
+    fresh_choices.setenv(elementwise.ENV_SINCOS, "numba-float32")
+    assert sincos_kernel(np.float64) == "numba"
+    assert sincos_kernel(np.float32) == "numba-float32"
 
 
 @pytest.mark.parametrize("name", EXP_KERNELS)
@@ -335,3 +347,18 @@ def test_kernels_pickle_by_name_and_still_work(name):
     b = a * np.float32(kernel.unit)
     again.exp(b)
     np.testing.assert_allclose(b, [[1.0, np.e]], rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        st.sampled_from([np.float32, np.float64]),
+        st.tuples(st.integers(0, 9), st.integers(1, 70)),
+        elements=st.floats(-1e6, 1e6, width=32),
+    )
+)
+def test_sq_norms_match_the_float64_sum_of_squares(X):
+    got = sq_norms(X)
+    assert got.dtype == np.float64 and got.shape == (X.shape[0],)
+    ref = (X.astype(np.float64) ** 2).sum(axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-12 if X.dtype == np.float64 else 1e-6)

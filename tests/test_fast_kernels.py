@@ -48,6 +48,38 @@ def test_float32_sin_cos_pairs_are_correctly_rounded_to_1_ulp(scale):
         assert np.all(error <= ulp)
 
 
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1e5, 1e7])
+def test_float32_reduction_sin_cos_is_within_its_absolute_bound(scale):
+    """The FMA reduction in float32 against float64 sin/cos (an extended reference for
+    float32), with arguments at the multiples of pi/2 where the reduction cancels."""
+    from favorkern._numba.vmath import SIN_COS_F32_ERROR, sin_cos_pairs_f32_fma
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-scale, scale, size=(256, 96)).astype(np.float32)
+    k = rng.integers(-int(scale / 1.6) - 1, int(scale / 1.6) + 2, size=(256, 8))
+    x[:, :8] = (k * (np.pi / 2)).astype(np.float32)
+    x[:, 8:12] = np.nextafter(x[:, :4], np.float32(np.inf))
+    got = x.copy()
+    sin_cos_pairs_f32_fma(got, 48, np.full(256, 0.5, dtype=np.float32))
+    u = x[:, :48].astype(np.float64)
+    for out, ref in ((got[:, :48], np.cos(u)), (got[:, 48:], np.sin(u))):
+        error = np.abs(out.astype(np.float64) - 0.5 * ref)
+        # the bound times the row factor, and the rounding of the product
+        assert error.max() <= 0.5 * SIN_COS_F32_ERROR + 2.0**-25
+
+
+def test_float32_reduction_sin_cos_special_values_follow_numpy():
+    from favorkern._numba.vmath import sin_cos_pairs_f32_fma
+
+    x = np.array([[np.nan, np.inf, -np.inf, 3e38, -0.0, 1e-30, 0.0, 1.0]], dtype=np.float32)
+    got = x.copy()
+    sin_cos_pairs_f32_fma(got, 4, np.ones(1, dtype=np.float32))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(np.isnan(got[0, :4]), np.isnan(np.cos(x[0, :4])))
+        np.testing.assert_allclose(got[0, 4:], np.sin(x[0, :4]), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(got[0, 3], np.cos(x[0, 3].astype(np.float64)), rtol=1e-6)
+
+
 @settings(max_examples=50, deadline=None)
 @given(arrays(np.float64, (3, 7), elements=st.floats(allow_nan=True, allow_infinity=True)))
 def test_vectorized_cos_special_values_follow_numpy(x):

@@ -192,7 +192,7 @@ def test_huge_inputs_give_no_nan_for_any_map(feature_map, dtype):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window,n_global", [(9, 1), (70, 3), (1, 0)])
 def test_long_sequences_cross_groups(causal, window, n_global):
-    # groups of 512 rows made of full 64-row blocks take the strided band products
+    # groups of 512 rows made of full blocks take the strided band products
     L = 1100
     Q, K, V = _case(12, L=L)
     mask = np.random.default_rng(12).random(L) < 0.05
@@ -226,3 +226,50 @@ def test_per_head_constant_sets_equal_single_heads(causal):
         assert _relative(out[h], ref) < 1e-12
     with pytest.raises(ValueError, match="per-head sets"):
         hybrid_attention(Q, K, V, constants=sets * 2 + sets[:1], **options)
+
+
+def test_causal_ranges_balance_and_cover():
+    from favorkern.attention.hybrid_engine import causal_ranges
+
+    assert causal_ranges(1000, 512, 4) == [(0, 1000)]
+    for L, workers in ((4096, 2), (10000, 3), (65536, 8)):
+        ranges = causal_ranges(L, 64, workers)
+        assert len(ranges) == workers
+        assert ranges[0][0] == 0 and ranges[-1][1] == L
+        assert all(a % 64 == 0 and b > a for a, b in ranges)
+        assert all(r[1] == s[0] for r, s in zip(ranges[:-1], ranges[1:], strict=True))
+        # later ranges first build the state of more keys: they hold fewer rows
+        sizes = [b - a for a, b in ranges]
+        assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("n_top", [0, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_head_split_over_threads_matches_oracle(n_top, dtype):
+    # one head over ranges of rows: each range starts from the far state and the
+    # candidate pool of the keys before it
+    from favorkern import _config
+    from favorkern.attention.hybrid_engine import TopKeys, hybrid_head
+    from favorkern.attention.plan import plan_attention
+
+    L = 700
+    Q, K, V = _case(14, L=L)
+    mask = np.random.default_rng(14).random(L) < 0.1
+    W = draw_projection(16, 8, random_state=14)
+    u = np.linspace(-1, 1, 8)
+    options = dict(window=9, n_global=1, causal=True)
+    if n_top:
+        options.update(n_top=n_top, n_candidates=12, candidate_query=u)
+    ref = _oracle(Q, K, V, W, mask=mask, **options)
+    plan = plan_attention("positive", 8, projection_matrix=W, causal=True)
+    feat = plan.features(np.dtype(dtype), {})
+    q, k, v = (np.ascontiguousarray(X, dtype=dtype) for X in (Q, K, V))
+    top = TopKeys(n_top, 12, K @ u) if n_top else None
+    outs = [hybrid_head(feat, q, k, v, mask, plan.gamma, 9, 1, True, top, chunk=16, group=64,
+                        workers=workers) for workers in (1, 3)]  # fmt: skip
+    assert outs[1].dtype == dtype
+    assert _relative(outs[1], ref) < (1e-6 if dtype == np.float64 else 1e-4)
+    assert _relative(outs[1], outs[0]) < (1e-12 if dtype == np.float64 else 1e-5)
+    with _config.override(HYBRID_GROUP_ROWS=64, ATTENTION_PARALLEL_MIN_WORK=0):
+        out = hybrid_attention(Q, K, V, projection_matrix=W, key_padding_mask=mask, **options)
+    assert _relative(out, ref) < 1e-6

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT_OPTIONS
+from . import JIT_OPTIONS, REDUCTION_JIT_OPTIONS
 
 _SIGNATURES = [
     nb.void(
@@ -75,3 +75,26 @@ def causal_recurrence(
             inverse = 1.0 / denominator
             for c in range(width):
                 target[c] = numerator[c] * inverse
+
+
+# no ``arcp``: it would turn the division of the subnormal branch into the overflowing
+# reciprocal
+@nb.njit(**REDUCTION_JIT_OPTIONS)
+def divide_rows(block, dv, zero_below, tiny, out):
+    """``out[i] = block[i, :dv] / block[i, dv]``: 0 where ``|block[i, dv]| < zero_below``
+    (a lost normalizer, see ``attention.common.normalize``), by the reciprocal where it
+    is at least ``tiny`` (the smallest normal number: no overflow), else divided."""
+    for i in range(block.shape[0]):
+        den = block[i, dv]
+        row = block[i]
+        target = out[i]
+        if abs(den) < zero_below:
+            for j in range(dv):
+                target[j] = row[j] * 0.0
+        elif abs(den) < tiny:
+            for j in range(dv):
+                target[j] = row[j] / den
+        else:
+            inverse = 1.0 / den
+            for j in range(dv):
+                target[j] = row[j] * inverse

@@ -1,9 +1,10 @@
-"""Top keys of hybrid attention: per row, a few keys chosen and gathered in a block.
+"""Kernels of hybrid attention's engine: top keys, and the weights of its blocks.
 
-Pure functions of C-contiguous arrays; the caller computes the logits of the block's
-rows with the pooled keys (one product) and the stabilizers.  Gathered dot products
-cost ``rows x n_top x m`` where a dense product with every pooled key would cost
-``rows x pool x m``.
+Pure functions of C-contiguous arrays.  Top keys: the caller computes the logits of
+a group of rows with the pooled keys (one product) and the stabilizers; the chosen
+keys' gathered dot products cost ``rows x n_top x m`` where a dense product with
+every pooled key would cost ``rows x pool x m``.  Block weights: the masks and
+stabilizers of the blocks' products in one pass each (no float64 temporaries).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numba as nb
 import numpy as np
 
 from . import JIT_OPTIONS
+from .elementwise import _exp
 
 _SELECT = [
     nb.void(
@@ -39,18 +41,23 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
     largest logit (ties: the earlier column), best first."""
     rows, n_top = index.shape
     n_cols = logits.shape[1]
+    if n_top == 0:
+        return
     for i in range(rows):
         row = first + i
         filled = 0
         seen = 0
         low = -math.inf  # the smallest logit kept once the list is full
+        last = row - window  # causal: the last key the row may take
         for j in range(n_cols):
             if seen == n_candidates:
                 break
             if not visible[j]:
                 continue
-            gap = row - positions[j]
-            if (causal and gap < window) or (not causal and abs(gap) < window):
+            if causal:
+                if positions[j] > last:
+                    continue
+            elif abs(row - positions[j]) < window:
                 continue
             seen += 1
             x = logits[i, j]
@@ -75,226 +82,119 @@ def select_top(logits, positions, visible, first, window, causal, n_candidates, 
             index[i, p] = 0
 
 
-_TERMS = [
+_APPLY = [
     nb.void(
         nb.types.Array(dtype, 2, "C"),  # psi_q (rows, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_pool (n_pool, m)
-        nb.types.Array(dtype, 2, "C"),  # psi_part (n_part, m): columns n_pool ..
-        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): feature rows
-        nb.types.Array(nb.int64, 2, "C"),  # positions (rows, n_top): rows of v1
-        nb.types.Array(dtype, 2, "C"),  # exact (rows, n_top): exact weights, 0 if none
-        nb.types.Array(dtype, 2, "C"),  # scale (rows, n_top): of the estimates
-        nb.types.Array(dtype, 2, "C"),  # v1 (L, dv + 1): values and a 1
-        nb.types.Array(dtype, 2, "A"),  # nd (rows, dv + 1): sums and normalizer
+        nb.types.Array(dtype, 2, "C"),  # psi (n_pool, m): the pooled keys' features
+        nb.types.Array(nb.float64, 1, "C"),  # r (n_pool,): their logs
+        nb.types.Array(dtype, 2, "C"),  # values (n_pool, dv + 1): their values and a 1
+        nb.types.Array(nb.int64, 2, "C"),  # index (rows, n_top): pooled keys chosen
+        nb.types.Array(dtype, 2, "C"),  # chosen (rows, n_top): their logits (-inf: none)
+        nb.types.Array(nb.float64, 1, "C"),  # c (rows,): the rows' constants
+        nb.types.Array(nb.float64, 1, "C"),  # b (rows,): the rows' far key constants
+        nb.types.Array(nb.float64, 1, "C"),  # far (rows,): the far sums' exp(a + b - c)
+        nb.types.Array(dtype, 2, "C"),  # nd (rows, dv + 1): sums and normalizer, out
     )
     for dtype in (nb.float32, nb.float64)
 ]
 
 
-@nb.njit(_TERMS, **JIT_OPTIONS)
-def top_terms(psi_q, psi_pool, psi_part, index, positions, exact, scale, v1, nd):
-    """``nd_i += sum_t (exact_it - est_it) v1_p`` over the chosen keys (feature row
-    ``j = index[i, t]``, position ``p = positions[i, t]``; ``exact_it = scale_it = 0``
-    where none): each key's exact weight replaces its feature estimate ``est_it =
-    psi_q_i . psi_j scale_it``."""
+@nb.njit(_APPLY, **JIT_OPTIONS)
+def apply_top(psi_q, psi, r, values, index, chosen, c, b, far, nd):
+    """``nd_i += sum_t (e^{s_it - c_i} - psi_q_i . psi_j e^{r_j - b_i} far_i) v1_j`` over
+    the chosen keys ``j = index[i, t]`` of logits ``s_it > -inf``: each key's exact
+    weight replaces its far estimate, both at the row's constant."""
     rows, m = psi_q.shape
-    n_pool = psi_pool.shape[0]
-    width = v1.shape[1]
+    n_top = index.shape[1]
+    width = values.shape[1]
+    # per chosen key: exact weight and estimate's scale, in the features' dtype
+    weight = np.empty(n_top, dtype=nd.dtype)
+    scale = np.empty(n_top, dtype=nd.dtype)
+    gap = np.empty(n_top)
+    row = np.empty(width, dtype=nd.dtype)  # the row's sums (apart from nd: no aliasing)
     for i in range(rows):
-        for t in range(index.shape[1]):
-            if scale[i, t] == 0 and exact[i, t] == 0:
+        ci, bi, fi = c[i], b[i], far[i]
+        row[:] = 0
+        for t in range(n_top):
+            gap[t] = min(r[index[i, t]] - bi, 0.0)  # r_j <= b_i for a chosen key
+        for t in range(n_top):  # the exps apart from the gathers: they vectorize
+            weight[t] = _exp(nd.dtype.type(chosen[i, t] - ci))
+            scale[t] = _exp(nd.dtype.type(gap[t])) * nd.dtype.type(fi)
+        for t in range(n_top):
+            if chosen[i, t] == -math.inf:
                 continue
             j = index[i, t]
             dot = psi_q[i, 0] * 0  # the features' dtype: float32 sums vectorize twice as wide
-            if j < n_pool:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_pool[j, f]
-            else:
-                for f in range(m):
-                    dot += psi_q[i, f] * psi_part[j - n_pool, f]
-            w = exact[i, t] - dot * scale[i, t]
-            row = positions[i, t]
+            for f in range(m):
+                dot += psi_q[i, f] * psi[j, f]
+            w = nd.dtype.type(weight[t] - dot * scale[t])
             for col in range(width):
-                nd[i, col] += w * v1[row, col]
-
-
-def _emit_signature(dtype):
-    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
-    b2 = nb.types.Array(nb.boolean, 2, "C")
-    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
-    return nb.void(
-        f2, d1, f2,  # psi_q (Nq, m), a (Nq,), q (Nq, d)
-        f3, d1,  # S (N, m, dv + 1), B (N,)
-        f3, f3, b2,  # glob_k (N, g, d), glob_v (N, g, dv), glob_hidden (N, g)
-        f3, f3, b2,  # win_k (N, w, d), win_v (N, w, dv), win_hidden (N, w)
-        f3, f3, f3, d2, nb.types.Array(nb.int64, 2, "C"),  # pool k, v, psi, r, pos
-        nb.int64, nb.float64, f2,  # n_top, gamma, out (Nq, dv)
-    )  # fmt: skip
-
-
-@nb.njit([_emit_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
-def hybrid_emit(psi_q, a, q, S, B, glob_k, glob_v, glob_hidden, win_k, win_v, win_hidden,
-                pool_k, pool_v, pool_psi, pool_r, pool_pos, n_top, gamma, out):  # fmt: skip
-    """One decoding step's outputs for every query head (``Nq = N group`` heads, query
-    head ``h`` reading key/value head ``h // group``): far sums ``psi_q S`` at
-    ``exp(a + B)``, exact terms of the global and window keys that are not hidden, and
-    the ``n_top`` pooled keys of largest logit (pool slots in score order), whose
-    estimates are replaced by their exact terms; all at one constant per row."""
-    n_q, m = psi_q.shape
-    group = n_q // S.shape[0]
-    width = S.shape[2]
-    dv = width - 1
-    n_glob, n_win, n_pool = glob_k.shape[1], win_k.shape[1], pool_k.shape[1]
-    d = q.shape[1]
-    logit_g = np.empty(n_glob)
-    logit_w = np.empty(n_win)
-    top_logit = np.empty(max(n_top, 1))
-    top_slot = np.empty(max(n_top, 1), dtype=np.int64)
-    nd = np.empty(width)
-    for h in range(n_q):
-        n = h // group
-        c = -math.inf
-        far_log = a[h] + B[n] if B[n] > -math.inf else -math.inf
-        c = max(c, far_log)
-        for j in range(n_glob):
-            logit_g[j] = -math.inf
-            if not glob_hidden[n, j]:
-                s = 0.0
-                for f in range(d):
-                    s += q[h, f] * glob_k[n, j, f]
-                logit_g[j] = gamma * s
-                c = max(c, logit_g[j])
-        for j in range(n_win):
-            logit_w[j] = -math.inf
-            if not win_hidden[n, j]:
-                s = 0.0
-                for f in range(d):
-                    s += q[h, f] * win_k[n, j, f]
-                logit_w[j] = gamma * s
-                c = max(c, logit_w[j])
-        filled = 0
-        for j in range(n_pool if n_top > 0 else 0):
-            if pool_pos[h, j] < 0:
-                continue
-            s = 0.0
-            for f in range(d):
-                s += q[h, f] * pool_k[h, j, f]
-            x = gamma * s
-            if filled < n_top:
-                p = filled
-                filled += 1
-            elif x > top_logit[n_top - 1]:
-                p = n_top - 1
-            else:
-                continue
-            while p > 0 and top_logit[p - 1] < x:
-                top_logit[p] = top_logit[p - 1]
-                top_slot[p] = top_slot[p - 1]
-                p -= 1
-            top_logit[p] = x
-            top_slot[p] = j
-        if filled:
-            c = max(c, top_logit[0])
-        if c == -math.inf:
-            c = 0.0
-        far_scale = math.exp(far_log - c) if far_log > -math.inf else 0.0
+                row[col] += w * values[j, col]
         for col in range(width):
-            nd[col] = 0.0
-        if far_scale > 0.0:
-            for f in range(m):
-                p_f = psi_q[h, f]
-                for col in range(width):
-                    nd[col] += p_f * S[n, f, col]
-            for col in range(width):
-                nd[col] *= far_scale
-        for j in range(n_glob):
-            if logit_g[j] > -math.inf:
-                w = math.exp(logit_g[j] - c)
-                for col in range(dv):
-                    nd[col] += w * glob_v[n, j, col]
-                nd[dv] += w
-        for j in range(n_win):
-            if logit_w[j] > -math.inf:
-                w = math.exp(logit_w[j] - c)
-                for col in range(dv):
-                    nd[col] += w * win_v[n, j, col]
-                nd[dv] += w
-        for t in range(filled):
-            j = top_slot[t]
-            dot = 0.0
-            for f in range(m):
-                dot += psi_q[h, f] * pool_psi[h, j, f]
-            est = dot * math.exp(pool_r[h, j] - B[n]) * far_scale if far_scale > 0.0 else 0.0
-            w = math.exp(top_logit[t] - c) - est
-            for col in range(dv):
-                nd[col] += w * pool_v[h, j, col]
-            nd[dv] += w
-        den = nd[dv]
-        for col in range(dv):
-            out[h, col] = nd[col] / den if den != 0.0 else 0.0
+            nd[i, col] += row[col]
 
 
-def _absorb_signature(dtype):
-    f2, f3 = nb.types.Array(dtype, 2, "C"), nb.types.Array(dtype, 3, "C")
-    d1, d2 = nb.types.Array(nb.float64, 1, "C"), nb.types.Array(nb.float64, 2, "C")
-    return nb.void(
-        f2, d1, f2, f2, nb.types.Array(nb.boolean, 1, "C"),  # psi, r, k, v (N, .), hidden
-        nb.int64, f3, d1,  # position, S (N, m, dv + 1), B (N,)
-        d2, f3, f3, f3, d2, d2, nb.types.Array(nb.int64, 2, "C"),  # u, pool k v psi r score pos
-    )  # fmt: skip
+def _lag_signature(dtype):
+    f3 = nb.types.Array(dtype, 3, "C")
+    d2 = nb.types.Array(nb.float64, 2, "C")
+    return nb.void(f3, d2, d2)
 
 
-@nb.njit([_absorb_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
-def hybrid_absorb(psi, r, k, v, hidden, position, S, B, u, pool_k, pool_v, pool_psi, pool_r,
-                  pool_score, pool_pos):  # fmt: skip
-    """Key ``position`` of every key/value head leaves the window: ``S <- S e^{B - B'}
-    + psi (v, 1) e^{r - B'}`` with ``B' = max(B, r)``, and for every query head (``u``
-    its scoring direction, ``Nq = N group`` rows) the key enters the pool of the
-    ``n_candidates`` best scores (slots kept in score order; ties: the earlier key)
-    when its score beats the worst kept.  Hidden keys change nothing."""
-    N, m, width = S.shape
-    dv = width - 1
-    n_q, n_pool = pool_pos.shape
-    group = n_q // N
-    d = k.shape[1]
-    for n in range(N):
-        if hidden[n]:
-            continue
-        new = max(B[n], r[n])
-        shrink = math.exp(B[n] - new) if B[n] > -math.inf else 0.0
-        w = math.exp(r[n] - new)
-        for f in range(m):
-            p_f = psi[n, f] * w
-            for col in range(dv):
-                S[n, f, col] = S[n, f, col] * shrink + p_f * v[n, col]
-            S[n, f, dv] = S[n, f, dv] * shrink + p_f
-        B[n] = new
-        for g in range(group if n_pool > 0 else 0):
-            h = n * group + g
-            score = 0.0
-            for f in range(d):
-                score += u[h, f] * k[n, f]
-            rank = 0
-            while rank < n_pool and pool_pos[h, rank] >= 0 and pool_score[h, rank] >= score:
-                rank += 1
-            if rank == n_pool:
-                continue
-            for j in range(n_pool - 1, rank, -1):  # shift the worse slots down by one
-                pool_score[h, j] = pool_score[h, j - 1]
-                pool_pos[h, j] = pool_pos[h, j - 1]
-                pool_r[h, j] = pool_r[h, j - 1]
-                for f in range(d):
-                    pool_k[h, j, f] = pool_k[h, j - 1, f]
-                for f in range(dv):
-                    pool_v[h, j, f] = pool_v[h, j - 1, f]
-                for f in range(m):
-                    pool_psi[h, j, f] = pool_psi[h, j - 1, f]
-            pool_score[h, rank] = score
-            pool_pos[h, rank] = position
-            pool_r[h, rank] = r[n]
-            for f in range(d):
-                pool_k[h, rank, f] = k[n, f]
-            for f in range(dv):
-                pool_v[h, rank, f] = v[n, f]
-            for f in range(m):
-                pool_psi[h, rank, f] = psi[n, f]
+@nb.njit([_lag_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def lag_weights(G, r, b):
+    """``G[t, i, j] *= exp(r[t, j] - b[t, i])`` for ``j < i``, 0 for ``j >= i``: the
+    blocks' products with their own far keys (row ``i`` reaches the keys before it),
+    each key at its row's scale (``r_j <= b_i``: no overflow)."""
+    n, rows, cols = G.shape
+    for t in range(n):
+        for i in range(rows):
+            bi = b[t, i]
+            for j in range(min(i, cols)):
+                G[t, i, j] *= _exp(G.dtype.type(r[t, j] - bi))
+            for j in range(min(i, cols), cols):
+                G[t, i, j] = 0
+
+
+@nb.njit([nb.void(nb.types.Array(dtype, 3, "C"), nb.int64, nb.int64)
+          for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)  # fmt: skip
+def near_band(G, before, window):
+    """``G[t, i, j] = 0`` where row ``i`` and key ``j`` of its band (``delta = i + before
+    - j`` positions apart) are not near, ``|delta| >= window``."""
+    n, rows, width = G.shape
+    for t in range(n):
+        for i in range(rows):
+            lo = max(0, i + before - window + 1)
+            hi = min(width, i + before + window)
+            for j in range(lo):
+                G[t, i, j] = 0
+            for j in range(max(lo, hi), width):
+                G[t, i, j] = 0
+
+
+def _band_signature(dtype):
+    return nb.void(nb.types.Array(dtype, 3, "C"), dtype, nb.int64, nb.int64, nb.boolean,
+                   nb.types.Array(nb.float64, 1, "C"))  # fmt: skip
+
+
+@nb.njit([_band_signature(dtype) for dtype in (nb.float32, nb.float64)], **JIT_OPTIONS)
+def band_logits(s, gamma, before, window, causal, row_max):
+    """Blocks of products ``s[t, i, j]`` of row ``i`` with key ``j`` of its band (``i +
+    before - j`` positions before it) to logits: ``gamma s`` in the window (``0 <=
+    delta < window`` causal, ``|delta| < window`` else), ``-inf`` outside; ``row_max``
+    (``n rows``) gets each row's largest."""
+    n, rows, width = s.shape
+    after = 0 if causal else window - 1
+    for t in range(n):
+        for i in range(rows):
+            lo = max(0, i + before - window + 1)
+            hi = min(width, i + before + after + 1)
+            peak = -math.inf
+            for j in range(lo):
+                s[t, i, j] = -math.inf
+            for j in range(lo, hi):
+                x = s[t, i, j] * gamma
+                s[t, i, j] = x
+                peak = max(peak, x)
+            for j in range(max(hi, lo), width):
+                s[t, i, j] = -math.inf
+            row_max[t * rows + i] = peak

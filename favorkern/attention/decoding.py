@@ -34,6 +34,7 @@ import numpy as np
 from . import causal as causal_module
 from .common import run_parallel
 from .state import KeyState
+from .values import _limit as value_limit
 from .values import check_state_values
 
 __all__ = [
@@ -322,12 +323,13 @@ def _reason(error) -> str:
     return text
 
 
-def check_state_arrays(state, n_out) -> None:
+def check_state_arrays(state, n_out, values=True) -> None:
     """A ``ValueError`` unless the arrays of ``state`` are what the compiled step reads.
 
     ``S`` (..., n_out, dv) and ``z`` (..., n_out) of one float dtype, ``c`` (...)
     float64, all C-contiguous and writeable: a state changed by hand after it was
-    made must not send the kernel out of its arrays' bounds.
+    made must not send the kernel out of its arrays' bounds.  ``values``: also
+    ``c`` not NaN or ``+inf`` (the one-call token step checks it itself).
     """
     keys = state.keys
     S, z, c = keys.S, keys.z, keys.c
@@ -353,7 +355,7 @@ def check_state_arrays(state, n_out) -> None:
                 f"{name} of a decoding state must be a C-contiguous, writeable array (the "
                 "state is updated in place); rebuild it with DecodingState.from_dict"
             )
-    if c.size and not c.max() < np.inf:  # +inf or NaN: every later output NaN
+    if values and c.size and not c.max() < np.inf:  # +inf or NaN: every later output NaN
         raise ValueError("c of a decoding state must be finite, or -inf where no key entered")
 
 
@@ -377,6 +379,9 @@ class HeadFeatures:
             self.per_head = [make(c) for c in head_constants]
         self.n_out = (self.shared or self.per_head[0]).n_out
         self._shapes = {}
+        self._fused = False  # not built yet
+        # values beyond value_peak / n are refused where sums of n terms could overflow
+        self.value_peak = value_limit((self.shared or self.per_head[0]).dtype, 1)
         self._local = threading.local()  # buffers per thread: steps may run concurrently
 
     @property
@@ -391,6 +396,8 @@ class HeadFeatures:
         return self.fmap.prepare(X, side, constants)
 
     def token_buffers(self, n_query, n_kv, group, dv, dtype):
+        """Scratch of one token: query and key features, numerators, and a row of
+        ``False`` (no key hidden), reused while the shapes stay."""
         key = (n_query, n_kv, group, dv, dtype)
         cached = getattr(self._local, "buffers", None)
         if cached is None or cached[0] != key:
@@ -400,10 +407,25 @@ class HeadFeatures:
                     np.empty((n_query, self.n_out), dtype=dtype),
                     np.empty((n_kv, self.n_out), dtype=dtype),
                     np.empty((group, dv), dtype=dtype),
+                    np.zeros(n_kv, dtype=bool),
                 ),
             )
             self._local.buffers = cached  # one decoding shape at a time
         return cached[1]
+
+    def fused(self):
+        """The arrays of the one-call token step, or None where the map has none.
+
+        Exp maps evaluated from a dense projection (every map whose features are
+        ``exp(w_j . x - a |x|^2 + log s_j)``: positive, hyperbolic, the generalized
+        and optimal families, SADERF), with one set of constants or one per head
+        when the map's ``prepare`` is the identity.
+        """
+        if self._fused is False:
+            maps = [self.shared] if self.shared is not None else self.per_head
+            fused = _FusedMap.build(maps, self.fmap, self.shared is not None)
+            self._fused = fused
+        return self._fused
 
     def shapes(self, Q, K, V, mask, state):
         """:func:`resolve_decode_shapes`, cached per input shapes."""
@@ -422,6 +444,39 @@ class HeadFeatures:
                 self._shapes.clear()
             self._shapes[key] = found
         return found
+
+
+class _FusedMap:
+    """The feature maps of :meth:`HeadFeatures.fused`, stacked over heads (one row
+    when shared), in natural logs: ``W^T`` (heads, d, m), the column logs
+    ``log s_j - max log s`` (heads, m), ``a`` and ``max log s`` per head."""
+
+    def __init__(self, weights_t, column_log, sq_coef, log_const, prepare):
+        self.weights_t, self.column_log = weights_t, column_log
+        self.sq_coef, self.log_const = sq_coef, log_const
+        self.heads = weights_t.shape[0]
+        self.prepare = prepare
+
+    @classmethod
+    def build(cls, maps, fmap, shared):
+        from ..feature_maps import FeatureMap
+
+        identity = type(fmap).prepare is FeatureMap.prepare
+        if not (shared or identity):
+            return None
+        for features in maps:
+            spec = features.spec
+            if spec.func != "exp" or spec.projector is not None or spec.offset is not None:
+                return None
+        dtype = maps[0].dtype
+        weights_t = np.stack([np.asarray(f.spec.weights, dtype=dtype).T for f in maps])
+        column_log = np.zeros(weights_t.shape[::2], dtype=dtype)
+        for row, features in zip(column_log, maps, strict=True):
+            log_scale = np.asarray(features.spec.log_scale, dtype=np.float64)
+            row[...] = log_scale - float(log_scale.max())
+        sq_coef = np.array([float(f.spec.sq_coef) for f in maps])
+        log_const = np.array([float(np.max(f.spec.log_scale)) for f in maps])
+        return cls(np.ascontiguousarray(weights_t), column_log, sq_coef, log_const, not identity)
 
 
 def resolve_decode_shapes(q_shape, k_shape, v_shape, mask_shape, state):
@@ -510,7 +565,7 @@ def _token(hf, Q, K, V, mask, state, out_batch, group, out):
     n_kv = prod(batch)
     n_query = n_kv * group
     d = Q.shape[-1]
-    qf, kf, scratch = hf.token_buffers(n_query, n_kv, group, dv, dtype)
+    qf, kf, scratch, _ = hf.token_buffers(n_query, n_kv, group, dv, dtype)
     q_rows = _rows(Q, out_batch + (1, d), n_query)
     k_rows = _rows(K, batch + (1, d), n_kv)
     v_rows = _rows(V, batch + (1, dv), n_kv)
@@ -599,15 +654,84 @@ def _block(hf, Q, K, V, mask, state, out_batch, group, out, workers):
         state.keys.c[idx] = final.c
 
 
-def decode(hf, Q, K, V, mask, state, workers=1):
+_favor_token = None
+
+
+def _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group):
+    """One new token for every head in one compiled call (exp maps): features,
+    state update and outputs (:func:`~favorkern._numba.decoding.favor_token`).
+
+    Returns ``(out, n_zero)``, ``n_zero`` the outputs with a zero normalizer.
+    """
+    global _favor_token
+    if _favor_token is None:  # numba loads on the first step, not at import
+        from .._numba.decoding import favor_token as _favor_token
+
+    keys = state.keys
+    S = keys.S
+    batch = S.shape[:-2]
+    m, dv = S.shape[-2:]
+    n_kv = S.size // (m * dv)
+    n_query = n_kv * group
+    d = Q.shape[-1]
+    qf, kf, scratch, visible = hf.token_buffers(n_query, n_kv, group, dv, S.dtype)
+    q_rows = _rows(Q, out_batch + (1, d), n_query)
+    k_rows = _rows(K, batch + (1, d), n_kv)
+    v_rows = _rows(V, batch + (1, dv), n_kv)
+    if fused.prepare:
+        q_rows = hf.prepare(q_rows, "query", None)
+        k_rows = hf.prepare(k_rows, "key", None)
+    hidden = visible
+    if mask is not None:
+        hidden = _rows(mask[..., np.newaxis], batch + (1, 1), n_kv).reshape(n_kv)
+    q_rows, k_rows = _c_rows(q_rows), _c_rows(k_rows)
+    if fused.heads == 1:
+        np.matmul(q_rows, fused.weights_t[0], out=qf)
+        np.matmul(k_rows, fused.weights_t[0], out=kf)
+    else:  # one map per key/value head: products batched over the heads
+        heads = fused.heads
+        np.matmul(q_rows.reshape(-1, heads, group, d), fused.weights_t,
+                  out=qf.reshape(-1, heads, group, m))  # fmt: skip
+        np.matmul(k_rows.reshape(-1, heads, 1, d), fused.weights_t,
+                  out=kf.reshape(-1, heads, 1, m))  # fmt: skip
+    out = np.empty(out_batch + (1, dv), dtype=S.dtype)
+    n_terms = (state.n_tokens + 1) * m
+    status = _favor_token(
+        q_rows, k_rows, _c_rows(v_rows), _c_rows(hidden), fused.column_log, fused.sq_coef,
+        fused.log_const, fused.heads,
+        hf.value_peak / n_terms, S.reshape(n_kv, m, dv), keys.z.reshape(n_kv, m),
+        keys.c.reshape(n_kv), out.reshape(n_query, dv), qf, kf, scratch,
+    )  # fmt: skip
+    if status < 0:
+        if status == -2:
+            check_state_values(V, n_terms)  # raises, naming the remedy
+        if keys.c.size and not keys.c.max() < np.inf:
+            raise ValueError("c of a decoding state must be finite, or -inf where no key entered")
+        raise ValueError("q, k and v must be finite (got NaN or infinity, or features overflowed)")
+    state.n_tokens += 1
+    return out, status
+
+
+def _c_rows(X):
+    """``X``, or a C-ordered writeable copy (what the compiled step takes)."""
+    return X if X.flags.c_contiguous and X.flags.writeable else np.array(X, order="C")
+
+
+def decode(hf, Q, K, V, mask, state, workers=1, zero_rows=False):
     """Continue ``state`` by the ``T`` tokens of ``Q, K, V``; returns the outputs.
 
     ``Q`` (..., T, d), ``K`` (..., T, d), ``V`` (..., T, dv) and ``mask`` (..., T)
-    already in the state's dtype.  The state is updated in place.
+    already in the state's dtype.  The state is updated in place.  ``zero_rows``:
+    return ``(out, n_zero)``, ``n_zero`` None where the outputs with a zero normalizer
+    were not counted.
     """
-    check_state_arrays(state, hf.n_out)
-    out_batch, group = hf.shapes(Q, K, V, mask, state)
     T = Q.shape[-2]
+    fused = hf.fused() if T == 1 else None
+    check_state_arrays(state, hf.n_out, values=fused is None)
+    out_batch, group = hf.shapes(Q, K, V, mask, state)
+    if fused is not None:
+        out, n_zero = _fused_token(hf, fused, Q, K, V, mask, state, out_batch, group)
+        return (out, n_zero) if zero_rows else out
     check_state_values(V, (state.n_tokens + T) * hf.n_out)
     out = np.empty(out_batch + (T, state.dv), dtype=state.dtype)
     if T == 1:
@@ -615,4 +739,4 @@ def decode(hf, Q, K, V, mask, state, workers=1):
     else:
         _block(hf, Q, K, V, mask, state, out_batch, group, out, workers)
     state.n_tokens += T
-    return out
+    return (out, None) if zero_rows else out

@@ -8,7 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .._elementwise import exp_kernel
+from .._elementwise import exp_kernel, sq_norms
 from ..feature_maps import apply_block
 
 __all__ = ["AttentionFeatures", "Buffers", "masked_row_log"]
@@ -174,7 +174,7 @@ class AttentionFeatures:
         if window is None or self.kind != "exp" or X.shape[0] == 0:
             return False
         norm, column = self._logit_radius
-        sq = float(np.einsum("ij,ij->i", X, X).max())
+        sq = float(sq_norms(X).max())
         radius = (norm * np.sqrt(sq) + column) * 1.001  # rounding of the products
         return window[0] <= -radius and radius <= window[1]
 
@@ -210,7 +210,7 @@ class AttentionFeatures:
         """
         if self.kind == "exp":
             self._product(X, out)
-            shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
+            shift = sq_norms(X)
             shift *= self.spec.sq_coef
             shift -= self.log_const
             row_log = out.max(axis=1).astype(np.float64)
@@ -220,7 +220,7 @@ class AttentionFeatures:
             return row_log, shift
         apply_block(X, out, self.plain, self.weights_t)
         if self.kind == "cos":
-            sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
+            sq = sq_norms(X)
             return sq * self.spec.row_log_coef + self.log_const, None
         return np.zeros(X.shape[0]), None
 
@@ -244,7 +244,7 @@ class AttentionFeatures:
             row_log, _ = self.key_logits(X, out)
             return row_log, row_log
         self._product(X, out)
-        shift = np.einsum("ij,ij->i", X, X).astype(np.float64)
+        shift = sq_norms(X)
         shift *= self.spec.sq_coef
         shift -= self.log_const
         row_max = out.max(axis=1)

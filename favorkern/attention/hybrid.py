@@ -133,7 +133,9 @@ def hybrid_attention(
     stabilizers in float64 where they meet).  Top keys add ``O(L (n_candidates +
     chunk) d + L n_top (m + dv))`` time and ``O(n_candidates m)`` memory (bidirectional:
     ``n_candidates + 2 window - 1`` pooled keys).  The heads run on favorkern's
-    threads.
+    threads; with fewer causal heads than threads, each head runs over ranges of its
+    rows, one per thread (a range first builds the far state and the candidate pool
+    of the keys before it).
 
     Top keys: row ``i``'s far keys are those it may attend to outside its window and
     the first ``n_global``.  Its candidates are the ``n_candidates`` far keys of
@@ -149,11 +151,15 @@ def hybrid_attention(
     FAVOR pass whose keys lag the queries by ``window`` positions: per block of
     queries, a state of the keys far for the whole block and a masked product with the
     block's own far keys; the window and global keys are one dense product per block
-    (a batched product over overlapping views for a group of blocks).  Bidirectional:
-    the same pass forward and over the reversed sequence (``j >= i + window``), or one
-    state of every key for ``window=0``.  No window key is added and then subtracted.
-    The top keys' exact terms, and the removal of their estimates, are a compiled
-    kernel per block.  Stabilizers: ``phi(x) = exp(r(x)) psi(x)`` with ``|psi| <= 1``
+    (a batched product over overlapping views for a group of blocks); no window key
+    is added and then subtracted.  Bidirectional: one state of every key ``j >=
+    n_global``, minus per row the estimates of its near keys (``|i - j| < window``,
+    one product per block of queries with its band of keys): exact in exact
+    arithmetic, but the subtraction loses the far sums' relative precision where the
+    near keys' estimates dominate them (in float32, rounding of ``1e-7`` of the near
+    estimates).  The top keys of a group of rows are scored by one product, chosen
+    and applied (their exact terms, and the removal of their estimates) by two
+    compiled kernels.  Stabilizers: ``phi(x) = exp(r(x)) psi(x)`` with ``|psi| <= 1``
     (the row's largest logit, the cos map's row factor, or the largest value of an
     unbounded map); row ``i``'s far sums are kept at ``exp(a_i + b_i)``, ``b_i`` the
     running maximum of ``r`` over the far keys it reaches (so no output depends on a
@@ -246,8 +252,13 @@ def hybrid_attention(
     workers = n_threads() if work >= _config.ATTENTION_PARALLEL_MIN_WORK else 1
     # Small products: threaded BLAS costs more than it gains (and much more under load);
     # the heads run on favorkern's threads instead, each writing its own rows of out.
+    # Fewer causal heads than threads: one head at a time, over ranges of its rows.
     with blas_single_thread():
-        run_parallel(tasks, workers)
+        if causal and len(tasks) < workers:
+            for task in tasks:
+                task(workers=workers)
+        else:
+            run_parallel(tasks, workers)
     warn_zero_rows(plan.feature_map, out, V, mask, causal)
     return unscale(out, exponents)
 
@@ -338,7 +349,7 @@ def _constant_sets(plan, batch, n_heads):
 
 
 def _one_head(q, k, v, mask, idx, out, plan, constants, features, window, n_global, n_top,
-              n_candidates, u):  # fmt: skip
+              n_candidates, u, workers=1):  # fmt: skip
     """One (batch, head): constants, features, then the engine."""
     fmap, gamma = plan.feature_map, plan.gamma
     if features is None:
@@ -358,5 +369,5 @@ def _one_head(q, k, v, mask, idx, out, plan, constants, features, window, n_glob
         top = TopKeys(n_top, n_candidates, k.astype(np.float64) @ u)
     out[idx] = hybrid_head(
         features, q, k, np.ascontiguousarray(v), mask, gamma, window, n_global, plan.causal, top,
-        (qf, kf), _config.HYBRID_CHUNK_ROWS, _config.HYBRID_GROUP_ROWS,
+        (qf, kf), _config.HYBRID_CHUNK_ROWS, _config.HYBRID_GROUP_ROWS, workers,
     )  # fmt: skip

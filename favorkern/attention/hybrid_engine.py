@@ -9,10 +9,13 @@ far keys ``F_i``; with ``phi(x) = exp(r(x)) psi(x)`` (``r`` a per-row log factor
 Causal far keys are ``g <= j <= i - w``: a causal FAVOR pass whose keys lag the queries
 by ``w`` positions (chunked: a state of the keys far for the whole block, and a masked
 product with the block's own far keys), so no window key is ever added and subtracted.
-Bidirectional far keys are that forward pass plus the same pass over the reversed
-sequence (``j >= i + max(w, 1)``).  The exact keys of a block of queries are one dense
-product with the block's band of keys; the top keys' exact terms, and the removal of
-their estimates from the far sums, are one compiled kernel per block.
+Bidirectional far keys (``|i - j| >= w``) are one state of every key minus the
+estimates of the row's near keys (a product per block of queries with its band of
+keys).  The exact keys of a block of queries are one dense product with the block's
+band of keys.  The top keys of a group of blocks: one product scores the candidate
+pool, one compiled kernel chooses each row's keys and one applies their exact terms
+and removes their estimates from the far sums.  A causal head may run over ranges of
+its rows on several threads, each range from the state and pool of the keys before it.
 
 Stabilizers: per query the row log ``a_i`` of its features; per key ``r_j``; the far
 sums of row ``i`` are kept at ``exp(a_i + b_i)`` with ``b_i`` the running maximum of
@@ -21,6 +24,8 @@ row's exact and far terms then share ``c_i = max(a_i + b_i, max_E s_ij)``.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -57,8 +62,7 @@ def stable_features(feat, X, buf):
         # largest logit up to the row's own constant, so one shift gives psi <= 1
         feat._product(X, buf)
         top = buf.max(axis=1)
-        buf -= top[:, np.newaxis]
-        feat.kernel.exp(buf)
+        feat.kernel.exp_shifted(buf, top)
         sq = np.einsum("ij,ij->i", X, X).astype(np.float64)
         r = top.astype(np.float64)
         if feat.unit != 1.0:
@@ -84,15 +88,8 @@ def _exp(x, dtype):
     return np.exp(x, out=x)
 
 
-def _pattern(cache, key, make, dtype):
-    """A 0/-inf pattern (``make()`` gives where it is 0), made once per call and shape."""
-    value = cache.get(key)
-    if value is None:
-        value = cache[key] = np.where(make(), 0.0, -np.inf).astype(dtype)
-    return value
-
-
-def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_major=False):
+def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, rows=None,
+               initial=None):  # fmt: skip
     """Causal far sums of one head, computed in groups of blocks of queries.
 
     Row ``i`` sums ``phi(q_i).phi(k_j) v1_j`` (``v1``: the values and a column of
@@ -100,23 +97,32 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
     with ``j <= i - lag``.  Yields per group ``(start, stop, psi_q, a, nd, b, parts)``:
     the query features ``psi_q`` and row logs ``a``, the sums ``nd`` at scale
     ``exp(-(a_i + b_i))``, ``b_i`` the running maximum of ``r_j`` over the keys row
-    ``i`` reaches (``-inf`` where none), and per block ``(start, stop, lo, psi, r)``:
-    its own far keys ``lo ..`` before they entered the state.
+    ``i`` reaches (``-inf`` where none), and ``parts = (lo, psi, r)``: the keys
+    ``lo ..`` that entered the state in the group (``psi`` None where none).
 
     The features of a group's queries and keys are one product each; per block of
     ``chunk`` rows: the state's product, the masked product with the block's own far
     keys at ``exp(r_j - b_i)``, and the state's update.  The state's constant is the
     running maximum of the keys in it, so no output depends on a later token.
+
+    ``rows``: ``(start, stop)``, the query rows to compute (all if None), with
+    ``initial = (S, B)`` the state of the keys before ``start - lag + 1`` (empty if None).
     """
-    L, dtype, width = q.shape[0], feat.dtype, v1.shape[1]
+    dtype, width = feat.dtype, v1.shape[1]
+    start, L = (0, q.shape[0]) if rows is None else rows
     S = np.zeros((feat.n_out, width), dtype=dtype)  # sum psi_j v1_j exp(r_j - B)
     B = -np.inf
-    nxt = key_lo  # the state holds the keys key_lo .. nxt - 1
-    # row-major features where the top keys gather them by rows
-    qbuf, kbuf = feat.empty(group, rows=row_major), feat.empty(group + 1, rows=row_major)
+    if initial is not None:
+        S, B = initial[0].copy(), initial[1]
+    # the state holds the keys key_lo .. nxt - 1 (after a group: those before its last
+    # row's part, which ends at the key no row of the group reaches)
+    nxt = key_lo if start == 0 else min(key_hi, max(key_lo, start - lag + 1))
+    # row-major features: the top keys gather them by rows, and the shifted exp of
+    # exp maps runs along rows (measured faster than the feature-major layout here)
+    qbuf, kbuf = feat.empty(group, rows=True), feat.empty(group + 1, rows=True)
     # row i' of a full block reaches key j' of its part iff i' > j'
     strict = np.where(np.tri(chunk, chunk, -1, dtype=bool), 0.0, -np.inf)
-    for gs in range(0, L, group):
+    for gs in range(start, L, group):
         ge = min(L, gs + group)
         psi_q, a = stable_features(feat, q[gs:ge], qbuf[: ge - gs])
         klo, khi = nxt, min(key_hi, max(nxt, ge - lag + 1))
@@ -133,13 +139,11 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
             has = last >= 0
             b[has] = running[np.minimum(last[has], khi - klo - 1)]
         if klo == gs - lag + 1 and khi - klo == ge - gs and (ge - gs) % chunk == 0:
-            nd, parts, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, klo, gs,
-                                          chunk, strict)  # fmt: skip
+            nd, S, B = _full_group(psi_q, psi_k, r, b, v1[klo:khi], S, B, chunk)
             nxt = khi
-            yield gs, ge, psi_q, a, nd, b, parts
+            yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r)
             continue
         nd = np.empty((ge - gs, width), dtype=dtype)
-        parts = []
         for s in range(gs, ge, chunk):
             e = min(ge, s + chunk)
             rb, pq = b[s - gs : e - gs], psi_q[s - gs : e - gs]
@@ -166,18 +170,17 @@ def far_groups(feat, q, k, v1, mask, key_lo, key_hi, lag, chunk, group, row_majo
                             S *= dtype.type(np.exp(B - top))
                         B = top
                     S += pk.T @ (v1[lo:hi] * _exp(rk - B, dtype)[:, None])
-                parts.append((s, e, lo, pk, rk))
                 nxt = hi
-            else:
-                parts.append((s, e, lo, None, None))
             nd[s - gs : e - gs] = out
-        yield gs, ge, psi_q, a, nd, b, parts
+        yield gs, ge, psi_q, a, nd, b, (klo, psi_k, r) if khi > klo else (klo, None, None)
 
 
-def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
+def _full_group(psi_q, psi_k, r, b, v1, S, B, chunk):
     """:func:`far_groups` for a group of full blocks whose parts tile its keys: every
     block's products at once (batched), the states before the blocks by one prefix
-    pass over the blocks' own states.  Returns ``(nd, parts, S, B)``."""
+    pass over the blocks' own states.  Returns ``(nd, S, B)``."""
+    from .._numba.hybrid import lag_weights
+
     R, dtype = psi_q.shape[0], S.dtype
     n, m, width = R // chunk, S.shape[0], S.shape[1]
     pq = psi_q.reshape(n, chunk, m)
@@ -193,22 +196,22 @@ def _full_group(psi_q, psi_k, r, b, v1, S, B, klo, gs, chunk, strict):
     states = np.empty((n + 1, m, width), dtype=dtype)
     states[0] = S
     for t in range(n):
-        if np.isfinite(consts[t]):
+        if not np.isfinite(consts[t]):
+            states[t + 1] = own[t]
+        elif consts[t] == consts[t + 1]:  # no key raised the maximum: one pass
+            np.add(states[t], own[t], out=states[t + 1])
+        else:
             np.multiply(states[t], dtype.type(np.exp(consts[t] - safe[t + 1])), out=states[t + 1])
             states[t + 1] += own[t]
-        else:
-            states[t + 1] = own[t]
     nd = np.matmul(pq, states[:n])
     finite = np.isfinite(rb)
     b_safe = np.where(finite, rb, 0.0)
     nd *= _exp(np.where(np.isfinite(consts[:n, None]), consts[:n, None] - b_safe, -np.inf),
                dtype)[:, :, None]  # fmt: skip
     G = np.matmul(pq, pk.transpose(0, 2, 1))
-    G *= _exp(rk[:, None, :] - b_safe[:, :, None] + strict, dtype)
+    lag_weights(G, np.ascontiguousarray(rk), b_safe)
     nd += np.matmul(G, vb)
-    parts = [(gs + t * chunk, gs + (t + 1) * chunk, klo + t * chunk, pk[t], rk[t])
-             for t in range(n)]  # fmt: skip
-    return nd.reshape(R, width), parts, states[n], float(consts[n])
+    return nd.reshape(R, width), states[n], float(consts[n])
 
 
 def _strided(X, start, n_blocks, step, width):
@@ -234,11 +237,14 @@ def _hide(logits, mask, keys):
     return np.where(hidden[:, None, :], -np.inf, logits)
 
 
-def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
-    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values)``,
-    logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or 3-D ``(blocks, chunk,
-    band)`` for a run of full blocks whose bands are overlapping views of K and V."""
+def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk):
+    """The exact keys of query rows ``gs .. ge - 1``: a list of ``(logits, values,
+    row maxima or None)``, logits ``-inf`` where not allowed; 2-D ``(rows, keys)``, or
+    3-D ``(blocks, chunk, band)`` for a run of full blocks whose bands are overlapping
+    views of K and V."""
     terms = []
+    from .._numba.hybrid import band_logits
+
     Lk, rows, gamma = k.shape[0], np.arange(gs, ge), q.dtype.type(gamma)
     n_glob = min(g, ge) if causal else g
     if n_glob:
@@ -246,30 +252,46 @@ def exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, causal, chunk, cache):
         s *= gamma
         if causal and gs < n_glob:
             s[rows[:, None] < np.arange(n_glob)[None, :]] = -np.inf
-        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob]))
+        terms.append((_hide(s, mask, np.arange(n_glob)), v1[:n_glob], None))
     if not window:
         return terms
     before, after = window - 1, (0 if causal else window - 1)
     lo, hi = max(g, gs - before), min(Lk, ge + after)
     R = ge - gs
-    if R % chunk == 0 and lo == gs - before and hi == ge + after:
+    if R % chunk == 0 and hi > lo:
         n_blocks, width = R // chunk, chunk + before + after
-        bands = _strided(k, lo, n_blocks, chunk, width)
+        keys, values, hidden, base = k, v1, mask, lo
+        if lo != gs - before or hi != ge + after:
+            # a group at an edge: its band's keys padded to full bands, the pads hidden
+            keys, values, hidden = _padded(k, v1, mask, gs - before, ge + after, lo, hi)
+            base = 0
+        bands = _strided(keys, base, n_blocks, chunk, width)
         s = q[gs:ge].reshape(n_blocks, chunk, -1) @ bands.transpose(0, 2, 1)
-        s *= gamma
+        s = np.ascontiguousarray(_hide(s, hidden, (base, n_blocks, chunk, width)))
         # row i' of a block and key j' of its band are i' + before - j' apart
-        s += _pattern(cache, ("band", chunk, width, causal), lambda: _near(
-            np.arange(chunk)[:, None] + before - np.arange(width)[None, :], window, causal,
-        ), q.dtype)  # fmt: skip
-        s = _hide(s, mask, (lo, n_blocks, chunk, width))
-        terms.append((s, _strided(v1, lo, n_blocks, chunk, width)))
+        peak = np.empty(R)
+        band_logits(s, gamma, before, window, causal, peak)
+        terms.append((s, _strided(values, base, n_blocks, chunk, width), peak))
         return terms
     keys = np.arange(lo, hi)
     s = q[gs:ge] @ k[lo:hi].T
     s *= gamma
     s[~_near(rows[:, None] - keys[None, :], window, causal)] = -np.inf
-    terms.append((_hide(s, mask, keys), v1[lo:hi]))
+    terms.append((_hide(s, mask, keys), v1[lo:hi], None))
     return terms
+
+
+def _padded(k, v1, mask, start, stop, lo, hi):
+    """Rows ``start .. stop - 1`` of ``k`` and ``v1`` with zeros outside ``lo .. hi - 1``,
+    and where they are hidden (the pads, and the masked keys)."""
+    size, inside = stop - start, slice(lo - start, hi - start)
+    keys = np.zeros((size, k.shape[1]), dtype=k.dtype)
+    keys[inside] = k[lo:hi]
+    values = np.zeros((size, v1.shape[1]), dtype=v1.dtype)
+    values[inside] = v1[lo:hi]
+    hidden = np.ones(size, dtype=bool)
+    hidden[inside] = False if mask is None else mask[lo:hi]
+    return keys, values, hidden
 
 
 def _near(delta, window, causal):
@@ -284,91 +306,70 @@ def row_constants(nd, a, b, terms):
     finite = np.isfinite(b)
     far_log = np.where(finite, a + np.where(finite, b, 0.0), -np.inf)
     c = far_log.copy()
-    for s, _ in terms:
+    for s, _, peak in terms:
         if s.size:
-            np.maximum(c, s.max(axis=-1).reshape(R), out=c)
+            np.maximum(c, s.max(axis=-1).reshape(R) if peak is None else peak, out=c)
     return far_log, c
-
-
-class _TopRows:
-    """The top keys' terms of a group, added block by block as they are chosen (the
-    causal pool changes after each block) at each row's final constant."""
-
-    def __init__(self, nd, far_log, c):
-        self.nd = np.zeros_like(nd)
-        self.far_log, self.c = far_log, c
-
-    def add(self, offset, chosen, v1):
-        rows = slice(offset, offset + chosen.row_max.size)
-        c = self.c[rows]
-        np.maximum(c, chosen.row_max, out=c)
-        safe = np.where(np.isfinite(c), c, 0.0)
-        chosen.add(self.nd[rows], safe, _exp(self.far_log[rows] - safe, self.nd.dtype), v1)
 
 
 def finish(nd, far_log, c, terms, top=None):
     """The output rows from far sums ``nd`` (at ``exp(far_log)``), exact ``terms``, the
-    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms (a
-    :class:`_TopRows`, already at the rows' constants)."""
+    rows' constants ``c`` (:func:`row_constants`) and the top keys' terms ``top``
+    (:func:`top_terms`, already at the rows' constants)."""
+    from .._numba.elementwise import exp_rows
+
     dtype, R = nd.dtype, nd.shape[0]
     c[~np.isfinite(c)] = 0.0
     nd *= _exp(far_log - c, dtype)[:, None]
     c_typed = c.astype(dtype)
-    for s, values in terms:
+    for s, values, _ in terms:
         if not s.size:
             continue
         if s.ndim == 3:
-            s -= c_typed.reshape(s.shape[0], s.shape[1], 1)
+            exp_rows(s.reshape(R, -1), c_typed, False)
         else:
             s -= c_typed[:, None]
-        with np.errstate(under="ignore"):
-            np.exp(s, out=s)
+            with np.errstate(under="ignore"):
+                np.exp(s, out=s)
         product = s @ values
         nd += product.reshape(R, -1)
     if top is not None:
-        nd += top.nd
+        nd += top
     den = nd[:, -1]
     den[den == 0] = np.inf
     return nd[:, :-1] / den[:, None]
 
 
-class _Chosen:
-    """A block's top keys (chosen by :func:`~favorkern._numba.hybrid.select_top`): their
-    exact terms replace their far estimates.  ``cols``: the pooled keys' positions,
-    in score order (best first), ``visible`` whether each is unmasked; ``first``: the
-    block's first row; ``pools``: their features, the first rows in ``pools[0]`` and
-    the rest in ``pools[1]``; ``order``: the row of each column in them."""
+def top_terms(q_rows, k, v1, first, cols, psi, r, window, causal, top, gamma, psi_q, b,
+              far_log, c):  # fmt: skip
+    """The top keys' terms of the query rows ``q_rows`` (positions ``first ..``): per
+    row its ``n_top`` keys of largest logit among its candidates, their exact terms
+    minus their far estimates, at the rows' constants ``c`` (raised in place to the
+    chosen logits).  ``cols``: the pooled keys in score order (best first; every
+    row's candidates are its first allowed ones), ``psi`` and ``r`` their features
+    and logs.  One product scores the pool for all the rows, one kernel chooses, one
+    applies.  Returns the terms, or None where no key is pooled."""
+    from .._numba.hybrid import apply_top, select_top
 
-    def __init__(self, q_blk, k, cols, visible, first, window, causal, order, top, gamma,
-                 psi_q, pools, r_cols, b):  # fmt: skip
-        from .._numba.hybrid import select_top
-
-        logits = q_blk @ k[cols].T
-        logits *= logits.dtype.type(gamma)
-        rows = q_blk.shape[0]
-        index = np.empty((rows, top.n_top), dtype=np.int64)
-        self.logits = np.empty((rows, top.n_top), dtype=logits.dtype)
-        select_top(logits, cols, visible, first, window, causal, top.n_candidates, index,
-                   self.logits)  # fmt: skip
-        self.index = np.ascontiguousarray(order[index])  # rows of the features
-        self.row_max = self.logits[:, 0].astype(np.float64)
-        self.positions = np.ascontiguousarray(cols[index])
-        self.psi_q, self.pools, self.b = psi_q, pools, b
-        self.r = np.asarray(r_cols, dtype=np.float64)[index]
-
-    def add(self, nd, c, far_scale, v1):
-        from .._numba.hybrid import top_terms
-
-        dtype = nd.dtype
-        taken = self.logits > -np.inf
-        b = np.where(np.isfinite(self.b), self.b, 0.0)
-        # both at the row's scale exp(-c_i); r_j <= b_i for every far key
-        exact = _exp(np.where(taken, self.logits - c[:, None], -np.inf), dtype)
-        scale = _exp(np.where(taken, self.r - b[:, None], -np.inf), dtype)
-        scale *= far_scale[:, None]
-        # row-major copies: the kernel reads features along rows
-        psi_q, part = (np.ascontiguousarray(X) for X in (self.psi_q, self.pools[1]))
-        top_terms(psi_q, self.pools[0], part, self.index, self.positions, exact, scale, v1, nd)
+    if cols.size == 0:
+        return None
+    dtype = q_rows.dtype
+    logits = q_rows @ k[cols].T
+    logits *= dtype.type(gamma)
+    rows = q_rows.shape[0]
+    index = np.empty((rows, top.n_top), dtype=np.int64)
+    chosen = np.empty((rows, top.n_top), dtype=dtype)
+    visible = np.ones(cols.size, dtype=bool)
+    select_top(logits, cols, visible, first, window, causal, top.n_candidates, index, chosen)
+    np.maximum(c, chosen[:, 0], out=c)
+    safe = np.where(np.isfinite(c), c, 0.0)
+    far = np.exp(far_log - safe)  # 0 where no far key
+    nd = np.zeros((rows, v1.shape[1]), dtype=dtype)
+    # the pooled keys' rows, gathered once: the kernel reads them by rows
+    apply_top(np.ascontiguousarray(psi_q), np.ascontiguousarray(psi),
+              np.ascontiguousarray(r, dtype=np.float64), v1[cols], index, chosen, safe,
+              np.where(np.isfinite(b), b, 0.0), far, nd)  # fmt: skip
+    return nd
 
 
 def with_ones(v):
@@ -380,158 +381,207 @@ def with_ones(v):
 
 
 def hybrid_head(feat, q, k, v, mask, gamma, window, n_global, causal, top=None,
-                prepared=None, chunk=None, group=None):  # fmt: skip
+                prepared=None, chunk=None, group=None, workers=1):  # fmt: skip
     """The hybrid attention of one head, in ``v``'s dtype.
 
     ``prepared``: ``(qf, kf)``, the rows the feature map takes (its ``prepare``), or
     None when they are ``q`` and ``k``; logits always take ``q`` and ``k``.
+    ``workers``: causal heads split over that many of favorkern's threads by ranges
+    of rows (:func:`causal_ranges`).
     """
     chunk = _config.HYBRID_CHUNK_ROWS if chunk is None else chunk
     group = _config.HYBRID_GROUP_ROWS if group is None else group
     v1 = with_ones(v)
     qf, kf = (q, k) if prepared is None else prepared
-    run = _causal if causal else _bidirectional
-    return run(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
+    args = (feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group)
+    if not causal:
+        return _bidirectional(*args)
+    out = np.empty((q.shape[0], v1.shape[1] - 1), dtype=v1.dtype)
+    ranges = causal_ranges(q.shape[0], group, workers)
+    if len(ranges) == 1:
+        return _causal(*args, out=out)
+    from .common import run_parallel
+
+    run_parallel([partial(_causal, *args, rows=r, out=out) for r in ranges], len(ranges))
+    return out
 
 
-def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
+def causal_ranges(L, group, workers):
+    """Ranges of rows of a causal head, one per thread, whose costs balance: a range
+    from row ``a`` first builds the state of the keys before it (a pass over them at
+    about ``HYBRID_PREFIX_COST`` of a row's cost each), then runs its rows.  Ranges
+    start at multiples of ``group`` and hold at least two groups; one range where
+    that leaves fewer than two."""
+    workers = min(workers, L // (2 * group))
+    if workers <= 1:
+        return [(0, L)]
+    alpha = _config.HYBRID_PREFIX_COST
+    starts = [0.0]
+    for _ in range(workers - 1):  # equal costs: len_r + alpha start_r = len_0
+        starts.append(starts[-1] + 1.0 - alpha * starts[-1])
+    scale = L / (starts[-1] + 1.0 - alpha * starts[-1])
+    edges = sorted({min(L, int(round(x * scale / group)) * group) for x in starts} | {L})
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _causal(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group,
+            rows=None, out=None):  # fmt: skip
+    """Causal rows ``rows = (start, stop)`` (all if None) into ``out``: the keys
+    before the range enter the far state and the candidate pool first."""
     L = q.shape[0]
     g = min(n_global, L)
-    out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
-    cache = {}
+    start, stop = (0, L) if rows is None else rows
+    if out is None:
+        out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
+    initial = None
+    if start > 0:
+        initial = _state_of(feat, kf, v1, mask, g, max(g, start - window + 1), group)
     pool = _CausalPool(top, feat) if top is not None else None
+    if pool is not None and start > 0:
+        pool.prefill(kf, mask, g, start - window + 1, feat)
     for gs, ge, psi_q, a, nd, b, parts in far_groups(
-        feat, qf, kf, v1, mask, g, L, window, chunk, group, row_major=pool is not None
-    ):
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True, chunk, cache)
+        feat, qf, kf, v1, mask, g, L, window, chunk, group, rows=(start, stop),
+        initial=initial,
+    ):  # fmt: skip
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, True,
+                            _config.HYBRID_BAND_ROWS)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
         if pool is not None:
-            extra = _TopRows(nd, far_log, c)
-            for s, e, lo, psi_k, r in parts:
-                blk = slice(s - gs, e - gs)
-                found = pool.choose(q[s:e], k, v1, np.arange(s, e), window, lo, psi_k, r,
-                                    gamma, psi_q[blk], b[blk])  # fmt: skip
-                if found is not None:
-                    extra.add(s - gs, found, v1)
-                if psi_k is not None:
-                    pool.keep(lo, psi_k, r)
+            cols, psi, r = pool.update(*parts)
+            extra = top_terms(q[gs:ge], k, v1, gs, cols, psi, r, window, True, top, gamma,
+                              psi_q, b, far_log, c)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
 
 class _CausalPool:
     """The best ``n_candidates`` keys by score among those that left every window, in
-    fixed slots (a key entering takes a leaving key's slot: only entering features are
-    copied).  Empty slots have position -1."""
+    score order (ties: the earlier key)."""
 
     def __init__(self, top, feat):
         self.top = top
-        n = top.n_candidates
-        self.cols = np.full(n, -1, dtype=np.int64)
-        self.psi = np.zeros((n, feat.n_out), dtype=feat.dtype)
-        self.r = np.full(n, -np.inf)
-        self.used = 0  # slots filled so far (they fill in order)
+        self.cols = np.empty(0, dtype=np.int64)
+        self.psi = np.empty((0, feat.n_out), dtype=feat.dtype)
+        self.r = np.empty(0)
 
-    def choose(self, q_blk, k, v1, rows, window, lo, psi_k, r, gamma, psi_q, b):
-        n = 0 if psi_k is None else psi_k.shape[0]
-        used = self.used
-        cols = np.concatenate([self.cols[:used], np.arange(lo, lo + n, dtype=np.int64)])
-        if cols.size == 0:
-            return None
-        # feature rows: slots 0 .. used - 1, then the part's rows after all the slots
-        rows_of = np.concatenate([np.arange(used), self.cols.size + np.arange(n)])
-        order = np.lexsort((cols, -self.top.scores[cols]))
-        part = psi_k if n else self.psi[:0]
-        r_cols = (np.concatenate([self.r[:used], r]) if n else self.r[:used])[order]
-        return _Chosen(q_blk, k, cols[order], np.isfinite(r_cols), int(rows[0]), window, True,
-                       rows_of[order], self.top, gamma, psi_q, (self.psi, part), r_cols,
-                       b)  # fmt: skip
+    def prefill(self, kf, mask, lo, hi, feat):
+        """The pool of the keys ``lo .. hi - 1`` (unmasked, of finite log), as the
+        updates of a pass over them would leave it."""
+        positions = np.arange(lo, max(lo, hi))
+        if mask is not None:
+            positions = positions[~mask[lo : max(lo, hi)]]
+        scores = self.top.scores
+        order = positions[np.lexsort((positions, -scores[positions]))]
+        n, taken = self.top.n_candidates, 0
+        while taken < order.size and self.cols.size < n:
+            cols = order[taken : taken + n - self.cols.size]
+            taken += cols.size
+            psi, r = stable_features(feat, np.ascontiguousarray(kf[cols]),
+                                     feat.empty(cols.size, rows=True))  # fmt: skip
+            finite = np.isfinite(r)
+            self.cols = np.concatenate([self.cols, cols[finite]])
+            self.psi = np.concatenate([self.psi, psi[finite]])
+            self.r = np.concatenate([self.r, r[finite]])
 
-    def keep(self, lo, psi_k, r):
-        visible = np.flatnonzero(np.isfinite(r))
-        if visible.size == 0:
-            return
-        used, size = self.used, self.cols.size
-        merged = np.concatenate([self.cols[:used], lo + visible])
-        best = np.lexsort((merged, -self.top.scores[merged]))[:size]
-        entering = best[best >= used] - used  # indices into visible
-        if used + entering.size <= size:  # free slots first
-            slots = np.arange(used, used + entering.size)
-            self.used = used + entering.size
-        else:
-            kept = np.zeros(used, dtype=bool)
-            kept[best[best < used]] = True
-            free = np.flatnonzero(~kept)
-            slots = np.concatenate([free, np.arange(used, size)])[: entering.size]
-            self.used = size
-        rows = visible[entering]
-        self.cols[slots] = lo + rows
-        self.psi[slots] = psi_k[rows]
-        self.r[slots] = r[rows]
+    def update(self, lo, psi_k, r):
+        """The keys ``lo ..`` (features ``psi_k``, logs ``r``; -inf: masked) enter.
+        Returns the keys any row of the group may take: the pool before them and
+        those entering that beat its worst (a row's candidates, its best
+        ``n_candidates`` far keys, are among these), in score order with their
+        features and logs; the pool becomes their best ``n_candidates``."""
+        cols, psi, rs = self.cols, self.psi, self.r
+        if psi_k is not None:
+            scores = self.top.scores
+            enter = np.isfinite(r)
+            if cols.size == self.top.n_candidates:
+                # ties go to the earlier key: a later key must score strictly higher
+                enter &= scores[lo : lo + r.size] > scores[cols[-1]]
+            new = np.flatnonzero(enter)
+            if new.size:
+                cols = np.concatenate([cols, lo + new])
+                order = np.lexsort((cols, -scores[cols]))
+                cols = cols[order]
+                psi = np.concatenate([psi, psi_k[new]])[order]
+                rs = np.concatenate([rs, r[new]])[order]
+                n = self.top.n_candidates
+                self.cols, self.psi, self.r = cols[:n], psi[:n], rs[:n]
+        return cols, psi, rs
 
 
 def _bidirectional(feat, q, k, qf, kf, v1, mask, gamma, window, n_global, top, chunk, group):
     L, Lk = q.shape[0], k.shape[0]
     g = min(n_global, Lk)
-    cache = {}
     pool = _bidirectional_pool(top, kf, mask, g, window, feat) if top is not None else None
     out = np.empty((L, v1.shape[1] - 1), dtype=v1.dtype)
     for gs, ge, psi_q, a, nd, b in _bidirectional_far(feat, qf, kf, v1, mask, g, window, chunk,
                                                       group):  # fmt: skip
-        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False, chunk, cache)
+        terms = exact_terms(q, k, v1, mask, gamma, gs, ge, g, window, False,
+                            _config.HYBRID_BAND_ROWS)
         far_log, c = row_constants(nd, a, b, terms)
         extra = None
-        if pool is not None and pool[0].size:
-            extra = _TopRows(nd, far_log, c)
-            cols, psi_cols, r_cols = pool
-            order = np.arange(cols.size, dtype=np.int64)
-            visible = np.ones(cols.size, dtype=bool)
-            for s in range(gs, ge, chunk):
-                e, blk = min(ge, s + chunk), slice(s - gs, min(ge, s + chunk) - gs)
-                extra.add(s - gs, _Chosen(
-                    q[s:e], k, cols, visible, s, window, False, order, top, gamma,
-                    psi_q[blk], (psi_cols, psi_cols[:0]), r_cols, b[blk],
-                ), v1)  # fmt: skip
+        if pool is not None:
+            extra = top_terms(q[gs:ge], k, v1, gs, *pool, window, False, top, gamma, psi_q, b,
+                              far_log, c)  # fmt: skip
         out[gs:ge] = finish(nd, far_log, c, terms, extra)
     return out
 
 
 def _bidirectional_far(feat, q, k, v1, mask, g, window, chunk, group):
     """Far sums of every query group (keys ``j >= g`` with ``|i - j| >= window``), in
-    the order of the rows: ``(start, stop, psi_q, a, nd, b)``."""
-    L, dtype = q.shape[0], v1.dtype
-    Lk = k.shape[0]
-    if window == 0:
-        # every key is far: one state over all of them (Lq may differ from Lk)
-        S, B = _state_of(feat, k, v1, mask, g, Lk, group)
-        buf = feat.empty(group)
-        for s in range(0, L, group):
-            e = min(L, s + group)
-            psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
-            yield s, e, psi_q, a, psi_q @ S, np.full(e - s, B)
-        return
-    # forward: g <= j <= i - window, kept per row
-    fwd = np.empty((L, v1.shape[1]), dtype=dtype)
-    fwd_b = np.empty(L)
-    for s, e, _, _, nd, b, _ in far_groups(feat, q, k, v1, mask, g, Lk, window, chunk, group):
-        fwd[s:e], fwd_b[s:e] = nd, b
-    # backward: j >= i + window, the same pass over the reversed sequence (query i and
-    # key i are one position, so both reverse alike); keys g .. Lk - 1 are the
-    # reversed 0 .. Lk - 1 - g
-    rmask = None if mask is None else mask[::-1]
-    back = far_groups(feat, q[::-1], k[::-1], v1[::-1], rmask, 0, Lk - g, window, chunk, group)
-    for rs, re_, psi_r, a_r, nd_b, b_b, _ in back:
-        s, e = L - re_, L - rs
-        b_b, b_f = b_b[::-1], fwd_b[s:e]
-        b = np.maximum(b_f, b_b)
-        finite = np.isfinite(b)
-        b_safe = np.where(finite, b, 0.0)
-        sf = _exp(np.where(np.isfinite(b_f), b_f - b_safe, -np.inf), dtype)
-        sb = _exp(np.where(np.isfinite(b_b), b_b - b_safe, -np.inf), dtype)
-        nd = fwd[s:e] * sf[:, None]
-        nd += nd_b[::-1] * sb[:, None]
-        yield s, e, psi_r[::-1], a_r[::-1], nd, b
+    the order of the rows: ``(start, stop, psi_q, a, nd, b)``.
+
+    One state of every key ``j >= g``, minus per row the estimates of its near keys
+    (``|i - j| < window``, a band per block of queries): one pass over the keys for
+    the state, then per group the query features, the state's product and the
+    band's (Lq may differ from Lk only with ``window=0``).
+    """
+    L, Lk = q.shape[0], k.shape[0]
+    S, B = _state_of(feat, k, v1, mask, g, Lk, group)
+    buf = feat.empty(group, rows=True)
+    near = window > 0 and np.isfinite(B)
+    if near:
+        pad = window - 1
+        # values with pad zero rows each side: every band is a view
+        v1p = np.zeros((Lk + 2 * pad, v1.shape[1]), dtype=v1.dtype)
+        v1p[pad : pad + Lk] = v1
+        kbuf = feat.empty(group + 2 * pad, rows=True)
+    for s in range(0, L, group):
+        e = min(L, s + group)
+        psi_q, a = stable_features(feat, q[s:e], buf[: e - s])
+        nd = psi_q @ S
+        if near:
+            _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, B)
+        yield s, e, psi_q, a, nd, np.full(e - s, B)
+
+
+def _subtract_near(feat, k, mask, g, s, e, window, chunk, psi_q, nd, v1p, kbuf, B):
+    """``nd_i -= sum_j phi(q_i).phi(k_j) e^{r_j - B} v1_j`` over the near keys ``j >= g``,
+    ``|i - j| < window`` of rows ``s .. e - 1``: per block of ``chunk`` rows one
+    product with its band of keys (a view of the group's key features, which pad
+    positions outside the keys with zeros)."""
+    from .._numba.hybrid import near_band
+
+    pad, R, Lk = window - 1, e - s, k.shape[0]
+    base = s - pad  # the position of the group's first band row
+    psi = kbuf[: R + 2 * pad]
+    r = np.full(R + 2 * pad, -np.inf)
+    lo, hi = max(g, base), min(Lk, e + pad)
+    psi[: max(0, lo - base)] = 0.0
+    psi[max(0, hi - base) :] = 0.0
+    if hi > lo:
+        part, r_part = stable_features(feat, k[lo:hi], psi[lo - base : hi - base])
+        if mask is not None and mask[lo:hi].any():
+            r_part = np.where(mask[lo:hi], -np.inf, r_part)
+            part[mask[lo:hi]] = 0.0
+        r[lo - base : hi - base] = r_part
+    n, rows = (R // chunk, chunk) if R % chunk == 0 else (1, R)
+    width = rows + 2 * pad
+    G = np.matmul(psi_q.reshape(n, rows, -1), _strided(psi, 0, n, rows, width).transpose(0, 2, 1))
+    near_band(G, pad, window)
+    # each key's factor e^{r_j - B} on its value row: one per key, not per pair
+    values = v1p[s : s + R + 2 * pad] * _exp(r - B, v1p.dtype)[:, None]
+    nd -= np.matmul(G, _strided(values, 0, n, rows, width)).reshape(R, -1)
 
 
 def _state_of(feat, k, v1, mask, lo, hi, chunk):

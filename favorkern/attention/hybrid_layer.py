@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 
 import numpy as np
 
@@ -378,19 +379,23 @@ class HybridAttention:
         out : ndarray of shape (..., L, dv)
         """
         Q, K, V, mask = check_attention_arrays(Q, K, V, key_padding_mask)
+        return self._attend(Q, K, V, gamma, mask, self.causal)
+
+    def _attend(self, Q, K, V, gamma, mask, causal):
+        """:meth:`__call__` of checked arrays, ``causal`` or not."""
         d = Q.shape[-1]
         proj = self._projection(d)
         K, V = _expand_groups(Q, K, V)
         fmap = get_feature_map(self.feature_map)
         top = bool(np.any(np.asarray(self.n_top)))
         candidate_query = getattr(self, "candidate_query_", None) if top else None
-        if top and self.causal and candidate_query is None:
+        if top and causal and candidate_query is None:
             raise ValueError("n_top > 0 with causal=True needs fit(Q, K) first (the scoring "
                              "directions come from calibration queries)")  # fmt: skip
         return hybrid_attention(
             Q, K, V, window=self.window, n_global=self.n_global, n_top=self.n_top,
             n_candidates=self.n_candidates if top else None, candidate_query=candidate_query,
-            causal=self.causal, n_components=proj.n_components, feature_map=fmap,
+            causal=causal, n_components=proj.n_components, feature_map=fmap,
             gamma=self._gamma(gamma, d), projection_matrix=proj.matrix,
             constants=getattr(self, "constants_", None) or None, key_padding_mask=mask,
             random_state=self._draw_seed,
@@ -491,16 +496,85 @@ class HybridAttention:
         -------
         out : ndarray of shape (..., Hq, T, dv)
         state : HybridState
+
+        Notes
+        -----
+        A prompt (``T > 1`` from an empty state) runs the block engine of
+        :func:`hybrid_attention` once and builds the state from the whole block (the
+        far keys' state by one matrix product per head, the candidate pools by one
+        sort per query head), at about the cost of the call.  A token takes one
+        compiled call for every head (for exp maps with a dense projection the
+        features are finished in it too).  Other blocks go token by token.
         """
+        if (
+            type(state) is HybridState and type(q) is np.ndarray and type(k) is np.ndarray
+            and type(v) is np.ndarray and q.dtype == state.dtype and k.dtype == q.dtype
+            and v.dtype == q.dtype and q.ndim > 1 and q.shape[-2] == 1
+            and (key_padding_mask is None or (type(key_padding_mask) is np.ndarray
+                                              and key_padding_mask.dtype == np.bool_))
+        ):  # fmt: skip
+            # one token: the compiled step checks finiteness before it changes anything
+            d = q.shape[-1]
+            dec = self._decoder(d, q.dtype, self._gamma(gamma, d))
+            return dec.one_token(q, k, v, key_padding_mask, state)
         q, k, v, mask = check_attention_arrays(q, k, v, key_padding_mask)
         d = q.shape[-1]
-        dec = self._decoder(d, q.dtype, self._gamma(gamma, d))
+        gamma = self._gamma(gamma, d)
+        dec = self._decoder(d, q.dtype, gamma)
+        if q.shape[-2] > 1 and (state is None or getattr(state, "n_tokens", None) == 0):
+            # a prompt: the block engine's outputs, the state built from the whole block
+            from .hybrid_prefill import fill_state
+
+            state, rows = dec.inputs(q, k, v, mask, state)
+            hidden = rows[-1]
+            batch = state.batch_shape
+            whole_mask = None
+            if hidden.any():
+                whole_mask = hidden.reshape(batch + hidden.shape[-1:])
+                if batch and state.config["group"] > 1:
+                    whole_mask = np.repeat(whole_mask, state.config["group"], axis=-2)
+            out = self._attend(q, k, v, gamma, whole_mask, True)
+            fill_state(dec, state, *rows)
+            return out, state
         return dec.step(q, k, v, mask, state)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_decoders", None)  # a cache (with thread-local buffers): rebuilt on demand
+        return state
 
     def __repr__(self):
         return (f"HybridAttention(window={self.window!r}, n_global={self.n_global!r}, "
                 f"n_top={self.n_top!r}, n_candidates={self.n_candidates!r}, "
                 f"n_components={self.n_components!r}, causal={self.causal!r})")  # fmt: skip
+
+
+_hybrid_token = None
+
+
+def _arrays_fit(state):
+    """True when every array of ``state`` has its configuration's shape and dtype and
+    is C-ordered and writeable."""
+    from .hybrid_prefill import _check_arrays
+
+    try:
+        _check_arrays(state)
+    except ValueError:
+        return False
+    return all(a.flags.c_contiguous and a.flags.writeable for a in state.arrays.values())
+
+
+def _prod(shape):
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
+def _c_rows(X, n):
+    """``X`` as ``n`` C-ordered rows (a view when it is C-ordered), writeable."""
+    rows = X.reshape(n, X.shape[-1])
+    return rows if rows.flags.c_contiguous and rows.flags.writeable else np.array(rows, order="C")
 
 
 def _expand_groups(Q, K, V):
@@ -531,6 +605,49 @@ class _Decoder:
         return HybridState.empty(config, dtype, self.fingerprint)
 
     def step(self, q, k, v, mask, state):
+        state, (qs, ks, vs, hidden) = self.inputs(q, k, v, mask, state)
+        N, group, T, d = qs.shape
+        out = np.empty((N, group, T, v.shape[-1]), dtype=q.dtype)
+        if T == 1:
+            self.token(state, qs.reshape(N * group, d), ks.reshape(N, d), vs.reshape(N, -1),
+                       hidden.reshape(N), out.reshape(N * group, -1))  # fmt: skip
+        else:
+            row = np.empty((N * group, v.shape[-1]), dtype=q.dtype)
+            for t in range(T):
+                self.token(state, np.ascontiguousarray(qs[:, :, t].reshape(N * group, d)),
+                           np.ascontiguousarray(ks[:, t]), np.ascontiguousarray(vs[:, t]),
+                           np.ascontiguousarray(hidden[:, t]), row)  # fmt: skip
+                out[:, :, t] = row.reshape(N, group, -1)
+        return out.reshape(q.shape[:-1] + (v.shape[-1],)), state
+
+    def one_token(self, q, k, v, mask, state):
+        """:meth:`step` of one token, the shape checks cached per input shapes."""
+        key = (q.shape, k.shape, v.shape, None if mask is None else mask.shape)
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is None:  # the whole validation, once per shapes
+            return self.step(q, k, v, mask, state) if len(plans) > 16 else self._plan_token(
+                q, k, v, mask, state, plans, key)  # fmt: skip
+        batch, n_query, dv = plan
+        self.check_state(state, batch, n_query // max(1, _prod(batch)), q.shape[-1], dv, q.dtype)
+        N = _prod(batch)
+        hidden = np.zeros(N, dtype=bool)
+        if mask is not None:
+            hidden[:] = np.broadcast_to(mask, batch + (1,)).reshape(N)
+        out = np.empty(q.shape[:-1] + (dv,), dtype=q.dtype)
+        self.token(state, _c_rows(q, n_query), _c_rows(k, N), _c_rows(v, N), hidden,
+                   out.reshape(n_query, dv))  # fmt: skip
+        return out, state
+
+    def _plan_token(self, q, k, v, mask, state, plans, key):
+        out, state = self.step(q, k, v, mask, state)
+        plans[key] = (state.batch_shape, q.size // q.shape[-1], v.shape[-1])
+        return out, state
+
+    def inputs(self, q, k, v, mask, state):
+        """``(state, (qs, ks, vs, hidden))``: the state (a new one for None) checked
+        against the inputs, and the inputs as rows: ``qs`` (N, group, T, d), ``ks``
+        (N, T, d), ``vs`` (N, T, dv), ``hidden`` (N, T) (the mask broadcast)."""
         d, T = q.shape[-1], q.shape[-2]
         if k.shape[-2] != T or v.shape[-2] != T or k.shape[-1] != d:
             raise ValueError(
@@ -548,28 +665,7 @@ class _Decoder:
         group = hq // heads
         if state is None:
             state = self.empty(batch, group, d, v.shape[-1], q.dtype)
-        if not isinstance(state, HybridState):
-            raise TypeError(f"state must be a HybridState, got {type(state).__name__}")
-        if state.fingerprint != self.fingerprint:
-            raise ValueError(
-                "the state was made by another attention (projection, feature map, constants, "
-                "gamma, window, global or candidate settings differ): continue it with the "
-                "attention that created it"
-            )
-        cfg = state.config
-        if (cfg["batch_shape"], cfg["group"], cfg["d"], cfg["dv"]) != (
-            tuple(batch),
-            group,
-            d,
-            v.shape[-1],
-        ):
-            raise ValueError(
-                f"the state holds batch shape {cfg['batch_shape']}, {cfg['group']} query heads "
-                f"per key head, d = {cfg['d']} and dv = {cfg['dv']}; the inputs give {batch}, "
-                f"{group}, {d} and {v.shape[-1]}"
-            )
-        if state.dtype != q.dtype:
-            raise ValueError(f"the state holds {state.dtype} but the inputs are {q.dtype}")
+        self.check_state(state, batch, group, d, v.shape[-1], q.dtype)
         N = int(np.prod(batch, dtype=np.int64))
         qs = np.ascontiguousarray(q).reshape(N, group, T, d)
         ks = np.ascontiguousarray(k).reshape(N, T, d)
@@ -582,66 +678,122 @@ class _Decoder:
                 raise ValueError(
                     f"key_padding_mask of shape {mask.shape} does not broadcast to {batch + (T,)}"
                 ) from None
-        u = None
-        if self.n_top:
-            u = np.broadcast_to(self.candidate_query, batch[:-1] + (hq, d)).reshape(N, group, d)
-        out = np.empty((N, group, T, v.shape[-1]), dtype=q.dtype)
-        for t in range(T):
-            self._token(state, qs[:, :, t], ks[:, t], vs[:, t], hidden[:, t], u, out[:, :, t])
-        return out.reshape(q.shape[:-1] + (v.shape[-1],)), state
+        return state, (qs, ks, vs, hidden)
 
-    def _token(self, state, q, k, v, hidden, u, out):
+    def check_state(self, state, batch, group, d, dv, dtype):
+        """A ``TypeError``/``ValueError`` unless ``state`` continues this attention for
+        inputs of these shapes and ``dtype``."""
+        if not isinstance(state, HybridState):
+            raise TypeError(f"state must be a HybridState, got {type(state).__name__}")
+        if state.fingerprint != self.fingerprint:
+            raise ValueError(
+                "the state was made by another attention (projection, feature map, constants, "
+                "gamma, window, global or candidate settings differ): continue it with the "
+                "attention that created it"
+            )
+        cfg = state.config
+        if (cfg["batch_shape"], cfg["group"], cfg["d"], cfg["dv"]) != (tuple(batch), group, d, dv):
+            raise ValueError(
+                f"the state holds batch shape {cfg['batch_shape']}, {cfg['group']} query heads "
+                f"per key head, d = {cfg['d']} and dv = {cfg['dv']}; the inputs give {batch}, "
+                f"{group}, {d} and {dv}"
+            )
+        if state.dtype != dtype:
+            raise ValueError(f"the state holds {state.dtype} but the inputs are {dtype}")
+
+    def directions(self, batch, n_query, d):
+        """Every query head's scoring direction, (Nq, d) float64 ((0, d) without top keys)."""
+        return self._buffers(batch, n_query, d, self.feat.dtype)[-1]
+
+    def _buffers(self, batch, n_query, d, dtype):
+        """Scratch of one token (features and their logs) and every query head's
+        scoring direction (Nq, d) float64, reused while the shapes stay."""
+        key = (tuple(batch), n_query, d, np.dtype(dtype))
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = self.__dict__.setdefault("_local", threading.local())
+        cached = getattr(local, "scratch", None)  # per thread: steps may run concurrently
+        if cached is None or cached[0] != key:
+            N, m = int(np.prod(batch, dtype=np.int64)), self.feat.n_out
+            u = np.zeros((0, d))
+            if self.n_top:
+                hq = n_query // N * (batch[-1] if batch else 1)
+                u = np.broadcast_to(self.candidate_query, tuple(batch[:-1]) + (hq, d))
+                u = np.array(u.reshape(n_query, d), dtype=np.float64, order="C")
+            buffers = (np.empty((n_query, m), dtype), np.empty(n_query), np.empty((N, m), dtype),
+                       np.empty(N), u)  # fmt: skip
+            cached = (key, buffers)
+            local.scratch = cached
+        return cached[1]
+
+    def token(self, state, q, k, v, hidden, out):
+        """One new token for every head: ``q`` (Nq, d), ``k`` (N, d), ``v`` (N, dv),
+        ``hidden`` (N,) and ``out`` (Nq, dv), C-ordered, in the state's dtype.
+
+        The features' products here (two matrix products), the rest in one compiled
+        call (:func:`~favorkern._numba.hybrid_step.hybrid_token`).
+        """
+        global _hybrid_token
+        if _hybrid_token is None:  # numba loads on the first step, not at import
+            from .._numba.hybrid_step import hybrid_token as _hybrid_token
+
         A, pos, w, g = state.arrays, state.n_tokens, self.window, self.n_global
-        if pos < g:
-            A["glob_k"][:, pos], A["glob_v"][:, pos], A["glob_hidden"][:, pos] = k, v, hidden
-        elif w:
-            slot = (pos - g) % w
-            if pos - w >= g:  # the key w positions back leaves the window
-                self._to_far(state, A["win_k"][:, slot].copy(), A["win_v"][:, slot].copy(),
-                             A["win_hidden"][:, slot].copy(), pos - w, u)  # fmt: skip
-            A["win_k"][:, slot], A["win_v"][:, slot], A["win_hidden"][:, slot] = k, v, hidden
-        else:
-            self._to_far(state, k, v, hidden, pos, u)
+        q, k, v = (_c_rows(X, X.shape[0]) for X in (q, k, v))  # read-only inputs: copies
+        psi_q, a, psi_far, r_far, u = self._buffers(state.batch_shape, q.shape[0], q.shape[1],
+                                                     state.dtype)  # fmt: skip
+        far = None  # the keys that leave for the random-feature state
+        if pos >= g:
+            far = k if not w else (A["win_k"][:, (pos - g) % w] if pos - w >= g else None)
+        finish = self.finish
+        try:
+            if finish is not None:
+                np.matmul(q, finish[0], out=psi_q)
+                if far is not None:
+                    np.matmul(far, finish[0], out=psi_far)
+            else:
+                prepared = self.fmap.prepare(q, "query", self.constants)
+                a[:] = stable_features(self.feat, np.asarray(prepared, dtype=q.dtype), psi_q)[1]
+                if far is not None:
+                    prepared = self.fmap.prepare(np.ascontiguousarray(far), "key", self.constants)
+                    r_far[:] = stable_features(self.feat, np.asarray(prepared, dtype=q.dtype),
+                                               psi_far)[1]  # fmt: skip
+            status = _hybrid_token(
+                q, k, v, hidden, pos, w, g, self.n_top, float(self.gamma), psi_q, a, psi_far, r_far,
+                finish is not None, *(finish[1:] if finish is not None else self._no_finish),
+                A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"], A["win_k"],
+                A["win_v"], A["win_hidden"], u, A["pool_k"], A["pool_v"], A["pool_psi"],
+                A["pool_r"], A["pool_score"], A["pool_pos"], out,
+            )  # fmt: skip
+        except (TypeError, ValueError, IndexError):
+            if _arrays_fit(state):
+                raise  # not the state's arrays: an error of this code, shown as it is
+            status = -2
+        if status == -1:
+            raise ValueError("q, k and v must be finite (got NaN or infinity)")
+        if status:
+            raise ValueError(
+                "the hybrid decoding state's arrays do not fit its configuration (shapes, "
+                "dtypes, C order or writeable): rebuild it with HybridState.from_dict"
+            )
         state.n_tokens = pos + 1
-        self._emit(state, q, out)
 
-    def _to_far(self, state, k, v, hidden, pos, u):
-        """Key ``pos`` (per head) joins the random-feature state and the candidate pool
-        (features here, the rest by :func:`~favorkern._numba.hybrid.hybrid_absorb`)."""
-        from .._numba.hybrid import hybrid_absorb
+    @property
+    def finish(self):
+        """``(W^T, column logs, a, max log s)`` when an exp map's features can be
+        finished in the compiled step (dense projection, ``prepare`` the identity),
+        else None."""
+        if "_finish" not in self.__dict__:
+            from ..feature_maps import FeatureMap
 
-        A, feat, dtype = state.arrays, self.feat, state.dtype
-        k = np.ascontiguousarray(k)
-        kf = np.ascontiguousarray(self.fmap.prepare(k, "key", self.constants), dtype=dtype)
-        psi, r = stable_features(feat, kf, feat.empty(k.shape[0], rows=True))
-        hybrid_absorb(
-            psi, np.ascontiguousarray(r, dtype=np.float64), k, np.ascontiguousarray(v),
-            np.ascontiguousarray(hidden), pos, A["S"], A["B"], self._directions(u, state),
-            A["pool_k"], A["pool_v"], A["pool_psi"], A["pool_r"], A["pool_score"],
-            A["pool_pos"],
-        )  # fmt: skip
-
-    def _directions(self, u, state):
-        """The scoring direction of every query head, (Nq, d) float64 (empty without top keys)."""
-        if u is None:
-            return np.zeros((0, state.config["d"]))
-        return np.array(u.reshape(-1, u.shape[-1]), dtype=np.float64, order="C")  # writable
-
-    def _emit(self, state, q, out):
-        """Outputs of the new token for every query head: ``q`` (N, group, d); the
-        features here, the rest in one compiled pass over the heads
-        (:func:`~favorkern._numba.hybrid.hybrid_emit`)."""
-        from .._numba.hybrid import hybrid_emit
-
-        A, feat, dtype = state.arrays, self.feat, state.dtype
-        N, group, d = q.shape
-        flat = np.ascontiguousarray(q.reshape(N * group, d))
-        qf = np.ascontiguousarray(self.fmap.prepare(flat, "query", self.constants), dtype=dtype)
-        psi_q, a = stable_features(feat, qf, feat.empty(N * group, rows=True))
-        result = np.empty((N * group, out.shape[-1]), dtype=dtype)
-        hybrid_emit(
-            psi_q, a, flat, A["S"], A["B"], A["glob_k"], A["glob_v"], A["glob_hidden"],
-            A["win_k"], A["win_v"], A["win_hidden"], A["pool_k"], A["pool_v"], A["pool_psi"],
-            A["pool_r"], A["pool_pos"], self.n_top, float(self.gamma), result,
-        )  # fmt: skip
-        out[:] = result.reshape(out.shape)
+            spec, finish = self.feat.spec, None
+            if (spec.func == "exp" and spec.projector is None and spec.offset is None
+                    and type(self.fmap).prepare is FeatureMap.prepare):  # fmt: skip
+                log_scale = np.asarray(spec.log_scale, dtype=np.float64)
+                top = float(log_scale.max())
+                column_log = np.broadcast_to(log_scale - top, (self.feat.n_out,))
+                finish = (np.ascontiguousarray(np.asarray(spec.weights).T, dtype=self.feat.dtype),
+                          np.array(column_log, dtype=self.feat.dtype, order="C"),  # writable
+                          float(spec.sq_coef), top)  # fmt: skip
+            self._finish = finish
+            self._no_finish = (np.zeros(1, dtype=self.feat.dtype), 0.0, 0.0)
+        return self._finish

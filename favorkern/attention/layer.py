@@ -437,11 +437,15 @@ class FavorAttention:
 
         Notes
         -----
-        ``T = 1`` takes a lean path: the features of all heads in one matrix product
-        each for queries and keys, then one compiled kernel updates every state and
-        emits every output in a single pass over the states (no thread pool,
-        buffers reused between calls, shape checks cached).  ``T > 1`` runs chunked
-        causal attention per head from the state.
+        ``T = 1`` takes a lean path: the feature products of all heads in one matrix
+        product each for queries and keys, then one compiled call finishes the
+        features, updates every state and emits every output in a single pass over
+        the states, checking finiteness first (no thread pool, buffers reused
+        between calls, shape checks cached).  This holds for the exp maps evaluated
+        from a dense projection (``"positive"``, ``"hyperbolic"``, ``"optimal"``,
+        ``"sderf"``, and maps with an input transform when their constants are
+        shared); other maps compute their features in numpy, then one compiled
+        call.  ``T > 1`` runs chunked causal attention per head from the state.
         """
         decoders = self.__dict__.get("_decoders")
         hf = None
@@ -467,9 +471,11 @@ class FavorAttention:
             return self._step_checked(q, k, v, state, gamma, key_padding_mask)
         if q.shape[-2] != 1:
             out, state = self._step_block(hf, q, k, v, key_padding_mask, state)
+            n_zero = None
         else:
-            out = decode(hf, q, k, v, key_padding_mask, state)
-        warn_zero_rows(get_feature_map(self.feature_map), out, v, key_padding_mask, True)
+            out, n_zero = decode(hf, q, k, v, key_padding_mask, state, zero_rows=True)
+        if n_zero != 0:  # None: not counted
+            warn_zero_rows(hf.fmap, out, v, key_padding_mask, True)
         return out, state
 
     def _step_checked(self, q, k, v, state, gamma, key_padding_mask):

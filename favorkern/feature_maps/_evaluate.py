@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _config
-from .._elementwise import exp_kernel, sincos_kernel
+from .._elementwise import exp_kernel, sin_cos_pairs_kernel, sincos_kernel, sq_norms
 from .._parallel import run_row_blocks
 
 
@@ -173,14 +173,12 @@ def _sin_cos_pairs(out_b, pairs, row_scale=None) -> None:
     dtype = out_b.dtype
     if row_scale is None:
         row_scale = np.ones(out_b.shape[0], dtype=dtype)
-    if (
-        out_b.flags.c_contiguous
-        and dtype in (np.float32, np.float64)
-        and sincos_kernel(dtype) == "numba"
-    ):
-        from .._numba.vmath import sin_cos_pairs, sin_cos_pairs_f32
-
-        kernel = sin_cos_pairs if dtype == np.float64 else sin_cos_pairs_f32
+    kernel = (
+        sin_cos_pairs_kernel(sincos_kernel(dtype), dtype)
+        if out_b.flags.c_contiguous and dtype in (np.float32, np.float64)
+        else None
+    )
+    if kernel is not None:
         kernel(out_b, pairs, np.ascontiguousarray(row_scale, dtype=dtype))
     else:
         np.sin(out_b[:, :pairs], out=out_b[:, pairs : 2 * pairs])
@@ -353,8 +351,8 @@ def _apply_block_augmented(
     x_aug = _augmented_input(rows, d, spec.func, dtype, scratch)
     x_aug[:, :d] = Xb
     if spec.func == "exp":
-        sq = np.einsum("ij,ij->i", Xb, Xb)
-        sq *= dtype.type(-spec.sq_coef)
+        sq = sq_norms(Xb)  # float64
+        sq *= -spec.sq_coef
         x_aug[:, d] = sq
     p = spec.pairs
     if p:
