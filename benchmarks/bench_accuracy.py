@@ -43,6 +43,10 @@ CLASSIFICATION = ("breast_cancer", "digits", "wine")
 ALPHAS = np.logspace(-6, 2, 9)
 
 
+def is_classification(dataset):
+    return dataset in CLASSIFICATION or dataset.startswith("make_classification")
+
+
 def load(name, n_friedman, seed):
     from sklearn import datasets
 
@@ -143,7 +147,7 @@ def classification_run(features, X, y, X_test, y_test, Cs, seed):
     }
 
 
-def run(dataset, widths, seed, n_friedman, Cs, only):
+def run(dataset, widths, seed, n_friedman, Cs, only, exact=True):
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
@@ -176,7 +180,9 @@ def run(dataset, widths, seed, n_friedman, Cs, only):
             rows.append(result)
             print(dataset, seed, json.dumps(result), flush=True)
     start = time.process_time()
-    if not classify and len(X) <= 10_000:
+    if not exact:
+        pass
+    elif not classify and len(X) <= 10_000:
         r2, alpha = exact_ridge_r2(X, y, X_test, y_test, gamma)
         rows.append({"method": "exact", "m": len(X), "r2": r2, "alpha": alpha})
     elif classify and len(X) <= 2000:
@@ -194,6 +200,56 @@ def run(dataset, widths, seed, n_friedman, Cs, only):
     return rows
 
 
+def large_classification(n, widths, seed, C, tol, only, solver="lbfgs", n_test=100_000):
+    """``make_classification`` with ``n`` training rows: streamed logistic fits, one ``C``.
+
+    The fits stream row blocks (the default ``batch_size``), so that only the input is
+    n-sized; no selection of ``C`` (each fit is tens of passes over every row).
+    Reports held-out accuracy and log loss, fit CPU seconds and the peak resident
+    memory during the fit above that before it (a 5 ms sampling thread).
+    """
+    from bench_scale import PeakRSS
+    from sklearn.datasets import make_classification
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    from favorkern import RandomFeatureLogisticRegression
+
+    X, y = make_classification(
+        n_samples=n + n_test, n_features=20, n_informative=10, n_redundant=4, flip_y=0.01,
+        random_state=seed,
+    )  # fmt: skip
+    X, X_test, y, y_test = X[:n], X[n:], y[:n], y[n:]
+    scaler = StandardScaler().fit(X)
+    X, X_test = scaler.transform(X), scaler.transform(X_test)
+    gamma = 1.0 / (2 * X.shape[1])
+    dataset = f"make_classification ({n} rows)"
+    rows = []
+    for m in widths:
+        for name, features in methods(m, gamma, seed).items():
+            if only and not any(word in name for word in only):
+                continue
+            model = RandomFeatureLogisticRegression(
+                features, C=C, tol=tol, random_state=seed, solver=solver
+            )
+            with warnings.catch_warnings(), PeakRSS() as rss:
+                warnings.simplefilter("ignore")
+                start = time.process_time()
+                model.fit(X, y)
+                fit_s = time.process_time() - start
+            proba = model.predict_proba(X_test)
+            row = dict(
+                dataset=dataset, method=name, m=m, seed=seed, n_train=n, gamma=gamma, C=C,
+                accuracy=float(np.mean(model.classes_[proba.argmax(axis=1)] == y_test)),
+                log_loss=float(log_loss(y_test, proba, labels=model.classes_)),
+                fit_s=fit_s, peak_mb=rss.peak - rss.start, passes=int(model.n_passes_),
+                solver=solver,
+            )  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def summarize(rows):
     """Markdown tables (one per data set and score) and the comparisons with scikit-learn."""
     import collections
@@ -203,23 +259,30 @@ def summarize(rows):
     for row in rows:
         by_dataset[row["dataset"]].append(row)
     for dataset, group in by_dataset.items():
-        classify = dataset in CLASSIFICATION
+        classify = is_classification(dataset)
         widths = sorted({r["m"] for r in group if r["method"] != "exact"})
         exact = [r for r in group if r["method"] == "exact"]
         for score in ("accuracy", "log_loss") if classify else ("r2",):
             cells = collections.defaultdict(list)
             times = collections.defaultdict(list)
+            peaks = collections.defaultdict(list)
             for r in group:
                 cells[r["method"], r["m"]].append(r[score])
                 times[r["method"], r["m"]].append(r.get("fit_s", np.nan))
+                peaks[r["method"], r["m"]].append(r.get("peak_mb", np.nan))
             names = list(dict.fromkeys(r["method"] for r in group if r["method"] != "exact"))
             n_train = group[0]["n_train"]
-            lines += [f"\n{dataset} (n_train {n_train}), {score}, median over seeds (fit CPU s)\n"]
+            memory = any("peak_mb" in r for r in group)
+            unit = "fit CPU s, peak MB above the input" if memory else "fit CPU s"
+            lines += [f"\n{dataset} (n_train {n_train}), {score}, median over seeds ({unit})\n"]
             lines += ["| method | " + " | ".join(f"m={m}" for m in widths) + " |"]
             lines += ["|---" * (len(widths) + 1) + "|"]
             for name in names:
                 row = [
-                    f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f})"
+                    f"{np.median(cells[name, m]):.4f} ({np.median(times[name, m]):.2f}"
+                    + (f", {np.median(peaks[name, m]):.0f})" if memory else ")")
+                    if cells[name, m]
+                    else "-"
                     for m in widths
                 ]
                 lines += [f"| {name} | " + " | ".join(row) + " |"]
@@ -240,6 +303,61 @@ def summarize(rows):
     return "\n".join(lines)
 
 
+def paired_verdicts(rows, z=2.0):
+    """Per data set and width: the best favorkern method against each scikit-learn one.
+
+    The best favorkern method of a cell is the one with the best mean score over the
+    seeds; against each scikit-learn method the per-seed differences (same split,
+    same data, same seed) give a mean and its standard error.  Verdict: ``ahead``
+    when the mean difference favours favorkern by more than ``z`` standard errors,
+    ``behind`` when it favours scikit-learn by more, else ``tie`` (within noise).
+    Choosing the best of several methods on the same seeds favours it slightly: a
+    ``tie`` is not evidence of being ahead.
+    """
+    import collections
+
+    lines = []
+    scores = collections.defaultdict(dict)  # (dataset, score, m, method) -> {seed: value}
+    for row in rows:
+        if row["method"] == "exact":
+            continue
+        kinds = ("accuracy", "log_loss") if is_classification(row["dataset"]) else ("r2",)
+        for score in kinds:
+            scores[row["dataset"], score, row["m"], row["method"]][row["seed"]] = row[score]
+    cells = sorted({key[:3] for key in scores})
+    lines += [
+        "| data set | score | m | best favorkern (mean) | vs | mean difference +- s.e. "
+        "| seeds | verdict |",
+        "|---" * 8 + "|",
+    ]
+    tally = collections.Counter()
+    for dataset, score, m in cells:
+        sign = -1.0 if score == "log_loss" else 1.0  # > 0: favorkern better
+        methods_here = {key[3]: scores[key] for key in scores if key[:3] == (dataset, score, m)}
+        fk = {n: v for n, v in methods_here.items() if n.startswith("fk")}
+        if not fk:
+            continue
+        best = max(fk, key=lambda n: sign * np.mean(list(fk[n].values())))
+        for name, values in methods_here.items():
+            if not name.startswith("sk"):
+                continue
+            seeds = sorted(set(values) & set(fk[best]))
+            diff = sign * np.array([fk[best][s] - values[s] for s in seeds])
+            mean = float(diff.mean())
+            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
+            # equal to rounding (the same landmarks) is a tie whatever the spread
+            margin = max(z * se, 1e-9)
+            verdict = "ahead" if mean > margin else "behind" if mean < -margin else "tie"
+            tally[verdict] += 1
+            lines += [
+                f"| {dataset} | {score} | {m} | {best} ({np.mean(list(fk[best].values())):.4f}) "
+                f"| {name} ({np.mean([values[s] for s in seeds]):.4f}) "
+                f"| {sign * mean:+.4f} +- {se:.4f} | {len(seeds)} | {verdict} |"
+            ]
+    lines += [f"\nverdicts: {dict(tally)} (differences favorkern - scikit-learn)"]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(REGRESSION + CLASSIFICATION))
@@ -248,18 +366,45 @@ def main(argv=None):
     parser.add_argument("--n-friedman", type=int, default=5000)
     parser.add_argument("--Cs", nargs="+", type=float, default=[1.0, 10.0, 100.0])
     parser.add_argument("--only", nargs="*", default=None, help="substrings of method names")
+    parser.add_argument(
+        "--large", type=int, default=None, metavar="N",
+        help="instead: make_classification with N training rows, streamed fits",
+    )  # fmt: skip
+    parser.add_argument("--C", type=float, default=1.0, help="C of the --large fits")
+    parser.add_argument("--tol", type=float, default=1e-6, help="tol of the --large fits")
+    parser.add_argument("--solver", default="lbfgs", help="solver of the --large fits")
+    parser.add_argument("--no-exact", action="store_true", help="skip the exact models")
     parser.add_argument("--out", default=None, help="write the rows as JSON lines here")
     parser.add_argument("--summarize", nargs="+", default=None, help="JSON lines files: tables")
     args = parser.parse_args(argv)
     if args.summarize:
         rows = [json.loads(line) for path in args.summarize for line in open(path)]
         print(summarize(rows))
+        print(paired_verdicts(rows))
         return
     print(f"load {os.getloadavg()}", flush=True)
     rows = []
+    if args.large:
+        for seed in args.seeds:
+            rows += large_classification(
+                args.large, args.widths, seed, args.C, args.tol, args.only, args.solver
+            )
+            if args.out:
+                with open(args.out, "w") as handle:
+                    handle.writelines(json.dumps(row) + "\n" for row in rows)
+        print(f"load {os.getloadavg()}", flush=True)
+        return
     for dataset in args.datasets:
         for seed in args.seeds:
-            rows += run(dataset, args.widths, seed, args.n_friedman, args.Cs, args.only)
+            rows += run(
+                dataset,
+                args.widths,
+                seed,
+                args.n_friedman,
+                args.Cs,
+                args.only,
+                exact=not args.no_exact,
+            )
             if args.out:
                 with open(args.out, "w") as handle:
                     handle.writelines(json.dumps(row) + "\n" for row in rows)

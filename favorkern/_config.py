@@ -121,6 +121,11 @@ MONTE_CARLO_CHUNK_ELEMENTS = 1 << 20
 #: m = 2048) keeps the scatter product at the GEMM rate (1024 rows already within 5%).
 RIDGE_BLOCK_BYTES = 32 << 20
 
+# -- logistic regression ------------------------------------------------------------
+#: Most unknowns K (m + 1) of a Newton step of RandomFeatureLogisticRegression: its
+#: Hessian is 128 MiB there and the solve ~2e10 flops (about a second); beyond, L-BFGS.
+NEWTON_MAX_UNKNOWNS = 4096
+
 # -- Nyström landmarks (favorkern.nystroem) -------------------------------------------
 #: k-means and leverage landmarks are chosen among at most
 #: max(NYSTROEM_MIN_CANDIDATES, NYSTROEM_CANDIDATES_PER_LANDMARK * n_components) rows

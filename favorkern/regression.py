@@ -54,6 +54,7 @@ from .linear_model import RandomFeatureRidge
 
 __all__ = [
     "METHODS",
+    "SKLEARN_METHODS",
     "select_gamma_alpha",
     "make_regressor",
     "compare_regression",
@@ -66,12 +67,17 @@ __all__ = [
 METHODS = (
     "Trigonometric (orthogonal)",
     "Trigonometric (streaming)",
+    "Trigonometric distinct (orthogonal)",
     "Positive (orthogonal)",
     "Hyperbolic (orthogonal)",
+    "NystroemFeatures (leverage)",
+    "NystroemFeatures (kmeans)",
     "RBFSampler",
     "Nystroem",
     "KernelRidge (exact)",
 )
+#: The methods from scikit-learn; every other random-feature method is favorkern's.
+SKLEARN_METHODS = ("RBFSampler", "Nystroem")
 EXACT = "KernelRidge (exact)"
 # The streaming model: the same features as "Trigonometric (orthogonal)" in
 # favorkern.RandomFeatureRidge, which never holds the n x width feature matrix.
@@ -139,6 +145,19 @@ def _features(method, n_components, kernel, gamma, random_state):
         "Positive (orthogonal)": PositiveRandomFeatures,
         "Hyperbolic (orthogonal)": HyperbolicRandomFeatures,
     }
+    if method == "Trigonometric distinct (orthogonal)":
+        return TrigonometricRandomFeatures(
+            n_components, kernel=kernel, gamma=gamma, projection="orthogonal",
+            frequencies="distinct", random_state=random_state,
+        )  # fmt: skip
+    if method.startswith("NystroemFeatures"):
+        from .nystroem import NystroemFeatures
+
+        landmarks = method[method.index("(") + 1 : -1]
+        return NystroemFeatures(
+            n_components, kernel=kernel, gamma=gamma, landmarks=landmarks,
+            random_state=random_state,
+        )  # fmt: skip
     if method in favorkern_maps:
         return favorkern_maps[method](
             n_components,
@@ -342,7 +361,8 @@ def _fit_and_measure(method, width, repeat, random_state, split, params):
     X_train, y_train, X_test, y_test, X_eval = split
     if width is None:  # the exact model has no width
         width_used = 1
-    elif method == "Nystroem":  # at most one landmark per training row
+    elif method == "Nystroem" or method.startswith("NystroemFeatures"):
+        # at most one landmark per training row
         width_used = min(width, len(y_train))
     else:
         width_used = width

@@ -571,3 +571,30 @@ def test_theoretical_mse_at_tiny_gamma_is_finite_and_scales_like_gamma_squared(p
     for gamma in (1e-150, 1e-120, 1e-100, 1e-60):
         ratio = values["hyperbolic", gamma] / values["hyperbolic", 1e-20]
         np.testing.assert_allclose(ratio, (gamma / 1e-20) ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("projection", "norms"), [("gaussian", "chi"), ("orthogonal", "chi"), ("orthogonal", "fixed")]
+)
+def test_empirical_mse_distinct_frequencies_matches_closed_form(projection, norms):
+    # Distinct frequencies draw one random phase per output; the Monte-Carlo engine draws
+    # them per stacked trial, so its MSE must match the closed form (pair variance plus
+    # e^{|x'|^2+|y'|^2} / 2 per feature) within 4.5 standard errors (light tails: |z| ~ 0.4).
+    from favorkern.feature_maps import TrigonometricFeatureMap
+
+    rng = np.random.default_rng(3)
+    x, y = 0.4 * rng.normal(size=(3, 8)), 0.4 * rng.normal(size=(3, 8))
+    distinct = TrigonometricFeatureMap("distinct")
+    mc = empirical_mse(x, y, feature_map=distinct, n_components=16, n_trials=6000,
+                       projection=projection, norms=norms, random_state=0)  # fmt: skip
+    closed = theoretical_mse(x, y, feature_map=distinct, n_components=16,
+                             projection=projection, norms=norms)  # fmt: skip
+    assert np.all(np.abs(mc.mse - closed) < 4.5 * mc.se)
+    # Without phases the estimate would be cos(w.x' - w.y') + cos(w.x' + w.y'), biased:
+    # with chi norms the estimator is unbiased (fixed norms carry the closed form's bias).
+    if norms == "chi":
+        assert np.all(np.abs(mc.mean - mc.kernel) < 4.5 * mc.mean_se)
+    # The phases cost variance: paired frequencies have the smaller MSE at equal width.
+    paired = theoretical_mse(x, y, feature_map="trigonometric", n_components=16,
+                             projection=projection, norms=norms)  # fmt: skip
+    assert np.all(paired < closed)

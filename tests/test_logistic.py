@@ -149,3 +149,78 @@ def test_not_converged_warns_and_bad_input_is_refused():
         RandomFeatureLogisticRegression().fit(X, y, sample_weight=np.zeros(200))
     with pytest.raises(ValueError, match="C"):
         RandomFeatureLogisticRegression(C=0).fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+@pytest.mark.parametrize("batch_size", [None, 37])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_newton_equals_sklearn_newton_cholesky(n_classes, batch_size, weighted):
+    # Both solve the same objective by Newton steps to a gradient below 1e-10:
+    # the coefficients agree far below the 1e-6 of the L-BFGS comparison.
+    X, y = make_classification(
+        400, 6, n_informative=4, n_classes=n_classes, n_clusters_per_class=1, random_state=0
+    )
+    weights = np.random.default_rng(0).uniform(0, 3, len(y)) if weighted else None
+    model = RandomFeatureLogisticRegression(
+        _features(), C=2.0, batch_size=batch_size, solver="newton", tol=1e-10
+    ).fit(X, y, sample_weight=weights)
+    Z = model.features_.transform(X)
+    ref = LogisticRegression(C=2.0, tol=1e-12, max_iter=1000, solver="newton-cholesky")
+    ref.fit(Z, y, sample_weight=weights)
+    np.testing.assert_allclose(model.coef_, ref.coef_, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(model.predict_proba(X), ref.predict_proba(Z), atol=1e-8)
+    # Newton converges in a few passes where L-BFGS takes tens
+    lbfgs = RandomFeatureLogisticRegression(_features(), C=2.0, batch_size=batch_size, tol=1e-10)
+    lbfgs.fit(X, y, sample_weight=weights)
+    assert model.n_passes_ < lbfgs.n_passes_
+
+
+def test_newton_block_hessian_against_finite_differences():
+    from favorkern.linear_model._newton import newton_block
+
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(30, 3))
+    for n_rows, labels in ((1, rng.integers(0, 2, 30)), (3, rng.integers(0, 3, 30))):
+        coef, intercept, weights = rng.normal(size=(n_rows, 3)), rng.normal(size=n_rows), None
+        weights = rng.uniform(size=30)
+        loss, g, H = newton_block(Z, labels, weights, coef, intercept)
+        # the gradient is logistic_block's, laid out row by row as [coef, intercept]
+        _, g_coef, g_intercept = logistic_block(Z, labels, weights, coef, intercept)
+        np.testing.assert_allclose(g, np.column_stack([g_coef, g_intercept]).ravel(), atol=1e-12)
+        params, step = np.column_stack([coef, intercept]), 1e-6
+        for j in range(params.size):
+            moved = params.copy()
+            moved.flat[j] += step
+            shifted = newton_block(Z, labels, weights, moved[:, :-1], moved[:, -1])[1]
+            np.testing.assert_allclose((shifted - g) / step, H[:, j], atol=1e-4)
+        np.testing.assert_allclose(H, H.T, atol=1e-12)
+        assert newton_block(Z, labels, weights, coef, intercept, hessian=False)[0] == loss
+
+
+def test_newton_is_checked_like_lbfgs():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = make_classification(200, 4, random_state=2)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        RandomFeatureLogisticRegression(max_iter=1, tol=0, solver="newton").fit(X, y)
+    with pytest.raises(ValueError, match="solver"):
+        RandomFeatureLogisticRegression(solver="irls").fit(X, y)
+    with pytest.raises(ValueError, match="sums to zero"):
+        RandomFeatureLogisticRegression(solver="newton").fit(X, y, sample_weight=np.zeros(200))
+    # the Hessian of K (m + 1) unknowns is bounded: refused before any pass
+    from favorkern import _config
+
+    X3, y3 = make_classification(200, 5, n_informative=3, n_classes=3, random_state=2)
+    with _config.override(NEWTON_MAX_UNKNOWNS=3 * 32):
+        with pytest.raises(ValueError, match="3 coefficient rows x 33.*solver='lbfgs'"):
+            RandomFeatureLogisticRegression(_features(32), solver="newton").fit(X3, y3)
+        RandomFeatureLogisticRegression(_features(31), solver="newton").fit(X3, y3)
+
+
+@parametrize_with_checks(
+    [RandomFeatureLogisticRegression(solver="newton", max_iter=50)],
+    expected_failed_checks=_expected_failures,
+)
+def test_sklearn_compatible_newton(estimator, check):
+    check(estimator)

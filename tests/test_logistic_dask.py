@@ -42,3 +42,11 @@ def test_bad_input_is_refused():
         fit_logistic(_model(), X, y)
     with pytest.raises(ValueError, match="at least 2 classes"):
         fit_logistic(_model(), da.from_array(X, chunks=50), np.zeros(100))
+
+
+def test_newton_solver_is_refused_before_any_work():
+    X, y = make_classification(100, 5, random_state=0)
+    model = RandomFeatureLogisticRegression(solver="newton")
+    with pytest.raises(ValueError, match="solver='lbfgs'"):
+        fit_logistic(model, da.from_array(X, chunks=50), da.from_array(y, chunks=50))
+    assert not hasattr(model, "coef_")

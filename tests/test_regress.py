@@ -397,3 +397,40 @@ def test_new_output_folder_follows_the_umask(tmp_path, capsys, mask):
     assert code == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((out / "regress.md").stat().st_mode) == 0o666 & ~mask
+
+
+def test_accuracy_section_pairs_the_best_of_each_side():
+    from favorkern._commands.regress import format_accuracy
+
+    summary = pd.DataFrame(
+        {
+            "method": [EXACT, "Trigonometric (orthogonal)", "NystroemFeatures (leverage)",
+                       "RBFSampler", "Nystroem", "Trigonometric (orthogonal)", "Nystroem"],
+            "n_components": [0, 16, 16, 16, 16, 64, 64],
+            "test_r2": [0.9, 0.5, 0.7, 0.6, 0.65, 0.8, 0.85],
+        }
+    )  # fmt: skip
+    lines = format_accuracy(summary).splitlines()
+    assert lines[2] == (
+        "| 16 | NystroemFeatures (leverage) | 0.7000 | Nystroem | 0.6500 | +0.0500 |"
+    )
+    assert lines[3] == "| 64 | Trigonometric (orthogonal) | 0.8000 | Nystroem | 0.8500 | -0.0500 |"
+    assert len(lines) == 4  # the exact model has no width: no row of its own
+    only_ours = summary[~summary["method"].isin(["RBFSampler", "Nystroem"])]
+    assert format_accuracy(only_ours).startswith("(needs")
+
+
+@pytest.mark.parametrize(
+    "method", ["Trigonometric distinct (orthogonal)", "NystroemFeatures (leverage)"]
+)
+def test_new_methods_converge_to_exact_kernel_ridge(method):
+    # Nystroem on every training row and distinct frequencies at a large width both
+    # approach exact kernel ridge with the same gamma and alpha.
+    X, y = load_diabetes(return_X_y=True)
+    X, y = X[:200], y[:200]
+    exact = make_regressor(EXACT, gamma=GAMMA["rbf"], alpha=ALPHA).fit(X, y).predict(X)
+    width = 200 if method.startswith("Nystroem") else 4096
+    model = make_regressor(method, n_components=width, gamma=GAMMA["rbf"], alpha=ALPHA)
+    approx = model.fit(X, y).predict(X)
+    tolerance = 1e-6 if method.startswith("Nystroem") else 0.05
+    assert np.linalg.norm(approx - exact) < tolerance * np.linalg.norm(exact - y.mean())

@@ -101,6 +101,10 @@ def fit_logistic(model, X, y, sample_weight=None):
         raise TypeError(
             f"model must be a RandomFeatureLogisticRegression, got {type(model).__name__}"
         )
+    if model.solver != "lbfgs":
+        raise ValueError(
+            f"fit_logistic runs the L-BFGS solver: set solver='lbfgs' (got solver={model.solver!r})"
+        )
     X = _ridge_rows(X, "X")
     if X.shape[0] == 0:
         raise ValueError("X has no rows")

@@ -71,7 +71,7 @@ class MonteCarloMSE:
     n_groups: int
 
 
-def trials_spec(fmap, draws, input_scale, constants=None):
+def trials_spec(fmap, draws, input_scale, constants=None, phases=None):
     """One feature map evaluating all trials of ``draws`` (``(n_trials, m, d)``) at once.
 
     The map's spec is built on the trial-stacked projection, which gives the outputs
@@ -79,9 +79,13 @@ def trials_spec(fmap, draws, input_scale, constants=None):
     ``n_trials * m`` columns, the layout every :class:`FeatureMap` keeps).  The stacked
     call normalizes by ``n_trials * m`` projections, a single trial by ``m``: every
     map's log-scale differs by exactly ``log(n_trials) / 2``, added back here.
+    ``phases``: the map's other random draws for the stacked width (``fmap.draw``,
+    e.g. one random phase per output of distinct frequencies); ``None``: none.
     """
     n_trials, m, d = draws.shape
     n_out = fmap.outputs_per_projection * n_trials * m
+    if not phases:
+        phases = {"offset": np.zeros(0)}
     stacked = map_spec(
         fmap,
         draws.reshape(n_trials * m, d),
@@ -89,7 +93,7 @@ def trials_spec(fmap, draws, input_scale, constants=None):
         input_scale=input_scale,
         kernel="softmax",
         constants=constants,
-        draws={"offset": np.zeros(0)},
+        draws=phases,
     )
     return replace(stacked, log_scale=np.asarray(stacked.log_scale) + 0.5 * np.log(n_trials))
 
@@ -187,7 +191,8 @@ default="orthogonal"
     projections : ndarray of shape (n_trials, m, d), optional
         Use these draws instead of drawing (e.g. to reuse one set of draws for
         several feature maps, or to test another projection scheme).
-        ``projection``, ``norms`` and ``random_state`` are then ignored.
+        ``projection`` and ``norms`` are then ignored; ``random_state`` still seeds
+        the random phases of maps that draw them (distinct frequencies).
     A : float or None, default=None
         GERF parameter of ``feature_map="optimal"``.  ``None``: maps with data
         constants fit them on each pair by themselves (for ``"optimal"`` the pair's own
@@ -403,7 +408,9 @@ def _empirical(x, y, *, fmap, m, gamma, n_groups, projections, constants, rng, p
             draws = draw_trials(hi - lo, m, d, projection, norms, rng)
         else:
             draws = check_float_array(projections[lo:hi], "projections", dtype=np.float64)
-        spec = trials_spec(fmap, np.ascontiguousarray(draws), input_scale, constants)
+        # the map's own random draws (phases), made after the projection as a transformer's
+        phases = fmap.draw(n_out * (hi - lo), rng)
+        spec = trials_spec(fmap, np.ascontiguousarray(draws), input_scale, constants, phases)
         # columns: n_halves blocks, each (trials, m) -> (points, halves, trials, m)
         phi = apply_feature_map(points, spec).reshape(2 * n, n_out // m, hi - lo, m)
         estimates[:, lo:hi] = np.einsum("phtj,phtj->pt", phi[:n], phi[n:])

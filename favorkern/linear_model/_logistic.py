@@ -15,10 +15,12 @@ import numpy as np
 from scipy import optimize, special
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .. import _config
+from ._newton import newton_block, newton_minimize
 from ._statistics import check_sample_weight, default_batch_size, feature_block, feature_width
 
 __all__ = ["RandomFeatureLogisticRegression", "logistic_block"]
@@ -101,7 +103,7 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
     C : float, default=1.0
         Inverse penalty strength, > 0, as in ``LogisticRegression``.
     max_iter : int, default=100
-        Most L-BFGS iterations (each at least one pass over the rows).
+        Most L-BFGS iterations or Newton steps (each at least one pass over the rows).
     tol : float, default=1e-6
         Stop when the largest gradient entry of the objective divided by
         ``C sum_i s_i`` is below ``tol`` (scipy's ``gtol``).
@@ -112,6 +114,12 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seed of the default features and of a given ``features`` whose own
         ``random_state`` is ``None`` (a given seed is kept).
+    solver : {"lbfgs", "newton"}, default="lbfgs"
+        ``"lbfgs"``: one pass per evaluation of the loss and gradient, tens of
+        passes.  ``"newton"``: each pass also sums the Hessian (``K (K + 1) / 2``
+        weighted Gram products of ``n (m + 1)^2`` multiply-adds) and solves a system
+        of ``K (m + 1)`` unknowns, converging in a few passes: it pays where ``m`` and
+        the number of classes are small (see Notes).
 
     Attributes
     ----------
@@ -122,7 +130,7 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
         Coefficients on the features (one row for two classes).
     intercept_ : ndarray of shape (1,) or (n_classes,)
     n_iter_ : ndarray of shape (1,)
-        L-BFGS iterations, as scikit-learn stores them.
+        L-BFGS iterations or Newton steps, as scikit-learn stores them.
     n_passes_ : int
         Passes over the rows (evaluations of the loss; 1 when one block is kept).
     n_features_in_ : int
@@ -131,11 +139,12 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    **Solver.**  L-BFGS needs the gradient over every row at each iteration, so
-    there is no ``partial_fit``: a Newton/IRLS step could accumulate ``Z^T D Z`` per
-    block, but for ``K`` classes the Hessian has ``(K m)^2`` entries.  Each pass
-    costs about two products of the block's features with the coefficients plus
-    the feature map itself.  The objective is divided by ``C sum_i s_i`` (the same
+    **Solver.**  Both solvers need sums over every row at each iteration, so there
+    is no ``partial_fit``.  An L-BFGS pass costs about two products of the block's
+    features with the coefficients plus the feature map itself; a Newton pass adds
+    the Hessian, whose ``(K (m + 1))^2`` entries bound the width it suits (Newton
+    with backtracking, as scikit-learn's ``"newton-cholesky"`` solver does on
+    in-memory data).  The objective is divided by ``C sum_i s_i`` (the same
     minimizer), so ``tol`` does not depend on the number of rows.  For
     :func:`favorkern.dask.fit_logistic` every pass is one dask computation.
 
@@ -168,10 +177,19 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
+        "solver": [StrOptions({"lbfgs", "newton"})],
     }
 
     def __init__(
-        self, features=None, *, C=1.0, max_iter=100, tol=1e-6, batch_size=None, random_state=None
+        self,
+        features=None,
+        *,
+        C=1.0,
+        max_iter=100,
+        tol=1e-6,
+        batch_size=None,
+        random_state=None,
+        solver="lbfgs",
     ):
         self.features = features
         self.C = C
@@ -179,6 +197,7 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.batch_size = batch_size
         self.random_state = random_state
+        self.solver = solver
 
     # -- pieces shared with favorkern.dask -------------------------------------------
     def _feature_template(self):
@@ -305,6 +324,8 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
         weights = check_sample_weight(sample_weight, X.shape[0])
         batch_size = self.resolved_batch_size()
         features = self.init_features(X[:batch_size], np.unique(y))
+        if self.solver == "newton":
+            return self._fit_newton(features, X, y, weights, batch_size)
         labels = np.searchsorted(self.classes_, y)
         blocks = [
             (start, min(start + batch_size, X.shape[0]))
@@ -325,6 +346,53 @@ class RandomFeatureLogisticRegression(ClassifierMixin, BaseEstimator):
 
         weight_sum = float(X.shape[0] if weights is None else weights.sum())
         return self.minimize(features, loss_and_gradient, weight_sum)
+
+    def _fit_newton(self, features, X, y, weights, batch_size):
+        """Newton steps, each one pass summing the loss, gradient and Hessian."""
+        rows = 1 if self.classes_.size == 2 else self.classes_.size
+        width = features.transform(np.zeros((1, self.n_features_in_))).shape[1]
+        if rows * (width + 1) > _config.NEWTON_MAX_UNKNOWNS:
+            raise ValueError(
+                f"solver='newton' would solve {rows * (width + 1)} unknowns per step "
+                f"({rows} coefficient rows x {width + 1}), more than "
+                f"NEWTON_MAX_UNKNOWNS={_config.NEWTON_MAX_UNKNOWNS} (its Hessian alone "
+                f"{8 * (rows * (width + 1)) ** 2 / 2**20:.0f} MiB): use solver='lbfgs'"
+            )
+        labels = np.searchsorted(self.classes_, y)
+        n = X.shape[0]
+        weight_sum = float(n if weights is None else weights.sum())
+        if not weight_sum > 0:
+            raise ValueError("sample_weight sums to zero: there is nothing to fit")
+        kept = feature_block(features, X) if n <= batch_size else None
+
+        def evaluate(coef, intercept, hessian):
+            total, g, H = 0.0, 0.0, 0.0
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                Z = kept if kept is not None else feature_block(features, X[start:stop])
+                w = None if weights is None else weights[start:stop]
+                part = newton_block(Z, labels[start:stop], w, coef, intercept, hessian)
+                total += part[0]
+                if hessian:
+                    g, H = g + part[1], H + part[2]
+            return total, (g if hessian else None), (H if hessian else None)
+
+        params, n_iter, passes, gradient_max = newton_minimize(
+            evaluate, rows, width, float(self.C), float(self.tol), int(self.max_iter), weight_sum
+        )
+        if gradient_max > self.tol:
+            warnings.warn(
+                f"Newton did not converge in max_iter={self.max_iter} steps (largest "
+                f"gradient entry {gradient_max:.2g} > tol={self.tol}); raise max_iter",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self.coef_ = params[:, :-1].copy()
+        self.intercept_ = params[:, -1].copy()
+        self.n_iter_ = np.array([n_iter])
+        self.n_passes_ = passes
+        self.features_ = features
+        return self
 
     # -- prediction ----------------------------------------------------------------
     def _blocks(self, X):
