@@ -14,6 +14,7 @@ import numba as nb
 import numpy as np
 
 from . import JIT_OPTIONS
+from .decoding import _finite_rows, _shifted_top
 from .elementwise import _exp
 
 
@@ -244,11 +245,7 @@ def _finish(psi, x, log_r, column_log, sq_coef, log_const):
     one = psi.dtype.type(1.0)
     for i in range(psi.shape[0]):
         row = psi[i]
-        top = -math.inf
-        for f in range(row.shape[0]):
-            y = row[f] + column_log[f]
-            row[f] = y
-            top = max(top, y)
+        top = _shifted_top(row, column_log)
         top_t = psi.dtype.type(top)
         for f in range(row.shape[0]):
             row[f] = min(_exp(row[f] - top_t), one)
@@ -256,15 +253,6 @@ def _finish(psi, x, log_r, column_log, sq_coef, log_const):
         for j in range(x.shape[1]):
             norm += float(x[i, j]) * float(x[i, j])
         log_r[i] = top - (sq_coef * norm - log_const)
-
-
-@nb.njit(**JIT_OPTIONS)
-def _all_finite(X):
-    for i in range(X.shape[0]):
-        for j in range(X.shape[1]):
-            if not np.isfinite(X[i, j]):
-                return False
-    return True
 
 
 @nb.njit(**JIT_OPTIONS)
@@ -340,7 +328,7 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma, limi
         return -2
     if B.shape[0] != k.shape[0] or (finish and column_log.shape[0] != psi_q.shape[1]):
         return -2
-    if not (_all_finite(q) and _all_finite(k) and _all_finite(v)):
+    if not (_finite_rows(q) and _finite_rows(k) and _finite_rows(v)):
         return -1
     for n in range(v.shape[0]):
         for i in range(v.shape[1]):
@@ -369,7 +357,7 @@ def hybrid_token(q, k, v, hidden, position, window, n_global, n_top, gamma, limi
         _finish(psi_q, q, a, column_log, sq_coef, log_const)
         if far >= 0:
             _finish(psi_far, far_k, r_far, column_log, sq_coef, log_const)
-    if not (_all_finite(psi_q) and _no_nan(a)):
+    if not (_finite_rows(psi_q) and _no_nan(a)):
         return -1
     if far >= 0:
         for n in range(far_k.shape[0]):
